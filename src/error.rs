@@ -1,0 +1,42 @@
+//! Errors of the pure-Rust core; the bindings map each to one Python exception.
+
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CoreError {
+    /// A bad argument: `(argument name, what is wrong)`.
+    InvalidArgument(&'static str, String),
+    /// A reservation was settled or cancelled after it was settled.
+    AlreadySettled,
+    /// The request did not fit before its deadline, or can never fit.
+    RateLimited(RateLimited),
+    /// A blocking wait was interrupted (for example by a signal handler).
+    Interrupted,
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimited {
+    /// Nanoseconds until the request would fit; `None` when it never can.
+    pub retry_after_ns: Option<u64>,
+    /// Name of the limit that refused it, e.g. `total_tokens_per_minute`.
+    pub limit: Option<String>,
+    /// The key (or keys, joined by `, `) that was refused.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for CoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CoreError::InvalidArgument(arg, msg) => write!(f, "{arg}: {msg}"),
+            CoreError::AlreadySettled => write!(f, "reservation is already settled"),
+            CoreError::RateLimited(r) => f.write_str(&r.message),
+            CoreError::Interrupted => write!(f, "wait interrupted"),
+        }
+    }
+}
+
+impl std::error::Error for CoreError {}
+
+pub type CoreResult<T> = Result<T, CoreError>;

@@ -1,0 +1,15 @@
+//! usagewarden: rate limits, usage metering and budgets for AI-agent code.
+//!
+//! The modules at this level are plain Rust and know nothing of Python; the
+//! `python` module (behind the `python` feature) holds the thin PyO3 bindings.
+
+pub mod clock;
+pub mod error;
+pub mod history;
+pub mod limiter;
+pub mod limits;
+pub mod usage;
+pub mod window;
+
+#[cfg(feature = "python")]
+mod python;

@@ -1,0 +1,497 @@
+//! The rate limiter: limits per key over sliding windows, checked and
+//! recorded atomically across every window and every key of a request.
+//!
+//! State is sharded by key hash, each shard behind its own `parking_lot`
+//! mutex, so unrelated keys do not contend. A request on several keys locks
+//! their shards in ascending index order, which rules out deadlock.
+
+mod reservation;
+mod state;
+mod waiter;
+
+pub use reservation::{Reservation, ReservationState};
+pub use waiter::{Enqueued, WaitHandle};
+
+use crate::clock::{Clock, ClockListener};
+use crate::error::{CoreError, CoreResult};
+use crate::limits::{LimitSpec, Limits};
+use crate::usage::Usage;
+use crate::window::Bucket;
+use hashbrown::HashMap;
+use parking_lot::{Mutex, MutexGuard};
+use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
+use state::{Fit, KeyState};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Weak};
+
+const SHARDS: usize = 64;
+
+/// The outcome of a non-waiting acquire or a check.
+#[derive(Debug)]
+pub struct Decision {
+    pub allowed: bool,
+    /// Nanoseconds until the request would fit: 0 when allowed, `None` when it never can.
+    pub retry_after_ns: Option<u64>,
+    /// `(index of the key, limit)`: when refused, the limit that frees up
+    /// last; when allowed, the one with the smallest share left.
+    pub limit: Option<(usize, LimitSpec)>,
+    /// What could still be admitted (after this request, when allowed).
+    pub remaining: Usage,
+    pub reservation: Option<Reservation>,
+}
+
+#[derive(Default)]
+struct Shard {
+    keys: HashMap<Arc<str>, KeyState>,
+    ops_since_sweep: usize,
+}
+
+impl Shard {
+    fn state(&mut self, key: &str, limits: impl FnOnce() -> Arc<Limits>) -> &mut KeyState {
+        self.keys
+            .entry_ref(key)
+            .or_insert_with(|| KeyState::new(limits()))
+    }
+
+    /// Drops idle keys once the shard has seen as many operations as it
+    /// holds keys: amortised O(1) per operation.
+    fn maybe_sweep(&mut self, now: u64) {
+        self.ops_since_sweep += 1;
+        if self.ops_since_sweep > self.keys.len().max(64) {
+            self.ops_since_sweep = 0;
+            self.keys.retain(|_, state| {
+                state.evict(now);
+                !state.is_idle()
+            });
+        }
+    }
+}
+
+pub(crate) struct Inner {
+    shards: Box<[Mutex<Shard>]>,
+    hasher: RandomState,
+    default_limits: Arc<Limits>,
+    per_key: HashMap<String, Arc<Limits>>,
+    clock: Arc<dyn Clock>,
+}
+
+/// Guards of the shards a request touches, taken in ascending order.
+pub(crate) struct Locked<'a> {
+    guards: SmallVec<[(usize, MutexGuard<'a, Shard>); 2]>,
+    key_shards: SmallVec<[usize; 2]>,
+}
+
+impl Locked<'_> {
+    fn shard(&mut self, key_index: usize) -> &mut Shard {
+        let shard = self.key_shards[key_index];
+        let pos = self
+            .guards
+            .iter()
+            .position(|(i, _)| *i == shard)
+            .expect("every key's shard is locked");
+        &mut self.guards[pos].1
+    }
+}
+
+impl Inner {
+    fn shard_of(&self, key: &str) -> usize {
+        (self.hasher.hash_one(key) as usize) % self.shards.len()
+    }
+
+    fn limits_for(&self, key: &str) -> Arc<Limits> {
+        self.per_key
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| self.default_limits.clone())
+    }
+
+    pub(crate) fn lock<S: AsRef<str>>(&self, keys: &[S]) -> Locked<'_> {
+        let key_shards: SmallVec<[usize; 2]> =
+            keys.iter().map(|k| self.shard_of(k.as_ref())).collect();
+        let mut order: SmallVec<[usize; 2]> = key_shards.clone();
+        order.sort_unstable();
+        order.dedup();
+        let guards = order.iter().map(|i| (*i, self.shards[*i].lock())).collect();
+        Locked { guards, key_shards }
+    }
+
+    /// Evicts expired usage and evaluates `usage` on every key.
+    fn evaluate<S: AsRef<str>>(
+        &self,
+        locked: &mut Locked<'_>,
+        keys: &[S],
+        now: u64,
+        usage: &Usage,
+    ) -> Fit {
+        let mut fit: Option<Fit> = None;
+        for (i, key) in keys.iter().enumerate() {
+            let key = key.as_ref();
+            let state = locked.shard(i).state(key, || self.limits_for(key));
+            state.evict(now);
+            let this = state.evaluate(now, usage, i);
+            fit = Some(match fit {
+                None => this,
+                Some(f) => f.and(this),
+            });
+        }
+        fit.unwrap_or(Fit::Fits {
+            remaining: state::unlimited(),
+            binding: None,
+            binding_share: f64::INFINITY,
+        })
+    }
+
+    /// Records `usage` at `now` on every key; returns the epochs for a reservation.
+    fn record<S: AsRef<str>>(
+        &self,
+        locked: &mut Locked<'_>,
+        keys: &[S],
+        now: u64,
+        usage: Usage,
+    ) -> SmallVec<[(Arc<str>, Arc<state::Epoch>); 2]> {
+        let mut held = SmallVec::new();
+        for (i, key) in keys.iter().enumerate() {
+            let shard = locked.shard(i);
+            let (name, state) = shard
+                .keys
+                .get_key_value_mut(key.as_ref())
+                .expect("evaluated keys exist");
+            state.record(now, usage);
+            held.push((name.clone(), state.epoch.clone()));
+        }
+        held
+    }
+
+    fn queued<S: AsRef<str>>(&self, locked: &mut Locked<'_>, keys: &[S]) -> Option<Usage> {
+        for (i, key) in keys.iter().enumerate() {
+            if let Some(head) = locked
+                .shard(i)
+                .keys
+                .get(key.as_ref())
+                .and_then(|s| s.queue.front())
+            {
+                return Some(head.usage);
+            }
+        }
+        None
+    }
+}
+
+impl ClockListener for Inner {
+    /// A manual clock moved: every waiter re-checks its deadline and timeout.
+    fn on_advance(&self) {
+        for shard in self.shards.iter() {
+            for state in shard.lock().keys.values() {
+                for waiter in &state.queue {
+                    waiter.wake();
+                }
+            }
+        }
+    }
+}
+
+/// Per-key state rebuilt on another clock: `(key, [(window ns, [(age of
+/// first, age of last, usage)])])`. Pending waiters are not part of it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct LimiterSnapshot {
+    pub keys: Vec<(String, Vec<(u64, Vec<(u64, u64, Usage)>)>)>,
+}
+
+/// A sharded, lock-safe rate limiter. Cloning shares the same state.
+#[derive(Clone)]
+pub struct RateLimiter {
+    inner: Arc<Inner>,
+}
+
+fn check_keys<S: AsRef<str>>(keys: &[S]) -> CoreResult<()> {
+    if keys.is_empty() {
+        return Err(CoreError::InvalidArgument(
+            "key",
+            "a tuple of keys must not be empty".into(),
+        ));
+    }
+    for (i, key) in keys.iter().enumerate() {
+        if keys[..i].iter().any(|k| k.as_ref() == key.as_ref()) {
+            return Err(CoreError::InvalidArgument(
+                "key",
+                format!("{:?} appears twice", key.as_ref()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl RateLimiter {
+    pub fn new(
+        default_limits: Limits,
+        per_key: impl IntoIterator<Item = (String, Limits)>,
+        clock: Arc<dyn Clock>,
+    ) -> RateLimiter {
+        let inner = Arc::new(Inner {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            hasher: RandomState::new(),
+            default_limits: Arc::new(default_limits),
+            per_key: per_key
+                .into_iter()
+                .map(|(k, l)| (k, Arc::new(l)))
+                .collect(),
+            clock,
+        });
+        let listener: Weak<dyn ClockListener> = Arc::downgrade(&inner) as Weak<dyn ClockListener>;
+        inner.clock.subscribe(listener);
+        RateLimiter { inner }
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.clock
+    }
+
+    pub fn now(&self) -> u64 {
+        self.inner.clock.now()
+    }
+
+    pub fn default_limits(&self) -> &Limits {
+        &self.inner.default_limits
+    }
+
+    pub fn per_key_limits(&self) -> impl Iterator<Item = (&str, &Limits)> {
+        self.inner.per_key.iter().map(|(k, l)| (k.as_str(), &**l))
+    }
+
+    /// Admits `usage` on every key now, or on none. Never waits. Refused
+    /// while earlier waiters are queued on any of the keys (FIFO fairness).
+    pub fn try_acquire<S: AsRef<str>>(&self, keys: &[S], usage: Usage) -> CoreResult<Decision> {
+        self.decide(keys, usage, true)
+    }
+
+    /// What [`RateLimiter::try_acquire`] would decide; records nothing.
+    pub fn check<S: AsRef<str>>(&self, keys: &[S], usage: Usage) -> CoreResult<Decision> {
+        self.decide(keys, usage, false)
+    }
+
+    fn decide<S: AsRef<str>>(&self, keys: &[S], usage: Usage, record: bool) -> CoreResult<Decision> {
+        check_keys(keys)?;
+        let inner = &*self.inner;
+        let mut locked = inner.lock(keys);
+        let now = inner.clock.now();
+        for (shard, guard) in locked.guards.iter_mut() {
+            let _ = shard;
+            guard.maybe_sweep(now);
+        }
+        let fit = inner.evaluate(&mut locked, keys, now, &usage);
+        let queued_head = match fit {
+            Fit::Never { .. } => None,
+            _ => inner.queued(&mut locked, keys),
+        };
+        Ok(match (fit, queued_head) {
+            (
+                Fit::Fits {
+                    remaining, binding, ..
+                },
+                None,
+            ) => {
+                let reservation = if record {
+                    let held = inner.record(&mut locked, keys, now, usage);
+                    drop(locked);
+                    Some(Reservation::new(self.inner.clone(), held, now, usage))
+                } else {
+                    None
+                };
+                Decision {
+                    allowed: true,
+                    retry_after_ns: Some(0),
+                    limit: binding,
+                    remaining,
+                    reservation,
+                }
+            }
+            (Fit::Never { limit }, _) => Decision {
+                allowed: false,
+                retry_after_ns: None,
+                limit: Some(limit),
+                remaining: Usage::ZERO,
+                reservation: None,
+            },
+            (Fit::Waits { wait_ns, limit }, head) => {
+                // Behind queued waiters, the wait is at least theirs.
+                let head_wait = head.map(|h| match inner.evaluate(&mut locked, keys, now, &h) {
+                    Fit::Waits { wait_ns, .. } => wait_ns,
+                    _ => 0,
+                });
+                let remaining = self.remaining_locked(&mut locked, keys, now);
+                Decision {
+                    allowed: false,
+                    retry_after_ns: Some(wait_ns.max(head_wait.unwrap_or(0))),
+                    limit: Some(limit),
+                    remaining,
+                    reservation: None,
+                }
+            }
+            (Fit::Fits { binding, .. }, Some(head)) => {
+                let (wait_ns, limit) = match inner.evaluate(&mut locked, keys, now, &head) {
+                    Fit::Waits { wait_ns, limit } => (wait_ns, Some(limit)),
+                    _ => (0, binding),
+                };
+                let remaining = self.remaining_locked(&mut locked, keys, now);
+                Decision {
+                    allowed: false,
+                    retry_after_ns: Some(wait_ns),
+                    limit,
+                    remaining,
+                    reservation: None,
+                }
+            }
+        })
+    }
+
+    fn remaining_locked<S: AsRef<str>>(&self, locked: &mut Locked<'_>, keys: &[S], now: u64) -> Usage {
+        match self.inner.evaluate(locked, keys, now, &Usage::ZERO) {
+            Fit::Fits { remaining, .. } => remaining,
+            _ => Usage::ZERO,
+        }
+    }
+
+    /// Usage counted for `key`: within the longest window, or within the last
+    /// `span` ns when given (at most the longest window).
+    pub fn usage(&self, key: &str, span: Option<u64>) -> CoreResult<Usage> {
+        let inner = &*self.inner;
+        let mut locked = inner.lock(&[key]);
+        let now = inner.clock.now();
+        let Some(state) = locked.shard(0).keys.get_mut(key) else {
+            return Ok(Usage::ZERO);
+        };
+        state.evict(now);
+        let Some(longest) = state.windows.last() else {
+            return Ok(Usage::ZERO);
+        };
+        match span {
+            None => Ok(longest.sum()),
+            Some(0) => Err(CoreError::InvalidArgument(
+                "window_seconds",
+                "must be positive".into(),
+            )),
+            Some(span) if span > longest.window() => Err(CoreError::InvalidArgument(
+                "window_seconds",
+                "must not exceed the longest limit window".into(),
+            )),
+            Some(span) => {
+                let window = state
+                    .windows
+                    .iter()
+                    .find(|w| w.window() >= span)
+                    .unwrap_or(longest);
+                Ok(window.sum_within(now, span))
+            }
+        }
+    }
+
+    /// What could still be admitted on every key now (fields with no limit
+    /// read as the maximum count; a total-token limit caps input and output).
+    pub fn remaining<S: AsRef<str>>(&self, keys: &[S]) -> CoreResult<Usage> {
+        check_keys(keys)?;
+        let mut locked = self.inner.lock(keys);
+        let now = self.inner.clock.now();
+        Ok(self.remaining_locked(&mut locked, keys, now))
+    }
+
+    /// Forgets the usage of `key` (or of every key). Outstanding reservations
+    /// no longer count; queued waiters stay queued and are re-checked.
+    pub fn reset(&self, key: Option<&str>) {
+        let mut clear = |state: &mut KeyState| {
+            state.clear();
+            state.wake_head();
+        };
+        match key {
+            Some(key) => {
+                let mut locked = self.inner.lock(&[key]);
+                if let Some(state) = locked.shard(0).keys.get_mut(key) {
+                    clear(state);
+                }
+            }
+            None => {
+                for shard in self.inner.shards.iter() {
+                    shard.lock().keys.values_mut().for_each(&mut clear);
+                }
+            }
+        }
+    }
+
+    /// Number of keys with state (idle keys are reclaimed over time).
+    pub fn len(&self) -> usize {
+        self.inner.shards.iter().map(|s| s.lock().keys.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Evicts expired usage everywhere and drops idle keys; returns how many were dropped.
+    pub fn reclaim(&self) -> usize {
+        let now = self.inner.clock.now();
+        let mut dropped = 0;
+        for shard in self.inner.shards.iter() {
+            let mut shard = shard.lock();
+            let before = shard.keys.len();
+            shard.keys.retain(|_, state| {
+                state.evict(now);
+                !state.is_idle()
+            });
+            shard.ops_since_sweep = 0;
+            dropped += before - shard.keys.len();
+        }
+        dropped
+    }
+
+    pub fn snapshot(&self) -> LimiterSnapshot {
+        let now = self.inner.clock.now();
+        let mut keys = Vec::new();
+        for shard in self.inner.shards.iter() {
+            let mut shard = shard.lock();
+            for (key, state) in shard.keys.iter_mut() {
+                state.evict(now);
+                let windows: Vec<_> = state
+                    .windows
+                    .iter()
+                    .filter(|w| !w.is_empty())
+                    .map(|w| {
+                        let buckets = w
+                            .buckets()
+                            .map(|b| (now.saturating_sub(b.first), now.saturating_sub(b.last), b.usage))
+                            .collect();
+                        (w.window(), buckets)
+                    })
+                    .collect();
+                if !windows.is_empty() {
+                    keys.push((key.to_string(), windows));
+                }
+            }
+        }
+        keys.sort_by(|a, b| a.0.cmp(&b.0));
+        LimiterSnapshot { keys }
+    }
+
+    /// Adds the usage of a snapshot (windows the limits here do not have are skipped).
+    pub fn restore(&self, snapshot: &LimiterSnapshot) {
+        let now = self.inner.clock.now();
+        for (key, windows) in &snapshot.keys {
+            let mut locked = self.inner.lock(&[key.as_str()]);
+            let state = locked.shard(0).state(key, || self.inner.limits_for(key));
+            for (length, buckets) in windows {
+                let Some(window) = state.windows.iter_mut().find(|w| w.window() == *length) else {
+                    continue;
+                };
+                for (first_age, last_age, usage) in buckets {
+                    window.insert_bucket(Bucket {
+                        first: now.saturating_sub(*first_age),
+                        last: now.saturating_sub(*last_age),
+                        usage: *usage,
+                    });
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,230 @@
+//! Per-key limiter state and the fit arithmetic shared by every acquire path.
+
+use super::waiter::Waiter;
+use crate::limits::{LimitSpec, Limits};
+use crate::usage::{Dimension, Usage, MAX_COUNT};
+use crate::window::SlidingWindow;
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+/// Identity of one life of a key's state. A reset gives the key a new token,
+/// so reservations made before it settle into nothing; a key is reclaimed
+/// only when no reservation still holds its token.
+#[derive(Debug, Default)]
+pub(crate) struct Epoch;
+
+pub(crate) struct KeyState {
+    pub(crate) limits: Arc<Limits>,
+    /// One window per distinct window length in `limits`, shortest first.
+    pub(crate) windows: Vec<SlidingWindow>,
+    pub(crate) epoch: Arc<Epoch>,
+    /// Waiters in arrival order; only the head may be admitted.
+    pub(crate) queue: VecDeque<Arc<Waiter>>,
+}
+
+/// Whether a request fits a key (or a set of keys) now.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Fit {
+    /// It fits; `remaining` is what would be left after it, `binding` the
+    /// limit with the smallest share left.
+    Fits {
+        remaining: Usage,
+        binding: Option<(usize, LimitSpec)>,
+        binding_share: f64,
+    },
+    /// It fits in `wait_ns`; `limit` is the limit that frees up last.
+    Waits {
+        wait_ns: u64,
+        limit: (usize, LimitSpec),
+    },
+    /// It is larger than `limit` itself.
+    Never { limit: (usize, LimitSpec) },
+}
+
+pub(crate) fn unlimited() -> Usage {
+    Usage::from_array([MAX_COUNT; 6])
+}
+
+fn cap(remaining: &mut Usage, dim: Dimension, left: u64) {
+    match dim {
+        Dimension::Requests => remaining.requests = remaining.requests.min(left),
+        Dimension::InputTokens => remaining.input_tokens = remaining.input_tokens.min(left),
+        Dimension::OutputTokens => remaining.output_tokens = remaining.output_tokens.min(left),
+        Dimension::TotalTokens => {
+            remaining.input_tokens = remaining.input_tokens.min(left);
+            remaining.output_tokens = remaining.output_tokens.min(left);
+        }
+        Dimension::Cost => remaining.cost_nanos = remaining.cost_nanos.min(left),
+    }
+}
+
+impl Fit {
+    /// Combines the verdicts of several keys: never beats waits beats fits;
+    /// the longest wait wins; what remains is the minimum.
+    pub(crate) fn and(self, other: Fit) -> Fit {
+        match (self, other) {
+            (Fit::Never { limit }, _) | (_, Fit::Never { limit }) => Fit::Never { limit },
+            (
+                Fit::Waits { wait_ns: a, limit: la },
+                Fit::Waits {
+                    wait_ns: b,
+                    limit: lb,
+                },
+            ) => {
+                if b > a {
+                    Fit::Waits {
+                        wait_ns: b,
+                        limit: lb,
+                    }
+                } else {
+                    Fit::Waits {
+                        wait_ns: a,
+                        limit: la,
+                    }
+                }
+            }
+            (w @ Fit::Waits { .. }, _) | (_, w @ Fit::Waits { .. }) => w,
+            (
+                Fit::Fits {
+                    remaining: ra,
+                    binding: ba,
+                    binding_share: sa,
+                },
+                Fit::Fits {
+                    remaining: rb,
+                    binding: bb,
+                    binding_share: sb,
+                },
+            ) => {
+                let (binding, binding_share) = if sb < sa { (bb, sb) } else { (ba, sa) };
+                Fit::Fits {
+                    remaining: ra.min(rb),
+                    binding,
+                    binding_share,
+                }
+            }
+        }
+    }
+}
+
+impl KeyState {
+    pub(crate) fn new(limits: Arc<Limits>) -> KeyState {
+        let windows = limits
+            .windows()
+            .iter()
+            .map(|w| SlidingWindow::new(*w))
+            .collect();
+        KeyState {
+            limits,
+            windows,
+            epoch: Arc::new(Epoch),
+            queue: VecDeque::new(),
+        }
+    }
+
+    pub(crate) fn evict(&mut self, now: u64) {
+        for window in &mut self.windows {
+            window.evict(now);
+        }
+    }
+
+    /// Nothing counted, nobody waiting, no reservation outstanding.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.queue.is_empty()
+            && Arc::strong_count(&self.epoch) == 1
+            && self.windows.iter().all(SlidingWindow::is_idle)
+    }
+
+    /// Does `usage` fit now? `key_index` tags the limits this key reports.
+    pub(crate) fn evaluate(&self, now: u64, usage: &Usage, key_index: usize) -> Fit {
+        let mut remaining = unlimited();
+        let mut binding = None;
+        let mut binding_share = f64::INFINITY;
+        let mut longest: Option<(u64, LimitSpec)> = None;
+        for (spec, w) in self.limits.specs_with_window() {
+            let wanted = usage.get(spec.dimension);
+            if wanted > spec.amount {
+                return Fit::Never {
+                    limit: (key_index, *spec),
+                };
+            }
+            let window = &self.windows[w];
+            let used = window.sum().get(spec.dimension);
+            let after = used.saturating_add(wanted);
+            if after > spec.amount {
+                let wait = window
+                    .time_until_released(now, spec.dimension, after - spec.amount)
+                    .unwrap_or(window.window());
+                if longest.is_none_or(|(best, _)| wait > best) {
+                    longest = Some((wait, *spec));
+                }
+                cap(&mut remaining, spec.dimension, spec.amount.saturating_sub(used));
+            } else {
+                let left = spec.amount - after;
+                cap(&mut remaining, spec.dimension, left);
+                let share = left as f64 / spec.amount as f64;
+                if share < binding_share {
+                    binding_share = share;
+                    binding = Some((key_index, *spec));
+                }
+            }
+        }
+        match longest {
+            Some((wait_ns, spec)) => Fit::Waits {
+                wait_ns,
+                limit: (key_index, spec),
+            },
+            None => Fit::Fits {
+                remaining,
+                binding,
+                binding_share,
+            },
+        }
+    }
+
+    pub(crate) fn record(&mut self, now: u64, usage: Usage) {
+        for window in &mut self.windows {
+            window.add(now, usage);
+        }
+    }
+
+    /// Applies a settle or refund to the usage recorded at `at`, in every
+    /// window that still holds it.
+    pub(crate) fn adjust(&mut self, now: u64, at: u64, add: Usage, sub: Usage) {
+        for window in &mut self.windows {
+            if !window.adjust(at, add, sub) && at.saturating_add(window.window()) > now {
+                // Nothing was recorded at `at` (a zero-usage reservation):
+                // the extra usage still belongs at the original time.
+                window.add(at, add);
+            }
+        }
+    }
+
+    /// Forgets all usage; outstanding reservations no longer apply.
+    pub(crate) fn clear(&mut self) {
+        for window in &mut self.windows {
+            window.clear();
+        }
+        self.epoch = Arc::new(Epoch);
+    }
+
+    pub(crate) fn wake_head(&self) {
+        if let Some(head) = self.queue.front() {
+            head.wake();
+        }
+    }
+
+    pub(crate) fn is_head(&self, waiter: &Arc<Waiter>) -> bool {
+        self.queue.front().is_some_and(|h| Arc::ptr_eq(h, waiter))
+    }
+
+    /// Removes `waiter` from the queue; wakes the next head if it was the head.
+    pub(crate) fn leave(&mut self, waiter: &Arc<Waiter>) {
+        if let Some(pos) = self.queue.iter().position(|w| Arc::ptr_eq(w, waiter)) {
+            self.queue.remove(pos);
+            if pos == 0 {
+                self.wake_head();
+            }
+        }
+    }
+}
