@@ -152,7 +152,10 @@ mod tests {
         let a = SystemClock.now();
         let b = SystemClock.now();
         assert!(b >= a);
-        let unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
+        let unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
         assert!(a.abs_diff(unix) < 5_000_000_000);
     }
 

@@ -1,5 +1,6 @@
 //! Errors of the pure-Rust core; the bindings map each to one Python exception.
 
+use crate::limits::LimitSpec;
 use std::fmt;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -19,8 +20,8 @@ pub enum CoreError {
 pub struct RateLimited {
     /// Nanoseconds until the request would fit; `None` when it never can.
     pub retry_after_ns: Option<u64>,
-    /// Name of the limit that refused it, e.g. `total_tokens_per_minute`.
-    pub limit: Option<String>,
+    /// The limit that refused it.
+    pub limit: Option<LimitSpec>,
     /// The key (or keys, joined by `, `) that was refused.
     pub key: String,
     pub message: String,

@@ -99,7 +99,13 @@ impl UsageHistory {
         window.evict(now);
         window
             .buckets()
-            .map(|b| (now.saturating_sub(b.first), now.saturating_sub(b.last), b.usage))
+            .map(|b| {
+                (
+                    now.saturating_sub(b.first),
+                    now.saturating_sub(b.last),
+                    b.usage,
+                )
+            })
             .collect()
     }
 
@@ -137,7 +143,10 @@ mod tests {
         clock.advance(30 * S);
         history.add(one, None).unwrap();
         assert_eq!(history.usage_in_window(None).unwrap().input_tokens, 20);
-        assert_eq!(history.usage_in_window(Some(10 * S)).unwrap().input_tokens, 10);
+        assert_eq!(
+            history.usage_in_window(Some(10 * S)).unwrap().input_tokens,
+            10
+        );
         clock.advance(30 * S);
         assert_eq!(history.usage_in_window(None).unwrap().requests, 1);
         assert_eq!(history.len(), 1);

@@ -109,7 +109,12 @@ impl Limits {
         windows.dedup();
         let spec_window = specs
             .iter()
-            .map(|s| windows.iter().position(|w| *w == s.window_ns()).unwrap_or(0))
+            .map(|s| {
+                windows
+                    .iter()
+                    .position(|w| *w == s.window_ns())
+                    .unwrap_or(0)
+            })
             .collect();
         Ok(Limits {
             specs,

@@ -186,7 +186,7 @@ impl fmt::Display for Usage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "Usage(requests={}, input_tokens={}, output_tokens={}, cache_read_tokens={}, cache_write_tokens={}, cost={})",
+            "Usage(requests={}, input_tokens={}, output_tokens={}, cache_read_tokens={}, cache_write_tokens={}, cost={:?})",
             self.requests,
             self.input_tokens,
             self.output_tokens,
@@ -223,14 +223,20 @@ mod tests {
 
     #[test]
     fn checked_sub_names_the_field_that_goes_negative() {
-        assert_eq!(u(1, 1, 0, 0).checked_sub(u(1, 2, 0, 0)), Err("input_tokens"));
+        assert_eq!(
+            u(1, 1, 0, 0).checked_sub(u(1, 2, 0, 0)),
+            Err("input_tokens")
+        );
         assert_eq!(u(2, 3, 4, 5).checked_sub(u(1, 1, 1, 1)), Ok(u(1, 2, 3, 4)));
     }
 
     #[test]
     fn checked_add_refuses_to_pass_max_count() {
         assert!(u(MAX_COUNT, 0, 0, 0).checked_add(u(1, 0, 0, 0)).is_none());
-        assert_eq!(u(1, 2, 3, 4).checked_add(u(1, 1, 1, 1)), Some(u(2, 3, 4, 5)));
+        assert_eq!(
+            u(1, 2, 3, 4).checked_add(u(1, 1, 1, 1)),
+            Some(u(2, 3, 4, 5))
+        );
     }
 
     #[test]

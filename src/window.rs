@@ -116,12 +116,20 @@ impl SlidingWindow {
                     tail.usage = tail.usage.saturating_add(usage);
                     tail.last = tail.last.max(at);
                 } else {
-                    self.buckets.push_back(Bucket { first: at, last: at, usage });
+                    self.buckets.push_back(Bucket {
+                        first: at,
+                        last: at,
+                        usage,
+                    });
                 }
                 return;
             }
         } else {
-            self.buckets.push_back(Bucket { first: at, last: at, usage });
+            self.buckets.push_back(Bucket {
+                first: at,
+                last: at,
+                usage,
+            });
             return;
         }
         let idx = self.buckets.partition_point(|b| b.first <= at);
@@ -130,7 +138,14 @@ impl SlidingWindow {
             bucket.usage = bucket.usage.saturating_add(usage);
             bucket.last = bucket.last.max(at);
         } else {
-            self.buckets.insert(idx, Bucket { first: at, last: at, usage });
+            self.buckets.insert(
+                idx,
+                Bucket {
+                    first: at,
+                    last: at,
+                    usage,
+                },
+            );
         }
     }
 
@@ -251,9 +266,18 @@ mod tests {
         w.add(0, tokens(100));
         w.add(10, tokens(50));
         w.add(20, tokens(25));
-        assert_eq!(w.time_until_released(30, Dimension::InputTokens, 100), Some(30));
-        assert_eq!(w.time_until_released(30, Dimension::InputTokens, 101), Some(40));
-        assert_eq!(w.time_until_released(30, Dimension::TotalTokens, 175), Some(50));
+        assert_eq!(
+            w.time_until_released(30, Dimension::InputTokens, 100),
+            Some(30)
+        );
+        assert_eq!(
+            w.time_until_released(30, Dimension::InputTokens, 101),
+            Some(40)
+        );
+        assert_eq!(
+            w.time_until_released(30, Dimension::TotalTokens, 175),
+            Some(50)
+        );
         assert_eq!(w.time_until_released(30, Dimension::InputTokens, 176), None);
         assert_eq!(w.time_until_released(30, Dimension::Requests, 0), Some(0));
     }
@@ -263,16 +287,30 @@ mod tests {
         let mut w = SlidingWindow::with_quantum(60, 1);
         w.add(0, tokens(100));
         w.add(10, tokens(50));
-        assert!(w.adjust(0, Usage::ZERO, tokens(0).saturating_add(Usage {
-            input_tokens: 60,
-            ..Usage::ZERO
-        })));
+        assert!(w.adjust(
+            0,
+            Usage::ZERO,
+            tokens(0).saturating_add(Usage {
+                input_tokens: 60,
+                ..Usage::ZERO
+            })
+        ));
         assert_eq!(w.sum().input_tokens, 90);
-        assert!(w.adjust(10, Usage { input_tokens: 5, ..Usage::ZERO }, Usage::ZERO));
+        assert!(w.adjust(
+            10,
+            Usage {
+                input_tokens: 5,
+                ..Usage::ZERO
+            },
+            Usage::ZERO
+        ));
         assert_eq!(w.sum().input_tokens, 95);
         assert!(!w.adjust(5, tokens(1), Usage::ZERO), "no entry at t=5");
         w.evict(60);
-        assert!(!w.adjust(0, tokens(1), Usage::ZERO), "t=0 has left the window");
+        assert!(
+            !w.adjust(0, tokens(1), Usage::ZERO),
+            "t=0 has left the window"
+        );
         assert_eq!(w.sum().input_tokens, 55);
     }
 

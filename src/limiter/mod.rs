@@ -232,10 +232,7 @@ impl RateLimiter {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             hasher: RandomState::new(),
             default_limits: Arc::new(default_limits),
-            per_key: per_key
-                .into_iter()
-                .map(|(k, l)| (k, Arc::new(l)))
-                .collect(),
+            per_key: per_key.into_iter().map(|(k, l)| (k, Arc::new(l))).collect(),
             clock,
         });
         let listener: Weak<dyn ClockListener> = Arc::downgrade(&inner) as Weak<dyn ClockListener>;
@@ -270,7 +267,12 @@ impl RateLimiter {
         self.decide(keys, usage, false)
     }
 
-    fn decide<S: AsRef<str>>(&self, keys: &[S], usage: Usage, record: bool) -> CoreResult<Decision> {
+    fn decide<S: AsRef<str>>(
+        &self,
+        keys: &[S],
+        usage: Usage,
+        record: bool,
+    ) -> CoreResult<Decision> {
         check_keys(keys)?;
         let inner = &*self.inner;
         let mut locked = inner.lock(keys);
@@ -345,7 +347,12 @@ impl RateLimiter {
         })
     }
 
-    fn remaining_locked<S: AsRef<str>>(&self, locked: &mut Locked<'_>, keys: &[S], now: u64) -> Usage {
+    fn remaining_locked<S: AsRef<str>>(
+        &self,
+        locked: &mut Locked<'_>,
+        keys: &[S],
+        now: u64,
+    ) -> Usage {
         match self.inner.evaluate(locked, keys, now, &Usage::ZERO) {
             Fit::Fits { remaining, .. } => remaining,
             _ => Usage::ZERO,
@@ -457,7 +464,13 @@ impl RateLimiter {
                     .map(|w| {
                         let buckets = w
                             .buckets()
-                            .map(|b| (now.saturating_sub(b.first), now.saturating_sub(b.last), b.usage))
+                            .map(|b| {
+                                (
+                                    now.saturating_sub(b.first),
+                                    now.saturating_sub(b.last),
+                                    b.usage,
+                                )
+                            })
                             .collect();
                         (w.window(), buckets)
                     })

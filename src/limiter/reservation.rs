@@ -94,7 +94,10 @@ impl Reservation {
             requests: reserved.requests,
             ..actual
         };
-        self.apply(actual.saturating_sub(reserved), reserved.saturating_sub(actual));
+        self.apply(
+            actual.saturating_sub(reserved),
+            reserved.saturating_sub(actual),
+        );
         *state = (ReservationState::Settled, actual);
         Ok(actual)
     }

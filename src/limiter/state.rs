@@ -65,7 +65,10 @@ impl Fit {
         match (self, other) {
             (Fit::Never { limit }, _) | (_, Fit::Never { limit }) => Fit::Never { limit },
             (
-                Fit::Waits { wait_ns: a, limit: la },
+                Fit::Waits {
+                    wait_ns: a,
+                    limit: la,
+                },
                 Fit::Waits {
                     wait_ns: b,
                     limit: lb,
@@ -158,7 +161,11 @@ impl KeyState {
                 if longest.is_none_or(|(best, _)| wait > best) {
                     longest = Some((wait, *spec));
                 }
-                cap(&mut remaining, spec.dimension, spec.amount.saturating_sub(used));
+                cap(
+                    &mut remaining,
+                    spec.dimension,
+                    spec.amount.saturating_sub(used),
+                );
             } else {
                 let left = spec.amount - after;
                 cap(&mut remaining, spec.dimension, left);

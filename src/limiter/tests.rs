@@ -87,7 +87,7 @@ fn a_request_larger_than_a_limit_never_fits() {
     match err {
         CoreError::RateLimited(r) => {
             assert_eq!(r.retry_after_ns, None);
-            assert_eq!(r.limit.as_deref(), Some("total_tokens_per_minute"));
+            assert_eq!(r.limit.unwrap().name(), "total_tokens_per_minute");
         }
         other => panic!("unexpected {other:?}"),
     }
@@ -117,17 +117,28 @@ fn every_window_is_checked_atomically() {
 #[test]
 fn settle_refunds_or_charges_at_the_original_time() {
     let (limiter, clock) = manual(rpm_tpm(100, 1_000));
-    let r = limiter.try_acquire(&["k"], call(500, 300)).unwrap().reservation.unwrap();
+    let r = limiter
+        .try_acquire(&["k"], call(500, 300))
+        .unwrap()
+        .reservation
+        .unwrap();
     clock.advance(30 * S);
     limiter.try_acquire(&["k"], call(100, 0)).unwrap();
     r.settle(call(200, 50)).unwrap();
     assert_eq!(limiter.usage("k", None).unwrap().total_tokens(), 350);
-    assert!(matches!(r.settle(call(1, 1)), Err(CoreError::AlreadySettled)));
+    assert!(matches!(
+        r.settle(call(1, 1)),
+        Err(CoreError::AlreadySettled)
+    ));
     // The settled usage still leaves at t=60, with the original entry.
     clock.advance(30 * S);
     assert_eq!(limiter.usage("k", None).unwrap().total_tokens(), 100);
 
-    let r = limiter.try_acquire(&["k"], call(100, 100)).unwrap().reservation.unwrap();
+    let r = limiter
+        .try_acquire(&["k"], call(100, 100))
+        .unwrap()
+        .reservation
+        .unwrap();
     r.settle(call(100, 400)).unwrap();
     assert_eq!(limiter.usage("k", None).unwrap().total_tokens(), 600);
     assert_eq!(r.usage().output_tokens, 400);
@@ -136,7 +147,11 @@ fn settle_refunds_or_charges_at_the_original_time() {
 #[test]
 fn cancel_refunds_everything_once() {
     let (limiter, _) = manual(rpm_tpm(1, 1_000));
-    let r = limiter.try_acquire(&["k"], call(10, 10)).unwrap().reservation.unwrap();
+    let r = limiter
+        .try_acquire(&["k"], call(10, 10))
+        .unwrap()
+        .reservation
+        .unwrap();
     assert!(!limiter.try_acquire(&["k"], call(0, 0)).unwrap().allowed);
     assert!(r.cancel().unwrap());
     assert!(!r.cancel().unwrap());
@@ -147,7 +162,11 @@ fn cancel_refunds_everything_once() {
 #[test]
 fn zero_estimate_reservation_settles_extra_usage() {
     let (limiter, clock) = manual(rpm_tpm(10, 1_000));
-    let r = limiter.try_acquire(&["k"], Usage::ZERO).unwrap().reservation.unwrap();
+    let r = limiter
+        .try_acquire(&["k"], Usage::ZERO)
+        .unwrap()
+        .reservation
+        .unwrap();
     clock.advance(S);
     r.settle(call(0, 70)).unwrap();
     assert_eq!(limiter.usage("k", None).unwrap().output_tokens, 70);
@@ -163,8 +182,15 @@ fn multi_key_acquire_is_all_or_nothing() {
         [("model".to_string(), rpm_tpm(1, 1_000))],
         clock.clone(),
     );
-    assert!(limiter.try_acquire(&["tenant", "model"], call(1, 1)).unwrap().allowed);
-    let d = limiter.try_acquire(&["tenant", "model"], call(1, 1)).unwrap();
+    assert!(
+        limiter
+            .try_acquire(&["tenant", "model"], call(1, 1))
+            .unwrap()
+            .allowed
+    );
+    let d = limiter
+        .try_acquire(&["tenant", "model"], call(1, 1))
+        .unwrap();
     assert!(!d.allowed);
     assert_eq!(d.limit.unwrap().0, 1, "refused by the second key");
     assert_eq!(limiter.usage("tenant", None).unwrap().requests, 1);
@@ -177,7 +203,11 @@ fn multi_key_acquire_is_all_or_nothing() {
 #[test]
 fn reset_forgets_usage_and_voids_older_reservations() {
     let (limiter, _) = manual(rpm_tpm(2, 1_000));
-    let old = limiter.try_acquire(&["k"], call(100, 0)).unwrap().reservation.unwrap();
+    let old = limiter
+        .try_acquire(&["k"], call(100, 0))
+        .unwrap()
+        .reservation
+        .unwrap();
     limiter.reset(Some("k"));
     assert!(limiter.usage("k", None).unwrap().is_zero());
     limiter.try_acquire(&["k"], call(50, 0)).unwrap();
@@ -189,15 +219,23 @@ fn reset_forgets_usage_and_voids_older_reservations() {
 fn idle_keys_are_reclaimed() {
     let (limiter, clock) = manual(rpm_tpm(10, 1_000));
     for i in 0..1_000 {
-        let _ = limiter.try_acquire(&[format!("key-{i}")], call(1, 0)).unwrap();
+        let _ = limiter
+            .try_acquire(&[format!("key-{i}")], call(1, 0))
+            .unwrap();
     }
     assert_eq!(limiter.len(), 1_000);
     clock.advance(61 * S);
     // Later traffic on other keys sweeps the idle ones, shard by shard.
     for i in 0..20_000 {
-        let _ = limiter.check(&[format!("other-{}", i % 300)], call(1, 0)).unwrap();
+        let _ = limiter
+            .check(&[format!("other-{}", i % 300)], call(1, 0))
+            .unwrap();
     }
-    assert!(limiter.len() <= 300 + 64, "idle keys are swept: {} left", limiter.len());
+    assert!(
+        limiter.len() <= 300 + 64,
+        "idle keys are swept: {} left",
+        limiter.len()
+    );
     assert!(limiter.reclaim() > 0);
     assert_eq!(limiter.len(), 0);
 }
@@ -230,7 +268,10 @@ async fn waiters_are_admitted_in_fifo_order_when_the_clock_moves() {
     for (i, tokens) in [900u64, 10, 10, 10].into_iter().enumerate() {
         let (limiter, order) = (limiter.clone(), order.clone());
         tasks.push(tokio::spawn(async move {
-            let r = limiter.acquire(&["k"], call(tokens, 0), None).await.unwrap();
+            let r = limiter
+                .acquire(&["k"], call(tokens, 0), None)
+                .await
+                .unwrap();
             order.lock().push(i);
             r
         }));
@@ -251,7 +292,11 @@ async fn waiters_are_admitted_in_fifo_order_when_the_clock_moves() {
 #[tokio::test]
 async fn a_refund_wakes_the_head_waiter() {
     let (limiter, _clock) = manual(rpm_tpm(1, 1_000));
-    let r = limiter.try_acquire(&["k"], call(0, 0)).unwrap().reservation.unwrap();
+    let r = limiter
+        .try_acquire(&["k"], call(0, 0))
+        .unwrap()
+        .reservation
+        .unwrap();
     let waiting = {
         let limiter = limiter.clone();
         tokio::spawn(async move { limiter.acquire(&["k"], call(0, 0), None).await })
@@ -283,7 +328,10 @@ async fn timeout_records_nothing_and_cancellation_leaves_the_queue() {
         other => panic!("unexpected {other:?}"),
     }
     clock.advance(50 * S);
-    assert!(limiter.try_acquire(&["k"], call(0, 0)).unwrap().allowed, "no waiter left queued");
+    assert!(
+        limiter.try_acquire(&["k"], call(0, 0)).unwrap().allowed,
+        "no waiter left queued"
+    );
     assert_eq!(limiter.usage("k", None).unwrap().input_tokens, 0);
 }
 
@@ -301,7 +349,10 @@ fn blocking_acquire_waits_on_the_real_clock() {
             .unwrap();
     }
     let waited = start.elapsed();
-    assert!(waited >= std::time::Duration::from_millis(990), "{waited:?}");
+    assert!(
+        waited >= std::time::Duration::from_millis(990),
+        "{waited:?}"
+    );
     limiter
         .acquire_blocking(&["k"], call(0, 0), Some(0), &mut || false)
         .unwrap();
@@ -360,6 +411,10 @@ fn concurrent_threads_never_exceed_a_limit() {
             toks -= log[start].1;
             start += 1;
         }
-        assert!(reqs <= 500 && toks <= 20_000, "window ending at {} holds {reqs} requests, {toks} tokens", log[end].0);
+        assert!(
+            reqs <= 500 && toks <= 20_000,
+            "window ending at {} holds {reqs} requests, {toks} tokens",
+            log[end].0
+        );
     }
 }

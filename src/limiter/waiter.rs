@@ -64,11 +64,18 @@ fn describe(keys: &[Arc<str>]) -> String {
     keys.iter().map(|k| &**k).collect::<Vec<_>>().join(", ")
 }
 
-fn limited(keys: &[Arc<str>], retry_after_ns: Option<u64>, limit: Option<LimitSpec>, why: &str) -> RateLimited {
+fn limited(
+    keys: &[Arc<str>],
+    retry_after_ns: Option<u64>,
+    limit: Option<LimitSpec>,
+    why: &str,
+) -> RateLimited {
     let key = describe(keys);
-    let limit_name = limit.map(|l| l.name());
+    let limit_name = limit.as_ref().map(LimitSpec::name);
     let message = match (&limit_name, retry_after_ns) {
-        (Some(name), None) => format!("request on key {key:?} is larger than {name} itself and can never fit"),
+        (Some(name), None) => {
+            format!("request on key {key:?} is larger than {name} itself and can never fit")
+        }
         (Some(name), Some(ns)) => format!(
             "{why} on key {key:?}: {name} would be exceeded; it may fit in {:.3}s",
             ns_to_seconds(ns)
@@ -77,7 +84,7 @@ fn limited(keys: &[Arc<str>], retry_after_ns: Option<u64>, limit: Option<LimitSp
     };
     RateLimited {
         retry_after_ns,
-        limit: limit_name,
+        limit,
         key,
         message,
     }
@@ -100,7 +107,12 @@ impl RateLimiter {
         let owned: Vec<Arc<str>> = keys.iter().map(|k| Arc::from(k.as_ref())).collect();
         match fit {
             Fit::Never { limit } => {
-                return Err(CoreError::RateLimited(limited(&owned, None, Some(limit.1), "")));
+                return Err(CoreError::RateLimited(limited(
+                    &owned,
+                    None,
+                    Some(limit.1),
+                    "",
+                )));
             }
             Fit::Fits { .. } if inner.queued(&mut locked, keys).is_none() => {
                 let held = inner.record(&mut locked, keys, now, usage);
@@ -204,7 +216,12 @@ impl WaitHandle {
                 }
             }
             self.finished = true;
-            return Poll::TimedOut(limited(keys, wait_ns, limit, "timed out waiting for capacity"));
+            return Poll::TimedOut(limited(
+                keys,
+                wait_ns,
+                limit,
+                "timed out waiting for capacity",
+            ));
         }
         Poll::Wait(wait_ns.map(|w| now.saturating_add(w)))
     }
@@ -240,7 +257,10 @@ impl WaitHandle {
         }
     }
 
-    pub fn wait_blocking(mut self, interrupted: &mut dyn FnMut() -> bool) -> CoreResult<Reservation> {
+    pub fn wait_blocking(
+        mut self,
+        interrupted: &mut dyn FnMut() -> bool,
+    ) -> CoreResult<Reservation> {
         loop {
             match self.poll() {
                 Poll::Granted(r) => return Ok(r),

@@ -1,0 +1,50 @@
+//! One place where core errors become Python exceptions. The exception
+//! classes are defined in `usagewarden/errors.py` so they carry typed
+//! attributes and pickle cleanly.
+
+use super::limits::PyLimit;
+use crate::clock::ns_to_seconds;
+use crate::error::{CoreError, RateLimited};
+use pyo3::exceptions::{PyKeyboardInterrupt, PyValueError};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyDict;
+
+fn error_class<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
+    static MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+    let module =
+        MODULE.get_or_try_init(py, || py.import("usagewarden.errors").map(Bound::unbind))?;
+    module.bind(py).getattr(name)
+}
+
+pub(crate) fn rate_limited(py: Python<'_>, r: RateLimited) -> PyErr {
+    let build = || -> PyResult<PyErr> {
+        let kwargs = PyDict::new(py);
+        kwargs.set_item("retry_after", r.retry_after_ns.map(ns_to_seconds))?;
+        kwargs.set_item("limit", r.limit.map(PyLimit::from))?;
+        kwargs.set_item("key", &r.key)?;
+        let err = error_class(py, "RateLimitExceeded")?.call((&r.message,), Some(&kwargs))?;
+        Ok(PyErr::from_value(err))
+    };
+    build().unwrap_or_else(|e| e)
+}
+
+pub(crate) fn to_py(py: Python<'_>, err: CoreError) -> PyErr {
+    match err {
+        CoreError::InvalidArgument(arg, msg) => PyValueError::new_err(format!("{arg}: {msg}")),
+        CoreError::AlreadySettled => PyValueError::new_err("reservation: already settled"),
+        CoreError::RateLimited(r) => rate_limited(py, r),
+        CoreError::Interrupted => PyKeyboardInterrupt::new_err("wait interrupted"),
+    }
+}
+
+/// `Result<T, CoreError>` to `PyResult<T>`.
+pub(crate) trait IntoPyResult<T> {
+    fn py_err(self, py: Python<'_>) -> PyResult<T>;
+}
+
+impl<T> IntoPyResult<T> for Result<T, CoreError> {
+    fn py_err(self, py: Python<'_>) -> PyResult<T> {
+        self.map_err(|e| to_py(py, e))
+    }
+}

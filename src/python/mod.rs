@@ -1,0 +1,30 @@
+//! Thin PyO3 bindings over the pure-Rust core: type conversion, error
+//! mapping and the asyncio bridge. No limiting logic lives here.
+
+mod args;
+mod asyncio;
+mod clock;
+mod errors;
+mod history;
+mod limiter;
+mod limits;
+mod reservation;
+mod usage;
+
+use pyo3::prelude::*;
+
+#[pymodule(gil_used = false)]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("DEBUG_BUILD", cfg!(debug_assertions))?;
+    m.add_class::<usage::PyUsage>()?;
+    m.add_class::<clock::PyManualClock>()?;
+    m.add_class::<limits::PyLimit>()?;
+    m.add_class::<limits::PyRateLimits>()?;
+    m.add_class::<history::PyUsageHistory>()?;
+    m.add_class::<limiter::PyRateLimiter>()?;
+    m.add_class::<limiter::PyDecision>()?;
+    m.add_class::<reservation::PyReservation>()?;
+    m.add_class::<asyncio::AcquireCoroutine>()?;
+    Ok(())
+}
