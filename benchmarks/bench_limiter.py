@@ -35,6 +35,7 @@ import platform
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -76,10 +77,6 @@ class Entry:
     label: str
     build: Builder
     is_async: bool = False
-
-    @property
-    def ours(self) -> bool:
-        return self.label.startswith(OURS)
 
 
 def _ours_builder(uw: Any, *, is_async: bool) -> Builder:
@@ -149,9 +146,9 @@ def _limits_aio_builder() -> Builder:
     return build
 
 
-def _pyrate_limiter(rate_limit: int) -> Any:
-    """A pyrate Limiter with one InMemoryBucket per key (its documented per-key routing)."""
+def _pyrate_builder(*, is_async: bool) -> Builder:
     from pyrate_limiter import (
+        AbstractBucket,
         BucketFactory,
         Duration,
         InMemoryBucket,
@@ -162,54 +159,53 @@ def _pyrate_limiter(rate_limit: int) -> Any:
     )
 
     class PerKeyFactory(BucketFactory):
+        """One InMemoryBucket per key: pyrate's documented per-key routing."""
+
         def __init__(self, rates: list[Rate]) -> None:
             self.rates = rates
             self.clock = MonotonicClock()
-            self.buckets: dict[str, InMemoryBucket] = {}
+            self.buckets: dict[str, AbstractBucket] = {}
 
         def wrap_item(self, name: str, weight: int = 1) -> RateItem:
             return RateItem(name, self.clock.now(), weight=weight)
 
-        def get(self, item: RateItem) -> InMemoryBucket:
+        def get(self, item: RateItem) -> AbstractBucket:
             bucket = self.buckets.get(item.name)
             if bucket is None:
                 bucket = self.buckets[item.name] = self.create(InMemoryBucket, self.rates)
             return bucket
 
-    return Limiter(PerKeyFactory([Rate(rate_limit, Duration.MINUTE)]))
+    def make(limit: int) -> Limiter:
+        return Limiter(PerKeyFactory([Rate(limit, Duration.MINUTE)]))
 
-
-def _pyrate_builder(*, is_async: bool) -> Builder:
     # A pyrate bucket counts one weight against all of its rates, so RPM (weight 1) and
     # TPM (weight = tokens) need two limiters, each routing keys to their own buckets.
     def build(rpm: int | None, tpm: int) -> Contender:
-        tpm_lim = _pyrate_limiter(tpm)
-        rpm_lim = _pyrate_limiter(rpm) if rpm is not None else None
+        tpm_lim = make(tpm)
+        rpm_lim = make(rpm) if rpm is not None else None
         limiters = [lim for lim in (tpm_lim, rpm_lim) if lim is not None]
         op: Op
         if is_async:
             tpm_acq = tpm_lim.try_acquire_async
             rpm_acq = rpm_lim.try_acquire_async if rpm_lim is not None else None
 
-            async def op(key: str) -> bool:
+            async def op(key: str) -> object:
                 if rpm_acq is not None and not await rpm_acq(key, 1):
                     return False
-                return bool(await tpm_acq(key, TOKENS))
+                return await tpm_acq(key, TOKENS)
 
         else:
             tpm_try = tpm_lim.try_acquire
             if rpm_lim is None:
 
-                def op(key: str) -> bool:
+                def op(key: str) -> object:
                     return tpm_try(key, TOKENS, blocking=False)
 
             else:
                 rpm_try = rpm_lim.try_acquire
 
-                def op(key: str) -> bool:
-                    return rpm_try(key, 1, blocking=False) and tpm_try(
-                        key, TOKENS, blocking=False
-                    )
+                def op(key: str) -> object:
+                    return rpm_try(key, 1, blocking=False) and tpm_try(key, TOKENS, blocking=False)
 
         def close() -> None:
             for lim in limiters:
@@ -259,11 +255,15 @@ def collect_entries(uw: Any) -> tuple[list[Entry], list[Entry], list[str]]:
             lambda: [
                 Entry("limits moving-window", _limits_builder("moving")),
                 Entry("limits sliding-window-counter", _limits_builder("counter")),
+                Entry("limits.aio sliding-window-counter", _limits_aio_builder(), True),
             ],
         ),
         (
             "pyrate-limiter",
-            lambda: [Entry("pyrate-limiter InMemoryBucket", _pyrate_builder(is_async=False))],
+            lambda: [
+                Entry("pyrate-limiter InMemoryBucket", _pyrate_builder(is_async=False)),
+                Entry("pyrate-limiter try_acquire_async", _pyrate_builder(is_async=True), True),
+            ],
         ),
         (
             "aiolimiter",
@@ -272,24 +272,12 @@ def collect_entries(uw: Any) -> tuple[list[Entry], list[Entry], list[str]]:
                 Entry("aiolimiter RPM+TPM (2 limiters)", _aiolimiter_builder(with_rpm=True), True),
             ],
         ),
-        (
-            "pyrate-limiter",
-            lambda: [
-                Entry("pyrate-limiter try_acquire_async", _pyrate_builder(is_async=True), True)
-            ],
-        ),
-        (
-            "limits",
-            lambda: [Entry("limits.aio sliding-window-counter", _limits_aio_builder(), True)],
-        ),
     ]
     for package, make in candidates:
         try:
             entries = make()
         except ImportError as exc:
-            note = f"{package} not installed ({exc}); its rows are skipped"
-            if note not in notes:
-                notes.append(note)
+            notes.append(f"{package} not installed ({exc}); its rows are skipped")
             continue
         for entry in entries:
             (aio if entry.is_async else sync).append(entry)
@@ -323,9 +311,7 @@ def _time_sync(op: Op, chunks: Sequence[Sequence[str]]) -> tuple[list[int], list
     return times, results
 
 
-async def _time_async(
-    op: Op, chunks: Sequence[Sequence[str]]
-) -> tuple[list[int], list[list[Any]]]:
+async def _time_async(op: Op, chunks: Sequence[Sequence[str]]) -> tuple[list[int], list[list[Any]]]:
     times, results = [], []
     for chunk in chunks:
         t0 = time.perf_counter_ns()
@@ -404,78 +390,87 @@ def fmt_ns(ns: float) -> str:
     return f"{ns:,.0f}" if ns >= 100 else f"{ns:.1f}"
 
 
-def fmt_ratio(peer: float, ours: float | None) -> str:
-    return "-" if ours is None else f"{peer / ours:,.1f}x"
+def fmt_ratio(peer: float, ours: float) -> str:
+    return f"{peer / ours:,.1f}x"
 
 
-def print_case(title: str, results: dict[str, Result], skipped_ours: str | None) -> None:
+def split(results: dict[str, Result]) -> tuple[Result | None, dict[str, Result]]:
+    """Our result (if measured) and the peers' results."""
+    ours = next((r for label, r in results.items() if label.startswith(OURS)), None)
+    return ours, {label: r for label, r in results.items() if not label.startswith(OURS)}
+
+
+def _notes(res: Result) -> str:
+    notes = []
+    if res.denied:
+        notes.append(f"!! {res.denied} calls denied")
+    if res.max_sample_s > 60:
+        notes.append(f"!! a sample took {res.max_sample_s:.0f} s (> 1 minute window)")
+    return "  " + "; ".join(notes) if notes else ""
+
+
+def print_table(title: str, results: dict[str, Result], skipped_ours: str | None) -> None:
+    """One row per limiter: ns/call (per chunk when there are several) and peer/ours."""
     print(f"\n{title}")
-    ours = next((r.ns for label, r in results.items() if label.startswith(OURS)), None)
-    width = max(len(label) for label in results) + 2
-    print(f"  {'limiter':<{width}}{'ns/call':>12}{'peer/ours':>12}")
-    for label, res in results.items():
-        ratio = "" if label.startswith(OURS) else fmt_ratio(res.ns, ours)
-        note = f"  !! {res.denied} calls denied" if res.denied else ""
-        print(f"  {label:<{width}}{fmt_ns(res.ns):>12}{ratio:>12}{note}")
-    if skipped_ours:
-        print(f"  ({OURS}: skipped - {skipped_ours})")
-
-
-def print_fill_case(title: str, results: dict[str, Result], skipped_ours: str | None) -> None:
-    print(f"\n{title}")
+    ours, _ = split(results)
     chunks = len(next(iter(results.values())).chunk_ns)
     width = max(len(label) for label in results) + 2
-    head = "".join(f"{f'#{i + 1}':>9}" for i in range(chunks))
-    print(f"  {'limiter':<{width}}{head}{'max/min':>9}{'#9/ours':>9}")
-    ours = next((r for label, r in results.items() if label.startswith(OURS)), None)
+    if chunks == 1:
+        head = f"{'ns/call':>10}{'peer/ours':>11}"
+    else:
+        head = "".join(f"{f'#{i + 1}':>10}" for i in range(chunks))
+        head += f"{'max/min':>9}{f'#{chunks} peer/ours':>16}"
+    print(f"  {'limiter':<{width}}{head}")
     for label, res in results.items():
-        cells = "".join(f"{fmt_ns(ns):>9}" for ns in res.chunk_ns)
-        flat = max(res.chunk_ns) / min(res.chunk_ns)
-        last = "" if res is ours else fmt_ratio(res.chunk_ns[-1], ours and ours.chunk_ns[-1])
-        notes = []
-        if res.denied:
-            notes.append(f"!! {res.denied} calls denied")
-        if res.max_sample_s > 60:
-            notes.append(f"!! a sample took {res.max_sample_s:.0f} s > 1 min")
-        print(f"  {label:<{width}}{cells}{flat:>9.2f}{last:>9}  {'; '.join(notes)}".rstrip())
+        ratio = (
+            "" if ours is None or res is ours else fmt_ratio(res.chunk_ns[-1], ours.chunk_ns[-1])
+        )
+        if chunks == 1:
+            cells = f"{fmt_ns(res.ns):>10}{ratio:>11}"
+        else:
+            cells = "".join(f"{fmt_ns(ns):>10}" for ns in res.chunk_ns)
+            cells += f"{max(res.chunk_ns) / min(res.chunk_ns):>9.2f}{ratio:>16}"
+        print(f"  {label:<{width}}{cells}{_notes(res)}")
     if skipped_ours:
-        print(f"  ({OURS}: skipped - {skipped_ours})")
+        print(f"  ({OURS} rows skipped: {skipped_ours})")
 
 
 @dataclass
 class Summary:
     rows: list[tuple[str, str, str]] = field(default_factory=list)
 
-    def add(self, target: str, value: str, ok: bool | None) -> None:
+    def check(self, target: str, value: str | None, ok: bool | None) -> None:
+        """Print the verdict for one target under the current table, and keep it."""
         verdict = "SKIP" if ok is None else ("PASS" if ok else "MISS")
+        value = value or "not measured"
         self.rows.append((verdict, target, value))
+        print(f"  target {target}: {value}  -> {verdict}")
 
     def print(self) -> None:
         print("\nSummary")
-        width = max(len(t) for _, t, _ in self.rows) + 2
+        width = max(len(target) for _, target, _ in self.rows) + 2
         for verdict, target, value in self.rows:
             print(f"  {verdict:<5} {target:<{width}}{value}")
 
 
-def try_targets(summary: Summary, case: str, results: dict[str, Result]) -> None:
-    ours = next((r.ns for label, r in results.items() if label.startswith(OURS)), None)
-    peers = {label: r.ns for label, r in results.items() if not label.startswith(OURS)}
+def check_try_targets(summary: Summary, case: str, results: dict[str, Result]) -> None:
+    ours, peers = split(results)
+    latency = f"{case} try_acquire <= {TARGET_TRY_NS:.0f} ns"
+    speedup = f"{case} >= {TARGET_SPEEDUP:.0f}x fastest peer"
     if ours is None:
-        summary.add(f"{case}: try_acquire <= {TARGET_TRY_NS:.0f} ns", "not measured", None)
-        summary.add(f"{case}: >= {TARGET_SPEEDUP:.0f}x fastest peer", "not measured", None)
+        summary.check(latency, None, None)
+        summary.check(speedup, None, None)
         return
-    summary.add(
-        f"{case}: try_acquire <= {TARGET_TRY_NS:.0f} ns", f"{ours:.0f} ns", ours <= TARGET_TRY_NS
-    )
+    summary.check(latency, f"{fmt_ns(ours.ns)} ns", ours.ns <= TARGET_TRY_NS and not ours.denied)
     if not peers:
-        summary.add(f"{case}: >= {TARGET_SPEEDUP:.0f}x fastest peer", "no peers", None)
+        summary.check(speedup, "no peer measured", None)
         return
-    fastest = min(peers, key=peers.__getitem__)
-    speedup = peers[fastest] / ours
-    summary.add(
-        f"{case}: >= {TARGET_SPEEDUP:.0f}x fastest peer",
-        f"{speedup:.1f}x ({fastest}, {peers[fastest]:,.0f} ns)",
-        speedup >= TARGET_SPEEDUP,
+    fastest = min(peers, key=lambda label: peers[label].ns)
+    ratio = peers[fastest].ns / ours.ns
+    summary.check(
+        speedup,
+        f"{ratio:,.1f}x (fastest: {fastest}, {fmt_ns(peers[fastest].ns)} ns)",
+        ratio >= TARGET_SPEEDUP,
     )
 
 
@@ -486,16 +481,32 @@ def try_targets(summary: Summary, case: str, results: dict[str, Result]) -> None
 
 def load_ours() -> tuple[Any, str | None]:
     try:
-        import usagewarden as uw
+        with warnings.catch_warnings():
+            # A debug build warns on import; the header reports the build type instead.
+            warnings.simplefilter("ignore", RuntimeWarning)
+            import usagewarden as uw
 
         uw.RateLimiter, uw.RateLimits  # noqa: B018 - the API this script needs
     except (ImportError, AttributeError) as exc:
-        return None, f"usagewarden is not importable here ({type(exc).__name__}: {exc})"
+        return None, f"usagewarden is not importable ({type(exc).__name__}: {exc})"
     return uw, None
 
 
+def describe_ours(uw: Any) -> str:
+    """Version, build type and which compiled module was loaded (and when it was built)."""
+    debug = getattr(uw, "DEBUG_BUILD", None)
+    build = "build type unknown" if debug is None else "release build"
+    if debug:
+        build = "!! DEBUG build: figures are meaningless"
+    path = getattr(getattr(uw, "_core", uw), "__file__", None) or "?"
+    built = "?"
+    if os.path.exists(path):
+        built = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(os.path.getmtime(path)))
+    return f"usagewarden {getattr(uw, '__version__', '?')} ({build}): {path}, built {built}"
+
+
 def check_equivalence(entries: Sequence[Entry]) -> list[str]:
-    """Each sync limiter, set to 3 RPM or 1,000 TPM, must deny the 4th or 6th call."""
+    """Each sync limiter set to 3 RPM, or to 5 calls' worth of TPM, must deny the next call."""
     problems = []
     for entry in entries:
         for limits, admitted in (((3, HUGE_TPM), 3), ((None, 5 * TOKENS), 5)):
@@ -509,14 +520,29 @@ def check_equivalence(entries: Sequence[Entry]) -> list[str]:
     return problems
 
 
+def run_in_loop(
+    entries: Sequence[Entry], measure_one: Callable[[Entry, asyncio.AbstractEventLoop], Result]
+) -> dict[str, Result]:
+    """Measure every async contender inside one event loop, then shut the loop down."""
+    loop = asyncio.new_event_loop()
+    try:
+        return {entry.label: measure_one(entry, loop) for entry in entries}
+    finally:
+        for task in asyncio.all_tasks(loop):
+            task.cancel()
+        loop.run_until_complete(asyncio.sleep(0.05))
+        loop.run_until_complete(loop.shutdown_default_executor())
+        loop.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short run (fewer calls/samples)")
-    parser.add_argument("--repeats", type=int, help="samples per figure (median is reported)")
+    parser.add_argument("--repeats", type=int, help="samples per figure; the median is reported")
     args = parser.parse_args(argv)
 
-    repeats = args.repeats or (5 if args.quick else 7)
-    calls = 1_000 if args.quick else 5_000  # cases 1 and 3 (case 2: one pass over the keys)
+    repeats = args.repeats or (5 if args.quick else 9)
+    calls = 1_000 if args.quick else 5_000  # per sample, cases 1 and 3
     fill_calls, fill_chunks = 9_000, 9
     fill_repeats = args.repeats or (1 if args.quick else 5)
 
@@ -524,28 +550,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     sync_entries, async_entries, notes = collect_entries(uw)
 
     print("usagewarden rate limiter benchmark" + (" (--quick)" if args.quick else ""))
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(
-        f"  Python {platform.python_version()} ({platform.python_implementation()}), "
-        f"{platform.machine()}, {os.cpu_count()} CPUs, "
-        f"load avg {', '.join(f'{x:.2f}' for x in os.getloadavg())}"
+        f"  Python {platform.python_version()} ({platform.python_implementation()}) "
+        f"{platform.machine()}, {os.cpu_count()} CPUs, load average {load}"
     )
-    if uw is not None:
-        version = getattr(uw, "__version__", "?")
-        debug = getattr(getattr(uw, "_core", None), "DEBUG_BUILD", None)
-        build = {True: "DEBUG build - figures are not meaningful", False: "release build"}
-        print(f"  usagewarden {version} ({build.get(debug, 'build type unknown')})")
+    if uw is None:
+        print(f"  !! {skipped_ours}: its rows and the targets are skipped")
     else:
-        print(f"  !! {skipped_ours}: skipping its rows and the targets")
+        print(f"  {describe_ours(uw)}")
     for note in notes:
         print(f"  !! {note}")
     print(
-        f"  median of {repeats} samples (case 4: {fill_repeats}), fresh limiter per sample, "
+        f"  median of {repeats} samples ({fill_repeats} in case 4), fresh limiters per sample, "
         f"{TOKENS} tokens per call; peer/ours > 1 means usagewarden is faster"
     )
-
     problems = check_equivalence(sync_entries)
-    verdict = "OK" if not problems else "FAILED: " + "; ".join(problems)
-    print(f"  config check (3 RPM / {5 * TOKENS} TPM deny the 4th / 6th call): {verdict}")
+    print(
+        f"  config check (3 RPM, or {5 * TOKENS:,} TPM, denies the 4th / 6th call): "
+        + ("OK" if not problems else "FAILED: " + "; ".join(problems))
+    )
 
     one_key = ["key-00000"]
     many_keys = [f"key-{i:05d}" for i in range(N_KEYS)]
@@ -553,73 +577,64 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = Summary()
 
     results = {e.label: measure(e, both, one_key, calls, repeats) for e in sync_entries}
-    print_case(
-        f"[1] try_acquire, RPM {HUGE_RPM:,} + TPM {HUGE_TPM:,}, one key "
-        f"({calls:,} calls/sample; the window then holds up to {calls * TOKENS:,} tokens)",
+    print_table(
+        f"[1] try_acquire, RPM {HUGE_RPM:,} + TPM {HUGE_TPM:,} (all admitted), one key\n"
+        f"    {calls:,} calls per sample; a sample ends with {calls * TOKENS:,} tokens "
+        "in the window",
         results,
         skipped_ours,
     )
-    try_targets(summary, "[1] one key", results)
+    check_try_targets(summary, "[1]", results)
 
     results = {e.label: measure(e, both, many_keys, N_KEYS, repeats) for e in sync_entries}
-    print_case(
-        f"[2] try_acquire, same limits, cycling through {N_KEYS:,} keys "
-        f"({N_KEYS:,} calls/sample after one untimed call per key)",
+    print_table(
+        f"[2] try_acquire, same limits, cycling through {N_KEYS:,} keys\n"
+        f"    {N_KEYS:,} calls per sample (one per key) after one untimed call per key",
         results,
         skipped_ours,
     )
-    try_targets(summary, f"[2] {N_KEYS:,} keys", results)
+    check_try_targets(summary, "[2]", results)
 
-    loop = asyncio.new_event_loop()
-    try:
-        results = {
-            e.label: measure(e, both, one_key, calls, repeats, loop=loop) for e in async_entries
-        }
-    finally:
-        for task in asyncio.all_tasks(loop):
-            task.cancel()
-        loop.run_until_complete(asyncio.sleep(0.05))
-        loop.run_until_complete(loop.shutdown_default_executor())
-        loop.close()
-    print_case(
-        f"[3] await acquire when admitted, RPM+TPM, one key, one asyncio loop "
-        f"({calls:,} awaits/sample)",
+    results = run_in_loop(
+        async_entries, lambda e, loop: measure(e, both, one_key, calls, repeats, loop=loop)
+    )
+    print_table(
+        "[3] await acquire when admitted, same limits, one key, one asyncio event loop\n"
+        f"    {calls:,} awaits per sample",
         results,
         skipped_ours,
     )
-    ours = next((r.ns for label, r in results.items() if label.startswith(OURS)), None)
-    summary.add(
-        f"[3] await acquire <= {TARGET_ACQUIRE_NS / 1000:.0f} us",
-        "not measured" if ours is None else f"{ours:,.0f} ns",
-        None if ours is None else ours <= TARGET_ACQUIRE_NS,
-    )
+    ours, _ = split(results)
+    target = f"[3] await acquire <= {TARGET_ACQUIRE_NS / 1000:.0f} us"
+    if ours is None:
+        summary.check(target, None, None)
+    else:
+        summary.check(target, f"{fmt_ns(ours.ns)} ns", ours.ns <= TARGET_ACQUIRE_NS)
 
     per_chunk = fill_calls // fill_chunks
-    fill = (None, SPEC_TPM)
     results = {
         e.label: measure(
-            e, fill, one_key, fill_calls, fill_repeats, chunks=fill_chunks, warmup=False
+            e, (None, SPEC_TPM), one_key, fill_calls, fill_repeats, chunks=fill_chunks, warmup=False
         )
         for e in sync_entries
     }
-    print_fill_case(
-        f"[4] TPM {SPEC_TPM:,}/minute, {TOKENS} tokens/call, {fill_calls:,} calls on one key "
-        f"within a minute:\n    ns/call per block of {per_chunk:,} calls; block #i ends with "
-        f"{per_chunk * TOKENS:,} x i tokens in the window (#9: {fill_calls * TOKENS:,})",
+    print_table(
+        f"[4] try_acquire, TPM {SPEC_TPM:,}/minute only, {fill_calls:,} calls on one key "
+        "within a minute\n"
+        f"    ns/call per block of {per_chunk:,} calls; block #i ends with "
+        f"{per_chunk * TOKENS:,} x i tokens in the window (#{fill_chunks}: "
+        f"{fill_calls * TOKENS:,})",
         results,
         skipped_ours,
     )
-    ours_fill = next((r for label, r in results.items() if label.startswith(OURS)), None)
-    if ours_fill is None:
-        summary.add(f"[4] flat per-call cost (max/min <= {TARGET_FLAT})", "not measured", None)
+    ours, _ = split(results)
+    target = f"[4] flat per-call cost, slowest/fastest block <= {TARGET_FLAT}"
+    if ours is None:
+        summary.check(target, None, None)
     else:
-        flat = max(ours_fill.chunk_ns) / min(ours_fill.chunk_ns)
-        summary.add(
-            f"[4] flat per-call cost (max/min <= {TARGET_FLAT})",
-            f"{flat:.2f} ({fmt_ns(min(ours_fill.chunk_ns))}..{fmt_ns(max(ours_fill.chunk_ns))}"
-            " ns)",
-            flat <= TARGET_FLAT and not ours_fill.denied,
-        )
+        lo, hi = min(ours.chunk_ns), max(ours.chunk_ns)
+        ok = hi / lo <= TARGET_FLAT and not ours.denied
+        summary.check(target, f"{hi / lo:.2f} ({fmt_ns(lo)}..{fmt_ns(hi)} ns)", ok)
 
     summary.print()
     return 0

@@ -22,7 +22,8 @@ use parking_lot::{Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 use state::{Fit, KeyState};
-use std::hash::{BuildHasher, RandomState};
+use hashbrown::DefaultHashBuilder;
+use std::hash::BuildHasher;
 use std::sync::{Arc, Weak};
 
 const SHARDS: usize = 64;
@@ -51,7 +52,7 @@ impl Shard {
     fn state(&mut self, key: &str, limits: impl FnOnce() -> Arc<Limits>) -> &mut KeyState {
         self.keys
             .entry_ref(key)
-            .or_insert_with(|| KeyState::new(limits()))
+            .or_insert_with(|| KeyState::new(key, limits()))
     }
 
     /// Drops idle keys once the shard has seen as many operations as it
@@ -70,7 +71,7 @@ impl Shard {
 
 pub(crate) struct Inner {
     shards: Box<[Mutex<Shard>]>,
-    hasher: RandomState,
+    hasher: DefaultHashBuilder,
     default_limits: Arc<Limits>,
     per_key: HashMap<String, Arc<Limits>>,
     clock: Arc<dyn Clock>,
@@ -152,13 +153,13 @@ impl Inner {
     ) -> SmallVec<[(Arc<str>, Arc<state::Epoch>); 2]> {
         let mut held = SmallVec::new();
         for (i, key) in keys.iter().enumerate() {
-            let shard = locked.shard(i);
-            let (name, state) = shard
+            let state = locked
+                .shard(i)
                 .keys
-                .get_key_value_mut(key.as_ref())
+                .get_mut(key.as_ref())
                 .expect("evaluated keys exist");
             state.record(now, usage);
-            held.push((name.clone(), state.epoch.clone()));
+            held.push((state.name.clone(), state.epoch.clone()));
         }
         held
     }
@@ -230,7 +231,7 @@ impl RateLimiter {
     ) -> RateLimiter {
         let inner = Arc::new(Inner {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
-            hasher: RandomState::new(),
+            hasher: DefaultHashBuilder::default(),
             default_limits: Arc::new(default_limits),
             per_key: per_key.into_iter().map(|(k, l)| (k, Arc::new(l))).collect(),
             clock,
@@ -274,11 +275,51 @@ impl RateLimiter {
         record: bool,
     ) -> CoreResult<Decision> {
         check_keys(keys)?;
+        if let [key] = keys {
+            if let Some(decision) = self.admit_one(key.as_ref(), usage, record) {
+                return Ok(decision);
+            }
+        }
+        Ok(self.decide_locked(keys, usage, record))
+    }
+
+    /// The hot path: one key, nobody queued, and it fits. One lock, one
+    /// lookup. `None` sends every other case down the general path.
+    fn admit_one(&self, key: &str, usage: Usage, record: bool) -> Option<Decision> {
+        let inner = &*self.inner;
+        let mut shard = inner.shards[inner.shard_of(key)].lock();
+        let now = inner.clock.now();
+        shard.maybe_sweep(now);
+        let state = shard.state(key, || inner.limits_for(key));
+        state.evict(now);
+        if !state.queue.is_empty() {
+            return None;
+        }
+        let Fit::Fits {
+            remaining, binding, ..
+        } = state.evaluate(now, &usage, 0)
+        else {
+            return None;
+        };
+        let reservation = record.then(|| {
+            state.record(now, usage);
+            let held = smallvec::smallvec![(state.name.clone(), state.epoch.clone())];
+            Reservation::new(self.inner.clone(), held, now, usage)
+        });
+        Some(Decision {
+            allowed: true,
+            retry_after_ns: Some(0),
+            limit: binding,
+            remaining,
+            reservation,
+        })
+    }
+
+    fn decide_locked<S: AsRef<str>>(&self, keys: &[S], usage: Usage, record: bool) -> Decision {
         let inner = &*self.inner;
         let mut locked = inner.lock(keys);
         let now = inner.clock.now();
-        for (shard, guard) in locked.guards.iter_mut() {
-            let _ = shard;
+        for (_, guard) in locked.guards.iter_mut() {
             guard.maybe_sweep(now);
         }
         let fit = inner.evaluate(&mut locked, keys, now, &usage);
@@ -286,7 +327,7 @@ impl RateLimiter {
             Fit::Never { .. } => None,
             _ => inner.queued(&mut locked, keys),
         };
-        Ok(match (fit, queued_head) {
+        match (fit, queued_head) {
             (
                 Fit::Fits {
                     remaining, binding, ..
@@ -344,7 +385,7 @@ impl RateLimiter {
                     reservation: None,
                 }
             }
-        })
+        }
     }
 
     fn remaining_locked<S: AsRef<str>>(

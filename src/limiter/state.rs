@@ -14,6 +14,8 @@ use std::sync::Arc;
 pub(crate) struct Epoch;
 
 pub(crate) struct KeyState {
+    /// The key, shared with reservations so they need not copy it.
+    pub(crate) name: Arc<str>,
     pub(crate) limits: Arc<Limits>,
     /// One window per distinct window length in `limits`, shortest first.
     pub(crate) windows: Vec<SlidingWindow>,
@@ -111,13 +113,14 @@ impl Fit {
 }
 
 impl KeyState {
-    pub(crate) fn new(limits: Arc<Limits>) -> KeyState {
+    pub(crate) fn new(name: &str, limits: Arc<Limits>) -> KeyState {
         let windows = limits
             .windows()
             .iter()
             .map(|w| SlidingWindow::new(*w))
             .collect();
         KeyState {
+            name: Arc::from(name),
             limits,
             windows,
             epoch: Arc::new(Epoch),

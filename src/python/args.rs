@@ -4,7 +4,9 @@
 use crate::clock::seconds_to_ns;
 use crate::usage::{usd_to_nanos, Usage, MAX_COUNT};
 use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedStr;
 use pyo3::types::{PyBool, PyFloat, PyInt, PyString, PyTuple};
 use smallvec::SmallVec;
 
@@ -121,15 +123,17 @@ impl UsageArgs<'_, '_> {
     }
 }
 
-pub(crate) type Keys = SmallVec<[String; 2]>;
+/// Keys borrowed from their Python strings (no copy on CPython >= 3.10).
+pub(crate) type Keys = SmallVec<[PyBackedStr; 2]>;
 
 /// A key is a str, or a tuple of str acquired together.
-pub(crate) fn keys(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Keys> {
-    let Some(obj) = obj else {
-        return Ok(SmallVec::from_elem("default".to_string(), 1));
+pub(crate) fn keys(py: Python<'_>, obj: Option<&Bound<'_, PyAny>>) -> PyResult<Keys> {
+    let Some(obj) = obj.filter(|o| !o.is_none()) else {
+        let default = intern!(py, "default");
+        return Ok(smallvec::smallvec![default.clone().try_into()?]);
     };
     if let Ok(s) = obj.cast::<PyString>() {
-        return Ok(SmallVec::from_elem(s.to_cow()?.into_owned(), 1));
+        return Ok(smallvec::smallvec![s.clone().try_into()?]);
     }
     if let Ok(tuple) = obj.cast::<PyTuple>() {
         let mut out = SmallVec::with_capacity(tuple.len());
@@ -140,12 +144,9 @@ pub(crate) fn keys(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Keys> {
                     type_name(&item)
                 ))
             })?;
-            out.push(s.to_cow()?.into_owned());
+            out.push(s.clone().try_into()?);
         }
         return Ok(out);
-    }
-    if obj.is_none() {
-        return Ok(SmallVec::from_elem("default".to_string(), 1));
     }
     Err(PyTypeError::new_err(format!(
         "key must be a str or a tuple of str, not {}",

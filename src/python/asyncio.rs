@@ -21,12 +21,11 @@ use pyo3::exceptions::{PyRuntimeError, PyStopIteration};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyTuple;
-use smallvec::SmallVec;
 use tokio::sync::oneshot;
 
 pub(crate) struct AcquireArgs {
     pub(crate) limiter: RateLimiter,
-    pub(crate) keys: SmallVec<[String; 2]>,
+    pub(crate) keys: super::args::Keys,
     pub(crate) key: Py<PyAny>,
     pub(crate) usage: Usage,
     pub(crate) timeout_ns: Option<u64>,

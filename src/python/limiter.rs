@@ -139,7 +139,7 @@ impl PyRateLimiter {
         usage: UsageArgs<'_, '_>,
         record: bool,
     ) -> PyResult<PyDecision> {
-        let keys = args::keys(key)?;
+        let keys = args::keys(py, key)?;
         let usage = usage.to_usage(1)?;
         let decision = if record {
             self.core.try_acquire(&keys, usage)
@@ -308,7 +308,7 @@ impl PyRateLimiter {
         };
         Ok(AcquireCoroutine::pending(AcquireArgs {
             limiter: self.core.clone(),
-            keys: args::keys(key)?,
+            keys: args::keys(py, key)?,
             key: key_object(py, key),
             usage: usage.to_usage(1)?,
             timeout_ns: args::optional_seconds(timeout, "timeout", false)?,
@@ -339,7 +339,7 @@ impl PyRateLimiter {
             cache_write_tokens,
             cost,
         };
-        let keys: Keys = args::keys(key)?;
+        let keys: Keys = args::keys(py, key)?;
         let usage = usage.to_usage(1)?;
         let timeout_ns = args::optional_seconds(timeout, "timeout", false)?;
         let core = &self.core;
@@ -373,7 +373,7 @@ impl PyRateLimiter {
         key: Option<&Bound<'_, PyAny>>,
         window_seconds: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyUsage> {
-        let keys = args::keys(key)?;
+        let keys = args::keys(py, key)?;
         if keys.len() != 1 {
             return Err(PyValueError::new_err("key: usage() takes a single key"));
         }
@@ -388,7 +388,7 @@ impl PyRateLimiter {
     /// Fields without a limit read 2**63 - 1.
     #[pyo3(signature = (key=None))]
     fn remaining(&self, py: Python<'_>, key: Option<&Bound<'_, PyAny>>) -> PyResult<PyUsage> {
-        let keys = args::keys(key)?;
+        let keys = args::keys(py, key)?;
         self.core.remaining(&keys).py_err(py).map(PyUsage::from)
     }
 
@@ -398,7 +398,7 @@ impl PyRateLimiter {
         match key.filter(|k| !k.is_none()) {
             None => self.core.reset(None),
             Some(k) => {
-                for key in args::keys(Some(k))? {
+                for key in args::keys(k.py(), Some(k))? {
                     self.core.reset(Some(&key));
                 }
             }
