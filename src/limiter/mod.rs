@@ -17,12 +17,12 @@ use crate::error::{CoreError, CoreResult};
 use crate::limits::{LimitSpec, Limits};
 use crate::usage::Usage;
 use crate::window::Bucket;
+use hashbrown::DefaultHashBuilder;
 use hashbrown::HashMap;
 use parking_lot::{Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 use state::{Fit, KeyState};
-use hashbrown::DefaultHashBuilder;
 use std::hash::BuildHasher;
 use std::sync::{Arc, Weak};
 
@@ -192,11 +192,16 @@ impl ClockListener for Inner {
     }
 }
 
-/// Per-key state rebuilt on another clock: `(key, [(window ns, [(age of
-/// first, age of last, usage)])])`. Pending waiters are not part of it.
+/// A bucket relative to now: `(age of first entry, age of last entry, usage)`.
+pub type SnapshotBucket = (u64, u64, Usage);
+/// One window of a key: `(window length in ns, buckets)`.
+pub type SnapshotWindow = (u64, Vec<SnapshotBucket>);
+
+/// Per-key state that can be rebuilt on another clock (ages, not times).
+/// Pending waiters are not part of it.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct LimiterSnapshot {
-    pub keys: Vec<(String, Vec<(u64, Vec<(u64, u64, Usage)>)>)>,
+    pub keys: Vec<(String, Vec<SnapshotWindow>)>,
 }
 
 /// A sharded, lock-safe rate limiter. Cloning shares the same state.

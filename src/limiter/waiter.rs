@@ -190,8 +190,8 @@ impl WaitHandle {
         let fit = at_head.then(|| inner.evaluate(&mut locked, keys, now, &waiter.usage));
         if let Some(Fit::Fits { .. }) = fit {
             let held = inner.record(&mut locked, keys, now, waiter.usage);
-            for i in 0..keys.len() {
-                if let Some(state) = locked.shard(i).keys.get_mut(&*keys[i]) {
+            for (i, key) in keys.iter().enumerate() {
+                if let Some(state) = locked.shard(i).keys.get_mut(&**key) {
                     state.queue.pop_front();
                     state.wake_head();
                 }
@@ -210,8 +210,8 @@ impl WaitHandle {
             _ => (None, None),
         };
         if timed_out {
-            for i in 0..keys.len() {
-                if let Some(state) = locked.shard(i).keys.get_mut(&*keys[i]) {
+            for (i, key) in keys.iter().enumerate() {
+                if let Some(state) = locked.shard(i).keys.get_mut(&**key) {
                     state.leave(waiter);
                 }
             }
@@ -294,8 +294,8 @@ impl Drop for WaitHandle {
         let inner: &Inner = &self.limiter.inner;
         let keys = &self.waiter.keys;
         let mut locked = inner.lock(keys);
-        for i in 0..keys.len() {
-            if let Some(state) = locked.shard(i).keys.get_mut(&*keys[i]) {
+        for (i, key) in keys.iter().enumerate() {
+            if let Some(state) = locked.shard(i).keys.get_mut(&**key) {
                 state.leave(&self.waiter);
             }
         }

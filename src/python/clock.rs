@@ -17,7 +17,7 @@ pub struct PyManualClock {
 #[pymethods]
 impl PyManualClock {
     #[new]
-    #[pyo3(signature = (start=None))]
+    #[pyo3(signature = (start=None), text_signature = "(start=0.0)")]
     fn new(start: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
         let start = args::optional_seconds(start, "start", false)?.unwrap_or(0);
         Ok(PyManualClock {

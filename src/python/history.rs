@@ -22,7 +22,7 @@ pub struct PyUsageHistory {
 #[pymethods]
 impl PyUsageHistory {
     #[new]
-    #[pyo3(signature = (window_seconds=None, clock=None))]
+    #[pyo3(signature = (window_seconds=None, clock=None), text_signature = "(window_seconds=60.0, clock=None)")]
     fn new(
         py: Python<'_>,
         window_seconds: Option<&Bound<'_, PyAny>>,

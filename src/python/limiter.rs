@@ -123,7 +123,7 @@ impl PyDecision {
 /// and task of the process. `key` is a str, or a tuple of str acquired
 /// atomically on all keys or none. Limits apply per key: `per_key` maps a key
 /// to its own `RateLimits`, other keys get `limits`.
-#[pyclass(frozen, subclass, name = "RateLimiter", module = "usagewarden")]
+#[pyclass(frozen, name = "RateLimiter", module = "usagewarden")]
 pub struct PyRateLimiter {
     core: RateLimiter,
     limits: Py<PyRateLimits>,
@@ -234,6 +234,9 @@ impl PyRateLimiter {
     /// Admits the request now on every key, or on none; never waits.
     #[pyo3(signature = (key=None, *, requests=None, input_tokens=None, output_tokens=None, cache_read_tokens=None, cache_write_tokens=None, cost=None))]
     #[allow(clippy::too_many_arguments)]
+    #[pyo3(
+        text_signature = "(self, key='default', *, requests=1, input_tokens=0, output_tokens=0, cache_read_tokens=0, cache_write_tokens=0, cost=0.0)"
+    )]
     fn try_acquire(
         &self,
         py: Python<'_>,
@@ -259,6 +262,9 @@ impl PyRateLimiter {
     /// What `try_acquire` would decide now; records nothing.
     #[pyo3(signature = (key=None, *, requests=None, input_tokens=None, output_tokens=None, cache_read_tokens=None, cache_write_tokens=None, cost=None))]
     #[allow(clippy::too_many_arguments)]
+    #[pyo3(
+        text_signature = "(self, key='default', *, requests=1, input_tokens=0, output_tokens=0, cache_read_tokens=0, cache_write_tokens=0, cost=0.0)"
+    )]
     fn check(
         &self,
         py: Python<'_>,
@@ -286,6 +292,9 @@ impl PyRateLimiter {
     /// `RateLimitExceeded` on timeout, or at once for a request larger than a limit.
     #[pyo3(signature = (key=None, *, requests=None, input_tokens=None, output_tokens=None, cache_read_tokens=None, cache_write_tokens=None, cost=None, timeout=None))]
     #[allow(clippy::too_many_arguments)]
+    #[pyo3(
+        text_signature = "(self, key='default', *, requests=1, input_tokens=0, output_tokens=0, cache_read_tokens=0, cache_write_tokens=0, cost=0.0, timeout=None)"
+    )]
     fn acquire(
         &self,
         py: Python<'_>,
@@ -319,6 +328,9 @@ impl PyRateLimiter {
     /// admitted; for code running in threads.
     #[pyo3(signature = (key=None, *, requests=None, input_tokens=None, output_tokens=None, cache_read_tokens=None, cache_write_tokens=None, cost=None, timeout=None))]
     #[allow(clippy::too_many_arguments)]
+    #[pyo3(
+        text_signature = "(self, key='default', *, requests=1, input_tokens=0, output_tokens=0, cache_read_tokens=0, cache_write_tokens=0, cost=0.0, timeout=None)"
+    )]
     fn acquire_blocking(
         &self,
         py: Python<'_>,
@@ -366,7 +378,7 @@ impl PyRateLimiter {
 
     /// Usage counted for `key` within the longest limit window, or within
     /// the last `window_seconds`.
-    #[pyo3(signature = (key=None, window_seconds=None))]
+    #[pyo3(signature = (key=None, window_seconds=None), text_signature = "(self, key='default', window_seconds=None)")]
     fn usage(
         &self,
         py: Python<'_>,
@@ -386,7 +398,7 @@ impl PyRateLimiter {
 
     /// What could still be admitted now on `key` (every key of a tuple).
     /// Fields without a limit read 2**63 - 1.
-    #[pyo3(signature = (key=None))]
+    #[pyo3(signature = (key=None), text_signature = "(self, key='default')")]
     fn remaining(&self, py: Python<'_>, key: Option<&Bound<'_, PyAny>>) -> PyResult<PyUsage> {
         let keys = args::keys(py, key)?;
         self.core.remaining(&keys).py_err(py).map(PyUsage::from)

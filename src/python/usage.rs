@@ -9,7 +9,7 @@ use pyo3::types::{PyDict, PyTuple};
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 #[pyclass(frozen, name = "Usage", module = "usagewarden")]
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct PyUsage {
     pub(crate) inner: Usage,
 }
@@ -23,7 +23,10 @@ impl From<Usage> for PyUsage {
 #[pymethods]
 impl PyUsage {
     #[new]
-    #[pyo3(signature = (requests=None, input_tokens=None, output_tokens=None, cache_read_tokens=None, cache_write_tokens=None, cost=None))]
+    #[pyo3(
+        signature = (requests=None, input_tokens=None, output_tokens=None, cache_read_tokens=None, cache_write_tokens=None, cost=None),
+        text_signature = "(requests=0, input_tokens=0, output_tokens=0, cache_read_tokens=0, cache_write_tokens=0, cost=0.0)"
+    )]
     fn new(
         requests: Option<&Bound<'_, PyAny>>,
         input_tokens: Option<&Bound<'_, PyAny>>,
