@@ -4,6 +4,7 @@
 //! `python` module (behind the `python` feature) holds the thin PyO3 bindings.
 
 pub mod clock;
+pub mod ledger;
 pub mod error;
 pub mod history;
 pub mod limiter;
