@@ -38,7 +38,7 @@ import time
 import warnings
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 TOKENS = 200  # tokens per call, as input tokens (ours) / cost (limits) / weight (pyrate)
 HUGE_RPM = 1_000_000_000
@@ -69,7 +69,7 @@ class Contender:
 
 
 # (requests_per_minute or None, tokens_per_minute) -> Contender
-Builder = Callable[[Optional[int], int], Contender]
+Builder = Callable[[int | None, int], Contender]
 
 
 @dataclass(frozen=True)
@@ -544,7 +544,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     repeats = args.repeats or (5 if args.quick else 9)
     calls = 1_000 if args.quick else 5_000  # per sample, cases 1 and 3
     fill_calls, fill_chunks = 9_000, 9
-    fill_repeats = args.repeats or (1 if args.quick else 5)
+    fill_repeats = args.repeats or (3 if args.quick else 5)
 
     uw, skipped_ours = load_ours()
     sync_entries, async_entries, notes = collect_entries(uw)

@@ -3,7 +3,7 @@
 use crate::limits::LimitSpec;
 use std::fmt;
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub enum CoreError {
     /// A bad argument: `(argument name, what is wrong)`.
     InvalidArgument(&'static str, String),
@@ -13,6 +13,18 @@ pub enum CoreError {
     RateLimited(RateLimited),
     /// A blocking wait was interrupted (for example by a signal handler).
     Interrupted,
+    /// The same request id was recorded before with different content.
+    Conflict(String),
+    /// The ledger could not complete an operation.
+    Store(String),
+    /// An SQLite error (the writer retries these; reads report them).
+    Sqlite(rusqlite::Error),
+}
+
+impl From<rusqlite::Error> for CoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        CoreError::Sqlite(e)
+    }
 }
 
 /// Why a request was refused.
@@ -34,6 +46,8 @@ impl fmt::Display for CoreError {
             CoreError::AlreadySettled => write!(f, "reservation is already settled"),
             CoreError::RateLimited(r) => f.write_str(&r.message),
             CoreError::Interrupted => write!(f, "wait interrupted"),
+            CoreError::Conflict(m) | CoreError::Store(m) => f.write_str(m),
+            CoreError::Sqlite(e) => write!(f, "SQLite: {e}"),
         }
     }
 }

@@ -4,9 +4,9 @@
 //! `python` module (behind the `python` feature) holds the thin PyO3 bindings.
 
 pub mod clock;
-pub mod ledger;
 pub mod error;
 pub mod history;
+pub mod ledger;
 pub mod limiter;
 pub mod limits;
 pub mod usage;

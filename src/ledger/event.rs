@@ -36,7 +36,10 @@ pub struct UsageEvent {
 
 fn check_id(field: &'static str, value: &str) -> CoreResult<()> {
     if value.is_empty() {
-        return Err(CoreError::InvalidArgument(field, "must not be empty".into()));
+        return Err(CoreError::InvalidArgument(
+            field,
+            "must not be empty".into(),
+        ));
     }
     let chars = value.chars().count();
     if chars > MAX_ID_CHARS {
@@ -46,7 +49,10 @@ fn check_id(field: &'static str, value: &str) -> CoreResult<()> {
         ));
     }
     if value.contains('\0') {
-        return Err(CoreError::InvalidArgument(field, "must not contain NUL bytes".into()));
+        return Err(CoreError::InvalidArgument(
+            field,
+            "must not contain NUL bytes".into(),
+        ));
     }
     Ok(())
 }
@@ -80,7 +86,10 @@ pub fn canonical_metadata(json: &str) -> CoreResult<String> {
         ));
     }
     if json.contains("\\u0000") {
-        return Err(CoreError::InvalidArgument("metadata", "must not contain NUL characters".into()));
+        return Err(CoreError::InvalidArgument(
+            "metadata",
+            "must not contain NUL characters".into(),
+        ));
     }
     redact(&mut value);
     Ok(value.to_string())
@@ -116,7 +125,10 @@ impl UsageEvent {
             ("cost", self.cost_nanos.unwrap_or(0)),
         ] {
             if value > MAX_COUNT {
-                return Err(CoreError::InvalidArgument(field, "must be at most 2**63 - 1".into()));
+                return Err(CoreError::InvalidArgument(
+                    field,
+                    "must be at most 2**63 - 1".into(),
+                ));
             }
         }
         Ok(())
@@ -194,16 +206,28 @@ pub(crate) mod tests {
         let mut e = event("a", 0, 1);
         assert!(e.validate().is_ok());
         e.agent_id = String::new();
-        assert!(matches!(e.validate(), Err(CoreError::InvalidArgument("agent_id", _))));
+        assert!(matches!(
+            e.validate(),
+            Err(CoreError::InvalidArgument("agent_id", _))
+        ));
         let mut e = event("a", 0, 1);
         e.consumer_id = "x".repeat(257);
-        assert!(matches!(e.validate(), Err(CoreError::InvalidArgument("consumer_id", _))));
+        assert!(matches!(
+            e.validate(),
+            Err(CoreError::InvalidArgument("consumer_id", _))
+        ));
         let mut e = event("a", 0, 1);
         e.action = "LLM".into();
-        assert!(matches!(e.validate(), Err(CoreError::InvalidArgument("action", _))));
+        assert!(matches!(
+            e.validate(),
+            Err(CoreError::InvalidArgument("action", _))
+        ));
         let mut e = event("a", 0, 1);
         e.task_id = Some("a\0b".into());
-        assert!(matches!(e.validate(), Err(CoreError::InvalidArgument("task_id", _))));
+        assert!(matches!(
+            e.validate(),
+            Err(CoreError::InvalidArgument("task_id", _))
+        ));
     }
 
     #[test]

@@ -1,4 +1,8 @@
 //! The usage ledger: one append-only event per billable action.
 
+pub mod buckets;
 pub mod event;
+pub mod export;
+pub mod filters;
 pub mod redact;
+pub mod sqlite;

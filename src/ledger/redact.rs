@@ -24,7 +24,14 @@ const SENSITIVE_KEYS: &[&str] = &[
 ];
 
 /// Suffixes that mark a key as sensitive (`access_token`, `client_secret`…).
-const SENSITIVE_SUFFIXES: &[&str] = &["_token", "_secret", "_password", "_api_key", "_apikey", "_key_id"];
+const SENSITIVE_SUFFIXES: &[&str] = &[
+    "_token",
+    "_secret",
+    "_password",
+    "_api_key",
+    "_apikey",
+    "_key_id",
+];
 
 pub fn is_sensitive_key(key: &str) -> bool {
     let key = key.to_ascii_lowercase().replace('-', "_");
@@ -68,7 +75,9 @@ fn looks_like_credential(word: &str) -> bool {
     // AWS access key ids.
     if (word.starts_with("AKIA") || word.starts_with("ASIA"))
         && word.len() == 20
-        && word.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+        && word
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
     {
         return true;
     }
@@ -152,7 +161,13 @@ mod tests {
         ] {
             assert!(looks_secret(secret), "{secret}");
         }
-        for benign in ["hello world", "sk-short", "task-123", "Bearer", "gpt-4o-mini"] {
+        for benign in [
+            "hello world",
+            "sk-short",
+            "task-123",
+            "Bearer",
+            "gpt-4o-mini",
+        ] {
             assert!(!looks_secret(benign), "{benign}");
         }
     }

@@ -1,0 +1,242 @@
+//! Grouping keys, and calendar buckets in IANA time zones.
+//!
+//! Time buckets are computed inside SQLite by the `uw_bucket(ts, unit, tz)`
+//! SQL function, so aggregation stays in SQL. Every UTC offset in use is a
+//! multiple of 15 minutes and changes only on such boundaries, so the label
+//! of a timestamp is fixed within its 15-minute UTC slot: labels are cached
+//! per slot and computed once per slot, not once per row.
+
+use crate::error::{CoreError, CoreResult};
+use chrono::{DateTime, Datelike};
+use chrono_tz::Tz;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeUnit {
+    Hour,
+    Day,
+    Week,
+    Month,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupBy {
+    Agent,
+    Consumer,
+    Model,
+    Action,
+    Namespace,
+    Time(TimeUnit),
+}
+
+impl GroupBy {
+    pub const NAMES: [&'static str; 9] = [
+        "agent",
+        "consumer",
+        "model",
+        "action",
+        "namespace",
+        "hour",
+        "day",
+        "week",
+        "month",
+    ];
+
+    pub fn parse(name: &str) -> CoreResult<GroupBy> {
+        Ok(match name {
+            "agent" => GroupBy::Agent,
+            "consumer" => GroupBy::Consumer,
+            "model" => GroupBy::Model,
+            "action" => GroupBy::Action,
+            "namespace" => GroupBy::Namespace,
+            "hour" => GroupBy::Time(TimeUnit::Hour),
+            "day" => GroupBy::Time(TimeUnit::Day),
+            "week" => GroupBy::Time(TimeUnit::Week),
+            "month" => GroupBy::Time(TimeUnit::Month),
+            other => {
+                return Err(CoreError::InvalidArgument(
+                    "group_by",
+                    format!(
+                        "must be one of {}, got {other:?}",
+                        GroupBy::NAMES.join(", ")
+                    ),
+                ))
+            }
+        })
+    }
+
+    /// The SQL expression grouped on (a column, or the bucket function with
+    /// its unit and zone bound as parameters).
+    pub fn sql(&self) -> &'static str {
+        match self {
+            GroupBy::Agent => "agent_id",
+            GroupBy::Consumer => "consumer_id",
+            GroupBy::Model => "model",
+            GroupBy::Action => "action",
+            GroupBy::Namespace => "namespace",
+            GroupBy::Time(_) => "uw_bucket(ts, ?, ?)",
+        }
+    }
+}
+
+impl TimeUnit {
+    pub fn name(self) -> &'static str {
+        match self {
+            TimeUnit::Hour => "hour",
+            TimeUnit::Day => "day",
+            TimeUnit::Week => "week",
+            TimeUnit::Month => "month",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<TimeUnit> {
+        match name {
+            "hour" => Some(TimeUnit::Hour),
+            "day" => Some(TimeUnit::Day),
+            "week" => Some(TimeUnit::Week),
+            "month" => Some(TimeUnit::Month),
+            _ => None,
+        }
+    }
+}
+
+pub fn parse_tz(name: &str) -> CoreResult<Tz> {
+    name.parse::<Tz>().map_err(|_| {
+        CoreError::InvalidArgument(
+            "tz",
+            format!("unknown IANA time zone {name:?} (e.g. \"UTC\", \"Europe/Paris\")"),
+        )
+    })
+}
+
+/// The bucket label of `ts_us` in `tz`: hour `2026-03-08T01:00-05:00`, day
+/// `2026-03-08`, ISO week `2026-W10`, month `2026-03`.
+pub fn label(ts_us: i64, unit: TimeUnit, tz: Tz) -> String {
+    let Some(utc) = DateTime::from_timestamp_micros(ts_us) else {
+        return "invalid".into();
+    };
+    let local = utc.with_timezone(&tz);
+    match unit {
+        TimeUnit::Hour => local.format("%Y-%m-%dT%H:00%:z").to_string(),
+        TimeUnit::Day => local.format("%Y-%m-%d").to_string(),
+        TimeUnit::Week => {
+            let week = local.iso_week();
+            format!("{}-W{:02}", week.year(), week.week())
+        }
+        TimeUnit::Month => local.format("%Y-%m").to_string(),
+    }
+}
+
+const SLOT_US: i64 = 15 * 60 * 1_000_000;
+const CACHE_SLOTS: usize = 4096;
+
+/// Labels cached per 15-minute UTC slot.
+pub struct LabelCache {
+    entries: Vec<Option<(i64, TimeUnit, Tz, String)>>,
+}
+
+impl Default for LabelCache {
+    fn default() -> Self {
+        LabelCache {
+            entries: vec![None; CACHE_SLOTS],
+        }
+    }
+}
+
+impl LabelCache {
+    pub fn label(&mut self, ts_us: i64, unit: TimeUnit, tz: Tz) -> &str {
+        let slot = ts_us.div_euclid(SLOT_US);
+        let idx = slot.rem_euclid(CACHE_SLOTS as i64) as usize;
+        let hit = matches!(&self.entries[idx], Some((s, u, z, _)) if *s == slot && *u == unit && *z == tz);
+        if !hit {
+            self.entries[idx] = Some((slot, unit, tz, label(ts_us, unit, tz)));
+        }
+        &self.entries[idx].as_ref().expect("filled above").3
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn us(rfc3339: &str) -> i64 {
+        DateTime::parse_from_rfc3339(rfc3339)
+            .unwrap()
+            .timestamp_micros()
+    }
+
+    #[test]
+    fn days_follow_the_zone_across_dst() {
+        let ny: Tz = "America/New_York".parse().unwrap();
+        // 2026-03-08: clocks go forward at 02:00 local (07:00 UTC); the day has 23 hours.
+        assert_eq!(
+            label(us("2026-03-08T04:59:59Z"), TimeUnit::Day, ny),
+            "2026-03-07"
+        );
+        assert_eq!(
+            label(us("2026-03-08T05:00:00Z"), TimeUnit::Day, ny),
+            "2026-03-08"
+        );
+        assert_eq!(
+            label(us("2026-03-09T03:59:59Z"), TimeUnit::Day, ny),
+            "2026-03-08"
+        );
+        assert_eq!(
+            label(us("2026-03-09T04:00:00Z"), TimeUnit::Day, ny),
+            "2026-03-09"
+        );
+        assert_eq!(
+            label(us("2026-03-08T06:30:00Z"), TimeUnit::Hour, ny),
+            "2026-03-08T01:00-05:00"
+        );
+        assert_eq!(
+            label(us("2026-03-08T07:30:00Z"), TimeUnit::Hour, ny),
+            "2026-03-08T03:00-04:00"
+        );
+    }
+
+    #[test]
+    fn weeks_are_iso_and_months_local() {
+        let utc: Tz = "UTC".parse().unwrap();
+        assert_eq!(
+            label(us("2026-02-14T12:00:00Z"), TimeUnit::Week, utc),
+            "2026-W07"
+        );
+        assert_eq!(
+            label(us("2027-01-01T12:00:00Z"), TimeUnit::Week, utc),
+            "2026-W53"
+        );
+        let tokyo: Tz = "Asia/Tokyo".parse().unwrap();
+        assert_eq!(
+            label(us("2026-01-31T15:00:00Z"), TimeUnit::Month, tokyo),
+            "2026-02"
+        );
+    }
+
+    #[test]
+    fn cached_labels_match_direct_ones() {
+        let zones: Vec<Tz> = ["Asia/Kathmandu", "America/New_York", "Australia/Lord_Howe"]
+            .iter()
+            .map(|z| z.parse().unwrap())
+            .collect();
+        let mut cache = LabelCache::default();
+        let start = us("2026-03-01T00:00:00Z");
+        for tz in zones {
+            for unit in [TimeUnit::Hour, TimeUnit::Day] {
+                for i in 0..20_000 {
+                    let ts = start + i * 7 * 60 * 1_000_000 + i;
+                    assert_eq!(cache.label(ts, unit, tz), label(ts, unit, tz));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_names_are_refused() {
+        assert!(parse_tz("Mars/Olympus").is_err());
+        assert!(GroupBy::parse("year").is_err());
+        assert_eq!(
+            GroupBy::parse("week").unwrap(),
+            GroupBy::Time(TimeUnit::Week)
+        );
+    }
+}

@@ -1,0 +1,300 @@
+//! The embedded SQLite ledger: one background writer, pooled readers.
+
+mod read;
+mod schema;
+mod writer;
+
+pub use read::Aggregate;
+pub use schema::SCHEMA_VERSION;
+pub use writer::{LogLevel, Outcome, MAX_GROUP, QUEUE_CAPACITY};
+
+use crate::clock::Clock;
+use crate::error::{CoreError, CoreResult};
+use crate::ledger::buckets::{parse_tz, GroupBy};
+use crate::ledger::event::UsageEvent;
+use crate::ledger::export::{write_events, Format};
+use crate::ledger::filters::Filters;
+use parking_lot::Mutex;
+use rusqlite::{params_from_iter, Connection};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use writer::Writer;
+
+/// Where the writer reports failures (the bindings forward to Python logging).
+pub type LogSink = Arc<dyn Fn(LogLevel, &str) + Send + Sync>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// `record` returns once the event is queued; it commits within one
+    /// writer transaction (milliseconds under load).
+    Batch,
+    /// `record` returns after the event's transaction committed (fsync'd).
+    Commit,
+}
+
+impl Durability {
+    pub fn parse(name: &str) -> CoreResult<Durability> {
+        match name {
+            "batch" => Ok(Durability::Batch),
+            "commit" => Ok(Durability::Commit),
+            other => Err(CoreError::InvalidArgument(
+                "durability",
+                format!("must be \"batch\" or \"commit\", got {other:?}"),
+            )),
+        }
+    }
+}
+
+pub struct StoreOptions {
+    pub path: PathBuf,
+    pub retention_us: Option<i64>,
+    pub durability: Durability,
+    pub clock: Arc<dyn Clock>,
+    pub log: LogSink,
+}
+
+/// What `stats()` reports.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    pub events: u64,
+    pub oldest_us: Option<i64>,
+    pub newest_us: Option<i64>,
+    pub retention_us: Option<i64>,
+    /// Events recorded since the store was opened (this process).
+    pub inserted: u64,
+    pub duplicates: u64,
+    pub conflicts: u64,
+    /// Queued but not yet committed.
+    pub queued: u64,
+    /// Failed write attempts (each is retried).
+    pub write_errors: u64,
+    pub last_error: Option<String>,
+    /// Database file plus its write-ahead log, in bytes.
+    pub size_bytes: u64,
+}
+
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: Writer,
+    readers: Mutex<Vec<Connection>>,
+    durability: Durability,
+    retention_us: Option<i64>,
+    clock: Arc<dyn Clock>,
+}
+
+/// How long `close` keeps retrying a failing database before giving up.
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
+
+impl SqliteStore {
+    pub fn open(options: StoreOptions) -> CoreResult<SqliteStore> {
+        if let Some(r) = options.retention_us {
+            if r <= 0 {
+                return Err(CoreError::InvalidArgument(
+                    "retention_seconds",
+                    "must be positive".into(),
+                ));
+            }
+        }
+        let clock = options.clock.clone();
+        let now_us: Arc<dyn Fn() -> i64 + Send + Sync> =
+            Arc::new(move || (clock.now() / 1_000) as i64);
+        let writer = Writer::start(
+            options.path.clone(),
+            options.durability == Durability::Commit,
+            options.retention_us,
+            now_us,
+            options.log,
+        )?;
+        Ok(SqliteStore {
+            path: options.path,
+            writer,
+            readers: Mutex::new(Vec::new()),
+            durability: options.durability,
+            retention_us: options.retention_us,
+            clock: options.clock,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    pub fn retention_us(&self) -> Option<i64> {
+        self.retention_us
+    }
+
+    /// Now on the store's clock, in UTC microseconds.
+    pub fn now_us(&self) -> i64 {
+        (self.clock.now() / 1_000) as i64
+    }
+
+    fn open_check(&self) -> CoreResult<()> {
+        if self.writer.is_closed() {
+            return Err(CoreError::Store("the store is closed".into()));
+        }
+        Ok(())
+    }
+
+    /// Records one event; returns its request id. With `Durability::Commit`
+    /// a conflicting duplicate raises `Conflict`; with `Batch` it is counted
+    /// in the stats and logged.
+    pub fn record(&self, event: UsageEvent) -> CoreResult<String> {
+        event.validate()?;
+        let request_id = event.request_id.clone();
+        let wait = self.durability == Durability::Commit;
+        match self.writer.record(event, wait)? {
+            Some(Outcome::Conflict) => Err(CoreError::Conflict(format!(
+                "request_id {request_id:?} was recorded before with different content"
+            ))),
+            _ => Ok(request_id),
+        }
+    }
+
+    /// Records all events in one transaction, or none; returns how many were new.
+    pub fn record_batch(&self, events: Vec<UsageEvent>) -> CoreResult<usize> {
+        for (i, event) in events.iter().enumerate() {
+            event.validate().map_err(|e| match e {
+                CoreError::InvalidArgument(field, msg) => {
+                    CoreError::InvalidArgument("events", format!("events[{i}].{field}: {msg}"))
+                }
+                other => other,
+            })?;
+        }
+        if events.is_empty() {
+            return Ok(0);
+        }
+        self.writer.record_batch(events)
+    }
+
+    pub fn flush(&self) -> CoreResult<()> {
+        self.open_check()?;
+        self.writer.flush()
+    }
+
+    /// Deletes events older than now − retention (one exactly at the cutoff
+    /// stays); returns how many. Without a retention, deletes nothing.
+    pub fn purge_expired(&self) -> CoreResult<usize> {
+        self.open_check()?;
+        match self.retention_us {
+            Some(retention) => self.writer.purge(self.now_us().saturating_sub(retention)),
+            None => Ok(0),
+        }
+    }
+
+    /// Runs maintenance SQL on the write connection, in order with writes.
+    pub fn with_writer(
+        &self,
+        work: Box<dyn FnOnce(&mut Connection) -> CoreResult<usize> + Send>,
+    ) -> CoreResult<usize> {
+        self.open_check()?;
+        self.writer.exec(work)
+    }
+
+    /// Runs `f` on a pooled read-only connection.
+    pub fn read<T>(&self, f: impl FnOnce(&Connection) -> CoreResult<T>) -> CoreResult<T> {
+        let conn = match self.readers.lock().pop() {
+            Some(conn) => conn,
+            None => schema::open_reader(&self.path)?,
+        };
+        let result = f(&conn);
+        self.readers.lock().push(conn);
+        result
+    }
+
+    pub fn query(
+        &self,
+        filters: &Filters,
+        limit: Option<u64>,
+        offset: u64,
+    ) -> CoreResult<Vec<UsageEvent>> {
+        filters.validate()?;
+        self.read(|c| read::query(c, filters, limit, offset))
+    }
+
+    pub fn aggregate(
+        &self,
+        group_by: &str,
+        tz: &str,
+        filters: &Filters,
+    ) -> CoreResult<Vec<Aggregate>> {
+        let group_by = GroupBy::parse(group_by)?;
+        parse_tz(tz)?;
+        filters.validate()?;
+        self.read(|c| read::aggregate(c, group_by, tz, filters))
+    }
+
+    pub fn summary(&self, filters: &Filters) -> CoreResult<Aggregate> {
+        filters.validate()?;
+        self.read(|c| read::summary(c, filters))
+    }
+
+    /// Distinct agents (`"agent_id"`) or consumers (`"consumer_id"`) with their event counts.
+    pub fn distinct(&self, column: &str, filters: &Filters) -> CoreResult<Vec<(String, u64)>> {
+        filters.validate()?;
+        self.read(|c| read::distinct(c, column, filters))
+    }
+
+    pub fn stats(&self) -> CoreResult<StoreStats> {
+        let (events, oldest_us, newest_us) = self.read(read::extent)?;
+        let file_size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        let c = &self.writer.counters;
+        Ok(StoreStats {
+            events,
+            oldest_us,
+            newest_us,
+            retention_us: self.retention_us,
+            inserted: c.inserted.load(Ordering::SeqCst),
+            duplicates: c.duplicates.load(Ordering::SeqCst),
+            conflicts: c.conflicts.load(Ordering::SeqCst),
+            queued: c.queued.load(Ordering::SeqCst),
+            write_errors: c.write_errors.load(Ordering::SeqCst),
+            last_error: c.last_error.lock().clone(),
+            size_bytes: file_size(&self.path) + file_size(Path::new(&wal)),
+        })
+    }
+
+    /// Streams matching events (oldest first, at most `limit`) to `out`.
+    pub fn export(
+        &self,
+        filters: &Filters,
+        format: Format,
+        limit: Option<u64>,
+        out: &mut dyn Write,
+    ) -> CoreResult<u64> {
+        filters.validate()?;
+        self.read(|conn| {
+            let (sql, params) = read::select_events(filters, limit, 0);
+            let mut stmt = conn.prepare(&sql)?;
+            let rows = stmt.query_map(params_from_iter(params), read::event_from_row)?;
+            write_events(format, rows.map(|r| r.map_err(CoreError::from)), out)
+        })
+    }
+
+    /// Commits what is queued and stops the writer. Idempotent.
+    pub fn close(&self) {
+        self.writer.close(CLOSE_GRACE);
+        self.readers.lock().clear();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.writer.is_closed()
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+#[cfg(test)]
+mod tests;

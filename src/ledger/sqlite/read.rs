@@ -1,0 +1,182 @@
+//! Reads: queries, aggregates and statistics on read-only connections that
+//! never wait for the writer (WAL gives each read a consistent snapshot).
+
+use crate::error::CoreResult;
+use crate::ledger::buckets::GroupBy;
+use crate::ledger::event::UsageEvent;
+use crate::ledger::filters::Filters;
+use rusqlite::types::Value;
+use rusqlite::{params_from_iter, Connection, Row};
+
+pub const EVENT_COLUMNS: &str = "agent_id, consumer_id, task_id, namespace, action, model, tokens_in, tokens_out, \
+     cache_read_tokens, cache_write_tokens, duration_ms, api_calls, units, cost_nanos, ts, request_id, source, metadata";
+
+pub fn event_from_row(row: &Row<'_>) -> rusqlite::Result<UsageEvent> {
+    Ok(UsageEvent {
+        agent_id: row.get(0)?,
+        consumer_id: row.get(1)?,
+        task_id: row.get(2)?,
+        namespace: row.get(3)?,
+        action: row.get(4)?,
+        model: row.get(5)?,
+        tokens_in: row.get::<_, i64>(6)? as u64,
+        tokens_out: row.get::<_, i64>(7)? as u64,
+        cache_read_tokens: row.get::<_, i64>(8)? as u64,
+        cache_write_tokens: row.get::<_, i64>(9)? as u64,
+        duration_ms: row.get::<_, i64>(10)? as u64,
+        api_calls: row.get::<_, i64>(11)? as u64,
+        units: row.get::<_, i64>(12)? as u64,
+        cost_nanos: row.get::<_, Option<i64>>(13)?.map(|c| c as u64),
+        timestamp_us: row.get(14)?,
+        request_id: row.get(15)?,
+        source: row.get(16)?,
+        metadata: row.get(17)?,
+    })
+}
+
+/// `SELECT … WHERE … ORDER BY ts, id [LIMIT ? OFFSET ?]` and its parameters.
+pub fn select_events(filters: &Filters, limit: Option<u64>, offset: u64) -> (String, Vec<Value>) {
+    let (clause, mut params) = filters.where_clause();
+    let mut sql = format!("SELECT {EVENT_COLUMNS} FROM usage_events {clause} ORDER BY ts, id");
+    if limit.is_some() || offset > 0 {
+        // LIMIT -1 is SQLite's "no limit", needed to give an OFFSET alone.
+        sql.push_str(" LIMIT ? OFFSET ?");
+        params.push(Value::Integer(
+            limit.map_or(-1, |l| l.min(i64::MAX as u64) as i64),
+        ));
+        params.push(Value::Integer(offset.min(i64::MAX as u64) as i64));
+    }
+    (sql, params)
+}
+
+pub fn query(
+    conn: &Connection,
+    filters: &Filters,
+    limit: Option<u64>,
+    offset: u64,
+) -> CoreResult<Vec<UsageEvent>> {
+    let (sql, params) = select_events(filters, limit, offset);
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(params_from_iter(params), event_from_row)?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// Totals over a group of events.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Aggregate {
+    /// The group's key; `None` for events with no value (e.g. no model).
+    pub group: Option<String>,
+    pub events: u64,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    pub cache_read_tokens: u64,
+    pub cache_write_tokens: u64,
+    pub duration_ms: u64,
+    pub api_calls: u64,
+    pub units: u64,
+    /// Sum of known costs; `None` when no event in the group has one.
+    pub cost_nanos: Option<u64>,
+    /// Events in the group whose cost is unknown.
+    pub unpriced_events: u64,
+    pub unique_agents: u64,
+    pub unique_consumers: u64,
+}
+
+impl Aggregate {
+    pub fn total_tokens(&self) -> u64 {
+        self.tokens_in.saturating_add(self.tokens_out)
+    }
+}
+
+/// Exact integer sums (SQLite raises an error rather than wrap on overflow).
+const TOTALS: &str = "COUNT(*), COALESCE(SUM(tokens_in), 0), COALESCE(SUM(tokens_out), 0), \
+     COALESCE(SUM(cache_read_tokens), 0), COALESCE(SUM(cache_write_tokens), 0), COALESCE(SUM(duration_ms), 0), \
+     COALESCE(SUM(api_calls), 0), COALESCE(SUM(units), 0), SUM(cost_nanos), COUNT(*) - COUNT(cost_nanos), \
+     COUNT(DISTINCT agent_id), COUNT(DISTINCT consumer_id)";
+
+fn aggregate_from_row(
+    row: &Row<'_>,
+    group: Option<String>,
+    offset: usize,
+) -> rusqlite::Result<Aggregate> {
+    let n = |i: usize| -> rusqlite::Result<u64> { Ok(row.get::<_, i64>(offset + i)? as u64) };
+    Ok(Aggregate {
+        group,
+        events: row.get::<_, i64>(offset)? as u64,
+        tokens_in: n(1)?,
+        tokens_out: n(2)?,
+        cache_read_tokens: n(3)?,
+        cache_write_tokens: n(4)?,
+        duration_ms: n(5)?,
+        api_calls: n(6)?,
+        units: n(7)?,
+        cost_nanos: row.get::<_, Option<i64>>(offset + 8)?.map(|c| c as u64),
+        unpriced_events: row.get::<_, i64>(offset + 9)? as u64,
+        unique_agents: row.get::<_, i64>(offset + 10)? as u64,
+        unique_consumers: row.get::<_, i64>(offset + 11)? as u64,
+    })
+}
+
+/// Totals per group, computed by SQLite (`GROUP BY` over the indexes).
+pub fn aggregate(
+    conn: &Connection,
+    group_by: GroupBy,
+    tz: &str,
+    filters: &Filters,
+) -> CoreResult<Vec<Aggregate>> {
+    let (clause, filter_params) = filters.where_clause();
+    let mut params: Vec<Value> = Vec::new();
+    if let GroupBy::Time(unit) = group_by {
+        params.push(Value::Text(unit.name().into()));
+        params.push(Value::Text(tz.into()));
+    }
+    params.extend(filter_params);
+    let sql = format!(
+        "SELECT {expr} AS grp, {TOTALS} FROM usage_events {clause} GROUP BY grp ORDER BY grp",
+        expr = group_by.sql()
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(params_from_iter(params), |row| {
+        aggregate_from_row(row, row.get::<_, Option<String>>(0)?, 1)
+    })?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+pub fn summary(conn: &Connection, filters: &Filters) -> CoreResult<Aggregate> {
+    let (clause, params) = filters.where_clause();
+    let sql = format!("SELECT {TOTALS} FROM usage_events {clause}");
+    let mut stmt = conn.prepare_cached(&sql)?;
+    Ok(stmt.query_row(params_from_iter(params), |row| {
+        aggregate_from_row(row, Some("all".into()), 0)
+    })?)
+}
+
+/// Count, oldest and newest timestamp.
+pub fn extent(conn: &Connection) -> CoreResult<(u64, Option<i64>, Option<i64>)> {
+    Ok(conn.query_row(
+        "SELECT COUNT(*), MIN(ts), MAX(ts) FROM usage_events",
+        [],
+        |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?)),
+    )?)
+}
+
+/// Distinct values of one id column, with event counts.
+pub fn distinct(
+    conn: &Connection,
+    column: &str,
+    filters: &Filters,
+) -> CoreResult<Vec<(String, u64)>> {
+    let column = match column {
+        "agent_id" | "consumer_id" => column,
+        _ => return Ok(Vec::new()),
+    };
+    let (clause, params) = filters.where_clause();
+    let sql = format!(
+        "SELECT {column}, COUNT(*) FROM usage_events {clause} GROUP BY {column} ORDER BY {column}"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(params_from_iter(params), |r| {
+        Ok((r.get(0)?, r.get::<_, i64>(1)? as u64))
+    })?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}

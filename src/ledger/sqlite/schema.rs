@@ -1,0 +1,126 @@
+//! Opening connections, and the versioned schema.
+
+use crate::ledger::buckets::{parse_tz, LabelCache, TimeUnit};
+use rusqlite::functions::FunctionFlags;
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+use std::path::Path;
+use std::time::Duration;
+
+/// How long a connection waits on another process's lock before SQLite
+/// reports it busy (the writer then retries on its own).
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Ordered migrations; `schema_version` records how many have run.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE usage_events (
+    id                 INTEGER PRIMARY KEY,
+    namespace          TEXT    NOT NULL,
+    request_id         TEXT    NOT NULL,
+    ts                 INTEGER NOT NULL,
+    agent_id           TEXT    NOT NULL,
+    consumer_id        TEXT    NOT NULL,
+    task_id            TEXT,
+    action             TEXT    NOT NULL,
+    model              TEXT,
+    tokens_in          INTEGER NOT NULL,
+    tokens_out         INTEGER NOT NULL,
+    cache_read_tokens  INTEGER NOT NULL,
+    cache_write_tokens INTEGER NOT NULL,
+    duration_ms        INTEGER NOT NULL,
+    api_calls          INTEGER NOT NULL,
+    units              INTEGER NOT NULL,
+    cost_nanos         INTEGER,
+    source             TEXT,
+    metadata           TEXT,
+    fingerprint        INTEGER NOT NULL,
+    UNIQUE (namespace, request_id)
+);
+CREATE INDEX usage_events_ts          ON usage_events (ts);
+CREATE INDEX usage_events_namespace   ON usage_events (namespace, ts);
+CREATE INDEX usage_events_agent       ON usage_events (agent_id, ts);
+CREATE INDEX usage_events_consumer    ON usage_events (consumer_id, ts);
+CREATE INDEX usage_events_task        ON usage_events (task_id, ts);
+CREATE INDEX usage_events_model       ON usage_events (model, ts);
+CREATE INDEX usage_events_action      ON usage_events (action, ts);
+"#];
+
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Brings the schema up to date, once, even with several processes racing.
+pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
+    let current: i64 = tx
+        .query_row("SELECT MAX(version) FROM schema_version", [], |r| {
+            r.get::<_, Option<i64>>(0)
+        })?
+        .unwrap_or(0);
+    for (i, migration) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        tx.execute_batch(migration)?;
+        tx.execute(
+            "INSERT INTO schema_version (version) VALUES (?)",
+            [i as i64 + 1],
+        )?;
+    }
+    tx.commit()
+}
+
+/// The writer's connection: WAL, the schema migrated.
+pub fn open_writer(path: &Path, synchronous_full: bool) -> rusqlite::Result<Connection> {
+    let mut conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(
+        None,
+        "synchronous",
+        if synchronous_full { "FULL" } else { "NORMAL" },
+    )?;
+    migrate(&mut conn)?;
+    Ok(conn)
+}
+
+/// A read-only connection with the `uw_bucket` SQL function.
+pub fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    register_functions(&conn)?;
+    Ok(conn)
+}
+
+/// `uw_bucket(ts, unit, tz)`: the calendar bucket label of `ts` in `tz`.
+pub fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
+    // A connection is used by one thread at a time: this lock never contends.
+    let state: parking_lot::Mutex<(LabelCache, Option<(String, chrono_tz::Tz)>)> =
+        parking_lot::Mutex::new((LabelCache::default(), None));
+    conn.create_scalar_function(
+        "uw_bucket",
+        3,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        move |ctx| {
+            let ts: i64 = ctx.get(0)?;
+            let unit = TimeUnit::parse(&ctx.get::<String>(1)?)
+                .ok_or_else(|| rusqlite::Error::UserFunctionError("unknown time unit".into()))?;
+            let tz_name: String = ctx.get(2)?;
+            let mut state = state.lock();
+            let (cache, zone) = &mut *state;
+            let tz = match zone {
+                Some((name, tz)) if *name == tz_name => *tz,
+                _ => {
+                    let tz = parse_tz(&tz_name)
+                        .map_err(|e| rusqlite::Error::UserFunctionError(e.to_string().into()))?;
+                    *zone = Some((tz_name, tz));
+                    tz
+                }
+            };
+            Ok(cache.label(ts, unit, tz).to_string())
+        },
+    )
+}

@@ -1,0 +1,283 @@
+use super::*;
+use crate::clock::ManualClock;
+use crate::ledger::event::tests::event;
+use crate::ledger::export::Format;
+
+const S_US: i64 = 1_000_000;
+
+fn store_at(
+    dir: &std::path::Path,
+    name: &str,
+    durability: Durability,
+    clock: Arc<dyn Clock>,
+) -> SqliteStore {
+    SqliteStore::open(StoreOptions {
+        path: dir.join(name),
+        retention_us: Some(3_600 * S_US),
+        durability,
+        clock,
+        log: Arc::new(|_, _| {}),
+    })
+    .unwrap()
+}
+
+fn tempdir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("uw-test-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn manual_at(us: i64) -> Arc<ManualClock> {
+    ManualClock::new(us as u64 * 1_000)
+}
+
+#[test]
+fn records_are_queryable_after_flush_in_time_order() {
+    let dir = tempdir();
+    let store = store_at(&dir, "a.db", Durability::Batch, manual_at(100 * S_US));
+    for (i, ts) in [30, 10, 20].iter().enumerate() {
+        store
+            .record(event(&format!("agent-{i}"), ts * S_US, 1))
+            .unwrap();
+    }
+    store.flush().unwrap();
+    let all = store.query(&Filters::default(), None, 0).unwrap();
+    let agents: Vec<_> = all.iter().map(|e| e.agent_id.as_str()).collect();
+    assert_eq!(agents, ["agent-1", "agent-2", "agent-0"]);
+    let page = store.query(&Filters::default(), Some(1), 1).unwrap();
+    assert_eq!(page[0].agent_id, "agent-2");
+    let bounded = Filters {
+        start_us: Some(10 * S_US),
+        end_us: Some(20 * S_US),
+        ..Filters::default()
+    };
+    assert_eq!(
+        store.query(&bounded, None, 0).unwrap().len(),
+        2,
+        "both bounds inclusive"
+    );
+    assert_eq!(all[0], {
+        let mut e = all[0].clone();
+        e.metadata = None;
+        e
+    });
+}
+
+#[test]
+fn duplicates_are_ignored_and_conflicts_refused() {
+    let dir = tempdir();
+    let store = store_at(&dir, "a.db", Durability::Commit, manual_at(0));
+    let e = event("a", 1, 5);
+    store.record(e.clone()).unwrap();
+    store.record(e.clone()).unwrap();
+    let mut changed = e.clone();
+    changed.tokens_in = 6;
+    assert!(matches!(
+        store.record(changed.clone()),
+        Err(CoreError::Conflict(_))
+    ));
+    let mut other_ns = changed.clone();
+    other_ns.namespace = "other".into();
+    store.record(other_ns).unwrap();
+    let stats = store.stats().unwrap();
+    assert_eq!((stats.events, stats.duplicates, stats.conflicts), (2, 1, 1));
+
+    // A batch with one conflicting event stores nothing.
+    let fresh = event("b", 2, 1);
+    let err = store
+        .record_batch(vec![fresh.clone(), changed])
+        .unwrap_err();
+    assert!(matches!(err, CoreError::Conflict(m) if m.starts_with("events[1]")));
+    assert_eq!(store.stats().unwrap().events, 2);
+    assert_eq!(
+        store.record_batch(vec![fresh.clone(), e.clone()]).unwrap(),
+        1
+    );
+    assert_eq!(store.record_batch(vec![fresh]).unwrap(), 0);
+}
+
+#[test]
+fn batch_durability_counts_conflicts_without_raising() {
+    let dir = tempdir();
+    let store = store_at(&dir, "a.db", Durability::Batch, manual_at(0));
+    let e = event("a", 1, 5);
+    let mut changed = e.clone();
+    changed.tokens_out = 99;
+    store.record(e).unwrap();
+    store.record(changed).unwrap();
+    store.flush().unwrap();
+    let stats = store.stats().unwrap();
+    assert_eq!((stats.events, stats.conflicts, stats.queued), (1, 1, 0));
+}
+
+#[test]
+fn aggregates_match_a_plain_computation() {
+    let dir = tempdir();
+    let store = store_at(&dir, "a.db", Durability::Batch, manual_at(0));
+    let mut events = Vec::new();
+    for i in 0..500u64 {
+        let mut e = event(
+            &format!("agent-{}", i % 7),
+            (i as i64) * 3_600 * S_US / 5,
+            i % 13,
+        );
+        e.consumer_id = format!("c-{}", i % 3);
+        e.model = if i % 5 == 0 {
+            None
+        } else {
+            Some(format!("m-{}", i % 2))
+        };
+        e.cost_nanos = if i % 4 == 0 { None } else { Some(i * 10) };
+        events.push(e);
+    }
+    store.record_batch(events.clone()).unwrap();
+    let by_agent = store
+        .aggregate("agent", "UTC", &Filters::default())
+        .unwrap();
+    assert_eq!(by_agent.len(), 7);
+    for agg in &by_agent {
+        let mine: Vec<_> = events
+            .iter()
+            .filter(|e| Some(&e.agent_id) == agg.group.as_ref())
+            .collect();
+        assert_eq!(agg.events, mine.len() as u64);
+        assert_eq!(agg.tokens_in, mine.iter().map(|e| e.tokens_in).sum::<u64>());
+        assert_eq!(
+            agg.cost_nanos,
+            Some(mine.iter().filter_map(|e| e.cost_nanos).sum::<u64>())
+        );
+        assert_eq!(agg.unique_consumers, 3);
+        assert_eq!(
+            agg.unpriced_events,
+            mine.iter().filter(|e| e.cost_nanos.is_none()).count() as u64
+        );
+    }
+    let by_model = store
+        .aggregate("model", "UTC", &Filters::default())
+        .unwrap();
+    assert_eq!(by_model[0].group, None);
+    assert_eq!(by_model[0].events, 100);
+    let days = store.aggregate("day", "UTC", &Filters::default()).unwrap();
+    assert_eq!(days.iter().map(|d| d.events).sum::<u64>(), 500);
+    assert_eq!(days[0].group.as_deref(), Some("1970-01-01"));
+    let total = store.summary(&Filters::default()).unwrap();
+    assert_eq!(total.events, 500);
+    assert_eq!(total.group.as_deref(), Some("all"));
+    assert!(store.aggregate("year", "UTC", &Filters::default()).is_err());
+    assert!(store
+        .aggregate("day", "Nowhere/City", &Filters::default())
+        .is_err());
+}
+
+#[test]
+fn purge_keeps_the_event_exactly_at_the_cutoff() {
+    let dir = tempdir();
+    let now = 10_000 * S_US;
+    let store = store_at(&dir, "a.db", Durability::Batch, manual_at(now));
+    let cutoff = now - 3_600 * S_US;
+    store
+        .record_batch(vec![
+            event("old", cutoff - 1, 1),
+            event("edge", cutoff, 1),
+            event("new", cutoff + 1, 1),
+        ])
+        .unwrap();
+    assert_eq!(store.purge_expired().unwrap(), 1);
+    let left: Vec<_> = store
+        .query(&Filters::default(), None, 0)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.agent_id)
+        .collect();
+    assert_eq!(left, ["edge", "new"]);
+}
+
+#[test]
+fn every_filter_with_a_time_range_uses_an_index() {
+    let dir = tempdir();
+    let store = store_at(&dir, "a.db", Durability::Batch, manual_at(0));
+    store.record_batch(vec![event("a", 1, 1)]).unwrap();
+    for column in [
+        "namespace",
+        "agent_id",
+        "consumer_id",
+        "task_id",
+        "model",
+        "action",
+    ] {
+        let plan: Vec<String> = store
+            .read(|c| {
+                let sql = format!("EXPLAIN QUERY PLAN SELECT * FROM usage_events WHERE {column} = ?1 AND ts >= ?2 AND ts <= ?3");
+                let mut stmt = c.prepare(&sql)?;
+                let rows = stmt.query_map(rusqlite::params!["x", 0, 1], |r| r.get::<_, String>(3))?;
+                Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            })
+            .unwrap();
+        let plan = plan.join(" | ");
+        assert!(
+            plan.contains("USING INDEX") && plan.contains(column) && plan.contains("ts>? AND ts<?"),
+            "{column}: {plan}"
+        );
+    }
+}
+
+#[test]
+fn several_writers_on_one_file_lose_nothing() {
+    let dir = tempdir();
+    let threads: Vec<_> = (0..4)
+        .map(|w| {
+            let dir = dir.clone();
+            std::thread::spawn(move || {
+                let store = store_at(&dir, "shared.db", Durability::Batch, manual_at(0));
+                for i in 0..2_000 {
+                    store.record(event(&format!("w{w}"), i, 1)).unwrap();
+                }
+                store.close();
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let store = store_at(&dir, "shared.db", Durability::Batch, manual_at(0));
+    let stats = store.stats().unwrap();
+    assert_eq!(stats.events, 8_000);
+    assert_eq!(stats.write_errors, 0);
+}
+
+#[test]
+fn export_streams_every_format() {
+    let dir = tempdir();
+    let store = store_at(&dir, "a.db", Durability::Batch, manual_at(0));
+    store
+        .record_batch((0..10).map(|i| event("a", i, 1)).collect())
+        .unwrap();
+    let mut out = Vec::new();
+    assert_eq!(
+        store
+            .export(&Filters::default(), Format::Csv, Some(4), &mut out)
+            .unwrap(),
+        4
+    );
+    assert_eq!(String::from_utf8(out).unwrap().lines().count(), 5);
+    let mut out = Vec::new();
+    assert_eq!(
+        store
+            .export(&Filters::default(), Format::Ndjson, None, &mut out)
+            .unwrap(),
+        10
+    );
+}
+
+#[test]
+fn closed_stores_refuse_work() {
+    let dir = tempdir();
+    let store = store_at(&dir, "a.db", Durability::Batch, manual_at(0));
+    store.close();
+    store.close();
+    assert!(matches!(
+        store.record(event("a", 1, 1)),
+        Err(CoreError::Store(_))
+    ));
+    assert!(store.flush().is_err());
+}
