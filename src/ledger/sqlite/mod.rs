@@ -6,7 +6,7 @@ mod writer;
 
 pub use read::Aggregate;
 pub use schema::SCHEMA_VERSION;
-pub use writer::{LogLevel, Outcome, MAX_GROUP, QUEUE_CAPACITY};
+pub use writer::{LogLevel, Outcome, WriteJob, MAX_GROUP, QUEUE_CAPACITY};
 
 use crate::clock::Clock;
 use crate::error::{CoreError, CoreResult};
@@ -189,10 +189,7 @@ impl SqliteStore {
     }
 
     /// Runs maintenance SQL on the write connection, in order with writes.
-    pub fn with_writer(
-        &self,
-        work: Box<dyn FnOnce(&mut Connection) -> CoreResult<usize> + Send>,
-    ) -> CoreResult<usize> {
+    pub fn with_writer(&self, work: WriteJob) -> CoreResult<usize> {
         self.open_check()?;
         self.writer.exec(work)
     }

@@ -39,6 +39,9 @@ pub enum Outcome {
 
 type Reply<T> = SyncSender<T>;
 
+/// Maintenance work run on the write connection, in order with writes.
+pub type WriteJob = Box<dyn FnOnce(&mut Connection) -> CoreResult<usize> + Send>;
+
 pub(crate) enum Command {
     Record(Box<UsageEvent>, Option<Reply<Outcome>>),
     Batch(Vec<UsageEvent>, Reply<CoreResult<usize>>),
@@ -160,10 +163,7 @@ impl Writer {
         self.call(|reply| Command::Purge(cutoff_us, reply))?
     }
 
-    pub(crate) fn exec(
-        &self,
-        work: Box<dyn FnOnce(&mut Connection) -> CoreResult<usize> + Send>,
-    ) -> CoreResult<usize> {
+    pub(crate) fn exec(&self, work: WriteJob) -> CoreResult<usize> {
         self.call(|reply| Command::Exec(work, reply))?
     }
 
