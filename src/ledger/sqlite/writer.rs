@@ -48,10 +48,7 @@ pub(crate) enum Command {
     Flush(Reply<()>),
     Purge(i64, Reply<CoreResult<usize>>),
     /// Runs SQL on the write connection (maintenance such as re-pricing).
-    Exec(
-        Box<dyn FnOnce(&mut Connection) -> CoreResult<usize> + Send>,
-        Reply<CoreResult<usize>>,
-    ),
+    Exec(WriteJob, Reply<CoreResult<usize>>),
 }
 
 /// Counters shared with `stats()`.
