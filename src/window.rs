@@ -27,11 +27,19 @@ pub struct Bucket {
     pub usage: Usage,
 }
 
+/// The newest bucket lives inline and the release time of the oldest is
+/// cached, so the common hit (nothing expires, the entry merges into the
+/// newest bucket) touches no heap memory: with many keys, that is what
+/// keeps a hit off the cache-miss path.
 #[derive(Clone, Debug)]
 pub struct SlidingWindow {
     window: u64,
     quantum: u64,
-    buckets: VecDeque<Bucket>,
+    /// Every bucket but the newest, oldest first.
+    older: VecDeque<Bucket>,
+    newest: Option<Bucket>,
+    /// When the oldest bucket leaves the window (`u64::MAX` when empty).
+    front_expiry: u64,
     sum: Usage,
 }
 
@@ -45,7 +53,9 @@ impl SlidingWindow {
         SlidingWindow {
             window: window_ns,
             quantum: quantum_ns.max(1),
-            buckets: VecDeque::new(),
+            older: VecDeque::new(),
+            newest: None,
+            front_expiry: u64::MAX,
             sum: Usage::ZERO,
         }
     }
@@ -65,11 +75,11 @@ impl SlidingWindow {
 
     /// Number of buckets held.
     pub fn len(&self) -> usize {
-        self.buckets.len()
+        self.older.len() + usize::from(self.newest.is_some())
     }
 
     pub fn is_empty(&self) -> bool {
-        self.buckets.is_empty()
+        self.newest.is_none()
     }
 
     /// Nothing is counted: the window may be dropped without changing any decision.
@@ -77,28 +87,54 @@ impl SlidingWindow {
         self.sum.is_zero()
     }
 
-    pub fn buckets(&self) -> impl Iterator<Item = &Bucket> {
-        self.buckets.iter()
+    /// Buckets, oldest first.
+    pub fn buckets(&self) -> impl DoubleEndedIterator<Item = &Bucket> {
+        self.older.iter().chain(self.newest.iter())
     }
 
     fn expiry(&self, bucket: &Bucket) -> u64 {
         bucket.last.saturating_add(self.window)
     }
 
+    fn refresh_front(&mut self) {
+        self.front_expiry = match self.older.front().or(self.newest.as_ref()) {
+            Some(b) => self.expiry(b),
+            None => u64::MAX,
+        };
+    }
+
+    /// Moves the newest bucket into `older`, for operations that work on all buckets.
+    fn spill(&mut self) {
+        if let Some(b) = self.newest.take() {
+            self.older.push_back(b);
+        }
+    }
+
+    /// Undoes [`SlidingWindow::spill`] and refreshes the cached release time.
+    fn unspill(&mut self) {
+        self.newest = self.older.pop_back();
+        self.refresh_front();
+    }
+
     /// Drops buckets whose latest entry has left the window; returns how many.
     pub fn evict(&mut self, now: u64) -> usize {
+        if now < self.front_expiry {
+            return 0;
+        }
+        self.spill();
         let mut evicted = 0;
-        while let Some(front) = self.buckets.front() {
+        while let Some(front) = self.older.front() {
             if self.expiry(front) > now {
                 break;
             }
             self.sum = self.sum.saturating_sub(front.usage);
-            self.buckets.pop_front();
+            self.older.pop_front();
             evicted += 1;
         }
-        if self.buckets.is_empty() {
+        if self.older.is_empty() {
             self.sum = Usage::ZERO;
         }
+        self.unspill();
         evicted
     }
 
@@ -109,43 +145,53 @@ impl SlidingWindow {
             return;
         }
         self.sum = self.sum.saturating_add(usage);
-        let quantum = self.quantum;
-        if let Some(tail) = self.buckets.back_mut() {
-            if at >= tail.first {
-                if at - tail.first < quantum {
-                    tail.usage = tail.usage.saturating_add(usage);
-                    tail.last = tail.last.max(at);
-                } else {
-                    self.buckets.push_back(Bucket {
+        let (window, quantum) = (self.window, self.quantum);
+        match &mut self.newest {
+            Some(newest) if at >= newest.first && at - newest.first < quantum => {
+                newest.usage = newest.usage.saturating_add(usage);
+                newest.last = newest.last.max(at);
+                if self.older.is_empty() {
+                    self.front_expiry = newest.last.saturating_add(window);
+                }
+            }
+            Some(newest) if at >= newest.first => {
+                let previous = std::mem::replace(
+                    newest,
+                    Bucket {
                         first: at,
                         last: at,
                         usage,
-                    });
-                }
-                return;
+                    },
+                );
+                self.older.push_back(previous);
             }
-        } else {
-            self.buckets.push_back(Bucket {
-                first: at,
-                last: at,
-                usage,
-            });
-            return;
-        }
-        let idx = self.buckets.partition_point(|b| b.first <= at);
-        if idx > 0 && at - self.buckets[idx - 1].first < quantum {
-            let bucket = &mut self.buckets[idx - 1];
-            bucket.usage = bucket.usage.saturating_add(usage);
-            bucket.last = bucket.last.max(at);
-        } else {
-            self.buckets.insert(
-                idx,
-                Bucket {
+            None => {
+                self.newest = Some(Bucket {
                     first: at,
                     last: at,
                     usage,
-                },
-            );
+                });
+                self.front_expiry = at.saturating_add(window);
+            }
+            Some(_) => {
+                self.spill();
+                let idx = self.older.partition_point(|b| b.first <= at);
+                if idx > 0 && at - self.older[idx - 1].first < quantum {
+                    let bucket = &mut self.older[idx - 1];
+                    bucket.usage = bucket.usage.saturating_add(usage);
+                    bucket.last = bucket.last.max(at);
+                } else {
+                    self.older.insert(
+                        idx,
+                        Bucket {
+                            first: at,
+                            last: at,
+                            usage,
+                        },
+                    );
+                }
+                self.unspill();
+            }
         }
     }
 
@@ -153,11 +199,21 @@ impl SlidingWindow {
     /// removes `sub` and adds `add` in the bucket that holds `at`. Returns
     /// `false` when that bucket has already left the window.
     pub fn adjust(&mut self, at: u64, add: Usage, sub: Usage) -> bool {
-        let idx = self.buckets.partition_point(|b| b.first <= at);
-        if idx == 0 || at > self.buckets[idx - 1].last {
-            return false;
-        }
-        let bucket = &mut self.buckets[idx - 1];
+        let bucket = match &mut self.newest {
+            Some(newest) if at >= newest.first => {
+                if at > newest.last {
+                    return false;
+                }
+                newest
+            }
+            _ => {
+                let idx = self.older.partition_point(|b| b.first <= at);
+                if idx == 0 || at > self.older[idx - 1].last {
+                    return false;
+                }
+                &mut self.older[idx - 1]
+            }
+        };
         let old = bucket.usage;
         let new = old.saturating_sub(sub).saturating_add(add);
         bucket.usage = new;
@@ -172,7 +228,7 @@ impl SlidingWindow {
             return Some(0);
         }
         let mut released = 0u64;
-        for bucket in &self.buckets {
+        for bucket in self.buckets() {
             released = released.saturating_add(bucket.usage.get(dim));
             if released >= need {
                 return Some(self.expiry(bucket).saturating_sub(now));
@@ -188,7 +244,7 @@ impl SlidingWindow {
             return self.sum;
         }
         let mut total = Usage::ZERO;
-        for bucket in self.buckets.iter().rev() {
+        for bucket in self.buckets().rev() {
             if bucket.last.saturating_add(span) <= now {
                 break;
             }
@@ -203,13 +259,17 @@ impl SlidingWindow {
         if bucket.usage.is_zero() {
             return;
         }
-        let idx = self.buckets.partition_point(|b| b.first <= bucket.first);
-        self.buckets.insert(idx, bucket);
+        self.spill();
+        let idx = self.older.partition_point(|b| b.first <= bucket.first);
+        self.older.insert(idx, bucket);
         self.sum = self.sum.saturating_add(bucket.usage);
+        self.unspill();
     }
 
     pub fn clear(&mut self) {
-        self.buckets.clear();
+        self.older.clear();
+        self.newest = None;
+        self.front_expiry = u64::MAX;
         self.sum = Usage::ZERO;
     }
 }

@@ -81,6 +81,17 @@ async def result_of(task: asyncio.Future[Any], timeout: float = GRACE) -> Any:
     return await asyncio.wait_for(task, timeout)
 
 
+async def eventually(predicate: Callable[[], bool], timeout: float = GRACE) -> None:
+    """Let the loop run (and real time pass) until ``predicate`` holds; fail if it
+    never does. For effects handed to the limiter's own threads, such as a
+    cancelled wait leaving its queue."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached within the grace period")
+        await asyncio.sleep(0.001)
+
+
 def is_queued(limiter: uw.RateLimiter, key: Any = "default") -> bool:
     """True while a waiter is queued on ``key``: an empty request always fits
     a limiter, so only FIFO fairness can refuse it."""

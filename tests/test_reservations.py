@@ -226,3 +226,10 @@ async def test_async_context_manager_keeps_settled_usage(limiter) -> None:
             r2.settle(input_tokens=1)
             raise KeyError("late failure")
     assert limiter.usage() == uw.Usage(requests=2, input_tokens=26, output_tokens=5)
+
+
+def test_settle_without_arguments_confirms_the_estimate(limiter) -> None:
+    r = reserve(limiter, input_tokens=20, output_tokens=5, cost=0.1)
+    assert r.settle() == r.usage == uw.Usage(requests=1, input_tokens=20, output_tokens=5, cost=0.1)
+    assert r.settled
+    assert limiter.usage() == r.usage

@@ -163,3 +163,23 @@ def test_never_fits_on_any_key_of_a_tuple(clock) -> None:
     decision = limiter.check(("big", "tiny"), requests=2)
     assert decision.retry_after is None
     assert decision.limit == uw.RateLimits(requests_per_minute=1).limits[0]
+
+
+async def test_retry_after_behind_a_queued_waiter_accounts_for_it(make_limiter, clock) -> None:
+    # BUG (minor): behind a queued waiter, retry_after is the head's wait, not
+    # when this request would fit. Here the head (80 tokens) is admitted at
+    # t=60 and then 30 more tokens only fit once it leaves, at t=120.
+    import asyncio
+
+    limiter = make_limiter(total_tokens_per_minute=100)
+    limiter.try_acquire(input_tokens=90)
+    head = asyncio.create_task(limiter.acquire(input_tokens=80))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    small = limiter.check(input_tokens=5)  # fits right after the head: t=60
+    assert small.retry_after == exactly(60)
+    decision = limiter.check(input_tokens=30)
+    clock.set(60)
+    await asyncio.wait_for(head, 10)
+    assert not limiter.check(input_tokens=30)  # so 60 s was not enough
+    assert decision.retry_after == exactly(120)

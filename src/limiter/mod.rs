@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 use state::{Fit, KeyState};
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 const SHARDS: usize = 64;
@@ -49,10 +50,13 @@ struct Shard {
 }
 
 impl Shard {
-    fn state(&mut self, key: &str, limits: impl FnOnce() -> Arc<Limits>) -> &mut KeyState {
-        self.keys
-            .entry_ref(key)
-            .or_insert_with(|| KeyState::new(key, limits()))
+    /// The key's state (created on first use) and the map's shared copy of the key.
+    fn state(&mut self, key: &str, inner: &Inner) -> (&Arc<str>, &mut KeyState) {
+        if !self.keys.contains_key(key) {
+            let state = KeyState::new(inner.limits_for(key), inner.next_generation());
+            self.keys.insert(Arc::from(key), state);
+        }
+        self.keys.get_key_value_mut(key).expect("inserted above")
     }
 
     /// Drops idle keys once the shard has seen as many operations as it
@@ -61,9 +65,9 @@ impl Shard {
         self.ops_since_sweep += 1;
         if self.ops_since_sweep > self.keys.len().max(64) {
             self.ops_since_sweep = 0;
-            self.keys.retain(|_, state| {
+            self.keys.retain(|key, state| {
                 state.evict(now);
-                !state.is_idle()
+                !state.is_idle(key)
             });
         }
     }
@@ -75,6 +79,7 @@ pub(crate) struct Inner {
     default_limits: Arc<Limits>,
     per_key: HashMap<String, Arc<Limits>>,
     clock: Arc<dyn Clock>,
+    generations: AtomicU64,
 }
 
 /// Guards of the shards a request touches, taken in ascending order.
@@ -98,6 +103,10 @@ impl Locked<'_> {
 impl Inner {
     fn shard_of(&self, key: &str) -> usize {
         (self.hasher.hash_one(key) as usize) % self.shards.len()
+    }
+
+    fn next_generation(&self) -> u64 {
+        self.generations.fetch_add(1, Ordering::Relaxed)
     }
 
     fn limits_for(&self, key: &str) -> Arc<Limits> {
@@ -128,7 +137,7 @@ impl Inner {
         let mut fit: Option<Fit> = None;
         for (i, key) in keys.iter().enumerate() {
             let key = key.as_ref();
-            let state = locked.shard(i).state(key, || self.limits_for(key));
+            let (_, state) = locked.shard(i).state(key, self);
             state.evict(now);
             let this = state.evaluate(now, usage, i);
             fit = Some(match fit {
@@ -150,16 +159,16 @@ impl Inner {
         keys: &[S],
         now: u64,
         usage: Usage,
-    ) -> SmallVec<[(Arc<str>, Arc<state::Epoch>); 2]> {
+    ) -> SmallVec<[(Arc<str>, u64); 2]> {
         let mut held = SmallVec::new();
         for (i, key) in keys.iter().enumerate() {
-            let state = locked
+            let (name, state) = locked
                 .shard(i)
                 .keys
-                .get_mut(key.as_ref())
+                .get_key_value_mut(key.as_ref())
                 .expect("evaluated keys exist");
             state.record(now, usage);
-            held.push((state.name.clone(), state.epoch.clone()));
+            held.push((name.clone(), state.generation));
         }
         held
     }
@@ -240,6 +249,7 @@ impl RateLimiter {
             default_limits: Arc::new(default_limits),
             per_key: per_key.into_iter().map(|(k, l)| (k, Arc::new(l))).collect(),
             clock,
+            generations: AtomicU64::new(0),
         });
         let listener: Weak<dyn ClockListener> = Arc::downgrade(&inner) as Weak<dyn ClockListener>;
         inner.clock.subscribe(listener);
@@ -295,7 +305,7 @@ impl RateLimiter {
         let mut shard = inner.shards[inner.shard_of(key)].lock();
         let now = inner.clock.now();
         shard.maybe_sweep(now);
-        let state = shard.state(key, || inner.limits_for(key));
+        let (name, state) = shard.state(key, inner);
         state.evict(now);
         if !state.queue.is_empty() {
             return None;
@@ -308,7 +318,7 @@ impl RateLimiter {
         };
         let reservation = record.then(|| {
             state.record(now, usage);
-            let held = smallvec::smallvec![(state.name.clone(), state.epoch.clone())];
+            let held = smallvec::smallvec![(name.clone(), state.generation)];
             Reservation::new(self.inner.clone(), held, now, usage)
         });
         Some(Decision {
@@ -452,7 +462,7 @@ impl RateLimiter {
     /// no longer count; queued waiters stay queued and are re-checked.
     pub fn reset(&self, key: Option<&str>) {
         let mut clear = |state: &mut KeyState| {
-            state.clear();
+            state.clear(self.inner.next_generation());
             state.wake_head();
         };
         match key {
@@ -486,9 +496,9 @@ impl RateLimiter {
         for shard in self.inner.shards.iter() {
             let mut shard = shard.lock();
             let before = shard.keys.len();
-            shard.keys.retain(|_, state| {
+            shard.keys.retain(|key, state| {
                 state.evict(now);
-                !state.is_idle()
+                !state.is_idle(key)
             });
             shard.ops_since_sweep = 0;
             dropped += before - shard.keys.len();
@@ -535,7 +545,7 @@ impl RateLimiter {
         let now = self.inner.clock.now();
         for (key, windows) in &snapshot.keys {
             let mut locked = self.inner.lock(&[key.as_str()]);
-            let state = locked.shard(0).state(key, || self.inner.limits_for(key));
+            let (_, state) = locked.shard(0).state(key, &self.inner);
             for (length, buckets) in windows {
                 let Some(window) = state.windows.iter_mut().find(|w| w.window() == *length) else {
                     continue;

@@ -1,6 +1,5 @@
 //! A reservation: usage admitted on an estimate, settled on the actual usage.
 
-use super::state::Epoch;
 use super::Inner;
 use crate::error::{CoreError, CoreResult};
 use crate::usage::Usage;
@@ -21,7 +20,9 @@ pub enum ReservationState {
 /// charge); `cancel` refunds all of it. Either happens once.
 pub struct Reservation {
     inner: Arc<Inner>,
-    keys: SmallVec<[(Arc<str>, Arc<Epoch>); 2]>,
+    /// The keys' state identities at admission (see `KeyState::name`).
+    /// Each key with the generation of its state at admission.
+    keys: SmallVec<[(Arc<str>, u64); 2]>,
     at: u64,
     state: Mutex<(ReservationState, Usage)>,
 }
@@ -41,7 +42,7 @@ impl fmt::Debug for Reservation {
 impl Reservation {
     pub(crate) fn new(
         inner: Arc<Inner>,
-        keys: SmallVec<[(Arc<str>, Arc<Epoch>); 2]>,
+        keys: SmallVec<[(Arc<str>, u64); 2]>,
         at: u64,
         usage: Usage,
     ) -> Reservation {
@@ -123,11 +124,11 @@ impl Reservation {
         let keys: SmallVec<[&str; 2]> = self.keys().collect();
         let mut locked = self.inner.lock(&keys);
         let now = self.inner.clock.now();
-        for (i, (key, epoch)) in self.keys.iter().enumerate() {
+        for (i, (key, generation)) in self.keys.iter().enumerate() {
             let Some(state) = locked.shard(i).keys.get_mut(&**key) else {
                 continue;
             };
-            if !Arc::ptr_eq(&state.epoch, epoch) {
+            if state.generation != *generation {
                 continue; // the key was reset since: this usage no longer counts
             }
             state.evict(now);

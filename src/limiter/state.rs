@@ -4,22 +4,17 @@ use super::waiter::Waiter;
 use crate::limits::{LimitSpec, Limits};
 use crate::usage::{Dimension, Usage, MAX_COUNT};
 use crate::window::SlidingWindow;
+use smallvec::SmallVec;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-/// Identity of one life of a key's state. A reset gives the key a new token,
-/// so reservations made before it settle into nothing; a key is reclaimed
-/// only when no reservation still holds its token.
-#[derive(Debug, Default)]
-pub(crate) struct Epoch;
-
 pub(crate) struct KeyState {
-    /// The key, shared with reservations so they need not copy it.
-    pub(crate) name: Arc<str>,
+    /// Which life of the key this is. A reset (or a reclaim and re-creation)
+    /// changes it, so reservations made before settle into nothing.
+    pub(crate) generation: u64,
     pub(crate) limits: Arc<Limits>,
     /// One window per distinct window length in `limits`, shortest first.
-    pub(crate) windows: Vec<SlidingWindow>,
-    pub(crate) epoch: Arc<Epoch>,
+    pub(crate) windows: SmallVec<[SlidingWindow; 2]>,
     /// Waiters in arrival order; only the head may be admitted.
     pub(crate) queue: VecDeque<Arc<Waiter>>,
 }
@@ -113,17 +108,16 @@ impl Fit {
 }
 
 impl KeyState {
-    pub(crate) fn new(name: &str, limits: Arc<Limits>) -> KeyState {
+    pub(crate) fn new(limits: Arc<Limits>, generation: u64) -> KeyState {
         let windows = limits
             .windows()
             .iter()
             .map(|w| SlidingWindow::new(*w))
             .collect();
         KeyState {
-            name: Arc::from(name),
+            generation,
             limits,
             windows,
-            epoch: Arc::new(Epoch),
             queue: VecDeque::new(),
         }
     }
@@ -134,10 +128,11 @@ impl KeyState {
         }
     }
 
-    /// Nothing counted, nobody waiting, no reservation outstanding.
-    pub(crate) fn is_idle(&self) -> bool {
+    /// Nothing counted, nobody waiting, no reservation outstanding (a
+    /// reservation holds a clone of the map's `key`).
+    pub(crate) fn is_idle(&self, key: &Arc<str>) -> bool {
         self.queue.is_empty()
-            && Arc::strong_count(&self.epoch) == 1
+            && Arc::strong_count(key) == 1
             && self.windows.iter().all(SlidingWindow::is_idle)
     }
 
@@ -211,11 +206,11 @@ impl KeyState {
     }
 
     /// Forgets all usage; outstanding reservations no longer apply.
-    pub(crate) fn clear(&mut self) {
+    pub(crate) fn clear(&mut self, generation: u64) {
         for window in &mut self.windows {
             window.clear();
         }
-        self.epoch = Arc::new(Epoch);
+        self.generation = generation;
     }
 
     pub(crate) fn wake_head(&self) {

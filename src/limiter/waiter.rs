@@ -135,7 +135,7 @@ impl RateLimiter {
         });
         for (i, key) in keys.iter().enumerate() {
             let key = key.as_ref();
-            let state = locked.shard(i).state(key, || inner.limits_for(key));
+            let (_, state) = locked.shard(i).state(key, inner);
             state.queue.push_back(waiter.clone());
         }
         Ok(Enqueued::Waiting(WaitHandle {
@@ -183,7 +183,7 @@ impl WaitHandle {
         let now = inner.clock.now();
         let mut at_head = true;
         for (i, key) in keys.iter().enumerate() {
-            let state = locked.shard(i).state(key, || inner.limits_for(key));
+            let (_, state) = locked.shard(i).state(key, inner);
             at_head &= state.is_head(waiter);
         }
         let timed_out = self.timeout_at.is_some_and(|t| now >= t);

@@ -29,12 +29,25 @@ pub(crate) fn rate_limited(py: Python<'_>, r: RateLimited) -> PyErr {
     build().unwrap_or_else(|e| e)
 }
 
+fn store_error(py: Python<'_>, msg: String) -> PyErr {
+    error_class(py, "StoreError")
+        .and_then(|c| c.call1((msg,)))
+        .map(PyErr::from_value)
+        .unwrap_or_else(|e| e)
+}
+
 pub(crate) fn to_py(py: Python<'_>, err: CoreError) -> PyErr {
     match err {
         CoreError::InvalidArgument(arg, msg) => PyValueError::new_err(format!("{arg}: {msg}")),
         CoreError::AlreadySettled => PyValueError::new_err("reservation: already settled"),
         CoreError::RateLimited(r) => rate_limited(py, r),
         CoreError::Interrupted => PyKeyboardInterrupt::new_err("wait interrupted"),
+        CoreError::Conflict(msg) => error_class(py, "ConflictError")
+            .and_then(|c| c.call1((msg,)))
+            .map(PyErr::from_value)
+            .unwrap_or_else(|e| e),
+        CoreError::Store(msg) => store_error(py, msg),
+        CoreError::Sqlite(e) => store_error(py, format!("SQLite: {e}")),
     }
 }
 

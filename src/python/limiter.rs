@@ -32,7 +32,7 @@ enum Slot {
 }
 
 /// The outcome of `try_acquire` or `check`. `bool(decision)` is `allowed`.
-#[pyclass(frozen, name = "Decision", module = "usagewarden")]
+#[pyclass(frozen, freelist = 64, name = "Decision", module = "usagewarden")]
 pub struct PyDecision {
     allowed: bool,
     retry_after_ns: Option<u64>,

@@ -13,7 +13,7 @@ use pyo3::prelude::*;
 /// original moment (refunding or charging the difference); `cancel` refunds
 /// it all. As a context manager (sync or async) it cancels when the block
 /// raises, unless it was settled.
-#[pyclass(frozen, name = "Reservation", module = "usagewarden")]
+#[pyclass(frozen, freelist = 64, name = "Reservation", module = "usagewarden")]
 pub struct PyReservation {
     pub(crate) core: Reservation,
     pub(crate) key: Py<PyAny>,

@@ -8,7 +8,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use std::hash::{DefaultHasher, Hash, Hasher};
 
-#[pyclass(frozen, name = "Usage", module = "usagewarden")]
+#[pyclass(frozen, freelist = 64, name = "Usage", module = "usagewarden")]
 #[derive(Clone)]
 pub struct PyUsage {
     pub(crate) inner: Usage,
