@@ -172,7 +172,8 @@ pub fn usd_to_nanos(usd: f64) -> Option<u64> {
         return None;
     }
     let nanos = (usd * NANOS_PER_USD).round();
-    if nanos > MAX_COUNT as f64 {
+    // MAX_COUNT as f64 rounds up to 2**63, which is itself out of range.
+    if nanos >= MAX_COUNT as f64 {
         return None;
     }
     Some(nanos as u64)

@@ -11,9 +11,8 @@ import collections.abc
 import time
 
 import pytest
-from conftest import GRACE, eventually, is_queued, result_of, spin
-
 import usagewarden as uw
+from conftest import GRACE, eventually, is_queued, result_of, spin
 
 
 @pytest.fixture
@@ -203,9 +202,9 @@ async def test_a_timed_out_head_unblocks_the_queue(limiter, clock) -> None:
 
 
 async def test_a_timeout_behind_the_head_reports_a_retry_after(limiter, clock) -> None:
-    # BUG: a waiter that times out while it is not at the head of the queue
-    # raises RateLimitExceeded with retry_after=None and limit=None, which by
-    # contract means "can never fit". It can: retry_after should be a number.
+    # Regression: a waiter that timed out while not at the head of the queue
+    # raised RateLimitExceeded with retry_after=None and limit=None, which by
+    # contract means "can never fit". It can: retry_after must be a number.
     await limiter.acquire(input_tokens=90)
     head = asyncio.create_task(limiter.acquire(input_tokens=50))
     await spin()
@@ -217,8 +216,9 @@ async def test_a_timeout_behind_the_head_reports_a_retry_after(limiter, clock) -
     assert limiter.usage().input_tokens == 90
     head.cancel()
     err = info.value
-    assert err.retry_after is not None and err.retry_after > 0
-    assert err.limit is not None
+    # t=0 (90) leaves at 60; the head (50) is admitted then and 20 more fit too.
+    assert err.retry_after == pytest.approx(55.0)
+    assert err.limit is not None and err.limit.name == "total_tokens_per_minute"
 
 
 async def test_cancelling_a_waiting_task_records_nothing_and_unblocks_the_queue(

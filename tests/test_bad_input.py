@@ -7,11 +7,16 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import usagewarden as uw
 from conftest import is_queued
 
-import usagewarden as uw
-
-COUNT_FIELDS = ("requests", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
+COUNT_FIELDS = (
+    "requests",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+)
 
 #: (value, exception) for every count field.
 BAD_COUNTS: list[tuple[Any, type[Exception]]] = [
@@ -50,8 +55,14 @@ BAD_USAGE_ARGS = [
 ] + [pytest.param("cost", value, error, id=f"cost={value!r:.12}") for value, error in BAD_COSTS]
 
 #: Good values given alongside the bad one: they must not be recorded either.
-GOOD = {"requests": 1, "input_tokens": 5, "output_tokens": 6, "cache_read_tokens": 7,
-        "cache_write_tokens": 8, "cost": 0.01}
+GOOD = {
+    "requests": 1,
+    "input_tokens": 5,
+    "output_tokens": 6,
+    "cache_read_tokens": 7,
+    "cache_write_tokens": 8,
+    "cost": 0.01,
+}
 
 
 def with_bad(field: str, value: Any) -> dict[str, Any]:
@@ -186,8 +197,14 @@ def test_limiter_usage_window(limiter, value, error) -> None:
 
 @pytest.mark.parametrize(
     ("value", "error"),
-    [(-1, ValueError), (float("nan"), ValueError), (float("inf"), ValueError),
-     (101, ValueError), ("1", TypeError), (True, TypeError)],
+    [
+        (-1, ValueError),
+        (float("nan"), ValueError),
+        (float("inf"), ValueError),
+        (101, ValueError),
+        ("1", TypeError),
+        (True, TypeError),
+    ],
 )
 def test_history_add_at(value, error) -> None:
     history = uw.UsageHistory(60, clock=uw.ManualClock(100))
@@ -210,8 +227,16 @@ def test_history_add_needs_a_usage(value) -> None:
 CONSTRUCTOR_CASES: list[tuple[Callable[[], Any], type[Exception], str]] = [
     (lambda: uw.RateLimiter({"requests_per_minute": 1}), TypeError, "limits"),
     (lambda: uw.RateLimiter(None), TypeError, "limits"),
-    (lambda: uw.RateLimiter(uw.RateLimits(), per_key=[("a", uw.RateLimits())]), TypeError, "per_key"),
-    (lambda: uw.RateLimiter(uw.RateLimits(), per_key={"a": {"requests_per_minute": 1}}), TypeError, "per_key"),
+    (
+        lambda: uw.RateLimiter(uw.RateLimits(), per_key=[("a", uw.RateLimits())]),
+        TypeError,
+        "per_key",
+    ),
+    (
+        lambda: uw.RateLimiter(uw.RateLimits(), per_key={"a": {"requests_per_minute": 1}}),
+        TypeError,
+        "per_key",
+    ),
     (lambda: uw.RateLimiter(uw.RateLimits(), per_key={1: uw.RateLimits()}), TypeError, "per_key"),
     (lambda: uw.RateLimiter(uw.RateLimits(), clock=5), TypeError, "clock"),
     (lambda: uw.RateLimiter(uw.RateLimits(), clock="manual"), TypeError, "clock"),

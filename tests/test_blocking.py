@@ -5,9 +5,8 @@ from __future__ import annotations
 import threading
 
 import pytest
-from conftest import Worker, is_queued, wait_until
-
 import usagewarden as uw
+from conftest import Worker, is_queued, wait_until
 
 
 @pytest.fixture
@@ -127,6 +126,7 @@ def test_many_threads_block_and_are_all_admitted(make_limiter, clock) -> None:
     workers = [Worker(lambda: limiter.acquire_blocking(timeout=1000)) for _ in range(12)]
     for w in workers:
         w.start()
+
     def admitted() -> int:
         return sum(not w.is_alive() for w in workers)
 

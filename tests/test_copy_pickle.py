@@ -9,7 +9,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-
 import usagewarden as uw
 
 DEEP: list[Callable[[Any], Any]] = [copy.deepcopy, lambda obj: pickle.loads(pickle.dumps(obj))]
@@ -207,7 +206,7 @@ def test_limiter_copy_on_the_system_clock() -> None:
 
 
 def test_rate_limit_exceeded_pickles() -> None:
-    # BUG: RateLimitExceeded defines __reduce__ so that it pickles, but the
+    # Regression: RateLimitExceeded defines __reduce__ so that it pickles, but the
     # uw.Limit it carries cannot be pickled, so the error cannot cross a
     # process boundary (multiprocessing, ProcessPoolExecutor).
     limiter = uw.RateLimiter(uw.RateLimits(requests_per_minute=1), clock=uw.ManualClock())

@@ -10,14 +10,40 @@ import usagewarden as uw
 
 #: Top-level packages that importing usagewarden must not pull in.
 FORBIDDEN = (
-    "fastapi", "starlette", "uvicorn", "pydantic", "pydantic_core", "pydantic_ai",
-    "langchain", "langchain_core", "langgraph", "agents", "openai", "anthropic",
-    "litellm", "llama_index", "crewai", "autogen", "httpx", "aiohttp", "requests",
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "pydantic",
+    "pydantic_core",
+    "pydantic_ai",
+    "langchain",
+    "langchain_core",
+    "langgraph",
+    "agents",
+    "openai",
+    "anthropic",
+    "litellm",
+    "llama_index",
+    "crewai",
+    "autogen",
+    "httpx",
+    "aiohttp",
+    "requests",
 )
 
 PUBLIC = {
-    "Usage", "RateLimits", "Limit", "ManualClock", "UsageHistory", "RateLimiter", "Decision",
-    "Reservation", "UsageWardenError", "RateLimitExceeded", "ConflictError", "StoreError",
+    "Usage",
+    "RateLimits",
+    "Limit",
+    "ManualClock",
+    "UsageHistory",
+    "RateLimiter",
+    "Decision",
+    "Reservation",
+    "UsageWardenError",
+    "RateLimitExceeded",
+    "ConflictError",
+    "StoreError",
     "BudgetExceeded",
 }
 
@@ -31,7 +57,10 @@ def imported_by(statement: str) -> set[str]:
     )
     out = subprocess.run(
         [sys.executable, "-W", "ignore", "-c", code],
-        capture_output=True, text=True, timeout=60, check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     return set(json.loads(out.stdout.strip().splitlines()[-1]))
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import gc
 
 import pytest
-from conftest import MAX_COST, MAX_COUNT
-
 import usagewarden as uw
+from conftest import MAX_COST, MAX_COUNT
 
 
 def test_properties(clock: uw.ManualClock) -> None:
@@ -84,8 +83,12 @@ def test_requests_defaults_to_one_and_may_be_zero_or_more(make_limiter) -> None:
 def test_every_field_is_recorded(make_limiter) -> None:
     limiter = make_limiter(requests_per_minute=10)
     limiter.try_acquire(
-        requests=2, input_tokens=3, output_tokens=4, cache_read_tokens=5,
-        cache_write_tokens=6, cost=0.07,
+        requests=2,
+        input_tokens=3,
+        output_tokens=4,
+        cache_read_tokens=5,
+        cache_write_tokens=6,
+        cost=0.07,
     )
     assert limiter.usage() == uw.Usage(2, 3, 4, 5, 6, 0.07)
 
@@ -106,8 +109,11 @@ def test_keys_are_independent(make_limiter) -> None:
     [
         ({"input_tokens_per_minute": 100}, {"input_tokens": 60}, {"input_tokens": 41}),
         ({"output_tokens_per_minute": 100}, {"output_tokens": 60}, {"output_tokens": 41}),
-        ({"total_tokens_per_minute": 100}, {"input_tokens": 30, "output_tokens": 30},
-         {"input_tokens": 20, "output_tokens": 21}),
+        (
+            {"total_tokens_per_minute": 100},
+            {"input_tokens": 30, "output_tokens": 30},
+            {"input_tokens": 20, "output_tokens": 21},
+        ),
         ({"cost_per_minute": 1.0}, {"cost": 0.6}, {"cost": 0.400_000_001}),
         ({"requests_per_minute": 5}, {"requests": 3}, {"requests": 3}),
     ],
@@ -152,7 +158,9 @@ def test_check_decides_like_try_acquire_and_records_nothing(make_limiter, clock)
         assert checked.reservation is None
         decided = limiter.try_acquire(input_tokens=tokens)
         assert (checked.allowed, checked.retry_after, checked.limit) == (
-            decided.allowed, decided.retry_after, decided.limit,
+            decided.allowed,
+            decided.retry_after,
+            decided.limit,
         ), step
         assert checked.remaining == decided.remaining or checked.allowed
         clock.advance(7)
@@ -181,8 +189,12 @@ def test_decision_remaining_is_what_is_left_after_the_request(make_limiter) -> N
     limiter = make_limiter(requests_per_minute=10, total_tokens_per_minute=100, cost_per_minute=1.0)
     decision = limiter.try_acquire(input_tokens=30, output_tokens=10, cost=0.25)
     assert decision.remaining == uw.Usage(
-        requests=9, input_tokens=60, output_tokens=60, cache_read_tokens=MAX_COUNT,
-        cache_write_tokens=MAX_COUNT, cost=0.75,
+        requests=9,
+        input_tokens=60,
+        output_tokens=60,
+        cache_read_tokens=MAX_COUNT,
+        cache_write_tokens=MAX_COUNT,
+        cost=0.75,
     )
     assert limiter.remaining() == decision.remaining
 
@@ -191,8 +203,12 @@ def test_remaining_reads_max_for_fields_without_a_limit(make_limiter) -> None:
     limiter = make_limiter(input_tokens_per_minute=100)
     # Compared as dicts: MAX_COST is not exactly representable as a float.
     assert limiter.remaining().to_dict() == {
-        "requests": MAX_COUNT, "input_tokens": 100, "output_tokens": MAX_COUNT,
-        "cache_read_tokens": MAX_COUNT, "cache_write_tokens": MAX_COUNT, "cost": MAX_COST,
+        "requests": MAX_COUNT,
+        "input_tokens": 100,
+        "output_tokens": MAX_COUNT,
+        "cache_read_tokens": MAX_COUNT,
+        "cache_write_tokens": MAX_COUNT,
+        "cost": MAX_COST,
     }
 
 

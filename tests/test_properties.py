@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import copy
 
+import usagewarden as uw
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-import usagewarden as uw
 
 NS = 1_000_000_000
 WINDOWS_NS = [NS, 60 * NS]  # quantum: 1 ms and 60 ms
@@ -39,14 +38,16 @@ def history_scripts(draw: st.DrawFn) -> tuple[int, list[tuple[int, int, int, int
     ops = draw(
         st.lists(
             st.tuples(gap, back, st.integers(1, 1000), st.integers(1, window)),
-            min_size=1, max_size=60,
+            min_size=1,
+            max_size=60,
         )
     )
     return window, ops
 
 
-def check_bounds(history: uw.UsageHistory, log: list[tuple[int, int]], now: int,
-                 window: int, span: int) -> None:
+def check_bounds(
+    history: uw.UsageHistory, log: list[tuple[int, int]], now: int, window: int, span: int
+) -> None:
     quantum = window // 1000
     counted = history.usage_in_window().input_tokens
     exact = sum(a for t, a in log if t + window > now)
@@ -108,8 +109,9 @@ def test_cleanup_removes_only_what_no_longer_counts(script) -> None:
         history.add(uw.Usage(input_tokens=amount), at=seconds(max(0, now - back)))
 
 
-LIMITER_LIMITS = uw.RateLimits(requests_per_second=4, total_tokens_per_second=300,
-                               total_tokens_per_minute=5000)
+LIMITER_LIMITS = uw.RateLimits(
+    requests_per_second=4, total_tokens_per_second=300, total_tokens_per_minute=5000
+)
 
 
 @st.composite
@@ -122,7 +124,8 @@ def limiter_scripts(draw: st.DrawFn) -> list[tuple[int, int, int, str]]:
                 st.integers(0, 120),
                 st.sampled_from(["keep", "keep", "keep", "refund", "cancel"]),
             ),
-            min_size=1, max_size=50,
+            min_size=1,
+            max_size=50,
         )
     )
 
@@ -158,9 +161,7 @@ def test_limiter_decisions_match_the_exact_windows(script) -> None:
                 decision.reservation.cancel()
             continue
         # Refused: some limit is full even counting a quantum of slack...
-        assert any(
-            in_window(d, w, w // 1000) + amount(wanted, d) > limit for d, w, limit in specs
-        )
+        assert any(in_window(d, w, w // 1000) + amount(wanted, d) > limit for d, w, limit in specs)
         # ...and retry_after is exact: one nanosecond short it is still refused,
         # at retry_after it fits (checked on an independent copy).
         wait = decision.retry_after

@@ -6,7 +6,6 @@ import copy
 import pickle
 
 import pytest
-
 import usagewarden as uw
 
 DIMENSIONS = ("requests", "input_tokens", "output_tokens", "total_tokens", "cost")
@@ -31,18 +30,27 @@ def test_every_dimension_and_unit_is_accepted(name: str) -> None:
 
 def test_several_limits_shortest_window_first() -> None:
     limits = uw.RateLimits(
-        requests_per_day=10_000, total_tokens_per_minute=90_000,
-        requests_per_minute=500, cost_per_hour=2.0, input_tokens_per_second=100,
+        requests_per_day=10_000,
+        total_tokens_per_minute=90_000,
+        requests_per_minute=500,
+        cost_per_hour=2.0,
+        input_tokens_per_second=100,
     )
     windows = [limit.window for limit in limits.limits]
     assert windows == sorted(windows)
     assert {limit.name for limit in limits.limits} == {
-        "requests_per_day", "total_tokens_per_minute", "requests_per_minute",
-        "cost_per_hour", "input_tokens_per_second",
+        "requests_per_day",
+        "total_tokens_per_minute",
+        "requests_per_minute",
+        "cost_per_hour",
+        "input_tokens_per_second",
     }
     assert limits.to_dict() == {
-        "requests_per_day": 10_000, "total_tokens_per_minute": 90_000,
-        "requests_per_minute": 500, "cost_per_hour": 2.0, "input_tokens_per_second": 100,
+        "requests_per_day": 10_000,
+        "total_tokens_per_minute": 90_000,
+        "requests_per_minute": 500,
+        "cost_per_hour": 2.0,
+        "input_tokens_per_second": 100,
     }
 
 
@@ -86,14 +94,15 @@ def test_limits_compare_by_value() -> None:
 
 
 def test_limit_pickles() -> None:
-    # BUG: uw.Limit has no __reduce__, so it (and every RateLimitExceeded
+    # Regression: uw.Limit had no __reduce__, so it (and every RateLimitExceeded
     # carrying one) cannot be pickled.
     limit = uw.RateLimits(requests_per_minute=3).limits[0]
     assert pickle.loads(pickle.dumps(limit)) == limit
 
 
 @pytest.mark.parametrize(
-    "name", ["tokens_per_minute", "requests_per_week", "requests", "per_minute", "Requests_per_minute"]
+    "name",
+    ["tokens_per_minute", "requests_per_week", "requests", "per_minute", "Requests_per_minute"],
 )
 def test_unknown_keyword_is_a_type_error_listing_valid_names(name: str) -> None:
     with pytest.raises(TypeError) as info:
@@ -137,7 +146,7 @@ def test_one_bad_keyword_among_good_ones_fails_the_whole_call() -> None:
 
 
 def test_comparison_with_other_types_is_false_not_none() -> None:
-    # BUG: RateLimits/Limit __eq__ return None (not NotImplemented) for other
+    # Regression: RateLimits/Limit __eq__ returned None (not NotImplemented) for other
     # types, so `limits != 5` is falsy.
     limits = uw.RateLimits(requests_per_minute=3)
     for value in (limits, limits.limits[0]):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 import usagewarden as uw
 
 
@@ -43,7 +42,11 @@ def test_settle_charges_extra(limiter) -> None:
     r = reserve(limiter, input_tokens=10)
     r.settle(input_tokens=10, output_tokens=70, cache_read_tokens=500, cache_write_tokens=7)
     assert limiter.usage() == uw.Usage(
-        requests=1, input_tokens=10, output_tokens=70, cache_read_tokens=500, cache_write_tokens=7,
+        requests=1,
+        input_tokens=10,
+        output_tokens=70,
+        cache_read_tokens=500,
+        cache_write_tokens=7,
     )
     assert limiter.remaining().output_tokens == 20
 
@@ -52,7 +55,11 @@ def test_settle_fields_left_none_keep_the_estimate(limiter) -> None:
     r = reserve(limiter, input_tokens=20, output_tokens=30, cache_read_tokens=4, cost=0.3)
     counted = r.settle(output_tokens=12)
     assert counted == uw.Usage(
-        requests=1, input_tokens=20, output_tokens=12, cache_read_tokens=4, cost=0.3,
+        requests=1,
+        input_tokens=20,
+        output_tokens=12,
+        cache_read_tokens=4,
+        cost=0.3,
     )
     assert limiter.usage() == counted
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 import usagewarden as uw
 
 
@@ -62,7 +61,9 @@ def test_cost_wait(make_limiter, clock) -> None:
 
 
 def test_the_limit_that_frees_last_is_reported(make_limiter, clock) -> None:
-    limiter = make_limiter(requests_per_second=1, requests_per_minute=2, total_tokens_per_minute=1000)
+    limiter = make_limiter(
+        requests_per_second=1, requests_per_minute=2, total_tokens_per_minute=1000
+    )
     at(limiter, clock, 0)
     at(limiter, clock, 1)
     clock.set(1.5)
@@ -166,7 +167,7 @@ def test_never_fits_on_any_key_of_a_tuple(clock) -> None:
 
 
 async def test_retry_after_behind_a_queued_waiter_accounts_for_it(make_limiter, clock) -> None:
-    # BUG (minor): behind a queued waiter, retry_after is the head's wait, not
+    # Regression (minor): behind a queued waiter, retry_after was the head's wait, not
     # when this request would fit. Here the head (80 tokens) is admitted at
     # t=60 and then 30 more tokens only fit once it leaves, at t=120.
     import asyncio

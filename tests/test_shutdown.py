@@ -44,4 +44,5 @@ def test_exit_after_an_async_wait_never_aborts() -> None:
     # BUG (intermittent, ~5-10% of runs here): exit status 134 (SIGABRT) at exit.
     with ThreadPoolExecutor(max_workers=4) as pool:
         codes = list(pool.map(run_once, range(RUNS)))
-    assert codes == [0] * RUNS, f"exit statuses: {sorted(set(codes))}, {codes.count(0)}/{RUNS} clean"
+    clean = codes.count(0)
+    assert codes == [0] * RUNS, f"exit statuses: {sorted(set(codes))}, {clean}/{RUNS} clean"

@@ -13,7 +13,6 @@ import types
 from pathlib import Path
 
 import pytest
-
 import usagewarden
 from usagewarden import _core
 
@@ -95,8 +94,16 @@ RUNTIME_CLASSES = sorted(name for name in RUNTIME_PUBLIC if inspect.isclass(geta
 
 
 def test_the_runtime_module_has_the_contract_classes() -> None:
-    assert {"Usage", "RateLimits", "Limit", "ManualClock", "UsageHistory", "RateLimiter",
-            "Decision", "Reservation"} <= set(RUNTIME_CLASSES)
+    assert {
+        "Usage",
+        "RateLimits",
+        "Limit",
+        "ManualClock",
+        "UsageHistory",
+        "RateLimiter",
+        "Decision",
+        "Reservation",
+    } <= set(RUNTIME_CLASSES)
 
 
 def test_every_runtime_name_is_in_the_stub(stub) -> None:
@@ -140,8 +147,19 @@ def test_the_stub_parses_and_the_package_is_typed() -> None:
 
 
 #: Protocol methods that decide what a type checker accepts (len(), with, await, +, ...).
-PROTOCOL = ("__len__", "__bool__", "__enter__", "__exit__", "__aenter__", "__aexit__",
-            "__await__", "__iter__", "__next__", "__add__", "__sub__")
+PROTOCOL = (
+    "__len__",
+    "__bool__",
+    "__enter__",
+    "__exit__",
+    "__aenter__",
+    "__aexit__",
+    "__await__",
+    "__iter__",
+    "__next__",
+    "__add__",
+    "__sub__",
+)
 
 
 @pytest.mark.parametrize("name", RUNTIME_CLASSES)
@@ -149,7 +167,8 @@ def test_protocol_methods_match(stub, name) -> None:
     node = stub_names(stub).get(name)
     assert isinstance(node, ast.ClassDef), f"class {name} is not declared in _core.pyi"
     declared = {
-        n.name for n in node.body
+        n.name
+        for n in node.body
         if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name in PROTOCOL
     }
     actual = {n for n, v in vars(getattr(_core, name)).items() if n in PROTOCOL and v is not None}

@@ -6,9 +6,8 @@ import copy
 import pickle
 
 import pytest
-from conftest import MAX_COUNT, USAGE_FIELDS
-
 import usagewarden as uw
+from conftest import MAX_COUNT, USAGE_FIELDS
 
 
 def test_defaults_are_zero_and_falsy() -> None:
@@ -21,8 +20,12 @@ def test_defaults_are_zero_and_falsy() -> None:
 
 def test_fields_and_total_tokens() -> None:
     u = uw.Usage(
-        requests=2, input_tokens=10, output_tokens=5, cache_read_tokens=7,
-        cache_write_tokens=3, cost=0.25,
+        requests=2,
+        input_tokens=10,
+        output_tokens=5,
+        cache_read_tokens=7,
+        cache_write_tokens=3,
+        cost=0.25,
     )
     assert (u.requests, u.input_tokens, u.output_tokens) == (2, 10, 5)
     assert (u.cache_read_tokens, u.cache_write_tokens, u.cost) == (7, 3, 0.25)
@@ -32,8 +35,12 @@ def test_fields_and_total_tokens() -> None:
 
 def test_positional_arguments_follow_field_order() -> None:
     assert uw.Usage(1, 2, 3, 4, 5, 0.5) == uw.Usage(
-        requests=1, input_tokens=2, output_tokens=3, cache_read_tokens=4,
-        cache_write_tokens=5, cost=0.5,
+        requests=1,
+        input_tokens=2,
+        output_tokens=3,
+        cache_read_tokens=4,
+        cache_write_tokens=5,
+        cost=0.5,
     )
 
 
@@ -89,12 +96,12 @@ def test_equality_and_hash() -> None:
     c = uw.Usage(1, 2, 3, 4, 5, 0.6)
     assert a == b and hash(a) == hash(b)
     assert a != c
-    assert not (a != b)
+    assert not (a != b)  # noqa: SIM202 - __ne__ itself is under test
     assert len({a, b, c}) == 2
 
 
 def test_comparison_with_other_types_is_false_not_none() -> None:
-    # BUG: Usage.__eq__/__ne__ return None (not NotImplemented) for other types,
+    # Regression: Usage.__eq__/__ne__ returned None (not NotImplemented) for other types,
     # so `Usage() != 5` is falsy.
     u = uw.Usage(requests=1)
     assert (u == 5) is False
@@ -104,7 +111,7 @@ def test_comparison_with_other_types_is_false_not_none() -> None:
 
 @pytest.mark.parametrize("other", [5, 1.5, "x", None, (1,)])
 def test_arithmetic_with_other_types_raises_type_error(other: object) -> None:
-    # BUG: Usage.__add__/__sub__ return None for other operand types instead
+    # Regression: Usage.__add__/__sub__ returned None for other operand types instead
     # of NotImplemented, so `Usage() + 5` silently evaluates to None.
     u = uw.Usage(requests=1)
     with pytest.raises(TypeError):
@@ -117,8 +124,12 @@ def test_to_dict_has_the_six_constructor_fields_and_rebuilds() -> None:
     u = uw.Usage(1, 2, 3, 4, 5, 0.125)
     d = u.to_dict()
     assert d == {
-        "requests": 1, "input_tokens": 2, "output_tokens": 3,
-        "cache_read_tokens": 4, "cache_write_tokens": 5, "cost": 0.125,
+        "requests": 1,
+        "input_tokens": 2,
+        "output_tokens": 3,
+        "cache_read_tokens": 4,
+        "cache_write_tokens": 5,
+        "cost": 0.125,
     }
     assert uw.Usage(**d) == u
     assert "total_tokens" not in d
@@ -138,7 +149,7 @@ def test_max_counts_are_accepted() -> None:
 
 
 def test_an_accepted_cost_is_usable() -> None:
-    # BUG: a cost that rounds to exactly 2**63 nano-USD passes validation
+    # Regression: a cost that rounds to exactly 2**63 nano-USD passed validation
     # (`nanos > MAX_COUNT as f64` compares against 2**63, not 2**63 - 1) and
     # then breaks arithmetic on the value. Either refuse it at construction
     # (ValueError naming `cost`) or keep it usable.

@@ -6,21 +6,29 @@ framework installed.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import warnings
 
 from ._core import (
     DEBUG_BUILD,
     AcquireCoroutine,
+    Aggregate,
+    AsyncSQLiteStore,
     Decision,
     Limit,
     ManualClock,
     RateLimiter,
     RateLimits,
     Reservation,
+    SQLiteStore,
+    StoreStats,
     Usage,
+    UsageEvent,
     UsageHistory,
     __version__,
+    _close_all_stores,
+    _quiesce,
 )
 from .errors import (
     BudgetExceeded,
@@ -32,6 +40,8 @@ from .errors import (
 
 __all__ = [
     "AcquireCoroutine",
+    "Aggregate",
+    "AsyncSQLiteStore",
     "BudgetExceeded",
     "ConflictError",
     "Decision",
@@ -41,14 +51,22 @@ __all__ = [
     "RateLimiter",
     "RateLimits",
     "Reservation",
+    "SQLiteStore",
     "StoreError",
+    "StoreStats",
     "Usage",
+    "UsageEvent",
     "UsageHistory",
     "UsageWardenError",
     "__version__",
 ]
 
 logging.getLogger("usagewarden").addHandler(logging.NullHandler())
+
+# At exit (last registered, first run): commit what open stores have queued,
+# then let background threads finish their calls into Python.
+atexit.register(_quiesce)
+atexit.register(_close_all_stores)
 
 if DEBUG_BUILD:
     warnings.warn(

@@ -173,6 +173,27 @@ impl Inner {
         held
     }
 
+    /// Like `evaluate`, but as if everyone queued on the keys went first.
+    fn evaluate_behind_queues<S: AsRef<str>>(
+        &self,
+        locked: &mut Locked<'_>,
+        keys: &[S],
+        now: u64,
+        usage: &Usage,
+        me: Option<&Arc<waiter::Waiter>>,
+    ) -> Fit {
+        let mut fit: Option<Fit> = None;
+        for (i, key) in keys.iter().enumerate() {
+            let (_, state) = locked.shard(i).state(key.as_ref(), self);
+            let this = state.evaluate_behind_queue(now, usage, i, me);
+            fit = Some(match fit {
+                None => this,
+                Some(f) => f.and(this),
+            });
+        }
+        fit.expect("keys are never empty")
+    }
+
     fn queued<S: AsRef<str>>(&self, locked: &mut Locked<'_>, keys: &[S]) -> Option<Usage> {
         for (i, key) in keys.iter().enumerate() {
             if let Some(head) = locked
@@ -371,30 +392,28 @@ impl RateLimiter {
                 remaining: Usage::ZERO,
                 reservation: None,
             },
-            (Fit::Waits { wait_ns, limit }, head) => {
-                // Behind queued waiters, the wait is at least theirs.
-                let head_wait = head.map(|h| match inner.evaluate(&mut locked, keys, now, &h) {
-                    Fit::Waits { wait_ns, .. } => wait_ns,
-                    _ => 0,
-                });
+            (Fit::Waits { wait_ns, limit }, None) => {
                 let remaining = self.remaining_locked(&mut locked, keys, now);
                 Decision {
                     allowed: false,
-                    retry_after_ns: Some(wait_ns.max(head_wait.unwrap_or(0))),
+                    retry_after_ns: Some(wait_ns),
                     limit: Some(limit),
                     remaining,
                     reservation: None,
                 }
             }
-            (Fit::Fits { binding, .. }, Some(head)) => {
-                let (wait_ns, limit) = match inner.evaluate(&mut locked, keys, now, &head) {
-                    Fit::Waits { wait_ns, limit } => (wait_ns, Some(limit)),
-                    _ => (0, binding),
-                };
+            (_, Some(_)) => {
+                // Behind queued waiters: when it fits once they have gone first.
+                let (wait_ns, limit) =
+                    match inner.evaluate_behind_queues(&mut locked, keys, now, &usage, None) {
+                        Fit::Waits { wait_ns, limit } => (Some(wait_ns), Some(limit)),
+                        Fit::Never { limit } => (None, Some(limit)),
+                        Fit::Fits { binding, .. } => (Some(0), binding),
+                    };
                 let remaining = self.remaining_locked(&mut locked, keys, now);
                 Decision {
                     allowed: false,
-                    retry_after_ns: Some(wait_ns),
+                    retry_after_ns: wait_ns,
                     limit,
                     remaining,
                     reservation: None,

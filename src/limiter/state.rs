@@ -138,18 +138,73 @@ impl KeyState {
 
     /// Does `usage` fit now? `key_index` tags the limits this key reports.
     pub(crate) fn evaluate(&self, now: u64, usage: &Usage, key_index: usize) -> Fit {
+        evaluate(&self.limits, &self.windows, now, usage, key_index)
+    }
+
+    /// When `usage` would fit if the queued waiters (those ahead of `me`, when
+    /// given) were admitted first, in order, each as soon as it fits
+    /// (refunds aside): a replay on a copy of the windows.
+    pub(crate) fn evaluate_behind_queue(
+        &self,
+        now: u64,
+        usage: &Usage,
+        key_index: usize,
+        me: Option<&Arc<Waiter>>,
+    ) -> Fit {
+        let mut windows = self.windows.clone();
+        let mut t = now;
+        for waiter in &self.queue {
+            if me.is_some_and(|me| Arc::ptr_eq(me, waiter)) {
+                break;
+            }
+            if let Fit::Waits { wait_ns, .. } =
+                evaluate(&self.limits, &windows, t, &waiter.usage, key_index)
+            {
+                t = t.saturating_add(wait_ns);
+            }
+            for window in &mut windows {
+                window.evict(t);
+                window.add(t, waiter.usage);
+            }
+        }
+        for window in &mut windows {
+            window.evict(t);
+        }
+        match evaluate(&self.limits, &windows, t, usage, key_index) {
+            Fit::Fits { binding, .. } => Fit::Waits {
+                wait_ns: t - now,
+                limit: binding.unwrap_or((key_index, self.limits.specs()[0])),
+            },
+            Fit::Waits { wait_ns, limit } => Fit::Waits {
+                wait_ns: t - now + wait_ns,
+                limit,
+            },
+            never => never,
+        }
+    }
+}
+
+/// The fit arithmetic over a key's windows.
+fn evaluate(
+    limits: &Limits,
+    windows: &[SlidingWindow],
+    now: u64,
+    usage: &Usage,
+    key_index: usize,
+) -> Fit {
+    {
         let mut remaining = unlimited();
         let mut binding = None;
         let mut binding_share = f64::INFINITY;
         let mut longest: Option<(u64, LimitSpec)> = None;
-        for (spec, w) in self.limits.specs_with_window() {
+        for (spec, w) in limits.specs_with_window() {
             let wanted = usage.get(spec.dimension);
             if wanted > spec.amount {
                 return Fit::Never {
                     limit: (key_index, *spec),
                 };
             }
-            let window = &self.windows[w];
+            let window = &windows[w];
             let used = window.sum().get(spec.dimension);
             let after = used.saturating_add(wanted);
             if after > spec.amount {
@@ -186,7 +241,9 @@ impl KeyState {
             },
         }
     }
+}
 
+impl KeyState {
     pub(crate) fn record(&mut self, now: u64, usage: Usage) {
         for window in &mut self.windows {
             window.add(now, usage);

@@ -210,6 +210,24 @@ impl WaitHandle {
             _ => (None, None),
         };
         if timed_out {
+            // Behind other waiters: report when it would fit on its own, or,
+            // if it already would, when the head of the queue fits.
+            let (wait_ns, limit) = match wait_ns {
+                Some(_) => (wait_ns, limit),
+                None if at_head => (wait_ns, limit),
+                None => {
+                    match inner.evaluate_behind_queues(
+                        &mut locked,
+                        keys,
+                        now,
+                        &waiter.usage,
+                        Some(waiter),
+                    ) {
+                        Fit::Waits { wait_ns, limit } => (Some(wait_ns), Some(limit.1)),
+                        _ => (Some(0), None),
+                    }
+                }
+            };
             for (i, key) in keys.iter().enumerate() {
                 if let Some(state) = locked.shard(i).keys.get_mut(&**key) {
                     state.leave(waiter);

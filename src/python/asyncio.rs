@@ -6,22 +6,20 @@
 //! `async def`, it does nothing until first awaited. When the request is
 //! admitted at once it finishes on the first `send`, with no event-loop round
 //! trip. Otherwise it parks on an asyncio future of the caller's loop while
-//! the wait runs as a task on the one tokio runtime of pyo3-async-runtimes;
-//! the result is handed back with `call_soon_threadsafe`. Cancelling the
-//! awaiting task cancels that future, which drops the wait (leaving the
-//! queue); a grant that races with cancellation is refunded.
+//! the wait runs as a task on the one tokio runtime of pyo3-async-runtimes
+//! (see `bridge`). Cancelling the awaiting task cancels that future, which
+//! drops the wait (leaving the queue); a grant that races with cancellation
+//! is refunded.
 
+use super::bridge::{self, Payload};
 use super::errors;
 use super::reservation::PyReservation;
-use crate::error::CoreResult;
-use crate::limiter::{Enqueued, RateLimiter, Reservation, WaitHandle};
+use crate::limiter::{Enqueued, RateLimiter};
 use crate::usage::Usage;
 use parking_lot::Mutex;
 use pyo3::exceptions::{PyRuntimeError, PyStopIteration};
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
 use pyo3::types::PyTuple;
-use tokio::sync::oneshot;
 
 pub(crate) struct AcquireArgs {
     pub(crate) limiter: RateLimiter,
@@ -49,14 +47,6 @@ pub struct AcquireCoroutine {
 
 fn stop(value: Py<PyAny>) -> PyErr {
     PyStopIteration::new_err((value,))
-}
-
-fn get_running_loop(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
-    static ASYNCIO: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
-    ASYNCIO
-        .get_or_try_init(py, || py.import("asyncio").map(Bound::unbind))?
-        .bind(py)
-        .call_method0("get_running_loop")
 }
 
 impl AcquireCoroutine {
@@ -93,7 +83,10 @@ impl AcquireCoroutine {
                 Err(stop(reservation.into_any()))
             }
             Enqueued::Waiting(handle) => {
-                let future = spawn_wait(py, handle, args.key)?;
+                let limiter_wait = handle.wait();
+                let key = args.key;
+                let future =
+                    bridge::spawn(py, async move { Payload::Grant(limiter_wait.await, key) })?;
                 let iter = future.call_method0("__await__")?;
                 let yielded = iter.call_method0("__next__");
                 *self.state.lock() = State::Waiting(future.unbind(), iter.unbind());
@@ -110,6 +103,11 @@ impl AcquireCoroutine {
     ) -> PyResult<Py<PyAny>> {
         match self.take() {
             State::Waiting(future, iter) => {
+                if method == "throw" {
+                    // The awaiting task is being cancelled (or thrown into): a
+                    // grant already delivered would never reach it.
+                    bridge::refund_delivered(future.bind(py));
+                }
                 let out = iter.bind(py).call_method1(method, args);
                 if out.is_ok() {
                     *self.state.lock() = State::Waiting(future, iter);
@@ -162,6 +160,7 @@ impl AcquireCoroutine {
     /// Stops waiting: the request leaves the queue and records nothing.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         if let State::Waiting(future, _) = self.take() {
+            bridge::refund_delivered(future.bind(py));
             future.bind(py).call_method0("cancel")?;
         }
         Ok(())
@@ -172,103 +171,9 @@ impl Drop for AcquireCoroutine {
     fn drop(&mut self) {
         if let State::Waiting(future, _) = self.take() {
             Python::attach(|py| {
+                bridge::refund_delivered(future.bind(py));
                 let _ = future.bind(py).call_method0("cancel");
             });
         }
     }
-}
-
-/// Tells the tokio task that the asyncio future was cancelled.
-#[pyclass]
-struct CancelOnDone {
-    tx: Mutex<Option<oneshot::Sender<()>>>,
-}
-
-#[pymethods]
-impl CancelOnDone {
-    fn __call__(&self, _future: &Bound<'_, PyAny>) {
-        if let Some(tx) = self.tx.lock().take() {
-            let _ = tx.send(());
-        }
-    }
-}
-
-/// Runs on the event loop's thread: resolves the future, or refunds a grant
-/// nobody is waiting for any more. Dropped undelivered, it refunds too.
-#[pyclass]
-struct Deliver {
-    result: Mutex<Option<CoreResult<Reservation>>>,
-    key: Py<PyAny>,
-}
-
-#[pymethods]
-impl Deliver {
-    fn __call__(&self, py: Python<'_>, future: &Bound<'_, PyAny>) -> PyResult<()> {
-        let Some(result) = self.result.lock().take() else {
-            return Ok(());
-        };
-        if future.call_method0("done")?.is_truthy()? {
-            if let Ok(reservation) = result {
-                let _ = reservation.cancel();
-            }
-            return Ok(());
-        }
-        match result {
-            Ok(core) => {
-                let reservation = Py::new(
-                    py,
-                    PyReservation {
-                        core,
-                        key: self.key.clone_ref(py),
-                    },
-                )?;
-                future.call_method1("set_result", (reservation,))?;
-            }
-            Err(e) => {
-                future.call_method1("set_exception", (errors::to_py(py, e).into_value(py),))?;
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Deliver {
-    fn drop(&mut self) {
-        if let Some(Ok(reservation)) = self.result.get_mut().take() {
-            let _ = reservation.cancel();
-        }
-    }
-}
-
-fn spawn_wait<'py>(
-    py: Python<'py>,
-    handle: WaitHandle,
-    key: Py<PyAny>,
-) -> PyResult<Bound<'py, PyAny>> {
-    let event_loop = get_running_loop(py)?;
-    let future = event_loop.call_method0("create_future")?;
-    let (tx, rx) = oneshot::channel();
-    future.call_method1(
-        "add_done_callback",
-        (CancelOnDone {
-            tx: Mutex::new(Some(tx)),
-        },),
-    )?;
-    let loop_ref = event_loop.unbind();
-    let future_ref = future.clone().unbind();
-    pyo3_async_runtimes::tokio::get_runtime().spawn(async move {
-        let result = tokio::select! {
-            result = handle.wait() => result,
-            _ = rx => return, // cancelled: dropping the wait leaves the queue
-        };
-        Python::attach(|py| {
-            let deliver = Deliver {
-                result: Mutex::new(Some(result)),
-                key,
-            };
-            // If the loop is closed the Deliver is dropped here, refunding the grant.
-            let _ = loop_ref.call_method1(py, "call_soon_threadsafe", (deliver, future_ref));
-        });
-    });
-    Ok(future)
 }

@@ -58,14 +58,40 @@ impl PyLimit {
         amount_object(py, &self.spec)
     }
 
-    fn __richcmp__(&self, other: &Bound<'_, PyAny>, op: CompareOp) -> Option<bool> {
-        let other = other.cast::<PyLimit>().ok()?;
+    fn __richcmp__(&self, other: &Bound<'_, PyAny>, op: CompareOp) -> PyResult<Py<PyAny>> {
+        let py = other.py();
+        let Ok(other) = other.cast::<PyLimit>() else {
+            return Ok(py.NotImplemented());
+        };
         let equal = self.spec == other.get().spec;
         match op {
-            CompareOp::Eq => Some(equal),
-            CompareOp::Ne => Some(!equal),
-            _ => None,
+            CompareOp::Eq => Ok(pyo3::types::PyBool::new(py, equal)
+                .to_owned()
+                .into_any()
+                .unbind()),
+            CompareOp::Ne => Ok(pyo3::types::PyBool::new(py, !equal)
+                .to_owned()
+                .into_any()
+                .unbind()),
+            _ => Ok(py.NotImplemented()),
         }
+    }
+
+    #[staticmethod]
+    fn _from_name(name: &str, amount: &Bound<'_, PyAny>) -> PyResult<PyLimit> {
+        let kwargs = PyDict::new(amount.py());
+        kwargs.set_item(name, amount)?;
+        let limits = PyRateLimits::from_kwargs(Some(&kwargs))?;
+        Ok(PyLimit::from(limits.limits.specs()[0]))
+    }
+
+    fn __reduce__<'py>(
+        slf: &Bound<'py, Self>,
+    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
+        let py = slf.py();
+        let spec = slf.get().spec;
+        let args = (spec.name(), amount_object(py, &spec)?).into_pyobject(py)?;
+        Ok((slf.get_type().getattr("_from_name")?, args))
     }
 
     fn __hash__(&self) -> u64 {
@@ -153,13 +179,22 @@ impl PyRateLimits {
         self.limits.specs().len()
     }
 
-    fn __richcmp__(&self, other: &Bound<'_, PyAny>, op: CompareOp) -> Option<bool> {
-        let other = other.cast::<PyRateLimits>().ok()?;
+    fn __richcmp__(&self, other: &Bound<'_, PyAny>, op: CompareOp) -> PyResult<Py<PyAny>> {
+        let py = other.py();
+        let Ok(other) = other.cast::<PyRateLimits>() else {
+            return Ok(py.NotImplemented());
+        };
         let equal = self.limits == other.get().limits;
         match op {
-            CompareOp::Eq => Some(equal),
-            CompareOp::Ne => Some(!equal),
-            _ => None,
+            CompareOp::Eq => Ok(pyo3::types::PyBool::new(py, equal)
+                .to_owned()
+                .into_any()
+                .unbind()),
+            CompareOp::Ne => Ok(pyo3::types::PyBool::new(py, !equal)
+                .to_owned()
+                .into_any()
+                .unbind()),
+            _ => Ok(py.NotImplemented()),
         }
     }
 

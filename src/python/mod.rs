@@ -3,9 +3,11 @@
 
 mod args;
 mod asyncio;
+mod bridge;
 mod clock;
 mod errors;
 mod history;
+mod ledger;
 mod limiter;
 mod limits;
 mod reservation;
@@ -26,5 +28,12 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<limiter::PyDecision>()?;
     m.add_class::<reservation::PyReservation>()?;
     m.add_class::<asyncio::AcquireCoroutine>()?;
+    m.add_class::<ledger::PyUsageEvent>()?;
+    m.add_class::<ledger::PyAggregate>()?;
+    m.add_class::<ledger::PyStoreStats>()?;
+    m.add_class::<ledger::PySQLiteStore>()?;
+    m.add_class::<ledger::PyAsyncSQLiteStore>()?;
+    m.add_function(wrap_pyfunction!(ledger::_close_all_stores, m)?)?;
+    m.add_function(wrap_pyfunction!(bridge::_quiesce, m)?)?;
     Ok(())
 }

@@ -89,33 +89,46 @@ impl PyUsage {
         Ok(d)
     }
 
-    fn __add__(&self, other: &Bound<'_, PyAny>) -> PyResult<Option<PyUsage>> {
+    fn __add__(&self, other: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        let py = other.py();
         let Ok(other) = other.cast::<PyUsage>() else {
-            return Ok(None);
+            return Ok(py.NotImplemented());
         };
-        self.inner
+        let sum = self
+            .inner
             .checked_add(other.get().inner)
-            .map(|u| Some(u.into()))
-            .ok_or_else(|| PyValueError::new_err("Usage sum exceeds 2**63 - 1 in some field"))
+            .ok_or_else(|| PyValueError::new_err("Usage sum exceeds 2**63 - 1 in some field"))?;
+        Ok(Py::new(py, PyUsage::from(sum))?.into_any())
     }
 
-    fn __sub__(&self, other: &Bound<'_, PyAny>) -> PyResult<Option<PyUsage>> {
+    fn __sub__(&self, other: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        let py = other.py();
         let Ok(other) = other.cast::<PyUsage>() else {
-            return Ok(None);
+            return Ok(py.NotImplemented());
         };
-        self.inner
+        let difference = self
+            .inner
             .checked_sub(other.get().inner)
-            .map(|u| Some(u.into()))
-            .map_err(|field| PyValueError::new_err(format!("{field} would be negative")))
+            .map_err(|field| PyValueError::new_err(format!("{field} would be negative")))?;
+        Ok(Py::new(py, PyUsage::from(difference))?.into_any())
     }
 
-    fn __richcmp__(&self, other: &Bound<'_, PyAny>, op: CompareOp) -> Option<bool> {
-        let other = other.cast::<PyUsage>().ok()?;
+    fn __richcmp__(&self, other: &Bound<'_, PyAny>, op: CompareOp) -> PyResult<Py<PyAny>> {
+        let py = other.py();
+        let Ok(other) = other.cast::<PyUsage>() else {
+            return Ok(py.NotImplemented());
+        };
         let equal = self.inner == other.get().inner;
         match op {
-            CompareOp::Eq => Some(equal),
-            CompareOp::Ne => Some(!equal),
-            _ => None,
+            CompareOp::Eq => Ok(pyo3::types::PyBool::new(py, equal)
+                .to_owned()
+                .into_any()
+                .unbind()),
+            CompareOp::Ne => Ok(pyo3::types::PyBool::new(py, !equal)
+                .to_owned()
+                .into_any()
+                .unbind()),
+            _ => Ok(py.NotImplemented()),
         }
     }
 

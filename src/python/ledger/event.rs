@@ -27,7 +27,11 @@ fn text(value: &Bound<'_, PyAny>, name: &str) -> PyResult<String> {
         .map_err(|_| {
             PyTypeError::new_err(format!(
                 "{name} must be a str, not {}",
-                value.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+                value
+                    .get_type()
+                    .name()
+                    .map(|n| n.to_string())
+                    .unwrap_or_default()
             ))
         })?
         .to_cow()
@@ -116,7 +120,8 @@ impl PyUsageEvent {
             agent_id: text(agent_id, "agent_id")?,
             consumer_id: text(consumer_id, "consumer_id")?,
             task_id: optional_text(task_id, "task_id")?,
-            namespace: optional_text(namespace, "namespace")?.unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
+            namespace: optional_text(namespace, "namespace")?
+                .unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
             action: optional_text(action, "action")?.unwrap_or_else(|| DEFAULT_ACTION.into()),
             model: optional_text(model, "model")?,
             tokens_in: args::count(tokens_in, "tokens_in", 0)?,
@@ -292,13 +297,22 @@ impl PyUsageEvent {
         Ok(cls.call((agent, consumer), Some(&kwargs))?.unbind())
     }
 
-    fn __richcmp__(&self, other: &Bound<'_, PyAny>, op: CompareOp) -> Option<bool> {
-        let other = other.cast::<PyUsageEvent>().ok()?;
+    fn __richcmp__(&self, other: &Bound<'_, PyAny>, op: CompareOp) -> PyResult<Py<PyAny>> {
+        let py = other.py();
+        let Ok(other) = other.cast::<PyUsageEvent>() else {
+            return Ok(py.NotImplemented());
+        };
         let equal = self.inner == other.get().inner;
         match op {
-            CompareOp::Eq => Some(equal),
-            CompareOp::Ne => Some(!equal),
-            _ => None,
+            CompareOp::Eq => Ok(pyo3::types::PyBool::new(py, equal)
+                .to_owned()
+                .into_any()
+                .unbind()),
+            CompareOp::Ne => Ok(pyo3::types::PyBool::new(py, !equal)
+                .to_owned()
+                .into_any()
+                .unbind()),
+            _ => Ok(py.NotImplemented()),
         }
     }
 
@@ -309,11 +323,11 @@ impl PyUsageEvent {
     fn __repr__(&self) -> String {
         let e = &self.inner;
         format!(
-            "UsageEvent(agent_id={:?}, consumer_id={:?}, action={:?}, model={:?}, tokens_in={}, tokens_out={}, cost={}, timestamp={:?}, request_id={:?})",
+            "UsageEvent(agent_id={:?}, consumer_id={:?}, action={:?}, model={}, tokens_in={}, tokens_out={}, cost={}, timestamp={:?}, request_id={:?})",
             e.agent_id,
             e.consumer_id,
             e.action,
-            e.model,
+            crate::python::ledger::opt_repr(e.model.as_deref()),
             e.tokens_in,
             e.tokens_out,
             self.cost().map_or("None".into(), |c| format!("{c:?}")),
@@ -322,7 +336,9 @@ impl PyUsageEvent {
         )
     }
 
-    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
+    fn __reduce__<'py>(
+        slf: &Bound<'py, Self>,
+    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
         let py = slf.py();
         let args = (slf.get().to_dict(py)?,).into_pyobject(py)?;
         Ok((slf.get_type().getattr("from_dict")?, args))

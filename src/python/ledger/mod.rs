@@ -1,0 +1,18 @@
+//! Bindings for the usage ledger.
+
+mod event;
+mod filters;
+mod jobs;
+mod pytime;
+mod results;
+mod sink;
+mod store;
+
+pub(crate) use event::PyUsageEvent;
+pub(crate) use results::{PyAggregate, PyStoreStats};
+pub(crate) use store::{_close_all_stores, PyAsyncSQLiteStore, PySQLiteStore};
+
+/// `None` or the quoted string, for reprs.
+pub(crate) fn opt_repr(value: Option<&str>) -> String {
+    value.map_or_else(|| "None".to_string(), |v| format!("{v:?}"))
+}

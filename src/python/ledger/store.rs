@@ -1,0 +1,453 @@
+//! `usagewarden.SQLiteStore` and `usagewarden.AsyncSQLiteStore`: the same
+//! Rust store, with blocking methods or coroutines.
+
+use super::event::{extract_event, PyUsageEvent};
+use super::filters;
+use super::jobs::{job, run_async, run_sync, Job};
+use super::results::{PyAggregate, PyStoreStats};
+use super::sink::{AtomicFile, Destination};
+use crate::error::CoreError;
+use crate::ledger::export::Format;
+use crate::ledger::sqlite::{Durability, LogLevel, SqliteStore, StoreOptions};
+use crate::python::args;
+use crate::python::clock::ClockArg;
+use crate::python::errors::IntoPyResult;
+use parking_lot::Mutex;
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyString};
+use pyo3::IntoPyObjectExt;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::{Arc, Weak};
+
+/// Every open store, so that interpreter exit can flush and close them.
+static OPEN_STORES: Mutex<Vec<Weak<SqliteStore>>> = Mutex::new(Vec::new());
+
+/// Commits what every open store has queued and closes them (run at exit).
+#[pyfunction]
+pub(crate) fn _close_all_stores(py: Python<'_>) {
+    let stores: Vec<Arc<SqliteStore>> = {
+        let mut open = OPEN_STORES.lock();
+        open.retain(|s| s.strong_count() > 0);
+        open.iter().filter_map(Weak::upgrade).collect()
+    };
+    py.detach(|| stores.iter().for_each(|s| s.close()));
+}
+
+fn log_to_python(level: LogLevel, message: &str) {
+    // At interpreter shutdown there is nowhere to log to.
+    let _ = crate::python::bridge::from_foreign_thread(|py| -> PyResult<()> {
+        let logger = py
+            .import("logging")?
+            .call_method1("getLogger", ("usagewarden",))?;
+        let method = match level {
+            LogLevel::Warning => "warning",
+            LogLevel::Error => "error",
+        };
+        logger.call_method1(method, (message,))?;
+        Ok(())
+    });
+}
+
+/// The shared core of both store classes.
+pub(crate) struct StoreCore {
+    store: Arc<SqliteStore>,
+    clock: ClockArg,
+}
+
+impl StoreCore {
+    fn open(
+        py: Python<'_>,
+        path: Option<&Bound<'_, PyAny>>,
+        retention_seconds: Option<&Bound<'_, PyAny>>,
+        durability: Option<&Bound<'_, PyAny>>,
+        clock: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<StoreCore> {
+        let path: PathBuf = match path {
+            Some(p) if !p.is_none() => py
+                .import("os")?
+                .call_method1("fspath", (p,))
+                .and_then(|p| p.extract())
+                .map_err(|_| PyTypeError::new_err("path must be a str or os.PathLike"))?,
+            _ => PathBuf::from("usagewarden.db"),
+        };
+        let retention_us = args::optional_seconds(retention_seconds, "retention_seconds", true)?
+            .map(|ns| (ns / 1_000) as i64);
+        let durability = match durability {
+            Some(d) if !d.is_none() => {
+                let d = d
+                    .cast::<PyString>()
+                    .map_err(|_| PyTypeError::new_err("durability must be a str"))?;
+                Durability::parse(&d.to_cow()?).py_err(py)?
+            }
+            _ => Durability::Batch,
+        };
+        let clock = ClockArg::extract(clock)?;
+        let options = StoreOptions {
+            path,
+            retention_us,
+            durability,
+            clock: clock.clock.clone(),
+            log: Arc::new(log_to_python),
+        };
+        let store = Arc::new(py.detach(|| SqliteStore::open(options)).py_err(py)?);
+        OPEN_STORES.lock().push(Arc::downgrade(&store));
+        Ok(StoreCore { store, clock })
+    }
+
+    fn record(&self, event: &Bound<'_, PyAny>) -> PyResult<Job<String>> {
+        let event = extract_event(event, "event")?;
+        let store = self.store.clone();
+        Ok(job(move || store.record(event)))
+    }
+
+    fn record_batch(&self, events: &Bound<'_, PyAny>) -> PyResult<Job<usize>> {
+        let mut batch = Vec::new();
+        for (i, item) in events
+            .try_iter()
+            .map_err(|_| PyTypeError::new_err("events must be an iterable of UsageEvent"))?
+            .enumerate()
+        {
+            batch.push(extract_event(&item?, &format!("events[{i}]"))?);
+        }
+        let store = self.store.clone();
+        Ok(job(move || store.record_batch(batch)))
+    }
+
+    fn query(
+        &self,
+        limit: Option<&Bound<'_, PyAny>>,
+        offset: Option<&Bound<'_, PyAny>>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Job<Vec<PyUsageEvent>>> {
+        let filters = filters::from_kwargs(kwargs)?;
+        let limit = args::optional_count(limit, "limit")?;
+        let offset = args::count(offset, "offset", 0)?;
+        let store = self.store.clone();
+        Ok(job(move || {
+            Ok(store
+                .query(&filters, limit, offset)?
+                .into_iter()
+                .map(PyUsageEvent::wrap)
+                .collect())
+        }))
+    }
+
+    fn aggregate(
+        &self,
+        group_by: &Bound<'_, PyAny>,
+        tz: Option<&Bound<'_, PyAny>>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Job<Vec<PyAggregate>>> {
+        let group_by = string(group_by, "group_by")?;
+        let tz = match tz {
+            Some(t) if !t.is_none() => string(t, "tz")?,
+            _ => "UTC".to_string(),
+        };
+        let filters = filters::from_kwargs(kwargs)?;
+        let store = self.store.clone();
+        Ok(job(move || {
+            Ok(store
+                .aggregate(&group_by, &tz, &filters)?
+                .into_iter()
+                .map(|inner| PyAggregate { inner })
+                .collect())
+        }))
+    }
+
+    fn summary(&self, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Job<PyAggregate>> {
+        let filters = filters::from_kwargs(kwargs)?;
+        let store = self.store.clone();
+        Ok(job(move || {
+            Ok(PyAggregate {
+                inner: store.summary(&filters)?,
+            })
+        }))
+    }
+
+    fn distinct(
+        &self,
+        column: &'static str,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Job<Vec<(String, u64)>>> {
+        let filters = filters::from_kwargs(kwargs)?;
+        let store = self.store.clone();
+        Ok(job(move || store.distinct(column, &filters)))
+    }
+
+    fn stats(&self) -> Job<PyStoreStats> {
+        let store = self.store.clone();
+        job(move || {
+            Ok(PyStoreStats {
+                inner: store.stats()?,
+            })
+        })
+    }
+
+    fn purge_expired(&self) -> Job<usize> {
+        let store = self.store.clone();
+        job(move || store.purge_expired())
+    }
+
+    fn flush(&self) -> Job<()> {
+        let store = self.store.clone();
+        job(move || store.flush())
+    }
+
+    fn close(&self) -> Job<()> {
+        let store = self.store.clone();
+        job(move || {
+            store.close();
+            Ok(())
+        })
+    }
+
+    fn export(
+        &self,
+        dest: &Bound<'_, PyAny>,
+        format: Option<&Bound<'_, PyAny>>,
+        limit: Option<&Bound<'_, PyAny>>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Job<u64>> {
+        let py = dest.py();
+        let format = match format {
+            Some(f) if !f.is_none() => Format::parse(&string(f, "format")?).py_err(py)?,
+            _ => Format::Csv,
+        };
+        let limit = args::optional_count(limit, "limit")?;
+        let filters = filters::from_kwargs(kwargs)?;
+        let destination = Destination::extract(dest)?;
+        let store = self.store.clone();
+        Ok(job(move || {
+            let io = |e: std::io::Error| CoreError::Store(format!("export: {e}"));
+            match destination {
+                Destination::Path(path) => {
+                    let mut file = AtomicFile::create(path).map_err(io)?;
+                    let rows = store.export(&filters, format, limit, file.writer())?;
+                    file.commit().map_err(io)?;
+                    Ok(rows)
+                }
+                Destination::File(writer) => {
+                    let mut out = BufWriter::with_capacity(1 << 16, writer);
+                    let rows = store.export(&filters, format, limit, &mut out)?;
+                    out.flush().map_err(io)?;
+                    Ok(rows)
+                }
+            }
+        }))
+    }
+
+    fn path(&self) -> String {
+        self.store.path().display().to_string()
+    }
+
+    fn durability(&self) -> &'static str {
+        match self.store.durability() {
+            Durability::Batch => "batch",
+            Durability::Commit => "commit",
+        }
+    }
+
+    fn retention_seconds(&self) -> Option<f64> {
+        self.store.retention_us().map(|us| us as f64 / 1e6)
+    }
+}
+
+fn string(value: &Bound<'_, PyAny>, name: &str) -> PyResult<String> {
+    Ok(value
+        .cast::<PyString>()
+        .map_err(|_| PyTypeError::new_err(format!("{name} must be a str")))?
+        .to_cow()?
+        .into_owned())
+}
+
+/// Generates the two store classes from one list of methods: the sync class
+/// runs each job on the calling thread (interpreter released), the async
+/// class returns an awaitable that runs it on the tokio blocking pool.
+macro_rules! store_class {
+    ($name:ident, $pyname:literal, $run:ident, $ret:ty, $doc:literal, { $($extra:tt)* }) => {
+        #[doc = $doc]
+        #[pyclass(frozen, name = $pyname, module = "usagewarden")]
+        pub struct $name {
+            core: StoreCore,
+        }
+
+        #[pymethods]
+        impl $name {
+            #[new]
+            #[pyo3(signature = (path=None, *, retention_seconds=None, durability=None, clock=None),
+                   text_signature = "(path='usagewarden.db', *, retention_seconds=None, durability='batch', clock=None)")]
+            fn new(
+                py: Python<'_>,
+                path: Option<&Bound<'_, PyAny>>,
+                retention_seconds: Option<&Bound<'_, PyAny>>,
+                durability: Option<&Bound<'_, PyAny>>,
+                clock: Option<&Bound<'_, PyAny>>,
+            ) -> PyResult<Self> {
+                Ok($name { core: StoreCore::open(py, path, retention_seconds, durability, clock)? })
+            }
+
+            #[getter]
+            fn path(&self) -> String {
+                self.core.path()
+            }
+            #[getter]
+            fn durability(&self) -> &'static str {
+                self.core.durability()
+            }
+            #[getter]
+            fn retention_seconds(&self) -> Option<f64> {
+                self.core.retention_seconds()
+            }
+            #[getter]
+            fn clock(&self, py: Python<'_>) -> Py<PyAny> {
+                self.core.clock.to_object(py)
+            }
+            #[getter]
+            fn closed(&self) -> bool {
+                self.core.store.is_closed()
+            }
+
+            /// Records one event; returns its request id.
+            fn record<'py>(&self, py: Python<'py>, event: &Bound<'py, PyAny>) -> PyResult<$ret> {
+                $run(py, self.core.record(event)?)
+            }
+
+            /// Records every event in one transaction, or none; returns how many were new.
+            fn record_batch<'py>(&self, py: Python<'py>, events: &Bound<'py, PyAny>) -> PyResult<$ret> {
+                $run(py, self.core.record_batch(events)?)
+            }
+
+            /// Events matching the filters, oldest first (then in insertion order).
+            #[pyo3(signature = (*, limit=None, offset=None, **filters))]
+            fn query<'py>(
+                &self,
+                py: Python<'py>,
+                limit: Option<&Bound<'py, PyAny>>,
+                offset: Option<&Bound<'py, PyAny>>,
+                filters: Option<&Bound<'py, PyDict>>,
+            ) -> PyResult<$ret> {
+                $run(py, self.core.query(limit, offset, filters)?)
+            }
+
+            /// Totals per agent, consumer, model, action, namespace, or per hour,
+            /// day, ISO week or month in the IANA time zone `tz`.
+            #[pyo3(signature = (group_by, *, tz=None, **filters), text_signature = "(self, group_by, *, tz='UTC', **filters)")]
+            fn aggregate<'py>(
+                &self,
+                py: Python<'py>,
+                group_by: &Bound<'py, PyAny>,
+                tz: Option<&Bound<'py, PyAny>>,
+                filters: Option<&Bound<'py, PyDict>>,
+            ) -> PyResult<$ret> {
+                $run(py, self.core.aggregate(group_by, tz, filters)?)
+            }
+
+            /// Totals over every matching event (group `"all"`).
+            #[pyo3(signature = (**filters))]
+            fn summary<'py>(&self, py: Python<'py>, filters: Option<&Bound<'py, PyDict>>) -> PyResult<$ret> {
+                $run(py, self.core.summary(filters)?)
+            }
+
+            /// `(agent_id, events)` for every agent matching the filters.
+            #[pyo3(signature = (**filters))]
+            fn agents<'py>(&self, py: Python<'py>, filters: Option<&Bound<'py, PyDict>>) -> PyResult<$ret> {
+                $run(py, self.core.distinct("agent_id", filters)?)
+            }
+
+            /// `(consumer_id, events)` for every consumer matching the filters.
+            #[pyo3(signature = (**filters))]
+            fn consumers<'py>(&self, py: Python<'py>, filters: Option<&Bound<'py, PyDict>>) -> PyResult<$ret> {
+                $run(py, self.core.distinct("consumer_id", filters)?)
+            }
+
+            fn stats<'py>(&self, py: Python<'py>) -> PyResult<$ret> {
+                $run(py, self.core.stats())
+            }
+
+            /// Deletes events older than now − retention; returns how many.
+            fn purge_expired<'py>(&self, py: Python<'py>) -> PyResult<$ret> {
+                $run(py, self.core.purge_expired())
+            }
+
+            /// Streams matching events to a path or file object; returns the rows written.
+            #[pyo3(signature = (dest, *, format=None, limit=None, **filters),
+                   text_signature = "(self, dest, *, format='csv', limit=None, **filters)")]
+            fn export<'py>(
+                &self,
+                py: Python<'py>,
+                dest: &Bound<'py, PyAny>,
+                format: Option<&Bound<'py, PyAny>>,
+                limit: Option<&Bound<'py, PyAny>>,
+                filters: Option<&Bound<'py, PyDict>>,
+            ) -> PyResult<$ret> {
+                $run(py, self.core.export(dest, format, limit, filters)?)
+            }
+
+            /// Returns once every event queued before the call is committed.
+            fn flush<'py>(&self, py: Python<'py>) -> PyResult<$ret> {
+                $run(py, self.core.flush())
+            }
+
+            /// Commits what is queued and closes the store. Idempotent.
+            fn close<'py>(&self, py: Python<'py>) -> PyResult<$ret> {
+                $run(py, self.core.close())
+            }
+
+            fn __repr__(&self) -> String {
+                format!("{}(path={:?}, durability={:?})", $pyname, self.core.path(), self.core.durability())
+            }
+
+            $($extra)*
+        }
+    };
+}
+
+fn sync_result<'py, T: IntoPyObject<'py> + Send>(
+    py: Python<'py>,
+    job: Job<T>,
+) -> PyResult<Bound<'py, PyAny>> {
+    run_sync(py, job)?.into_bound_py_any(py)
+}
+
+store_class!(
+    PySQLiteStore,
+    "SQLiteStore",
+    sync_result,
+    Bound<'py, PyAny>,
+    "The usage ledger in an embedded SQLite file. One background writer batches events into transactions; reads use their own connections.",
+    {
+        fn __enter__(slf: Py<Self>) -> Py<Self> {
+            slf
+        }
+
+        #[pyo3(signature = (*_args))]
+        fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, pyo3::types::PyTuple>) -> bool {
+            let store = self.core.store.clone();
+            py.detach(|| store.close());
+            false
+        }
+    }
+);
+store_class!(
+    PyAsyncSQLiteStore,
+    "AsyncSQLiteStore",
+    run_async,
+    Bound<'py, PyAny>,
+    "The SQLite ledger for asyncio: the same methods as SQLiteStore, as coroutines that never block the event loop.",
+    {
+        fn __aenter__(slf: &Bound<'_, Self>) -> crate::python::asyncio::AcquireCoroutine {
+            crate::python::asyncio::AcquireCoroutine::ready(slf.clone().into_any().unbind())
+        }
+
+        #[pyo3(signature = (*_args))]
+        fn __aexit__<'py>(&self, py: Python<'py>, _args: &Bound<'py, pyo3::types::PyTuple>) -> PyResult<Bound<'py, PyAny>> {
+            let store = self.core.store.clone();
+            run_async(py, job(move || {
+                store.close();
+                Ok(false)
+            }))
+        }
+    }
+);
