@@ -58,12 +58,15 @@ pub(crate) fn get_running_loop(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
         .call_method0("get_running_loop")
 }
 
+/// Builds a task's result as a Python object, on the loop's thread.
+pub(crate) type MakeValue = Box<dyn FnOnce(Python<'_>) -> PyResult<Py<PyAny>> + Send>;
+
 /// What a task hands back to its future.
 pub(crate) enum Payload {
     /// A rate-limit wait: the reservation (refunded if undelivered) and the key.
     Grant(CoreResult<Reservation>, Py<PyAny>),
     /// Any other result, converted on the loop's thread.
-    Value(Box<dyn FnOnce(Python<'_>) -> PyResult<Py<PyAny>> + Send>),
+    Value(MakeValue),
 }
 
 impl Payload {
