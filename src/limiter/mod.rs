@@ -10,7 +10,7 @@ mod state;
 mod waiter;
 
 pub use reservation::{Reservation, ReservationState};
-pub use waiter::{Enqueued, WaitHandle};
+pub use waiter::{Canceller, Enqueued, WaitHandle};
 
 use crate::clock::{Clock, ClockListener};
 use crate::error::{CoreError, CoreResult};
@@ -127,19 +127,27 @@ impl Inner {
     }
 
     /// Evicts expired usage and evaluates `usage` on every key.
+    /// With `create` false, a key without state is evaluated as empty and
+    /// left without state (a check records nothing, not even the key).
     fn evaluate<S: AsRef<str>>(
         &self,
         locked: &mut Locked<'_>,
         keys: &[S],
         now: u64,
         usage: &Usage,
+        create: bool,
     ) -> Fit {
         let mut fit: Option<Fit> = None;
         for (i, key) in keys.iter().enumerate() {
             let key = key.as_ref();
-            let (_, state) = locked.shard(i).state(key, self);
-            state.evict(now);
-            let this = state.evaluate(now, usage, i);
+            let shard = locked.shard(i);
+            let this = if create || shard.keys.contains_key(key) {
+                let (_, state) = shard.state(key, self);
+                state.evict(now);
+                state.evaluate(now, usage, i)
+            } else {
+                KeyState::new(self.limits_for(key), 0).evaluate(now, usage, i)
+            };
             fit = Some(match fit {
                 None => this,
                 Some(f) => f.and(this),
@@ -184,8 +192,11 @@ impl Inner {
     ) -> Fit {
         let mut fit: Option<Fit> = None;
         for (i, key) in keys.iter().enumerate() {
-            let (_, state) = locked.shard(i).state(key.as_ref(), self);
-            let this = state.evaluate_behind_queue(now, usage, i, me);
+            let key = key.as_ref();
+            let this = match locked.shard(i).keys.get(key) {
+                Some(state) => state.evaluate_behind_queue(now, usage, i, me),
+                None => KeyState::new(self.limits_for(key), 0).evaluate(now, usage, i),
+            };
             fit = Some(match fit {
                 None => this,
                 Some(f) => f.and(this),
@@ -326,6 +337,9 @@ impl RateLimiter {
         let mut shard = inner.shards[inner.shard_of(key)].lock();
         let now = inner.clock.now();
         shard.maybe_sweep(now);
+        if !record && !shard.keys.contains_key(key) {
+            return None; // a check on a new key: the general path evaluates it without state
+        }
         let (name, state) = shard.state(key, inner);
         state.evict(now);
         if !state.queue.is_empty() {
@@ -358,7 +372,7 @@ impl RateLimiter {
         for (_, guard) in locked.guards.iter_mut() {
             guard.maybe_sweep(now);
         }
-        let fit = inner.evaluate(&mut locked, keys, now, &usage);
+        let fit = inner.evaluate(&mut locked, keys, now, &usage, record);
         let queued_head = match fit {
             Fit::Never { .. } => None,
             _ => inner.queued(&mut locked, keys),
@@ -428,10 +442,17 @@ impl RateLimiter {
         keys: &[S],
         now: u64,
     ) -> Usage {
-        match self.inner.evaluate(locked, keys, now, &Usage::ZERO) {
-            Fit::Fits { remaining, .. } => remaining,
-            _ => Usage::ZERO,
+        let mut remaining = state::unlimited();
+        for (i, key) in keys.iter().enumerate() {
+            let key = key.as_ref();
+            if let Some(state) = locked.shard(i).keys.get_mut(key) {
+                state.evict(now);
+                remaining = remaining.min(state.remaining());
+            } else {
+                remaining = remaining.min(KeyState::new(self.inner.limits_for(key), 0).remaining());
+            }
         }
+        remaining
     }
 
     /// Usage counted for `key`: within the longest window, or within the last

@@ -244,6 +244,21 @@ fn evaluate(
 }
 
 impl KeyState {
+    /// What could still be admitted now (fields with no limit read the
+    /// maximum count; a full or over-full limit reads zero for its fields only).
+    pub(crate) fn remaining(&self) -> Usage {
+        let mut remaining = unlimited();
+        for (spec, w) in self.limits.specs_with_window() {
+            let used = self.windows[w].sum().get(spec.dimension);
+            cap(
+                &mut remaining,
+                spec.dimension,
+                spec.amount.saturating_sub(used),
+            );
+        }
+        remaining
+    }
+
     pub(crate) fn record(&mut self, now: u64, usage: Usage) {
         for window in &mut self.windows {
             window.add(now, usage);

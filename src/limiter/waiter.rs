@@ -64,13 +64,18 @@ fn describe(keys: &[Arc<str>]) -> String {
     keys.iter().map(|k| &**k).collect::<Vec<_>>().join(", ")
 }
 
+/// The refusal, naming the key whose limit refused (all keys when unknown).
 fn limited(
     keys: &[Arc<str>],
     retry_after_ns: Option<u64>,
-    limit: Option<LimitSpec>,
+    limit: Option<(usize, LimitSpec)>,
     why: &str,
 ) -> RateLimited {
-    let key = describe(keys);
+    let key = match limit {
+        Some((i, _)) if i < keys.len() => keys[i].to_string(),
+        _ => describe(keys),
+    };
+    let limit = limit.map(|(_, spec)| spec);
     let limit_name = limit.as_ref().map(LimitSpec::name);
     let message = match (&limit_name, retry_after_ns) {
         (Some(name), None) => {
@@ -103,14 +108,14 @@ impl RateLimiter {
         let inner: &Inner = &self.inner;
         let mut locked = inner.lock(keys);
         let now = inner.clock.now();
-        let fit = inner.evaluate(&mut locked, keys, now, &usage);
+        let fit = inner.evaluate(&mut locked, keys, now, &usage, true);
         let owned: Vec<Arc<str>> = keys.iter().map(|k| Arc::from(k.as_ref())).collect();
         match fit {
             Fit::Never { limit } => {
                 return Err(CoreError::RateLimited(limited(
                     &owned,
                     None,
-                    Some(limit.1),
+                    Some(limit),
                     "",
                 )));
             }
@@ -187,7 +192,7 @@ impl WaitHandle {
             at_head &= state.is_head(waiter);
         }
         let timed_out = self.timeout_at.is_some_and(|t| now >= t);
-        let fit = at_head.then(|| inner.evaluate(&mut locked, keys, now, &waiter.usage));
+        let fit = at_head.then(|| inner.evaluate(&mut locked, keys, now, &waiter.usage, true));
         if let Some(Fit::Fits { .. }) = fit {
             let held = inner.record(&mut locked, keys, now, waiter.usage);
             for (i, key) in keys.iter().enumerate() {
@@ -205,8 +210,8 @@ impl WaitHandle {
             ));
         }
         let (wait_ns, limit) = match fit {
-            Some(Fit::Waits { wait_ns, limit }) => (Some(wait_ns), Some(limit.1)),
-            Some(Fit::Never { limit }) => (None, Some(limit.1)),
+            Some(Fit::Waits { wait_ns, limit }) => (Some(wait_ns), Some(limit)),
+            Some(Fit::Never { limit }) => (None, Some(limit)),
             _ => (None, None),
         };
         if timed_out {
@@ -223,7 +228,7 @@ impl WaitHandle {
                         &waiter.usage,
                         Some(waiter),
                     ) {
-                        Fit::Waits { wait_ns, limit } => (Some(wait_ns), Some(limit.1)),
+                        Fit::Waits { wait_ns, limit } => (Some(wait_ns), Some(limit)),
                         _ => (Some(0), None),
                     }
                 }
@@ -304,11 +309,17 @@ impl WaitHandle {
     }
 }
 
-impl Drop for WaitHandle {
-    fn drop(&mut self) {
-        if self.finished {
-            return;
-        }
+/// Takes a queued request out of its queues from another thread, at once
+/// (for example when the asyncio future awaiting it is cancelled).
+#[derive(Clone)]
+pub struct Canceller {
+    limiter: RateLimiter,
+    waiter: Arc<Waiter>,
+}
+
+impl Canceller {
+    /// Leaves every queue; idempotent, and a no-op once granted.
+    pub fn cancel(&self) {
         let inner: &Inner = &self.limiter.inner;
         let keys = &self.waiter.keys;
         let mut locked = inner.lock(keys);
@@ -316,6 +327,23 @@ impl Drop for WaitHandle {
             if let Some(state) = locked.shard(i).keys.get_mut(&**key) {
                 state.leave(&self.waiter);
             }
+        }
+    }
+}
+
+impl WaitHandle {
+    pub fn canceller(&self) -> Canceller {
+        Canceller {
+            limiter: self.limiter.clone(),
+            waiter: self.waiter.clone(),
+        }
+    }
+}
+
+impl Drop for WaitHandle {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.canceller().cancel();
         }
     }
 }

@@ -83,10 +83,15 @@ impl AcquireCoroutine {
                 Err(stop(reservation.into_any()))
             }
             Enqueued::Waiting(handle) => {
-                let limiter_wait = handle.wait();
+                // Leave the queue as soon as the future is cancelled, not when
+                // the tokio task gets round to dropping the wait.
+                let canceller = handle.canceller();
                 let key = args.key;
-                let future =
-                    bridge::spawn(py, async move { Payload::Grant(limiter_wait.await, key) })?;
+                let future = bridge::spawn(
+                    py,
+                    async move { Payload::Grant(handle.wait().await, key) },
+                    Some(Box::new(move || canceller.cancel())),
+                )?;
                 let iter = future.call_method0("__await__")?;
                 let yielded = iter.call_method0("__next__");
                 *self.state.lock() = State::Waiting(future.unbind(), iter.unbind());

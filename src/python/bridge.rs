@@ -101,18 +101,28 @@ pub(crate) fn refund_delivered(future: &Bound<'_, PyAny>) {
     }
 }
 
-/// Tells the task that its future was cancelled.
+/// Work to undo at once, on the loop's thread, when a future is cancelled.
+pub(crate) type OnCancel = Box<dyn FnOnce() + Send>;
+
+/// Tells the task that its future was cancelled, and runs `on_cancel`.
 #[pyclass]
 struct CancelOnDone {
     tx: Mutex<Option<oneshot::Sender<()>>>,
+    on_cancel: Mutex<Option<OnCancel>>,
 }
 
 #[pymethods]
 impl CancelOnDone {
-    fn __call__(&self, _future: &Bound<'_, PyAny>) {
+    fn __call__(&self, future: &Bound<'_, PyAny>) -> PyResult<()> {
         if let Some(tx) = self.tx.lock().take() {
             let _ = tx.send(());
         }
+        if future.call_method0("cancelled")?.is_truthy()? {
+            if let Some(undo) = self.on_cancel.lock().take() {
+                undo();
+            }
+        }
+        Ok(())
     }
 }
 
@@ -168,7 +178,11 @@ fn release<T>(held: T) {
 /// Creates a future on the running loop and spawns `work` on the tokio
 /// runtime; the payload it returns resolves the future. Cancelling the
 /// future drops `work`.
-pub(crate) fn spawn<'py, F>(py: Python<'py>, work: F) -> PyResult<Bound<'py, PyAny>>
+pub(crate) fn spawn<'py, F>(
+    py: Python<'py>,
+    work: F,
+    on_cancel: Option<OnCancel>,
+) -> PyResult<Bound<'py, PyAny>>
 where
     F: Future<Output = Payload> + Send + 'static,
 {
@@ -179,6 +193,7 @@ where
         "add_done_callback",
         (CancelOnDone {
             tx: Mutex::new(Some(tx)),
+            on_cancel: Mutex::new(on_cancel),
         },),
     )?;
     let held = (event_loop.unbind(), future.clone().unbind());

@@ -35,6 +35,12 @@ impl PyUsageHistory {
         Ok(PyUsageHistory { inner, clock })
     }
 
+    /// The `ManualClock` it runs on, or `None` for the system clock.
+    #[getter]
+    fn clock(&self, py: Python<'_>) -> Py<PyAny> {
+        self.clock.to_object(py)
+    }
+
     #[getter]
     fn window_seconds(&self) -> f64 {
         ns_to_seconds(self.inner.window_ns())

@@ -25,12 +25,13 @@ pub(crate) fn run_async<T>(py: Python<'_>, job: Job<T>) -> PyResult<Bound<'_, Py
 where
     T: for<'py> IntoPyObject<'py> + Send + 'static,
 {
-    bridge::spawn(py, async move {
+    let work = async move {
         let outcome = tokio::task::spawn_blocking(job).await;
         Payload::Value(Box::new(move |py| match outcome {
             Ok(Ok(value)) => value.into_py_any(py),
             Ok(Err(e)) => Err(to_py(py, e)),
             Err(e) => Err(PyRuntimeError::new_err(format!("store task failed: {e}"))),
         }))
-    })
+    };
+    bridge::spawn(py, work, None)
 }
