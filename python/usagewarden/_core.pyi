@@ -4,7 +4,7 @@ import datetime
 import os
 from collections.abc import Coroutine, Generator, Iterable
 from types import TracebackType
-from typing import IO, Any, Generic, Literal, TypeAlias, TypeVar, TypedDict, final
+from typing import IO, Any, Generic, Literal, TypeAlias, TypedDict, TypeVar, final
 
 from typing_extensions import Unpack
 
@@ -26,6 +26,7 @@ __all__ = [
     "UsageHistory",
     "__version__",
     "_close_all_stores",
+    "_quiesce",
 ]
 
 __version__: str
@@ -283,6 +284,7 @@ class RateLimiter:
     def __reduce__(self) -> tuple[Any, ...]: ...
 
 def _close_all_stores() -> None: ...
+def _quiesce() -> None: ...
 
 _GroupBy: TypeAlias = Literal[
     "agent", "consumer", "model", "action", "namespace", "hour", "day", "week", "month"

@@ -9,8 +9,13 @@ import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
 
-from ._core import RateLimiter, RateLimits, Usage
+from ._core import AsyncSQLiteStore, RateLimiter, RateLimits, Usage, UsageEvent
+
+#: Simulated prices, USD per million input / output tokens.
+_MODELS = {"small-model": (0.15, 0.60), "large-model": (2.50, 10.00)}
 
 
 @dataclass
@@ -30,57 +35,78 @@ class _DemoReport:
         return [c for c in self.calls if c.waited >= 0.001]
 
 
-async def _agent(
-    name: str,
-    limiter: RateLimiter,
-    calls: int,
-    rng: random.Random,
-    report: _DemoReport,
-    started: float,
-) -> None:
+@dataclass
+class _Demo:
+    limiter: RateLimiter
+    store: AsyncSQLiteStore
+    report: _DemoReport
+    started: float
+
+
+async def _agent(demo: _Demo, name: str, calls: int, rng: random.Random) -> None:
     for n in range(calls):
+        model = rng.choice(list(_MODELS))
         prompt = rng.randint(200, 1_200)
         max_output = 400
         asked = time.monotonic()
-        reservation = await limiter.acquire(
+        # Wait for room on the shared limit and on this agent's own, atomically.
+        reservation = await demo.limiter.acquire(
             ("all-agents", name), input_tokens=prompt, output_tokens=max_output
         )
         waited = time.monotonic() - asked
+        call_started = time.monotonic()
         await asyncio.sleep(rng.uniform(0.02, 0.08))  # the simulated model call
         output = rng.randint(20, max_output)
         reservation.settle(output_tokens=output)
+        input_price, output_price = _MODELS[model]
+        await demo.store.record(
+            UsageEvent(
+                name,
+                "demo-customer",
+                task_id=f"task-{n % 2}",
+                model=model,
+                tokens_in=prompt,
+                tokens_out=output,
+                duration_ms=round((time.monotonic() - call_started) * 1000),
+                api_calls=1,
+                cost=(prompt * input_price + output * output_price) / 1e6,
+                source="usagewarden demo",
+            )
+        )
         record = _CallRecord(name, n + 1, prompt + max_output, prompt + output, waited)
-        report.calls.append(record)
+        demo.report.calls.append(record)
         status = f"waited {waited * 1000:6.0f} ms" if waited >= 0.001 else "admitted at once"
         print(
-            f"[{time.monotonic() - started:6.2f}s] {name:<8} call {n + 1:>2}: "
-            f"estimate {record.estimate:>5} tok, used {record.actual:>5} tok, {status}"
+            f"[{time.monotonic() - demo.started:6.2f}s] {name:<8} call {n + 1:>2}: "
+            f"{model:<11} estimate {record.estimate:>5} tok, used {record.actual:>5} tok, {status}"
         )
 
 
-async def _demo(agents: int, calls: int, seed: int) -> _DemoReport:
+async def _demo(agents: int, calls: int, seed: int, db: Path) -> _DemoReport:
     shared = RateLimits(requests_per_second=6, total_tokens_per_second=8_000)
     # Each agent also has its own, tighter per-second request limit.
     per_agent = {f"agent-{i}": RateLimits(requests_per_second=2) for i in range(agents)}
-    limiter = RateLimiter(shared, per_key=per_agent)
     rng = random.Random(seed)
-    report = _DemoReport()
-    started = time.monotonic()
     print(
         f"{agents} agents x {calls} calls sharing one limiter: "
-        "6 requests/s and 8,000 tokens/s in all, 2 requests/s per agent\n"
+        "6 requests/s and 8,000 tokens/s in all, 2 requests/s per agent;\n"
+        f"every call is recorded in the SQLite ledger {db}\n"
     )
-    await asyncio.gather(
-        *(
-            _agent(f"agent-{i}", limiter, calls, random.Random(rng.random()), report, started)
-            for i in range(agents)
+    run_started = datetime.now(timezone.utc)
+    async with AsyncSQLiteStore(db) as store:
+        demo = _Demo(RateLimiter(shared, per_key=per_agent), store, _DemoReport(), time.monotonic())
+        await asyncio.gather(
+            *(_agent(demo, f"agent-{i}", calls, random.Random(rng.random())) for i in range(agents))
         )
-    )
-    _print_summary(report, limiter.usage("all-agents"), time.monotonic() - started)
-    return report
+        _print_limiter_summary(
+            demo.report, demo.limiter.usage("all-agents"), time.monotonic() - demo.started
+        )
+        await store.flush()
+        await _print_ledger_summary(store, run_started)
+    return demo.report
 
 
-def _print_summary(report: _DemoReport, in_window: Usage, elapsed: float) -> None:
+def _print_limiter_summary(report: _DemoReport, in_window: Usage, elapsed: float) -> None:
     waited = report.waited()
     print(f"\n{len(report.calls)} calls admitted in {elapsed:.2f}s")
     print(f"  admitted at once: {len(report.calls) - len(waited)}")
@@ -102,18 +128,49 @@ def _print_summary(report: _DemoReport, in_window: Usage, elapsed: float) -> Non
     )
 
 
+async def _print_ledger_summary(store: AsyncSQLiteStore, start: datetime) -> None:
+    """What the ledger says about this run (SQL aggregation, not Python sums)."""
+    stats = await store.stats()
+    print(f"\nLedger {store.path}: {stats.events} events in all ({stats.size_bytes:,} bytes)")
+    print("  this run, per agent:")
+    for row in await store.aggregate("agent", start=start):
+        print(
+            f"    {row.group:<9} {row.events:>4} calls  {row.total_tokens:>8,} tokens  "
+            f"${row.cost or 0:.6f}"
+        )
+    print("  per model:")
+    for row in await store.aggregate("model", start=start):
+        print(
+            f"    {row.group or '-':<12} {row.events:>4} calls  {row.tokens_in:>8,} in  "
+            f"{row.tokens_out:>7,} out  ${row.cost or 0:.6f}"
+        )
+    total = await store.summary(start=start)
+    print(
+        f"  total: {total.events} calls, {total.total_tokens:,} tokens, ${total.cost or 0:.6f}, "
+        f"{total.unique_agents} agents"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="usagewarden", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="concurrent simulated agents sharing one rate limiter")
+    demo = commands.add_parser(
+        "demo", help="concurrent simulated agents sharing one limiter and one ledger"
+    )
     demo.add_argument("--agents", type=int, default=4, help="number of agents (default 4)")
     demo.add_argument("--calls", type=int, default=5, help="calls per agent (default 5)")
     demo.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
+    demo.add_argument(
+        "--db",
+        type=Path,
+        default=Path("usagewarden-demo.db"),
+        help="SQLite ledger file (default ./usagewarden-demo.db)",
+    )
     args = parser.parse_args(argv)
     if args.command == "demo":
         if args.agents < 1 or args.calls < 1:
             parser.error("--agents and --calls must be at least 1")
-        asyncio.run(_demo(args.agents, args.calls, args.seed))
+        asyncio.run(_demo(args.agents, args.calls, args.seed, args.db))
     return 0
 
 
