@@ -5,6 +5,7 @@
 //! mutex, so unrelated keys do not contend. A request on several keys locks
 //! their shards in ascending index order, which rules out deadlock.
 
+mod keymap;
 mod reservation;
 mod state;
 mod waiter;
@@ -19,6 +20,7 @@ use crate::usage::Usage;
 use crate::window::Bucket;
 use hashbrown::DefaultHashBuilder;
 use hashbrown::HashMap;
+use keymap::KeyMap;
 use parking_lot::{Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
@@ -43,20 +45,17 @@ pub struct Decision {
     pub reservation: Option<Reservation>,
 }
 
-#[derive(Default)]
 struct Shard {
-    keys: HashMap<Arc<str>, KeyState>,
+    keys: KeyMap,
     ops_since_sweep: usize,
 }
 
 impl Shard {
     /// The key's state (created on first use) and the map's shared copy of the key.
     fn state(&mut self, key: &str, inner: &Inner) -> (&Arc<str>, &mut KeyState) {
-        if !self.keys.contains_key(key) {
-            let state = KeyState::new(inner.limits_for(key), inner.next_generation());
-            self.keys.insert(Arc::from(key), state);
-        }
-        self.keys.get_key_value_mut(key).expect("inserted above")
+        self.keys.state(key, || {
+            KeyState::new(inner.limits_for(key), inner.next_generation())
+        })
     }
 
     /// Drops idle keys once the shard has seen as many operations as it
@@ -102,7 +101,13 @@ impl Locked<'_> {
 
 impl Inner {
     fn shard_of(&self, key: &str) -> usize {
-        (self.hasher.hash_one(key) as usize) % self.shards.len()
+        self.shard_of_hash(self.hasher.hash_one(key))
+    }
+
+    /// Middle bits pick the shard; the table inside uses the same hash, whose
+    /// low bits place a key and whose top 7 bits tag it.
+    fn shard_of_hash(&self, hash: u64) -> usize {
+        ((hash >> 32) as usize) % self.shards.len()
     }
 
     fn next_generation(&self) -> u64 {
@@ -170,11 +175,7 @@ impl Inner {
     ) -> SmallVec<[(Arc<str>, u64); 2]> {
         let mut held = SmallVec::new();
         for (i, key) in keys.iter().enumerate() {
-            let (name, state) = locked
-                .shard(i)
-                .keys
-                .get_key_value_mut(key.as_ref())
-                .expect("evaluated keys exist");
+            let (name, state) = locked.shard(i).state(key.as_ref(), self);
             state.record(now, usage);
             held.push((name.clone(), state.generation));
         }
@@ -275,9 +276,17 @@ impl RateLimiter {
         per_key: impl IntoIterator<Item = (String, Limits)>,
         clock: Arc<dyn Clock>,
     ) -> RateLimiter {
+        let hasher = DefaultHashBuilder::default();
         let inner = Arc::new(Inner {
-            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
-            hasher: DefaultHashBuilder::default(),
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(Shard {
+                        keys: KeyMap::new(hasher.clone()),
+                        ops_since_sweep: 0,
+                    })
+                })
+                .collect(),
+            hasher,
             default_limits: Arc::new(default_limits),
             per_key: per_key.into_iter().map(|(k, l)| (k, Arc::new(l))).collect(),
             clock,
@@ -334,13 +343,16 @@ impl RateLimiter {
     /// lookup. `None` sends every other case down the general path.
     fn admit_one(&self, key: &str, usage: Usage, record: bool) -> Option<Decision> {
         let inner = &*self.inner;
-        let mut shard = inner.shards[inner.shard_of(key)].lock();
+        let hash = inner.hasher.hash_one(key);
+        let mut shard = inner.shards[inner.shard_of_hash(hash)].lock();
         let now = inner.clock.now();
         shard.maybe_sweep(now);
         if !record && !shard.keys.contains_key(key) {
             return None; // a check on a new key: the general path evaluates it without state
         }
-        let (name, state) = shard.state(key, inner);
+        let (name, state) = shard.keys.state_hashed(hash, key, || {
+            KeyState::new(inner.limits_for(key), inner.next_generation())
+        });
         state.evict(now);
         if !state.queue.is_empty() {
             return None;

@@ -125,7 +125,7 @@ impl Reservation {
         let mut locked = self.inner.lock(&keys);
         let now = self.inner.clock.now();
         for (i, (key, generation)) in self.keys.iter().enumerate() {
-            let Some(state) = locked.shard(i).keys.get_mut(&**key) else {
+            let Some(state) = locked.shard(i).keys.get_mut(key) else {
                 continue;
             };
             if state.generation != *generation {

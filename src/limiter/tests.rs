@@ -227,9 +227,9 @@ fn idle_keys_are_reclaimed() {
     clock.advance(61 * S);
     // Later traffic on other keys sweeps the idle ones, shard by shard;
     // checks create no state of their own.
-    for i in 0..20_000 {
+    for i in 0..200_000 {
         let _ = limiter
-            .check(&[format!("other-{}", i % 300)], call(1, 0))
+            .check(&[format!("other-{}", i % 2_000)], call(1, 0))
             .unwrap();
     }
     assert_eq!(limiter.len(), 0, "idle keys are swept, and checks add none");

@@ -196,7 +196,7 @@ impl WaitHandle {
         if let Some(Fit::Fits { .. }) = fit {
             let held = inner.record(&mut locked, keys, now, waiter.usage);
             for (i, key) in keys.iter().enumerate() {
-                if let Some(state) = locked.shard(i).keys.get_mut(&**key) {
+                if let Some(state) = locked.shard(i).keys.get_mut(key) {
                     state.queue.pop_front();
                     state.wake_head();
                 }
@@ -234,7 +234,7 @@ impl WaitHandle {
                 }
             };
             for (i, key) in keys.iter().enumerate() {
-                if let Some(state) = locked.shard(i).keys.get_mut(&**key) {
+                if let Some(state) = locked.shard(i).keys.get_mut(key) {
                     state.leave(waiter);
                 }
             }
@@ -324,7 +324,7 @@ impl Canceller {
         let keys = &self.waiter.keys;
         let mut locked = inner.lock(keys);
         for (i, key) in keys.iter().enumerate() {
-            if let Some(state) = locked.shard(i).keys.get_mut(&**key) {
+            if let Some(state) = locked.shard(i).keys.get_mut(key) {
                 state.leave(&self.waiter);
             }
         }
