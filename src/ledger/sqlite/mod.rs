@@ -85,6 +85,9 @@ pub struct SqliteStore {
     clock: Arc<dyn Clock>,
 }
 
+/// Busy reads are retried this many times (each after the busy timeout).
+const READ_RETRIES: u64 = 5;
+
 /// How long `close` keeps retrying a failing database before giving up.
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
 
@@ -194,13 +197,32 @@ impl SqliteStore {
         self.writer.exec(work)
     }
 
-    /// Runs `f` on a pooled read-only connection.
-    pub fn read<T>(&self, f: impl FnOnce(&Connection) -> CoreResult<T>) -> CoreResult<T> {
+    /// Runs `f` on a pooled read-only connection. A read that finds the
+    /// file busy (another process recovering or checkpointing it) is retried,
+    /// so "database is locked" does not reach the caller.
+    pub fn read<T>(&self, f: impl FnMut(&Connection) -> CoreResult<T>) -> CoreResult<T> {
+        self.read_with_retries(READ_RETRIES, f)
+    }
+
+    fn read_with_retries<T>(
+        &self,
+        retries: u64,
+        mut f: impl FnMut(&Connection) -> CoreResult<T>,
+    ) -> CoreResult<T> {
         let conn = match self.readers.lock().pop() {
             Some(conn) => conn,
             None => schema::open_reader(&self.path)?,
         };
-        let result = f(&conn);
+        let mut attempts = 0;
+        let result = loop {
+            match f(&conn) {
+                Err(CoreError::Sqlite(e)) if writer::busy(&e) && attempts < retries => {
+                    attempts += 1;
+                    std::thread::sleep(Duration::from_millis(10 * attempts));
+                }
+                other => break other,
+            }
+        };
         self.readers.lock().push(conn);
         result
     }
@@ -268,7 +290,8 @@ impl SqliteStore {
         out: &mut dyn Write,
     ) -> CoreResult<u64> {
         filters.validate()?;
-        self.read(|conn| {
+        // Not retried: rows may already have been written out.
+        self.read_with_retries(0, |conn| {
             let (sql, params) = read::select_events(filters, limit, 0);
             let mut stmt = conn.prepare(&sql)?;
             let rows = stmt.query_map(params_from_iter(params), read::event_from_row)?;

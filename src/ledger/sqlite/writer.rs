@@ -69,7 +69,7 @@ pub(crate) struct Writer {
     closing: Arc<AtomicBool>,
 }
 
-fn busy(e: &rusqlite::Error) -> bool {
+pub(crate) fn busy(e: &rusqlite::Error) -> bool {
     matches!(
         e.sqlite_error_code(),
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
