@@ -204,10 +204,32 @@ const INSERT: &str = "INSERT INTO usage_events (namespace, request_id, ts, agent
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19) \
      ON CONFLICT (namespace, request_id) DO NOTHING";
 
-/// Inserts one event inside the caller's transaction.
-pub(crate) fn insert(conn: &Connection, e: &UsageEvent) -> rusqlite::Result<Outcome> {
+/// Inserts events inside the caller's transaction, with the statement
+/// prepared once per transaction rather than looked up per event.
+pub(crate) struct Inserter<'c> {
+    conn: &'c Connection,
+    stmt: rusqlite::CachedStatement<'c>,
+}
+
+impl<'c> Inserter<'c> {
+    pub(crate) fn new(conn: &'c Connection) -> rusqlite::Result<Inserter<'c>> {
+        Ok(Inserter {
+            conn,
+            stmt: conn.prepare_cached(INSERT)?,
+        })
+    }
+
+    pub(crate) fn insert(&mut self, e: &UsageEvent) -> rusqlite::Result<Outcome> {
+        insert_with(self.conn, &mut self.stmt, e)
+    }
+}
+
+fn insert_with(
+    conn: &Connection,
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    e: &UsageEvent,
+) -> rusqlite::Result<Outcome> {
     let fingerprint = e.fingerprint();
-    let mut stmt = conn.prepare_cached(INSERT)?;
     let changed = stmt.execute(params![
         e.namespace,
         e.request_id,
@@ -373,10 +395,12 @@ impl Worker {
             let tx = w
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut inserter = Inserter::new(&tx)?;
             let outcomes = records
                 .iter()
-                .map(|(event, _)| insert(&tx, event))
+                .map(|(event, _)| inserter.insert(event))
                 .collect::<rusqlite::Result<Vec<_>>>()?;
+            drop(inserter);
             tx.commit()?;
             Ok(outcomes)
         });
@@ -421,11 +445,13 @@ impl Worker {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut inserted = 0;
         let mut duplicates = 0;
+        let mut inserter = Inserter::new(&tx)?;
         for (index, event) in events.iter().enumerate() {
-            match insert(&tx, event)? {
+            match inserter.insert(event)? {
                 Outcome::Inserted => inserted += 1,
                 Outcome::Duplicate => duplicates += 1,
                 Outcome::Conflict => {
+                    drop(inserter);
                     drop(tx); // rolls back
                     self.counters.conflicts.fetch_add(1, Ordering::SeqCst);
                     return Err(CoreError::Conflict(format!(
@@ -435,6 +461,7 @@ impl Worker {
                 }
             }
         }
+        drop(inserter);
         tx.commit()?;
         self.counters
             .inserted
