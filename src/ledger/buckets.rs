@@ -1,13 +1,15 @@
 //! Grouping keys, and calendar buckets in IANA time zones.
 //!
 //! Time buckets are computed inside SQLite by the `uw_bucket(ts, unit, tz)`
-//! SQL function, so aggregation stays in SQL. Every UTC offset in use is a
-//! multiple of 15 minutes and changes only on such boundaries, so the label
+//! SQL function, so aggregation stays in SQL. Today's UTC offsets are
+//! multiples of 15 minutes and change only on such boundaries, so the label
 //! of a timestamp is fixed within its 15-minute UTC slot: labels are cached
-//! per slot and computed once per slot, not once per row.
+//! per slot and computed once per slot, not once per row. A slot where that
+//! does not hold (historic offsets such as Monrovia's −00:44:30) is computed
+//! per row.
 
 use crate::error::{CoreError, CoreResult};
-use chrono::{DateTime, Datelike};
+use chrono::{DateTime, Datelike, Offset, TimeZone};
 use chrono_tz::Tz;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,15 +131,20 @@ pub fn label(ts_us: i64, unit: TimeUnit, tz: Tz) -> String {
 const SLOT_US: i64 = 15 * 60 * 1_000_000;
 const CACHE_SLOTS: usize = 4096;
 
+/// A cached slot: its label, or `None` when labels vary within it.
+type Slot = (i64, TimeUnit, Tz, Option<String>);
+
 /// Labels cached per 15-minute UTC slot.
 pub struct LabelCache {
-    entries: Vec<Option<(i64, TimeUnit, Tz, String)>>,
+    entries: Vec<Option<Slot>>,
+    scratch: String,
 }
 
 impl Default for LabelCache {
     fn default() -> Self {
         LabelCache {
             entries: vec![None; CACHE_SLOTS],
+            scratch: String::new(),
         }
     }
 }
@@ -148,10 +155,28 @@ impl LabelCache {
         let idx = slot.rem_euclid(CACHE_SLOTS as i64) as usize;
         let hit = matches!(&self.entries[idx], Some((s, u, z, _)) if *s == slot && *u == unit && *z == tz);
         if !hit {
-            self.entries[idx] = Some((slot, unit, tz, label(ts_us, unit, tz)));
+            let start = slot * SLOT_US;
+            let uniform = quarter_hour_offset(start, tz)
+                .zip(quarter_hour_offset(start + SLOT_US - 1, tz))
+                .is_some_and(|(a, b)| a == b);
+            let cached = uniform.then(|| label(ts_us, unit, tz));
+            self.entries[idx] = Some((slot, unit, tz, cached));
         }
-        &self.entries[idx].as_ref().expect("filled above").3
+        match &self.entries[idx] {
+            Some((_, _, _, Some(label))) => label,
+            _ => {
+                self.scratch = label(ts_us, unit, tz);
+                &self.scratch
+            }
+        }
     }
+}
+
+/// The zone's UTC offset at `ts_us` in seconds, if it is a whole number of quarter-hours.
+fn quarter_hour_offset(ts_us: i64, tz: Tz) -> Option<i32> {
+    let utc = DateTime::from_timestamp_micros(ts_us)?.naive_utc();
+    let offset = tz.offset_from_utc_datetime(&utc).fix().local_minus_utc();
+    (offset % 900 == 0).then_some(offset)
 }
 
 #[cfg(test)]
@@ -228,6 +253,27 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn historic_offsets_off_the_quarter_hour_are_not_cached_per_slot() {
+        let monrovia: Tz = "Africa/Monrovia".parse().unwrap();
+        let mut cache = LabelCache::default();
+        // 09:55:30 and 10:00:15 local (UTC-00:44:30), in one 15-minute UTC slot.
+        let a = us("1970-06-01T10:40:00Z");
+        let b = us("1970-06-01T10:44:45Z");
+        assert_eq!(
+            cache.label(a, TimeUnit::Hour, monrovia),
+            label(a, TimeUnit::Hour, monrovia)
+        );
+        assert_eq!(
+            cache.label(b, TimeUnit::Hour, monrovia),
+            label(b, TimeUnit::Hour, monrovia)
+        );
+        assert_ne!(
+            label(a, TimeUnit::Hour, monrovia),
+            label(b, TimeUnit::Hour, monrovia)
+        );
     }
 
     #[test]

@@ -74,6 +74,17 @@ pub fn new_request_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
+fn contains_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(contains_nul),
+        serde_json::Value::Object(map) => {
+            map.iter().any(|(k, v)| k.contains('\0') || contains_nul(v))
+        }
+        _ => false,
+    }
+}
+
 /// Parses metadata JSON, checks it is an object, redacts secrets and
 /// returns it canonical (sorted keys, compact).
 pub fn canonical_metadata(json: &str) -> CoreResult<String> {
@@ -85,7 +96,7 @@ pub fn canonical_metadata(json: &str) -> CoreResult<String> {
             "must be a JSON object (a dict)".into(),
         ));
     }
-    if json.contains("\\u0000") {
+    if contains_nul(&value) {
         return Err(CoreError::InvalidArgument(
             "metadata",
             "must not contain NUL characters".into(),

@@ -209,6 +209,7 @@ impl SqliteStore {
         retries: u64,
         mut f: impl FnMut(&Connection) -> CoreResult<T>,
     ) -> CoreResult<T> {
+        self.open_check()?;
         let conn = match self.readers.lock().pop() {
             Some(conn) => conn,
             None => schema::open_reader(&self.path)?,

@@ -131,8 +131,14 @@ pub fn aggregate(
         params.push(Value::Text(tz.into()));
     }
     params.extend(filter_params);
+    // Time buckets come oldest first (a label's text does not sort by time
+    // when a zone falls back); other groups by key.
+    let order = match group_by {
+        GroupBy::Time(_) => "MIN(ts)",
+        _ => "grp",
+    };
     let sql = format!(
-        "SELECT {expr} AS grp, {TOTALS} FROM usage_events {clause} GROUP BY grp ORDER BY grp",
+        "SELECT {expr} AS grp, {TOTALS} FROM usage_events {clause} GROUP BY grp ORDER BY {order}",
         expr = group_by.sql()
     );
     let mut stmt = conn.prepare_cached(&sql)?;

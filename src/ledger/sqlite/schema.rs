@@ -65,8 +65,31 @@ pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     tx.commit()
 }
 
-/// The writer's connection: WAL, the schema migrated.
+/// The writer's connection: WAL, the schema migrated. Switching a new file
+/// to WAL reports "busy" at once (without waiting) when another process is
+/// creating it at the same moment, so opening retries on busy.
 pub fn open_writer(path: &Path, synchronous_full: bool) -> rusqlite::Result<Connection> {
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(5);
+    loop {
+        match try_open_writer(path, synchronous_full) {
+            Err(e) if is_busy(&e) && started.elapsed() < BUSY_TIMEOUT => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+fn try_open_writer(path: &Path, synchronous_full: bool) -> rusqlite::Result<Connection> {
     let mut conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
