@@ -58,11 +58,12 @@ impl Shard {
         })
     }
 
-    /// Drops idle keys once the shard has seen as many operations as it
-    /// holds keys: amortised O(1) per operation.
+    /// Drops idle keys once the shard has seen four times as many operations
+    /// as it holds keys: amortised O(1), and a quarter of a key visited per
+    /// operation (each visit may be a cache miss).
     fn maybe_sweep(&mut self, now: u64) {
         self.ops_since_sweep += 1;
-        if self.ops_since_sweep > self.keys.len().max(64) {
+        if self.ops_since_sweep > (4 * self.keys.len()).max(64) {
             self.ops_since_sweep = 0;
             self.keys.retain(|key, state| {
                 state.evict(now);

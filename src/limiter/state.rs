@@ -14,7 +14,7 @@ pub(crate) struct KeyState {
     pub(crate) generation: u64,
     pub(crate) limits: Arc<Limits>,
     /// One window per distinct window length in `limits`, shortest first.
-    pub(crate) windows: SmallVec<[SlidingWindow; 2]>,
+    pub(crate) windows: SmallVec<[SlidingWindow; 1]>,
     /// Waiters in arrival order; only the head may be admitted.
     pub(crate) queue: VecDeque<Arc<Waiter>>,
 }
