@@ -8,10 +8,12 @@
 //! ```
 //!
 //! Modes:
-//! - `raw` (default): plain rusqlite on its own connection, with the writer's
-//!   pragmas (WAL, `synchronous=NORMAL`) and its exact INSERT statement, in
-//!   transactions of `--batch` events (10,000, the writer's largest group).
-//!   The schema comes from opening the database with `SqliteStore` first.
+//! - `raw` (default): plain rusqlite, the writer's exact INSERT statement,
+//!   `--batch` events per transaction (10,000, the writer's largest group),
+//!   nothing else: no queue, no validation, no counters. It runs on the
+//!   store's own write connection (`SqliteStore::with_writer`), so the schema
+//!   and the pragmas (WAL, `synchronous`, `cache_size`...) are the store's,
+//!   whatever they are; the report lists them.
 //! - `store-record`: `SqliteStore::record` per event, then `flush` (the
 //!   store's path without Python).
 //! - `store-batch`: `SqliteStore::record_batch` with `--batch` events per call
@@ -21,12 +23,14 @@
 //! inside the timed loop, as the writer does. The database at `path` must not
 //! exist yet (a fresh file, like the other rows of the benchmark).
 
-use rusqlite::{params, Connection, OpenFlags};
+use rusqlite::types::ValueRef;
+use rusqlite::{params, Connection, TransactionBehavior};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 use usagewarden::clock::SystemClock;
+use usagewarden::error::CoreError;
 use usagewarden::ledger::event::{new_request_id, UsageEvent, DEFAULT_ACTION, DEFAULT_NAMESPACE};
 use usagewarden::ledger::sqlite::{Durability, SqliteStore, StoreOptions};
 
@@ -73,7 +77,8 @@ struct Args {
     batch: usize,
 }
 
-const USAGE: &str = "usage: ledger_raw <path> <n> [--mode raw|store-record|store-batch] [--batch SIZE]";
+const USAGE: &str =
+    "usage: ledger_raw <path> <n> [--mode raw|store-record|store-batch] [--batch SIZE]";
 
 fn parse_args() -> Result<Args, String> {
     let mut positional = Vec::new();
@@ -129,7 +134,7 @@ fn make_events(n: usize) -> Vec<UsageEvent> {
             duration_ms: 0,
             api_calls: 0,
             units: 0,
-            cost_nanos: Some(1_000_000 + i % 1000),
+            cost_nanos: Some(1_000_000), // 0.001 USD, as in the Python runs
             timestamp_us: start_us + i as i64,
             request_id: new_request_id(),
             source: None,
@@ -149,18 +154,37 @@ fn open_store(path: &Path) -> Result<SqliteStore, String> {
     .map_err(|e| format!("cannot open {}: {e}", path.display()))
 }
 
-/// Plain rusqlite: the writer's pragmas and INSERT, `batch` events per transaction.
-fn insert_raw(path: &Path, events: &[UsageEvent], batch: usize) -> rusqlite::Result<Duration> {
-    let mut conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    conn.busy_timeout(Duration::from_secs(10))?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
+/// What the raw inserts report back from the writer's thread.
+struct RawReport {
+    elapsed: Duration,
+    pragmas: serde_json::Value,
+}
+
+/// Plain rusqlite on the writer's own connection (so with its pragmas and
+/// statement cache, whatever they are): the writer's INSERT, `batch` events
+/// per transaction, nothing else.
+fn insert_raw(
+    conn: &mut Connection,
+    events: &[UsageEvent],
+    batch: usize,
+) -> rusqlite::Result<RawReport> {
+    let pragma = |name: &str| -> rusqlite::Result<serde_json::Value> {
+        conn.query_row(&format!("PRAGMA {name}"), [], |r| {
+            Ok(match r.get_ref(0)? {
+                ValueRef::Integer(i) => i.into(),
+                ValueRef::Text(t) => String::from_utf8_lossy(t).into(),
+                other => format!("{other:?}").into(),
+            })
+        })
+    };
+    let pragmas = serde_json::json!({
+        "journal_mode": pragma("journal_mode")?,
+        "synchronous": pragma("synchronous")?,
+        "cache_size": pragma("cache_size")?,
+    });
     let started = Instant::now();
     for chunk in events.chunks(batch) {
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         {
             let mut stmt = tx.prepare_cached(INSERT)?;
             for e in chunk {
@@ -189,22 +213,34 @@ fn insert_raw(path: &Path, events: &[UsageEvent], batch: usize) -> rusqlite::Res
         }
         tx.commit()?;
     }
-    Ok(started.elapsed())
+    Ok(RawReport {
+        elapsed: started.elapsed(),
+        pragmas,
+    })
 }
 
-fn run(args: &Args) -> Result<(Duration, u64), String> {
+fn run(args: &Args) -> Result<serde_json::Value, String> {
     if args.path.exists() {
         return Err(format!("{} exists; give a new path", args.path.display()));
     }
     let events = make_events(args.events);
     let store = open_store(&args.path)?;
-    let err = |e: usagewarden::error::CoreError| e.to_string();
+    let err = |e: CoreError| e.to_string();
+    let mut pragmas = serde_json::Value::Null;
     let elapsed = match args.mode {
         Mode::Raw => {
-            // The store created the schema; the raw connection does the inserts.
-            store.close();
-            drop(store);
-            insert_raw(&args.path, &events, args.batch).map_err(|e| e.to_string())?
+            let (tx, rx) = mpsc::channel();
+            let batch = args.batch;
+            store
+                .with_writer(Box::new(move |conn| {
+                    let report = insert_raw(conn, &events, batch)?;
+                    let _ = tx.send(report);
+                    Ok(events.len())
+                }))
+                .map_err(err)?;
+            let report = rx.recv().map_err(|e| e.to_string())?;
+            pragmas = report.pragmas;
+            report.elapsed
         }
         Mode::StoreRecord => {
             let started = Instant::now();
@@ -215,20 +251,35 @@ fn run(args: &Args) -> Result<(Duration, u64), String> {
             started.elapsed()
         }
         Mode::StoreBatch => {
+            let mut batches = Vec::new();
+            let mut events = events.into_iter();
+            loop {
+                let batch: Vec<UsageEvent> = events.by_ref().take(args.batch).collect();
+                if batch.is_empty() {
+                    break;
+                }
+                batches.push(batch);
+            }
             let started = Instant::now();
-            let mut events = events;
-            while !events.is_empty() {
-                let rest = events.split_off(events.len().min(args.batch));
-                store.record_batch(events).map_err(err)?;
-                events = rest;
+            for batch in batches {
+                store.record_batch(batch).map_err(err)?;
             }
             started.elapsed()
         }
     };
-    let stored = Connection::open(&args.path)
-        .and_then(|c| c.query_row("SELECT COUNT(*) FROM usage_events", [], |r| r.get(0)))
-        .map_err(|e| e.to_string())?;
-    Ok((elapsed, stored))
+    let stored = store.stats().map_err(err)?.events;
+    store.close();
+    let seconds = elapsed.as_secs_f64();
+    Ok(serde_json::json!({
+        "mode": args.mode.name(),
+        "events": args.events,
+        "stored": stored,
+        "batch": args.batch,
+        "seconds": seconds,
+        "events_per_s": args.events as f64 / seconds,
+        "sqlite_version": rusqlite::version(),
+        "pragmas": pragmas,
+    }))
 }
 
 fn main() -> ExitCode {
@@ -240,17 +291,7 @@ fn main() -> ExitCode {
         }
     };
     match run(&args) {
-        Ok((elapsed, stored)) => {
-            let seconds = elapsed.as_secs_f64();
-            let report = serde_json::json!({
-                "mode": args.mode.name(),
-                "events": args.events,
-                "stored": stored,
-                "batch": args.batch,
-                "seconds": seconds,
-                "events_per_s": args.events as f64 / seconds,
-                "sqlite_version": rusqlite::version(),
-            });
+        Ok(report) => {
             println!("{report}");
             ExitCode::SUCCESS
         }
