@@ -69,6 +69,11 @@ pub fn is_action(action: &str) -> bool {
         && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_' | '.' | ':' | '-'))
 }
 
+/// An optional field's bytes for the fingerprint; `None` is a value no text can be.
+fn opt_bytes(v: &Option<String>) -> &[u8] {
+    v.as_deref().map_or(b"\0none", str::as_bytes)
+}
+
 /// A new time-ordered request id (UUIDv7).
 pub fn new_request_id() -> String {
     uuid::Uuid::now_v7().to_string()
@@ -160,12 +165,11 @@ impl UsageEvent {
                 h = h.wrapping_mul(0x0100_0000_01b3);
             }
         };
-        let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "\u{0}none".into());
         eat(self.agent_id.as_bytes());
         eat(self.consumer_id.as_bytes());
-        eat(opt(&self.task_id).as_bytes());
+        eat(opt_bytes(&self.task_id));
         eat(self.action.as_bytes());
-        eat(opt(&self.model).as_bytes());
+        eat(opt_bytes(&self.model));
         for n in [
             self.tokens_in,
             self.tokens_out,
@@ -179,8 +183,8 @@ impl UsageEvent {
         ] {
             eat(&n.to_le_bytes());
         }
-        eat(opt(&self.source).as_bytes());
-        eat(opt(&self.metadata).as_bytes());
+        eat(opt_bytes(&self.source));
+        eat(opt_bytes(&self.metadata));
         h as i64
     }
 }

@@ -148,8 +148,15 @@ impl SqliteStore {
     /// Records one event; returns its request id. With `Durability::Commit`
     /// a conflicting duplicate raises `Conflict`; with `Batch` it is counted
     /// in the stats and logged.
-    pub fn record(&self, event: UsageEvent) -> CoreResult<String> {
+    pub fn record(&self, event: impl Into<Arc<UsageEvent>>) -> CoreResult<String> {
+        let event = event.into();
         event.validate()?;
+        self.record_valid(event)
+    }
+
+    /// `record` for an event already validated (a `UsageEvent` from Python
+    /// is validated when it is built and is immutable).
+    pub(crate) fn record_valid(&self, event: Arc<UsageEvent>) -> CoreResult<String> {
         let request_id = event.request_id.clone();
         let wait = self.durability == Durability::Commit;
         match self.writer.record(event, wait)? {
@@ -160,8 +167,24 @@ impl SqliteStore {
         }
     }
 
+    /// Queues an already validated event without waiting: `Ok(None)` when
+    /// queued, `Ok(Some(event))` handed back when the queue is full (the
+    /// caller then waits in `record_valid`). Only for `Durability::Batch`.
+    #[cfg_attr(not(feature = "python"), allow(dead_code))]
+    pub(crate) fn try_record_valid(
+        &self,
+        event: Arc<UsageEvent>,
+    ) -> CoreResult<Option<Arc<UsageEvent>>> {
+        debug_assert_eq!(self.durability, Durability::Batch);
+        self.writer.try_record(event)
+    }
+
     /// Records all events in one transaction, or none; returns how many were new.
-    pub fn record_batch(&self, events: Vec<UsageEvent>) -> CoreResult<usize> {
+    pub fn record_batch<E: Into<Arc<UsageEvent>>>(
+        &self,
+        events: impl IntoIterator<Item = E>,
+    ) -> CoreResult<usize> {
+        let events: Vec<Arc<UsageEvent>> = events.into_iter().map(Into::into).collect();
         for (i, event) in events.iter().enumerate() {
             event.validate().map_err(|e| match e {
                 CoreError::InvalidArgument(field, msg) => {
@@ -170,6 +193,11 @@ impl SqliteStore {
                 other => other,
             })?;
         }
+        self.record_batch_valid(events)
+    }
+
+    /// `record_batch` for events already validated.
+    pub(crate) fn record_batch_valid(&self, events: Vec<Arc<UsageEvent>>) -> CoreResult<usize> {
         if events.is_empty() {
             return Ok(0);
         }

@@ -39,8 +39,8 @@ CREATE INDEX usage_events_ts          ON usage_events (ts);
 CREATE INDEX usage_events_namespace   ON usage_events (namespace, ts);
 CREATE INDEX usage_events_agent       ON usage_events (agent_id, ts);
 CREATE INDEX usage_events_consumer    ON usage_events (consumer_id, ts);
-CREATE INDEX usage_events_task        ON usage_events (task_id, ts);
-CREATE INDEX usage_events_model       ON usage_events (model, ts);
+CREATE INDEX usage_events_task        ON usage_events (task_id, ts) WHERE task_id IS NOT NULL;
+CREATE INDEX usage_events_model       ON usage_events (model, ts) WHERE model IS NOT NULL;
 CREATE INDEX usage_events_action      ON usage_events (action, ts);
 "#];
 

@@ -250,7 +250,7 @@ fn export_streams_every_format() {
     let dir = tempdir();
     let store = store_at(&dir, "a.db", Durability::Batch, manual_at(0));
     store
-        .record_batch((0..10).map(|i| event("a", i, 1)).collect())
+        .record_batch((0..10).map(|i| event("a", i, 1)))
         .unwrap();
     let mut out = Vec::new();
     assert_eq!(

@@ -16,7 +16,7 @@ use parking_lot::Mutex;
 use rusqlite::{params, Connection, ErrorCode, TransactionBehavior};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -43,8 +43,8 @@ type Reply<T> = SyncSender<T>;
 pub type WriteJob = Box<dyn FnOnce(&mut Connection) -> CoreResult<usize> + Send>;
 
 pub(crate) enum Command {
-    Record(Box<UsageEvent>, Option<Reply<Outcome>>),
-    Batch(Vec<UsageEvent>, Reply<CoreResult<usize>>),
+    Record(Arc<UsageEvent>, Option<Reply<Outcome>>),
+    Batch(Vec<Arc<UsageEvent>>, Reply<CoreResult<usize>>),
     Flush(Reply<()>),
     Purge(i64, Reply<CoreResult<usize>>),
     /// Runs SQL on the write connection (maintenance such as re-pricing).
@@ -129,17 +129,38 @@ impl Writer {
             .map_err(|_| CoreError::Store("the writer has stopped".into()))
     }
 
+    /// Queues one event if the queue has room now; gives it back if not.
+    #[cfg_attr(not(feature = "python"), allow(dead_code))]
+    pub(crate) fn try_record(&self, event: Arc<UsageEvent>) -> CoreResult<Option<Arc<UsageEvent>>> {
+        let tx = self
+            .tx
+            .lock()
+            .clone()
+            .ok_or_else(|| CoreError::Store("the store is closed".into()))?;
+        self.counters.queued.fetch_add(1, Ordering::SeqCst);
+        match tx.try_send(Command::Record(event, None)) {
+            Ok(()) => Ok(None),
+            Err(e) => {
+                self.counters.queued.fetch_sub(1, Ordering::SeqCst);
+                match e {
+                    TrySendError::Full(Command::Record(event, _)) => Ok(Some(event)),
+                    _ => Err(CoreError::Store("the writer has stopped".into())),
+                }
+            }
+        }
+    }
+
     /// Queues one event. With `wait`, returns after its transaction committed.
-    pub(crate) fn record(&self, event: UsageEvent, wait: bool) -> CoreResult<Option<Outcome>> {
+    pub(crate) fn record(&self, event: Arc<UsageEvent>, wait: bool) -> CoreResult<Option<Outcome>> {
         self.counters.queued.fetch_add(1, Ordering::SeqCst);
         if wait {
-            let outcome = self.call(|reply| Command::Record(Box::new(event), Some(reply)));
+            let outcome = self.call(|reply| Command::Record(event, Some(reply)));
             if outcome.is_err() {
                 self.counters.queued.fetch_sub(1, Ordering::SeqCst);
             }
             outcome.map(Some)
         } else {
-            let sent = self.send(Command::Record(Box::new(event), None));
+            let sent = self.send(Command::Record(event, None));
             if sent.is_err() {
                 self.counters.queued.fetch_sub(1, Ordering::SeqCst);
             }
@@ -147,7 +168,7 @@ impl Writer {
         }
     }
 
-    pub(crate) fn record_batch(&self, events: Vec<UsageEvent>) -> CoreResult<usize> {
+    pub(crate) fn record_batch(&self, events: Vec<Arc<UsageEvent>>) -> CoreResult<usize> {
         self.call(|reply| Command::Batch(events, reply))?
     }
 
@@ -387,7 +408,7 @@ impl Worker {
         *self.counters.last_error.lock() = Some(message);
     }
 
-    fn commit_records(&mut self, records: Vec<(Box<UsageEvent>, Option<Reply<Outcome>>)>) {
+    fn commit_records(&mut self, records: Vec<(Arc<UsageEvent>, Option<Reply<Outcome>>)>) {
         if records.is_empty() {
             return;
         }
@@ -414,11 +435,14 @@ impl Worker {
             self.counters.queued.fetch_sub(n, Ordering::SeqCst);
             return;
         };
-        for ((event, reply), outcome) in records.into_iter().zip(outcomes) {
+        // Counters move once per transaction, before anyone is told it committed.
+        let (mut inserted, mut duplicates, mut conflicts) = (0, 0, 0);
+        for ((event, reply), outcome) in records.iter().zip(&outcomes) {
             match outcome {
-                Outcome::Inserted => self.counters.inserted.fetch_add(1, Ordering::SeqCst),
-                Outcome::Duplicate => self.counters.duplicates.fetch_add(1, Ordering::SeqCst),
+                Outcome::Inserted => inserted += 1,
+                Outcome::Duplicate => duplicates += 1,
                 Outcome::Conflict => {
+                    conflicts += 1;
                     if reply.is_none() {
                         (self.log)(
                             LogLevel::Warning,
@@ -428,10 +452,15 @@ impl Worker {
                             ),
                         );
                     }
-                    self.counters.conflicts.fetch_add(1, Ordering::SeqCst)
                 }
-            };
-            self.counters.queued.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let c = &self.counters;
+        c.inserted.fetch_add(inserted, Ordering::SeqCst);
+        c.duplicates.fetch_add(duplicates, Ordering::SeqCst);
+        c.conflicts.fetch_add(conflicts, Ordering::SeqCst);
+        c.queued.fetch_sub(n, Ordering::SeqCst);
+        for ((_, reply), outcome) in records.into_iter().zip(outcomes) {
             if let Some(reply) = reply {
                 let _ = reply.send(outcome);
             }
@@ -439,7 +468,7 @@ impl Worker {
     }
 
     /// One transaction for the whole batch: all or nothing.
-    fn batch(&mut self, events: &[UsageEvent]) -> CoreResult<usize> {
+    fn batch(&mut self, events: &[Arc<UsageEvent>]) -> CoreResult<usize> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;

@@ -13,6 +13,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyString, PyTuple};
+use std::sync::Arc;
 
 fn json(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
     static JSON: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
@@ -48,17 +49,20 @@ fn optional_text(value: Option<&Bound<'_, PyAny>>, name: &str) -> PyResult<Optio
 /// One billable action of an agent. Immutable and validated on construction.
 #[pyclass(frozen, name = "UsageEvent", module = "usagewarden")]
 pub struct PyUsageEvent {
-    pub(crate) inner: UsageEvent,
+    /// Shared with the store's queue, so recording never copies the event.
+    pub(crate) inner: Arc<UsageEvent>,
 }
 
 impl PyUsageEvent {
     pub(crate) fn wrap(inner: UsageEvent) -> Self {
-        PyUsageEvent { inner }
+        PyUsageEvent {
+            inner: Arc::new(inner),
+        }
     }
 }
 
 /// Pulls a usage event out of a Python object, with a clear error.
-pub(crate) fn extract_event(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<UsageEvent> {
+pub(crate) fn extract_event(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Arc<UsageEvent>> {
     obj.cast::<PyUsageEvent>()
         .map(|e| e.get().inner.clone())
         .map_err(|_| PyTypeError::new_err(format!("{name} must be a usagewarden.UsageEvent")))
@@ -141,7 +145,7 @@ impl PyUsageEvent {
             metadata,
         };
         event.validate().py_err(py)?;
-        Ok(PyUsageEvent { inner: event })
+        Ok(PyUsageEvent::wrap(event))
     }
 
     #[getter]
