@@ -9,7 +9,9 @@
 //! per row.
 
 use crate::error::{CoreError, CoreResult};
-use chrono::{DateTime, Datelike, Offset, TimeZone};
+use chrono::{
+    DateTime, Datelike, Days, LocalResult, Months, NaiveDate, Offset, TimeZone, Timelike,
+};
 use chrono_tz::Tz;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,6 +128,48 @@ pub fn label(ts_us: i64, unit: TimeUnit, tz: Tz) -> String {
         }
         TimeUnit::Month => local.format("%Y-%m").to_string(),
     }
+}
+
+/// The first instant (UTC µs) of `date` in `tz`: its midnight, or, where a
+/// clock change skips midnight, the first local time that exists.
+fn first_instant(date: NaiveDate, tz: Tz) -> Option<i64> {
+    let mut local = date.and_hms_opt(0, 0, 0)?;
+    for _ in 0..(4 * 24) {
+        match tz.from_local_datetime(&local) {
+            LocalResult::Single(t) | LocalResult::Ambiguous(t, _) => {
+                return Some(t.timestamp_micros())
+            }
+            LocalResult::None => local += chrono::Duration::minutes(15),
+        }
+    }
+    None
+}
+
+/// The UTC range `[start, end)` of the bucket that holds `ts_us`. The caller
+/// checks the labels at both ends: where a clock change falls inside a
+/// bucket in an unusual way, they differ and it groups row by row instead.
+pub fn bucket_bounds(ts_us: i64, unit: TimeUnit, tz: Tz) -> Option<(i64, i64)> {
+    let local = DateTime::from_timestamp_micros(ts_us)?.with_timezone(&tz);
+    let date = local.date_naive();
+    let (first, next) = match unit {
+        TimeUnit::Hour => {
+            let into_hour = i64::from(local.minute() * 60 + local.second()) * 1_000_000
+                + i64::from(local.nanosecond() / 1_000);
+            let start = ts_us - into_hour;
+            return Some((start, start + 3_600_000_000));
+        }
+        TimeUnit::Day => (date, date.checked_add_days(Days::new(1))?),
+        TimeUnit::Week => {
+            let monday =
+                date.checked_sub_days(Days::new(u64::from(date.weekday().num_days_from_monday())))?;
+            (monday, monday.checked_add_days(Days::new(7))?)
+        }
+        TimeUnit::Month => {
+            let first = date.with_day(1)?;
+            (first, first.checked_add_months(Months::new(1))?)
+        }
+    };
+    Some((first_instant(first, tz)?, first_instant(next, tz)?))
 }
 
 const SLOT_US: i64 = 15 * 60 * 1_000_000;
@@ -274,6 +318,43 @@ mod tests {
             label(a, TimeUnit::Hour, monrovia),
             label(b, TimeUnit::Hour, monrovia)
         );
+    }
+
+    #[test]
+    fn bucket_bounds_follow_the_local_calendar() {
+        let ny: Tz = "America/New_York".parse().unwrap();
+        let day = bucket_bounds(us("2026-03-08T12:00:00Z"), TimeUnit::Day, ny).unwrap();
+        assert_eq!(
+            day,
+            (us("2026-03-08T05:00:00Z"), us("2026-03-09T04:00:00Z")),
+            "a 23-hour day"
+        );
+        let week = bucket_bounds(us("2026-02-14T12:00:00Z"), TimeUnit::Week, Tz::UTC).unwrap();
+        assert_eq!(
+            week,
+            (us("2026-02-09T00:00:00Z"), us("2026-02-16T00:00:00Z"))
+        );
+        let month = bucket_bounds(
+            us("2026-01-31T15:00:00Z"),
+            TimeUnit::Month,
+            "Asia/Tokyo".parse().unwrap(),
+        );
+        assert_eq!(
+            month,
+            Some((us("2026-01-31T15:00:00Z"), us("2026-02-28T15:00:00Z")))
+        );
+        let hour = bucket_bounds(us("2026-11-01T06:30:00Z"), TimeUnit::Hour, ny).unwrap();
+        assert_eq!(
+            hour,
+            (us("2026-11-01T06:00:00Z"), us("2026-11-01T07:00:00Z")),
+            "the second 01:00"
+        );
+        // Santiago skips midnight when its clocks go forward.
+        let santiago: Tz = "America/Santiago".parse().unwrap();
+        let (start, _) =
+            bucket_bounds(us("2026-09-06T12:00:00Z"), TimeUnit::Day, santiago).unwrap();
+        assert_eq!(label(start, TimeUnit::Day, santiago), "2026-09-06");
+        assert_eq!(label(start - 1, TimeUnit::Day, santiago), "2026-09-05");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 mod read;
 mod schema;
+mod timeline;
 mod writer;
 
 pub use read::Aggregate;

@@ -2,7 +2,7 @@
 //! never wait for the writer (WAL gives each read a consistent snapshot).
 
 use crate::error::CoreResult;
-use crate::ledger::buckets::GroupBy;
+use crate::ledger::buckets::{parse_tz, GroupBy};
 use crate::ledger::event::UsageEvent;
 use crate::ledger::filters::Filters;
 use rusqlite::types::Value;
@@ -94,6 +94,11 @@ const TOTALS: &str = "COUNT(*), COALESCE(SUM(tokens_in), 0), COALESCE(SUM(tokens
      COALESCE(SUM(api_calls), 0), COALESCE(SUM(units), 0), SUM(cost_nanos), COUNT(*) - COUNT(cost_nanos), \
      COUNT(DISTINCT agent_id), COUNT(DISTINCT consumer_id)";
 
+/// `TOTALS` with constant zeros in place of the distinct counts.
+const TOTALS_WITHOUT_DISTINCT: &str = "COUNT(*), COALESCE(SUM(tokens_in), 0), COALESCE(SUM(tokens_out), 0), \
+     COALESCE(SUM(cache_read_tokens), 0), COALESCE(SUM(cache_write_tokens), 0), COALESCE(SUM(duration_ms), 0), \
+     COALESCE(SUM(api_calls), 0), COALESCE(SUM(units), 0), SUM(cost_nanos), COUNT(*) - COUNT(cost_nanos), 0, 0";
+
 fn aggregate_from_row(
     row: &Row<'_>,
     group: Option<String>,
@@ -117,8 +122,24 @@ fn aggregate_from_row(
     })
 }
 
-/// Totals per group, computed by SQLite (`GROUP BY` over the indexes).
+/// Totals per group, computed by SQLite: calendar buckets as one range query
+/// each (see `timeline`), other groups with `GROUP BY` over the indexes.
 pub fn aggregate(
+    conn: &Connection,
+    group_by: GroupBy,
+    tz: &str,
+    filters: &Filters,
+) -> CoreResult<Vec<Aggregate>> {
+    match group_by {
+        GroupBy::Time(unit) => {
+            super::timeline::aggregate_by_time(conn, unit, tz, parse_tz(tz)?, filters)
+        }
+        _ => aggregate_rows(conn, group_by, tz, filters),
+    }
+}
+
+/// Totals per group with one `GROUP BY` over the matching rows.
+pub fn aggregate_rows(
     conn: &Connection,
     group_by: GroupBy,
     tz: &str,
@@ -149,8 +170,18 @@ pub fn aggregate(
 }
 
 pub fn summary(conn: &Connection, filters: &Filters) -> CoreResult<Aggregate> {
+    summary_with(conn, filters, TOTALS)
+}
+
+/// Like `summary`, but leaves `unique_agents` and `unique_consumers` at 0
+/// (counting distinct values is a third of a large scan's cost).
+pub fn summary_without_distinct(conn: &Connection, filters: &Filters) -> CoreResult<Aggregate> {
+    summary_with(conn, filters, TOTALS_WITHOUT_DISTINCT)
+}
+
+fn summary_with(conn: &Connection, filters: &Filters, totals: &str) -> CoreResult<Aggregate> {
     let (clause, params) = filters.where_clause();
-    let sql = format!("SELECT {TOTALS} FROM usage_events {clause}");
+    let sql = format!("SELECT {totals} FROM usage_events {clause}");
     let mut stmt = conn.prepare_cached(&sql)?;
     Ok(stmt.query_row(params_from_iter(params), |row| {
         aggregate_from_row(row, Some("all".into()), 0)
