@@ -6,7 +6,6 @@ Python's sqlite3 in a child process, after the store is closed."""
 from __future__ import annotations
 
 import datetime as dt
-import time
 from pathlib import Path
 
 import pytest
@@ -95,15 +94,14 @@ def test_every_filter_has_an_index_with_the_time(ledger: Path) -> None:
     assert unique, "(namespace, request_id) is unique"
 
 
-def test_one_batching_writer_keeps_up_with_per_request_records(tmp_path: Path) -> None:
-    """A connection and a transaction per call manages ~90 records/s; batching
-    commits thousands per transaction."""
+def test_many_queued_records_are_all_committed_by_one_flush(tmp_path: Path) -> None:
+    """Events queued faster than one transaction commits are grouped into the
+    writer's next transactions; none is lost or duplicated. (Throughput is
+    measured in benchmarks/bench_ledger.py, not here.)"""
     evs = [uw.UsageEvent("a", "c", request_id=f"fast-{i}") for i in range(20_000)]
     with uw.SQLiteStore(tmp_path / "fast.db") as store:
-        started = time.perf_counter()
         for e in evs:
             store.record(e)
         store.flush()
-        elapsed = time.perf_counter() - started
-        assert store.stats().events == 20_000
-    assert elapsed < 5.0, f"20,000 records took {elapsed:.2f}s"
+        stats = store.stats()
+        assert (stats.events, stats.queued, stats.inserted) == (20_000, 0, 20_000)

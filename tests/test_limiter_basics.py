@@ -314,8 +314,9 @@ def test_idle_keys_are_reclaimed_over_time_without_calling_reclaim(make_limiter,
         limiter.try_acquire(f"old-{i}")
     assert len(limiter) == 500
     clock.advance(60)
-    # Ongoing traffic on other keys sweeps idle ones as it goes.
-    for round_ in range(10):
+    # Ongoing traffic on other keys sweeps idle ones as it goes: a shard is
+    # swept once it has seen four times as many operations as it holds keys.
+    for round_ in range(40):
         for i in range(1000):
             limiter.try_acquire(f"new-{i}", requests=0 if round_ else 1)
     assert len(limiter) == 1000
