@@ -21,10 +21,26 @@ fn store_at(
     .unwrap()
 }
 
-fn tempdir() -> PathBuf {
+/// A scratch directory removed when the test ends.
+struct TempDir(PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempdir() -> TempDir {
     let dir = std::env::temp_dir().join(format!("uw-test-{}", uuid::Uuid::now_v7()));
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    TempDir(dir)
 }
 
 fn manual_at(us: i64) -> Arc<ManualClock> {
@@ -226,7 +242,7 @@ fn several_writers_on_one_file_lose_nothing() {
     let dir = tempdir();
     let threads: Vec<_> = (0..4)
         .map(|w| {
-            let dir = dir.clone();
+            let dir = dir.to_path_buf();
             std::thread::spawn(move || {
                 let store = store_at(&dir, "shared.db", Durability::Batch, manual_at(0));
                 for i in 0..2_000 {
