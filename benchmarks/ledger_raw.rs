@@ -32,13 +32,10 @@ use std::time::{Duration, Instant};
 use usagewarden::clock::SystemClock;
 use usagewarden::error::CoreError;
 use usagewarden::ledger::event::{new_request_id, UsageEvent, DEFAULT_ACTION, DEFAULT_NAMESPACE};
-use usagewarden::ledger::sqlite::{Durability, SqliteStore, StoreOptions};
+use usagewarden::ledger::sqlite::{Durability, SqliteStore, StoreOptions, INSERT_SQL};
 
-/// Copied from `src/ledger/sqlite/writer.rs` (`INSERT`), which is private.
-const INSERT: &str = "INSERT INTO usage_events (namespace, request_id, ts, agent_id, consumer_id, task_id, action, model, \
-     tokens_in, tokens_out, cache_read_tokens, cache_write_tokens, duration_ms, api_calls, units, cost_nanos, source, metadata, fingerprint) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19) \
-     ON CONFLICT (namespace, request_id) DO NOTHING";
+/// The writer's own statement.
+const INSERT: &str = INSERT_SQL;
 
 const AGENTS: u64 = 50;
 const CONSUMERS: u64 = 5;

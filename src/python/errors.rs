@@ -61,3 +61,22 @@ impl<T> IntoPyResult<T> for Result<T, CoreError> {
         self.map_err(|e| to_py(py, e))
     }
 }
+
+/// `__eq__`/`__ne__` for value types: `equal` is `None` when the other
+/// operand is of another type (then Python tries the reflected operation).
+pub(crate) fn compare_eq(
+    py: Python<'_>,
+    equal: Option<bool>,
+    op: pyo3::basic::CompareOp,
+) -> PyResult<Py<PyAny>> {
+    use pyo3::basic::CompareOp;
+    let result = match (equal, op) {
+        (Some(equal), CompareOp::Eq) => equal,
+        (Some(equal), CompareOp::Ne) => !equal,
+        _ => return Ok(py.NotImplemented()),
+    };
+    Ok(pyo3::types::PyBool::new(py, result)
+        .to_owned()
+        .into_any()
+        .unbind())
+}

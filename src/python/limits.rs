@@ -59,22 +59,11 @@ impl PyLimit {
     }
 
     fn __richcmp__(&self, other: &Bound<'_, PyAny>, op: CompareOp) -> PyResult<Py<PyAny>> {
-        let py = other.py();
-        let Ok(other) = other.cast::<PyLimit>() else {
-            return Ok(py.NotImplemented());
-        };
-        let equal = self.spec == other.get().spec;
-        match op {
-            CompareOp::Eq => Ok(pyo3::types::PyBool::new(py, equal)
-                .to_owned()
-                .into_any()
-                .unbind()),
-            CompareOp::Ne => Ok(pyo3::types::PyBool::new(py, !equal)
-                .to_owned()
-                .into_any()
-                .unbind()),
-            _ => Ok(py.NotImplemented()),
-        }
+        let equal = other
+            .cast::<PyLimit>()
+            .ok()
+            .map(|o| self.spec == o.get().spec);
+        crate::python::errors::compare_eq(other.py(), equal, op)
     }
 
     #[staticmethod]
@@ -180,22 +169,11 @@ impl PyRateLimits {
     }
 
     fn __richcmp__(&self, other: &Bound<'_, PyAny>, op: CompareOp) -> PyResult<Py<PyAny>> {
-        let py = other.py();
-        let Ok(other) = other.cast::<PyRateLimits>() else {
-            return Ok(py.NotImplemented());
-        };
-        let equal = self.limits == other.get().limits;
-        match op {
-            CompareOp::Eq => Ok(pyo3::types::PyBool::new(py, equal)
-                .to_owned()
-                .into_any()
-                .unbind()),
-            CompareOp::Ne => Ok(pyo3::types::PyBool::new(py, !equal)
-                .to_owned()
-                .into_any()
-                .unbind()),
-            _ => Ok(py.NotImplemented()),
-        }
+        let equal = other
+            .cast::<PyRateLimits>()
+            .ok()
+            .map(|o| self.limits == o.get().limits);
+        crate::python::errors::compare_eq(other.py(), equal, op)
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {

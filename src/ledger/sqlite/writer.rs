@@ -220,7 +220,9 @@ struct Worker {
     now_us: Arc<dyn Fn() -> i64 + Send + Sync>,
 }
 
-const INSERT: &str = "INSERT INTO usage_events (namespace, request_id, ts, agent_id, consumer_id, task_id, action, model, \
+/// The statement every event is written with (public so benchmarks insert
+/// exactly as the writer does).
+pub const INSERT_SQL: &str = "INSERT INTO usage_events (namespace, request_id, ts, agent_id, consumer_id, task_id, action, model, \
      tokens_in, tokens_out, cache_read_tokens, cache_write_tokens, duration_ms, api_calls, units, cost_nanos, source, metadata, fingerprint) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19) \
      ON CONFLICT (namespace, request_id) DO NOTHING";
@@ -236,7 +238,7 @@ impl<'c> Inserter<'c> {
     pub(crate) fn new(conn: &'c Connection) -> rusqlite::Result<Inserter<'c>> {
         Ok(Inserter {
             conn,
-            stmt: conn.prepare_cached(INSERT)?,
+            stmt: conn.prepare_cached(INSERT_SQL)?,
         })
     }
 

@@ -302,22 +302,11 @@ impl PyUsageEvent {
     }
 
     fn __richcmp__(&self, other: &Bound<'_, PyAny>, op: CompareOp) -> PyResult<Py<PyAny>> {
-        let py = other.py();
-        let Ok(other) = other.cast::<PyUsageEvent>() else {
-            return Ok(py.NotImplemented());
-        };
-        let equal = self.inner == other.get().inner;
-        match op {
-            CompareOp::Eq => Ok(pyo3::types::PyBool::new(py, equal)
-                .to_owned()
-                .into_any()
-                .unbind()),
-            CompareOp::Ne => Ok(pyo3::types::PyBool::new(py, !equal)
-                .to_owned()
-                .into_any()
-                .unbind()),
-            _ => Ok(py.NotImplemented()),
-        }
+        let equal = other
+            .cast::<PyUsageEvent>()
+            .ok()
+            .map(|o| self.inner == o.get().inner);
+        crate::python::errors::compare_eq(other.py(), equal, op)
     }
 
     fn __hash__(&self) -> u64 {
