@@ -1,0 +1,121 @@
+"""Rate limiting any FastAPI route: the middleware and the dependency."""
+
+from __future__ import annotations
+
+import pytest
+
+fastapi = pytest.importorskip("fastapi")
+httpx = pytest.importorskip("httpx")
+
+import usagewarden as uw  # noqa: E402
+from fastapi import Depends, FastAPI, Request  # noqa: E402
+from usagewarden.fastapi import RateLimitMiddleware, rate_limit  # noqa: E402
+
+LIMIT_HEADERS = ("ratelimit-limit", "ratelimit-remaining", "ratelimit-reset")
+
+
+def by_tenant(request: Request) -> str:
+    return request.headers.get("x-tenant", "anonymous")
+
+
+async def hit(app: FastAPI, path: str = "/", tenant: str = "t1") -> httpx.Response:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        return await client.get(path, headers={"x-tenant": tenant})
+
+
+def app_with_middleware(limiter: uw.RateLimiter, **kwargs: object) -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/")
+    async def index() -> dict[str, str]:
+        return {"ok": "yes"}
+
+    app.add_middleware(RateLimitMiddleware, limiter=limiter, key_func=by_tenant, **kwargs)
+    return app
+
+
+async def test_middleware_admits_then_refuses_with_retry_after() -> None:
+    clock = uw.ManualClock()
+    limiter = uw.RateLimiter(uw.RateLimits(requests_per_minute=2), clock=clock)
+    app = app_with_middleware(limiter)
+    first = await hit(app)
+    assert first.status_code == 200
+    assert [first.headers[h] for h in LIMIT_HEADERS] == ["2", "1", "60"]
+    assert first.headers["x-ratelimit-remaining"] == "1"
+    clock.advance(15)
+    second = await hit(app)
+    assert second.headers["ratelimit-remaining"] == "0"
+    third = await hit(app)
+    assert third.status_code == 429
+    # The first request leaves the window at t=60; now is t=15.
+    assert third.headers["retry-after"] == "45"
+    assert third.headers["ratelimit-reset"] == "45"
+    assert third.json()["detail"] == {
+        "code": "rate_limited",
+        "message": "rate limit exceeded",
+        "limit": "requests_per_minute",
+        "retry_after": 45.0,
+    }
+    assert (await hit(app, tenant="t2")).status_code == 200, "keys are separate"
+    clock.advance(45)
+    assert (await hit(app)).status_code == 200
+    assert limiter.usage("t1").requests == 2
+
+
+async def test_cost_func_charges_what_each_request_costs() -> None:
+    limiter = uw.RateLimiter(uw.RateLimits(cost_per_minute=1.0), clock=uw.ManualClock())
+
+    def cost(request: Request) -> dict[str, float]:
+        return {"requests": 1, "cost": 0.4}
+
+    app = app_with_middleware(limiter, cost_func=cost)
+    assert [(await hit(app)).status_code for _ in range(3)] == [200, 200, 429]
+    assert limiter.usage("t1").cost == pytest.approx(0.8)
+
+
+async def test_a_request_that_can_never_fit_is_refused_without_retry_after() -> None:
+    limiter = uw.RateLimiter(uw.RateLimits(cost_per_minute=1.0), clock=uw.ManualClock())
+    app = app_with_middleware(limiter, cost_func=lambda request: {"cost": 2.0})
+    response = await hit(app)
+    assert response.status_code == 429
+    assert "retry-after" not in response.headers
+    assert response.json()["detail"]["retry_after"] is None
+
+
+async def test_the_dependency_limits_one_route_only() -> None:
+    clock = uw.ManualClock()
+    limiter = uw.RateLimiter(uw.RateLimits(requests_per_second=1), clock=clock)
+    app = FastAPI()
+
+    @app.get("/limited", dependencies=[Depends(rate_limit(limiter, key_func=by_tenant))])
+    async def limited() -> dict[str, str]:
+        return {"ok": "yes"}
+
+    @app.get("/free")
+    async def free() -> dict[str, str]:
+        return {"ok": "yes"}
+
+    ok = await hit(app, "/limited")
+    assert ok.status_code == 200
+    assert ok.headers["ratelimit-limit"] == "1"
+    refused = await hit(app, "/limited")
+    assert refused.status_code == 429
+    assert refused.headers["retry-after"] == "1"
+    assert refused.json()["detail"]["code"] == "rate_limited"
+    assert (await hit(app, "/free")).status_code == 200
+    assert "ratelimit-limit" not in (await hit(app, "/free")).headers
+    clock.advance(1)
+    assert (await hit(app, "/limited")).status_code == 200
+
+
+def test_bad_arguments_are_refused_when_the_app_is_built() -> None:
+    limiter = uw.RateLimiter(uw.RateLimits(requests_per_second=1))
+    with pytest.raises(TypeError, match="limiter"):
+        rate_limit("not a limiter")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="key_func"):
+        rate_limit(limiter, key_func="ip")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="input_tokens"):
+        rate_limit(limiter, input_tokens=-1)
+    with pytest.raises(TypeError, match="cost_func"):
+        RateLimitMiddleware(FastAPI(), limiter, cost_func=3)  # type: ignore[arg-type]
