@@ -114,6 +114,9 @@ pub fn aggregate_by_time(
             Some((start, end)) if start <= ts && ts < end => (start, end),
             _ => (ts, ts + 1),
         };
+        // Never reach back into a bucket already counted (a clock change can
+        // make a bucket start before the previous one ended).
+        let start = cursor.map_or(start, |c: i64| start.max(c));
         let mut range = filters.clone();
         range.start_us = Some(range.start_us.map_or(start, |s| s.max(start)));
         range.end_us = Some(range.end_us.map_or(end - 1, |e| e.min(end - 1)));
