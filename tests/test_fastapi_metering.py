@@ -108,3 +108,17 @@ def test_bad_arguments_are_refused_when_the_app_is_built(tmp_path: Path) -> None
     with pytest.raises(TypeError, match="consumer_func"):
         MeteringMiddleware(make_app(), store, agent_id="api", consumer_func="x")  # type: ignore[arg-type]
     store.close()
+
+
+async def test_the_lifespan_commits_and_closes_the_store(tmp_path: Path) -> None:
+    from usagewarden.fastapi import store_lifespan
+
+    store = uw.AsyncSQLiteStore(tmp_path / "life.db")
+    app = FastAPI(lifespan=store_lifespan(store))
+    async with app.router.lifespan_context(app):
+        await store.record(uw.UsageEvent("api", "c"))
+        assert not store.closed
+    assert store.closed
+    assert uw.SQLiteStore(tmp_path / "life.db").stats().events == 1
+    with pytest.raises(TypeError, match="store"):
+        store_lifespan("db")  # type: ignore[arg-type]

@@ -15,7 +15,8 @@ import hmac
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,7 @@ __all__ = [
     "RateLimitMiddleware",
     "api_key_auth",
     "client_ip",
+    "store_lifespan",
     "rate_limit",
     "rate_limit_headers",
 ]
@@ -295,6 +297,9 @@ class MeteringMiddleware:
         self._pending: set[asyncio.Task[None]] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, self._draining_on_shutdown(receive), send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -339,7 +344,40 @@ class MeteringMiddleware:
         except Exception:  # metering must never affect the request it meters
             logger.exception("usagewarden: could not meter a request")
 
+    def _draining_on_shutdown(self, receive: Receive) -> Receive:
+        """Lets events still being recorded finish before the app's own
+        shutdown runs (which may close the store)."""
+
+        async def receive_and_drain() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.shutdown":
+                await self.drain()
+            return message
+
+        return receive_and_drain
+
     async def drain(self) -> None:
         """Waits for events still being recorded (for tests and shutdown)."""
         while self._pending:
             await asyncio.gather(*list(self._pending), return_exceptions=True)
+
+
+def store_lifespan(
+    store: SQLiteStore | AsyncSQLiteStore,
+) -> Callable[[Any], AbstractAsyncContextManager[None]]:
+    """A FastAPI ``lifespan`` that commits what the store has queued and
+    closes it when the app shuts down: ``FastAPI(lifespan=store_lifespan(store))``."""
+    if not isinstance(store, SQLiteStore | AsyncSQLiteStore):
+        raise TypeError("store: must be a usagewarden.SQLiteStore or AsyncSQLiteStore")
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            if isinstance(store, AsyncSQLiteStore):
+                await store.close()
+            else:
+                await asyncio.to_thread(store.close)
+
+    return lifespan
