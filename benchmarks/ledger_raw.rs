@@ -8,9 +8,9 @@
 //! ```
 //!
 //! Modes:
-//! - `raw` (default): plain rusqlite, the writer's exact INSERT statement,
-//!   `--batch` events per transaction (10,000, the writer's largest group),
-//!   nothing else: no queue, no validation, no counters. It runs on the
+//! - `raw` (default): plain rusqlite through the writer's own `Inserter` (its
+//!   exact statement and bindings), `--batch` events per transaction (10,000,
+//!   the writer's largest group), nothing else: no queue, no validation, no counters. It runs on the
 //!   store's own write connection (`SqliteStore::with_writer`), so the schema
 //!   and the pragmas (WAL, `synchronous`, `cache_size`...) are the store's,
 //!   whatever they are; the report lists them.
@@ -24,7 +24,7 @@
 //! exist yet (a fresh file, like the other rows of the benchmark).
 
 use rusqlite::types::ValueRef;
-use rusqlite::{params, Connection, TransactionBehavior};
+use rusqlite::{Connection, TransactionBehavior};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{mpsc, Arc};
@@ -32,10 +32,7 @@ use std::time::{Duration, Instant};
 use usagewarden::clock::SystemClock;
 use usagewarden::error::CoreError;
 use usagewarden::ledger::event::{new_request_id, UsageEvent, DEFAULT_ACTION, DEFAULT_NAMESPACE};
-use usagewarden::ledger::sqlite::{Durability, SqliteStore, StoreOptions, INSERT_SQL};
-
-/// The writer's own statement.
-const INSERT: &str = INSERT_SQL;
+use usagewarden::ledger::sqlite::{Durability, Inserter, SqliteStore, StoreOptions};
 
 const AGENTS: u64 = 50;
 const CONSUMERS: u64 = 5;
@@ -158,7 +155,7 @@ struct RawReport {
 }
 
 /// Plain rusqlite on the writer's own connection (so with its pragmas and
-/// statement cache, whatever they are): the writer's INSERT, `batch` events
+/// statement cache, whatever they are): the writer's `Inserter`, `batch` events
 /// per transaction, nothing else.
 fn insert_raw(
     conn: &mut Connection,
@@ -183,29 +180,9 @@ fn insert_raw(
     for chunk in events.chunks(batch) {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         {
-            let mut stmt = tx.prepare_cached(INSERT)?;
+            let mut inserter = Inserter::new(&tx)?;
             for e in chunk {
-                stmt.execute(params![
-                    e.namespace,
-                    e.request_id,
-                    e.timestamp_us,
-                    e.agent_id,
-                    e.consumer_id,
-                    e.task_id,
-                    e.action,
-                    e.model,
-                    e.tokens_in as i64,
-                    e.tokens_out as i64,
-                    e.cache_read_tokens as i64,
-                    e.cache_write_tokens as i64,
-                    e.duration_ms as i64,
-                    e.api_calls as i64,
-                    e.units as i64,
-                    e.cost_nanos.map(|c| c as i64),
-                    e.source,
-                    e.metadata,
-                    e.fingerprint(),
-                ])?;
+                inserter.insert(e)?;
             }
         }
         tx.commit()?;

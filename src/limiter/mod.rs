@@ -143,23 +143,18 @@ impl Inner {
         usage: &Usage,
         create: bool,
     ) -> Fit {
-        let mut fit: Option<Fit> = None;
-        for (i, key) in keys.iter().enumerate() {
+        let fit = keys.iter().enumerate().map(|(i, key)| {
             let key = key.as_ref();
             let shard = locked.shard(i);
-            let this = if create || shard.keys.contains_key(key) {
+            if create || shard.keys.contains_key(key) {
                 let (_, state) = shard.state(key, self);
                 state.evict(now);
                 state.evaluate(now, usage, i)
             } else {
                 KeyState::new(self.limits_for(key), 0).evaluate(now, usage, i)
-            };
-            fit = Some(match fit {
-                None => this,
-                Some(f) => f.and(this),
-            });
-        }
-        fit.unwrap_or(Fit::Fits {
+            }
+        });
+        fit.reduce(Fit::and).unwrap_or(Fit::Fits {
             remaining: state::unlimited(),
             binding: None,
             binding_share: f64::INFINITY,
@@ -192,19 +187,14 @@ impl Inner {
         usage: &Usage,
         me: Option<&Arc<waiter::Waiter>>,
     ) -> Fit {
-        let mut fit: Option<Fit> = None;
-        for (i, key) in keys.iter().enumerate() {
+        let fit = keys.iter().enumerate().map(|(i, key)| {
             let key = key.as_ref();
-            let this = match locked.shard(i).keys.get(key) {
+            match locked.shard(i).keys.get(key) {
                 Some(state) => state.evaluate_behind_queue(now, usage, i, me),
                 None => KeyState::new(self.limits_for(key), 0).evaluate(now, usage, i),
-            };
-            fit = Some(match fit {
-                None => this,
-                Some(f) => f.and(this),
-            });
-        }
-        fit.expect("keys are never empty")
+            }
+        });
+        fit.reduce(Fit::and).expect("keys are never empty")
     }
 
     fn queued<S: AsRef<str>>(&self, locked: &mut Locked<'_>, keys: &[S]) -> Option<Usage> {

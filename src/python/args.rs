@@ -17,6 +17,25 @@ fn type_name(obj: &Bound<'_, PyAny>) -> String {
         .unwrap_or_else(|_| "object".into())
 }
 
+/// A `str` argument, copied out; anything else is a `TypeError` naming it.
+pub(crate) fn text(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<String> {
+    let s = obj.cast::<PyString>().map_err(|_| {
+        PyTypeError::new_err(format!("{name} must be a str, not {}", type_name(obj)))
+    })?;
+    Ok(s.to_cow()?.into_owned())
+}
+
+/// A `str` argument that may be missing or `None`.
+pub(crate) fn optional_text(
+    obj: Option<&Bound<'_, PyAny>>,
+    name: &str,
+) -> PyResult<Option<String>> {
+    match obj {
+        Some(o) if !o.is_none() => text(o, name).map(Some),
+        _ => Ok(None),
+    }
+}
+
 /// A non-negative integer count up to 2**63 - 1.
 pub(crate) fn count(obj: Option<&Bound<'_, PyAny>>, name: &str, default: u64) -> PyResult<u64> {
     let Some(obj) = obj else { return Ok(default) };

@@ -220,29 +220,29 @@ struct Worker {
     now_us: Arc<dyn Fn() -> i64 + Send + Sync>,
 }
 
-/// The statement every event is written with (public so benchmarks insert
-/// exactly as the writer does).
-pub const INSERT_SQL: &str = "INSERT INTO usage_events (namespace, request_id, ts, agent_id, consumer_id, task_id, action, model, \
+/// The statement every event is written with.
+const INSERT_SQL: &str = "INSERT INTO usage_events (namespace, request_id, ts, agent_id, consumer_id, task_id, action, model, \
      tokens_in, tokens_out, cache_read_tokens, cache_write_tokens, duration_ms, api_calls, units, cost_nanos, source, metadata, fingerprint) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19) \
      ON CONFLICT (namespace, request_id) DO NOTHING";
 
 /// Inserts events inside the caller's transaction, with the statement
-/// prepared once per transaction rather than looked up per event.
-pub(crate) struct Inserter<'c> {
+/// prepared once per transaction rather than looked up per event. Public so
+/// that benchmarks insert exactly as the writer does.
+pub struct Inserter<'c> {
     conn: &'c Connection,
     stmt: rusqlite::CachedStatement<'c>,
 }
 
 impl<'c> Inserter<'c> {
-    pub(crate) fn new(conn: &'c Connection) -> rusqlite::Result<Inserter<'c>> {
+    pub fn new(conn: &'c Connection) -> rusqlite::Result<Inserter<'c>> {
         Ok(Inserter {
             conn,
             stmt: conn.prepare_cached(INSERT_SQL)?,
         })
     }
 
-    pub(crate) fn insert(&mut self, e: &UsageEvent) -> rusqlite::Result<Outcome> {
+    pub fn insert(&mut self, e: &UsageEvent) -> rusqlite::Result<Outcome> {
         insert_with(self.conn, &mut self.stmt, e)
     }
 }

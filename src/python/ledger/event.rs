@@ -22,30 +22,6 @@ fn json(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
         .bind(py))
 }
 
-fn text(value: &Bound<'_, PyAny>, name: &str) -> PyResult<String> {
-    value
-        .cast::<PyString>()
-        .map_err(|_| {
-            PyTypeError::new_err(format!(
-                "{name} must be a str, not {}",
-                value
-                    .get_type()
-                    .name()
-                    .map(|n| n.to_string())
-                    .unwrap_or_default()
-            ))
-        })?
-        .to_cow()
-        .map(|c| c.into_owned())
-}
-
-fn optional_text(value: Option<&Bound<'_, PyAny>>, name: &str) -> PyResult<Option<String>> {
-    match value {
-        Some(v) if !v.is_none() => text(v, name).map(Some),
-        _ => Ok(None),
-    }
-}
-
 /// One billable action of an agent. Immutable and validated on construction.
 #[pyclass(frozen, name = "UsageEvent", module = "usagewarden")]
 pub struct PyUsageEvent {
@@ -121,13 +97,13 @@ impl PyUsageEvent {
             _ => None,
         };
         let event = UsageEvent {
-            agent_id: text(agent_id, "agent_id")?,
-            consumer_id: text(consumer_id, "consumer_id")?,
-            task_id: optional_text(task_id, "task_id")?,
-            namespace: optional_text(namespace, "namespace")?
+            agent_id: args::text(agent_id, "agent_id")?,
+            consumer_id: args::text(consumer_id, "consumer_id")?,
+            task_id: args::optional_text(task_id, "task_id")?,
+            namespace: args::optional_text(namespace, "namespace")?
                 .unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
-            action: optional_text(action, "action")?.unwrap_or_else(|| DEFAULT_ACTION.into()),
-            model: optional_text(model, "model")?,
+            action: args::optional_text(action, "action")?.unwrap_or_else(|| DEFAULT_ACTION.into()),
+            model: args::optional_text(model, "model")?,
             tokens_in: args::count(tokens_in, "tokens_in", 0)?,
             tokens_out: args::count(tokens_out, "tokens_out", 0)?,
             cache_read_tokens: args::count(cache_read_tokens, "cache_read_tokens", 0)?,
@@ -140,8 +116,9 @@ impl PyUsageEvent {
                 Some(t) if !t.is_none() => pytime::to_us(t, "timestamp", false)?,
                 _ => pytime::now_us(),
             },
-            request_id: optional_text(request_id, "request_id")?.unwrap_or_else(new_request_id),
-            source: optional_text(source, "source")?,
+            request_id: args::optional_text(request_id, "request_id")?
+                .unwrap_or_else(new_request_id),
+            source: args::optional_text(source, "source")?,
             metadata,
         };
         event.validate().py_err(py)?;

@@ -15,7 +15,7 @@ use crate::python::errors::IntoPyResult;
 use parking_lot::Mutex;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyString};
+use pyo3::types::PyDict;
 use pyo3::IntoPyObjectExt;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
@@ -76,10 +76,7 @@ impl StoreCore {
             .map(|ns| (ns / 1_000) as i64);
         let durability = match durability {
             Some(d) if !d.is_none() => {
-                let d = d
-                    .cast::<PyString>()
-                    .map_err(|_| PyTypeError::new_err("durability must be a str"))?;
-                Durability::parse(&d.to_cow()?).py_err(py)?
+                Durability::parse(&args::text(d, "durability")?).py_err(py)?
             }
             _ => Durability::Batch,
         };
@@ -162,9 +159,9 @@ impl StoreCore {
         tz: Option<&Bound<'_, PyAny>>,
         kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Job<Vec<PyAggregate>>> {
-        let group_by = string(group_by, "group_by")?;
+        let group_by = args::text(group_by, "group_by")?;
         let tz = match tz {
-            Some(t) if !t.is_none() => string(t, "tz")?,
+            Some(t) if !t.is_none() => args::text(t, "tz")?,
             _ => "UTC".to_string(),
         };
         let filters = filters::from_kwargs(kwargs)?;
@@ -234,7 +231,7 @@ impl StoreCore {
     ) -> PyResult<Job<u64>> {
         let py = dest.py();
         let format = match format {
-            Some(f) if !f.is_none() => Format::parse(&string(f, "format")?).py_err(py)?,
+            Some(f) if !f.is_none() => Format::parse(&args::text(f, "format")?).py_err(py)?,
             _ => Format::Csv,
         };
         let limit = args::optional_count(limit, "limit")?;
@@ -274,14 +271,6 @@ impl StoreCore {
     fn retention_seconds(&self) -> Option<f64> {
         self.store.retention_us().map(|us| us as f64 / 1e6)
     }
-}
-
-fn string(value: &Bound<'_, PyAny>, name: &str) -> PyResult<String> {
-    Ok(value
-        .cast::<PyString>()
-        .map_err(|_| PyTypeError::new_err(format!("{name} must be a str")))?
-        .to_cow()?
-        .into_owned())
 }
 
 /// Generates the two store classes from one list of methods: the sync class
