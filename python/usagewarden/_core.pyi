@@ -4,7 +4,7 @@ import datetime
 import os
 from collections.abc import Coroutine, Generator, Iterable
 from types import TracebackType
-from typing import IO, Any, Generic, Literal, TypeAlias, TypedDict, TypeVar, final
+from typing import IO, Any, Generic, Literal, Protocol, TypeAlias, TypedDict, TypeVar, final
 
 from typing_extensions import Unpack
 
@@ -435,7 +435,12 @@ class StoreStats:
     def size_bytes(self) -> int: ...
     def to_dict(self) -> dict[str, Any]: ...
 
-_Dest: TypeAlias = str | os.PathLike[str] | IO[str] | IO[bytes]
+class _Writer(Protocol):
+    """Any object with ``write(bytes)``: a binary file, a socket wrapper, a pipe."""
+
+    def write(self, data: bytes, /) -> object: ...
+
+_Dest: TypeAlias = str | os.PathLike[str] | IO[str] | IO[bytes] | _Writer
 
 @final
 class SQLiteStore:
@@ -464,6 +469,14 @@ class SQLiteStore:
     def query(
         self, *, limit: int | None = None, offset: int | None = None, **filters: Unpack[_Filters]
     ) -> list[UsageEvent]: ...
+    def page(
+        self,
+        *,
+        limit: int = 100,
+        offset: int = 0,
+        cursor: str | None = None,
+        **filters: Unpack[_Filters],
+    ) -> tuple[list[UsageEvent], str | None]: ...
     def aggregate(
         self, group_by: _GroupBy, *, tz: str = "UTC", **filters: Unpack[_Filters]
     ) -> list[Aggregate]: ...
@@ -512,6 +525,14 @@ class AsyncSQLiteStore:
     async def query(
         self, *, limit: int | None = None, offset: int | None = None, **filters: Unpack[_Filters]
     ) -> list[UsageEvent]: ...
+    async def page(
+        self,
+        *,
+        limit: int = 100,
+        offset: int = 0,
+        cursor: str | None = None,
+        **filters: Unpack[_Filters],
+    ) -> tuple[list[UsageEvent], str | None]: ...
     async def aggregate(
         self, group_by: _GroupBy, *, tz: str = "UTC", **filters: Unpack[_Filters]
     ) -> list[Aggregate]: ...

@@ -1,6 +1,7 @@
 //! The usage ledger: one append-only event per billable action.
 
 pub mod buckets;
+pub mod cursor;
 pub mod event;
 pub mod export;
 pub mod filters;

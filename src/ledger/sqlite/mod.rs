@@ -12,6 +12,7 @@ pub use writer::{Inserter, LogLevel, Outcome, WriteJob, MAX_GROUP, QUEUE_CAPACIT
 use crate::clock::Clock;
 use crate::error::{CoreError, CoreResult};
 use crate::ledger::buckets::{parse_tz, GroupBy};
+use crate::ledger::cursor::Cursor;
 use crate::ledger::event::UsageEvent;
 use crate::ledger::export::{write_events, Format};
 use crate::ledger::filters::Filters;
@@ -265,6 +266,25 @@ impl SqliteStore {
     ) -> CoreResult<Vec<UsageEvent>> {
         filters.validate()?;
         self.read(|c| read::query(c, filters, limit, offset))
+    }
+
+    /// One page of at most `limit` events, skipping `offset`, after `cursor`
+    /// (a token from the previous page, made under the same filters), and
+    /// the next page's token.
+    pub fn page(
+        &self,
+        filters: &Filters,
+        limit: u64,
+        offset: u64,
+        cursor: Option<&str>,
+    ) -> CoreResult<(Vec<UsageEvent>, Option<String>)> {
+        filters.validate()?;
+        if limit == 0 {
+            return Err(CoreError::InvalidArgument("limit", "must be at least 1".into()));
+        }
+        let after = cursor.map(|c| Cursor::decode(c, filters)).transpose()?;
+        let (events, next) = self.read(|c| read::page(c, filters, after, limit, offset))?;
+        Ok((events, next.map(|n| n.encode())))
     }
 
     pub fn aggregate(

@@ -3,6 +3,7 @@
 
 use crate::error::CoreResult;
 use crate::ledger::buckets::{parse_tz, GroupBy};
+use crate::ledger::cursor::Cursor;
 use crate::ledger::event::UsageEvent;
 use crate::ledger::filters::Filters;
 use rusqlite::types::Value;
@@ -47,6 +48,42 @@ pub fn select_events(filters: &Filters, limit: Option<u64>, offset: u64) -> (Str
         params.push(Value::Integer(offset.min(i64::MAX as u64) as i64));
     }
     (sql, params)
+}
+
+/// One page in ledger order starting `offset` events after `after`, and the cursor of the
+/// page that follows (`None` on the last page). Reads `limit + 1` rows so a
+/// full last page does not promise an empty one.
+pub fn page(
+    conn: &Connection,
+    filters: &Filters,
+    after: Option<Cursor>,
+    limit: u64,
+    offset: u64,
+) -> CoreResult<(Vec<UsageEvent>, Option<Cursor>)> {
+    let (clause, mut params) = filters.where_clause();
+    let mut sql = format!("SELECT {EVENT_COLUMNS}, id FROM usage_events {clause}");
+    if let Some(after) = after {
+        sql.push_str(if clause.is_empty() { " WHERE" } else { " AND" });
+        sql.push_str(" (ts, id) > (?, ?)");
+        params.push(Value::Integer(after.ts_us));
+        params.push(Value::Integer(after.id));
+    }
+    sql.push_str(" ORDER BY ts, id LIMIT ? OFFSET ?");
+    params.push(Value::Integer(limit.saturating_add(1).min(i64::MAX as u64) as i64));
+    params.push(Value::Integer(offset.min(i64::MAX as u64) as i64));
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt
+        .query_map(params_from_iter(params), |row| {
+            Ok((event_from_row(row)?, row.get::<_, i64>(18)?))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let more = rows.len() as u64 > limit;
+    rows.truncate(limit as usize);
+    let next = match rows.last() {
+        Some((event, id)) if more => Some(Cursor::after(event.timestamp_us, *id, filters)),
+        _ => None,
+    };
+    Ok((rows.into_iter().map(|(event, _)| event).collect(), next))
 }
 
 pub fn query(

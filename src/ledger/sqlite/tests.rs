@@ -297,3 +297,51 @@ fn closed_stores_refuse_work() {
     ));
     assert!(store.flush().is_err());
 }
+
+#[test]
+fn pages_neither_skip_nor_repeat_while_events_arrive() {
+    let dir = tempdir();
+    let store = store_at(&dir, "p.db", Durability::Commit, manual_at(100 * S_US));
+    // Several events share a timestamp, so the cursor must order by id too.
+    for i in 0..25 {
+        store
+            .record(event(&format!("agent-{i}"), (10 + i / 4) * S_US, 1))
+            .unwrap();
+    }
+    let filters = Filters::default();
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let (events, next) = store.page(&filters, 7, 0, cursor.as_deref()).unwrap();
+        pages += 1;
+        seen.extend(events.iter().map(|e| e.agent_id.clone()));
+        // A newer event arriving between pages lands at the end, read once.
+        if pages == 2 {
+            store.record(event("late", 90 * S_US, 1)).unwrap();
+        }
+        match next {
+            Some(n) => cursor = Some(n),
+            None => break,
+        }
+    }
+    let mut expected: Vec<String> = (0..25).map(|i| format!("agent-{i}")).collect();
+    expected.push("late".into());
+    assert_eq!(seen, expected);
+    assert_eq!(pages, 4, "26 events in pages of 7, no empty trailing page");
+
+    let other = Filters {
+        agent_id: Some("agent-1".into()),
+        ..Filters::default()
+    };
+    let (_, next) = store.page(&filters, 3, 0, None).unwrap();
+    let err = store.page(&other, 3, 0, next.as_deref()).unwrap_err();
+    assert!(matches!(err, CoreError::InvalidArgument("cursor", _)));
+    assert!(matches!(
+        store.page(&filters, 0, 0, None).unwrap_err(),
+        CoreError::InvalidArgument("limit", _)
+    ));
+    let (skipped, _) = store.page(&filters, 2, 24, None).unwrap();
+    let names: Vec<_> = skipped.iter().map(|e| e.agent_id.as_str()).collect();
+    assert_eq!(names, ["agent-24", "late"], "offset 24 of 26 leaves two");
+}

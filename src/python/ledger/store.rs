@@ -153,6 +153,24 @@ impl StoreCore {
         }))
     }
 
+    fn page(
+        &self,
+        limit: Option<&Bound<'_, PyAny>>,
+        offset: Option<&Bound<'_, PyAny>>,
+        cursor: Option<&Bound<'_, PyAny>>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Job<(Vec<PyUsageEvent>, Option<String>)>> {
+        let filters = filters::from_kwargs(kwargs)?;
+        let limit = args::count(limit, "limit", 100)?;
+        let offset = args::count(offset, "offset", 0)?;
+        let cursor = args::optional_text(cursor, "cursor")?;
+        let store = self.store.clone();
+        Ok(job(move || {
+            let (events, next) = store.page(&filters, limit, offset, cursor.as_deref())?;
+            Ok((events.into_iter().map(PyUsageEvent::wrap).collect(), next))
+        }))
+    }
+
     fn aggregate(
         &self,
         group_by: &Bound<'_, PyAny>,
@@ -340,6 +358,22 @@ macro_rules! store_class {
                 filters: Option<&Bound<'py, PyDict>>,
             ) -> PyResult<$ret> {
                 $run(py, self.core.query(limit, offset, filters)?)
+            }
+
+            /// One page of events in ledger order and the cursor of the next page
+            /// (`None` after the last). Pass that cursor, with the same filters,
+            /// for the next page: events recorded meanwhile are neither skipped
+            /// nor repeated, however deep the page.
+            #[pyo3(signature = (*, limit=None, offset=None, cursor=None, **filters), text_signature = "(self, *, limit=100, offset=0, cursor=None, **filters)")]
+            fn page<'py>(
+                &self,
+                py: Python<'py>,
+                limit: Option<&Bound<'py, PyAny>>,
+                offset: Option<&Bound<'py, PyAny>>,
+                cursor: Option<&Bound<'py, PyAny>>,
+                filters: Option<&Bound<'py, PyDict>>,
+            ) -> PyResult<$ret> {
+                $run(py, self.core.page(limit, offset, cursor, filters)?)
             }
 
             /// Totals per agent, consumer, model, action, namespace, or per hour,

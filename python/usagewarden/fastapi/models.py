@@ -1,0 +1,173 @@
+"""Request and response bodies of the usage API, as they appear in its
+OpenAPI schema. Every time is ISO 8601 with a UTC offset."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
+
+#: Most events one ``POST /batch`` takes.
+MAX_BATCH = 1000
+
+_Id = Annotated[str, Field(min_length=1, max_length=256)]
+_Count = Annotated[int, Field(ge=0, le=2**63 - 1)]
+
+
+class EventIn(BaseModel):
+    """One event to record. ``namespace`` defaults to the caller's; a
+    ``request_id`` makes retries idempotent (one is generated when absent)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    agent_id: _Id
+    consumer_id: _Id
+    task_id: _Id | None = None
+    namespace: _Id | None = None
+    action: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_.:-]{0,63}$")] = "llm.request"
+    model: _Id | None = None
+    tokens_in: _Count = 0
+    tokens_out: _Count = 0
+    cache_read_tokens: _Count = 0
+    cache_write_tokens: _Count = 0
+    duration_ms: _Count = 0
+    api_calls: _Count = 0
+    units: _Count = 0
+    cost: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = Field(
+        None, description="USD; null when unknown (never a silent zero)."
+    )
+    timestamp: AwareDatetime | None = Field(
+        None, description="When it happened, with an offset; defaults to now."
+    )
+    request_id: _Id | None = None
+    source: _Id | None = None
+    metadata: dict[str, Any] | None = Field(
+        None, description="Free-form JSON object; values under secret-like keys are redacted."
+    )
+
+
+EventBatch = Annotated[list[EventIn], Field(min_length=1, max_length=MAX_BATCH)]
+event_adapter: TypeAdapter[EventIn] = TypeAdapter(EventIn)
+batch_adapter: TypeAdapter[list[EventIn]] = TypeAdapter(EventBatch)
+
+
+class EventOut(BaseModel):
+    agent_id: str
+    consumer_id: str
+    task_id: str | None
+    namespace: str
+    action: str
+    model: str | None
+    tokens_in: int
+    tokens_out: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    duration_ms: int
+    api_calls: int
+    units: int
+    cost: float | None
+    timestamp: AwareDatetime
+    request_id: str
+    source: str | None
+    metadata: dict[str, Any] | None
+
+
+class EventPage(BaseModel):
+    events: list[EventOut]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor`, with the same filters, for the next page; null on the last."
+    )
+
+
+class Totals(BaseModel):
+    group: str | None
+    events: int
+    tokens_in: int
+    tokens_out: int
+    total_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    duration_ms: int
+    api_calls: int
+    units: int
+    cost: float | None = Field(description="Sum of known costs; null when none is known.")
+    unpriced_events: int
+    unique_agents: int
+    unique_consumers: int
+
+
+class AggregateOut(BaseModel):
+    group_by: str
+    tz: str
+    groups: list[Totals]
+
+
+class Count(BaseModel):
+    id: str
+    events: int
+
+
+class CountList(BaseModel):
+    items: list[Count]
+
+
+class StoreHealth(BaseModel):
+    retention_seconds: float | None
+    queued: int
+    write_errors: int
+    size_bytes: int
+
+
+class StatsOut(BaseModel):
+    namespace: str | None = Field(description="The namespace counted; null for all.")
+    events: int
+    unique_agents: int
+    unique_consumers: int
+    store: StoreHealth
+
+
+class Recorded(BaseModel):
+    request_id: str
+    namespace: str
+    created: bool = Field(description="False when the same event was recorded before.")
+
+
+class BatchRecorded(BaseModel):
+    received: int
+    inserted: int
+    duplicates: int
+
+
+class FieldError(BaseModel):
+    loc: list[str | int] = Field(description='Where, e.g. ["body", 3, "tokens_in"].')
+    msg: str
+    type: str
+
+
+class Validation(BaseModel):
+    valid: bool
+    errors: list[FieldError]
+
+
+class Purged(BaseModel):
+    purged: int
+
+
+class ErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    code: str = Field(description="Stable, machine-readable, e.g. `forbidden_namespace`.")
+    message: str
+    errors: list[FieldError] | None = None
+
+
+class ErrorResponse(BaseModel):
+    """The shape of every error this API returns."""
+
+    detail: ErrorDetail
+
+
+ExportFormat = Literal["csv", "json", "ndjson"]
+GroupBy = Literal[
+    "agent", "consumer", "model", "action", "namespace", "hour", "day", "week", "month"
+]

@@ -1,0 +1,539 @@
+"""``usage_router``: the ledger as an authenticated HTTP API, each caller
+confined to its own namespace."""
+
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import AwareDatetime, TypeAdapter, ValidationError
+
+from .._core import AsyncSQLiteStore, RateLimiter, UsageEvent
+from ..errors import ConflictError, StoreError
+from ._errors import api_error
+from ._export_stream import stream_export
+from ._requests import UsageRoute, argument_of, field_errors, parse_json, read_body
+from .auth import SCOPE_ADMIN, SCOPE_READ, SCOPE_WRITE, Principal
+from .models import (
+    MAX_BATCH,
+    AggregateOut,
+    BatchRecorded,
+    CountList,
+    ErrorResponse,
+    EventIn,
+    EventPage,
+    ExportFormat,
+    GroupBy,
+    Purged,
+    Recorded,
+    StatsOut,
+    Totals,
+    Validation,
+    batch_adapter,
+    event_adapter,
+)
+from .rate_limit import rate_limit_headers, refusal_detail
+
+logger = logging.getLogger("usagewarden")
+
+_ANONYMOUS = Principal("anonymous", scopes=frozenset({SCOPE_READ, SCOPE_WRITE, SCOPE_ADMIN}))
+_MEDIA_TYPES = {
+    "csv": "text/csv; charset=utf-8",
+    "json": "application/json",
+    "ndjson": "application/x-ndjson",
+}
+_UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]+")
+_ANY_JSON: TypeAdapter[Any] = TypeAdapter(Any)
+_RETRY_HINT = (
+    "A retry is the same event only with the same content, timestamp included: "
+    "send the timestamp along with the request_id"
+)
+
+
+@dataclass(frozen=True)
+class Access:
+    """A caller and the namespace it is confined to (``None``: every
+    namespace, only when the router was mounted without authentication)."""
+
+    principal: Principal
+    namespace: str | None
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": ErrorResponse} for status in statuses}
+
+
+async def _filters(
+    namespace: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
+    agent_id: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
+    consumer_id: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
+    task_id: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
+    model: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
+    action: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    start: Annotated[
+        AwareDatetime | None, Query(description="Inclusive; ISO 8601 with an offset.")
+    ] = None,
+    end: Annotated[
+        AwareDatetime | None, Query(description="Inclusive; ISO 8601 with an offset.")
+    ] = None,
+) -> dict[str, Any]:
+    """The ledger filters, from the query string."""
+    given = {
+        "namespace": namespace,
+        "agent_id": agent_id,
+        "consumer_id": consumer_id,
+        "task_id": task_id,
+        "model": model,
+        "action": action,
+        "start": start,
+        "end": end,
+    }
+    if start is not None and end is not None and start > end:
+        raise api_error(
+            422,
+            "invalid_request",
+            "start must not be after end",
+            errors=[
+                {"loc": ["query", "start"], "msg": "must not be after end", "type": "value_error"}
+            ],
+        )
+    return {name: value for name, value in given.items() if value is not None}
+
+
+Filters = Annotated[dict[str, Any], Depends(_filters)]
+
+
+def _confine(access: Access, filters: dict[str, Any]) -> dict[str, Any]:
+    """``filters`` limited to the caller's namespace; asking for another is a 403."""
+    if access.namespace is None:
+        return filters
+    asked = filters.get("namespace")
+    if asked is not None and asked != access.namespace:
+        raise _forbidden_namespace(asked)
+    return {**filters, "namespace": access.namespace}
+
+
+def _forbidden_namespace(namespace: str) -> Exception:
+    return api_error(
+        403, "forbidden_namespace", f"the credentials do not give access to namespace {namespace!r}"
+    )
+
+
+def _store_unavailable(exc: Exception) -> Exception:
+    logger.error("usagewarden: the usage store failed: %s", exc)
+    return api_error(503, "store_unavailable", "the usage store is unavailable; retry later")
+
+
+def _bad_argument(exc: Exception, where: Sequence[str | int]) -> Exception:
+    name = argument_of(exc)
+    loc = [*where, name] if name else list(where)
+    return api_error(
+        422,
+        "invalid_request",
+        str(exc),
+        errors=[{"loc": loc, "msg": str(exc), "type": "value_error"}],
+    )
+
+
+def _to_event(item: EventIn, access: Access, where: Sequence[str | int]) -> UsageEvent:
+    fields = {name: value for name, value in item.__dict__.items() if value is not None}
+    namespace = fields.pop("namespace", None)
+    if access.namespace is not None:
+        if namespace is not None and namespace != access.namespace:
+            raise _forbidden_namespace(namespace)
+        namespace = access.namespace
+    try:
+        return UsageEvent(
+            fields.pop("agent_id"),
+            fields.pop("consumer_id"),
+            namespace=namespace or "default",
+            **fields,
+        )
+    except (ValueError, TypeError) as exc:
+        raise _bad_argument(exc, where) from None
+
+
+def _body_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def _event_dicts(events: list[UsageEvent]) -> list[dict[str, Any]]:
+    return [event.to_dict() for event in events]
+
+
+def usage_router(
+    store: AsyncSQLiteStore,
+    *,
+    auth: Callable[..., Awaitable[Principal]] | Callable[..., Principal] | None,
+    prefix: str = "/usage",
+    rate_limiter: RateLimiter | None = None,
+    max_page: int = 1000,
+    max_export_rows: int = 100_000,
+    max_body_bytes: int = 8 * 1024 * 1024,
+    allow_unauthenticated: bool = False,
+    tags: Sequence[str] = ("usage",),
+) -> APIRouter:
+    """The ledger as an HTTP API: ``app.include_router(usage_router(store, auth=…))``.
+
+    ``auth`` is a dependency returning the caller's ``Principal`` (see
+    ``api_key_auth``). Reads need ``usage:read``, records ``usage:write``,
+    purge and export ``usage:admin``; every read and write is confined to the
+    principal's namespace. Mounting without authentication takes
+    ``auth=None, allow_unauthenticated=True`` and logs a warning.
+    ``rate_limiter`` admits each request under the principal's id.
+    """
+    if not isinstance(store, AsyncSQLiteStore):
+        raise TypeError("store: must be a usagewarden.AsyncSQLiteStore")
+    if auth is None and not allow_unauthenticated:
+        raise ValueError(
+            "auth: is required; pass a dependency such as api_key_auth({...}), or "
+            "auth=None with allow_unauthenticated=True to serve the ledger to anyone"
+        )
+    if auth is not None and not callable(auth):
+        raise TypeError("auth: must be a FastAPI dependency returning a Principal")
+    if rate_limiter is not None and not isinstance(rate_limiter, RateLimiter):
+        raise TypeError("rate_limiter: must be a usagewarden.RateLimiter or None")
+    for name, value in (
+        ("max_page", max_page),
+        ("max_export_rows", max_export_rows),
+        ("max_body_bytes", max_body_bytes),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}: must be a positive int, got {value!r}")
+    if not isinstance(prefix, str) or (
+        prefix and (not prefix.startswith("/") or prefix.endswith("/"))
+    ):
+        raise ValueError(f"prefix: must start with '/' and not end with one, got {prefix!r}")
+
+    if auth is None:
+        logger.warning(
+            "usagewarden: the usage API at %r is mounted WITHOUT authentication; anyone who can "
+            "reach it can read, record, purge and export usage",
+            prefix or "/",
+        )
+
+        async def anonymous() -> Principal:
+            return _ANONYMOUS
+
+        authenticate: Callable[..., Any] = anonymous
+    else:
+        authenticate = auth
+
+    async def checked_principal(
+        request: Request, principal: Annotated[Any, Depends(authenticate)]
+    ) -> Principal:
+        if not isinstance(principal, Principal):
+            logger.error(
+                "usagewarden: the auth dependency returned %r, not a Principal", type(principal)
+            )
+            raise api_error(500, "misconfigured", "the server's authentication is misconfigured")
+        if rate_limiter is not None:
+            decision = rate_limiter.try_acquire(principal.id)
+            headers = rate_limit_headers(decision)
+            if not decision.allowed:
+                raise HTTPException(429, detail=refusal_detail(decision), headers=headers)
+            request.state.usagewarden_headers = headers
+        return principal
+
+    def requires(scope: str) -> Callable[..., Awaitable[Access]]:
+        async def access(principal: Annotated[Principal, Depends(checked_principal)]) -> Access:
+            if not principal.has_scope(scope):
+                raise api_error(
+                    403, "missing_scope", f"the credentials lack the {scope!r} scope", scope=scope
+                )
+            return Access(principal, None if auth is None else principal.namespace)
+
+        return access
+
+    Reader = Annotated[Access, Depends(requires(SCOPE_READ))]
+    Writer = Annotated[Access, Depends(requires(SCOPE_WRITE))]
+    Admin = Annotated[Access, Depends(requires(SCOPE_ADMIN))]
+    secured = _errors(401, 403, 422, 429, 503)
+
+    router = APIRouter(prefix=prefix, tags=list(tags), route_class=UsageRoute)
+
+    @router.get("", response_model=EventPage, responses=secured, summary="List events")
+    async def list_events(
+        access: Reader,
+        filters: Filters,
+        limit: Annotated[int, Query(ge=1, le=max_page)] = 100,
+        offset: Annotated[int, Query(ge=0, le=2**62)] = 0,
+        cursor: Annotated[
+            str | None, Query(max_length=128, description="`next_cursor` of the previous page.")
+        ] = None,
+    ) -> Response:
+        """Events in ledger order (oldest first). Follow `next_cursor` for
+        deep pages: events recorded meanwhile are neither skipped nor repeated."""
+        scoped = _confine(access, filters)
+        try:
+            events, next_cursor = await store.page(
+                limit=limit, offset=offset, cursor=cursor, **scoped
+            )
+        except (ValueError, TypeError) as exc:
+            raise _bad_argument(exc, ["query"]) from None
+        except StoreError as exc:
+            raise _store_unavailable(exc) from None
+        return JSONResponse({"events": _event_dicts(events), "next_cursor": next_cursor})
+
+    @router.post(
+        "",
+        status_code=201,
+        response_model=Recorded,
+        responses={
+            200: {"model": Recorded, "description": "Recorded before: nothing changed."},
+            **_errors(400, 401, 403, 409, 413, 422, 429, 503),
+        },
+        openapi_extra=_body_schema(event_adapter.json_schema()),
+        summary="Record one event",
+    )
+    async def record_event(request: Request, access: Writer) -> Response:
+        """Durable before the response: 201 when new, 200 when the same event
+        (same `request_id` and content) was recorded before, 409 when the
+        `request_id` was used for different content."""
+        item = parse_json(event_adapter, await read_body(request, max_body_bytes))
+        event = _to_event(item, access, ["body"])
+        inserted = await _record(store, [event])
+        body = {
+            "request_id": event.request_id,
+            "namespace": event.namespace,
+            "created": inserted == 1,
+        }
+        return JSONResponse(body, status_code=201 if inserted else 200)
+
+    @router.post(
+        "/batch",
+        status_code=201,
+        response_model=BatchRecorded,
+        responses={
+            200: {"model": BatchRecorded, "description": "Every event was recorded before."},
+            **_errors(400, 401, 403, 409, 413, 422, 429, 503),
+        },
+        openapi_extra=_body_schema(
+            {
+                "type": "array",
+                "items": event_adapter.json_schema(),
+                "minItems": 1,
+                "maxItems": MAX_BATCH,
+            }
+        ),
+        summary="Record 1 to 1,000 events atomically",
+    )
+    async def record_batch(request: Request, access: Writer) -> Response:
+        """All or nothing: one invalid event (422 naming its index and field),
+        one event for another namespace (403) or one conflicting `request_id`
+        (409) and nothing is stored."""
+        items = parse_json(batch_adapter, await read_body(request, max_body_bytes))
+        events = [_to_event(item, access, ["body", index]) for index, item in enumerate(items)]
+        inserted = await _record(store, events)
+        body = {"received": len(events), "inserted": inserted, "duplicates": len(events) - inserted}
+        return JSONResponse(body, status_code=201 if inserted else 200)
+
+    @router.post(
+        "/validate",
+        response_model=Validation,
+        responses=_errors(400, 401, 403, 413, 429),
+        openapi_extra=_body_schema(
+            {
+                "anyOf": [
+                    event_adapter.json_schema(),
+                    {"type": "array", "items": event_adapter.json_schema()},
+                ]
+            }
+        ),
+        summary="Check events without recording them",
+    )
+    async def validate_events(request: Request, access: Writer) -> Validation:
+        """One event or a list: `valid` and every problem found, with its path."""
+        body = await read_body(request, max_body_bytes)
+        return _validate(body, access)
+
+    @router.post(
+        "/purge", response_model=Purged, responses=secured, summary="Delete expired events"
+    )
+    async def purge(access: Admin) -> Purged:
+        """Removes events older than the store's retention; returns how many."""
+        try:
+            return Purged(purged=await store.purge_expired())
+        except StoreError as exc:
+            raise _store_unavailable(exc) from None
+
+    @router.get(
+        "/aggregate", response_model=AggregateOut, responses=secured, summary="Totals per group"
+    )
+    async def aggregate(
+        access: Reader,
+        filters: Filters,
+        group_by: GroupBy,
+        tz: Annotated[
+            str, Query(max_length=64, description="IANA time zone for calendar groups.")
+        ] = "UTC",
+    ) -> Response:
+        scoped = _confine(access, filters)
+        try:
+            groups = await store.aggregate(group_by, tz=tz, **scoped)
+        except (ValueError, TypeError) as exc:
+            raise _bad_argument(exc, ["query"]) from None
+        except StoreError as exc:
+            raise _store_unavailable(exc) from None
+        return JSONResponse(
+            {"group_by": group_by, "tz": tz, "groups": [g.to_dict() for g in groups]}
+        )
+
+    @router.get("/summary", response_model=Totals, responses=secured, summary="Totals")
+    async def summary(access: Reader, filters: Filters) -> Response:
+        scoped = _confine(access, filters)
+        try:
+            return JSONResponse((await store.summary(**scoped)).to_dict())
+        except StoreError as exc:
+            raise _store_unavailable(exc) from None
+
+    @router.get(
+        "/agents",
+        response_model=CountList,
+        responses=secured,
+        summary="Agents and their event counts",
+    )
+    async def agents(access: Reader, filters: Filters) -> CountList:
+        return await _counts(store.agents, _confine(access, filters))
+
+    @router.get(
+        "/consumers",
+        response_model=CountList,
+        responses=secured,
+        summary="Consumers and their event counts",
+    )
+    async def consumers(access: Reader, filters: Filters) -> CountList:
+        return await _counts(store.consumers, _confine(access, filters))
+
+    @router.get(
+        "/stats", response_model=StatsOut, responses=secured, summary="Ledger size and health"
+    )
+    async def stats(access: Reader) -> StatsOut:
+        scoped: dict[str, Any] = {} if access.namespace is None else {"namespace": access.namespace}
+        try:
+            totals = await store.summary(**scoped)
+            health = await store.stats()
+        except StoreError as exc:
+            raise _store_unavailable(exc) from None
+        return StatsOut.model_validate(
+            {
+                "namespace": access.namespace,
+                "events": totals.events,
+                "unique_agents": totals.unique_agents,
+                "unique_consumers": totals.unique_consumers,
+                "store": {
+                    "retention_seconds": health.retention_seconds,
+                    "queued": health.queued,
+                    "write_errors": health.write_errors,
+                    "size_bytes": health.size_bytes,
+                },
+            }
+        )
+
+    @router.get(
+        "/export",
+        responses={
+            200: {
+                "description": "The events, oldest first, as a download.",
+                "content": {media: {} for media in _MEDIA_TYPES.values()},
+            },
+            **secured,
+        },
+        response_class=StreamingResponse,
+        summary="Download events",
+    )
+    async def export(
+        access: Admin,
+        filters: Filters,
+        format: ExportFormat = "csv",
+        limit: Annotated[int | None, Query(ge=1, le=max_export_rows)] = None,
+    ) -> StreamingResponse:
+        """Streamed as it is read; at most `max_export_rows` events (or `limit`)."""
+        scoped = _confine(access, filters)
+        rows = limit if limit is not None else max_export_rows
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        label = _UNSAFE_FILENAME.sub("_", access.namespace or "all")
+        filename = f"usage-{label}-{stamp}.{format}"
+        chunks = stream_export(lambda pipe: store.export(pipe, format=format, limit=rows, **scoped))
+        return StreamingResponse(
+            chunks,
+            media_type=_MEDIA_TYPES[format],
+            headers={
+                "Content-Disposition": f'attachment; filename="{filename}"',
+                "X-Export-Limit": str(rows),
+            },
+        )
+
+    return router
+
+
+async def _record(store: AsyncSQLiteStore, events: list[UsageEvent]) -> int:
+    try:
+        return await store.record_batch(events)
+    except ConflictError as exc:
+        if len(events) == 1:
+            message = (
+                f"request_id {events[0].request_id!r} was recorded before with different "
+                "content; nothing was stored"
+            )
+        else:
+            message = str(exc)
+        raise api_error(409, "conflict", f"{message}. {_RETRY_HINT}") from None
+    except StoreError as exc:
+        raise _store_unavailable(exc) from None
+
+
+async def _counts(
+    method: Callable[..., Awaitable[list[tuple[str, int]]]], filters: dict[str, Any]
+) -> CountList:
+    try:
+        rows = await method(**filters)
+    except StoreError as exc:
+        raise _store_unavailable(exc) from None
+    return CountList.model_validate({"items": [{"id": name, "events": n} for name, n in rows]})
+
+
+def _validate(body: bytes, access: Access) -> Validation:
+    try:
+        document = _ANY_JSON.validate_json(body)
+    except ValidationError:
+        raise api_error(400, "malformed_json", "the body is not valid JSON") from None
+    many = isinstance(document, list)
+    items = document if many else [document]
+    errors: list[dict[str, Any]] = []
+    for index, item in enumerate(items):
+        where: list[str | int] = ["body", index] if many else ["body"]
+        try:
+            # Re-read as JSON: strict validation takes times as strings only there.
+            event = event_adapter.validate_json(json.dumps(item))
+        except ValidationError as exc:
+            errors.extend(field_errors(exc.errors(include_input=False, include_url=False), where))
+            continue
+        try:
+            _to_event(event, access, where)
+        except HTTPException as exc:
+            detail: dict[str, Any] = exc.detail if isinstance(exc.detail, dict) else {}
+            errors.extend(
+                detail.get("errors")
+                or [
+                    {
+                        "loc": [*where, "namespace"],
+                        "msg": detail.get("message", ""),
+                        "type": detail.get("code", ""),
+                    }
+                ]
+            )
+    if many and not 1 <= len(items) <= MAX_BATCH:
+        errors.append(
+            {
+                "loc": ["body"],
+                "msg": f"a batch holds 1 to {MAX_BATCH} events",
+                "type": "too_long" if items else "too_short",
+            }
+        )
+    return Validation.model_validate({"valid": not errors, "errors": errors})
