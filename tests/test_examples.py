@@ -65,7 +65,20 @@ async def test_the_fastapi_example_limits_authenticates_and_meters(
             me = await client.get("/me", headers=key)
             assert me.json() == {"id": "demo", "namespace": "default"}
             assert me.headers["ratelimit-limit"] == "120"
+            # The requests above were metered; the usage API reads them back.
+            # Metering records after each response; the first flush lets those
+            # records reach the store's queue, the second commits them.
+            await app.state.store.flush()
+            await app.state.store.flush()
+            summary = await client.get("/usage/summary", headers=key)
+            assert summary.status_code == 200 and summary.json()["events"] >= 13
+            refused = await client.post("/usage/purge", headers=key)
+            assert refused.status_code == 403
+            admin = {"X-API-Key": example.ADMIN_KEY, "x-tenant": "acme"}
+            export = await client.get("/usage/export?format=ndjson", headers=admin)
+            assert export.status_code == 200 and len(export.text.splitlines()) >= 13
     store = uw.SQLiteStore(tmp_path / "usage.db")
     routes = [e.metadata["route"] for e in store.query() if e.metadata]
     assert routes.count("/search") == 11 and routes.count("/me") == 2
+    assert routes.count("/usage/summary") == 1 and routes.count("/usage/export") == 1
     store.close()

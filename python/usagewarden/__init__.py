@@ -37,11 +37,13 @@ from .errors import (
     StoreError,
     UsageWardenError,
 )
+from .warden import Call, RunMeter, Warden
 
 __all__ = [
     "AcquireCoroutine",
     "Aggregate",
     "AsyncSQLiteStore",
+    "Call",
     "BudgetExceeded",
     "ConflictError",
     "Decision",
@@ -51,6 +53,7 @@ __all__ = [
     "RateLimiter",
     "RateLimits",
     "Reservation",
+    "RunMeter",
     "SQLiteStore",
     "StoreError",
     "StoreStats",
@@ -58,6 +61,7 @@ __all__ = [
     "UsageEvent",
     "UsageHistory",
     "UsageWardenError",
+    "Warden",
     "__version__",
 ]
 

@@ -69,6 +69,13 @@ pub(crate) struct ClockArg {
 }
 
 impl ClockArg {
+    pub(crate) fn clone_ref(&self, py: Python<'_>) -> ClockArg {
+        ClockArg {
+            clock: self.clock.clone(),
+            manual: self.manual.as_ref().map(|m| m.clone_ref(py)),
+        }
+    }
+
     pub(crate) fn extract(obj: Option<&Bound<'_, PyAny>>) -> PyResult<ClockArg> {
         match obj {
             Some(o) if !o.is_none() => {

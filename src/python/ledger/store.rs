@@ -507,6 +507,17 @@ store_class!(
             crate::python::asyncio::AcquireCoroutine::ready(slf.clone().into_any().unbind())
         }
 
+        /// The same ledger as a `SQLiteStore`, for threads and sync code
+        /// (one writer, one file; closing either closes both).
+        fn blocking(&self, py: Python<'_>) -> PySQLiteStore {
+            PySQLiteStore {
+                core: StoreCore {
+                    store: self.core.store.clone(),
+                    clock: self.core.clock.clone_ref(py),
+                },
+            }
+        }
+
         #[pyo3(signature = (*_args))]
         fn __aexit__<'py>(&self, py: Python<'py>, _args: &Bound<'py, pyo3::types::PyTuple>) -> PyResult<Bound<'py, PyAny>> {
             let store = self.core.store.clone();

@@ -1,0 +1,497 @@
+"""``Warden``: the one object an application holds to limit, meter and
+attribute each model call.
+
+A call waits for capacity on its estimate (input tokens + the most output
+tokens it may produce) before it starts, so limits hold *before* anything is
+billed; ``settle`` then reconciles the limiter with what the provider
+reported and records one ledger event.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from contextvars import ContextVar, Token
+from datetime import datetime, timezone
+from threading import Lock
+from types import TracebackType
+from typing import Any
+
+from ._core import (
+    AsyncSQLiteStore,
+    ManualClock,
+    RateLimiter,
+    Reservation,
+    SQLiteStore,
+    Usage,
+    UsageEvent,
+)
+
+__all__ = ["Call", "RunMeter", "Warden"]
+
+logger = logging.getLogger("usagewarden")
+
+_current_run: ContextVar[RunMeter | None] = ContextVar("usagewarden_run", default=None)
+
+_TOKEN_ARGS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
+
+
+def _count(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return value
+
+
+def _optional_text(value: object, name: str) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ValueError(f"{name} must be a non-empty str or None, got {value!r}")
+    return value
+
+
+class RunMeter:
+    """One agent run: its attribution (agent, consumer, task, run id) for
+    every call made through it or inside ``with run:``, and the usage those
+    calls added up to (``.usage``). Safe to share between tasks and threads."""
+
+    def __init__(
+        self,
+        warden: Warden,
+        *,
+        agent_id: str | None = None,
+        consumer_id: str | None = None,
+        task_id: str | None = None,
+        run_id: str | None = None,
+    ) -> None:
+        self.warden = warden
+        self.agent_id = _optional_text(agent_id, "agent_id") or warden.agent_id
+        self.consumer_id = _optional_text(consumer_id, "consumer_id") or "default"
+        self.task_id = _optional_text(task_id, "task_id")
+        self.run_id = _optional_text(run_id, "run_id") or str(uuid.uuid4())
+        self._lock = Lock()
+        self._usage = Usage()
+        self._calls = 0
+        self._failures = 0
+        self._tokens: list[Token[RunMeter | None]] = []
+
+    @property
+    def usage(self) -> Usage:
+        """Usage of the run's finished calls (requests count every call)."""
+        with self._lock:
+            return self._usage
+
+    @property
+    def calls(self) -> int:
+        with self._lock:
+            return self._calls
+
+    @property
+    def failures(self) -> int:
+        with self._lock:
+            return self._failures
+
+    def _add(self, usage: Usage, failed: bool) -> None:
+        with self._lock:
+            self._usage = self._usage + usage
+            self._calls += 1
+            self._failures += int(failed)
+
+    def call(self, model: str | None = None, **kwargs: Any) -> Call:
+        """``warden.call`` attributed to this run."""
+        return self.warden.call(model, run=self, **kwargs)
+
+    def call_blocking(self, model: str | None = None, **kwargs: Any) -> Call:
+        """``warden.call_blocking`` attributed to this run."""
+        return self.warden.call_blocking(model, run=self, **kwargs)
+
+    def __enter__(self) -> RunMeter:
+        self._tokens.append(_current_run.set(self))
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        _current_run.reset(self._tokens.pop())
+
+    async def __aenter__(self) -> RunMeter:
+        return self.__enter__()
+
+    async def __aexit__(self, *_exc: object) -> None:
+        self.__exit__()
+
+    def __repr__(self) -> str:
+        return (
+            f"RunMeter(run_id={self.run_id!r}, agent_id={self.agent_id!r}, "
+            f"consumer_id={self.consumer_id!r}, calls={self.calls}, usage={self.usage!r})"
+        )
+
+
+class Call:
+    """One model call, from ``async with warden.call(...)`` (or ``with
+    warden.call_blocking(...)``). Call ``settle`` with what the provider
+    reported before the block ends."""
+
+    def __init__(
+        self,
+        warden: Warden,
+        *,
+        blocking: bool,
+        model: str | None,
+        key: Any,
+        agent_id: str,
+        consumer_id: str,
+        task_id: str | None,
+        run: RunMeter | None,
+        action: str,
+        input_tokens: int,
+        max_output_tokens: int,
+        timeout: float | None,
+        metadata: dict[str, Any] | None,
+    ) -> None:
+        self.warden = warden
+        self.model = model
+        self.key = key
+        self.agent_id = agent_id
+        self.consumer_id = consumer_id
+        self.task_id = task_id
+        self.run = run
+        self.action = action
+        self.estimate = Usage(
+            requests=1, input_tokens=input_tokens, output_tokens=max_output_tokens
+        )
+        self.reservation: Reservation | None = None
+        #: Seconds spent waiting for capacity.
+        self.waited = 0.0
+        self._blocking = blocking
+        self._timeout = timeout
+        self._metadata = metadata
+        self._settled: Usage | None = None
+        self._cost: float | None = None
+        self._started = 0.0
+        self._started_at: datetime | None = None
+        self._entered = False
+
+    @property
+    def settled(self) -> bool:
+        return self._settled is not None
+
+    @property
+    def usage(self) -> Usage | None:
+        """The settled usage, ``None`` before ``settle``."""
+        return self._settled
+
+    def settle(
+        self,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+        cache_read_tokens: int = 0,
+        cache_write_tokens: int = 0,
+        cost: float | None = None,
+    ) -> Usage:
+        """Replaces the estimate with the measured usage (a token count left
+        out keeps its estimate); returns what the call is counted as."""
+        if not self._entered:
+            raise RuntimeError("settle: the call has not started (use it with `async with`)")
+        if self._settled is not None:
+            raise ValueError("settle: the call is already settled")
+        given = {
+            "input_tokens": self.estimate.input_tokens if input_tokens is None else input_tokens,
+            "output_tokens": self.estimate.output_tokens
+            if output_tokens is None
+            else output_tokens,
+            "cache_read_tokens": cache_read_tokens,
+            "cache_write_tokens": cache_write_tokens,
+        }
+        for name, value in given.items():
+            _count(value, name)
+        if cost is not None and (
+            isinstance(cost, bool) or not isinstance(cost, int | float) or not cost >= 0
+        ):
+            raise ValueError(f"cost must be a finite number >= 0 or None, got {cost!r}")
+        if self.reservation is not None:
+            self.reservation.settle(**given, cost=cost)
+        self._settled = Usage(requests=1, cost=cost or 0.0, **given)
+        self._cost = cost
+        return self._settled
+
+    # Shared by both ways in and out.
+
+    def _begin(self, reservation: Reservation | None, waited: float) -> Call:
+        self.reservation = reservation
+        self.waited = waited
+        self._started = self.warden._now()
+        self._started_at = self.warden._wall_time()
+        self._entered = True
+        return self
+
+    def _finish(self, exc: BaseException | None) -> UsageEvent | None:
+        duration_ms = max(0, round((self.warden._now() - self._started) * 1000))
+        metadata = dict(self._metadata or {})
+        if self.run is not None:
+            metadata["run_id"] = self.run.run_id
+        if self.waited > 0:
+            metadata["waited_ms"] = round(self.waited * 1000)
+        cost = self._cost
+        if exc is not None:
+            metadata["error"] = type(exc).__name__
+            if self._settled is None:
+                # The request happened and stays counted; its tokens were never billed.
+                if self.reservation is not None and not self.reservation.cancelled:
+                    self.reservation.settle(
+                        input_tokens=0, output_tokens=0, cache_read_tokens=0, cache_write_tokens=0
+                    )
+                self._settled = Usage(requests=1)
+        elif self._settled is None:
+            logger.warning(
+                "usagewarden: a call to %r ended without settle(); its estimate is counted",
+                self.model,
+            )
+            metadata["estimated"] = True
+            self._settled = self.estimate
+        usage = self._settled
+        if self.run is not None:
+            self.run._add(usage, failed=exc is not None)
+        if self.warden.store is None:
+            return None
+        try:
+            return UsageEvent(
+                self.agent_id,
+                self.consumer_id,
+                task_id=self.task_id,
+                namespace=self.warden.namespace,
+                action=self.action,
+                model=self.model,
+                tokens_in=usage.input_tokens,
+                tokens_out=usage.output_tokens,
+                cache_read_tokens=usage.cache_read_tokens,
+                cache_write_tokens=usage.cache_write_tokens,
+                duration_ms=duration_ms,
+                api_calls=1,
+                cost=cost,
+                timestamp=self._started_at,
+                source="usagewarden.warden",
+                metadata=metadata or None,
+            )
+        except (TypeError, ValueError):  # metadata the ledger cannot hold
+            logger.exception("usagewarden: could not build the usage event of a call")
+            return None
+
+    # async with
+
+    async def __aenter__(self) -> Call:
+        if self._blocking:
+            raise TypeError("call_blocking() is used with `with`; use call() with `async with`")
+        limiter = self.warden.limiter
+        if limiter is None:
+            return self._begin(None, 0.0)
+        before = self.warden._now()
+        reservation = await limiter.acquire(
+            self.key,
+            requests=1,
+            input_tokens=self.estimate.input_tokens,
+            output_tokens=self.estimate.output_tokens,
+            timeout=self._timeout,
+        )
+        return self._begin(reservation, self.warden._now() - before)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        event = self._finish(exc)
+        if event is not None:
+            await self.warden._record(event)
+
+    # with
+
+    def __enter__(self) -> Call:
+        if not self._blocking:
+            raise TypeError("call() is used with `async with`; use call_blocking() with `with`")
+        limiter = self.warden.limiter
+        if limiter is None:
+            return self._begin(None, 0.0)
+        before = self.warden._now()
+        reservation = limiter.acquire_blocking(
+            self.key,
+            requests=1,
+            input_tokens=self.estimate.input_tokens,
+            output_tokens=self.estimate.output_tokens,
+            timeout=self._timeout,
+        )
+        return self._begin(reservation, self.warden._now() - before)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        event = self._finish(exc)
+        if event is not None:
+            self.warden._record_blocking(event)
+
+    def __repr__(self) -> str:
+        return (
+            f"Call(model={self.model!r}, key={self.key!r}, estimate={self.estimate!r}, "
+            f"usage={self._settled!r})"
+        )
+
+
+class Warden:
+    """Limits, meters and attributes model calls.
+
+    ``limiter`` (optional) is waited on before each call; ``store``
+    (optional) receives one ``UsageEvent`` per call; ``clock`` (a
+    ``ManualClock`` in tests) times calls and stamps events. A storage
+    failure is logged and never fails the call.
+    """
+
+    def __init__(
+        self,
+        limiter: RateLimiter | None = None,
+        store: SQLiteStore | AsyncSQLiteStore | None = None,
+        *,
+        agent_id: str = "agent",
+        namespace: str = "default",
+        clock: ManualClock | None = None,
+    ) -> None:
+        if limiter is not None and not isinstance(limiter, RateLimiter):
+            raise TypeError("limiter: must be a usagewarden.RateLimiter or None")
+        if store is not None and not isinstance(store, SQLiteStore | AsyncSQLiteStore):
+            raise TypeError("store: must be a usagewarden.SQLiteStore, AsyncSQLiteStore or None")
+        if clock is not None and not isinstance(clock, ManualClock):
+            raise TypeError("clock: must be a usagewarden.ManualClock or None")
+        UsageEvent(agent_id, "default", namespace=namespace)  # names the bad argument
+        self.limiter = limiter
+        self.store = store
+        self.agent_id = agent_id
+        self.namespace = namespace
+        self.clock = clock
+
+    def run(
+        self,
+        *,
+        agent_id: str | None = None,
+        consumer_id: str | None = None,
+        task_id: str | None = None,
+        run_id: str | None = None,
+    ) -> RunMeter:
+        """A meter for one agent run (a fresh ``run_id`` unless given)."""
+        return RunMeter(
+            self, agent_id=agent_id, consumer_id=consumer_id, task_id=task_id, run_id=run_id
+        )
+
+    def call(
+        self,
+        model: str | None = None,
+        *,
+        key: Any = None,
+        agent_id: str | None = None,
+        consumer_id: str | None = None,
+        task_id: str | None = None,
+        input_tokens: int = 0,
+        max_output_tokens: int = 0,
+        action: str = "llm.request",
+        timeout: float | None = None,
+        run: RunMeter | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Call:
+        """``async with warden.call(model=…, input_tokens=…, max_output_tokens=…) as call:``
+        waits for capacity, runs the block, then records the call. The
+        limiter key defaults to the model name (``"default"`` without one);
+        attribution not given comes from ``run`` or the enclosing ``with run:``."""
+        return self._call(False, locals())
+
+    def call_blocking(
+        self,
+        model: str | None = None,
+        *,
+        key: Any = None,
+        agent_id: str | None = None,
+        consumer_id: str | None = None,
+        task_id: str | None = None,
+        input_tokens: int = 0,
+        max_output_tokens: int = 0,
+        action: str = "llm.request",
+        timeout: float | None = None,
+        run: RunMeter | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Call:
+        """``call`` for threads: ``with warden.call_blocking(...) as call:``."""
+        return self._call(True, locals())
+
+    def _call(self, blocking: bool, args: dict[str, Any]) -> Call:
+        run = args["run"]
+        if run is None:
+            run = _current_run.get()
+        elif not isinstance(run, RunMeter):
+            raise TypeError("run: must be a RunMeter from warden.run(), or None")
+        model = _optional_text(args["model"], "model")
+        key = args["key"] if args["key"] is not None else (model or "default")
+        metadata = args["metadata"]
+        if metadata is not None and not isinstance(metadata, dict):
+            raise TypeError(f"metadata must be a dict or None, not {type(metadata).__name__}")
+        agent_id = _optional_text(args["agent_id"], "agent_id")
+        consumer_id = _optional_text(args["consumer_id"], "consumer_id")
+        task_id = _optional_text(args["task_id"], "task_id")
+        timeout = args["timeout"]
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0
+        ):
+            raise ValueError(f"timeout must be a number >= 0 or None, got {timeout!r}")
+        return Call(
+            self,
+            blocking=blocking,
+            model=model,
+            key=key,
+            agent_id=agent_id or (run.agent_id if run else self.agent_id),
+            consumer_id=consumer_id or (run.consumer_id if run else "default"),
+            task_id=task_id or (run.task_id if run else None),
+            run=run,
+            action=_action(args["action"]),
+            input_tokens=_count(args["input_tokens"], "input_tokens"),
+            max_output_tokens=_count(args["max_output_tokens"], "max_output_tokens"),
+            timeout=timeout,
+            metadata=metadata,
+        )
+
+    def _now(self) -> float:
+        return self.clock.now() if self.clock is not None else time.perf_counter()
+
+    def _wall_time(self) -> datetime | None:
+        if self.clock is None:
+            return None  # the event stamps itself with the current time
+        return datetime.fromtimestamp(self.clock.now(), tz=timezone.utc)
+
+    async def _record(self, event: UsageEvent) -> None:
+        try:
+            if isinstance(self.store, AsyncSQLiteStore):
+                await self.store.record(event)
+            elif self.store is not None:
+                self.store.record(event)
+        except Exception:  # the call already happened; metering must not fail it
+            logger.exception("usagewarden: could not record a call's usage")
+
+    def _record_blocking(self, event: UsageEvent) -> None:
+        try:
+            if isinstance(self.store, SQLiteStore):
+                self.store.record(event)
+            elif self.store is not None:
+                self.store.blocking().record(event)
+        except Exception:
+            logger.exception("usagewarden: could not record a call's usage")
+
+    def __repr__(self) -> str:
+        return (
+            f"Warden(agent_id={self.agent_id!r}, namespace={self.namespace!r}, "
+            f"limiter={self.limiter!r}, store={self.store!r})"
+        )
+
+
+def _action(action: object) -> str:
+    if not isinstance(action, str):
+        raise TypeError(f"action must be a str, not {type(action).__name__}")
+    UsageEvent("a", "c", action=action)  # the ledger's own check names it
+    return action
