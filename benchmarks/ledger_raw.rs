@@ -179,12 +179,11 @@ fn insert_raw(
     let started = Instant::now();
     for chunk in events.chunks(batch) {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        {
-            let mut inserter = Inserter::new(&tx)?;
-            for e in chunk {
-                inserter.insert(e)?;
-            }
+        let mut inserter = Inserter::new(&tx)?;
+        for e in chunk {
+            inserter.insert(e)?;
         }
+        inserter.finish()?;
         tx.commit()?;
     }
     Ok(RawReport {

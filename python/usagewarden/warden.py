@@ -33,6 +33,11 @@ __all__ = ["Call", "RunMeter", "Warden"]
 logger = logging.getLogger("usagewarden")
 
 _current_run: ContextVar[RunMeter | None] = ContextVar("usagewarden_run", default=None)
+# The tokens that undo each `with run:` of this context (a task's own, so a
+# meter entered by many tasks at once unwinds each of them correctly).
+_entered_runs: ContextVar[tuple[Token[RunMeter | None], ...]] = ContextVar(
+    "usagewarden_entered_runs", default=()
+)
 
 _TOKEN_ARGS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
 
@@ -74,7 +79,6 @@ class RunMeter:
         self._usage = Usage()
         self._calls = 0
         self._failures = 0
-        self._tokens: list[Token[RunMeter | None]] = []
 
     @property
     def usage(self) -> Usage:
@@ -107,11 +111,13 @@ class RunMeter:
         return self.warden.call_blocking(model, run=self, **kwargs)
 
     def __enter__(self) -> RunMeter:
-        self._tokens.append(_current_run.set(self))
+        _entered_runs.set((*_entered_runs.get(), _current_run.set(self)))
         return self
 
     def __exit__(self, *_exc: object) -> None:
-        _current_run.reset(self._tokens.pop())
+        *outer, token = _entered_runs.get()
+        _entered_runs.set(tuple(outer))
+        _current_run.reset(token)
 
     async def __aenter__(self) -> RunMeter:
         return self.__enter__()
@@ -460,9 +466,10 @@ class Warden:
     def _now(self) -> float:
         return self.clock.now() if self.clock is not None else time.perf_counter()
 
-    def _wall_time(self) -> datetime | None:
+    def _wall_time(self) -> datetime:
+        """When a call starts: the time its event carries, as the limiter counted it."""
         if self.clock is None:
-            return None  # the event stamps itself with the current time
+            return datetime.now(timezone.utc)
         return datetime.fromtimestamp(self.clock.now(), tz=timezone.utc)
 
     async def _record(self, event: UsageEvent) -> None:

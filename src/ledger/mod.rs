@@ -3,6 +3,7 @@
 pub mod buckets;
 pub mod cursor;
 pub mod event;
+pub mod event_json;
 pub mod export;
 pub mod filters;
 pub mod redact;

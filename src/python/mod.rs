@@ -34,6 +34,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ledger::PySQLiteStore>()?;
     m.add_class::<ledger::PyAsyncSQLiteStore>()?;
     m.add_function(wrap_pyfunction!(ledger::_close_all_stores, m)?)?;
+    m.add_function(wrap_pyfunction!(ledger::_events_from_json, m)?)?;
     m.add_function(wrap_pyfunction!(bridge::_quiesce, m)?)?;
     Ok(())
 }

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import AwareDatetime, TypeAdapter, ValidationError
 
-from .._core import AsyncSQLiteStore, RateLimiter, UsageEvent
+from .._core import AsyncSQLiteStore, RateLimiter, UsageEvent, _events_from_json
 from ..errors import ConflictError, StoreError
 from ._errors import api_error
 from ._export_stream import stream_export
@@ -158,6 +158,22 @@ def _to_event(item: EventIn, access: Access, where: Sequence[str | int]) -> Usag
         raise _bad_argument(exc, where) from None
 
 
+def _events(body: bytes, access: Access, *, many: bool) -> list[UsageEvent]:
+    """The events of a request body. Well-formed bodies are read in Rust in one
+    step; anything else goes through the models, which name each problem."""
+    events = _events_from_json(body, many=many, namespace=access.namespace or "default")
+    if events is not None:
+        if access.namespace is not None:
+            for event in events:
+                if event.namespace != access.namespace:
+                    raise _forbidden_namespace(event.namespace)
+        return events
+    if many:
+        items = parse_json(batch_adapter, body)
+        return [_to_event(item, access, ["body", index]) for index, item in enumerate(items)]
+    return [_to_event(parse_json(event_adapter, body), access, ["body"])]
+
+
 def _body_schema(schema: dict[str, Any]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
@@ -295,15 +311,14 @@ def usage_router(
         """Durable before the response: 201 when new, 200 when the same event
         (same `request_id` and content) was recorded before, 409 when the
         `request_id` was used for different content."""
-        item = parse_json(event_adapter, await read_body(request, max_body_bytes))
-        event = _to_event(item, access, ["body"])
+        [event] = _events(await read_body(request, max_body_bytes), access, many=False)
         inserted = await _record(store, [event])
-        body = {
+        recorded = {
             "request_id": event.request_id,
             "namespace": event.namespace,
             "created": inserted == 1,
         }
-        return JSONResponse(body, status_code=201 if inserted else 200)
+        return JSONResponse(recorded, status_code=201 if inserted else 200)
 
     @router.post(
         "/batch",
@@ -327,8 +342,7 @@ def usage_router(
         """All or nothing: one invalid event (422 naming its index and field),
         one event for another namespace (403) or one conflicting `request_id`
         (409) and nothing is stored."""
-        items = parse_json(batch_adapter, await read_body(request, max_body_bytes))
-        events = [_to_event(item, access, ["body", index]) for index, item in enumerate(items)]
+        events = _events(await read_body(request, max_body_bytes), access, many=True)
         inserted = await _record(store, events)
         body = {"received": len(events), "inserted": inserted, "duplicates": len(events) - inserted}
         return JSONResponse(body, status_code=201 if inserted else 200)

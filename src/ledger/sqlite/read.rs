@@ -69,7 +69,9 @@ pub fn page(
         params.push(Value::Integer(after.id));
     }
     sql.push_str(" ORDER BY ts, id LIMIT ? OFFSET ?");
-    params.push(Value::Integer(limit.saturating_add(1).min(i64::MAX as u64) as i64));
+    params.push(Value::Integer(
+        limit.saturating_add(1).min(i64::MAX as u64) as i64
+    ));
     params.push(Value::Integer(offset.min(i64::MAX as u64) as i64));
     let mut stmt = conn.prepare_cached(&sql)?;
     let mut rows = stmt
@@ -136,7 +138,7 @@ const TOTALS_WITHOUT_DISTINCT: &str = "COUNT(*), COALESCE(SUM(tokens_in), 0), CO
      COALESCE(SUM(cache_read_tokens), 0), COALESCE(SUM(cache_write_tokens), 0), COALESCE(SUM(duration_ms), 0), \
      COALESCE(SUM(api_calls), 0), COALESCE(SUM(units), 0), SUM(cost_nanos), COUNT(*) - COUNT(cost_nanos), 0, 0";
 
-fn aggregate_from_row(
+pub(super) fn aggregate_from_row(
     row: &Row<'_>,
     group: Option<String>,
     offset: usize,

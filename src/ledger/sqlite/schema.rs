@@ -11,7 +11,8 @@ use std::time::Duration;
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Ordered migrations; `schema_version` records how many have run.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE usage_events (
     id                 INTEGER PRIMARY KEY,
     namespace          TEXT    NOT NULL,
@@ -42,7 +43,9 @@ CREATE INDEX usage_events_consumer    ON usage_events (consumer_id, ts);
 CREATE INDEX usage_events_task        ON usage_events (task_id, ts) WHERE task_id IS NOT NULL;
 CREATE INDEX usage_events_model       ON usage_events (model, ts) WHERE model IS NOT NULL;
 CREATE INDEX usage_events_action      ON usage_events (action, ts);
-"#];
+"#,
+    super::rollup::MIGRATION,
+];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 

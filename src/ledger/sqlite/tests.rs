@@ -2,6 +2,7 @@ use super::*;
 use crate::clock::ManualClock;
 use crate::ledger::event::tests::event;
 use crate::ledger::export::Format;
+use rusqlite::Connection;
 
 const S_US: i64 = 1_000_000;
 
@@ -344,4 +345,75 @@ fn pages_neither_skip_nor_repeat_while_events_arrive() {
     let (skipped, _) = store.page(&filters, 2, 24, None).unwrap();
     let names: Vec<_> = skipped.iter().map(|e| e.agent_id.as_str()).collect();
     assert_eq!(names, ["agent-24", "late"], "offset 24 of 26 leaves two");
+}
+
+/// Events over several namespaces and about two days, some unpriced.
+fn spread_events(n: u64) -> Vec<UsageEvent> {
+    (0..n)
+        .map(|i| {
+            let mut e = event(
+                &format!("agent-{}", i % 7),
+                (i as i64 * 7_919 * S_US) % (50 * 3_600 * S_US),
+                i,
+            );
+            e.namespace = ["a", "b", "c"][(i % 3) as usize].into();
+            e.consumer_id = format!("c-{}", i % 11);
+            e.cost_nanos = (i % 4 != 0).then_some(i * 10);
+            e
+        })
+        .collect()
+}
+
+fn assert_summaries_match_the_events(store: &SqliteStore) {
+    let h = rollup::HOUR_US;
+    let ranges = [
+        (None, None),
+        (Some(0), None),
+        (None, Some(10 * h)),
+        (Some(h / 2), Some(30 * h + 17)),
+        (Some(3 * h), Some(5 * h - 1)),
+        (Some(3 * h + 1), Some(3 * h + 20 * S_US)),
+        (Some(-5 * h), Some(100 * h)),
+    ];
+    for namespace in [None, Some("a"), Some("b"), Some("zzz")] {
+        for (start_us, end_us) in ranges {
+            let filters = Filters {
+                namespace: namespace.map(String::from),
+                start_us,
+                end_us,
+                ..Filters::default()
+            };
+            let from_events = store.read(|c| read::summary(c, &filters)).unwrap();
+            assert_eq!(store.summary(&filters).unwrap(), from_events, "{filters:?}");
+        }
+    }
+}
+
+#[test]
+fn summaries_from_hourly_totals_equal_summaries_from_events() {
+    let dir = tempdir();
+    let clock = manual_at(60 * 3_600 * S_US);
+    let store = store_at(&dir, "r.db", Durability::Batch, clock.clone());
+    let events = spread_events(3_000);
+    store.record_batch(events[..1_000].to_vec()).unwrap();
+    for e in &events[1_000..] {
+        store.record(e.clone()).unwrap();
+    }
+    store.record_batch(events[..10].to_vec()).unwrap(); // duplicates add nothing
+    store.flush().unwrap();
+    assert_summaries_match_the_events(&store);
+
+    // Retention is one hour: the purge cuts through an hour.
+    clock.set(30 * 3_600_000_000_000 + 1_234_567_000);
+    assert!(store.purge_expired().unwrap() > 0);
+    assert_summaries_match_the_events(&store);
+    store.close();
+
+    // A ledger from before the hourly totals existed gets them on opening.
+    let conn = Connection::open(dir.join("r.db")).unwrap();
+    conn.execute_batch("DROP TABLE usage_hourly; DELETE FROM schema_version WHERE version = 2;")
+        .unwrap();
+    drop(conn);
+    let reopened = store_at(&dir, "r.db", Durability::Batch, clock);
+    assert_summaries_match_the_events(&reopened);
 }

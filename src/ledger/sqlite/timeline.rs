@@ -92,6 +92,29 @@ fn count_present(
     Ok(present)
 }
 
+/// Distinct agents and consumers among the events `filters` select: by
+/// index probes when the ledger holds few values, else by counting in a scan.
+pub fn distinct_counts(conn: &Connection, filters: &Filters) -> CoreResult<(u64, u64)> {
+    if let (Some(agents), Some(consumers)) = (
+        distinct_values(conn, "agent_id")?,
+        distinct_values(conn, "consumer_id")?,
+    ) {
+        return Ok((
+            count_present(conn, "agent_id", &agents, filters)?,
+            count_present(conn, "consumer_id", &consumers, filters)?,
+        ));
+    }
+    let (clause, params) = filters.where_clause();
+    let sql = format!(
+        "SELECT COUNT(DISTINCT agent_id), COUNT(DISTINCT consumer_id) FROM usage_events {clause}"
+    );
+    Ok(conn
+        .prepare_cached(&sql)?
+        .query_row(params_from_iter(params), |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+        })?)
+}
+
 pub fn aggregate_by_time(
     conn: &Connection,
     unit: TimeUnit,

@@ -8,6 +8,7 @@
 //! A failed transaction (locked, disk full, read-only file) is rolled back,
 //! logged, counted and retried with backoff; it never reaches the caller.
 
+use super::rollup;
 use super::schema::open_writer;
 use super::LogSink;
 use crate::error::{CoreError, CoreResult};
@@ -232,6 +233,7 @@ const INSERT_SQL: &str = "INSERT INTO usage_events (namespace, request_id, ts, a
 pub struct Inserter<'c> {
     conn: &'c Connection,
     stmt: rusqlite::CachedStatement<'c>,
+    hourly: rollup::Pending,
 }
 
 impl<'c> Inserter<'c> {
@@ -239,11 +241,21 @@ impl<'c> Inserter<'c> {
         Ok(Inserter {
             conn,
             stmt: conn.prepare_cached(INSERT_SQL)?,
+            hourly: rollup::Pending::default(),
         })
     }
 
     pub fn insert(&mut self, e: &UsageEvent) -> rusqlite::Result<Outcome> {
-        insert_with(self.conn, &mut self.stmt, e)
+        let outcome = insert_with(self.conn, &mut self.stmt, e)?;
+        if outcome == Outcome::Inserted {
+            self.hourly.add(e);
+        }
+        Ok(outcome)
+    }
+
+    /// Adds the new events to the hourly totals; call before committing.
+    pub fn finish(mut self) -> rusqlite::Result<()> {
+        self.hourly.write(self.conn)
     }
 }
 
@@ -423,7 +435,7 @@ impl Worker {
                 .iter()
                 .map(|(event, _)| inserter.insert(event))
                 .collect::<rusqlite::Result<Vec<_>>>()?;
-            drop(inserter);
+            inserter.finish()?;
             tx.commit()?;
             Ok(outcomes)
         });
@@ -492,7 +504,7 @@ impl Worker {
                 }
             }
         }
-        drop(inserter);
+        inserter.finish()?;
         tx.commit()?;
         self.counters
             .inserted
@@ -504,9 +516,17 @@ impl Worker {
     }
 
     fn purge(&mut self, cutoff_us: i64) -> rusqlite::Result<usize> {
-        self.conn
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let deleted = tx
             .prepare_cached("DELETE FROM usage_events WHERE ts < ?1")?
-            .execute([cutoff_us])
+            .execute([cutoff_us])?;
+        if deleted > 0 {
+            rollup::after_purge(&tx, cutoff_us)?;
+        }
+        tx.commit()?;
+        Ok(deleted)
     }
 }
 

@@ -320,3 +320,20 @@ fn fnv(text: &str) -> u64 {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
 }
+
+/// Events from a JSON request body (one object, or with `many` an array of
+/// 1 to 1,000), or `None` when the body needs the caller's full validator
+/// (which then names the problem). Used by the FastAPI router's fast path.
+#[pyfunction]
+#[pyo3(signature = (body, *, many, namespace))]
+pub(crate) fn _events_from_json(
+    py: Python<'_>,
+    body: &[u8],
+    many: bool,
+    namespace: &str,
+) -> Option<Vec<PyUsageEvent>> {
+    let now = pytime::now_us();
+    let events =
+        py.detach(|| crate::ledger::event_json::events_from_json(body, many, namespace, now))?;
+    Some(events.into_iter().map(PyUsageEvent::wrap).collect())
+}

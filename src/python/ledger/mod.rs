@@ -8,7 +8,7 @@ mod results;
 mod sink;
 mod store;
 
-pub(crate) use event::PyUsageEvent;
+pub(crate) use event::{_events_from_json, PyUsageEvent};
 pub(crate) use results::{PyAggregate, PyStoreStats};
 pub(crate) use store::{_close_all_stores, PyAsyncSQLiteStore, PySQLiteStore};
 

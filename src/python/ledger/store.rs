@@ -128,7 +128,12 @@ impl StoreCore {
             .map_err(|_| PyTypeError::new_err("events must be an iterable of UsageEvent"))?
             .enumerate()
         {
-            batch.push(extract_event(&item?, &format!("events[{i}]"))?);
+            let item = item?;
+            match item.cast::<PyUsageEvent>() {
+                Ok(event) => batch.push(event.get().inner.clone()),
+                // The error names the position; formatted only when needed.
+                Err(_) => extract_event(&item, &format!("events[{i}]")).map(|_| ())?,
+            }
         }
         let store = self.store.clone();
         Ok(job(move || store.record_batch_valid(batch)))

@@ -1,0 +1,70 @@
+"""pytest fixtures for applications that use usagewarden (loaded automatically
+once usagewarden is installed, through the ``pytest11`` entry point).
+
+- ``manual_clock``: a ``ManualClock`` at 2026-01-01T00:00:00Z; advance it
+  instead of sleeping.
+- ``usage_store``: a fresh ``SQLiteStore`` in ``tmp_path`` on that clock,
+  committing each record at once, so assertions see it without a flush.
+- ``rate_limiter``: a ``RateLimiter`` on that clock; 60 requests and 100,000
+  tokens a minute unless the test says otherwise with
+  ``@pytest.mark.usagewarden_limits(requests_per_minute=5, …)``.
+- ``warden``: a ``Warden`` over the two, agent ``"test-agent"``.
+
+::
+
+    async def test_the_agent_is_metered(warden, usage_store):
+        await my_agent.answer("hi", warden=warden)
+        [event] = usage_store.query(agent_id="test-agent")
+        assert event.tokens_out > 0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ._core import ManualClock, RateLimiter, RateLimits, SQLiteStore
+from .warden import Warden
+
+#: 2026-01-01T00:00:00Z, so that events carry believable timestamps.
+START = 1_767_225_600.0
+DEFAULT_LIMITS = {"requests_per_minute": 60, "total_tokens_per_minute": 100_000}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "usagewarden_limits(**limits): the RateLimits of the rate_limiter and warden fixtures",
+    )
+
+
+@pytest.fixture
+def manual_clock() -> ManualClock:
+    """A clock that moves only when the test advances it."""
+    return ManualClock(START)
+
+
+@pytest.fixture
+def usage_store(tmp_path: Path, manual_clock: ManualClock) -> Iterator[SQLiteStore]:
+    """A fresh SQLite ledger in ``tmp_path`` (closed after the test)."""
+    store = SQLiteStore(tmp_path / "usage.db", durability="commit", clock=manual_clock)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def rate_limiter(request: pytest.FixtureRequest, manual_clock: ManualClock) -> RateLimiter:
+    """A limiter on ``manual_clock``; limits from ``@pytest.mark.usagewarden_limits``."""
+    marker = request.node.get_closest_marker("usagewarden_limits")
+    limits = dict(marker.kwargs) if marker is not None else DEFAULT_LIMITS
+    return RateLimiter(RateLimits(**limits), clock=manual_clock)
+
+
+@pytest.fixture
+def warden(
+    rate_limiter: RateLimiter, usage_store: SQLiteStore, manual_clock: ManualClock
+) -> Warden:
+    """A ``Warden`` that limits with ``rate_limiter`` and records into ``usage_store``."""
+    return Warden(rate_limiter, usage_store, agent_id="test-agent", clock=manual_clock)

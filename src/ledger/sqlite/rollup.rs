@@ -1,0 +1,217 @@
+//! Hourly totals per namespace, kept in step with `usage_events` inside the
+//! same transactions, so that a summary over a whole ledger (or any range of
+//! whole hours) reads a few thousand small rows instead of every event.
+//!
+//! Inserts add to the hour of each new event (one upsert per hour touched by
+//! a transaction); a purge deletes the hours it emptied and recounts the one
+//! hour it cut through. Summaries that filter on anything but namespace and
+//! time read the events themselves.
+
+use super::read::{self, Aggregate};
+use crate::error::CoreResult;
+use crate::ledger::event::UsageEvent;
+use crate::ledger::filters::Filters;
+use hashbrown::HashMap;
+use rusqlite::types::Value;
+use rusqlite::{params, params_from_iter, Connection};
+
+pub const HOUR_US: i64 = 3_600_000_000;
+
+/// The table, and its contents for a ledger created before it existed.
+pub const MIGRATION: &str = r#"
+CREATE TABLE usage_hourly (
+    namespace          TEXT    NOT NULL,
+    hour               INTEGER NOT NULL,
+    events             INTEGER NOT NULL,
+    tokens_in          INTEGER NOT NULL,
+    tokens_out         INTEGER NOT NULL,
+    cache_read_tokens  INTEGER NOT NULL,
+    cache_write_tokens INTEGER NOT NULL,
+    duration_ms        INTEGER NOT NULL,
+    api_calls          INTEGER NOT NULL,
+    units              INTEGER NOT NULL,
+    cost_nanos         INTEGER,
+    unpriced_events    INTEGER NOT NULL,
+    PRIMARY KEY (namespace, hour)
+) WITHOUT ROWID;
+INSERT INTO usage_hourly
+SELECT namespace, ts - (((ts % 3600000000) + 3600000000) % 3600000000) AS h, COUNT(*),
+       SUM(tokens_in), SUM(tokens_out), SUM(cache_read_tokens), SUM(cache_write_tokens),
+       SUM(duration_ms), SUM(api_calls), SUM(units), SUM(cost_nanos), COUNT(*) - COUNT(cost_nanos)
+FROM usage_events GROUP BY namespace, h;
+"#;
+
+const UPSERT: &str =
+    "INSERT INTO usage_hourly VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
+     ON CONFLICT (namespace, hour) DO UPDATE SET events = events + excluded.events, \
+     tokens_in = tokens_in + excluded.tokens_in, tokens_out = tokens_out + excluded.tokens_out, \
+     cache_read_tokens = cache_read_tokens + excluded.cache_read_tokens, \
+     cache_write_tokens = cache_write_tokens + excluded.cache_write_tokens, \
+     duration_ms = duration_ms + excluded.duration_ms, api_calls = api_calls + excluded.api_calls, \
+     units = units + excluded.units, \
+     cost_nanos = CASE WHEN excluded.cost_nanos IS NULL THEN cost_nanos \
+                       ELSE COALESCE(cost_nanos, 0) + excluded.cost_nanos END, \
+     unpriced_events = unpriced_events + excluded.unpriced_events";
+
+pub fn hour_of(ts_us: i64) -> i64 {
+    ts_us - ts_us.rem_euclid(HOUR_US)
+}
+
+/// What one transaction adds, per (namespace, hour).
+#[derive(Default)]
+pub struct Pending {
+    hours: HashMap<(String, i64), Aggregate>,
+}
+
+impl Pending {
+    pub fn add(&mut self, e: &UsageEvent) {
+        let key = (e.namespace.clone(), hour_of(e.timestamp_us));
+        let t = self.hours.entry(key).or_default();
+        t.events += 1;
+        t.tokens_in += e.tokens_in;
+        t.tokens_out += e.tokens_out;
+        t.cache_read_tokens += e.cache_read_tokens;
+        t.cache_write_tokens += e.cache_write_tokens;
+        t.duration_ms += e.duration_ms;
+        t.api_calls += e.api_calls;
+        t.units += e.units;
+        match e.cost_nanos {
+            Some(c) => t.cost_nanos = Some(t.cost_nanos.unwrap_or(0) + c),
+            None => t.unpriced_events += 1,
+        }
+    }
+
+    /// Adds what was gathered to the table (inside the caller's transaction).
+    pub fn write(&mut self, conn: &Connection) -> rusqlite::Result<()> {
+        if self.hours.is_empty() {
+            return Ok(());
+        }
+        let mut stmt = conn.prepare_cached(UPSERT)?;
+        for ((namespace, hour), t) in self.hours.drain() {
+            stmt.execute(params![
+                namespace,
+                hour,
+                t.events as i64,
+                t.tokens_in as i64,
+                t.tokens_out as i64,
+                t.cache_read_tokens as i64,
+                t.cache_write_tokens as i64,
+                t.duration_ms as i64,
+                t.api_calls as i64,
+                t.units as i64,
+                t.cost_nanos.map(|c| c as i64),
+                t.unpriced_events as i64,
+            ])?;
+        }
+        Ok(())
+    }
+}
+
+/// After deleting every event before `cutoff_us`: drops the hours that are
+/// now empty and recounts the hour the cutoff falls in.
+pub fn after_purge(conn: &Connection, cutoff_us: i64) -> rusqlite::Result<()> {
+    let hour = hour_of(cutoff_us);
+    conn.prepare_cached("DELETE FROM usage_hourly WHERE hour <= ?1")?
+        .execute([hour])?;
+    conn.prepare_cached(
+        "INSERT INTO usage_hourly SELECT namespace, ?1, COUNT(*), SUM(tokens_in), SUM(tokens_out), \
+         SUM(cache_read_tokens), SUM(cache_write_tokens), SUM(duration_ms), SUM(api_calls), SUM(units), \
+         SUM(cost_nanos), COUNT(*) - COUNT(cost_nanos) \
+         FROM usage_events WHERE ts >= ?1 AND ts < ?2 GROUP BY namespace",
+    )?
+    .execute([hour, hour + HOUR_US])?;
+    Ok(())
+}
+
+/// Totals (without distinct counts) for filters on namespace and time only,
+/// or `None` when other filters call for the events themselves.
+pub fn totals(conn: &Connection, filters: &Filters) -> CoreResult<Option<Aggregate>> {
+    let only_namespace_and_time = Filters {
+        namespace: filters.namespace.clone(),
+        start_us: filters.start_us,
+        end_us: filters.end_us,
+        ..Filters::default()
+    } == *filters;
+    if !only_namespace_and_time {
+        return Ok(None);
+    }
+    // Whole hours from the table, the partial hours at either end from the events.
+    let first = filters
+        .start_us
+        .map(|s| hour_of(s.saturating_add(HOUR_US - 1)));
+    let past = filters.end_us.map(|e| hour_of(e.saturating_add(1)));
+    if let (Some(first), Some(past)) = (first, past) {
+        if past <= first {
+            return Ok(None); // less than an hour: the events are few
+        }
+    }
+    let mut total = whole_hours(conn, filters.namespace.as_deref(), first, past)?;
+    if let (Some(start), Some(first)) = (filters.start_us, first) {
+        if start < first {
+            let mut head = filters.clone();
+            head.end_us = Some(first - 1);
+            add(&mut total, &read::summary_without_distinct(conn, &head)?);
+        }
+    }
+    if let (Some(end), Some(past)) = (filters.end_us, past) {
+        if past <= end {
+            let mut tail = filters.clone();
+            tail.start_us = Some(past);
+            add(&mut total, &read::summary_without_distinct(conn, &tail)?);
+        }
+    }
+    Ok(Some(total))
+}
+
+fn whole_hours(
+    conn: &Connection,
+    namespace: Option<&str>,
+    first: Option<i64>,
+    past: Option<i64>,
+) -> CoreResult<Aggregate> {
+    let mut terms = Vec::new();
+    let mut values = Vec::new();
+    if let Some(ns) = namespace {
+        terms.push("namespace = ?");
+        values.push(Value::Text(ns.to_string()));
+    }
+    if let Some(first) = first {
+        terms.push("hour >= ?");
+        values.push(Value::Integer(first));
+    }
+    if let Some(past) = past {
+        terms.push("hour < ?");
+        values.push(Value::Integer(past));
+    }
+    let clause = if terms.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", terms.join(" AND "))
+    };
+    let sql = format!(
+        "SELECT COALESCE(SUM(events), 0), COALESCE(SUM(tokens_in), 0), COALESCE(SUM(tokens_out), 0), \
+         COALESCE(SUM(cache_read_tokens), 0), COALESCE(SUM(cache_write_tokens), 0), \
+         COALESCE(SUM(duration_ms), 0), COALESCE(SUM(api_calls), 0), COALESCE(SUM(units), 0), \
+         SUM(cost_nanos), COALESCE(SUM(unpriced_events), 0), 0, 0 FROM usage_hourly {clause}"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    Ok(stmt.query_row(params_from_iter(values), |row| {
+        read::aggregate_from_row(row, Some("all".into()), 0)
+    })?)
+}
+
+fn add(total: &mut Aggregate, part: &Aggregate) {
+    total.events += part.events;
+    total.tokens_in += part.tokens_in;
+    total.tokens_out += part.tokens_out;
+    total.cache_read_tokens += part.cache_read_tokens;
+    total.cache_write_tokens += part.cache_write_tokens;
+    total.duration_ms += part.duration_ms;
+    total.api_calls += part.api_calls;
+    total.units += part.units;
+    total.unpriced_events += part.unpriced_events;
+    total.cost_nanos = match (total.cost_nanos, part.cost_nanos) {
+        (None, None) => None,
+        (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+    };
+}
