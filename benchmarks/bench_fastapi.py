@@ -36,11 +36,14 @@ Run it from the repository root, after building the extension into the environme
     python benchmarks/bench_fastapi.py              # full run, about 2 minutes
     python benchmarks/bench_fastapi.py --quick      # short run, well under a minute
     python benchmarks/bench_fastapi.py --profile    # also a cProfile of batch requests
+    python benchmarks/bench_fastapi.py --gc-freeze  # the server calls gc.freeze() once up
 
-The client's garbage collector is paused while timing; the server's is not. The server runs
-uvicorn's defaults for what is installed (h11 or httptools, asyncio or uvloop; printed), with
-the access log off. On a machine with few cores the client, the server's event loop and the
-store's Rust threads compete for them: the header says how many there are.
+The client's garbage collector is paused while timing; the server's is not, and its
+collections (count, full ones, longest) are reported per phase: with FastAPI and pydantic
+imported a full collection takes tens of milliseconds, all of it on the event loop. The
+server runs uvicorn's defaults for what is installed (h11 or httptools, asyncio or uvloop;
+printed), with the access log off. On a machine with few cores the client, the server's
+event loop and the store's Rust threads compete for them: the header says how many there are.
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ import tempfile
 import time
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -111,17 +114,36 @@ MODELS = ("gpt-4o", "gpt-4o-mini", "claude-sonnet-4")
 
 @dataclass
 class ServerStats:
-    """Event-loop lag samples and /usage request times, in milliseconds."""
+    """Event-loop lag samples, /usage request times and garbage-collector pauses
+    (milliseconds)."""
 
     lag_ms: list[float] = field(default_factory=list)
     server_ms: list[float] = field(default_factory=list)
+    gc_ms: list[float] = field(default_factory=list)
+    gc_full: int = 0  # generation-2 collections
+    _gc_start: float = 0.0
 
     def snapshot(self, reset: bool) -> dict[str, Any]:
-        out = {"lag_ms": list(self.lag_ms), "server_ms": list(self.server_ms)}
+        out = {
+            "lag_ms": list(self.lag_ms),
+            "server_ms": list(self.server_ms),
+            "gc_ms": list(self.gc_ms),
+            "gc_full": self.gc_full,
+        }
         if reset:
             self.lag_ms.clear()
             self.server_ms.clear()
+            self.gc_ms.clear()
+            self.gc_full = 0
         return out
+
+    def on_gc(self, phase: str, info: dict[str, int]) -> None:
+        """A ``gc.callbacks`` entry: times every collection."""
+        if phase == "start":
+            self._gc_start = time.perf_counter()
+            return
+        self.gc_ms.append((time.perf_counter() - self._gc_start) * 1_000)
+        self.gc_full += info["generation"] == 2
 
 
 async def watch_lag(stats: ServerStats) -> None:
@@ -155,15 +177,20 @@ class ServerTimer:
         await self.app(scope, receive, timed_send)
 
 
-def build_app(db_path: str, stats: ServerStats | None = None) -> FastAPI:
+def build_app(db_path: str, stats: ServerStats | None = None, gc_freeze: bool = False) -> FastAPI:
     """The benchmark app: the library's router, plus /bench routes (and, with ``stats``,
-    the lag watcher) that are the benchmark's own."""
+    the lag watcher) that are the benchmark's own. ``gc_freeze``: ``gc.freeze()`` once
+    started, so that full collections no longer traverse the objects built at import and
+    startup (pydantic's validators among them), a mitigation to compare against."""
     store = uw.AsyncSQLiteStore(db_path)
     close_store = store_lifespan(store)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         watcher = None if stats is None else asyncio.create_task(watch_lag(stats))
+        if gc_freeze:
+            gc.collect()
+            gc.freeze()
         try:
             async with close_store(app):
                 yield
@@ -176,7 +203,8 @@ def build_app(db_path: str, stats: ServerStats | None = None) -> FastAPI:
 
     @app.get("/bench/ping")
     async def ping() -> JSONResponse:
-        return JSONResponse({"ok": True})
+        loop = type(asyncio.get_running_loop())
+        return JSONResponse({"ok": True, "loop": f"{loop.__module__}.{loop.__qualname__}"})
 
     @app.get("/bench/stats")
     async def bench_stats(reset: bool = False) -> JSONResponse:
@@ -185,45 +213,52 @@ def build_app(db_path: str, stats: ServerStats | None = None) -> FastAPI:
     return app
 
 
-def serve(db_path: str, conn: Connection) -> None:
+def serve(db_path: str, conn: Connection, gc_freeze: bool) -> None:
     """The server process: binds a free port, reports it (and uvicorn's choices), serves."""
     stats = ServerStats()
-    app = ServerTimer(build_app(db_path, stats), stats)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    gc.callbacks.append(stats.on_gc)
+    app = ServerTimer(build_app(db_path, stats, gc_freeze), stats)
+    # proto=IPPROTO_TCP, as uvicorn's own binding (via getaddrinfo) gets: asyncio sets
+    # TCP_NODELAY only on such sockets. With proto 0 every response would wait for the
+    # client's delayed ACK (~40 ms on Linux) behind Nagle's algorithm.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
-    config.load()  # resolves "auto" to the HTTP implementation and loop actually used
+    config.load()  # resolves "auto" to the HTTP implementation actually used
     http = getattr(config.http_protocol_class, "__module__", "?").rsplit(".", 1)[-1]
-    conn.send((sock.getsockname()[1], http, str(config.loop)))
+    conn.send((sock.getsockname()[1], http.removesuffix("_impl")))
     conn.close()
     uvicorn.Server(config).run(sockets=[sock])
 
 
 @contextmanager
-def running_server(db_path: Path) -> Iterator[tuple[str, str]]:
+def running_server(db_path: Path, gc_freeze: bool) -> Iterator[tuple[str, str]]:
     """A server process on ``db_path``; yields its base URL and a description."""
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=serve, args=(str(db_path), child), daemon=True)
+    proc = ctx.Process(target=serve, args=(str(db_path), child, gc_freeze), daemon=True)
     proc.start()
     child.close()
     try:
         if not parent.poll(60):
             raise RuntimeError("the server process did not report its port")
-        port, http, loop = parent.recv()
+        port, http = parent.recv()
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
         while True:
             try:
-                if httpx.get(f"{base}/bench/ping", timeout=1).status_code == 200:
+                response = httpx.get(f"{base}/bench/ping", timeout=1)
+                if response.status_code == 200:
+                    loop = response.json()["loop"]
                     break
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline or not proc.is_alive():
                 raise RuntimeError("the server did not come up")
             time.sleep(0.05)
-        yield base, f"uvicorn {uvicorn.__version__}, http={http}, loop={loop}, pid {proc.pid}"
+        frozen = ", gc.freeze() after startup" if gc_freeze else ""
+        yield base, f"uvicorn {uvicorn.__version__}, http={http}, loop={loop}{frozen}"
     finally:
         proc.terminate()  # SIGTERM: uvicorn shuts down, the lifespan closes the store
         proc.join(30)
@@ -247,16 +282,15 @@ def pct(values: Sequence[float], q: float) -> float:
 class Phase:
     label: str
     times_ms: list[float]
-    server_ms: list[float]
-    lag_ms: list[float]
+    server: dict[str, Any]  # ServerStats.snapshot() over the phase
     target_ms: float | None = None
     note: str = ""
 
 
-def server_stats(client: httpx.Client, reset: bool) -> dict[str, list[float]]:
+def server_stats(client: httpx.Client, reset: bool) -> dict[str, Any]:
     response = client.get("/bench/stats", params={"reset": reset})
     response.raise_for_status()
-    data: dict[str, list[float]] = response.json()
+    data: dict[str, Any] = response.json()
     return data
 
 
@@ -286,8 +320,7 @@ def run_phase(
             check(response)
     finally:
         gc.enable()
-    stats = server_stats(client, reset=True)
-    return Phase(label, times, stats["server_ms"], stats["lag_ms"], target_ms)
+    return Phase(label, times, server_stats(client, reset=True), target_ms)
 
 
 def batch_body(run: str, request: int, now: datetime) -> bytes:
@@ -329,16 +362,19 @@ def expect(status: int, **fields: Any) -> Callable[[httpx.Response], None]:
     return check
 
 
-def measure_writes(path: Path, n: int, warmup: int) -> tuple[list[Phase], str, int]:
+def measure_writes(
+    path: Path, n: int, warmup: int, gc_freeze: bool
+) -> tuple[list[Phase], str, int]:
     run = uuid.uuid4().hex[:12]
     now = datetime.now(timezone.utc)
     headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
     with (
-        running_server(path) as (base, how),
+        running_server(path, gc_freeze) as (base, how),
         httpx.Client(base_url=base, headers=headers, timeout=120) as client,
     ):
+        server_stats(client, reset=True)  # forget the startup
         time.sleep(1.0)  # one idle second: the lag baseline
-        idle = Phase("idle server (no requests), 1 s", [], [], server_stats(client, True)["lag_ms"])
+        idle = Phase("idle server (no requests), 1 s", [], server_stats(client, True))
         ping = run_phase(
             client,
             "GET /bench/ping (HTTP floor)",
@@ -362,23 +398,29 @@ def measure_writes(path: Path, n: int, warmup: int) -> tuple[list[Phase], str, i
             expect(201, received=BATCH_EVENTS, inserted=BATCH_EVENTS, duplicates=0),
             TARGET_BATCH_P50_MS,
         )
-        batch.note = f"{body_kb:,.0f} kB body"
+        batch.note = (
+            f"{body_kb:,.0f} kB body; {BATCH_EVENTS / pct(batch.times_ms, 50) * 1_000:,.0f} "
+            "events/s at the p50"
+        )
         stored = client.get("/usage/summary").json()["events"]
     if stored != (warmup + n) * BATCH_EVENTS:
         raise RuntimeError(f"the write store holds {stored:,} events, not {(warmup + n) * 1_000:,}")
     return [idle, ping, batch], how, stored
 
 
-def measure_reads(path: Path, n_all: int, n_filtered: int, warmup: int) -> tuple[list[Phase], str]:
+def measure_reads(
+    path: Path, n_all: int, n_filtered: int, warmup: int, gc_freeze: bool
+) -> tuple[list[Phase], str]:
     headers = {"Authorization": f"Bearer {API_KEY}"}
     day = timedelta(days=1)
     agents = bench_ledger.AGENTS
     with (
-        running_server(path) as (base, how),
+        running_server(path, gc_freeze) as (base, how),
         httpx.Client(base_url=base, headers=headers, timeout=120) as client,
     ):
+        server_stats(client, reset=True)
         time.sleep(1.0)
-        idle = Phase("idle server (no requests), 1 s", [], [], server_stats(client, True)["lag_ms"])
+        idle = Phase("idle server (no requests), 1 s", [], server_stats(client, True))
 
         def get(params: dict[str, str]) -> Callable[[], httpx.Response]:
             return lambda: client.get("/usage/summary", params=params)
@@ -443,7 +485,7 @@ def stage_split(workdir: Path, bodies: Sequence[bytes]) -> list[tuple[str, list[
         "JSON parse only (pydantic_core.from_json; reference, not a step)",
         "parse_json(batch_adapter, body): parse + validation",
         "_to_event x 1,000: UsageEvent construction",
-        "store.record_batch(events): the call (blocks the loop)",
+        "store.record_batch(events): the call (on the loop)",
         "await ...: the write (off the loop)",
         "JSONResponse(...)",
     ]
@@ -524,23 +566,53 @@ def fmt_ms(ms: float) -> str:
 def print_table(phases: Sequence[Phase]) -> None:
     width = max(len(p.label) for p in phases) + 2
     print(
-        f"  {'request':<{width}}{'n':>5}{'p50':>8}{'p99':>8}{'max':>8}"
-        f"{'server p50':>12}{'lag p50':>9}{'lag p99':>9}{'lag max':>9}  notes"
+        f"  {'request':<{width}}{'n':>5}{'p50':>8}{'p99':>8}{'max':>8}{'srv p50':>9}{'srv p99':>9}"
+        f"{'lag p50':>9}{'lag p99':>9}{'lag max':>9}{'gc n/full/max':>15}  notes"
     )
     for p in phases:
-        cells = [""] * 4
+        client = [""] * 4
         if p.times_ms:
-            cells = [str(len(p.times_ms))] + [
+            client = [str(len(p.times_ms))] + [
                 fmt_ms(v) for v in (pct(p.times_ms, 50), pct(p.times_ms, 99), max(p.times_ms))
             ]
-        server = fmt_ms(pct(p.server_ms, 50)) if p.server_ms else "-"
-        lag = ["-"] * 3
-        if p.lag_ms:
-            lag = [fmt_ms(v) for v in (pct(p.lag_ms, 50), pct(p.lag_ms, 99), max(p.lag_ms))]
+        server, lag = ["-"] * 2, ["-"] * 3
+        if p.server["server_ms"]:
+            server = [fmt_ms(pct(p.server["server_ms"], q)) for q in (50, 99)]
+        if p.server["lag_ms"]:
+            values = p.server["lag_ms"]
+            lag = [fmt_ms(v) for v in (pct(values, 50), pct(values, 99), max(values))]
+        gc_ms = p.server["gc_ms"]
+        collected = f"{len(gc_ms)}/{p.server['gc_full']}/{fmt_ms(max(gc_ms, default=0.0))}"
+        cells = [*client, *server, *lag]
         print(
-            f"  {p.label:<{width}}{cells[0]:>5}{cells[1]:>8}{cells[2]:>8}{cells[3]:>8}"
-            f"{server:>12}{lag[0]:>9}{lag[1]:>9}{lag[2]:>9}  {p.note}"
+            f"  {p.label:<{width}}{cells[0]:>5}"
+            + "".join(f"{c:>8}" for c in cells[1:4])
+            + "".join(f"{c:>9}" for c in cells[4:])
+            + f"{collected:>15}  {p.note}"
         )
+
+
+def describe_build() -> list[str]:
+    """Version, build type, the compiled module loaded and when it was built; a warning
+    when the Rust source is newer (this benchmark runs the installed build, not the source)."""
+    build = "!! DEBUG build: figures are meaningless" if uw._core.DEBUG_BUILD else "release build"
+    path = Path(uw._core.__file__ or "?")
+    if not path.exists():
+        return [f"usagewarden {uw.__version__} ({build}): {path}"]
+    built = path.stat().st_mtime
+    lines = [
+        f"usagewarden {uw.__version__} ({build}): {path}, built "
+        + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(built))
+    ]
+    sources = list((bench_ledger.ROOT / "src").rglob("*.rs"))
+    newest = max(sources, key=lambda p: p.stat().st_mtime, default=None)
+    if newest is not None and newest.stat().st_mtime > built:
+        changed = time.strftime("%H:%M:%S", time.localtime(newest.stat().st_mtime))
+        lines.append(
+            f"!! {newest.relative_to(bench_ledger.ROOT)} changed at {changed}, after the "
+            "extension was built: these figures are the installed build's"
+        )
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -552,6 +624,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--full-summary-requests", type=int, help="timed unfiltered GET /usage/summary requests"
+    )
+    parser.add_argument(
+        "--gc-freeze",
+        action="store_true",
+        help="the server calls gc.freeze() after startup (a mitigation, not the default)",
     )
     parser.add_argument("--rebuild", action="store_true", help="rebuild the cached read store")
     parser.add_argument("--profile", action="store_true", help="cProfile batch requests in-process")
@@ -578,7 +655,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"  !! only {cores} cores: the client, the server's event loop and the store's Rust "
             "threads share them"
         )
-    for line in bench_ledger.describe_build():
+    for line in describe_build():
         print(f"  {line}")
     import fastapi
     import pydantic
@@ -596,8 +673,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="usagewarden-bench-http-") as tmp:
         workdir = Path(tmp)
-        writes, write_server, stored = measure_writes(workdir / "writes.db", n_batch, warmup)
-        reads, read_server = measure_reads(read_path, n_all, n_filtered, warmup)
+        writes, write_server, stored = measure_writes(
+            workdir / "writes.db", n_batch, warmup, args.gc_freeze
+        )
+        reads, read_server = measure_reads(read_path, n_all, n_filtered, warmup, args.gc_freeze)
 
         now = datetime.now(timezone.utc)
         bodies = [batch_body("split", i, now) for i in range(21 if args.quick else 41)]
@@ -607,9 +686,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\n[1] writes, a fresh database: {write_server}; {stored:,} events stored")
     print(f"[2] reads, {READ_EVENTS:,} events in namespace {NAMESPACE!r}: {read_server}")
     print(
-        "    milliseconds; p50/p99 of the client's round trips (nearest rank); server p50: "
-        "app called\n    -> last byte sent; lag: how late the server's 5 ms sleeps woke "
-        "during the phase\n"
+        "    milliseconds. p50/p99/max: the client's round trips (nearest rank). srv: the "
+        "server's time,\n    app called -> last byte sent. lag: how late the server's 5 ms "
+        "sleeps woke during the phase.\n    gc: the server's garbage collections during the "
+        "phase: count / of them full (gen 2) / longest ms.\n"
     )
     print_table([*writes, *reads])
 

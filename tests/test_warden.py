@@ -357,3 +357,55 @@ async def test_events_carry_the_start_of_the_call_without_a_manual_clock(
     [event] = store.query()
     assert before <= event.timestamp < started_by
     store.close()
+
+
+async def test_a_call_is_used_once(clock: uw.ManualClock, store: uw.SQLiteStore) -> None:
+    warden = make_warden(clock, store)
+    call = warden.call("m")
+    async with call:
+        call.settle()
+    with pytest.raises(RuntimeError, match="already used"):
+        async with call:
+            pass
+    assert len(store.query()) == 1
+
+
+def test_ids_the_ledger_would_refuse_are_refused_before_the_call() -> None:
+    warden = uw.Warden()
+    with pytest.raises(ValueError, match="model"):
+        warden.call("m" * 300)
+    with pytest.raises(ValueError, match="agent_id"):
+        warden.call("m", agent_id="a" * 300)
+    with pytest.raises(ValueError, match="consumer_id"):
+        warden.call("m", consumer_id="nul\0")
+
+
+async def test_the_event_carries_the_limiters_admission_time_not_the_tasks_resumption(
+    clock: uw.ManualClock, store: uw.SQLiteStore
+) -> None:
+    warden = make_warden(clock, store, requests_per_minute=1)
+    async with warden.call("m") as call:
+        call.settle()
+
+    async def second() -> uw.Call:
+        async with warden.call("m") as call:
+            clock.advance(7)  # the body runs after the admission
+            call.settle()
+        return call
+
+    task = asyncio.ensure_future(second())
+    assert warden.limiter is not None
+    await eventually(lambda: is_queued(warden.limiter, "m"))  # type: ignore[arg-type]
+    clock.advance(60)
+    late_call = await asyncio.wait_for(task, 5)
+    assert late_call.reservation is not None
+    admitted = late_call.reservation.at
+    first, late = store.query()
+    assert late.timestamp.timestamp() == admitted >= first.timestamp.timestamp() + 60
+    assert late.metadata == {"waited_ms": round((admitted - T0) * 1000)}
+    assert late.duration_ms == 7_000
+
+
+def test_the_warden_takes_the_limiters_clock(clock: uw.ManualClock) -> None:
+    limiter = uw.RateLimiter(uw.RateLimits(requests_per_minute=1), clock=clock)
+    assert uw.Warden(limiter).clock is clock

@@ -196,7 +196,7 @@ class Call:
     ) -> Usage:
         """Replaces the estimate with the measured usage (a token count left
         out keeps its estimate); returns what the call is counted as."""
-        if not self._entered:
+        if self._started_at is None:
             raise RuntimeError("settle: the call has not started (use it with `async with`)")
         if self._settled is not None:
             raise ValueError("settle: the call is already settled")
@@ -222,12 +222,25 @@ class Call:
 
     # Shared by both ways in and out.
 
-    def _begin(self, reservation: Reservation | None, waited: float) -> Call:
-        self.reservation = reservation
-        self.waited = waited
-        self._started = self.warden._now()
-        self._started_at = self.warden._wall_time()
+    def _enter(self) -> float:
+        if self._entered:
+            raise RuntimeError("the call was already used; make a new one with warden.call()")
         self._entered = True
+        return self.warden._clock_now()
+
+    def begin_unlimited(self) -> Call:
+        """Starts the call without waiting on the limiter: for usage observed
+        after the fact (the call already happened elsewhere)."""
+        return self._begin(None, self._enter())
+
+    def _begin(self, reservation: Reservation | None, asked_at: float) -> Call:
+        """The call starts: its event carries the moment the limiter admitted
+        it (``Reservation.at``), so the ledger replays exactly against the limits."""
+        self.reservation = reservation
+        admitted = reservation.at if reservation is not None else asked_at
+        self.waited = max(0.0, admitted - asked_at)
+        self._started = self.warden._now()
+        self._started_at = datetime.fromtimestamp(admitted, tz=timezone.utc)
         return self
 
     def _finish(self, exc: BaseException | None) -> UsageEvent | None:
@@ -287,10 +300,10 @@ class Call:
     async def __aenter__(self) -> Call:
         if self._blocking:
             raise TypeError("call_blocking() is used with `with`; use call() with `async with`")
+        asked_at = self._enter()
         limiter = self.warden.limiter
         if limiter is None:
-            return self._begin(None, 0.0)
-        before = self.warden._now()
+            return self._begin(None, asked_at)
         reservation = await limiter.acquire(
             self.key,
             requests=1,
@@ -298,7 +311,7 @@ class Call:
             output_tokens=self.estimate.output_tokens,
             timeout=self._timeout,
         )
-        return self._begin(reservation, self.warden._now() - before)
+        return self._begin(reservation, asked_at)
 
     async def __aexit__(
         self,
@@ -315,10 +328,10 @@ class Call:
     def __enter__(self) -> Call:
         if not self._blocking:
             raise TypeError("call() is used with `async with`; use call_blocking() with `with`")
+        asked_at = self._enter()
         limiter = self.warden.limiter
         if limiter is None:
-            return self._begin(None, 0.0)
-        before = self.warden._now()
+            return self._begin(None, asked_at)
         reservation = limiter.acquire_blocking(
             self.key,
             requests=1,
@@ -326,7 +339,7 @@ class Call:
             output_tokens=self.estimate.output_tokens,
             timeout=self._timeout,
         )
-        return self._begin(reservation, self.warden._now() - before)
+        return self._begin(reservation, asked_at)
 
     def __exit__(
         self,
@@ -370,6 +383,8 @@ class Warden:
         if clock is not None and not isinstance(clock, ManualClock):
             raise TypeError("clock: must be a usagewarden.ManualClock or None")
         UsageEvent(agent_id, "default", namespace=namespace)  # names the bad argument
+        if clock is None and limiter is not None:
+            clock = limiter.clock  # one timeline for admissions, waits and events
         self.limiter = limiter
         self.store = store
         self.agent_id = agent_id
@@ -442,6 +457,12 @@ class Warden:
         agent_id = _optional_text(args["agent_id"], "agent_id")
         consumer_id = _optional_text(args["consumer_id"], "consumer_id")
         task_id = _optional_text(args["task_id"], "task_id")
+        action = _action(args["action"])
+        agent_id = agent_id or (run.agent_id if run else self.agent_id)
+        consumer_id = consumer_id or (run.consumer_id if run else "default")
+        task_id = task_id or (run.task_id if run else None)
+        # The ledger's own checks (length, NUL…), before the call rather than after it.
+        UsageEvent(agent_id, consumer_id, task_id=task_id, model=model, action=action)
         timeout = args["timeout"]
         if timeout is not None and (
             isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0
@@ -452,11 +473,11 @@ class Warden:
             blocking=blocking,
             model=model,
             key=key,
-            agent_id=agent_id or (run.agent_id if run else self.agent_id),
-            consumer_id=consumer_id or (run.consumer_id if run else "default"),
-            task_id=task_id or (run.task_id if run else None),
+            agent_id=agent_id,
+            consumer_id=consumer_id,
+            task_id=task_id,
             run=run,
-            action=_action(args["action"]),
+            action=action,
             input_tokens=_count(args["input_tokens"], "input_tokens"),
             max_output_tokens=_count(args["max_output_tokens"], "max_output_tokens"),
             timeout=timeout,
@@ -464,13 +485,16 @@ class Warden:
         )
 
     def _now(self) -> float:
+        """For durations."""
         return self.clock.now() if self.clock is not None else time.perf_counter()
 
     def _wall_time(self) -> datetime:
-        """When a call starts: the time its event carries, as the limiter counted it."""
-        if self.clock is None:
-            return datetime.now(timezone.utc)
-        return datetime.fromtimestamp(self.clock.now(), tz=timezone.utc)
+        return datetime.fromtimestamp(self._clock_now(), tz=timezone.utc)
+
+    def _clock_now(self) -> float:
+        """Seconds since the Unix epoch on the limiter's timeline (its system
+        clock is anchored to Unix time)."""
+        return self.clock.now() if self.clock is not None else time.time()
 
     async def _record(self, event: UsageEvent) -> None:
         try:
