@@ -704,10 +704,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for label, v in split
         if "reference" not in label and "await" not in label
     )
-    print(
-        f"  {'on the event loop (the route's steps but the await)':<{width}}"
-        f"{fmt_ms(blocking):>8}"
-    )
+    print(f"  {'on the event loop (every route step but the await)':<{width}}{fmt_ms(blocking):>8}")
     if profile:
         print(f"\n  cProfile, {len(bodies[:11]) - 1} requests through the ASGI app, by own time")
         print("\n".join("  " + line for line in profile.strip().splitlines()))
