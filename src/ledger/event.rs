@@ -6,6 +6,10 @@ use crate::usage::MAX_COUNT;
 use serde::{Deserialize, Serialize};
 
 pub const MAX_ID_CHARS: usize = 256;
+/// 0001-01-01T00:00:00Z and 9999-12-31T23:59:59.999999Z: the times every
+/// reader (Python's `datetime`, ISO 8601 text) can represent.
+pub const MIN_TIMESTAMP_US: i64 = -62_135_596_800_000_000;
+pub const MAX_TIMESTAMP_US: i64 = 253_402_300_799_999_999;
 pub const DEFAULT_ACTION: &str = "llm.request";
 pub const DEFAULT_NAMESPACE: &str = "default";
 
@@ -121,6 +125,12 @@ impl UsageEvent {
         check_optional_id("task_id", &self.task_id)?;
         check_optional_id("model", &self.model)?;
         check_optional_id("source", &self.source)?;
+        if !(MIN_TIMESTAMP_US..=MAX_TIMESTAMP_US).contains(&self.timestamp_us) {
+            return Err(CoreError::InvalidArgument(
+                "timestamp",
+                "must fall between the years 1 and 9999 in UTC".into(),
+            ));
+        }
         if !is_action(&self.action) {
             return Err(CoreError::InvalidArgument(
                 "action",

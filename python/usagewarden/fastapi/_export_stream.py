@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 logger = logging.getLogger("usagewarden")
@@ -52,22 +53,37 @@ class ChunkPipe:
             self._slots.release()
 
 
-async def stream_export(start: Callable[[ChunkPipe], Awaitable[int]]) -> AsyncIterator[bytes]:
-    """Runs ``start(pipe)`` (the store's export into ``pipe``) and yields
-    what it writes. A failure after the first byte can only cut the
-    response short; it is logged."""
+async def open_export(start: Callable[[ChunkPipe], Awaitable[int]]) -> AsyncIterator[bytes]:
+    """Runs ``start(pipe)`` (the store's export into ``pipe``) until its first
+    chunk, so that a store that cannot export at all raises here, before any
+    response is sent; then returns the chunks as an iterator. A failure after
+    the first byte can only cut the response short; it is logged."""
     pipe = ChunkPipe(asyncio.get_running_loop())
     export = asyncio.ensure_future(start(pipe))
     export.add_done_callback(lambda _: pipe.writer_finished())
+    # Retrieves the outcome of an export cut short, so it is never reported
+    # as an unhandled task error.
+    export.add_done_callback(lambda f: f.cancelled() or f.exception())
+    first = await pipe.read()
+    if first is None:
+        await export  # raises if the export failed before writing anything
+    chunks = _chunks(pipe, export, first)
+    # An iterator dropped unread must still release the writer.
+    weakref.finalize(chunks, pipe.reader_gone)
+    return chunks
+
+
+async def _chunks(
+    pipe: ChunkPipe, export: asyncio.Future[int], first: bytes | None
+) -> AsyncIterator[bytes]:
     try:
-        while (chunk := await pipe.read()) is not None:
+        chunk = first
+        while chunk is not None:
             yield chunk
+            chunk = await pipe.read()
         await export
     except Exception:
         logger.exception("usagewarden: an export stopped part-way")
         raise
     finally:
         pipe.reader_gone()
-        # Retrieves the outcome of an export cut short, so it is not reported
-        # as an unhandled task error.
-        export.add_done_callback(lambda f: f.cancelled() or f.exception())

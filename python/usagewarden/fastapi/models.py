@@ -11,7 +11,9 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
 MAX_BATCH = 1000
 
 _Id = Annotated[str, Field(min_length=1, max_length=256)]
-_Count = Annotated[int, Field(ge=0, le=2**63 - 1)]
+# `lt=2**63` rather than `le=2**63 - 1`: the OpenAPI schema carries bounds as
+# floats, and 2**63 is one that a float holds exactly.
+_Count = Annotated[int, Field(ge=0, lt=2**63)]
 
 
 class EventIn(BaseModel):

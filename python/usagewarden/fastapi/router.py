@@ -16,7 +16,7 @@ from pydantic import AwareDatetime, TypeAdapter, ValidationError
 from .._core import AsyncSQLiteStore, RateLimiter, UsageEvent, _events_from_json
 from ..errors import ConflictError, StoreError
 from ._errors import api_error
-from ._export_stream import stream_export
+from ._export_stream import open_export
 from ._requests import UsageRoute, argument_of, field_errors, parse_json, read_body
 from .auth import SCOPE_ADMIN, SCOPE_READ, SCOPE_WRITE, Principal
 from .models import (
@@ -473,7 +473,12 @@ def usage_router(
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         label = _UNSAFE_FILENAME.sub("_", access.namespace or "all")
         filename = f"usage-{label}-{stamp}.{format}"
-        chunks = stream_export(lambda pipe: store.export(pipe, format=format, limit=rows, **scoped))
+        try:
+            chunks = await open_export(
+                lambda pipe: store.export(pipe, format=format, limit=rows, **scoped)
+            )
+        except StoreError as exc:
+            raise _store_unavailable(exc) from None
         return StreamingResponse(
             chunks,
             media_type=_MEDIA_TYPES[format],

@@ -143,10 +143,19 @@ pub(super) fn aggregate_from_row(
     group: Option<String>,
     offset: usize,
 ) -> rusqlite::Result<Aggregate> {
-    let n = |i: usize| -> rusqlite::Result<u64> { Ok(row.get::<_, i64>(offset + i)? as u64) };
+    // Integers, or (from `saturating`) floats past what an integer holds:
+    // totals saturate at 2**63 - 1, the most one event may count.
+    let value = |i: usize| -> rusqlite::Result<Option<u64>> {
+        Ok(match row.get::<_, Value>(offset + i)? {
+            Value::Integer(v) => Some(v.max(0) as u64),
+            Value::Real(v) => Some((v.max(0.0) as u64).min(i64::MAX as u64)),
+            _ => None,
+        })
+    };
+    let n = |i: usize| -> rusqlite::Result<u64> { Ok(value(i)?.unwrap_or(0)) };
     Ok(Aggregate {
         group,
-        events: row.get::<_, i64>(offset)? as u64,
+        events: n(0)?,
         tokens_in: n(1)?,
         tokens_out: n(2)?,
         cache_read_tokens: n(3)?,
@@ -154,11 +163,32 @@ pub(super) fn aggregate_from_row(
         duration_ms: n(5)?,
         api_calls: n(6)?,
         units: n(7)?,
-        cost_nanos: row.get::<_, Option<i64>>(offset + 8)?.map(|c| c as u64),
-        unpriced_events: row.get::<_, i64>(offset + 9)? as u64,
-        unique_agents: row.get::<_, i64>(offset + 10)? as u64,
-        unique_consumers: row.get::<_, i64>(offset + 11)? as u64,
+        cost_nanos: value(8)?,
+        unpriced_events: n(9)?,
+        unique_agents: n(10)?,
+        unique_consumers: n(11)?,
     })
+}
+
+/// Runs a totals query; if its exact integer sums overflow (each event may
+/// count up to 2**63 - 1), runs it again summing in floating point, so the
+/// totals saturate instead of the query failing for good.
+pub(super) fn totals_query<T>(
+    sql: &str,
+    mut run: impl FnMut(&str) -> rusqlite::Result<T>,
+) -> CoreResult<T> {
+    match run(sql) {
+        Err(e) if e.to_string().contains("integer overflow") => Ok(run(&saturating(sql))?),
+        other => Ok(other?),
+    }
+}
+
+fn saturating(sql: &str) -> String {
+    sql.replace(
+        "SUM(cost_nanos)",
+        "CASE WHEN COUNT(cost_nanos) = 0 THEN NULL ELSE TOTAL(cost_nanos) END",
+    )
+    .replace("SUM(", "TOTAL(")
 }
 
 /// Totals per group, computed by SQLite: calendar buckets as one range query
@@ -201,11 +231,13 @@ pub fn aggregate_rows(
         "SELECT {expr} AS grp, {TOTALS} FROM usage_events {clause} GROUP BY grp ORDER BY {order}",
         expr = group_by.sql()
     );
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(params_from_iter(params), |row| {
-        aggregate_from_row(row, row.get::<_, Option<String>>(0)?, 1)
-    })?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    totals_query(&sql, |sql| {
+        let mut stmt = conn.prepare_cached(sql)?;
+        let rows = stmt.query_map(params_from_iter(params.iter()), |row| {
+            aggregate_from_row(row, row.get::<_, Option<String>>(0)?, 1)
+        })?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+    })
 }
 
 pub fn summary(conn: &Connection, filters: &Filters) -> CoreResult<Aggregate> {
@@ -221,10 +253,12 @@ pub fn summary_without_distinct(conn: &Connection, filters: &Filters) -> CoreRes
 fn summary_with(conn: &Connection, filters: &Filters, totals: &str) -> CoreResult<Aggregate> {
     let (clause, params) = filters.where_clause();
     let sql = format!("SELECT {totals} FROM usage_events {clause}");
-    let mut stmt = conn.prepare_cached(&sql)?;
-    Ok(stmt.query_row(params_from_iter(params), |row| {
-        aggregate_from_row(row, Some("all".into()), 0)
-    })?)
+    totals_query(&sql, |sql| {
+        conn.prepare_cached(sql)?
+            .query_row(params_from_iter(params.iter()), |row| {
+                aggregate_from_row(row, Some("all".into()), 0)
+            })
+    })
 }
 
 /// Count, oldest and newest timestamp.

@@ -36,22 +36,44 @@ CREATE TABLE usage_hourly (
 ) WITHOUT ROWID;
 INSERT INTO usage_hourly
 SELECT namespace, ts - (((ts % 3600000000) + 3600000000) % 3600000000) AS h, COUNT(*),
-       SUM(tokens_in), SUM(tokens_out), SUM(cache_read_tokens), SUM(cache_write_tokens),
-       SUM(duration_ms), SUM(api_calls), SUM(units), SUM(cost_nanos), COUNT(*) - COUNT(cost_nanos)
+       CAST(TOTAL(tokens_in) AS INTEGER), CAST(TOTAL(tokens_out) AS INTEGER),
+       CAST(TOTAL(cache_read_tokens) AS INTEGER), CAST(TOTAL(cache_write_tokens) AS INTEGER),
+       CAST(TOTAL(duration_ms) AS INTEGER), CAST(TOTAL(api_calls) AS INTEGER),
+       CAST(TOTAL(units) AS INTEGER), CAST(SUM(cost_nanos * 1.0) AS INTEGER),
+       COUNT(*) - COUNT(cost_nanos)
 FROM usage_events GROUP BY namespace, h;
 "#;
 
-const UPSERT: &str =
-    "INSERT INTO usage_hourly VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
-     ON CONFLICT (namespace, hour) DO UPDATE SET events = events + excluded.events, \
-     tokens_in = tokens_in + excluded.tokens_in, tokens_out = tokens_out + excluded.tokens_out, \
-     cache_read_tokens = cache_read_tokens + excluded.cache_read_tokens, \
-     cache_write_tokens = cache_write_tokens + excluded.cache_write_tokens, \
-     duration_ms = duration_ms + excluded.duration_ms, api_calls = api_calls + excluded.api_calls, \
-     units = units + excluded.units, \
-     cost_nanos = CASE WHEN excluded.cost_nanos IS NULL THEN cost_nanos \
-                       ELSE COALESCE(cost_nanos, 0) + excluded.cost_nanos END, \
-     unpriced_events = unpriced_events + excluded.unpriced_events";
+/// Adds to an hour, saturating at 2**63 - 1 (one event may count that much).
+fn upsert_sql() -> String {
+    let add = |c: &str| {
+        format!(
+            "CASE WHEN COALESCE({c}, 0) > 9223372036854775807 - excluded.{c} \
+             THEN 9223372036854775807 ELSE COALESCE({c}, 0) + excluded.{c} END"
+        )
+    };
+    let sums: Vec<String> = [
+        "events",
+        "tokens_in",
+        "tokens_out",
+        "cache_read_tokens",
+        "cache_write_tokens",
+        "duration_ms",
+        "api_calls",
+        "units",
+        "unpriced_events",
+    ]
+    .iter()
+    .map(|c| format!("{c} = {}", add(c)))
+    .collect();
+    format!(
+        "INSERT INTO usage_hourly VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
+         ON CONFLICT (namespace, hour) DO UPDATE SET {}, \
+         cost_nanos = CASE WHEN excluded.cost_nanos IS NULL THEN cost_nanos ELSE {} END",
+        sums.join(", "),
+        add("cost_nanos")
+    )
+}
 
 pub fn hour_of(ts_us: i64) -> i64 {
     ts_us - ts_us.rem_euclid(HOUR_US)
@@ -66,19 +88,20 @@ pub struct Pending {
 impl Pending {
     pub fn add(&mut self, e: &UsageEvent) {
         let key = (e.namespace.clone(), hour_of(e.timestamp_us));
-        let t = self.hours.entry(key).or_default();
-        t.events += 1;
-        t.tokens_in += e.tokens_in;
-        t.tokens_out += e.tokens_out;
-        t.cache_read_tokens += e.cache_read_tokens;
-        t.cache_write_tokens += e.cache_write_tokens;
-        t.duration_ms += e.duration_ms;
-        t.api_calls += e.api_calls;
-        t.units += e.units;
-        match e.cost_nanos {
-            Some(c) => t.cost_nanos = Some(t.cost_nanos.unwrap_or(0) + c),
-            None => t.unpriced_events += 1,
-        }
+        let one = Aggregate {
+            events: 1,
+            tokens_in: e.tokens_in,
+            tokens_out: e.tokens_out,
+            cache_read_tokens: e.cache_read_tokens,
+            cache_write_tokens: e.cache_write_tokens,
+            duration_ms: e.duration_ms,
+            api_calls: e.api_calls,
+            units: e.units,
+            cost_nanos: e.cost_nanos,
+            unpriced_events: u64::from(e.cost_nanos.is_none()),
+            ..Aggregate::default()
+        };
+        add(self.hours.entry(key).or_default(), &one);
     }
 
     /// Adds what was gathered to the table (inside the caller's transaction).
@@ -86,21 +109,22 @@ impl Pending {
         if self.hours.is_empty() {
             return Ok(());
         }
-        let mut stmt = conn.prepare_cached(UPSERT)?;
+        let mut stmt = conn.prepare_cached(&upsert_sql())?;
         for ((namespace, hour), t) in self.hours.drain() {
+            let n = |v: u64| v.min(i64::MAX as u64) as i64;
             stmt.execute(params![
                 namespace,
                 hour,
-                t.events as i64,
-                t.tokens_in as i64,
-                t.tokens_out as i64,
-                t.cache_read_tokens as i64,
-                t.cache_write_tokens as i64,
-                t.duration_ms as i64,
-                t.api_calls as i64,
-                t.units as i64,
-                t.cost_nanos.map(|c| c as i64),
-                t.unpriced_events as i64,
+                n(t.events),
+                n(t.tokens_in),
+                n(t.tokens_out),
+                n(t.cache_read_tokens),
+                n(t.cache_write_tokens),
+                n(t.duration_ms),
+                n(t.api_calls),
+                n(t.units),
+                t.cost_nanos.map(n),
+                n(t.unpriced_events),
             ])?;
         }
         Ok(())
@@ -114,9 +138,11 @@ pub fn after_purge(conn: &Connection, cutoff_us: i64) -> rusqlite::Result<()> {
     conn.prepare_cached("DELETE FROM usage_hourly WHERE hour <= ?1")?
         .execute([hour])?;
     conn.prepare_cached(
-        "INSERT INTO usage_hourly SELECT namespace, ?1, COUNT(*), SUM(tokens_in), SUM(tokens_out), \
-         SUM(cache_read_tokens), SUM(cache_write_tokens), SUM(duration_ms), SUM(api_calls), SUM(units), \
-         SUM(cost_nanos), COUNT(*) - COUNT(cost_nanos) \
+        "INSERT INTO usage_hourly SELECT namespace, ?1, COUNT(*), CAST(TOTAL(tokens_in) AS INTEGER), \
+         CAST(TOTAL(tokens_out) AS INTEGER), CAST(TOTAL(cache_read_tokens) AS INTEGER), \
+         CAST(TOTAL(cache_write_tokens) AS INTEGER), CAST(TOTAL(duration_ms) AS INTEGER), \
+         CAST(TOTAL(api_calls) AS INTEGER), CAST(TOTAL(units) AS INTEGER), \
+         CAST(SUM(cost_nanos * 1.0) AS INTEGER), COUNT(*) - COUNT(cost_nanos) \
          FROM usage_events WHERE ts >= ?1 AND ts < ?2 GROUP BY namespace",
     )?
     .execute([hour, hour + HOUR_US])?;
@@ -194,24 +220,32 @@ fn whole_hours(
          COALESCE(SUM(duration_ms), 0), COALESCE(SUM(api_calls), 0), COALESCE(SUM(units), 0), \
          SUM(cost_nanos), COALESCE(SUM(unpriced_events), 0), 0, 0 FROM usage_hourly {clause}"
     );
-    let mut stmt = conn.prepare_cached(&sql)?;
-    Ok(stmt.query_row(params_from_iter(values), |row| {
-        read::aggregate_from_row(row, Some("all".into()), 0)
-    })?)
+    read::totals_query(&sql, |sql| {
+        conn.prepare_cached(sql)?
+            .query_row(params_from_iter(values.iter()), |row| {
+                read::aggregate_from_row(row, Some("all".into()), 0)
+            })
+    })
 }
 
+/// Adds `part` to `total`, saturating at 2**63 - 1 like the totals queries.
 fn add(total: &mut Aggregate, part: &Aggregate) {
-    total.events += part.events;
-    total.tokens_in += part.tokens_in;
-    total.tokens_out += part.tokens_out;
-    total.cache_read_tokens += part.cache_read_tokens;
-    total.cache_write_tokens += part.cache_write_tokens;
-    total.duration_ms += part.duration_ms;
-    total.api_calls += part.api_calls;
-    total.units += part.units;
-    total.unpriced_events += part.unpriced_events;
+    let most = i64::MAX as u64;
+    for (t, p) in [
+        (&mut total.events, part.events),
+        (&mut total.tokens_in, part.tokens_in),
+        (&mut total.tokens_out, part.tokens_out),
+        (&mut total.cache_read_tokens, part.cache_read_tokens),
+        (&mut total.cache_write_tokens, part.cache_write_tokens),
+        (&mut total.duration_ms, part.duration_ms),
+        (&mut total.api_calls, part.api_calls),
+        (&mut total.units, part.units),
+        (&mut total.unpriced_events, part.unpriced_events),
+    ] {
+        *t = t.saturating_add(p).min(most);
+    }
     total.cost_nanos = match (total.cost_nanos, part.cost_nanos) {
         (None, None) => None,
-        (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+        (a, b) => Some(a.unwrap_or(0).saturating_add(b.unwrap_or(0)).min(most)),
     };
 }

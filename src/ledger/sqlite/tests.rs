@@ -417,3 +417,47 @@ fn summaries_from_hourly_totals_equal_summaries_from_events() {
     let reopened = store_at(&dir, "r.db", Durability::Batch, clock);
     assert_summaries_match_the_events(&reopened);
 }
+
+#[test]
+fn totals_of_the_largest_counts_saturate_instead_of_failing() {
+    let dir = tempdir();
+    let store = store_at(&dir, "big.db", Durability::Commit, manual_at(100 * S_US));
+    let max = crate::usage::MAX_COUNT;
+    let big = |agent: &str| {
+        let mut e = event(agent, 10 * S_US, max);
+        e.cost_nanos = Some(max);
+        e
+    };
+    store
+        .record_batch(vec![big("a"), big("a"), big("b")])
+        .unwrap();
+    store.record(big("c")).unwrap(); // the hourly totals saturate too
+    let all = Filters::default();
+    let summary = store.summary(&all).unwrap();
+    assert_eq!(summary.events, 4);
+    assert_eq!((summary.tokens_in, summary.cost_nanos), (max, Some(max)));
+    let from_events = store.read(|c| read::summary(c, &all)).unwrap();
+    assert_eq!(from_events.tokens_in, max);
+    for group_by in ["agent", "day", "model"] {
+        let groups = store.aggregate(group_by, "UTC", &all).unwrap();
+        assert_eq!(
+            groups.iter().map(|g| g.events).sum::<u64>(),
+            4,
+            "{group_by}"
+        );
+        assert!(groups.iter().all(|g| g.tokens_in == max), "{group_by}");
+    }
+}
+
+#[test]
+fn timestamps_outside_years_1_to_9999_are_refused() {
+    use crate::ledger::event::{MAX_TIMESTAMP_US, MIN_TIMESTAMP_US};
+    for (ts, ok) in [
+        (MIN_TIMESTAMP_US, true),
+        (MAX_TIMESTAMP_US, true),
+        (MIN_TIMESTAMP_US - 1, false),
+        (MAX_TIMESTAMP_US + 1, false),
+    ] {
+        assert_eq!(event("a", ts, 1).validate().is_ok(), ok, "{ts}");
+    }
+}
