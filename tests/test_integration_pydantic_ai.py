@@ -586,7 +586,8 @@ async def test_a_run_meter_as_deps_or_around_the_run_attributes_its_requests(
         "ticket-1",
     )
     assert by_deps.metadata == {"run_id": meter.run_id, "pydantic_ai_run_id": as_deps.run_id}
-    assert (by_block.agent_id, by_block.consumer_id) == ("bot", "hank")
+    # A run given no agent leaves the naming to the pydantic-ai agent.
+    assert (by_block.agent_id, by_block.consumer_id) == ("helper", "hank")
     assert (by_block.metadata or {})["run_id"] == around.run_id
     assert (by_both.consumer_id, (by_both.metadata or {})["run_id"]) == ("ivy", around.run_id)
     assert around.calls == 2

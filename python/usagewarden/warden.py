@@ -71,7 +71,10 @@ class RunMeter:
         run_id: str | None = None,
     ) -> None:
         self.warden = warden
-        self.agent_id = _optional_text(agent_id, "agent_id") or warden.agent_id
+        #: The agent the run was given, if any: integrations then prefer it to
+        #: their framework's agent name.
+        self.explicit_agent_id = _optional_text(agent_id, "agent_id")
+        self.agent_id = self.explicit_agent_id or warden.agent_id
         self.consumer_id = _optional_text(consumer_id, "consumer_id") or "default"
         self.task_id = _optional_text(task_id, "task_id")
         self.run_id = _optional_text(run_id, "run_id") or str(uuid.uuid4())

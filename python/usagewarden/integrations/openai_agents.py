@@ -42,7 +42,7 @@ from agents.models.default_models import get_default_model  # noqa: E402
 from agents.tracing import get_current_trace  # noqa: E402
 
 from .._core import UsageEvent  # noqa: E402
-from ..warden import Call, Warden, _count  # noqa: E402
+from ..warden import Call, Warden, _count, _current_run  # noqa: E402
 
 __all__ = ["CallAbandoned", "UsageWardenHooks", "estimate_tokens"]
 
@@ -86,11 +86,21 @@ class UsageWardenHooks(RunHooks[Any]):
     settles the reservation to ``response.usage`` (input and output tokens,
     cached and cache-write input tokens) and records one event.
 
-    Attribution: the event's agent is ``agent_id`` if given, else the SDK
-    agent's name; consumer, task and ``run_id`` come from ``consumer_id`` or
-    the enclosing ``with warden.run(...)``. The limiter key is ``key`` if
-    given, else the model name (``RunConfig.model`` is not visible to hooks).
+    Attribution: the event's agent is ``agent_id`` if given, else the agent
+    given to the enclosing ``warden.run(agent_id=...)``, else the SDK agent's name
+    (the same order as the pydantic-ai integration); consumer, task and
+    ``run_id`` come from ``consumer_id`` or the enclosing ``with warden.run(...)``.
+    The limiter key is ``key`` if given, else the model name
+    (``RunConfig.model`` is not visible to hooks).
     """
+
+    def _agent_id(self, agent: Any) -> str | None:
+        if self.agent_id is not None:
+            return self.agent_id
+        run = _current_run.get()
+        if run is not None and run.explicit_agent_id is not None:
+            return None  # the agent the run was given
+        return agent.name[:256] or None
 
     def __init__(
         self,
@@ -139,7 +149,7 @@ class UsageWardenHooks(RunHooks[Any]):
         call = self.warden.call(
             _model_name(agent),
             key=self.key,
-            agent_id=self.agent_id or (agent.name[:256] or None),
+            agent_id=self._agent_id(agent),
             consumer_id=self.consumer_id,
             input_tokens=estimate_tokens(system_prompt, input_items),
             max_output_tokens=self._max_output(agent),
@@ -167,7 +177,7 @@ class UsageWardenHooks(RunHooks[Any]):
             call = self.warden.call(
                 _model_name(agent),
                 key=self.key,
-                agent_id=self.agent_id or (agent.name[:256] or None),
+                agent_id=self._agent_id(agent),
                 consumer_id=self.consumer_id,
                 metadata=metadata,
             )

@@ -144,12 +144,14 @@ def _attribution(ctx: RunContext[Any] | None, consumer_id: str | None) -> _Attri
         if isinstance(deps, RunMeter)
         else {name: _text_attribute(deps, name) for name in _ATTRIBUTES}
     )
+    unnamed = given["agent_id"] is None and (meter is None or meter.explicit_agent_id is None)
+    if unnamed and ctx is not None and ctx.agent is not None:
+        # Neither the deps nor the run name the agent: the pydantic-ai agent does.
+        given["agent_id"] = ctx.agent.name or None
     if meter is None:
         # No usagewarden run: fall back to the integration's defaults.
         if given["consumer_id"] is None:
             given["consumer_id"] = consumer_id
-        if given["agent_id"] is None and ctx is not None and ctx.agent is not None:
-            given["agent_id"] = ctx.agent.name or None
         metadata = {"run_id": run_id} if run_id else {}
     else:
         # The meter's run id names the event; keep pydantic-ai's alongside it.
