@@ -17,11 +17,12 @@ none is set); the call settles to the ``RequestUsage`` the provider reported.
 
 Attribution: the event's ``run_id`` is ``RunContext.run_id``, unless a
 ``RunMeter`` is in effect (passed as the run's ``deps``, or an enclosing
-``with meter:``): then the meter's run id, agent, consumer and task are used,
-and pydantic-ai's run id is kept as ``pydantic_ai_run_id``. Non-empty ``str``
-attributes ``agent_id`` / ``consumer_id`` / ``task_id`` of the deps win over
-both, as explicit attribution does in ``warden.call``. Without a meter the
-consumer defaults to the integration's ``consumer_id`` and the agent to the
+``with meter:``): then the meter's run id, consumer and task are used (and its
+agent, if it was given one), and pydantic-ai's run id is kept as
+``pydantic_ai_run_id``. Non-empty ``str`` attributes ``agent_id`` /
+``consumer_id`` / ``task_id`` of the deps win over both, as explicit
+attribution does in ``warden.call``. Without a meter the consumer defaults to
+the integration's ``consumer_id``. An agent named nowhere else is the
 pydantic-ai agent's ``name`` (then the warden's ``agent_id``). The model is
 the model's ``model_name``. Nothing needs adding to ``RunContext``.
 """
