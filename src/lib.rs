@@ -9,6 +9,7 @@ pub mod history;
 pub mod ledger;
 pub mod limiter;
 pub mod limits;
+pub mod pricing;
 pub mod usage;
 pub mod window;
 

@@ -16,6 +16,7 @@ __all__ = [
     "Decision",
     "Limit",
     "ManualClock",
+    "Pricing",
     "RateLimiter",
     "RateLimits",
     "Reservation",
@@ -26,6 +27,7 @@ __all__ = [
     "UsageHistory",
     "__version__",
     "_close_all_stores",
+    "_events_from_json",
     "_quiesce",
 ]
 
@@ -498,6 +500,22 @@ class SQLiteStore:
     def close(self) -> None: ...
     def __enter__(self) -> SQLiteStore: ...
     def __exit__(self, *_args: object) -> bool: ...
+
+@final
+class Pricing:
+    """Model prices in USD per million tokens (input, output, cache read, cache
+    write; tiers above a number of input tokens; dates they take effect)."""
+
+    @staticmethod
+    def from_dict(prices: dict[str, Any]) -> Pricing: ...
+    @staticmethod
+    def from_litellm_json(path: str | os.PathLike[str]) -> Pricing: ...
+    def cost(
+        self, model: str, usage: Usage | UsageEvent, at: datetime.datetime | None = None
+    ) -> float | None: ...
+    def models(self) -> list[str]: ...
+    def __contains__(self, model: str, /) -> bool: ...
+    def __len__(self) -> int: ...
 
 @final
 class AsyncSQLiteStore:

@@ -10,6 +10,7 @@ mod history;
 mod ledger;
 mod limiter;
 mod limits;
+mod pricing;
 mod reservation;
 mod usage;
 
@@ -33,6 +34,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ledger::PyStoreStats>()?;
     m.add_class::<ledger::PySQLiteStore>()?;
     m.add_class::<ledger::PyAsyncSQLiteStore>()?;
+    m.add_class::<pricing::PyPricing>()?;
     m.add_function(wrap_pyfunction!(ledger::_close_all_stores, m)?)?;
     m.add_function(wrap_pyfunction!(ledger::_events_from_json, m)?)?;
     m.add_function(wrap_pyfunction!(bridge::_quiesce, m)?)?;

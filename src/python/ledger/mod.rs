@@ -3,7 +3,7 @@
 mod event;
 mod filters;
 mod jobs;
-mod pytime;
+pub(crate) mod pytime;
 mod results;
 mod sink;
 mod store;
