@@ -144,6 +144,7 @@ fn open_store(path: &Path) -> Result<SqliteStore, String> {
         durability: Durability::Batch,
         clock: Arc::new(SystemClock),
         log: Arc::new(|level, message| eprintln!("ledger_raw: {level:?}: {message}")),
+        pricing: None,
     })
     .map_err(|e| format!("cannot open {}: {e}", path.display()))
 }

@@ -151,3 +151,58 @@ def test_bad_arguments_name_themselves(tmp_path: Path, pricing: uw.Pricing) -> N
         pricing.cost("gpt-4o", {"input_tokens": 1})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="at"):
         pricing.cost("gpt-4o", uw.Usage(), at=dt.datetime(2024, 1, 1))
+
+
+def test_a_store_with_prices_fills_missing_costs_and_keeps_given_ones(
+    tmp_path: Path, pricing: uw.Pricing
+) -> None:
+    store = uw.SQLiteStore(tmp_path / "p.db", durability="commit", pricing=pricing)
+    assert store.pricing is pricing
+    at = dt.datetime(2025, 1, 1, tzinfo=UTC)
+
+    def event(agent: str, model: str | None, cost: float | None = None) -> uw.UsageEvent:
+        return uw.UsageEvent(
+            agent, "c", model=model, tokens_in=1_000_000, cost=cost, timestamp=at, request_id=agent
+        )
+
+    store.record_batch([event("priced", "gpt-4o"), event("given", "gpt-4o", cost=0.01)])
+    store.record(event("unknown", "mystery"))
+    store.record(event("no-model", None))
+    store.record(event("priced", "gpt-4o"))  # a retry as sent: a duplicate, not a conflict
+    costs = {e.agent_id: e.cost for e in store.query()}
+    assert costs == {"priced": 2.5, "given": 0.01, "unknown": None, "no-model": None}
+    assert store.summary().cost == pytest.approx(2.51)
+    assert store.stats().duplicates == 1 and store.stats().conflicts == 0
+    store.close()
+
+
+async def test_reprice_follows_new_prices_but_never_a_given_cost(tmp_path: Path) -> None:
+    old = uw.Pricing.from_dict({"gpt-4o": {"input": 5.0, "output": 0.0}})
+    new = uw.Pricing.from_dict(
+        {"gpt-4o": {"input": 2.5, "output": 0.0}, "mystery": {"input": 1.0, "output": 0.0}}
+    )
+    store = uw.AsyncSQLiteStore(tmp_path / "r.db", pricing=old)
+    million = {"tokens_in": 1_000_000}
+    await store.record_batch(
+        [
+            uw.UsageEvent("a", "c", model="gpt-4o", **million),
+            uw.UsageEvent("b", "c", model="gpt-4o", cost=9.0, **million),
+            uw.UsageEvent("c", "c", model="mystery", **million),
+            uw.UsageEvent("d", "other", model="gpt-4o", **million),
+        ]
+    )
+    assert (await store.summary()).cost == 5.0 + 9.0 + 5.0
+    # Only consumer "c": a, and c (now priced); b keeps its given cost.
+    assert await store.reprice(new, consumer_id="c") == 2
+    costs = {e.agent_id: e.cost for e in await store.query()}
+    assert costs == {"a": 2.5, "b": 9.0, "c": 1.0, "d": 5.0}
+    assert await store.reprice(new, consumer_id="c") == 0
+    assert (await store.summary()).cost == 2.5 + 9.0 + 1.0 + 5.0
+    with pytest.raises(TypeError, match="pricing"):
+        await store.reprice({"gpt-4o": 1})  # type: ignore[arg-type]
+    await store.close()
+
+
+def test_a_store_refuses_prices_of_the_wrong_type(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="pricing"):
+        uw.SQLiteStore(tmp_path / "x.db", pricing={"gpt-4o": 1})  # type: ignore[arg-type]

@@ -17,6 +17,7 @@ use crate::ledger::cursor::Cursor;
 use crate::ledger::event::UsageEvent;
 use crate::ledger::export::{write_events, Format};
 use crate::ledger::filters::Filters;
+use crate::pricing::Pricing;
 use parking_lot::Mutex;
 use rusqlite::{params_from_iter, Connection};
 use std::io::Write;
@@ -57,6 +58,8 @@ pub struct StoreOptions {
     pub durability: Durability,
     pub clock: Arc<dyn Clock>,
     pub log: LogSink,
+    /// Fills the cost of events recorded without one.
+    pub pricing: Option<Arc<Pricing>>,
 }
 
 /// What `stats()` reports.
@@ -113,6 +116,7 @@ impl SqliteStore {
             options.retention_us,
             now_us,
             options.log,
+            options.pricing.clone(),
         )?;
         Ok(SqliteStore {
             path: options.path,
@@ -289,6 +293,18 @@ impl SqliteStore {
         let after = cursor.map(|c| Cursor::decode(c, filters)).transpose()?;
         let (events, next) = self.read(|c| read::page(c, filters, after, limit, offset))?;
         Ok((events, next.map(|n| n.encode())))
+    }
+
+    /// Recomputes the cost of matching events with `pricing`: events recorded
+    /// without a cost, and those whose cost a pricing filled in; a cost the
+    /// caller gave is kept, and so is the cost of a model `pricing` does not
+    /// know. Returns how many events changed.
+    pub fn reprice(&self, pricing: Arc<Pricing>, filters: &Filters) -> CoreResult<usize> {
+        filters.validate()?;
+        let filters = filters.clone();
+        self.with_writer(Box::new(move |conn| {
+            rollup::reprice(conn, &pricing, &filters)
+        }))
     }
 
     pub fn aggregate(

@@ -45,6 +45,8 @@ CREATE INDEX usage_events_model       ON usage_events (model, ts) WHERE model IS
 CREATE INDEX usage_events_action      ON usage_events (action, ts);
 "#,
     super::rollup::MIGRATION,
+    // Whether a cost was filled in by the store's pricing (and may be repriced).
+    "ALTER TABLE usage_events ADD COLUMN cost_priced INTEGER NOT NULL DEFAULT 0;",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

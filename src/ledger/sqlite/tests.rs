@@ -18,6 +18,7 @@ fn store_at(
         durability,
         clock,
         log: Arc::new(|_, _| {}),
+        pricing: None,
     })
     .unwrap()
 }
@@ -411,8 +412,11 @@ fn summaries_from_hourly_totals_equal_summaries_from_events() {
 
     // A ledger from before the hourly totals existed gets them on opening.
     let conn = Connection::open(dir.join("r.db")).unwrap();
-    conn.execute_batch("DROP TABLE usage_hourly; DELETE FROM schema_version WHERE version = 2;")
-        .unwrap();
+    conn.execute_batch(
+        "DROP TABLE usage_hourly; ALTER TABLE usage_events DROP COLUMN cost_priced; \
+         DELETE FROM schema_version WHERE version >= 2;",
+    )
+    .unwrap();
     drop(conn);
     let reopened = store_at(&dir, "r.db", Durability::Batch, clock);
     assert_summaries_match_the_events(&reopened);
@@ -460,4 +464,84 @@ fn timestamps_outside_years_1_to_9999_are_refused() {
     ] {
         assert_eq!(event("a", ts, 1).validate().is_ok(), ok, "{ts}");
     }
+}
+
+fn prices(input_usd_per_million: f64) -> Arc<crate::pricing::Pricing> {
+    let spec = serde_json::json!({"gpt-4o": {"input": input_usd_per_million, "output": 0.0}});
+    Arc::new(crate::pricing::Pricing::from_json_object(spec.as_object().unwrap()).unwrap())
+}
+
+#[test]
+fn the_store_prices_events_without_a_cost_and_reprices_them_later() {
+    let dir = tempdir();
+    let store = SqliteStore::open(StoreOptions {
+        path: dir.join("p.db"),
+        retention_us: None,
+        durability: Durability::Commit,
+        clock: manual_at(100 * S_US),
+        log: Arc::new(|_, _| {}),
+        pricing: Some(prices(1.0)),
+    })
+    .unwrap();
+    let unpriced = |agent: &str, model: Option<&str>| {
+        let mut e = event(agent, 10 * S_US, 2_000_000); // $2 at $1/M
+        e.cost_nanos = None;
+        e.model = model.map(String::from);
+        e
+    };
+    let filled = unpriced("filled", Some("gpt-4o"));
+    let mut given = unpriced("given", Some("gpt-4o"));
+    given.cost_nanos = Some(7);
+    let unknown = unpriced("unknown", Some("mystery"));
+    store
+        .record_batch(vec![filled.clone(), given, unknown])
+        .unwrap();
+    // A retry of the event as it was sent is a duplicate, not a conflict.
+    assert_eq!(store.record_batch(vec![filled]).unwrap(), 0);
+    let cost_of = |store: &SqliteStore| -> Vec<(String, Option<u64>)> {
+        let events = store.query(&Filters::default(), None, 0).unwrap();
+        events
+            .into_iter()
+            .map(|e| (e.agent_id, e.cost_nanos))
+            .collect()
+    };
+    let expected = |filled: u64, unknown: Option<u64>| {
+        vec![
+            ("filled".to_string(), Some(filled)),
+            ("given".to_string(), Some(7)),
+            ("unknown".to_string(), unknown),
+        ]
+    };
+    assert_eq!(cost_of(&store), expected(2_000_000_000, None));
+
+    // Prices change: the filled cost follows, the given one stays.
+    assert_eq!(store.reprice(prices(0.5), &Filters::default()).unwrap(), 1);
+    assert_eq!(cost_of(&store), expected(1_000_000_000, None));
+    let both = serde_json::json!({
+        "gpt-4o": {"input": 0.5, "output": 0.0},
+        "mystery": {"input": 3.0, "output": 0.0},
+    });
+    let with_mystery =
+        crate::pricing::Pricing::from_json_object(both.as_object().unwrap()).unwrap();
+    // A model priced only now gets its cost; repricing again changes nothing.
+    assert_eq!(
+        store
+            .reprice(Arc::new(with_mystery.clone()), &Filters::default())
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .reprice(Arc::new(with_mystery), &Filters::default())
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        cost_of(&store),
+        expected(1_000_000_000, Some(6_000_000_000))
+    );
+    let all = Filters::default();
+    let from_events = store.read(|c| read::summary(c, &all)).unwrap();
+    assert_eq!(store.summary(&all).unwrap(), from_events);
+    assert_eq!(from_events.cost_nanos, Some(7_000_000_007));
 }

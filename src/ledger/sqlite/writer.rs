@@ -13,6 +13,7 @@ use super::schema::open_writer;
 use super::LogSink;
 use crate::error::{CoreError, CoreResult};
 use crate::ledger::event::UsageEvent;
+use crate::pricing::{Pricing, Tokens};
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, ErrorCode, TransactionBehavior};
 use std::path::PathBuf;
@@ -85,6 +86,7 @@ impl Writer {
         retention_us: Option<i64>,
         now_us: Arc<dyn Fn() -> i64 + Send + Sync>,
         log: LogSink,
+        pricing: Option<Arc<Pricing>>,
     ) -> CoreResult<Writer> {
         let conn = open_writer(&path, synchronous_full)
             .map_err(|e| CoreError::Store(format!("cannot open {}: {e}", path.display())))?;
@@ -98,6 +100,7 @@ impl Writer {
             log,
             retention_us,
             now_us,
+            pricing,
         };
         let thread = std::thread::Builder::new()
             .name("usagewarden-writer".into())
@@ -219,12 +222,13 @@ struct Worker {
     log: LogSink,
     retention_us: Option<i64>,
     now_us: Arc<dyn Fn() -> i64 + Send + Sync>,
+    pricing: Option<Arc<Pricing>>,
 }
 
 /// The statement every event is written with.
 const INSERT_SQL: &str = "INSERT INTO usage_events (namespace, request_id, ts, agent_id, consumer_id, task_id, action, model, \
-     tokens_in, tokens_out, cache_read_tokens, cache_write_tokens, duration_ms, api_calls, units, cost_nanos, source, metadata, fingerprint) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19) \
+     tokens_in, tokens_out, cache_read_tokens, cache_write_tokens, duration_ms, api_calls, units, cost_nanos, source, metadata, fingerprint, cost_priced) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20) \
      ON CONFLICT (namespace, request_id) DO NOTHING";
 
 /// Inserts events inside the caller's transaction, with the statement
@@ -234,21 +238,44 @@ pub struct Inserter<'c> {
     conn: &'c Connection,
     stmt: rusqlite::CachedStatement<'c>,
     hourly: rollup::Pending,
+    pricing: Option<&'c Pricing>,
 }
 
 impl<'c> Inserter<'c> {
     pub fn new(conn: &'c Connection) -> rusqlite::Result<Inserter<'c>> {
+        Inserter::with_pricing(conn, None)
+    }
+
+    /// An inserter that fills the cost of events that have none and whose
+    /// model `pricing` knows (at the event's time).
+    pub fn with_pricing(
+        conn: &'c Connection,
+        pricing: Option<&'c Pricing>,
+    ) -> rusqlite::Result<Inserter<'c>> {
         Ok(Inserter {
             conn,
             stmt: conn.prepare_cached(INSERT_SQL)?,
             hourly: rollup::Pending::default(),
+            pricing,
         })
     }
 
     pub fn insert(&mut self, e: &UsageEvent) -> rusqlite::Result<Outcome> {
-        let outcome = insert_with(self.conn, &mut self.stmt, e)?;
+        let priced = match (e.cost_nanos, self.pricing, &e.model) {
+            (None, Some(pricing), Some(model)) => {
+                pricing.cost_nanos(model, &tokens_of(e), e.timestamp_us)
+            }
+            _ => None,
+        };
+        let outcome = insert_with(self.conn, &mut self.stmt, e, priced)?;
         if outcome == Outcome::Inserted {
-            self.hourly.add(e);
+            match priced {
+                Some(cost) => self.hourly.add(&UsageEvent {
+                    cost_nanos: Some(cost),
+                    ..e.clone()
+                }),
+                None => self.hourly.add(e),
+            }
         }
         Ok(outcome)
     }
@@ -259,10 +286,23 @@ impl<'c> Inserter<'c> {
     }
 }
 
+pub(crate) fn tokens_of(e: &UsageEvent) -> Tokens {
+    Tokens {
+        input: e.tokens_in,
+        output: e.tokens_out,
+        cache_read: e.cache_read_tokens,
+        cache_write: e.cache_write_tokens,
+    }
+}
+
+/// `priced`: the cost the store's pricing gave an event that came without
+/// one. The fingerprint is the event's as given, so a retry is recognised
+/// whatever the prices have become since.
 fn insert_with(
     conn: &Connection,
     stmt: &mut rusqlite::CachedStatement<'_>,
     e: &UsageEvent,
+    priced: Option<u64>,
 ) -> rusqlite::Result<Outcome> {
     let fingerprint = e.fingerprint();
     let changed = stmt.execute(params![
@@ -281,10 +321,11 @@ fn insert_with(
         e.duration_ms as i64,
         e.api_calls as i64,
         e.units as i64,
-        e.cost_nanos.map(|c| c as i64),
+        e.cost_nanos.or(priced).map(|c| c as i64),
         e.source,
         e.metadata,
         fingerprint,
+        priced.is_some(),
     ])?;
     if changed == 1 {
         return Ok(Outcome::Inserted);
@@ -430,7 +471,7 @@ impl Worker {
             let tx = w
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let mut inserter = Inserter::new(&tx)?;
+            let mut inserter = Inserter::with_pricing(&tx, w.pricing.as_deref())?;
             let outcomes = records
                 .iter()
                 .map(|(event, _)| inserter.insert(event))
@@ -488,7 +529,7 @@ impl Worker {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut inserted = 0;
         let mut duplicates = 0;
-        let mut inserter = Inserter::new(&tx)?;
+        let mut inserter = Inserter::with_pricing(&tx, self.pricing.as_deref())?;
         for (index, event) in events.iter().enumerate() {
             match inserter.insert(event)? {
                 Outcome::Inserted => inserted += 1,

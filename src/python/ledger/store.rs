@@ -12,6 +12,7 @@ use crate::ledger::sqlite::{Durability, LogLevel, SqliteStore, StoreOptions};
 use crate::python::args;
 use crate::python::clock::ClockArg;
 use crate::python::errors::IntoPyResult;
+use crate::python::pricing::PyPricing;
 use parking_lot::Mutex;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
@@ -54,6 +55,19 @@ fn log_to_python(level: LogLevel, message: &str) {
 pub(crate) struct StoreCore {
     store: Arc<SqliteStore>,
     clock: ClockArg,
+    pricing: Option<Py<PyPricing>>,
+}
+
+fn optional_pricing<'py>(
+    pricing: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Option<Bound<'py, PyPricing>>> {
+    match pricing {
+        Some(p) if !p.is_none() => p
+            .cast::<PyPricing>()
+            .map(|p| Some(p.clone()))
+            .map_err(|_| PyTypeError::new_err("pricing must be a usagewarden.Pricing or None")),
+        _ => Ok(None),
+    }
 }
 
 impl StoreCore {
@@ -63,7 +77,9 @@ impl StoreCore {
         retention_seconds: Option<&Bound<'_, PyAny>>,
         durability: Option<&Bound<'_, PyAny>>,
         clock: Option<&Bound<'_, PyAny>>,
+        pricing: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<StoreCore> {
+        let pricing = optional_pricing(pricing)?;
         let path: PathBuf = match path {
             Some(p) if !p.is_none() => py
                 .import("os")?
@@ -87,10 +103,15 @@ impl StoreCore {
             durability,
             clock: clock.clock.clone(),
             log: Arc::new(log_to_python),
+            pricing: pricing.as_ref().map(|p| p.get().inner.clone()),
         };
         let store = Arc::new(py.detach(|| SqliteStore::open(options)).py_err(py)?);
         OPEN_STORES.lock().push(Arc::downgrade(&store));
-        Ok(StoreCore { store, clock })
+        Ok(StoreCore {
+            store,
+            clock,
+            pricing: pricing.map(Bound::unbind),
+        })
     }
 
     fn record(&self, event: &Bound<'_, PyAny>) -> PyResult<Job<String>> {
@@ -174,6 +195,22 @@ impl StoreCore {
             let (events, next) = store.page(&filters, limit, offset, cursor.as_deref())?;
             Ok((events.into_iter().map(PyUsageEvent::wrap).collect(), next))
         }))
+    }
+
+    fn reprice(
+        &self,
+        pricing: &Bound<'_, PyAny>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Job<usize>> {
+        let pricing = pricing
+            .cast::<PyPricing>()
+            .map_err(|_| PyTypeError::new_err("pricing must be a usagewarden.Pricing"))?
+            .get()
+            .inner
+            .clone();
+        let filters = filters::from_kwargs(kwargs)?;
+        let store = self.store.clone();
+        Ok(job(move || store.reprice(pricing, &filters)))
     }
 
     fn aggregate(
@@ -310,16 +347,36 @@ macro_rules! store_class {
         #[pymethods]
         impl $name {
             #[new]
-            #[pyo3(signature = (path=None, *, retention_seconds=None, durability=None, clock=None),
-                   text_signature = "(path='usagewarden.db', *, retention_seconds=None, durability='batch', clock=None)")]
+            #[pyo3(signature = (path=None, *, retention_seconds=None, durability=None, clock=None, pricing=None),
+                   text_signature = "(path='usagewarden.db', *, retention_seconds=None, durability='batch', clock=None, pricing=None)")]
             fn new(
                 py: Python<'_>,
                 path: Option<&Bound<'_, PyAny>>,
                 retention_seconds: Option<&Bound<'_, PyAny>>,
                 durability: Option<&Bound<'_, PyAny>>,
                 clock: Option<&Bound<'_, PyAny>>,
+                pricing: Option<&Bound<'_, PyAny>>,
             ) -> PyResult<Self> {
-                Ok($name { core: StoreCore::open(py, path, retention_seconds, durability, clock)? })
+                Ok($name { core: StoreCore::open(py, path, retention_seconds, durability, clock, pricing)? })
+            }
+
+            /// The prices that fill in the cost of events recorded without one.
+            #[getter]
+            fn pricing(&self, py: Python<'_>) -> Option<Py<PyPricing>> {
+                self.core.pricing.as_ref().map(|p| p.clone_ref(py))
+            }
+
+            /// Recomputes stored costs with `pricing` (for events recorded without a
+            /// cost, or priced by a store); a cost the caller gave is kept. Returns
+            /// how many events changed.
+            #[pyo3(signature = (pricing, **filters))]
+            fn reprice<'py>(
+                &self,
+                py: Python<'py>,
+                pricing: &Bound<'py, PyAny>,
+                filters: Option<&Bound<'py, PyDict>>,
+            ) -> PyResult<$ret> {
+                $run(py, self.core.reprice(pricing, filters)?)
             }
 
             #[getter]
@@ -519,6 +576,7 @@ store_class!(
                 core: StoreCore {
                     store: self.core.store.clone(),
                     clock: self.core.clock.clone_ref(py),
+                    pricing: self.core.pricing.as_ref().map(|p| p.clone_ref(py)),
                 },
             }
         }
