@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import usagewarden as uw
 
 #: Top-level packages that importing usagewarden must not pull in.
@@ -70,6 +71,43 @@ def test_import_pulls_in_no_framework() -> None:
     assert "usagewarden" in loaded and "usagewarden._core" in loaded
     top = {name.split(".")[0] for name in loaded}
     assert not top & set(FORBIDDEN), sorted(top & set(FORBIDDEN))
+
+
+def test_the_integrations_package_pulls_in_no_framework() -> None:
+    loaded = imported_by("import usagewarden.integrations, usagewarden.pytest_plugin")
+    top = {name.split(".")[0] for name in loaded}
+    assert not top & (set(FORBIDDEN) - {"pytest"}), sorted(top & set(FORBIDDEN))
+
+
+@pytest.mark.parametrize(
+    ("module", "framework", "extra"),
+    [
+        ("pydantic_ai", "pydantic_ai", "pydantic-ai"),
+        ("langchain", "langchain_core", "langchain"),
+        ("openai_agents", "agents", "openai-agents"),
+        ("fastapi", "fastapi", "fastapi"),
+    ],
+)
+def test_a_missing_framework_is_an_import_error_naming_the_extra(
+    module: str, framework: str, extra: str
+) -> None:
+    package = "usagewarden" if module == "fastapi" else "usagewarden.integrations"
+    code = (
+        "import sys\n"
+        f"sys.modules[{framework!r}] = None  # as if it were not installed\n"
+        "try:\n"
+        f"    import {package}.{module}\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert f"pip install 'usagewarden[{extra}]'" in out.stdout
 
 
 def test_from_import_of_the_api_pulls_in_no_framework() -> None:

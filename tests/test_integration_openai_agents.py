@@ -12,7 +12,6 @@ import gc
 import json
 import subprocess
 import sys
-import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,9 @@ import pytest
 
 pytest.importorskip("agents")
 
+import agent_helpers  # noqa: E402
 import usagewarden as uw  # noqa: E402
+from agent_helpers import SpyWarden, assert_replay, recorded  # noqa: E402
 from agents import (  # noqa: E402
     Agent,
     ModelResponse,
@@ -214,23 +215,6 @@ def lookup(q: str) -> str:
     return f"facts about {q}"
 
 
-class SpyWarden(uw.Warden):
-    """A Warden that keeps every Call it hands out, so a test can replay
-    exactly what the limiter admitted (each reservation's time and usage)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.calls: list[uw.Call] = []
-
-    def call(self, *args: Any, **kwargs: Any) -> uw.Call:
-        call = super().call(*args, **kwargs)
-        self.calls.append(call)
-        return call
-
-    def admitted(self) -> list[uw.Reservation]:
-        return [c.reservation for c in self.calls if c.reservation is not None]
-
-
 @pytest.fixture(autouse=True)
 def no_trace_export() -> Iterator[None]:
     set_tracing_disabled(True)  # offline: no trace upload to attempt
@@ -253,82 +237,16 @@ def store(tmp_path: Path, clock: uw.ManualClock) -> Iterator[uw.SQLiteStore]:
 def make_warden(
     clock: uw.ManualClock, store: uw.SQLiteStore | None = None, **limits: Any
 ) -> SpyWarden:
-    limiter = uw.RateLimiter(uw.RateLimits(**limits), clock=clock) if limits else None
-    return SpyWarden(limiter, store, agent_id="warden-agent", clock=clock)
-
-
-def recorded(store: uw.SQLiteStore) -> list[uw.UsageEvent]:
-    store.flush()
-    return store.query()
-
-
-def assert_replay(
-    admitted: list[uw.Reservation], *, requests: int, total_tokens: int, window: float = 60.0
-) -> None:
-    """Replays what the limiter admitted, at the moments it admitted it (with
-    the settled usage): no window of ``window`` seconds (half-open,
-    (t - window, t], as the limiter counts) holds more than the limits."""
-    entries = sorted(((r.at, r.usage) for r in admitted if not r.cancelled), key=lambda e: e[0])
-    for end, _ in entries:
-        inside = [u for t, u in entries if end - window < t <= end]
-        assert sum(u.requests for u in inside) <= requests, f"requests over, window ending {end}"
-        tokens = sum(u.total_tokens for u in inside)
-        assert tokens <= total_tokens, f"{tokens} tokens in the window ending {end}"
+    return agent_helpers.make_warden(clock, store, "warden-agent", **limits)
 
 
 async def drive(
-    clock: uw.ManualClock,
-    limiter: uw.RateLimiter,
-    tasks: list[asyncio.Task[Any]],
-    key: str = MODEL,
-    step: float = 1.0,
+    clock: uw.ManualClock, limiter: uw.RateLimiter, tasks: list[asyncio.Task[Any]]
 ) -> None:
-    """Runs ``tasks`` to completion, advancing the clock only while a call
-    waits on the limiter."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + GRACE * 3
-    pending: set[asyncio.Task[Any]] = set(tasks)
-    while pending:
-        assert loop.time() < deadline, "runs did not finish"
-        _, pending = await asyncio.wait(pending, timeout=0.002)
-        if pending and is_queued(limiter, key):
-            clock.advance(step)
-    for task in tasks:
-        task.result()
+    await agent_helpers.drive(clock, limiter, tasks, MODEL)
 
 
 # --- import hygiene -----------------------------------------------------------
-
-
-def test_import_usagewarden_imports_no_framework() -> None:
-    code = """
-        import sys, warnings
-        warnings.simplefilter("ignore")
-        import usagewarden, usagewarden.integrations
-        loaded = sorted(m for m in ("agents", "openai", "langchain", "langchain_core")
-                        if m in sys.modules)
-        print(loaded)
-    """
-    done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, check=True
-    )
-    assert done.stdout.strip() == "[]"
-
-
-def test_a_missing_framework_names_the_extra() -> None:
-    code = """
-        import sys, warnings
-        warnings.simplefilter("ignore")
-        sys.modules["agents"] = None  # as if not installed
-        try:
-            import usagewarden.integrations.openai_agents
-        except ImportError as exc:
-            print(exc)
-    """
-    done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, check=True
-    )
-    assert "pip install 'usagewarden[openai-agents]'" in done.stdout
 
 
 # --- one call -------------------------------------------------------------------

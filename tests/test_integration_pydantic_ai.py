@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import math
 import subprocess
 import sys
@@ -653,29 +652,6 @@ def run_python(code: str, cwd: Path | None = None) -> subprocess.CompletedProces
         timeout=120,
         cwd=cwd,
     )
-
-
-def test_importing_usagewarden_does_not_import_pydantic_ai() -> None:
-    out = run_python(
-        "import json, sys\n"
-        "import usagewarden, usagewarden.integrations\n"
-        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'pydantic_ai')))\n"
-    )
-    assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
-
-
-def test_without_pydantic_ai_the_import_error_names_the_extra() -> None:
-    out = run_python(
-        "import sys\n"
-        "sys.modules['pydantic_ai'] = None  # as if it were not installed\n"
-        "try:\n"
-        "    import usagewarden.integrations.pydantic_ai\n"
-        "except ImportError as exc:\n"
-        "    print(exc)\n"
-    )
-    assert out.returncode == 0, out.stderr
-    assert "pip install 'usagewarden[pydantic-ai]'" in out.stdout
 
 
 def test_the_example_runs_offline_and_prints_the_usage(tmp_path: Path) -> None:
