@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -82,3 +84,24 @@ async def test_the_fastapi_example_limits_authenticates_and_meters(
     assert routes.count("/search") == 11 and routes.count("/me") == 2
     assert routes.count("/usage/summary") == 1 and routes.count("/usage/export") == 1
     store.close()
+
+
+@pytest.mark.parametrize(
+    ("script", "expected"),
+    [
+        ("pydantic_ai_agent.py", "recorded"),
+        ("langchain_agent.py", "calls recorded: 6"),
+        ("openai_agents_run.py", "calls recorded: 6"),
+    ],
+)
+def test_the_agent_examples_run_offline(tmp_path: Path, script: str, expected: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-W", "ignore", str(EXAMPLES / script)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert expected in done.stdout
