@@ -29,7 +29,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from . import require
+from . import checked_adapter_args, require
 
 require("langchain_core", "langchain")
 require("langchain.agents", "langchain")
@@ -386,11 +386,10 @@ class UsageWardenMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         timeout: float | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(warden, Warden):
-            raise TypeError("warden: must be a usagewarden.Warden")
-        UsageEvent(agent_id or warden.agent_id, consumer_id or "default")  # names a bad id
+        self.max_output_tokens = checked_adapter_args(
+            warden, max_output_tokens=max_output_tokens, agent_id=agent_id, consumer_id=consumer_id
+        )
         self.warden = warden
-        self.max_output_tokens = _count(max_output_tokens, "max_output_tokens")
         self.consumer_id = consumer_id
         self.agent_id = agent_id
         self.key = key

@@ -32,7 +32,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import require
+from . import checked_adapter_args, require
 
 require("agents", "openai-agents")
 
@@ -41,8 +41,7 @@ from agents.items import TResponseInputItem  # noqa: E402
 from agents.models.default_models import get_default_model  # noqa: E402
 from agents.tracing import get_current_trace  # noqa: E402
 
-from .._core import UsageEvent  # noqa: E402
-from ..warden import Call, Warden, _count, _current_run  # noqa: E402
+from ..warden import Call, Warden, _current_run  # noqa: E402
 
 __all__ = ["CallAbandoned", "UsageWardenHooks", "estimate_tokens"]
 
@@ -112,13 +111,10 @@ class UsageWardenHooks(RunHooks[Any]):
         key: Any = None,
         timeout: float | None = None,
     ) -> None:
-        if not isinstance(warden, Warden):
-            raise TypeError("warden: must be a usagewarden.Warden")
-        # Checked now with the ledger's own rules: Warden.call accepts names the
-        # ledger refuses, which would lose each call's event after the call.
-        UsageEvent(agent_id or warden.agent_id, consumer_id or "default")
+        self.max_output_tokens = checked_adapter_args(
+            warden, max_output_tokens=max_output_tokens, agent_id=agent_id, consumer_id=consumer_id
+        )
         self.warden = warden
-        self.max_output_tokens = _count(max_output_tokens, "max_output_tokens")
         self.consumer_id = consumer_id
         self.agent_id = agent_id
         self.key = key
