@@ -3,6 +3,7 @@
 //! The modules at this level are plain Rust and know nothing of Python; the
 //! `python` module (behind the `python` feature) holds the thin PyO3 bindings.
 
+pub mod budget;
 pub mod clock;
 pub mod error;
 pub mod history;

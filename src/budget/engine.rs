@@ -1,0 +1,366 @@
+//! The budget engine: reserve the estimated cost before a call, settle the
+//! actual cost after it, all under one lock, so concurrent calls can never
+//! spend past a limit by more than what is in flight.
+
+use super::{Action, Budget, CallScope, Period};
+use crate::error::{CoreError, CoreResult};
+use hashbrown::HashMap;
+use parking_lot::Mutex;
+use std::collections::VecDeque;
+
+/// Reads the spend a budget's scope value already has in the ledger for
+/// `[start_us, end_us]` (a restart, or another process, spent it).
+pub type SpendLoader = Box<dyn Fn(&Budget, &str, i64, i64) -> CoreResult<u64> + Send + Sync>;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum AlertKind {
+    /// Spend reached this fraction of the limit (once per period).
+    Threshold(f64),
+    /// A new period began.
+    Reset,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Alert {
+    pub budget: String,
+    /// The scope's value (`""` for a global budget).
+    pub scope_value: String,
+    pub kind: AlertKind,
+    pub spent_nanos: u64,
+    pub limit_nanos: u64,
+    pub period_start_us: i64,
+    pub at_us: i64,
+}
+
+/// A call admitted: what it reserved, and the model to use instead if a
+/// budget downgrades it.
+#[derive(Debug)]
+pub struct Admission {
+    pub reservation: u64,
+    pub downgrade_to: Option<String>,
+    pub alerts: Vec<Alert>,
+}
+
+/// A call refused by a blocking budget.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub budget: String,
+    pub scope_value: String,
+    pub spent_nanos: u64,
+    pub reserved_nanos: u64,
+    pub limit_nanos: u64,
+    pub next_reset_us: Option<i64>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Status {
+    pub budget: String,
+    pub scope_value: String,
+    pub spent_nanos: u64,
+    pub reserved_nanos: u64,
+    pub limit_nanos: u64,
+    pub period_start_us: i64,
+    pub next_reset_us: Option<i64>,
+    pub thresholds_crossed: Vec<f64>,
+}
+
+type SlotKey = (usize, String);
+
+struct Slot {
+    period_start: i64,
+    next_reset: Option<i64>,
+    spent: u64,
+    reserved: u64,
+    /// Bit i: threshold i fired this period.
+    fired: u64,
+    /// Rolling periods: what was spent when, oldest first.
+    recent: VecDeque<(i64, u64)>,
+}
+
+struct Held {
+    key: SlotKey,
+    estimate: u64,
+}
+
+#[derive(Default)]
+struct State {
+    slots: HashMap<SlotKey, Slot>,
+    reservations: HashMap<u64, Vec<Held>>,
+    next_id: u64,
+}
+
+pub struct Engine {
+    budgets: Vec<Budget>,
+    loader: SpendLoader,
+    state: Mutex<State>,
+}
+
+impl Engine {
+    pub fn new(budgets: Vec<Budget>, loader: SpendLoader) -> CoreResult<Engine> {
+        for (i, b) in budgets.iter().enumerate() {
+            if budgets[..i].iter().any(|other| other.name == b.name) {
+                return Err(CoreError::InvalidArgument(
+                    "budgets",
+                    format!("two budgets are named {:?}", b.name),
+                ));
+            }
+        }
+        Ok(Engine {
+            budgets,
+            loader,
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    pub fn budgets(&self) -> &[Budget] {
+        &self.budgets
+    }
+
+    /// The budgets covering a call, with the scope value each sees.
+    fn covering(&self, call: &CallScope) -> Vec<SlotKey> {
+        self.budgets
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| {
+                let value = call.value(b.scope)?;
+                match &b.matches {
+                    Some(m) if m != value => None,
+                    _ => Some((i, value.to_string())),
+                }
+            })
+            .collect()
+    }
+
+    /// Makes sure every slot exists, loading the spend of new ones from the
+    /// ledger without holding the lock.
+    fn load(&self, keys: &[SlotKey], now_us: i64) -> CoreResult<()> {
+        let missing: Vec<&SlotKey> = {
+            let state = self.state.lock();
+            keys.iter()
+                .filter(|k| !state.slots.contains_key(*k))
+                .collect()
+        };
+        for key in missing {
+            let budget = &self.budgets[key.0];
+            let (start, next) = budget.period.bounds(now_us, budget.tz);
+            let spent = (self.loader)(budget, &key.1, start, now_us)?;
+            let mut recent = VecDeque::new();
+            if matches!(budget.period, Period::Rolling(_)) && spent > 0 {
+                // Spent at unknown times within the window: counted as of now.
+                recent.push_back((now_us, spent));
+            }
+            let mut slot = Slot {
+                period_start: start,
+                next_reset: next,
+                spent,
+                reserved: 0,
+                fired: 0,
+                recent,
+            };
+            // Thresholds already passed before this process saw them stay quiet.
+            slot.fired = crossed(budget, slot.spent);
+            self.state.lock().slots.entry(key.clone()).or_insert(slot);
+        }
+        Ok(())
+    }
+
+    /// Reserves `estimate_nanos` on every budget covering the call, or
+    /// refuses it (reserving nothing) if a blocking budget would go over.
+    pub fn check(
+        &self,
+        call: &CallScope,
+        estimate_nanos: u64,
+        now_us: i64,
+    ) -> CoreResult<Result<Admission, Refusal>> {
+        let keys = self.covering(call);
+        self.load(&keys, now_us)?;
+        let mut state = self.state.lock();
+        let mut alerts = Vec::new();
+        let mut downgrade_to = None;
+        for key in &keys {
+            let budget = &self.budgets[key.0];
+            let slot = state.slots.get_mut(key).expect("loaded above");
+            roll(budget, &key.1, slot, now_us, &mut alerts);
+            let committed = slot.spent.saturating_add(slot.reserved);
+            let over = if budget.soft {
+                committed >= budget.limit_nanos
+            } else {
+                committed.saturating_add(estimate_nanos) > budget.limit_nanos
+            };
+            if !over {
+                continue;
+            }
+            match &budget.action {
+                Action::Alert => {}
+                Action::Block => {
+                    return Ok(Err(Refusal {
+                        budget: budget.name.clone(),
+                        scope_value: key.1.clone(),
+                        spent_nanos: slot.spent,
+                        reserved_nanos: slot.reserved,
+                        limit_nanos: budget.limit_nanos,
+                        next_reset_us: slot.next_reset,
+                    }));
+                }
+                Action::Downgrade(model) => {
+                    if downgrade_to.is_none() && call.model.as_deref() != Some(model) {
+                        downgrade_to = Some(model.clone());
+                    }
+                }
+            }
+        }
+        let mut held = Vec::with_capacity(keys.len());
+        for key in keys {
+            let slot = state.slots.get_mut(&key).expect("loaded above");
+            slot.reserved = slot.reserved.saturating_add(estimate_nanos);
+            held.push(Held {
+                key,
+                estimate: estimate_nanos,
+            });
+        }
+        state.next_id += 1;
+        let id = state.next_id;
+        state.reservations.insert(id, held);
+        Ok(Ok(Admission {
+            reservation: id,
+            downgrade_to,
+            alerts,
+        }))
+    }
+
+    /// Replaces a reservation's estimate with the actual cost; returns the
+    /// thresholds this crossed (each fires once per period).
+    pub fn settle(
+        &self,
+        reservation: u64,
+        actual_nanos: u64,
+        now_us: i64,
+    ) -> CoreResult<Vec<Alert>> {
+        let mut state = self.state.lock();
+        let held = state.reservations.remove(&reservation).ok_or_else(|| {
+            CoreError::InvalidArgument("reservation", "is unknown or already settled".into())
+        })?;
+        let mut alerts = Vec::new();
+        for h in held {
+            let budget = &self.budgets[h.key.0];
+            let Some(slot) = state.slots.get_mut(&h.key) else {
+                continue;
+            };
+            roll(budget, &h.key.1, slot, now_us, &mut alerts);
+            // In-flight calls stay reserved across a reset, and their cost lands
+            // in the period they finish in.
+            slot.reserved = slot.reserved.saturating_sub(h.estimate);
+            slot.spent = slot.spent.saturating_add(actual_nanos);
+            if matches!(budget.period, Period::Rolling(_)) && actual_nanos > 0 {
+                slot.recent.push_back((now_us, actual_nanos));
+            }
+            let now_crossed = crossed(budget, slot.spent);
+            for (i, t) in budget.thresholds.iter().enumerate() {
+                let bit = 1 << i;
+                if now_crossed & bit != 0 && slot.fired & bit == 0 {
+                    slot.fired |= bit;
+                    alerts.push(Alert {
+                        budget: budget.name.clone(),
+                        scope_value: h.key.1.clone(),
+                        kind: AlertKind::Threshold(*t),
+                        spent_nanos: slot.spent,
+                        limit_nanos: budget.limit_nanos,
+                        period_start_us: slot.period_start,
+                        at_us: now_us,
+                    });
+                }
+            }
+        }
+        Ok(alerts)
+    }
+
+    /// Every budget and scope value seen, oldest budget first.
+    pub fn status(&self, now_us: i64) -> Vec<Status> {
+        let mut state = self.state.lock();
+        let mut ignored = Vec::new();
+        let mut out: Vec<Status> = state
+            .slots
+            .iter_mut()
+            .map(|(key, slot)| {
+                let budget = &self.budgets[key.0];
+                roll(budget, &key.1, slot, now_us, &mut ignored);
+                Status {
+                    budget: budget.name.clone(),
+                    scope_value: key.1.clone(),
+                    spent_nanos: slot.spent,
+                    reserved_nanos: slot.reserved,
+                    limit_nanos: budget.limit_nanos,
+                    period_start_us: slot.period_start,
+                    next_reset_us: slot.next_reset,
+                    thresholds_crossed: budget
+                        .thresholds
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| slot.fired & (1 << i) != 0)
+                        .map(|(_, t)| *t)
+                        .collect(),
+                }
+            })
+            .collect();
+        let order: HashMap<&str, usize> = self
+            .budgets
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (b.name.as_str(), i))
+            .collect();
+        out.sort_by(|a, b| {
+            (order[a.budget.as_str()], &a.scope_value)
+                .cmp(&(order[b.budget.as_str()], &b.scope_value))
+        });
+        out
+    }
+}
+
+/// Threshold bits reached by `spent`.
+fn crossed(budget: &Budget, spent: u64) -> u64 {
+    budget
+        .thresholds
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| spent as f64 >= **t * budget.limit_nanos as f64)
+        .fold(0, |bits, (i, _)| bits | (1 << i))
+}
+
+/// Moves a slot into the period holding `now_us`: a calendar period starts
+/// afresh (a "reset" alert); a rolling one drops what slid out.
+fn roll(budget: &Budget, value: &str, slot: &mut Slot, now_us: i64, alerts: &mut Vec<Alert>) {
+    if let Period::Rolling(window) = budget.period {
+        while let Some(&(at, cost)) = slot.recent.front() {
+            if at > now_us - window {
+                break;
+            }
+            slot.recent.pop_front();
+            slot.spent = slot.spent.saturating_sub(cost);
+        }
+        slot.period_start = now_us - window;
+        // Thresholds re-arm once spend slides back under them.
+        slot.fired &= crossed(budget, slot.spent);
+        return;
+    }
+    match slot.next_reset {
+        Some(next) if now_us >= next => {}
+        _ => return,
+    }
+    let (start, next) = budget.period.bounds(now_us, budget.tz);
+    slot.period_start = start;
+    slot.next_reset = next;
+    slot.spent = 0;
+    slot.fired = 0;
+    alerts.push(Alert {
+        budget: budget.name.clone(),
+        scope_value: value.to_string(),
+        kind: AlertKind::Reset,
+        spent_nanos: 0,
+        limit_nanos: budget.limit_nanos,
+        period_start_us: start,
+        at_us: now_us,
+    });
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,242 @@
+use super::*;
+use crate::budget::{Budget, Period, Scope};
+use std::sync::Arc;
+
+const USD: u64 = 1_000_000_000;
+const DAY_US: i64 = 86_400_000_000;
+/// 2026-01-31T12:00:00Z
+const JAN_31_NOON: i64 = 1_769_860_800_000_000;
+
+fn budget(name: &str, limit_usd: u64, period: Period, action: &str) -> Budget {
+    let downgrade = (action == "downgrade").then(|| "small-model".to_string());
+    Budget::new(
+        name,
+        limit_usd * USD,
+        Scope::Global,
+        None,
+        period,
+        "UTC",
+        vec![0.5, 0.75, 0.9, 1.0],
+        action,
+        downgrade,
+        false,
+    )
+    .unwrap()
+}
+
+fn engine(budgets: Vec<Budget>) -> Engine {
+    Engine::new(budgets, Box::new(|_, _, _, _| Ok(0))).unwrap()
+}
+
+fn call() -> CallScope {
+    CallScope {
+        namespace: "default".into(),
+        agent_id: "bot".into(),
+        consumer_id: "alice".into(),
+        model: Some("big-model".into()),
+        task_id: None,
+    }
+}
+
+#[test]
+fn concurrent_calls_never_commit_past_the_limit() {
+    let e = Arc::new(engine(vec![budget("b", 50, Period::Monthly, "block")]));
+    let admitted: Vec<u64> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..100)
+            .map(|_| {
+                let e = e.clone();
+                s.spawn(move || match e.check(&call(), USD, JAN_31_NOON).unwrap() {
+                    Ok(a) => Some(a.reservation),
+                    Err(_) => None,
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .filter_map(|h| h.join().unwrap())
+            .collect()
+    });
+    assert_eq!(admitted.len(), 50, "exactly the limit's worth of estimates");
+    for id in admitted {
+        e.settle(id, USD, JAN_31_NOON).unwrap();
+    }
+    let [status] = e.status(JAN_31_NOON).try_into().unwrap();
+    assert_eq!((status.spent_nanos, status.reserved_nanos), (50 * USD, 0));
+    assert!(e.check(&call(), 1, JAN_31_NOON).unwrap().is_err());
+}
+
+#[test]
+fn each_threshold_fires_once_per_period_and_a_new_month_resets() {
+    let e = engine(vec![budget("b", 10, Period::Monthly, "alert")]);
+    let mut fired = Vec::new();
+    for _ in 0..12 {
+        let a = e.check(&call(), USD, JAN_31_NOON).unwrap().unwrap();
+        for alert in e.settle(a.reservation, USD, JAN_31_NOON).unwrap() {
+            fired.push(alert.kind);
+        }
+    }
+    let expected: Vec<AlertKind> = [0.5, 0.75, 0.9, 1.0]
+        .into_iter()
+        .map(AlertKind::Threshold)
+        .collect();
+    assert_eq!(
+        fired, expected,
+        "an alert budget admits past its limit, alerting once each"
+    );
+    // Midnight at the month's end: February starts afresh.
+    let feb = JAN_31_NOON + DAY_US / 2;
+    let a = e.check(&call(), USD, feb).unwrap().unwrap();
+    assert!(matches!(
+        a.alerts.as_slice(),
+        [Alert {
+            kind: AlertKind::Reset,
+            ..
+        }]
+    ));
+    let [status] = e.status(feb).try_into().unwrap();
+    assert_eq!(status.spent_nanos, 0);
+    assert_eq!(status.period_start_us, feb);
+}
+
+#[test]
+fn daily_periods_follow_the_time_zone_across_a_dst_change() {
+    let mut b = budget("b", 10, Period::Daily, "block");
+    b.tz = "America/New_York".parse().unwrap();
+    let e = engine(vec![b]);
+    // 2026-03-08 is 23 hours long in New York (clocks spring forward).
+    let mar_8_local_midnight = 1_772_946_000_000_000; // 05:00Z
+    let mar_9_local_midnight = mar_8_local_midnight + 23 * 3_600_000_000;
+    let a = e
+        .check(&call(), USD, mar_8_local_midnight + 1)
+        .unwrap()
+        .unwrap();
+    e.settle(a.reservation, USD, mar_8_local_midnight + 1)
+        .unwrap();
+    let [before] = e.status(mar_9_local_midnight - 1).try_into().unwrap();
+    assert_eq!(before.next_reset_us, Some(mar_9_local_midnight));
+    assert_eq!(before.spent_nanos, USD);
+    let [after] = e.status(mar_9_local_midnight).try_into().unwrap();
+    assert_eq!(
+        (after.spent_nanos, after.period_start_us),
+        (0, mar_9_local_midnight)
+    );
+}
+
+#[test]
+fn downgrade_names_the_cheaper_model_and_blocking_reserves_nothing() {
+    let e = engine(vec![
+        budget("soft-cap", 2, Period::Total, "downgrade"),
+        budget("hard-cap", 3, Period::Total, "block"),
+    ]);
+    let first = e.check(&call(), 2 * USD, 0).unwrap().unwrap();
+    assert_eq!(first.downgrade_to, None);
+    e.settle(first.reservation, 2 * USD, 0).unwrap();
+    let second = e.check(&call(), USD / 2, 0).unwrap().unwrap();
+    assert_eq!(second.downgrade_to.as_deref(), Some("small-model"));
+    let refused = e.check(&call(), USD, 0).unwrap().unwrap_err();
+    assert_eq!(refused.budget, "hard-cap");
+    let reserved: Vec<u64> = e.status(0).iter().map(|s| s.reserved_nanos).collect();
+    assert_eq!(
+        reserved,
+        [USD / 2, USD / 2],
+        "the refused call reserved nothing"
+    );
+    assert!(e.settle(999, 0, 0).is_err());
+}
+
+#[test]
+fn spend_is_rebuilt_from_the_ledger_per_scope_value() {
+    let mut b = budget("per-agent", 10, Period::Daily, "block");
+    b.scope = Scope::Agent;
+    let e = Engine::new(
+        vec![b],
+        Box::new(|budget, value, start, end| {
+            assert_eq!(budget.name, "per-agent");
+            assert!(start < end);
+            Ok(if value == "bot" { 9 * USD } else { 0 })
+        }),
+    )
+    .unwrap();
+    assert!(e.check(&call(), 2 * USD, JAN_31_NOON).unwrap().is_err());
+    let other = CallScope {
+        agent_id: "other".into(),
+        ..call()
+    };
+    assert!(e.check(&other, 2 * USD, JAN_31_NOON).unwrap().is_ok());
+    let crossed: Vec<Vec<f64>> = e
+        .status(JAN_31_NOON)
+        .into_iter()
+        .map(|s| s.thresholds_crossed)
+        .collect();
+    assert_eq!(
+        crossed,
+        [vec![0.5, 0.75, 0.9], vec![]],
+        "restored spend does not re-alert"
+    );
+}
+
+#[test]
+fn rolling_periods_forget_what_slid_out() {
+    let e = engine(vec![budget("b", 3, Period::Rolling(60_000_000), "block")]);
+    for t in [0, 10, 20] {
+        let a = e.check(&call(), USD, t * 1_000_000).unwrap().unwrap();
+        e.settle(a.reservation, USD, t * 1_000_000).unwrap();
+    }
+    assert!(e.check(&call(), USD, 59_000_000).unwrap().is_err());
+    assert!(e.check(&call(), USD, 60_000_000).unwrap().is_ok());
+}
+
+#[test]
+fn bad_budgets_name_the_argument() {
+    let bad = |thresholds: Vec<f64>, action: &str, downgrade: Option<&str>| {
+        Budget::new(
+            "b",
+            USD,
+            Scope::Agent,
+            None,
+            Period::Daily,
+            "UTC",
+            thresholds,
+            action,
+            downgrade.map(String::from),
+            false,
+        )
+        .unwrap_err()
+        .to_string()
+    };
+    assert!(bad(vec![0.0], "block", None).starts_with("thresholds"));
+    assert!(bad(vec![1.5], "block", None).starts_with("thresholds"));
+    assert!(bad(vec![0.9, 0.5], "block", None).contains("ascending"));
+    assert!(bad(vec![], "downgrade", None).starts_with("downgrade_to"));
+    assert!(bad(vec![], "explode", None).starts_with("action"));
+    assert!(Scope::parse("planet")
+        .unwrap_err()
+        .to_string()
+        .starts_with("scope"));
+    assert!(Period::parse("hourly")
+        .unwrap_err()
+        .to_string()
+        .starts_with("period"));
+    assert!(Period::rolling_seconds(-1.0).is_err());
+    let tz = Budget::new(
+        "b",
+        1,
+        Scope::Global,
+        None,
+        Period::Daily,
+        "Mars/Base",
+        vec![],
+        "block",
+        None,
+        false,
+    );
+    assert!(tz.unwrap_err().to_string().starts_with("tz"));
+    let twice = Engine::new(
+        vec![
+            budget("same", 1, Period::Total, "block"),
+            budget("same", 2, Period::Total, "block"),
+        ],
+        Box::new(|_, _, _, _| Ok(0)),
+    );
+    assert!(twice.is_err());
+}
