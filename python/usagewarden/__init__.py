@@ -15,6 +15,7 @@ from ._core import (
     AcquireCoroutine,
     Aggregate,
     AsyncSQLiteStore,
+    Budget,
     Decision,
     Limit,
     ManualClock,
@@ -31,6 +32,7 @@ from ._core import (
     _close_all_stores,
     _quiesce,
 )
+from .budgets import BudgetCheck, BudgetEngine
 from .errors import (
     BudgetExceeded,
     ConflictError,
@@ -44,6 +46,9 @@ __all__ = [
     "AcquireCoroutine",
     "Aggregate",
     "AsyncSQLiteStore",
+    "Budget",
+    "BudgetCheck",
+    "BudgetEngine",
     "Call",
     "BudgetExceeded",
     "ConflictError",

@@ -2,7 +2,7 @@
 
 import datetime
 import os
-from collections.abc import Coroutine, Generator, Iterable
+from collections.abc import Coroutine, Generator, Iterable, Sequence
 from types import TracebackType
 from typing import IO, Any, Generic, Literal, Protocol, TypeAlias, TypedDict, TypeVar, final
 
@@ -12,6 +12,7 @@ __all__ = [
     "AcquireCoroutine",
     "Aggregate",
     "AsyncSQLiteStore",
+    "Budget",
     "DEBUG_BUILD",
     "Decision",
     "Limit",
@@ -25,6 +26,7 @@ __all__ = [
     "Usage",
     "UsageEvent",
     "UsageHistory",
+    "_BudgetCore",
     "__version__",
     "_close_all_stores",
     "_events_from_json",
@@ -504,6 +506,66 @@ class SQLiteStore:
     def close(self) -> None: ...
     def __enter__(self) -> SQLiteStore: ...
     def __exit__(self, *_args: object) -> bool: ...
+
+@final
+class Budget:
+    """A spending limit over a scope and a period (see ``BudgetEngine``)."""
+
+    def __new__(
+        cls,
+        name: str,
+        limit_usd: float,
+        *,
+        scope: Literal["global", "namespace", "agent", "consumer", "model", "workflow"] = "global",
+        match: str | None = None,
+        period: Literal["daily", "weekly", "monthly", "total"] | float = "monthly",
+        tz: str = "UTC",
+        thresholds: Sequence[float] = (0.5, 0.75, 0.9, 1.0),
+        action: Literal["alert", "block", "downgrade"] = "block",
+        downgrade_to: str | None = None,
+        soft: bool = False,
+    ) -> Budget: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def limit_usd(self) -> float: ...
+    @property
+    def scope(self) -> str: ...
+    @property
+    def match(self) -> str | None: ...
+    @property
+    def period(self) -> str: ...
+    @property
+    def tz(self) -> str: ...
+    @property
+    def thresholds(self) -> list[float]: ...
+    @property
+    def action(self) -> str: ...
+    @property
+    def downgrade_to(self) -> str | None: ...
+    @property
+    def soft(self) -> bool: ...
+
+@final
+class _BudgetCore:
+    def __new__(
+        cls,
+        budgets: Sequence[Budget],
+        store: SQLiteStore | AsyncSQLiteStore,
+        clock: ManualClock | None = None,
+    ) -> _BudgetCore: ...
+    def now_us(self) -> int: ...
+    def check(
+        self,
+        model: str | None,
+        agent_id: str,
+        consumer_id: str,
+        namespace: str,
+        task_id: str | None,
+        estimate_usd: float,
+    ) -> tuple[Any, Any, list[dict[str, Any]]]: ...
+    def settle(self, reservation: int, cost_usd: float) -> list[dict[str, Any]]: ...
+    def status(self) -> list[dict[str, Any]]: ...
 
 @final
 class Pricing:

@@ -61,4 +61,24 @@ class StoreError(UsageWardenError):
 
 
 class BudgetExceeded(UsageWardenError):
-    """A budget whose action is ``block`` has no room for the call."""
+    """A budget whose action is ``block`` has no room for the call.
+
+    ``budget`` names it; ``spent``, ``reserved`` and ``limit`` are in USD;
+    ``next_reset`` is a UTC datetime (``None`` for total and rolling budgets)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        budget: str | None = None,
+        spent: float | None = None,
+        reserved: float | None = None,
+        limit: float | None = None,
+        next_reset: Any = None,
+    ) -> None:
+        super().__init__(message)
+        self.budget = budget
+        self.spent = spent
+        self.reserved = reserved
+        self.limit = limit
+        self.next_reset = next_reset

@@ -4,6 +4,7 @@
 mod args;
 mod asyncio;
 mod bridge;
+mod budget;
 mod clock;
 mod errors;
 mod history;
@@ -35,6 +36,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ledger::PySQLiteStore>()?;
     m.add_class::<ledger::PyAsyncSQLiteStore>()?;
     m.add_class::<pricing::PyPricing>()?;
+    m.add_class::<budget::PyBudget>()?;
+    m.add_class::<budget::PyBudgetCore>()?;
     m.add_function(wrap_pyfunction!(ledger::_close_all_stores, m)?)?;
     m.add_function(wrap_pyfunction!(ledger::_events_from_json, m)?)?;
     m.add_function(wrap_pyfunction!(bridge::_quiesce, m)?)?;

@@ -53,7 +53,7 @@ fn log_to_python(level: LogLevel, message: &str) {
 
 /// The shared core of both store classes.
 pub(crate) struct StoreCore {
-    store: Arc<SqliteStore>,
+    pub(crate) store: Arc<SqliteStore>,
     clock: ClockArg,
     pricing: Option<Py<PyPricing>>,
 }
@@ -341,7 +341,7 @@ macro_rules! store_class {
         #[doc = $doc]
         #[pyclass(frozen, name = $pyname, module = "usagewarden")]
         pub struct $name {
-            core: StoreCore,
+            pub(crate) core: StoreCore,
         }
 
         #[pymethods]
