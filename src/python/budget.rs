@@ -263,6 +263,7 @@ impl PyBudgetCore {
 
     /// `(reservation, downgrade_to, alerts)`, or `(None, refusal, alerts)`.
     #[pyo3(signature = (model, agent_id, consumer_id, namespace, task_id, estimate_usd))]
+    #[allow(clippy::too_many_arguments)]
     fn check<'py>(
         &self,
         py: Python<'py>,
