@@ -218,3 +218,78 @@ def test_bad_engine_arguments_name_themselves(store: uw.SQLiteStore) -> None:
     engine.settle(check, 0.5)
     with pytest.raises(ValueError, match="reservation"):
         engine.settle(check, 0.5)
+
+
+async def test_a_warden_checks_its_budgets_before_the_call(
+    store: uw.SQLiteStore, clock: uw.ManualClock
+) -> None:
+    pricing = uw.Pricing.from_dict(
+        {"big": {"input": 10.0, "output": 30.0}, "small": {"input": 1.0, "output": 3.0}}
+    )
+    budgets = uw.BudgetEngine(
+        [
+            uw.Budget("cheap-after-1usd", 1.0, action="downgrade", downgrade_to="small"),
+            uw.Budget("hard", 2.0),
+        ],
+        store,
+        pricing,
+        clock=clock,
+    )
+    limiter = uw.RateLimiter(uw.RateLimits(requests_per_minute=100), clock=clock)
+    warden = uw.Warden(limiter, store, budgets=budgets, clock=clock)
+    # $0.50 + $0.30 estimated; the provider reports less.
+    async with warden.call("big", input_tokens=50_000, max_output_tokens=10_000) as call:
+        call.settle(input_tokens=50_000, output_tokens=5_000)  # priced: $0.65
+    async with warden.call("big", input_tokens=50_000, max_output_tokens=10_000) as call:
+        assert (call.model, call.downgraded) == ("small", True)
+        call.settle(output_tokens=10_000, cost=1.20)  # a cost the caller knows wins
+    [cheap, hard] = budgets.status()
+    assert hard["spent_usd"] == pytest.approx(0.65 + 1.20) and hard["reserved_usd"] == 0.0
+    assert limiter.usage("small").requests == 1  # the limiter key followed the model
+    ran = False
+    with pytest.raises(uw.BudgetExceeded, match="hard"):
+        async with warden.call("big", input_tokens=50_000, max_output_tokens=10_000):
+            ran = True
+    assert not ran
+    assert [e.model for e in store.query(action="llm.request")] == ["big", "small"]
+    assert limiter.usage("big").requests == 1 and limiter.usage("small").requests == 1
+    with pytest.raises(TypeError, match="budgets"):
+        uw.Warden(budgets="b")  # type: ignore[arg-type]
+
+
+async def test_the_usage_api_shows_budgets_to_their_namespace(tmp_path: Path) -> None:
+    pytest.importorskip("fastapi")
+    import httpx
+    from fastapi import FastAPI
+    from usagewarden.fastapi import SCOPE_ADMIN, SCOPE_READ, Principal, api_key_auth, usage_router
+
+    store = uw.AsyncSQLiteStore(tmp_path / "api.db")
+    engine = uw.BudgetEngine(
+        [
+            uw.Budget("org", 100.0),
+            uw.Budget("team-a", 10.0, scope="namespace", match="team-a", period="daily"),
+            uw.Budget("team-b", 10.0, scope="namespace", match="team-b"),
+        ],
+        store,
+    )
+    for namespace in ("team-a", "team-b"):
+        engine.settle(engine.check(namespace=namespace, estimated_cost=2.0), 2.5)
+    reader, admin = "r" * 20, "a" * 20
+    auth = api_key_auth(
+        {
+            reader: Principal("dash", "team-a", {SCOPE_READ}),
+            admin: Principal("ops", "team-a", {SCOPE_READ, SCOPE_ADMIN}),
+        }
+    )
+    app = FastAPI()
+    app.include_router(usage_router(store, auth=auth, budgets=engine))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        assert (await client.get("/usage/budgets")).status_code == 401
+        mine = (await client.get("/usage/budgets", headers={"X-API-Key": reader})).json()
+        everything = (await client.get("/usage/budgets", headers={"X-API-Key": admin})).json()
+    assert [(b["budget"], b["spent_usd"]) for b in mine["budgets"]] == [("team-a", 2.5)]
+    assert mine["budgets"][0]["next_reset"] is not None
+    assert [b["budget"] for b in everything["budgets"]] == ["org", "team-a", "team-b"]
+    assert everything["budgets"][0]["spent_usd"] == 5.0
+    await store.close()

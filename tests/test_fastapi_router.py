@@ -118,6 +118,7 @@ ENDPOINTS: list[tuple[str, str, Any, str, int]] = [
     ("GET", "/usage/agents", None, SCOPE_READ, 200),
     ("GET", "/usage/consumers", None, SCOPE_READ, 200),
     ("GET", "/usage/stats", None, SCOPE_READ, 200),
+    ("GET", "/usage/budgets", None, SCOPE_READ, 200),
     ("POST", "/usage", {"agent_id": "a", "consumer_id": "c"}, SCOPE_WRITE, 201),
     ("POST", "/usage/batch", [{"agent_id": "a", "consumer_id": "c"}], SCOPE_WRITE, 201),
     ("POST", "/usage/validate", {"agent_id": "a", "consumer_id": "c"}, SCOPE_WRITE, 200),
@@ -1071,6 +1072,7 @@ OPERATIONS: dict[tuple[str, str], tuple[list[str], dict[str, str | set[str]]]] =
     ("get", "/usage/agents"): (FILTER_PARAMS, {"200": "CountList"}),
     ("get", "/usage/consumers"): (FILTER_PARAMS, {"200": "CountList"}),
     ("get", "/usage/stats"): ([], {"200": "StatsOut"}),
+    ("get", "/usage/budgets"): ([], {"200": "BudgetList"}),
     ("get", "/usage/export"): (
         [*FILTER_PARAMS, "format", "limit"],
         {"200": {"text/csv; charset=utf-8", "application/json", "application/x-ndjson"}},

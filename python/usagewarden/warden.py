@@ -27,6 +27,7 @@ from ._core import (
     Usage,
     UsageEvent,
 )
+from .budgets import BudgetCheck, BudgetEngine
 
 __all__ = ["Call", "RunMeter", "Warden"]
 
@@ -176,6 +177,10 @@ class Call:
         self._metadata = metadata
         self._settled: Usage | None = None
         self._cost: float | None = None
+        #: The budgets' reservation, while the call runs.
+        self.budget_check: BudgetCheck | None = None
+        #: A budget sent the call to a cheaper model (now ``self.model``).
+        self.downgraded = False
         self._started = 0.0
         self._started_at: datetime | None = None
         self._entered = False
@@ -246,6 +251,45 @@ class Call:
         self._started_at = datetime.fromtimestamp(admitted, tz=timezone.utc)
         return self
 
+    def _check_budgets(self) -> None:
+        """Reserves the estimated cost on the warden's budgets (raising
+        ``BudgetExceeded``, or switching to the model a budget downgrades to)."""
+        budgets = self.warden.budgets
+        if budgets is None:
+            return
+        check = budgets.check(
+            self.model,
+            agent_id=self.agent_id,
+            consumer_id=self.consumer_id,
+            namespace=self.warden.namespace,
+            task_id=self.task_id,
+            input_tokens=self.estimate.input_tokens,
+            max_output_tokens=self.estimate.output_tokens,
+        )
+        self.budget_check = check
+        if check.downgraded:
+            if self.key == self.model:
+                self.key = check.model  # the limiter key followed the model
+            self.model = check.model
+            self.downgraded = True
+
+    def _release_budgets(self, cost: float = 0.0) -> None:
+        check, self.budget_check = self.budget_check, None
+        if check is None or self.warden.budgets is None:
+            return
+        try:
+            self.warden.budgets.settle(check, cost)
+        except Exception:  # the call happened; accounting must not fail it
+            logger.exception("usagewarden: could not settle a call's budget reservation")
+
+    def _actual_cost(self, usage: Usage) -> float:
+        if self._cost is not None:
+            return self._cost
+        pricing = self.warden.budgets.pricing if self.warden.budgets is not None else None
+        if pricing is None or self.model is None:
+            return 0.0
+        return pricing.cost(self.model, usage) or 0.0
+
     def _finish(self, exc: BaseException | None) -> UsageEvent | None:
         duration_ms = max(0, round((self.warden._now() - self._started) * 1000))
         metadata = dict(self._metadata or {})
@@ -271,6 +315,7 @@ class Call:
             metadata["estimated"] = True
             self._settled = self.estimate
         usage = self._settled
+        self._release_budgets(self._actual_cost(usage))
         if self.run is not None:
             self.run._add(usage, failed=exc is not None)
         if self.warden.store is None:
@@ -304,16 +349,21 @@ class Call:
         if self._blocking:
             raise TypeError("call_blocking() is used with `with`; use call() with `async with`")
         asked_at = self._enter()
+        self._check_budgets()
         limiter = self.warden.limiter
         if limiter is None:
             return self._begin(None, asked_at)
-        reservation = await limiter.acquire(
-            self.key,
-            requests=1,
-            input_tokens=self.estimate.input_tokens,
-            output_tokens=self.estimate.output_tokens,
-            timeout=self._timeout,
-        )
+        try:
+            reservation = await limiter.acquire(
+                self.key,
+                requests=1,
+                input_tokens=self.estimate.input_tokens,
+                output_tokens=self.estimate.output_tokens,
+                timeout=self._timeout,
+            )
+        except BaseException:
+            self._release_budgets()
+            raise
         return self._begin(reservation, asked_at)
 
     async def __aexit__(
@@ -332,16 +382,21 @@ class Call:
         if not self._blocking:
             raise TypeError("call() is used with `async with`; use call_blocking() with `with`")
         asked_at = self._enter()
+        self._check_budgets()
         limiter = self.warden.limiter
         if limiter is None:
             return self._begin(None, asked_at)
-        reservation = limiter.acquire_blocking(
-            self.key,
-            requests=1,
-            input_tokens=self.estimate.input_tokens,
-            output_tokens=self.estimate.output_tokens,
-            timeout=self._timeout,
-        )
+        try:
+            reservation = limiter.acquire_blocking(
+                self.key,
+                requests=1,
+                input_tokens=self.estimate.input_tokens,
+                output_tokens=self.estimate.output_tokens,
+                timeout=self._timeout,
+            )
+        except BaseException:
+            self._release_budgets()
+            raise
         return self._begin(reservation, asked_at)
 
     def __exit__(
@@ -378,7 +433,10 @@ class Warden:
         agent_id: str = "agent",
         namespace: str = "default",
         clock: ManualClock | None = None,
+        budgets: BudgetEngine | None = None,
     ) -> None:
+        if budgets is not None and not isinstance(budgets, BudgetEngine):
+            raise TypeError("budgets: must be a usagewarden.BudgetEngine or None")
         if limiter is not None and not isinstance(limiter, RateLimiter):
             raise TypeError("limiter: must be a usagewarden.RateLimiter or None")
         if store is not None and not isinstance(store, SQLiteStore | AsyncSQLiteStore):
@@ -393,6 +451,7 @@ class Warden:
         self.agent_id = agent_id
         self.namespace = namespace
         self.clock = clock
+        self.budgets = budgets
 
     def run(
         self,

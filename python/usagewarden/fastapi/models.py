@@ -151,6 +151,23 @@ class Validation(BaseModel):
     errors: list[FieldError]
 
 
+class BudgetStatus(BaseModel):
+    budget: str
+    scope: str
+    scope_value: str = Field(description="The scope's value; empty for a global budget.")
+    spent_usd: float
+    reserved_usd: float = Field(description="Estimates of calls in flight.")
+    limit_usd: float
+    percent: float
+    period_start: AwareDatetime | None
+    next_reset: AwareDatetime | None
+    thresholds_crossed: list[float]
+
+
+class BudgetList(BaseModel):
+    budgets: list[BudgetStatus]
+
+
 class Purged(BaseModel):
     purged: int
 

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import AwareDatetime, TypeAdapter, ValidationError
 
 from .._core import AsyncSQLiteStore, RateLimiter, UsageEvent, _events_from_json
+from ..budgets import BudgetEngine
 from ..errors import ConflictError, StoreError
 from ._errors import api_error
 from ._export_stream import open_export
@@ -23,6 +24,7 @@ from .models import (
     MAX_BATCH,
     AggregateOut,
     BatchRecorded,
+    BudgetList,
     CountList,
     ErrorResponse,
     EventIn,
@@ -193,6 +195,7 @@ def usage_router(
     max_body_bytes: int = 8 * 1024 * 1024,
     allow_unauthenticated: bool = False,
     tags: Sequence[str] = ("usage",),
+    budgets: BudgetEngine | None = None,
 ) -> APIRouter:
     """The ledger as an HTTP API: ``app.include_router(usage_router(store, auth=…))``.
 
@@ -212,6 +215,8 @@ def usage_router(
         )
     if auth is not None and not callable(auth):
         raise TypeError("auth: must be a FastAPI dependency returning a Principal")
+    if budgets is not None and not isinstance(budgets, BudgetEngine):
+        raise TypeError("budgets: must be a usagewarden.BudgetEngine or None")
     if rate_limiter is not None and not isinstance(rate_limiter, RateLimiter):
         raise TypeError("rate_limiter: must be a usagewarden.RateLimiter or None")
     for name, value in (
@@ -448,6 +453,22 @@ def usage_router(
                 },
             }
         )
+
+    @router.get("/budgets", response_model=BudgetList, responses=secured, summary="Budgets")
+    async def budget_status(access: Reader) -> BudgetList:
+        """Spend, limit and next reset of each budget. A principal without
+        `usage:admin` sees the budgets of its own namespace only."""
+        if budgets is None:
+            return BudgetList(budgets=[])
+        scopes = {b.name: b.scope for b in budgets.budgets}
+        rows = [{**row, "scope": scopes[row["budget"]]} for row in budgets.status()]
+        if access.namespace is not None and not access.principal.has_scope(SCOPE_ADMIN):
+            rows = [
+                row
+                for row in rows
+                if row["scope"] == "namespace" and row["scope_value"] == access.namespace
+            ]
+        return BudgetList.model_validate({"budgets": rows})
 
     @router.get(
         "/export",
