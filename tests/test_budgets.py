@@ -211,6 +211,10 @@ def test_bad_engine_arguments_name_themselves(store: uw.SQLiteStore) -> None:
         uw.BudgetEngine([], "usage.db")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="budgets"):
         uw.BudgetEngine([uw.Budget("b", 1.0), uw.Budget("b", 2.0)], store)
+    with pytest.raises(ValueError, match="refresh_seconds"):
+        uw.BudgetEngine([uw.Budget("b", 1.0)], store, refresh_seconds=-1.0)
+    with pytest.raises(TypeError, match="pricing"):
+        uw.BudgetEngine([uw.Budget("b", 1.0)], store, {"m": 1})  # type: ignore[arg-type]
     engine = uw.BudgetEngine([uw.Budget("b", 1.0)], store)
     with pytest.raises(ValueError, match="estimated_cost"):
         engine.check(estimated_cost=-1.0)
@@ -293,3 +297,24 @@ async def test_the_usage_api_shows_budgets_to_their_namespace(tmp_path: Path) ->
     assert [b["budget"] for b in everything["budgets"]] == ["org", "team-a", "team-b"]
     assert everything["budgets"][0]["spent_usd"] == 5.0
     await store.close()
+
+
+def test_processes_sharing_a_ledger_share_the_budget(tmp_path: Path, clock: uw.ManualClock) -> None:
+    # Two stores on one file stand for two processes.
+    here = uw.SQLiteStore(tmp_path / "shared.db", durability="commit", clock=clock)
+    there = uw.SQLiteStore(tmp_path / "shared.db", durability="commit", clock=clock)
+    budgets = [uw.Budget("org", 10.0)]
+    engine_here = uw.BudgetEngine(budgets, here, clock=clock, refresh_seconds=5.0)
+    engine_there = uw.BudgetEngine(budgets, there, clock=clock, refresh_seconds=5.0)
+    assert engine_here.check(estimated_cost=1.0).estimated_cost == 1.0  # loads: nothing spent
+    now = dt.datetime.fromtimestamp(clock.now(), UTC)
+    check = engine_there.check(estimated_cost=8.0)
+    engine_there.settle(check, 8.0)
+    there.record(uw.UsageEvent("bot", "c", cost=8.0, timestamp=now))
+    assert engine_here.check(estimated_cost=1.0).estimated_cost == 1.0  # not read again yet
+    clock.advance(5)
+    with pytest.raises(uw.BudgetExceeded) as refused:
+        engine_here.check(estimated_cost=1.0)
+    assert refused.value.spent == 8.0 and refused.value.reserved == 2.0
+    here.close()
+    there.close()

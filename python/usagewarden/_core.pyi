@@ -553,6 +553,7 @@ class _BudgetCore:
         budgets: Sequence[Budget],
         store: SQLiteStore | AsyncSQLiteStore,
         clock: ManualClock | None = None,
+        refresh_seconds: float | None = None,
     ) -> _BudgetCore: ...
     def now_us(self) -> int: ...
     def check(

@@ -66,7 +66,9 @@ class BudgetEngine:
     replaces the estimate with the actual cost. Each threshold fires once per
     budget and period; a new period fires a "reset" alert. Spend already in
     the ledger for the current period counts from the first call that needs
-    it, so it survives a restart.
+    it, so it survives a restart; it is read again every ``refresh_seconds``
+    (``None``: never), so processes sharing the ledger file share the budget
+    (what other processes have in flight is not seen, only what they recorded).
     """
 
     def __init__(
@@ -77,13 +79,14 @@ class BudgetEngine:
         *,
         on_alert: AlertCallback | None = None,
         clock: ManualClock | None = None,
+        refresh_seconds: float | None = 5.0,
     ) -> None:
         if pricing is not None and not isinstance(pricing, Pricing):
             raise TypeError("pricing: must be a usagewarden.Pricing or None")
         if on_alert is not None and not callable(on_alert):
             raise TypeError("on_alert: must be a callable taking the alert dict")
         self.budgets = list(budgets)
-        self._core = _BudgetCore(self.budgets, store, clock)
+        self._core = _BudgetCore(self.budgets, store, clock, refresh_seconds)
         self.store = store
         self.pricing = pricing
         self.on_alert = on_alert

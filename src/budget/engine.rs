@@ -75,6 +75,8 @@ struct Slot {
     fired: u64,
     /// Rolling periods: what was spent when, oldest first.
     recent: VecDeque<(i64, u64)>,
+    /// When the spend was last read from the ledger.
+    synced_at: i64,
 }
 
 struct Held {
@@ -92,11 +94,18 @@ struct State {
 pub struct Engine {
     budgets: Vec<Budget>,
     loader: SpendLoader,
+    /// How often a slot's spend is read again from the ledger, where other
+    /// processes record theirs; `None`: only when first needed.
+    refresh_us: Option<i64>,
     state: Mutex<State>,
 }
 
 impl Engine {
-    pub fn new(budgets: Vec<Budget>, loader: SpendLoader) -> CoreResult<Engine> {
+    pub fn new(
+        budgets: Vec<Budget>,
+        loader: SpendLoader,
+        refresh_us: Option<i64>,
+    ) -> CoreResult<Engine> {
         for (i, b) in budgets.iter().enumerate() {
             if budgets[..i].iter().any(|other| other.name == b.name) {
                 return Err(CoreError::InvalidArgument(
@@ -108,6 +117,7 @@ impl Engine {
         Ok(Engine {
             budgets,
             loader,
+            refresh_us,
             state: Mutex::new(State::default()),
         })
     }
@@ -132,14 +142,49 @@ impl Engine {
     }
 
     /// Makes sure every slot exists, loading the spend of new ones from the
-    /// ledger without holding the lock.
-    fn load(&self, keys: &[SlotKey], now_us: i64) -> CoreResult<()> {
-        let missing: Vec<&SlotKey> = {
+    /// ledger without holding the lock; and reads again the spend of slots
+    /// last read more than `refresh_us` ago (other processes spend too).
+    fn load(&self, keys: &[SlotKey], now_us: i64, alerts: &mut Vec<Alert>) -> CoreResult<()> {
+        let (missing, stale): (Vec<&SlotKey>, Vec<&SlotKey>) = {
             let state = self.state.lock();
-            keys.iter()
+            let missing = keys
+                .iter()
                 .filter(|k| !state.slots.contains_key(*k))
-                .collect()
+                .collect();
+            let stale = match self.refresh_us {
+                Some(every) => keys
+                    .iter()
+                    .filter(|k| {
+                        state
+                            .slots
+                            .get(*k)
+                            .is_some_and(|s| now_us.saturating_sub(s.synced_at) >= every)
+                    })
+                    .collect(),
+                None => Vec::new(),
+            };
+            (missing, stale)
         };
+        for key in stale {
+            let budget = &self.budgets[key.0];
+            let (start, _) = budget.period.bounds(now_us, budget.tz);
+            let recorded = (self.loader)(budget, &key.1, start, now_us)?;
+            let mut state = self.state.lock();
+            let Some(slot) = state.slots.get_mut(key) else {
+                continue;
+            };
+            roll(budget, &key.1, slot, now_us, alerts);
+            slot.synced_at = now_us;
+            // What this process settled may not be recorded yet: the larger wins.
+            if slot.period_start == start && recorded > slot.spent {
+                let more = recorded - slot.spent;
+                slot.spent = recorded;
+                if matches!(budget.period, Period::Rolling(_)) {
+                    slot.recent.push_back((now_us, more));
+                }
+                fire_thresholds(budget, &key.1, slot, now_us, alerts);
+            }
+        }
         for key in missing {
             let budget = &self.budgets[key.0];
             let (start, next) = budget.period.bounds(now_us, budget.tz);
@@ -156,6 +201,7 @@ impl Engine {
                 reserved: 0,
                 fired: 0,
                 recent,
+                synced_at: now_us,
             };
             // Thresholds already passed before this process saw them stay quiet.
             slot.fired = crossed(budget, slot.spent);
@@ -173,9 +219,9 @@ impl Engine {
         now_us: i64,
     ) -> CoreResult<Result<Admission, Refusal>> {
         let keys = self.covering(call);
-        self.load(&keys, now_us)?;
-        let mut state = self.state.lock();
         let mut alerts = Vec::new();
+        self.load(&keys, now_us, &mut alerts)?;
+        let mut state = self.state.lock();
         let mut downgrade_to = None;
         for key in &keys {
             let budget = &self.budgets[key.0];
@@ -254,22 +300,7 @@ impl Engine {
             if matches!(budget.period, Period::Rolling(_)) && actual_nanos > 0 {
                 slot.recent.push_back((now_us, actual_nanos));
             }
-            let now_crossed = crossed(budget, slot.spent);
-            for (i, t) in budget.thresholds.iter().enumerate() {
-                let bit = 1 << i;
-                if now_crossed & bit != 0 && slot.fired & bit == 0 {
-                    slot.fired |= bit;
-                    alerts.push(Alert {
-                        budget: budget.name.clone(),
-                        scope_value: h.key.1.clone(),
-                        kind: AlertKind::Threshold(*t),
-                        spent_nanos: slot.spent,
-                        limit_nanos: budget.limit_nanos,
-                        period_start_us: slot.period_start,
-                        at_us: now_us,
-                    });
-                }
-            }
+            fire_thresholds(budget, &h.key.1, slot, now_us, &mut alerts);
         }
         Ok(alerts)
     }
@@ -313,6 +344,32 @@ impl Engine {
                 .cmp(&(order[b.budget.as_str()], &b.scope_value))
         });
         out
+    }
+}
+
+/// Alerts for the thresholds the slot's spend reached that had not fired.
+fn fire_thresholds(
+    budget: &Budget,
+    value: &str,
+    slot: &mut Slot,
+    now_us: i64,
+    alerts: &mut Vec<Alert>,
+) {
+    let now_crossed = crossed(budget, slot.spent);
+    for (i, t) in budget.thresholds.iter().enumerate() {
+        let bit = 1 << i;
+        if now_crossed & bit != 0 && slot.fired & bit == 0 {
+            slot.fired |= bit;
+            alerts.push(Alert {
+                budget: budget.name.clone(),
+                scope_value: value.to_string(),
+                kind: AlertKind::Threshold(*t),
+                spent_nanos: slot.spent,
+                limit_nanos: budget.limit_nanos,
+                period_start_us: slot.period_start,
+                at_us: now_us,
+            });
+        }
     }
 }
 

@@ -219,13 +219,16 @@ fn status_dict<'py>(py: Python<'py>, s: &Status) -> PyResult<Bound<'py, PyDict>>
 #[pymethods]
 impl PyBudgetCore {
     #[new]
-    #[pyo3(signature = (budgets, store, clock=None))]
+    #[pyo3(signature = (budgets, store, clock=None, refresh_seconds=None))]
     fn new(
         py: Python<'_>,
         budgets: &Bound<'_, PyAny>,
         store: &Bound<'_, PyAny>,
         clock: Option<&Bound<'_, PyAny>>,
+        refresh_seconds: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
+        let refresh_us = args::optional_seconds(refresh_seconds, "refresh_seconds", true)?
+            .map(|ns| (ns / 1_000) as i64);
         let mut list = Vec::new();
         for item in budgets
             .try_iter()
@@ -250,7 +253,7 @@ impl PyBudgetCore {
             let totals = ledger.summary(&filters_for(budget, value, start, end))?;
             Ok(totals.cost_nanos.unwrap_or(0))
         });
-        let engine = Engine::new(list, loader).py_err(py)?;
+        let engine = Engine::new(list, loader, refresh_us).py_err(py)?;
         Ok(PyBudgetCore {
             engine: Arc::new(engine),
             clock: ClockArg::extract(clock)?,

@@ -25,7 +25,7 @@ fn budget(name: &str, limit_usd: u64, period: Period, action: &str) -> Budget {
 }
 
 fn engine(budgets: Vec<Budget>) -> Engine {
-    Engine::new(budgets, Box::new(|_, _, _, _| Ok(0))).unwrap()
+    Engine::new(budgets, Box::new(|_, _, _, _| Ok(0)), None).unwrap()
 }
 
 fn call() -> CallScope {
@@ -155,6 +155,7 @@ fn spend_is_rebuilt_from_the_ledger_per_scope_value() {
             assert!(start < end);
             Ok(if value == "bot" { 9 * USD } else { 0 })
         }),
+        None,
     )
     .unwrap();
     assert!(e.check(&call(), 2 * USD, JAN_31_NOON).unwrap().is_err());
@@ -237,6 +238,31 @@ fn bad_budgets_name_the_argument() {
             budget("same", 2, Period::Total, "block"),
         ],
         Box::new(|_, _, _, _| Ok(0)),
+        None,
     );
     assert!(twice.is_err());
+}
+
+#[test]
+fn spend_recorded_elsewhere_is_read_again_every_refresh() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let elsewhere = Arc::new(AtomicU64::new(0));
+    let seen = elsewhere.clone();
+    let e = Engine::new(
+        vec![budget("shared", 10, Period::Monthly, "block")],
+        Box::new(move |_, _, _, _| Ok(seen.load(Ordering::SeqCst))),
+        Some(5_000_000),
+    )
+    .unwrap();
+    let a = e.check(&call(), USD, JAN_31_NOON).unwrap().unwrap();
+    e.settle(a.reservation, USD, JAN_31_NOON).unwrap();
+    // Another process records $8 (and this process's $1 reaches the ledger).
+    elsewhere.store(9 * USD, Ordering::SeqCst);
+    assert!(
+        e.check(&call(), USD, JAN_31_NOON + 1).unwrap().is_ok(),
+        "not read again yet"
+    );
+    let later = JAN_31_NOON + 5_000_000;
+    let refused = e.check(&call(), 2 * USD, later).unwrap().unwrap_err();
+    assert_eq!(refused.spent_nanos, 9 * USD);
 }
