@@ -206,3 +206,35 @@ async def test_reprice_follows_new_prices_but_never_a_given_cost(tmp_path: Path)
 def test_a_store_refuses_prices_of_the_wrong_type(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match="pricing"):
         uw.SQLiteStore(tmp_path / "x.db", pricing={"gpt-4o": 1})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("model", "provider", "usage"),
+    [
+        ("gpt-4o", "openai", {"input_tokens": 1_000_000, "output_tokens": 1_000_000,
+                              "cache_read_tokens": 500_000}),
+        ("gemini-1.5-pro", "google", {"input_tokens": 300_000, "output_tokens": 1_000}),
+        ("claude-3-5-haiku-latest", "anthropic", {"input_tokens": 20_000, "output_tokens": 500,
+                                                  "cache_write_tokens": 10_000}),
+    ],
+)  # fmt: skip
+def test_genai_prices_agree_with_the_package_itself(
+    model: str, provider: str, usage: dict[str, int]
+) -> None:
+    genai_prices = pytest.importorskip("genai_prices")
+    pricing = uw.Pricing.from_genai_prices()
+    theirs = genai_prices.calc_price(
+        genai_prices.Usage(**usage), model_ref=model, provider_id=provider
+    ).total_price
+    assert pricing.cost(model, uw.Usage(**usage)) == pytest.approx(float(theirs), abs=1e-9)
+    assert pricing.cost(f"{provider}/{model}", uw.Usage(**usage)) == pytest.approx(float(theirs))
+
+
+def test_without_genai_prices_the_error_names_the_package(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "genai_prices", None)
+    with pytest.raises(ImportError, match="pip install genai-prices"):
+        uw.Pricing.from_genai_prices()

@@ -60,6 +60,15 @@ impl PyPricing {
         })
     }
 
+    /// The price table of the `genai-prices` package, when it is installed.
+    #[staticmethod]
+    fn from_genai_prices(py: Python<'_>) -> PyResult<Self> {
+        let table = py
+            .import("usagewarden._genai_prices")?
+            .call_method0("price_table")?;
+        Self::from_dict(py, &table)
+    }
+
     /// LiteLLM's `model_prices_and_context_window.json` (or a file with the same fields).
     #[staticmethod]
     fn from_litellm_json(py: Python<'_>, path: &Bound<'_, PyAny>) -> PyResult<Self> {
