@@ -73,7 +73,9 @@ def _entries(prices: Any) -> list[dict[str, Any]]:
 
 
 def _entry(price: Any) -> dict[str, Any] | None:
-    values = {ours: getattr(price, theirs, None) for ours, theirs in _FIELDS.items()}
+    values: dict[str, Any] = {
+        ours: getattr(price, theirs, None) for ours, theirs in _FIELDS.items()
+    }
     if values["input"] is None:
         return None
     thresholds = sorted(
