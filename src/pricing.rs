@@ -47,6 +47,17 @@ pub struct Tokens {
     pub cache_write: u64,
 }
 
+impl From<&crate::ledger::event::UsageEvent> for Tokens {
+    fn from(e: &crate::ledger::event::UsageEvent) -> Tokens {
+        Tokens {
+            input: e.tokens_in,
+            output: e.tokens_out,
+            cache_read: e.cache_read_tokens,
+            cache_write: e.cache_write_tokens,
+        }
+    }
+}
+
 impl Price {
     /// Nano-USD, rounded to the nearest; exact integer arithmetic throughout.
     pub fn cost_nanos(&self, t: &Tokens) -> u64 {

@@ -88,6 +88,8 @@ class BudgetEngine:
         self.budgets = list(budgets)
         self._core = _BudgetCore(self.budgets, store, clock, refresh_seconds)
         self.store = store
+        # Alerts and history are read and written from sync code.
+        self._sync_store = store.blocking() if isinstance(store, AsyncSQLiteStore) else store
         self.pricing = pricing
         self.on_alert = on_alert
         self._by_name = {b.name: b for b in self.budgets}
@@ -171,10 +173,9 @@ class BudgetEngine:
         }.get(budget.scope)
         if column is not None and budget.match is not None:
             filters[column] = budget.match
-        store = self.store.blocking() if isinstance(self.store, AsyncSQLiteStore) else self.store
         return [
             (row.group or "", row.cost or 0.0)
-            for row in store.aggregate("day", tz=budget.tz, **filters)
+            for row in self._sync_store.aggregate("day", tz=budget.tz, **filters)
         ]
 
     def _dispatch(self, alerts: list[dict[str, Any]]) -> None:
@@ -200,9 +201,6 @@ class BudgetEngine:
 
     def _record(self, alert: dict[str, Any]) -> None:
         try:
-            store = (
-                self.store.blocking() if isinstance(self.store, AsyncSQLiteStore) else self.store
-            )
             metadata = {
                 "kind": alert["kind"],
                 "threshold": alert["threshold"],
@@ -210,7 +208,7 @@ class BudgetEngine:
                 "spent_usd": alert["spent_usd"],
                 "limit_usd": alert["limit_usd"],
             }
-            store.record(
+            self._sync_store.record(
                 UsageEvent(
                     "usagewarden",
                     alert["budget"],

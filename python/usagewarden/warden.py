@@ -448,6 +448,8 @@ class Warden:
             clock = limiter.clock  # one timeline for admissions, waits and events
         self.limiter = limiter
         self.store = store
+        # Threads record through the same ledger's sync view.
+        self._sync_store = store.blocking() if isinstance(store, AsyncSQLiteStore) else store
         self.agent_id = agent_id
         self.namespace = namespace
         self.clock = clock
@@ -569,10 +571,8 @@ class Warden:
 
     def _record_blocking(self, event: UsageEvent) -> None:
         try:
-            if isinstance(self.store, SQLiteStore):
-                self.store.record(event)
-            elif self.store is not None:
-                self.store.blocking().record(event)
+            if self._sync_store is not None:
+                self._sync_store.record(event)
         except Exception:
             logger.exception("usagewarden: could not record a call's usage")
 

@@ -106,13 +106,7 @@ impl PyPricing {
                 cache_write: u.cache_write_tokens,
             }
         } else if let Ok(e) = usage.cast::<PyUsageEvent>() {
-            let e = &e.get().inner;
-            Tokens {
-                input: e.tokens_in,
-                output: e.tokens_out,
-                cache_read: e.cache_read_tokens,
-                cache_write: e.cache_write_tokens,
-            }
+            Tokens::from(e.get().inner.as_ref())
         } else {
             return Err(PyTypeError::new_err(
                 "usage must be a usagewarden.Usage or UsageEvent",

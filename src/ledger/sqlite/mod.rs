@@ -1,6 +1,7 @@
 //! The embedded SQLite ledger: one background writer, pooled readers.
 
 mod read;
+mod reprice;
 mod rollup;
 mod schema;
 mod timeline;
@@ -303,7 +304,7 @@ impl SqliteStore {
         filters.validate()?;
         let filters = filters.clone();
         self.with_writer(Box::new(move |conn| {
-            rollup::reprice(conn, &pricing, &filters)
+            reprice::reprice(conn, &pricing, &filters)
         }))
     }
 

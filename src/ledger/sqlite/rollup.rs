@@ -11,15 +11,27 @@ use super::read::{self, Aggregate};
 use crate::error::CoreResult;
 use crate::ledger::event::UsageEvent;
 use crate::ledger::filters::Filters;
-use crate::pricing::{Pricing, Tokens};
 use hashbrown::HashMap;
 use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Connection};
 
 pub const HOUR_US: i64 = 3_600_000_000;
 
+/// An hour's totals from its events (exact up to 2**53, saturating beyond),
+/// in the column order of `usage_hourly` after `namespace, hour`.
+macro_rules! hourly_sums {
+    () => {
+        "COUNT(*), CAST(TOTAL(tokens_in) AS INTEGER), CAST(TOTAL(tokens_out) AS INTEGER), \
+         CAST(TOTAL(cache_read_tokens) AS INTEGER), CAST(TOTAL(cache_write_tokens) AS INTEGER), \
+         CAST(TOTAL(duration_ms) AS INTEGER), CAST(TOTAL(api_calls) AS INTEGER), \
+         CAST(TOTAL(units) AS INTEGER), CAST(SUM(cost_nanos * 1.0) AS INTEGER), \
+         COUNT(*) - COUNT(cost_nanos)"
+    };
+}
+
 /// The table, and its contents for a ledger created before it existed.
-pub const MIGRATION: &str = r#"
+pub const MIGRATION: &str = concat!(
+    r#"
 CREATE TABLE usage_hourly (
     namespace          TEXT    NOT NULL,
     hour               INTEGER NOT NULL,
@@ -36,14 +48,10 @@ CREATE TABLE usage_hourly (
     PRIMARY KEY (namespace, hour)
 ) WITHOUT ROWID;
 INSERT INTO usage_hourly
-SELECT namespace, ts - (((ts % 3600000000) + 3600000000) % 3600000000) AS h, COUNT(*),
-       CAST(TOTAL(tokens_in) AS INTEGER), CAST(TOTAL(tokens_out) AS INTEGER),
-       CAST(TOTAL(cache_read_tokens) AS INTEGER), CAST(TOTAL(cache_write_tokens) AS INTEGER),
-       CAST(TOTAL(duration_ms) AS INTEGER), CAST(TOTAL(api_calls) AS INTEGER),
-       CAST(TOTAL(units) AS INTEGER), CAST(SUM(cost_nanos * 1.0) AS INTEGER),
-       COUNT(*) - COUNT(cost_nanos)
-FROM usage_events GROUP BY namespace, h;
-"#;
+SELECT namespace, ts - (((ts % 3600000000) + 3600000000) % 3600000000) AS h, "#,
+    hourly_sums!(),
+    " FROM usage_events GROUP BY namespace, h;"
+);
 
 /// Adds to an hour, saturating at 2**63 - 1 (one event may count that much).
 fn upsert_sql() -> String {
@@ -87,7 +95,8 @@ pub struct Pending {
 }
 
 impl Pending {
-    pub fn add(&mut self, e: &UsageEvent) {
+    /// Adds an inserted event, with the cost it was stored with.
+    pub fn add(&mut self, e: &UsageEvent, cost_nanos: Option<u64>) {
         let key = (e.namespace.clone(), hour_of(e.timestamp_us));
         let one = Aggregate {
             events: 1,
@@ -98,8 +107,8 @@ impl Pending {
             duration_ms: e.duration_ms,
             api_calls: e.api_calls,
             units: e.units,
-            cost_nanos: e.cost_nanos,
-            unpriced_events: u64::from(e.cost_nanos.is_none()),
+            cost_nanos,
+            unpriced_events: u64::from(cost_nanos.is_none()),
             ..Aggregate::default()
         };
         add(self.hours.entry(key).or_default(), &one);
@@ -142,66 +151,16 @@ pub fn after_purge(conn: &Connection, cutoff_us: i64) -> rusqlite::Result<()> {
 }
 
 /// Recomputes one hour's totals from its events.
-fn recount_hour(conn: &Connection, hour: i64) -> rusqlite::Result<()> {
+pub(super) fn recount_hour(conn: &Connection, hour: i64) -> rusqlite::Result<()> {
     conn.prepare_cached("DELETE FROM usage_hourly WHERE hour = ?1")?
         .execute([hour])?;
-    conn.prepare_cached(
-        "INSERT INTO usage_hourly SELECT namespace, ?1, COUNT(*), CAST(TOTAL(tokens_in) AS INTEGER), \
-         CAST(TOTAL(tokens_out) AS INTEGER), CAST(TOTAL(cache_read_tokens) AS INTEGER), \
-         CAST(TOTAL(cache_write_tokens) AS INTEGER), CAST(TOTAL(duration_ms) AS INTEGER), \
-         CAST(TOTAL(api_calls) AS INTEGER), CAST(TOTAL(units) AS INTEGER), \
-         CAST(SUM(cost_nanos * 1.0) AS INTEGER), COUNT(*) - COUNT(cost_nanos) \
-         FROM usage_events WHERE ts >= ?1 AND ts < ?2 GROUP BY namespace",
-    )?
+    conn.prepare_cached(concat!(
+        "INSERT INTO usage_hourly SELECT namespace, ?1, ",
+        hourly_sums!(),
+        " FROM usage_events WHERE ts >= ?1 AND ts < ?2 GROUP BY namespace"
+    ))?
     .execute([hour, hour + HOUR_US])?;
     Ok(())
-}
-
-/// `SqliteStore::reprice` on the write connection, in one transaction.
-pub fn reprice(conn: &mut Connection, pricing: &Pricing, filters: &Filters) -> CoreResult<usize> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let (clause, params) = filters.where_clause();
-    let joiner = if clause.is_empty() { "WHERE" } else { "AND" };
-    let sql = format!(
-        "SELECT id, model, tokens_in, tokens_out, cache_read_tokens, cache_write_tokens, ts, cost_nanos \
-         FROM usage_events {clause} {joiner} model IS NOT NULL AND (cost_nanos IS NULL OR cost_priced = 1)"
-    );
-    let mut changes = Vec::new();
-    {
-        let mut stmt = tx.prepare(&sql)?;
-        let mut rows = stmt.query(params_from_iter(params))?;
-        while let Some(row) = rows.next()? {
-            let model: String = row.get(1)?;
-            let tokens = Tokens {
-                input: row.get::<_, i64>(2)? as u64,
-                output: row.get::<_, i64>(3)? as u64,
-                cache_read: row.get::<_, i64>(4)? as u64,
-                cache_write: row.get::<_, i64>(5)? as u64,
-            };
-            let ts: i64 = row.get(6)?;
-            let old = row.get::<_, Option<i64>>(7)?.map(|c| c as u64);
-            if let Some(new) = pricing.cost_nanos(&model, &tokens, ts) {
-                if old != Some(new) {
-                    changes.push((row.get::<_, i64>(0)?, new, ts));
-                }
-            }
-        }
-    }
-    let mut hours = hashbrown::HashSet::new();
-    {
-        let mut update = tx.prepare_cached(
-            "UPDATE usage_events SET cost_nanos = ?1, cost_priced = 1 WHERE id = ?2",
-        )?;
-        for (id, cost, ts) in &changes {
-            update.execute(params![(*cost).min(i64::MAX as u64) as i64, id])?;
-            hours.insert(hour_of(*ts));
-        }
-    }
-    for hour in hours {
-        recount_hour(&tx, hour)?;
-    }
-    tx.commit()?;
-    Ok(changes.len())
 }
 
 /// Totals (without distinct counts) for filters on namespace and time only,

@@ -263,19 +263,13 @@ impl<'c> Inserter<'c> {
     pub fn insert(&mut self, e: &UsageEvent) -> rusqlite::Result<Outcome> {
         let priced = match (e.cost_nanos, self.pricing, &e.model) {
             (None, Some(pricing), Some(model)) => {
-                pricing.cost_nanos(model, &tokens_of(e), e.timestamp_us)
+                pricing.cost_nanos(model, &Tokens::from(e), e.timestamp_us)
             }
             _ => None,
         };
         let outcome = insert_with(self.conn, &mut self.stmt, e, priced)?;
         if outcome == Outcome::Inserted {
-            match priced {
-                Some(cost) => self.hourly.add(&UsageEvent {
-                    cost_nanos: Some(cost),
-                    ..e.clone()
-                }),
-                None => self.hourly.add(e),
-            }
+            self.hourly.add(e, e.cost_nanos.or(priced));
         }
         Ok(outcome)
     }
@@ -283,15 +277,6 @@ impl<'c> Inserter<'c> {
     /// Adds the new events to the hourly totals; call before committing.
     pub fn finish(mut self) -> rusqlite::Result<()> {
         self.hourly.write(self.conn)
-    }
-}
-
-pub(crate) fn tokens_of(e: &UsageEvent) -> Tokens {
-    Tokens {
-        input: e.tokens_in,
-        output: e.tokens_out,
-        cache_read: e.cache_read_tokens,
-        cache_write: e.cache_write_tokens,
     }
 }
 
