@@ -51,6 +51,10 @@ _MEDIA_TYPES = {
 }
 _UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]+")
 _ANY_JSON: TypeAdapter[Any] = TypeAdapter(Any)
+#: Seconds a write waits on a failing store before answering 503.
+WRITE_TIMEOUT = 2.0
+#: What a 503 tells the client to wait before retrying, in seconds.
+RETRY_AFTER_SECONDS = 5
 _RETRY_HINT = (
     "A retry is the same event only with the same content, timestamp included: "
     "send the timestamp along with the request_id"
@@ -128,7 +132,12 @@ def _forbidden_namespace(namespace: str) -> Exception:
 
 def _store_unavailable(exc: Exception) -> Exception:
     logger.error("usagewarden: the usage store failed: %s", exc)
-    return api_error(503, "store_unavailable", "the usage store is unavailable; retry later")
+    return api_error(
+        503,
+        "store_unavailable",
+        "the usage store is unavailable; retry later",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
 
 
 def _bad_argument(exc: Exception, where: Sequence[str | int]) -> Exception:
@@ -377,7 +386,7 @@ def usage_router(
     async def purge(access: Admin) -> Purged:
         """Removes events older than the store's retention; returns how many."""
         try:
-            return Purged(purged=await store.purge_expired())
+            return Purged(purged=await store.purge_expired(timeout=WRITE_TIMEOUT))
         except StoreError as exc:
             raise _store_unavailable(exc) from None
 
@@ -514,7 +523,7 @@ def usage_router(
 
 async def _record(store: AsyncSQLiteStore, events: list[UsageEvent]) -> int:
     try:
-        return await store.record_batch(events)
+        return await store.record_batch(events, timeout=WRITE_TIMEOUT)
     except ConflictError as exc:
         if len(events) == 1:
             message = (

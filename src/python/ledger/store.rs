@@ -8,7 +8,7 @@ use super::results::{PyAggregate, PyStoreStats};
 use super::sink::{AtomicFile, Destination};
 use crate::error::CoreError;
 use crate::ledger::export::Format;
-use crate::ledger::sqlite::{Durability, LogLevel, SqliteStore, StoreOptions};
+use crate::ledger::sqlite::{Durability, LogLevel, SqliteStore, StoreOptions, CLOSE_GRACE};
 use crate::python::args;
 use crate::python::clock::ClockArg;
 use crate::python::errors::IntoPyResult;
@@ -21,6 +21,12 @@ use pyo3::IntoPyObjectExt;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+/// `timeout=` in seconds, > 0, or `None`.
+fn timeout_arg(timeout: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Duration>> {
+    Ok(args::optional_seconds(timeout, "timeout", true)?.map(Duration::from_nanos))
+}
 
 /// Every open store, so that interpreter exit can flush and close them.
 static OPEN_STORES: Mutex<Vec<Weak<SqliteStore>>> = Mutex::new(Vec::new());
@@ -142,7 +148,11 @@ impl StoreCore {
         }
     }
 
-    fn record_batch(&self, events: &Bound<'_, PyAny>) -> PyResult<Job<usize>> {
+    fn record_batch(
+        &self,
+        events: &Bound<'_, PyAny>,
+        timeout: Option<Duration>,
+    ) -> PyResult<Job<usize>> {
         let mut batch = Vec::new();
         for (i, item) in events
             .try_iter()
@@ -157,7 +167,7 @@ impl StoreCore {
             }
         }
         let store = self.store.clone();
-        Ok(job(move || store.record_batch_valid(batch)))
+        Ok(job(move || store.record_batch_within(batch, timeout)))
     }
 
     fn query(
@@ -264,22 +274,19 @@ impl StoreCore {
         })
     }
 
-    fn purge_expired(&self) -> Job<usize> {
+    fn purge_expired(&self, timeout: Option<Duration>) -> Job<usize> {
         let store = self.store.clone();
-        job(move || store.purge_expired())
+        job(move || store.purge_expired_within(timeout))
     }
 
-    fn flush(&self) -> Job<()> {
+    fn flush(&self, timeout: Option<Duration>) -> Job<()> {
         let store = self.store.clone();
-        job(move || store.flush())
+        job(move || store.flush_within(timeout))
     }
 
-    fn close(&self) -> Job<()> {
+    fn close(&self, timeout: Option<Duration>) -> Job<()> {
         let store = self.store.clone();
-        job(move || {
-            store.close();
-            Ok(())
-        })
+        job(move || store.close_within(timeout.unwrap_or(CLOSE_GRACE)))
     }
 
     fn export(
@@ -406,8 +413,11 @@ macro_rules! store_class {
             }
 
             /// Records every event in one transaction, or none; returns how many were new.
-            fn record_batch<'py>(&self, py: Python<'py>, events: &Bound<'py, PyAny>) -> PyResult<$ret> {
-                $run(py, self.core.record_batch(events)?)
+            /// With `timeout` (seconds), a failing database raises `StoreError`
+            /// when it passes, and nothing of the batch is written.
+            #[pyo3(signature = (events, *, timeout=None))]
+            fn record_batch<'py>(&self, py: Python<'py>, events: &Bound<'py, PyAny>, timeout: Option<&Bound<'py, PyAny>>) -> PyResult<$ret> {
+                $run(py, self.core.record_batch(events, timeout_arg(timeout)?)?)
             }
 
             /// Events matching the filters, oldest first (then in insertion order).
@@ -474,8 +484,9 @@ macro_rules! store_class {
             }
 
             /// Deletes events older than now − retention; returns how many.
-            fn purge_expired<'py>(&self, py: Python<'py>) -> PyResult<$ret> {
-                $run(py, self.core.purge_expired())
+            #[pyo3(signature = (*, timeout=None))]
+            fn purge_expired<'py>(&self, py: Python<'py>, timeout: Option<&Bound<'py, PyAny>>) -> PyResult<$ret> {
+                $run(py, self.core.purge_expired(timeout_arg(timeout)?))
             }
 
             /// Streams matching events to a path or file object; returns the rows written.
@@ -493,13 +504,22 @@ macro_rules! store_class {
             }
 
             /// Returns once every event queued before the call is committed.
-            fn flush<'py>(&self, py: Python<'py>) -> PyResult<$ret> {
-                $run(py, self.core.flush())
+            /// With `timeout` (seconds), raises `StoreError` when it passes
+            /// (the events stay queued); a store that stopped accepting writes
+            /// raises at once.
+            #[pyo3(signature = (*, timeout=None))]
+            fn flush<'py>(&self, py: Python<'py>, timeout: Option<&Bound<'py, PyAny>>) -> PyResult<$ret> {
+                $run(py, self.core.flush(timeout_arg(timeout)?))
             }
 
-            /// Commits what is queued and closes the store. Idempotent.
-            fn close<'py>(&self, py: Python<'py>) -> PyResult<$ret> {
-                $run(py, self.core.close())
+            /// Commits what is queued and closes the store, within `timeout`
+            /// seconds (default 10): what a failing database has not taken by
+            /// then goes to the spill file, recorded on the next open. Raises
+            /// `StoreError` only if acknowledged events could not be kept.
+            /// Idempotent.
+            #[pyo3(signature = (*, timeout=None))]
+            fn close<'py>(&self, py: Python<'py>, timeout: Option<&Bound<'py, PyAny>>) -> PyResult<$ret> {
+                $run(py, self.core.close(timeout_arg(timeout)?))
             }
 
             fn __repr__(&self) -> String {
