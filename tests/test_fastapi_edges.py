@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -89,4 +90,48 @@ async def test_writes_answer_503_at_once_when_the_store_stopped(tmp_path: Path) 
             client.post("/usage/purge", headers=HEADERS),
         ):
             assert_unavailable(await asyncio.wait_for(request, GUARD))
+    await store.close()
+
+
+async def test_budgets_and_store_health_stay_in_the_namespace_without_the_wide_scope(
+    tmp_path: Path,
+) -> None:
+    from usagewarden.fastapi import SCOPE_ADMIN, SCOPE_ALL_NAMESPACES, SCOPE_READ
+
+    store = uw.AsyncSQLiteStore(tmp_path / "budgets.db")
+    engine = uw.BudgetEngine(
+        [
+            uw.Budget("org", 100.0),
+            uw.Budget("per-agent", 50.0, scope="agent", match="bot-of-team-b"),
+            uw.Budget("a", 10.0, scope="namespace", match="team-a"),
+            uw.Budget("b", 10.0, scope="namespace", match="team-b"),
+        ],
+        store,
+    )
+    engine.settle(engine.check(namespace="team-b", agent_id="bot-of-team-b", estimated_cost=1.0), 3)
+    engine.settle(engine.check(namespace="team-a", agent_id="bot-of-team-a", estimated_cost=1.0), 1)
+    keys = {
+        "admin-of-team-a-000": Principal("adm", "team-a", {SCOPE_READ, SCOPE_ADMIN}),
+        "operator-000000000": Principal("ops", "team-a", {SCOPE_READ, SCOPE_ALL_NAMESPACES}),
+    }
+    app = FastAPI()
+    app.include_router(usage_router(store, auth=api_key_auth(keys), budgets=engine))
+    async with client_for(app) as client:
+        answers = {}
+        for key in keys:
+            headers = {"X-API-Key": key}
+            budgets = (await client.get("/usage/budgets", headers=headers)).json()["budgets"]
+            stats = (await client.get("/usage/stats", headers=headers)).json()["store"]
+            answers[key] = ([b["budget"] for b in budgets], stats)
+    admin_budgets, admin_store = answers["admin-of-team-a-000"]
+    assert admin_budgets == ["a"], "no global, per-agent or other namespace's budget"
+    assert "bot-of-team-b" not in json.dumps(answers["admin-of-team-a-000"])
+    assert (admin_store["queued"], admin_store["write_errors"], admin_store["size_bytes"]) == (
+        None,
+        None,
+        None,
+    )
+    wide_budgets, wide_store = answers["operator-000000000"]
+    assert wide_budgets == ["org", "per-agent", "a", "b"]
+    assert wide_store["size_bytes"] > 0 and wide_store["queued"] == 0
     await store.close()
