@@ -8,6 +8,7 @@ use crate::ledger::filters::Filters;
 use crate::pricing::Pricing;
 use std::io::Write;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use crate::ledger::sqlite::{Aggregate, Durability, StoreStats};
 
@@ -29,8 +30,14 @@ pub trait MeteringStore: Send + Sync {
     /// Queues an event without waiting (`Durability::Batch` only): `Ok(None)`
     /// when queued, the event handed back when the queue is full.
     fn try_record_valid(&self, event: Arc<UsageEvent>) -> CoreResult<Option<Arc<UsageEvent>>>;
-    /// Records every event in one transaction, or none; returns how many were new.
-    fn record_batch_valid(&self, events: Vec<Arc<UsageEvent>>) -> CoreResult<usize>;
+    /// Records every event in one transaction, or none; returns how many were
+    /// new. With a `timeout`, a failing database errs when it passes, and
+    /// nothing of the batch is written.
+    fn record_batch_valid(
+        &self,
+        events: Vec<Arc<UsageEvent>>,
+        timeout: Option<Duration>,
+    ) -> CoreResult<usize>;
 
     fn query(
         &self,
@@ -51,7 +58,8 @@ pub trait MeteringStore: Send + Sync {
     fn distinct(&self, column: &str, filters: &Filters) -> CoreResult<Vec<(String, u64)>>;
     fn stats(&self) -> CoreResult<StoreStats>;
     fn reprice(&self, pricing: Arc<Pricing>, filters: &Filters) -> CoreResult<usize>;
-    fn purge_expired(&self) -> CoreResult<usize>;
+    /// Deletes events older than now − retention; returns how many.
+    fn purge_expired(&self, timeout: Option<Duration>) -> CoreResult<usize>;
     fn export(
         &self,
         filters: &Filters,
@@ -59,8 +67,11 @@ pub trait MeteringStore: Send + Sync {
         limit: Option<u64>,
         out: &mut dyn Write,
     ) -> CoreResult<u64>;
-    /// Returns once every event queued before the call is committed.
-    fn flush(&self) -> CoreResult<()>;
-    /// Commits what is queued and closes the store. Idempotent.
-    fn close(&self);
+    /// Returns once every event queued before the call is committed; with a
+    /// `timeout`, errs when it passes (the events stay queued).
+    fn flush(&self, timeout: Option<Duration>) -> CoreResult<()>;
+    /// Commits what is queued and closes the store within `grace`, keeping
+    /// what could not be committed by then (never dropping an acknowledged
+    /// event); errs only if that failed. Idempotent.
+    fn close(&self, grace: Duration) -> CoreResult<()>;
 }

@@ -9,7 +9,7 @@ use super::results::{PyAggregate, PyStoreStats};
 use super::sink::{AtomicFile, Destination};
 use crate::error::CoreError;
 use crate::ledger::export::Format;
-use crate::ledger::sqlite::{Durability, LogLevel, LogSink, SqliteStore, StoreOptions};
+use crate::ledger::sqlite::{Durability, LogLevel, LogSink, SqliteStore, StoreOptions, CLOSE_GRACE};
 use crate::ledger::store::MeteringStore;
 use crate::python::args;
 use crate::python::asyncio::AcquireCoroutine;
@@ -24,6 +24,12 @@ use pyo3::IntoPyObjectExt;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+/// `timeout=` in seconds, > 0, or `None`.
+fn timeout_arg(timeout: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Duration>> {
+    Ok(args::optional_seconds(timeout, "timeout", true)?.map(Duration::from_nanos))
+}
 
 /// Every open store, so that interpreter exit can flush and close them.
 static OPEN_STORES: Mutex<Vec<Weak<dyn MeteringStore>>> = Mutex::new(Vec::new());
@@ -36,7 +42,11 @@ pub(crate) fn _close_all_stores(py: Python<'_>) {
         open.retain(|s| s.strong_count() > 0);
         open.iter().filter_map(Weak::upgrade).collect()
     };
-    py.detach(|| stores.iter().for_each(|s| s.close()));
+    py.detach(|| {
+        stores.iter().for_each(|s| {
+            let _ = s.close(CLOSE_GRACE);
+        })
+    });
 }
 
 fn log_to_python(level: LogLevel, message: &str) {
@@ -197,7 +207,11 @@ impl StoreCore {
         self.store.is_closed() || self.store.queued() > 0
     }
 
-    fn record_batch(&self, events: &Bound<'_, PyAny>) -> PyResult<Job<usize>> {
+    fn record_batch(
+        &self,
+        events: &Bound<'_, PyAny>,
+        timeout: Option<Duration>,
+    ) -> PyResult<Job<usize>> {
         let mut batch = Vec::new();
         for (i, item) in events
             .try_iter()
@@ -212,7 +226,7 @@ impl StoreCore {
             }
         }
         let store = self.store.clone();
-        Ok(job(move || store.record_batch_valid(batch)))
+        Ok(job(move || store.record_batch_valid(batch, timeout)))
     }
 
     fn query(
@@ -319,22 +333,19 @@ impl StoreCore {
         })
     }
 
-    fn purge_expired(&self) -> Job<usize> {
+    fn purge_expired(&self, timeout: Option<Duration>) -> Job<usize> {
         let store = self.store.clone();
-        job(move || store.purge_expired())
+        job(move || store.purge_expired(timeout))
     }
 
-    fn flush(&self) -> Job<()> {
+    fn flush(&self, timeout: Option<Duration>) -> Job<()> {
         let store = self.store.clone();
-        job(move || store.flush())
+        job(move || store.flush(timeout))
     }
 
-    fn close(&self) -> Job<()> {
+    fn close(&self, timeout: Option<Duration>) -> Job<()> {
         let store = self.store.clone();
-        job(move || {
-            store.close();
-            Ok(())
-        })
+        job(move || store.close(timeout.unwrap_or(CLOSE_GRACE)))
     }
 
     fn export(
@@ -406,7 +417,7 @@ macro_rules! store_class {
             #[pyo3(signature = (*_args))]
             fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, pyo3::types::PyTuple>) -> bool {
                 let store = self.core.store.clone();
-                py.detach(|| store.close());
+                let _ = py.detach(|| store.close($crate::ledger::sqlite::CLOSE_GRACE));
                 false
             }
 
@@ -426,7 +437,7 @@ macro_rules! store_class {
             fn __aexit__<'py>(&self, py: Python<'py>, _args: &Bound<'py, pyo3::types::PyTuple>) -> PyResult<Bound<'py, PyAny>> {
                 let store = self.core.store.clone();
                 $crate::python::ledger::jobs::run_async(py, $crate::python::ledger::jobs::job(move || {
-                    store.close();
+                    let _ = store.close($crate::ledger::sqlite::CLOSE_GRACE);
                     Ok(false)
                 }))
             }
@@ -491,8 +502,11 @@ macro_rules! store_class {
             }
 
             /// Records every event in one transaction, or none; returns how many were new.
-            fn record_batch<'py>(&self, py: Python<'py>, events: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-                $run(py, self.core.record_batch(events)?)
+            /// With `timeout` (seconds), a failing database raises `StoreError`
+            /// when it passes, and nothing of the batch is written.
+            #[pyo3(signature = (events, *, timeout=None))]
+            fn record_batch<'py>(&self, py: Python<'py>, events: &Bound<'py, PyAny>, timeout: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
+                $run(py, self.core.record_batch(events, timeout_arg(timeout)?)?)
             }
 
             /// Events matching the filters, oldest first (then in insertion order).
@@ -559,8 +573,9 @@ macro_rules! store_class {
             }
 
             /// Deletes events older than now − retention; returns how many.
-            fn purge_expired<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-                $run(py, self.core.purge_expired())
+            #[pyo3(signature = (*, timeout=None))]
+            fn purge_expired<'py>(&self, py: Python<'py>, timeout: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
+                $run(py, self.core.purge_expired(timeout_arg(timeout)?))
             }
 
             /// Streams matching events to a path or file object; returns the rows written.
@@ -578,13 +593,22 @@ macro_rules! store_class {
             }
 
             /// Returns once every event queued before the call is committed.
-            fn flush<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-                $flush(py, &self.core)
+            /// With `timeout` (seconds), raises `StoreError` when it passes
+            /// (the events stay queued); a store that stopped accepting writes
+            /// raises at once.
+            #[pyo3(signature = (*, timeout=None))]
+            fn flush<'py>(&self, py: Python<'py>, timeout: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
+                $flush(py, &self.core, timeout_arg(timeout)?)
             }
 
-            /// Commits what is queued and closes the store. Idempotent.
-            fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-                $run(py, self.core.close())
+            /// Commits what is queued and closes the store, within `timeout`
+            /// seconds (default 10): what a failing database has not taken by
+            /// then goes to the spill file, recorded on the next open. Raises
+            /// `StoreError` only if acknowledged events could not be kept.
+            /// Idempotent.
+            #[pyo3(signature = (*, timeout=None))]
+            fn close<'py>(&self, py: Python<'py>, timeout: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
+                $run(py, self.core.close(timeout_arg(timeout)?))
             }
 
             fn __repr__(&self) -> String {
@@ -635,16 +659,24 @@ pub(crate) fn record_async<'py>(
     }
 }
 
-pub(crate) fn flush_async<'py>(py: Python<'py>, core: &StoreCore) -> PyResult<Bound<'py, PyAny>> {
+pub(crate) fn flush_async<'py>(
+    py: Python<'py>,
+    core: &StoreCore,
+    timeout: Option<Duration>,
+) -> PyResult<Bound<'py, PyAny>> {
     if core.flush_needed() {
-        run_async(py, core.flush())
+        run_async(py, core.flush(timeout))
     } else {
         ready(py, ())
     }
 }
 
-pub(crate) fn flush_sync<'py>(py: Python<'py>, core: &StoreCore) -> PyResult<Bound<'py, PyAny>> {
-    sync_result(py, core.flush())
+pub(crate) fn flush_sync<'py>(
+    py: Python<'py>,
+    core: &StoreCore,
+    timeout: Option<Duration>,
+) -> PyResult<Bound<'py, PyAny>> {
+    sync_result(py, core.flush(timeout))
 }
 
 /// Both SQLite classes: the constructor and the `path` getter.
