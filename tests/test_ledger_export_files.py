@@ -65,4 +65,3 @@ def test_a_planted_symlink_is_never_followed(tmp_path: Path) -> None:
     assert victim.read_text() == "precious"
     assert not link.is_symlink() and link.read_text().startswith("request_id,")
     store.close()
-
