@@ -9,7 +9,7 @@ mod writer;
 
 pub use read::Aggregate;
 pub use schema::SCHEMA_VERSION;
-pub use writer::{Inserter, LogLevel, Outcome, WriteJob, MAX_GROUP, QUEUE_CAPACITY};
+pub use writer::{Counters, Inserter, LogLevel, Outcome, WriteJob, MAX_GROUP, QUEUE_CAPACITY};
 
 use crate::clock::Clock;
 use crate::error::{CoreError, CoreResult};

@@ -62,10 +62,10 @@ pub(crate) fn python_log() -> LogSink {
 /// The shared core of every store class.
 pub(crate) struct StoreCore {
     pub(crate) store: Arc<dyn MeteringStore>,
-    clock: ClockArg,
-    pricing: Option<Py<PyPricing>>,
+    pub(crate) clock: ClockArg,
+    pub(crate) pricing: Option<Py<PyPricing>>,
     /// What the repr shows after the class name, e.g. `path="usage.db"`.
-    describe: String,
+    pub(crate) describe: String,
 }
 
 fn optional_pricing<'py>(
@@ -131,7 +131,7 @@ impl<'py> CommonOptions<'py> {
 }
 
 impl StoreCore {
-    fn open_sqlite(
+    pub(crate) fn open_sqlite(
         py: Python<'_>,
         path: Option<&Bound<'_, PyAny>>,
         retention_seconds: Option<&Bound<'_, PyAny>>,
@@ -173,7 +173,10 @@ impl StoreCore {
 
     /// The sync fast path: with room in the queue, queue the event without
     /// releasing the interpreter (a few hundred nanoseconds of work).
-    fn try_record_now(&self, event: &Bound<'_, PyAny>) -> PyResult<Result<String, Job<String>>> {
+    pub(crate) fn try_record_now(
+        &self,
+        event: &Bound<'_, PyAny>,
+    ) -> PyResult<Result<String, Job<String>>> {
         let shared = extract_event(event, "event")?;
         if self.store.durability() != Durability::Batch {
             let store = self.store.clone();
@@ -193,11 +196,11 @@ impl StoreCore {
 
     /// Whether `flush` has anything to wait for: nothing queued on an open
     /// store means everything recorded before the call is committed.
-    fn flush_needed(&self) -> bool {
+    pub(crate) fn flush_needed(&self) -> bool {
         self.store.is_closed() || self.store.queued() > 0
     }
 
-    fn record_batch(&self, events: &Bound<'_, PyAny>) -> PyResult<Job<usize>> {
+    pub(crate) fn record_batch(&self, events: &Bound<'_, PyAny>) -> PyResult<Job<usize>> {
         let mut batch = Vec::new();
         for (i, item) in events
             .try_iter()
@@ -215,7 +218,7 @@ impl StoreCore {
         Ok(job(move || store.record_batch_valid(batch)))
     }
 
-    fn query(
+    pub(crate) fn query(
         &self,
         limit: Option<&Bound<'_, PyAny>>,
         offset: Option<&Bound<'_, PyAny>>,
@@ -234,7 +237,7 @@ impl StoreCore {
         }))
     }
 
-    fn page(
+    pub(crate) fn page(
         &self,
         limit: Option<&Bound<'_, PyAny>>,
         offset: Option<&Bound<'_, PyAny>>,
@@ -252,7 +255,7 @@ impl StoreCore {
         }))
     }
 
-    fn reprice(
+    pub(crate) fn reprice(
         &self,
         pricing: &Bound<'_, PyAny>,
         kwargs: Option<&Bound<'_, PyDict>>,
@@ -268,7 +271,7 @@ impl StoreCore {
         Ok(job(move || store.reprice(pricing, &filters)))
     }
 
-    fn aggregate(
+    pub(crate) fn aggregate(
         &self,
         group_by: &Bound<'_, PyAny>,
         tz: Option<&Bound<'_, PyAny>>,
@@ -290,7 +293,7 @@ impl StoreCore {
         }))
     }
 
-    fn summary(&self, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Job<PyAggregate>> {
+    pub(crate) fn summary(&self, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Job<PyAggregate>> {
         let filters = filters::from_kwargs(kwargs)?;
         let store = self.store.clone();
         Ok(job(move || {
@@ -300,7 +303,7 @@ impl StoreCore {
         }))
     }
 
-    fn distinct(
+    pub(crate) fn distinct(
         &self,
         column: &'static str,
         kwargs: Option<&Bound<'_, PyDict>>,
@@ -310,7 +313,7 @@ impl StoreCore {
         Ok(job(move || store.distinct(column, &filters)))
     }
 
-    fn stats(&self) -> Job<PyStoreStats> {
+    pub(crate) fn stats(&self) -> Job<PyStoreStats> {
         let store = self.store.clone();
         job(move || {
             Ok(PyStoreStats {
@@ -319,17 +322,17 @@ impl StoreCore {
         })
     }
 
-    fn purge_expired(&self) -> Job<usize> {
+    pub(crate) fn purge_expired(&self) -> Job<usize> {
         let store = self.store.clone();
         job(move || store.purge_expired())
     }
 
-    fn flush(&self) -> Job<()> {
+    pub(crate) fn flush(&self) -> Job<()> {
         let store = self.store.clone();
         job(move || store.flush())
     }
 
-    fn close(&self) -> Job<()> {
+    pub(crate) fn close(&self) -> Job<()> {
         let store = self.store.clone();
         job(move || {
             store.close();
@@ -337,7 +340,7 @@ impl StoreCore {
         })
     }
 
-    fn export(
+    pub(crate) fn export(
         &self,
         dest: &Bound<'_, PyAny>,
         format: Option<&Bound<'_, PyAny>>,
@@ -372,18 +375,18 @@ impl StoreCore {
         }))
     }
 
-    fn location(&self) -> String {
+    pub(crate) fn location(&self) -> String {
         self.store.location()
     }
 
-    fn durability(&self) -> &'static str {
+    pub(crate) fn durability(&self) -> &'static str {
         match self.store.durability() {
             Durability::Batch => "batch",
             Durability::Commit => "commit",
         }
     }
 
-    fn retention_seconds(&self) -> Option<f64> {
+    pub(crate) fn retention_seconds(&self) -> Option<f64> {
         self.store.retention_us().map(|us| us as f64 / 1e6)
     }
 }
@@ -694,6 +697,12 @@ pub(crate) fn metering_store(store: &Bound<'_, PyAny>) -> Option<Arc<dyn Meterin
             })*
         };
     }
-    first_of!(PySQLiteStore, PyAsyncSQLiteStore);
+    use super::postgres::{PyAsyncPostgresStore, PyPostgresStore};
+    first_of!(
+        PySQLiteStore,
+        PyAsyncSQLiteStore,
+        PyPostgresStore,
+        PyAsyncPostgresStore
+    );
     None
 }
