@@ -429,7 +429,11 @@ impl MeteringStore for PostgresStore {
             return Err(CoreError::Store("the store is closed".into()));
         }
         match self.retention_us {
-            Some(retention) => self.purge_before(self.now_us().saturating_sub(retention)),
+            Some(retention) => {
+                // In order with writes: what was queued before the purge is purged too.
+                MeteringStore::flush(self)?;
+                self.purge_before(self.now_us().saturating_sub(retention))
+            }
             None => Ok(0),
         }
     }
