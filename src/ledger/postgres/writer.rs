@@ -307,6 +307,8 @@ impl Worker {
         let message = format!("{what} failed, will retry: {e}");
         (self.shared.log)(LogLevel::Warning, &message);
         *c.last_error.lock() = Some(message);
+        // A partition may have been dropped by a purge (here or on another host).
+        self.known_months.clear();
         if self.client.as_ref().is_some_and(Client::is_closed) {
             self.client = None;
         }
