@@ -98,6 +98,8 @@ pub struct PostgresStore {
     retention_us: Option<i64>,
     clock: Arc<dyn Clock>,
     location: String,
+    /// The last `(events, oldest, newest, bytes)` read, for `stats` while the server is down.
+    last_extent: Mutex<(u64, Option<i64>, Option<i64>, u64)>,
 }
 
 /// `postgresql://user@host:port/dbname` (never the password).
@@ -185,6 +187,7 @@ impl PostgresStore {
             retention_us: options.retention_us,
             clock: options.clock,
             location,
+            last_extent: Mutex::new((0, None, None, 0)),
         })
     }
 
@@ -295,29 +298,30 @@ impl MeteringStore for PostgresStore {
 
     fn record_valid(&self, event: Arc<UsageEvent>) -> CoreResult<String> {
         let request_id = event.request_id.clone();
-        let counters = &self.shared.counters;
-        counters.queued.fetch_add(1, Ordering::SeqCst);
-        let outcome = if self.durability == Durability::Commit {
-            self.call(|reply| Command::Record(event, Some(reply)))
-                .and_then(|outcome| outcome)
-        } else {
-            self.sender().and_then(|tx| {
-                tx.blocking_send(Command::Record(event, None))
-                    .map(|()| Outcome::Inserted)
-                    .map_err(|_| CoreError::Store("the writer has stopped".into()))
-            })
-        };
-        match outcome {
-            Err(e) => {
-                if !matches!(e, CoreError::Conflict(_)) {
-                    counters.queued.fetch_sub(1, Ordering::SeqCst);
-                }
-                Err(e)
+        let tx = self.sender()?;
+        let stopped = || CoreError::Store("the writer has stopped".into());
+        let queued = &self.shared.counters.queued;
+        queued.fetch_add(1, Ordering::SeqCst);
+        // Once sent, the writer accounts for the event, whatever happens.
+        let (reply, answer) = match self.durability {
+            Durability::Commit => {
+                let (reply, answer) = oneshot::channel();
+                (Some(reply), Some(answer))
             }
-            Ok(Outcome::Conflict) => Err(CoreError::Conflict(format!(
+            Durability::Batch => (None, None),
+        };
+        if tx.blocking_send(Command::Record(event, reply)).is_err() {
+            queued.fetch_sub(1, Ordering::SeqCst);
+            return Err(stopped());
+        }
+        match answer.map(|a| a.blocking_recv()) {
+            None => Ok(request_id),
+            Some(Err(_)) => Err(stopped()),
+            Some(Ok(Err(e))) => Err(e),
+            Some(Ok(Ok(Outcome::Conflict))) => Err(CoreError::Conflict(format!(
                 "request_id {request_id:?} was recorded before with different content"
             ))),
-            Ok(_) => Ok(request_id),
+            Some(Ok(Ok(_))) => Ok(request_id),
         }
     }
 
@@ -393,9 +397,21 @@ impl MeteringStore for PostgresStore {
 
     fn stats(&self) -> CoreResult<StoreStats> {
         let schema_name = self.shared.schema.clone();
-        let (events, oldest_us, newest_us, size_bytes) =
-            self.read(async |c, s| read::extent(c, s, &schema_name).await)?;
         let c = &self.shared.counters;
+        // While the server is unreachable the counters (queue depth, write
+        // errors) still matter most: they come with the last extent read.
+        let extent = self.read(async |c, s| read::extent(c, s, &schema_name).await);
+        let (events, oldest_us, newest_us, size_bytes) = match extent {
+            Ok(extent) => {
+                *self.last_extent.lock() = extent;
+                extent
+            }
+            Err(e) if !MeteringStore::is_closed(self) => {
+                *c.last_error.lock() = Some(format!("stats: {e}"));
+                *self.last_extent.lock()
+            }
+            Err(e) => return Err(e),
+        };
         Ok(StoreStats {
             events,
             oldest_us,

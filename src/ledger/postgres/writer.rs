@@ -12,13 +12,15 @@ use crate::pricing::Tokens;
 use hashbrown::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Client;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How long a `durability="commit"` record waits for a failing database.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(crate) enum Command {
     Record(
@@ -217,11 +219,28 @@ impl Worker {
         }
         let n = records.len() as u64;
         let mut backoff = Duration::from_millis(10);
+        // Callers waiting for the commit are answered in bounded time; events
+        // only queued (durability "batch") are retried until they are stored.
+        let give_up_at = records
+            .iter()
+            .any(|p| p.reply.is_some())
+            .then(|| Instant::now() + COMMIT_TIMEOUT);
         let outcomes = loop {
             match self.write(&records).await {
                 Ok(outcomes) => break Some(outcomes),
                 Err(e) => {
                     self.failed("record", &e);
+                    if give_up_at.is_some_and(|at| Instant::now() >= at) {
+                        let c = &self.shared.counters;
+                        c.queued.fetch_sub(n, Ordering::SeqCst);
+                        let message = format!("could not commit to PostgreSQL: {e}");
+                        for p in records {
+                            if let Some(reply) = p.reply {
+                                let _ = reply.send(Err(CoreError::Store(message.clone())));
+                            }
+                        }
+                        return;
+                    }
                     if self.shared.closing.load(Ordering::SeqCst) {
                         break None;
                     }
