@@ -365,14 +365,7 @@ impl MeteringStore for PostgresStore {
         offset: u64,
         cursor: Option<&str>,
     ) -> CoreResult<(Vec<UsageEvent>, Option<String>)> {
-        filters.validate()?;
-        if limit == 0 {
-            return Err(CoreError::InvalidArgument(
-                "limit",
-                "must be at least 1".into(),
-            ));
-        }
-        let after = cursor.map(|c| Cursor::decode(c, filters)).transpose()?;
+        let after = Cursor::for_page(filters, limit, cursor)?;
         let (events, next) =
             self.read(async |c, s| read::page(c, s, filters, after, limit, offset).await)?;
         Ok((events, next.map(|n| n.encode())))

@@ -1,7 +1,7 @@
 //! Reads, aggregates and maintenance in SQL on pooled connections; every
 //! value is a bound parameter.
 
-use super::writer::{hourly_sums, saturate, HOUR_OF_TS};
+use super::writer::{hourly_sums, sum_columns, HOUR_OF_TS};
 use crate::error::CoreResult;
 use crate::ledger::buckets::{GroupBy, TimeUnit};
 use crate::ledger::cursor::Cursor;
@@ -167,20 +167,7 @@ pub async fn page(
 
 /// The totals columns, exact (numeric) and saturating at 2**63 - 1.
 fn totals() -> String {
-    let mut cols = vec!["COUNT(*)::int8".to_string()];
-    for c in [
-        "tokens_in",
-        "tokens_out",
-        "cache_read_tokens",
-        "cache_write_tokens",
-        "duration_ms",
-        "api_calls",
-        "units",
-    ] {
-        cols.push(saturate(&format!("COALESCE(SUM({c}), 0)")));
-    }
-    cols.push(saturate("SUM(cost_nanos)"));
-    cols.push("(COUNT(*) - COUNT(cost_nanos))::int8".into());
+    let mut cols = sum_columns(true);
     cols.push("COUNT(DISTINCT agent_id)::int8".into());
     cols.push("COUNT(DISTINCT consumer_id)::int8".into());
     cols.join(", ")

@@ -74,9 +74,10 @@ pub(crate) fn saturate(expr: &str) -> String {
     )
 }
 
-/// The hourly totals of a set of events, in `usage_hourly`'s column order
-/// after `namespace, hour`.
-pub(crate) fn hourly_sums() -> String {
+/// Event count, the counters' sums, the cost (NULL when none is known) and
+/// the unpriced events, in `usage_hourly`'s column order after `namespace,
+/// hour`. With `zero_when_empty`, sums over no rows are 0 rather than NULL.
+pub(crate) fn sum_columns(zero_when_empty: bool) -> Vec<String> {
     let mut cols = vec!["COUNT(*)::int8".to_string()];
     for c in [
         "tokens_in",
@@ -87,11 +88,20 @@ pub(crate) fn hourly_sums() -> String {
         "api_calls",
         "units",
     ] {
-        cols.push(saturate(&format!("SUM({c})")));
+        cols.push(saturate(&if zero_when_empty {
+            format!("COALESCE(SUM({c}), 0)")
+        } else {
+            format!("SUM({c})")
+        }));
     }
     cols.push(saturate("SUM(cost_nanos)"));
     cols.push("(COUNT(*) - COUNT(cost_nanos))::int8".into());
-    cols.join(", ")
+    cols
+}
+
+/// The hourly totals of a set of events.
+pub(crate) fn hourly_sums() -> String {
+    sum_columns(false).join(", ")
 }
 
 /// The hour (UTC µs) an event's timestamp falls in, in SQL.

@@ -283,14 +283,7 @@ impl SqliteStore {
         offset: u64,
         cursor: Option<&str>,
     ) -> CoreResult<(Vec<UsageEvent>, Option<String>)> {
-        filters.validate()?;
-        if limit == 0 {
-            return Err(CoreError::InvalidArgument(
-                "limit",
-                "must be at least 1".into(),
-            ));
-        }
-        let after = cursor.map(|c| Cursor::decode(c, filters)).transpose()?;
+        let after = Cursor::for_page(filters, limit, cursor)?;
         let (events, next) = self.read(|c| read::page(c, filters, after, limit, offset))?;
         Ok((events, next.map(|n| n.encode())))
     }
