@@ -135,3 +135,18 @@ def total(usages: Iterable[uw.Usage]) -> uw.Usage:
     for u in usages:
         out = out + u
     return out
+
+
+# --- the ledger backends: one contract suite over SQLite and PostgreSQL ---------------------
+
+from postgres_cluster import postgres_cluster  # noqa: E402, F401
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, tmp_path: Any) -> Any:
+    """Opens the test's stores on each backend in turn (``ledger_helpers.LedgerBackend``)."""
+    from ledger_helpers import LedgerBackend, PostgresBackend
+
+    if request.param == "postgres":
+        return PostgresBackend(tmp_path, request.getfixturevalue("postgres_cluster"))
+    return LedgerBackend(tmp_path)

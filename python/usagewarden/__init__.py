@@ -14,11 +14,13 @@ from ._core import (
     DEBUG_BUILD,
     AcquireCoroutine,
     Aggregate,
+    AsyncPostgresStore,
     AsyncSQLiteStore,
     Budget,
     Decision,
     Limit,
     ManualClock,
+    PostgresStore,
     Pricing,
     RateLimiter,
     RateLimits,
@@ -40,13 +42,14 @@ from .errors import (
     StoreError,
     UsageWardenError,
 )
-from .store_protocol import AsyncMeteringStore, MeteringStore
+from .store_protocol import AsyncMeteringStore, MeteringStore, open_async_store, open_store
 from .warden import Call, RunMeter, Warden
 
 __all__ = [
     "AcquireCoroutine",
     "Aggregate",
     "AsyncMeteringStore",
+    "AsyncPostgresStore",
     "AsyncSQLiteStore",
     "Budget",
     "BudgetCheck",
@@ -58,6 +61,7 @@ __all__ = [
     "Limit",
     "ManualClock",
     "MeteringStore",
+    "PostgresStore",
     "Pricing",
     "RateLimitExceeded",
     "RateLimiter",
@@ -73,6 +77,8 @@ __all__ = [
     "UsageWardenError",
     "Warden",
     "__version__",
+    "open_async_store",
+    "open_store",
 ]
 
 logging.getLogger("usagewarden").addHandler(logging.NullHandler())

@@ -1,6 +1,11 @@
 """The store protocols: what the Warden, the budgets, the FastAPI middleware
 and router need from a ledger, whichever backend holds it.
 
+``open_store(url)`` / ``open_async_store(url)`` open a store by URL:
+``sqlite:///relative.db``, ``sqlite:////absolute/path.db`` or
+``postgresql://user@host:port/dbname`` (any libpq URL), so one program
+moves from a file to a shared database by changing a string.
+
 Every store satisfies one of them: ``SQLiteStore`` and ``PostgresStore`` are
 ``MeteringStore``; ``AsyncSQLiteStore`` and ``AsyncPostgresStore`` are
 ``AsyncMeteringStore`` (the same methods as coroutines, plus ``blocking()``
@@ -12,16 +17,25 @@ class.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from urllib.parse import unquote, urlsplit
 
-from ._core import Aggregate, StoreStats, UsageEvent
+from ._core import (
+    Aggregate,
+    AsyncPostgresStore,
+    AsyncSQLiteStore,
+    PostgresStore,
+    SQLiteStore,
+    StoreStats,
+    UsageEvent,
+)
 
 if TYPE_CHECKING:
     from typing_extensions import Self, Unpack
 
     from ._core import Pricing, _Dest, _Filters, _Format, _GroupBy
 
-__all__ = ["AsyncMeteringStore", "MeteringStore"]
+__all__ = ["AsyncMeteringStore", "MeteringStore", "open_async_store", "open_store"]
 
 
 @runtime_checkable
@@ -119,3 +133,41 @@ class AsyncMeteringStore(Protocol):
     async def close(self, *, timeout: float | None = None) -> None: ...
     async def __aenter__(self) -> Self: ...
     async def __aexit__(self, *_args: object) -> bool: ...
+
+
+_POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+
+def _sqlite_path(url: str) -> str:
+    rest = url[len("sqlite://") :]
+    if not rest.startswith("/") or rest == "/":
+        raise ValueError(
+            f"url: a SQLite URL is sqlite:///relative.db or sqlite:////abs.db, got {url!r}"
+        )
+    return unquote(rest[1:])
+
+
+def _scheme(url: object) -> str:
+    if not isinstance(url, str):
+        raise TypeError(f"url: must be a str, got {type(url).__name__}")
+    scheme = urlsplit(url).scheme.lower()
+    if scheme not in ("sqlite", *_POSTGRES_SCHEMES):
+        raise ValueError(
+            f"url: must start with sqlite:/// or postgresql://, got {url.split(':', 1)[0]!r}"
+        )
+    return scheme
+
+
+def open_store(url: str, **options: Any) -> MeteringStore:
+    """A store for ``url`` (``sqlite:///…`` or ``postgresql://…``); ``options``
+    go to its constructor (``durability``, ``retention_seconds``, ``schema``, …)."""
+    if _scheme(url) == "sqlite":
+        return SQLiteStore(_sqlite_path(url), **options)
+    return PostgresStore(url, **options)
+
+
+def open_async_store(url: str, **options: Any) -> AsyncMeteringStore:
+    """``open_store`` for asyncio: an ``AsyncSQLiteStore`` or ``AsyncPostgresStore``."""
+    if _scheme(url) == "sqlite":
+        return AsyncSQLiteStore(_sqlite_path(url), **options)
+    return AsyncPostgresStore(url, **options)

@@ -6,6 +6,7 @@ pub mod event;
 pub mod event_json;
 pub mod export;
 pub mod filters;
+pub mod postgres;
 pub mod redact;
 pub mod sqlite;
 pub mod store;

@@ -35,6 +35,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ledger::PyStoreStats>()?;
     m.add_class::<ledger::PySQLiteStore>()?;
     m.add_class::<ledger::PyAsyncSQLiteStore>()?;
+    m.add_class::<ledger::PyPostgresStore>()?;
+    m.add_class::<ledger::PyAsyncPostgresStore>()?;
     m.add_class::<pricing::PyPricing>()?;
     m.add_class::<budget::PyBudget>()?;
     m.add_class::<budget::PyBudgetCore>()?;

@@ -13,7 +13,7 @@ pub use faults::spill_path;
 pub use insert::{Inserter, Outcome};
 pub use read::Aggregate;
 pub use schema::SCHEMA_VERSION;
-pub use writer::{LogLevel, WriteJob, MAX_GROUP, QUEUE_CAPACITY};
+pub use writer::{Counters, LogLevel, WriteJob, MAX_GROUP, QUEUE_CAPACITY};
 
 use crate::clock::Clock;
 use crate::error::{CoreError, CoreResult};
@@ -318,14 +318,7 @@ impl SqliteStore {
         offset: u64,
         cursor: Option<&str>,
     ) -> CoreResult<(Vec<UsageEvent>, Option<String>)> {
-        filters.validate()?;
-        if limit == 0 {
-            return Err(CoreError::InvalidArgument(
-                "limit",
-                "must be at least 1".into(),
-            ));
-        }
-        let after = cursor.map(|c| Cursor::decode(c, filters)).transpose()?;
+        let after = Cursor::for_page(filters, limit, cursor)?;
         let (events, next) = self.read(|c| read::page(c, filters, after, limit, offset))?;
         Ok((events, next.map(|n| n.encode())))
     }

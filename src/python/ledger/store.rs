@@ -27,7 +27,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 /// `timeout=` in seconds, > 0, or `None`.
-fn timeout_arg(timeout: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Duration>> {
+pub(crate) fn timeout_arg(timeout: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Duration>> {
     Ok(args::optional_seconds(timeout, "timeout", true)?.map(Duration::from_nanos))
 }
 
@@ -72,10 +72,10 @@ pub(crate) fn python_log() -> LogSink {
 /// The shared core of every store class.
 pub(crate) struct StoreCore {
     pub(crate) store: Arc<dyn MeteringStore>,
-    clock: ClockArg,
-    pricing: Option<Py<PyPricing>>,
+    pub(crate) clock: ClockArg,
+    pub(crate) pricing: Option<Py<PyPricing>>,
     /// What the repr shows after the class name, e.g. `path="usage.db"`.
-    describe: String,
+    pub(crate) describe: String,
 }
 
 fn optional_pricing<'py>(
@@ -141,7 +141,7 @@ impl<'py> CommonOptions<'py> {
 }
 
 impl StoreCore {
-    fn open_sqlite(
+    pub(crate) fn open_sqlite(
         py: Python<'_>,
         path: Option<&Bound<'_, PyAny>>,
         retention_seconds: Option<&Bound<'_, PyAny>>,
@@ -183,7 +183,10 @@ impl StoreCore {
 
     /// The sync fast path: with room in the queue, queue the event without
     /// releasing the interpreter (a few hundred nanoseconds of work).
-    fn try_record_now(&self, event: &Bound<'_, PyAny>) -> PyResult<Result<String, Job<String>>> {
+    pub(crate) fn try_record_now(
+        &self,
+        event: &Bound<'_, PyAny>,
+    ) -> PyResult<Result<String, Job<String>>> {
         let shared = extract_event(event, "event")?;
         if self.store.durability() != Durability::Batch {
             let store = self.store.clone();
@@ -203,17 +206,17 @@ impl StoreCore {
 
     /// Whether `flush` has anything to wait for: nothing queued on an open
     /// store means everything recorded before the call is committed.
-    fn flush_needed(&self) -> bool {
+    pub(crate) fn flush_needed(&self) -> bool {
         self.store.is_closed() || self.store.queued() > 0
     }
 
     /// Queues the event if the queue has room now, never waiting.
-    fn record_nowait(&self, py: Python<'_>, event: &Bound<'_, PyAny>) -> PyResult<bool> {
+    pub(crate) fn record_nowait(&self, py: Python<'_>, event: &Bound<'_, PyAny>) -> PyResult<bool> {
         let shared = extract_event(event, "event")?;
         Ok(self.store.try_record_valid(shared).py_err(py)?.is_none())
     }
 
-    fn record_batch(
+    pub(crate) fn record_batch(
         &self,
         events: &Bound<'_, PyAny>,
         timeout: Option<Duration>,
@@ -235,7 +238,7 @@ impl StoreCore {
         Ok(job(move || store.record_batch_valid(batch, timeout)))
     }
 
-    fn query(
+    pub(crate) fn query(
         &self,
         limit: Option<&Bound<'_, PyAny>>,
         offset: Option<&Bound<'_, PyAny>>,
@@ -254,7 +257,7 @@ impl StoreCore {
         }))
     }
 
-    fn page(
+    pub(crate) fn page(
         &self,
         limit: Option<&Bound<'_, PyAny>>,
         offset: Option<&Bound<'_, PyAny>>,
@@ -272,7 +275,7 @@ impl StoreCore {
         }))
     }
 
-    fn reprice(
+    pub(crate) fn reprice(
         &self,
         pricing: &Bound<'_, PyAny>,
         kwargs: Option<&Bound<'_, PyDict>>,
@@ -288,7 +291,7 @@ impl StoreCore {
         Ok(job(move || store.reprice(pricing, &filters)))
     }
 
-    fn aggregate(
+    pub(crate) fn aggregate(
         &self,
         group_by: &Bound<'_, PyAny>,
         tz: Option<&Bound<'_, PyAny>>,
@@ -310,7 +313,7 @@ impl StoreCore {
         }))
     }
 
-    fn summary(&self, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Job<PyAggregate>> {
+    pub(crate) fn summary(&self, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Job<PyAggregate>> {
         let filters = filters::from_kwargs(kwargs)?;
         let store = self.store.clone();
         Ok(job(move || {
@@ -320,7 +323,7 @@ impl StoreCore {
         }))
     }
 
-    fn distinct(
+    pub(crate) fn distinct(
         &self,
         column: &'static str,
         kwargs: Option<&Bound<'_, PyDict>>,
@@ -330,7 +333,7 @@ impl StoreCore {
         Ok(job(move || store.distinct(column, &filters)))
     }
 
-    fn stats(&self) -> Job<PyStoreStats> {
+    pub(crate) fn stats(&self) -> Job<PyStoreStats> {
         let store = self.store.clone();
         job(move || {
             Ok(PyStoreStats {
@@ -339,22 +342,22 @@ impl StoreCore {
         })
     }
 
-    fn purge_expired(&self, timeout: Option<Duration>) -> Job<usize> {
+    pub(crate) fn purge_expired(&self, timeout: Option<Duration>) -> Job<usize> {
         let store = self.store.clone();
         job(move || store.purge_expired(timeout))
     }
 
-    fn flush(&self, timeout: Option<Duration>) -> Job<()> {
+    pub(crate) fn flush(&self, timeout: Option<Duration>) -> Job<()> {
         let store = self.store.clone();
         job(move || store.flush(timeout))
     }
 
-    fn close(&self, timeout: Option<Duration>) -> Job<()> {
+    pub(crate) fn close(&self, timeout: Option<Duration>) -> Job<()> {
         let store = self.store.clone();
         job(move || store.close(timeout.unwrap_or(CLOSE_GRACE)))
     }
 
-    fn export(
+    pub(crate) fn export(
         &self,
         dest: &Bound<'_, PyAny>,
         format: Option<&Bound<'_, PyAny>>,
@@ -389,18 +392,18 @@ impl StoreCore {
         }))
     }
 
-    fn location(&self) -> String {
+    pub(crate) fn location(&self) -> String {
         self.store.location()
     }
 
-    fn durability(&self) -> &'static str {
+    pub(crate) fn durability(&self) -> &'static str {
         match self.store.durability() {
             Durability::Batch => "batch",
             Durability::Commit => "commit",
         }
     }
 
-    fn retention_seconds(&self) -> Option<f64> {
+    pub(crate) fn retention_seconds(&self) -> Option<f64> {
         self.store.retention_us().map(|us| us as f64 / 1e6)
     }
 }
@@ -520,7 +523,7 @@ macro_rules! store_class {
             /// when it passes, and nothing of the batch is written.
             #[pyo3(signature = (events, *, timeout=None))]
             fn record_batch<'py>(&self, py: Python<'py>, events: &Bound<'py, PyAny>, timeout: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
-                $run(py, self.core.record_batch(events, timeout_arg(timeout)?)?)
+                $run(py, self.core.record_batch(events, $crate::python::ledger::store::timeout_arg(timeout)?)?)
             }
 
             /// Events matching the filters, oldest first (then in insertion order).
@@ -589,7 +592,7 @@ macro_rules! store_class {
             /// Deletes events older than now − retention; returns how many.
             #[pyo3(signature = (*, timeout=None))]
             fn purge_expired<'py>(&self, py: Python<'py>, timeout: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
-                $run(py, self.core.purge_expired(timeout_arg(timeout)?))
+                $run(py, self.core.purge_expired($crate::python::ledger::store::timeout_arg(timeout)?))
             }
 
             /// Streams matching events to a path or file object; returns the rows written.
@@ -612,7 +615,7 @@ macro_rules! store_class {
             /// raises at once.
             #[pyo3(signature = (*, timeout=None))]
             fn flush<'py>(&self, py: Python<'py>, timeout: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
-                $flush(py, &self.core, timeout_arg(timeout)?)
+                $flush(py, &self.core, $crate::python::ledger::store::timeout_arg(timeout)?)
             }
 
             /// Commits what is queued and closes the store, within `timeout`
@@ -622,7 +625,7 @@ macro_rules! store_class {
             /// Idempotent.
             #[pyo3(signature = (*, timeout=None))]
             fn close<'py>(&self, py: Python<'py>, timeout: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
-                $run(py, self.core.close(timeout_arg(timeout)?))
+                $run(py, self.core.close($crate::python::ledger::store::timeout_arg(timeout)?))
             }
 
             fn __repr__(&self) -> String {
@@ -740,6 +743,12 @@ pub(crate) fn metering_store(store: &Bound<'_, PyAny>) -> Option<Arc<dyn Meterin
             })*
         };
     }
-    first_of!(PySQLiteStore, PyAsyncSQLiteStore);
+    use super::postgres::{PyAsyncPostgresStore, PyPostgresStore};
+    first_of!(
+        PySQLiteStore,
+        PyAsyncSQLiteStore,
+        PyPostgresStore,
+        PyAsyncPostgresStore
+    );
     None
 }
