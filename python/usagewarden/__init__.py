@@ -22,6 +22,7 @@ from ._core import (
     Pricing,
     RateLimiter,
     RateLimits,
+    RedisRateLimiter,
     Reservation,
     SQLiteStore,
     StoreStats,
@@ -30,6 +31,7 @@ from ._core import (
     UsageHistory,
     __version__,
     _close_all_stores,
+    _flush_redis_limiters,
     _quiesce,
 )
 from .budgets import BudgetCheck, BudgetEngine
@@ -40,6 +42,7 @@ from .errors import (
     StoreError,
     UsageWardenError,
 )
+from .limiter_protocol import Limiter
 from .warden import Call, RunMeter, Warden
 
 __all__ = [
@@ -54,11 +57,13 @@ __all__ = [
     "ConflictError",
     "Decision",
     "Limit",
+    "Limiter",
     "ManualClock",
     "Pricing",
     "RateLimitExceeded",
     "RateLimiter",
     "RateLimits",
+    "RedisRateLimiter",
     "Reservation",
     "RunMeter",
     "SQLiteStore",
@@ -78,6 +83,8 @@ logging.getLogger("usagewarden").addHandler(logging.NullHandler())
 # then let background threads finish their calls into Python.
 atexit.register(_quiesce)
 atexit.register(_close_all_stores)
+# Settles and refunds not yet sent to Redis are sent before exit.
+atexit.register(_flush_redis_limiters)
 
 if DEBUG_BUILD:
     warnings.warn(

@@ -5,12 +5,15 @@
 //! mutex, so unrelated keys do not contend. A request on several keys locks
 //! their shards in ascending index order, which rules out deadlock.
 
+mod backend;
 mod holds;
 mod keymap;
+pub mod redis;
 mod reservation;
 mod state;
 mod waiter;
 
+pub use backend::{CancelWait, Limiter, Started, WaitFuture};
 pub use holds::Observation;
 pub use reservation::{Reservation, ReservationState};
 pub use waiter::{Canceller, Enqueued, WaitHandle};
@@ -245,7 +248,7 @@ pub struct RateLimiter {
     inner: Arc<Inner>,
 }
 
-fn check_keys<S: AsRef<str>>(keys: &[S]) -> CoreResult<()> {
+pub(crate) fn check_keys<S: AsRef<str>>(keys: &[S]) -> CoreResult<()> {
     if keys.is_empty() {
         return Err(CoreError::InvalidArgument(
             "key",

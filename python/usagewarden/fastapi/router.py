@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import AwareDatetime, TypeAdapter, ValidationError
 
 from .._core import AsyncSQLiteStore, RateLimiter, UsageEvent, _events_from_json
+from ..limiter_protocol import Limiter
 from ..budgets import BudgetEngine
 from ..errors import ConflictError, StoreError
 from ._errors import api_error
@@ -217,8 +218,8 @@ def usage_router(
         raise TypeError("auth: must be a FastAPI dependency returning a Principal")
     if budgets is not None and not isinstance(budgets, BudgetEngine):
         raise TypeError("budgets: must be a usagewarden.BudgetEngine or None")
-    if rate_limiter is not None and not isinstance(rate_limiter, RateLimiter):
-        raise TypeError("rate_limiter: must be a usagewarden.RateLimiter or None")
+    if rate_limiter is not None and not isinstance(rate_limiter, Limiter):
+        raise TypeError("rate_limiter: must be a usagewarden.Limiter or None")
     for name, value in (
         ("max_page", max_page),
         ("max_export_rows", max_export_rows),
