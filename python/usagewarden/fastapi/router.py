@@ -14,9 +14,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import AwareDatetime, TypeAdapter, ValidationError
 
 from .._core import AsyncSQLiteStore, RateLimiter, UsageEvent, _events_from_json
-from ..limiter_protocol import Limiter
 from ..budgets import BudgetEngine
 from ..errors import ConflictError, StoreError
+from ..limiter_protocol import Limiter
 from ._errors import api_error
 from ._export_stream import open_export
 from ._requests import UsageRoute, argument_of, field_errors, parse_json, read_body

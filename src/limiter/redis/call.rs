@@ -60,6 +60,7 @@ fn us(ns: u64) -> u64 {
 
 /// One key of a call: its Redis key, the generation a reservation saw, its limits.
 pub(crate) struct CallKey {
+    pub(crate) name: Arc<str>,
     pub(crate) redis_key: String,
     pub(crate) generation: u64,
     pub(crate) limits: Arc<Limits>,
@@ -132,6 +133,41 @@ impl Call {
             }
         }
         cmd
+    }
+}
+
+impl Call {
+    /// The refund of what this acquire was admitted, given its reply.
+    pub(crate) fn refund_of(&self, reply: &[i64]) -> Option<Call> {
+        if self.op != Op::Acquire || reply.first() != Some(&1) || reply.len() < 13 + self.keys.len()
+        {
+            return None;
+        }
+        let keys = self
+            .keys
+            .iter()
+            .zip(&reply[13..])
+            .map(|(k, g)| CallKey {
+                name: k.name.clone(),
+                redis_key: k.redis_key.clone(),
+                generation: *g as u64,
+                limits: k.limits.clone(),
+            })
+            .collect();
+        Some(Call {
+            op: Op::Adjust,
+            now_ns: self.now_ns,
+            usage: Usage::ZERO,
+            sub: self.usage,
+            extra_ns: Some(reply[12].max(0) as u64 * 1_000),
+            keys,
+            observations: Vec::new(),
+        })
+    }
+
+    /// The limiter keys of the call (its Redis keys without the prefix).
+    pub(crate) fn keys_named(&self) -> Vec<Arc<str>> {
+        self.keys.iter().map(|k| k.name.clone()).collect()
     }
 }
 

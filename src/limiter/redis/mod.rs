@@ -11,9 +11,9 @@
 //! by local refunds, resets and manual clock moves.
 
 mod call;
+mod pipe;
 mod slot;
 mod waiting;
-mod writer;
 
 use super::backend::{Limiter, Started};
 use super::{Decision, Observation, Reservation};
@@ -43,15 +43,15 @@ pub struct RedisConfig {
 }
 
 pub(crate) struct RedisInner {
+    /// For SCAN (reset of every key); every script call goes through `pipe`.
     conn: ConnectionManager,
-    script: Script,
     runtime: Handle,
     config: RedisConfig,
     default_limits: Arc<Limits>,
     per_key: HashMap<String, Arc<Limits>>,
     clock: Option<Arc<dyn Clock>>,
     cluster: bool,
-    writer: writer::Writer,
+    pipe: pipe::Pipe,
     queues: Mutex<waiting::Queues>,
 }
 
@@ -112,15 +112,15 @@ impl RedisLimiter {
             .map_err(|_| unavailable(&shown, "timed out connecting"))?
             .map_err(|e| unavailable(&shown, e))?;
         let inner = Arc::new_cyclic(|owner| RedisInner {
-            writer: writer::Writer::start(
+            pipe: pipe::Pipe::start(
                 &runtime,
                 conn.clone(),
                 script.clone(),
                 shown.clone(),
+                timeout,
                 owner.clone(),
             ),
             conn,
-            script,
             runtime,
             config: RedisConfig {
                 url: shown,
@@ -149,7 +149,7 @@ impl RedisLimiter {
     /// Sends every pending settle and refund, and waits until Redis has them.
     pub fn flush(&self) -> CoreResult<()> {
         let inner = &self.inner;
-        let done = inner.writer.flush();
+        let done = inner.pipe.flush();
         inner
             .runtime
             .block_on(async { tokio::time::timeout(inner.config.timeout * 3, done).await })
@@ -157,17 +157,10 @@ impl RedisLimiter {
             .map_err(|e| unavailable(&inner.config.url, e))
     }
 
-    /// One round trip on the limiter's own connection (the latency floor).
+    /// One PING through the path every call takes (the round-trip floor).
     pub fn ping(&self) -> CoreResult<()> {
-        let mut conn = self.inner.conn.clone();
-        let url = self.inner.config.url.clone();
-        self.inner.block(async move {
-            redis::cmd("PING")
-                .query_async::<String>(&mut conn)
-                .await
-                .map(|_| ())
-                .map_err(|e| unavailable(&url, e))
-        })
+        let inner = self.inner.clone();
+        self.inner.block(async move { inner.pipe.ping().await })
     }
 }
 
@@ -189,6 +182,7 @@ impl RedisInner {
 
     fn call_key(&self, key: &str, generation: u64) -> CallKey {
         CallKey {
+            name: Arc::from(key),
             redis_key: self.redis_key(key),
             generation,
             limits: self.limits_for(key),
@@ -229,31 +223,14 @@ impl RedisInner {
         }
     }
 
-    /// One script call on the runtime, within the timeout. Every reply is a
-    /// list of integers.
-    fn run(&self, call: Call) -> impl Future<Output = CoreResult<Vec<i64>>> + Send + 'static {
-        let script = self.script.clone();
-        let mut conn = self.conn.clone();
-        let timeout = self.config.timeout;
-        let url = self.config.url.clone();
-        async move {
-            let attempt = async {
-                let cmd = call.command(script.get_hash());
-                match cmd.query_async::<Vec<i64>>(&mut conn).await {
-                    Err(e) if is_noscript(&e) => {
-                        // The server lost the script (SCRIPT FLUSH, a restart, a failover).
-                        script.prepare_invoke().load_async(&mut conn).await?;
-                        cmd.query_async::<Vec<i64>>(&mut conn).await
-                    }
-                    other => other,
-                }
-            };
-            match tokio::time::timeout(timeout, attempt).await {
-                Ok(Ok(reply)) => Ok(reply),
-                Ok(Err(e)) => Err(unavailable(&url, e)),
-                Err(_) => Err(unavailable(&url, format!("no reply within {timeout:?}"))),
-            }
-        }
+    /// One script call, through the pipe (within the timeout). Every reply
+    /// is a list of integers.
+    fn run(
+        self: &Arc<Self>,
+        call: Call,
+    ) -> impl Future<Output = CoreResult<Vec<i64>>> + Send + 'static {
+        let inner = self.clone();
+        async move { inner.pipe.call(call).await }
     }
 
     /// Waits on this thread for a future run on the runtime.
@@ -302,21 +279,33 @@ impl RedisInner {
     fn decide(self: &Arc<Self>, keys: &[&str], usage: Usage, op: Op) -> CoreResult<Decision> {
         let mut call = self.call(op, self.call_keys(keys)?);
         call.usage = usage;
-        let queued = self.queues.lock().any_queued(keys);
-        if queued && op == Op::Acquire {
-            // Waiters of this process are ahead: only they may be admitted.
+        let queued = self.queues.lock().queued_usage(keys);
+        if let Some(ahead) = queued {
+            // Waiters of this process are ahead: only they may be admitted;
+            // this fits once they and it do.
             call.op = Op::Check;
+            call.usage = ahead.saturating_add(usage);
         }
         let reply = self.block(self.run(call))?;
-        let mut decision = self.decision(keys, usage, &reply, op == Op::Acquire && !queued)?;
-        if queued {
+        let record = op == Op::Acquire && queued.is_none();
+        let mut decision = self.decision(keys, usage, &reply, record)?;
+        if queued.is_some() && decision.allowed {
+            decision.allowed = false;
+            decision.retry_after_ns = Some(0);
+        }
+        if queued.is_some() && decision.retry_after_ns.is_none() {
+            // Larger together than a limit: say when it fits on its own.
+            let mut alone = self.call(Op::Check, self.call_keys(keys)?);
+            alone.usage = usage;
+            let reply = self.block(self.run(alone))?;
+            decision = self.decision(keys, usage, &reply, false)?;
             decision.allowed = false;
         }
         Ok(decision)
     }
 
     fn simple(
-        &self,
+        self: &Arc<Self>,
         op: Op,
         keys: &[&str],
         extra_ns: Option<u64>,
@@ -344,9 +333,12 @@ impl super::reservation::Adjust for RedisInner {
         call.usage = add;
         call.sub = sub;
         call.extra_ns = Some(at);
-        let names: Vec<Arc<str>> = held.iter().map(|(k, _)| k.clone()).collect();
-        let wake = (!sub.is_zero()).then_some(names);
-        self.writer.send(call, wake);
+        let wake = if sub.is_zero() {
+            Vec::new()
+        } else {
+            held.iter().map(|(k, _)| k.clone()).collect()
+        };
+        self.pipe.send(call, wake);
     }
 }
 

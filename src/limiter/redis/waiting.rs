@@ -22,6 +22,7 @@ const INTERRUPT_CHECK: Duration = Duration::from_millis(100);
 
 pub(crate) struct LocalWaiter {
     notify: Notify,
+    usage: Usage,
 }
 
 #[derive(Default)]
@@ -30,13 +31,30 @@ pub(crate) struct Queues {
 }
 
 impl Queues {
-    pub(crate) fn any_queued(&self, keys: &[&str]) -> bool {
-        !self.by_key.is_empty() && keys.iter().any(|k| self.by_key.contains_key(*k))
+    /// What the waiters queued on any of `keys` ask for together (`None`
+    /// when nobody is queued).
+    pub(crate) fn queued_usage(&self, keys: &[&str]) -> Option<Usage> {
+        if self.by_key.is_empty() {
+            return None;
+        }
+        let mut seen: Vec<&Arc<LocalWaiter>> = Vec::new();
+        for key in keys {
+            for w in self.by_key.get(*key).into_iter().flatten() {
+                if !seen.iter().any(|s| Arc::ptr_eq(s, w)) {
+                    seen.push(w);
+                }
+            }
+        }
+        (!seen.is_empty()).then(|| {
+            seen.iter()
+                .fold(Usage::ZERO, |a, w| a.saturating_add(w.usage))
+        })
     }
 
-    fn join(&mut self, keys: &[Arc<str>]) -> Arc<LocalWaiter> {
+    fn join(&mut self, keys: &[Arc<str>], usage: Usage) -> Arc<LocalWaiter> {
         let me = Arc::new(LocalWaiter {
             notify: Notify::new(),
+            usage,
         });
         for key in keys {
             self.by_key
@@ -45,6 +63,23 @@ impl Queues {
                 .push_back(me.clone());
         }
         me
+    }
+
+    /// What the waiters ahead of `me` on any of `keys` ask for together.
+    fn ahead_of(&self, keys: &[Arc<str>], me: &Arc<LocalWaiter>) -> Usage {
+        let mut seen: Vec<&Arc<LocalWaiter>> = Vec::new();
+        for key in keys {
+            for w in self.by_key.get(key).into_iter().flatten() {
+                if Arc::ptr_eq(w, me) {
+                    break;
+                }
+                if !seen.iter().any(|s| Arc::ptr_eq(s, w)) {
+                    seen.push(w);
+                }
+            }
+        }
+        seen.iter()
+            .fold(Usage::ZERO, |a, w| a.saturating_add(w.usage))
     }
 
     fn is_head(&self, keys: &[Arc<str>], me: &Arc<LocalWaiter>) -> bool {
@@ -139,7 +174,7 @@ pub(crate) fn start(
         Some(now) => Deadline::Manual(now.saturating_add(t)),
         None => Deadline::Real(Instant::now() + Duration::from_nanos(t)),
     });
-    let me = inner.queues.lock().join(&owned);
+    let me = inner.queues.lock().join(&owned, usage);
     let place = Place {
         inner: inner.clone(),
         keys: owned,
@@ -156,7 +191,7 @@ async fn wait(place: Place, usage: Usage, deadline: Option<Deadline>) -> CoreRes
     let names: Vec<&str> = place.keys.iter().map(|k| &**k).collect();
     loop {
         let at_head = inner.queues.lock().is_head(&place.keys, &place.me);
-        let (mut wait_ns, mut limit) = (None, None);
+        let mut wait_ns = None;
         if at_head {
             let mut call = inner.call(Op::Acquire, inner.call_keys(&names)?);
             call.usage = usage;
@@ -174,7 +209,7 @@ async fn wait(place: Place, usage: Usage, deadline: Option<Deadline>) -> CoreRes
                     "",
                 )));
             }
-            (wait_ns, limit) = (decision.retry_after_ns, decision.limit);
+            wait_ns = decision.retry_after_ns;
         }
         let left = match &deadline {
             None => None,
@@ -184,6 +219,7 @@ async fn wait(place: Place, usage: Usage, deadline: Option<Deadline>) -> CoreRes
             }
         };
         if left == Some(0) {
+            let (wait_ns, limit) = when_it_fits(&place, &names, usage).await?;
             return Err(CoreError::RateLimited(limited(
                 &place.keys,
                 wait_ns,
@@ -210,6 +246,27 @@ async fn wait(place: Place, usage: Usage, deadline: Option<Deadline>) -> CoreRes
             None => notified.await,
         }
     }
+}
+
+/// When the request would fit (now) once the waiters ahead of it had gone
+/// first, for the error of a wait that timed out.
+async fn when_it_fits(
+    place: &Place,
+    names: &[&str],
+    usage: Usage,
+) -> CoreResult<(Option<u64>, Option<(usize, LimitSpec)>)> {
+    let inner = &place.inner;
+    let ahead = inner.queues.lock().ahead_of(&place.keys, &place.me);
+    for together in [ahead.saturating_add(usage), usage] {
+        let mut call = inner.call(Op::Check, inner.call_keys(names)?);
+        call.usage = together;
+        let reply = inner.run(call).await?;
+        let decision = inner.decision(names, usage, &reply, false)?;
+        if decision.retry_after_ns.is_some() {
+            return Ok((decision.retry_after_ns, decision.limit));
+        }
+    }
+    Ok((None, None))
 }
 
 /// Waits on this thread (the wait itself runs on the runtime).
