@@ -218,3 +218,51 @@ def test_on_a_cluster_a_tuple_must_share_a_hash_slot(cluster_url) -> None:
         limiter.try_acquire(("alice", "bob"))
     assert limiter.try_acquire(("{tenant}:alice", "{tenant}:bob"))
     assert limiter.usage("{tenant}:bob").requests == 1
+
+
+WAITER = """
+import asyncio, sys, time, usagewarden as uw
+limiter = uw.RedisRateLimiter(uw.RateLimits(requests_per_minute=1), sys.argv[1])
+async def main():
+    print("waiting", flush=True)
+    await limiter.acquire("k", timeout=30)
+    print(repr(time.time()), flush=True)
+asyncio.run(main())
+"""
+
+
+def commands_run(server: RedisServer, command: str) -> int:
+    stats = server.command("INFO", "commandstats").decode()
+    for line in stats.splitlines():
+        if line.startswith(f"cmdstat_{command}:calls="):
+            return int(line.split("calls=")[1].split(",")[0])
+    return 0
+
+
+@pytest.mark.slow
+def test_a_refund_in_one_process_wakes_a_waiter_in_another_at_once(
+    redis_server, redis_url, tmp_path: Path
+) -> None:
+    limiter = uw.RedisRateLimiter(uw.RateLimits(requests_per_minute=1), redis_url)
+    reservation = limiter.try_acquire("k").reservation
+    assert reservation is not None
+    script = tmp_path / "waiter.py"
+    script.write_text(WAITER)
+    waiter = subprocess.Popen(
+        [sys.executable, str(script), redis_url], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert waiter.stdout is not None
+        assert waiter.stdout.readline().strip() == "waiting"
+        time.sleep(1.0)  # let it try once and go to sleep (its retry_after is ~60 s)
+        calls_before = commands_run(redis_server, "evalsha")
+        time.sleep(1.0)
+        calls_while_waiting = commands_run(redis_server, "evalsha") - calls_before
+        assert calls_while_waiting == 0, "a waiting process does not poll"
+        cancelled_at = time.time()
+        reservation.cancel()
+        admitted_at = float(waiter.stdout.readline())
+        assert waiter.wait(10) == 0
+    finally:
+        waiter.kill()
+    assert admitted_at - cancelled_at < 0.05

@@ -78,6 +78,8 @@ pub(crate) struct Call {
     pub(crate) extra_ns: Option<u64>,
     pub(crate) keys: Vec<CallKey>,
     pub(crate) observations: Vec<Observation>,
+    /// Where refunds and resets are published.
+    pub(crate) channel: Arc<str>,
 }
 
 fn push_usage(cmd: &mut Cmd, u: &Usage) {
@@ -108,6 +110,7 @@ impl Call {
             Some(ns) => cmd.arg(us(ns)),
             None => cmd.arg(-1),
         };
+        cmd.arg(&*self.channel);
         for key in &self.keys {
             cmd.arg(key.generation);
             let windows = key.limits.windows();
@@ -162,6 +165,7 @@ impl Call {
             extra_ns: Some(reply[12].max(0) as u64 * 1_000),
             keys,
             observations: Vec::new(),
+            channel: self.channel.clone(),
         })
     }
 

@@ -12,8 +12,8 @@
 -- Usage recorded at t counts while now < last + W of its bucket: never released early,
 -- at most one quantum (W / 1000) late. Memory per key is bounded by 1000 buckets per window.
 --
--- ARGV: op, now (us; '' = the server's TIME), usage (6), second usage (6), extra, then per
--- key: generation, window count, windows..., limit count, (dimension, window, amount)...;
+-- ARGV: op, now (us; '' = the server's TIME), usage (6), second usage (6), extra, the
+-- channel told of refunds and resets (its waiters wake), then per key: generation, window count, windows..., limit count, (dimension, window, amount)...;
 -- for observe, then: count, (dimension, remaining, reset us or -1)...
 -- Dimensions: 1 requests, 2 input tokens, 3 output tokens, 4 total tokens, 5 cost.
 
@@ -32,7 +32,8 @@ for i = 1, 6 do
   V[i] = tonumber(ARGV[8 + i])
 end
 local extra = tonumber(ARGV[15])
-local pos = 16
+local channel = ARGV[16]
+local pos = 17
 local function num()
   local v = tonumber(ARGV[pos])
   pos = pos + 1
@@ -382,6 +383,9 @@ elseif op == 'adjust' then
         redis.call('HSET', st.name, 'c' .. d, fmt(c.left) .. ' ' .. fmt(c.observed) .. ' ' .. fmt(c.untl))
       end
       save(st)
+      local refund = false
+      for i = 1, 6 do if V[i] > 0 then refund = true end end
+      if refund then redis.call('PUBLISH', channel, st.name) end
     end
   end
   return {1}
@@ -422,6 +426,7 @@ elseif op == 'reset' then
     redis.call('DEL', st.name)
     redis.call('HSET', st.name, 'g', fmt(st.g + 1))
     redis.call('PEXPIRE', st.name, ttl_ms(st))
+    redis.call('PUBLISH', channel, st.name)
   end
   return {1}
 elseif op == 'pause' then

@@ -14,6 +14,7 @@ mod call;
 mod pipe;
 mod slot;
 mod waiting;
+mod wakeups;
 
 use super::backend::{Limiter, Started};
 use super::{Decision, Observation, Reservation};
@@ -51,6 +52,8 @@ pub(crate) struct RedisInner {
     per_key: HashMap<String, Arc<Limits>>,
     clock: Option<Arc<dyn Clock>>,
     cluster: bool,
+    /// The pub/sub channel of refunds and resets under this prefix.
+    channel: Arc<str>,
     pipe: pipe::Pipe,
     queues: Mutex<waiting::Queues>,
 }
@@ -91,6 +94,7 @@ impl RedisLimiter {
         let shown = redacted(&config.url);
         let client = redis::Client::open(config.url.as_str())
             .map_err(|e| CoreError::InvalidArgument("url", format!("{shown}: {e}")))?;
+        let manager_client = client.clone();
         let timeout = config.timeout;
         let script = Script::new(SCRIPT);
         let setup = async {
@@ -99,7 +103,8 @@ impl RedisLimiter {
                 .set_response_timeout(Some(timeout))
                 .set_number_of_retries(2)
                 .set_max_delay(Duration::from_secs(2));
-            let mut conn = ConnectionManager::new_with_config(client, manager_config).await?;
+            let mut conn =
+                ConnectionManager::new_with_config(manager_client, manager_config).await?;
             let info: String = redis::cmd("INFO")
                 .arg("cluster")
                 .query_async(&mut conn)
@@ -111,6 +116,7 @@ impl RedisLimiter {
             .block_on(async { tokio::time::timeout(timeout * 3, setup).await })
             .map_err(|_| unavailable(&shown, "timed out connecting"))?
             .map_err(|e| unavailable(&shown, e))?;
+        let channel: Arc<str> = Arc::from(format!("{}:wake", config.prefix));
         let inner = Arc::new_cyclic(|owner| RedisInner {
             pipe: pipe::Pipe::start(
                 &runtime,
@@ -130,11 +136,18 @@ impl RedisLimiter {
             per_key: per_key.into_iter().map(|(k, l)| (k, Arc::new(l))).collect(),
             clock,
             cluster,
+            channel,
             queues: Mutex::new(waiting::Queues::default()),
         });
         if let Some(clock) = &inner.clock {
             clock.subscribe(Arc::downgrade(&inner) as Weak<dyn ClockListener>);
         }
+        wakeups::listen(
+            &inner.runtime,
+            client,
+            inner.channel.clone(),
+            Arc::downgrade(&inner),
+        );
         Ok(RedisLimiter { inner })
     }
 
@@ -220,6 +233,7 @@ impl RedisInner {
             extra_ns: None,
             keys,
             observations: Vec::new(),
+            channel: self.channel.clone(),
         }
     }
 
