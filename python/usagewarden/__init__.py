@@ -24,6 +24,7 @@ from ._core import (
     Pricing,
     RateLimiter,
     RateLimits,
+    RedisRateLimiter,
     Reservation,
     SQLiteStore,
     StoreStats,
@@ -32,6 +33,7 @@ from ._core import (
     UsageHistory,
     __version__,
     _close_all_stores,
+    _flush_redis_limiters,
     _quiesce,
 )
 from .budgets import BudgetCheck, BudgetEngine
@@ -43,6 +45,7 @@ from .errors import (
     UsageWardenError,
 )
 from .store_protocol import AsyncMeteringStore, MeteringStore, open_async_store, open_store
+from .limiter_protocol import Limiter
 from .warden import Call, RunMeter, Warden
 
 __all__ = [
@@ -59,6 +62,7 @@ __all__ = [
     "ConflictError",
     "Decision",
     "Limit",
+    "Limiter",
     "ManualClock",
     "MeteringStore",
     "PostgresStore",
@@ -66,6 +70,7 @@ __all__ = [
     "RateLimitExceeded",
     "RateLimiter",
     "RateLimits",
+    "RedisRateLimiter",
     "Reservation",
     "RunMeter",
     "SQLiteStore",
@@ -87,6 +92,8 @@ logging.getLogger("usagewarden").addHandler(logging.NullHandler())
 # then let background threads finish their calls into Python.
 atexit.register(_quiesce)
 atexit.register(_close_all_stores)
+# Settles and refunds not yet sent to Redis are sent before exit.
+atexit.register(_flush_redis_limiters)
 
 if DEBUG_BUILD:
     warnings.warn(

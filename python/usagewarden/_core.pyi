@@ -23,6 +23,7 @@ __all__ = [
     "Pricing",
     "RateLimiter",
     "RateLimits",
+    "RedisRateLimiter",
     "Reservation",
     "PostgresStore",
     "SQLiteStore",
@@ -34,6 +35,7 @@ __all__ = [
     "__version__",
     "_close_all_stores",
     "_events_from_json",
+    "_flush_redis_limiters",
     "_quiesce",
 ]
 
@@ -279,6 +281,20 @@ class RateLimiter:
     def usage(self, key: _Key = "default", window_seconds: float | None = None) -> Usage: ...
     def remaining(self, key: _Key = "default") -> Usage: ...
     def reset(self, key: _Key | None = None) -> None: ...
+    def pause(self, key: _Key, seconds: float) -> None: ...
+    def observe(
+        self,
+        key: _Key,
+        *,
+        remaining_requests: int | None = None,
+        remaining_tokens: int | None = None,
+        remaining_input_tokens: int | None = None,
+        remaining_output_tokens: int | None = None,
+        reset_requests: float | None = None,
+        reset_tokens: float | None = None,
+        reset_input_tokens: float | None = None,
+        reset_output_tokens: float | None = None,
+    ) -> None: ...
     def reclaim(self) -> int: ...
     def __len__(self) -> int: ...
     @classmethod
@@ -291,8 +307,105 @@ class RateLimiter:
     ) -> RateLimiter: ...
     def __reduce__(self) -> tuple[Any, ...]: ...
 
+@final
+class RedisRateLimiter:
+    """Rate limits shared by every process and host on one Redis server."""
+
+    def __new__(
+        cls,
+        limits: RateLimits,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        per_key: dict[str, RateLimits] | None = None,
+        prefix: str = "usagewarden",
+        clock: ManualClock | None = None,
+        lease: None = None,
+        on_unavailable: Literal["deny"] = "deny",
+        timeout: float = 1.0,
+    ) -> RedisRateLimiter: ...
+    @property
+    def limits(self) -> RateLimits: ...
+    @property
+    def per_key(self) -> dict[str, RateLimits]: ...
+    @property
+    def clock(self) -> ManualClock | None: ...
+    @property
+    def url(self) -> str: ...
+    @property
+    def prefix(self) -> str: ...
+    def try_acquire(
+        self,
+        key: _Key = "default",
+        *,
+        requests: int = 1,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        cache_read_tokens: int = 0,
+        cache_write_tokens: int = 0,
+        cost: float = 0.0,
+    ) -> Decision: ...
+    def check(
+        self,
+        key: _Key = "default",
+        *,
+        requests: int = 1,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        cache_read_tokens: int = 0,
+        cache_write_tokens: int = 0,
+        cost: float = 0.0,
+    ) -> Decision: ...
+    def acquire(
+        self,
+        key: _Key = "default",
+        *,
+        requests: int = 1,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        cache_read_tokens: int = 0,
+        cache_write_tokens: int = 0,
+        cost: float = 0.0,
+        timeout: float | None = None,
+    ) -> AcquireCoroutine[Reservation]: ...
+    def acquire_blocking(
+        self,
+        key: _Key = "default",
+        *,
+        requests: int = 1,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        cache_read_tokens: int = 0,
+        cache_write_tokens: int = 0,
+        cost: float = 0.0,
+        timeout: float | None = None,
+    ) -> Reservation: ...
+    def usage(self, key: _Key = "default", window_seconds: float | None = None) -> Usage: ...
+    def remaining(self, key: _Key = "default") -> Usage: ...
+    def reset(self, key: _Key | None = None) -> None: ...
+    def pause(self, key: _Key, seconds: float) -> None: ...
+    def observe(
+        self,
+        key: _Key,
+        *,
+        remaining_requests: int | None = None,
+        remaining_tokens: int | None = None,
+        remaining_input_tokens: int | None = None,
+        remaining_output_tokens: int | None = None,
+        reset_requests: float | None = None,
+        reset_tokens: float | None = None,
+        reset_input_tokens: float | None = None,
+        reset_output_tokens: float | None = None,
+    ) -> None: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
+    def health(self) -> dict[str, Any]: ...
+    def _ping(self) -> None: ...
+    def __enter__(self) -> RedisRateLimiter: ...
+    def __exit__(self, *args: object) -> bool: ...
+
 def _close_all_stores() -> None: ...
 def _events_from_json(body: bytes, *, many: bool, namespace: str) -> list[UsageEvent] | None: ...
+def _flush_redis_limiters() -> None: ...
 def _quiesce() -> None: ...
 
 _GroupBy: TypeAlias = Literal[

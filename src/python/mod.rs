@@ -10,8 +10,10 @@ mod errors;
 mod history;
 mod ledger;
 mod limiter;
+mod limiter_methods;
 mod limits;
 mod pricing;
+mod redis_limiter;
 mod reservation;
 mod usage;
 
@@ -43,5 +45,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(ledger::_close_all_stores, m)?)?;
     m.add_function(wrap_pyfunction!(ledger::_events_from_json, m)?)?;
     m.add_function(wrap_pyfunction!(bridge::_quiesce, m)?)?;
+    m.add_class::<redis_limiter::PyRedisRateLimiter>()?;
+    m.add_function(wrap_pyfunction!(redis_limiter::_flush_redis_limiters, m)?)?;
     Ok(())
 }

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._core import Decision, RateLimiter
+from ..limiter_protocol import Limiter
 from ._errors import error_detail
 
 Key = str | tuple[str, ...]
@@ -160,8 +161,8 @@ def refusal_detail(decision: Decision) -> dict[str, Any]:
 
 
 def check_limiter(limiter: object, key_func: object) -> None:
-    if not isinstance(limiter, RateLimiter):
-        raise TypeError("limiter: must be a usagewarden.RateLimiter")
+    if not isinstance(limiter, Limiter):
+        raise TypeError("limiter: must be a usagewarden.Limiter (RateLimiter or RedisRateLimiter)")
     if not callable(key_func):
         raise TypeError("key_func: must be a callable taking the Request")
 

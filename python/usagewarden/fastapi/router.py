@@ -13,10 +13,11 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import TypeAdapter, ValidationError
 
-from .._core import RateLimiter, UsageEvent, _events_from_json
+from .._core import UsageEvent, _events_from_json
 from ..budgets import BudgetEngine
 from ..errors import ConflictError, StoreError
 from ..store_protocol import AsyncMeteringStore
+from ..limiter_protocol import Limiter
 from ._errors import api_error
 from ._export_stream import open_export
 from ._requests import UsageRoute, argument_of, field_errors, parse_json, read_body
@@ -207,7 +208,7 @@ def usage_router(
     *,
     auth: Callable[..., Awaitable[Principal]] | Callable[..., Principal] | None,
     prefix: str = "/usage",
-    rate_limiter: RateLimiter | None = None,
+    rate_limiter: Limiter | None = None,
     max_page: int = 1000,
     max_export_rows: int = 100_000,
     max_body_bytes: int = 8 * 1024 * 1024,
@@ -237,8 +238,8 @@ def usage_router(
         raise TypeError("auth: must be a FastAPI dependency returning a Principal")
     if budgets is not None and not isinstance(budgets, BudgetEngine):
         raise TypeError("budgets: must be a usagewarden.BudgetEngine or None")
-    if rate_limiter is not None and not isinstance(rate_limiter, RateLimiter):
-        raise TypeError("rate_limiter: must be a usagewarden.RateLimiter or None")
+    if rate_limiter is not None and not isinstance(rate_limiter, Limiter):
+        raise TypeError("rate_limiter: must be a usagewarden.Limiter or None")
     for name, value in (
         ("max_page", max_page),
         ("max_export_rows", max_export_rows),
