@@ -47,16 +47,19 @@ CONSUMERS = ("acme", "globex")
 MODELS = (("gpt-4o", 2.5, 10.0), ("gpt-4o-mini", 0.15, 0.6), ("claude-3-5-haiku", 0.8, 4.0))
 
 
-def known_events(now: dt.datetime, *, days: int = 20, per_day: int = 12) -> list[uw.UsageEvent]:
+def known_events(
+    now: dt.datetime, *, days: int = 20, per_day: int = 12, scale: int = 1
+) -> list[uw.UsageEvent]:
     """Events spread over the ``days`` before ``now``, in namespaces team-a
-    (most) and team-b, with costs from fixed prices; some have no price."""
+    (most) and team-b, with costs from fixed prices (token counts times
+    ``scale``); some have no price."""
     events = []
     for day in range(days):
         for n in range(per_day):
             agent = AGENTS[(day + n) % len(AGENTS)]
-            model, price_in, price_out = MODELS[(day * 7 + n) % len(MODELS)]
-            tokens_in = 400 + 37 * ((day * per_day + n) % 29)
-            tokens_out = 60 + 11 * ((day + 3 * n) % 17)
+            model, price_in, price_out = MODELS[(day + n // 3) % len(MODELS)]
+            tokens_in = scale * (400 + 37 * ((day * per_day + n) % 29))
+            tokens_out = scale * (60 + 11 * ((day + 3 * n) % 17))
             unpriced = (day + n) % 23 == 0
             cost = None if unpriced else (tokens_in * price_in + tokens_out * price_out) / 1e6
             # Half a minute off the hour: never near a boundary such as 7d or 90m.

@@ -23,6 +23,8 @@ const state = {
   offset: null,
   nextCursor: null,
   total: 0,
+  // The filters of what is shown: pages follow them (a cursor is made for them).
+  base: null,
 };
 
 class ApiError extends Error {
@@ -144,6 +146,7 @@ async function refresh() {
   const zone = tz();
   const bucket = bucketFor(span.seconds);
   const base = filters(span);
+  state.base = base;
   try {
     const [summary, agents, consumers, models, budgets, settings] = await Promise.all([
       api("/summary", base),
@@ -202,10 +205,9 @@ function resetPaging() {
 }
 
 async function turnPage(change) {
-  const base = filters(range());
   change();
   try {
-    await loadEvents(base);
+    await loadEvents(state.base);
   } catch (error) {
     failed(error);
   }
