@@ -265,7 +265,14 @@ async def test_the_usage_api_shows_budgets_to_their_namespace(tmp_path: Path) ->
     pytest.importorskip("fastapi")
     import httpx
     from fastapi import FastAPI
-    from usagewarden.fastapi import SCOPE_ADMIN, SCOPE_READ, Principal, api_key_auth, usage_router
+    from usagewarden.fastapi import (
+        SCOPE_ADMIN,
+        SCOPE_ALL_NAMESPACES,
+        SCOPE_READ,
+        Principal,
+        api_key_auth,
+        usage_router,
+    )
 
     store = uw.AsyncSQLiteStore(tmp_path / "api.db")
     engine = uw.BudgetEngine(
@@ -278,11 +285,12 @@ async def test_the_usage_api_shows_budgets_to_their_namespace(tmp_path: Path) ->
     )
     for namespace in ("team-a", "team-b"):
         engine.settle(engine.check(namespace=namespace, estimated_cost=2.0), 2.5)
-    reader, admin = "r" * 20, "a" * 20
+    reader, admin, operator = "r" * 20, "a" * 20, "o" * 20
     auth = api_key_auth(
         {
             reader: Principal("dash", "team-a", {SCOPE_READ}),
-            admin: Principal("ops", "team-a", {SCOPE_READ, SCOPE_ADMIN}),
+            admin: Principal("team-admin", "team-a", {SCOPE_READ, SCOPE_ADMIN}),
+            operator: Principal("ops", "team-a", {SCOPE_READ, SCOPE_ALL_NAMESPACES}),
         }
     )
     app = FastAPI()
@@ -291,8 +299,10 @@ async def test_the_usage_api_shows_budgets_to_their_namespace(tmp_path: Path) ->
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
         assert (await client.get("/usage/budgets")).status_code == 401
         mine = (await client.get("/usage/budgets", headers={"X-API-Key": reader})).json()
-        everything = (await client.get("/usage/budgets", headers={"X-API-Key": admin})).json()
+        admins = (await client.get("/usage/budgets", headers={"X-API-Key": admin})).json()
+        everything = (await client.get("/usage/budgets", headers={"X-API-Key": operator})).json()
     assert [(b["budget"], b["spent_usd"]) for b in mine["budgets"]] == [("team-a", 2.5)]
+    assert admins == mine, "usage:admin stays within its namespace"
     assert mine["budgets"][0]["next_reset"] is not None
     assert [b["budget"] for b in everything["budgets"]] == ["org", "team-a", "team-b"]
     assert everything["budgets"][0]["spent_usd"] == 5.0

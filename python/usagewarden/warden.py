@@ -19,15 +19,14 @@ from types import TracebackType
 from typing import Any
 
 from ._core import (
-    AsyncSQLiteStore,
     ManualClock,
     RateLimiter,
     Reservation,
-    SQLiteStore,
     Usage,
     UsageEvent,
 )
 from .budgets import BudgetCheck, BudgetEngine
+from .store_protocol import AsyncMeteringStore, MeteringStore
 
 __all__ = ["Call", "RunMeter", "Warden"]
 
@@ -428,7 +427,7 @@ class Warden:
     def __init__(
         self,
         limiter: RateLimiter | None = None,
-        store: SQLiteStore | AsyncSQLiteStore | None = None,
+        store: MeteringStore | AsyncMeteringStore | None = None,
         *,
         agent_id: str = "agent",
         namespace: str = "default",
@@ -439,8 +438,10 @@ class Warden:
             raise TypeError("budgets: must be a usagewarden.BudgetEngine or None")
         if limiter is not None and not isinstance(limiter, RateLimiter):
             raise TypeError("limiter: must be a usagewarden.RateLimiter or None")
-        if store is not None and not isinstance(store, SQLiteStore | AsyncSQLiteStore):
-            raise TypeError("store: must be a usagewarden.SQLiteStore, AsyncSQLiteStore or None")
+        if store is not None and not isinstance(store, MeteringStore | AsyncMeteringStore):
+            raise TypeError(
+                "store: must be a usagewarden store (SQLiteStore, PostgresStore) or None"
+            )
         if clock is not None and not isinstance(clock, ManualClock):
             raise TypeError("clock: must be a usagewarden.ManualClock or None")
         UsageEvent(agent_id, "default", namespace=namespace)  # names the bad argument
@@ -449,7 +450,8 @@ class Warden:
         self.limiter = limiter
         self.store = store
         # Threads record through the same ledger's sync view.
-        self._sync_store = store.blocking() if isinstance(store, AsyncSQLiteStore) else store
+        self._async_store = store if isinstance(store, AsyncMeteringStore) else None
+        self._sync_store = store.blocking() if isinstance(store, AsyncMeteringStore) else store
         self.agent_id = agent_id
         self.namespace = namespace
         self.clock = clock
@@ -562,10 +564,10 @@ class Warden:
 
     async def _record(self, event: UsageEvent) -> None:
         try:
-            if isinstance(self.store, AsyncSQLiteStore):
-                await self.store.record(event)
-            elif self.store is not None:
-                self.store.record(event)
+            if self._async_store is not None:
+                await self._async_store.record(event)
+            elif self._sync_store is not None:
+                self._sync_store.record(event)
         except Exception:  # the call already happened; metering must not fail it
             logger.exception("usagewarden: could not record a call's usage")
 

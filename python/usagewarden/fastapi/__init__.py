@@ -16,7 +16,14 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
         "usagewarden.fastapi needs FastAPI; install it with: pip install 'usagewarden[fastapi]'"
     ) from exc
 
-from .auth import SCOPE_ADMIN, SCOPE_READ, SCOPE_WRITE, Principal, api_key_auth
+from .auth import (
+    SCOPE_ADMIN,
+    SCOPE_ALL_NAMESPACES,
+    SCOPE_READ,
+    SCOPE_WRITE,
+    Principal,
+    api_key_auth,
+)
 from .lifespan import store_lifespan
 from .metering import MeteringMiddleware
 from .rate_limit import RateLimitMiddleware, client_ip, rate_limit, rate_limit_headers
@@ -24,6 +31,7 @@ from .router import usage_router
 
 __all__ = [
     "SCOPE_ADMIN",
+    "SCOPE_ALL_NAMESPACES",
     "SCOPE_READ",
     "SCOPE_WRITE",
     "MeteringMiddleware",

@@ -14,6 +14,10 @@ from ._errors import error_detail
 SCOPE_READ = "usage:read"
 SCOPE_WRITE = "usage:write"
 SCOPE_ADMIN = "usage:admin"
+#: Sees across namespaces where a figure is not one namespace's: budgets of
+#: other namespaces, global and per-agent budgets, and the store-wide health
+#: in ``/stats``. Distinct from ``usage:admin``, which stays within a namespace.
+SCOPE_ALL_NAMESPACES = "usage:all-namespaces"
 
 
 @dataclass(frozen=True)

@@ -114,10 +114,14 @@ class CountList(BaseModel):
 
 
 class StoreHealth(BaseModel):
+    """The store's figures. ``queued``, ``write_errors`` and ``size_bytes``
+    cover every namespace: null unless the principal has the
+    ``usage:all-namespaces`` scope."""
+
     retention_seconds: float | None
-    queued: int
-    write_errors: int
-    size_bytes: int
+    queued: int | None
+    write_errors: int | None
+    size_bytes: int | None
 
 
 class StatsOut(BaseModel):

@@ -13,13 +13,14 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import AwareDatetime, TypeAdapter, ValidationError
 
-from .._core import AsyncSQLiteStore, RateLimiter, UsageEvent, _events_from_json
+from .._core import RateLimiter, UsageEvent, _events_from_json
 from ..budgets import BudgetEngine
 from ..errors import ConflictError, StoreError
+from ..store_protocol import AsyncMeteringStore
 from ._errors import api_error
 from ._export_stream import open_export
 from ._requests import UsageRoute, argument_of, field_errors, parse_json, read_body
-from .auth import SCOPE_ADMIN, SCOPE_READ, SCOPE_WRITE, Principal
+from .auth import SCOPE_ADMIN, SCOPE_ALL_NAMESPACES, SCOPE_READ, SCOPE_WRITE, Principal
 from .models import (
     MAX_BATCH,
     AggregateOut,
@@ -43,7 +44,10 @@ from .rate_limit import rate_limit_headers, refusal_detail
 
 logger = logging.getLogger("usagewarden")
 
-_ANONYMOUS = Principal("anonymous", scopes=frozenset({SCOPE_READ, SCOPE_WRITE, SCOPE_ADMIN}))
+_ANONYMOUS = Principal(
+    "anonymous",
+    scopes=frozenset({SCOPE_READ, SCOPE_WRITE, SCOPE_ADMIN, SCOPE_ALL_NAMESPACES}),
+)
 _MEDIA_TYPES = {
     "csv": "text/csv; charset=utf-8",
     "json": "application/json",
@@ -51,6 +55,10 @@ _MEDIA_TYPES = {
 }
 _UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]+")
 _ANY_JSON: TypeAdapter[Any] = TypeAdapter(Any)
+#: Seconds a write waits on a failing store before answering 503.
+WRITE_TIMEOUT = 2.0
+#: What a 503 tells the client to wait before retrying, in seconds.
+RETRY_AFTER_SECONDS = 5
 _RETRY_HINT = (
     "A retry is the same event only with the same content, timestamp included: "
     "send the timestamp along with the request_id"
@@ -64,6 +72,10 @@ class Access:
 
     principal: Principal
     namespace: str | None
+
+    @property
+    def sees_all_namespaces(self) -> bool:
+        return self.namespace is None or self.principal.has_scope(SCOPE_ALL_NAMESPACES)
 
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -128,7 +140,12 @@ def _forbidden_namespace(namespace: str) -> Exception:
 
 def _store_unavailable(exc: Exception) -> Exception:
     logger.error("usagewarden: the usage store failed: %s", exc)
-    return api_error(503, "store_unavailable", "the usage store is unavailable; retry later")
+    return api_error(
+        503,
+        "store_unavailable",
+        "the usage store is unavailable; retry later",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
 
 
 def _bad_argument(exc: Exception, where: Sequence[str | int]) -> Exception:
@@ -185,7 +202,7 @@ def _event_dicts(events: list[UsageEvent]) -> list[dict[str, Any]]:
 
 
 def usage_router(
-    store: AsyncSQLiteStore,
+    store: AsyncMeteringStore,
     *,
     auth: Callable[..., Awaitable[Principal]] | Callable[..., Principal] | None,
     prefix: str = "/usage",
@@ -206,8 +223,10 @@ def usage_router(
     ``auth=None, allow_unauthenticated=True`` and logs a warning.
     ``rate_limiter`` admits each request under the principal's id.
     """
-    if not isinstance(store, AsyncSQLiteStore):
-        raise TypeError("store: must be a usagewarden.AsyncSQLiteStore")
+    if not isinstance(store, AsyncMeteringStore):
+        raise TypeError(
+            "store: must be an async usagewarden store (AsyncSQLiteStore, AsyncPostgresStore)"
+        )
     if auth is None and not allow_unauthenticated:
         raise ValueError(
             "auth: is required; pass a dependency such as api_key_auth({...}), or "
@@ -377,7 +396,7 @@ def usage_router(
     async def purge(access: Admin) -> Purged:
         """Removes events older than the store's retention; returns how many."""
         try:
-            return Purged(purged=await store.purge_expired())
+            return Purged(purged=await store.purge_expired(timeout=WRITE_TIMEOUT))
         except StoreError as exc:
             raise _store_unavailable(exc) from None
 
@@ -433,12 +452,15 @@ def usage_router(
         "/stats", response_model=StatsOut, responses=secured, summary="Ledger size and health"
     )
     async def stats(access: Reader) -> StatsOut:
+        """Events of the caller's namespace; the store-wide figures (queue,
+        write errors, size) only with the `usage:all-namespaces` scope."""
         scoped: dict[str, Any] = {} if access.namespace is None else {"namespace": access.namespace}
         try:
             totals = await store.summary(**scoped)
             health = await store.stats()
         except StoreError as exc:
             raise _store_unavailable(exc) from None
+        wide = access.sees_all_namespaces
         return StatsOut.model_validate(
             {
                 "namespace": access.namespace,
@@ -447,22 +469,23 @@ def usage_router(
                 "unique_consumers": totals.unique_consumers,
                 "store": {
                     "retention_seconds": health.retention_seconds,
-                    "queued": health.queued,
-                    "write_errors": health.write_errors,
-                    "size_bytes": health.size_bytes,
+                    "queued": health.queued if wide else None,
+                    "write_errors": health.write_errors if wide else None,
+                    "size_bytes": health.size_bytes if wide else None,
                 },
             }
         )
 
     @router.get("/budgets", response_model=BudgetList, responses=secured, summary="Budgets")
     async def budget_status(access: Reader) -> BudgetList:
-        """Spend, limit and next reset of each budget. A principal without
-        `usage:admin` sees the budgets of its own namespace only."""
+        """Spend, limit and next reset of each budget of the caller's
+        namespace. Global, per-agent and other namespaces' budgets (whose
+        spend includes other namespaces) need the `usage:all-namespaces` scope."""
         if budgets is None:
             return BudgetList(budgets=[])
         scopes = {b.name: b.scope for b in budgets.budgets}
         rows = [{**row, "scope": scopes[row["budget"]]} for row in budgets.status()]
-        if access.namespace is not None and not access.principal.has_scope(SCOPE_ADMIN):
+        if not access.sees_all_namespaces:
             rows = [
                 row
                 for row in rows
@@ -512,9 +535,9 @@ def usage_router(
     return router
 
 
-async def _record(store: AsyncSQLiteStore, events: list[UsageEvent]) -> int:
+async def _record(store: AsyncMeteringStore, events: list[UsageEvent]) -> int:
     try:
-        return await store.record_batch(events)
+        return await store.record_batch(events, timeout=WRITE_TIMEOUT)
     except ConflictError as exc:
         if len(events) == 1:
             message = (

@@ -1,5 +1,7 @@
 //! The embedded SQLite ledger: one background writer, pooled readers.
 
+mod faults;
+mod insert;
 mod read;
 mod reprice;
 mod rollup;
@@ -7,9 +9,11 @@ mod schema;
 mod timeline;
 mod writer;
 
+pub use faults::spill_path;
+pub use insert::{Inserter, Outcome};
 pub use read::Aggregate;
 pub use schema::SCHEMA_VERSION;
-pub use writer::{Inserter, LogLevel, Outcome, WriteJob, MAX_GROUP, QUEUE_CAPACITY};
+pub use writer::{LogLevel, WriteJob, MAX_GROUP, QUEUE_CAPACITY};
 
 use crate::clock::Clock;
 use crate::error::{CoreError, CoreResult};
@@ -25,7 +29,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use writer::Writer;
 
 /// Where the writer reports failures (the bindings forward to Python logging).
@@ -95,8 +99,13 @@ pub struct SqliteStore {
 /// Busy reads are retried this many times (each after the busy timeout).
 const READ_RETRIES: u64 = 5;
 
-/// How long `close` keeps retrying a failing database before giving up.
-const CLOSE_GRACE: Duration = Duration::from_secs(10);
+/// How long `close` keeps retrying a failing database before it spills
+/// what is still queued.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(10);
+
+fn deadline(timeout: Option<Duration>) -> Option<Instant> {
+    timeout.map(|t| Instant::now() + t)
+}
 
 impl SqliteStore {
     pub fn open(options: StoreOptions) -> CoreResult<SqliteStore> {
@@ -178,7 +187,6 @@ impl SqliteStore {
     /// Queues an already validated event without waiting: `Ok(None)` when
     /// queued, `Ok(Some(event))` handed back when the queue is full (the
     /// caller then waits in `record_valid`). Only for `Durability::Batch`.
-    #[cfg_attr(not(feature = "python"), allow(dead_code))]
     pub(crate) fn try_record_valid(
         &self,
         event: Arc<UsageEvent>,
@@ -206,23 +214,47 @@ impl SqliteStore {
 
     /// `record_batch` for events already validated.
     pub(crate) fn record_batch_valid(&self, events: Vec<Arc<UsageEvent>>) -> CoreResult<usize> {
+        self.record_batch_within(events, None)
+    }
+
+    /// `record_batch_valid` that gives up after `timeout` (a failing
+    /// database): then nothing of the batch is written.
+    pub(crate) fn record_batch_within(
+        &self,
+        events: Vec<Arc<UsageEvent>>,
+        timeout: Option<Duration>,
+    ) -> CoreResult<usize> {
         if events.is_empty() {
             return Ok(0);
         }
-        self.writer.record_batch(events)
+        self.writer.record_batch(events, deadline(timeout))
     }
 
     pub fn flush(&self) -> CoreResult<()> {
+        self.flush_within(None)
+    }
+
+    /// Returns once every event queued before it is committed. With a
+    /// `timeout`, errs when it passes (the events stay queued); a store that
+    /// stopped accepting writes errs at once.
+    pub fn flush_within(&self, timeout: Option<Duration>) -> CoreResult<()> {
         self.open_check()?;
-        self.writer.flush()
+        self.writer.flush(deadline(timeout))
     }
 
     /// Deletes events older than now − retention (one exactly at the cutoff
     /// stays); returns how many. Without a retention, deletes nothing.
     pub fn purge_expired(&self) -> CoreResult<usize> {
+        self.purge_expired_within(None)
+    }
+
+    /// `purge_expired` that gives up after `timeout` (a failing database).
+    pub fn purge_expired_within(&self, timeout: Option<Duration>) -> CoreResult<usize> {
         self.open_check()?;
         match self.retention_us {
-            Some(retention) => self.writer.purge(self.now_us().saturating_sub(retention)),
+            Some(retention) => self
+                .writer
+                .purge(self.now_us().saturating_sub(retention), deadline(timeout)),
             None => Ok(0),
         }
     }
@@ -385,12 +417,106 @@ impl SqliteStore {
 
     /// Commits what is queued and stops the writer. Idempotent.
     pub fn close(&self) {
-        self.writer.close(CLOSE_GRACE);
+        let _ = self.close_within(CLOSE_GRACE);
+    }
+
+    /// Commits what is queued and stops the writer, within `grace`: what a
+    /// failing database has not taken by then is spilled (see `spill_path`).
+    /// Errs only if acknowledged events could not be kept. Idempotent.
+    pub fn close_within(&self, grace: Duration) -> CoreResult<()> {
+        let closed = self.writer.close(grace);
         self.readers.lock().clear();
+        closed
+    }
+
+    /// Events queued but not yet committed.
+    pub fn queued(&self) -> u64 {
+        self.writer.counters.queued.load(Ordering::SeqCst)
     }
 
     pub fn is_closed(&self) -> bool {
         self.writer.is_closed()
+    }
+}
+
+impl crate::ledger::store::MeteringStore for SqliteStore {
+    fn location(&self) -> String {
+        self.path.display().to_string()
+    }
+    fn durability(&self) -> Durability {
+        self.durability
+    }
+    fn retention_us(&self) -> Option<i64> {
+        self.retention_us
+    }
+    fn is_closed(&self) -> bool {
+        SqliteStore::is_closed(self)
+    }
+    fn queued(&self) -> u64 {
+        SqliteStore::queued(self)
+    }
+    fn record_valid(&self, event: Arc<UsageEvent>) -> CoreResult<String> {
+        SqliteStore::record_valid(self, event)
+    }
+    fn try_record_valid(&self, event: Arc<UsageEvent>) -> CoreResult<Option<Arc<UsageEvent>>> {
+        SqliteStore::try_record_valid(self, event)
+    }
+    fn record_batch_valid(
+        &self,
+        events: Vec<Arc<UsageEvent>>,
+        timeout: Option<Duration>,
+    ) -> CoreResult<usize> {
+        SqliteStore::record_batch_within(self, events, timeout)
+    }
+    fn query(
+        &self,
+        filters: &Filters,
+        limit: Option<u64>,
+        offset: u64,
+    ) -> CoreResult<Vec<UsageEvent>> {
+        SqliteStore::query(self, filters, limit, offset)
+    }
+    fn page(
+        &self,
+        filters: &Filters,
+        limit: u64,
+        offset: u64,
+        cursor: Option<&str>,
+    ) -> CoreResult<(Vec<UsageEvent>, Option<String>)> {
+        SqliteStore::page(self, filters, limit, offset, cursor)
+    }
+    fn aggregate(&self, group_by: &str, tz: &str, filters: &Filters) -> CoreResult<Vec<Aggregate>> {
+        SqliteStore::aggregate(self, group_by, tz, filters)
+    }
+    fn summary(&self, filters: &Filters) -> CoreResult<Aggregate> {
+        SqliteStore::summary(self, filters)
+    }
+    fn distinct(&self, column: &str, filters: &Filters) -> CoreResult<Vec<(String, u64)>> {
+        SqliteStore::distinct(self, column, filters)
+    }
+    fn stats(&self) -> CoreResult<StoreStats> {
+        SqliteStore::stats(self)
+    }
+    fn reprice(&self, pricing: Arc<Pricing>, filters: &Filters) -> CoreResult<usize> {
+        SqliteStore::reprice(self, pricing, filters)
+    }
+    fn purge_expired(&self, timeout: Option<Duration>) -> CoreResult<usize> {
+        SqliteStore::purge_expired_within(self, timeout)
+    }
+    fn export(
+        &self,
+        filters: &Filters,
+        format: Format,
+        limit: Option<u64>,
+        out: &mut dyn Write,
+    ) -> CoreResult<u64> {
+        SqliteStore::export(self, filters, format, limit, out)
+    }
+    fn flush(&self, timeout: Option<Duration>) -> CoreResult<()> {
+        SqliteStore::flush_within(self, timeout)
+    }
+    fn close(&self, grace: Duration) -> CoreResult<()> {
+        SqliteStore::close_within(self, grace)
     }
 }
 

@@ -1,5 +1,6 @@
 //! Opening connections, and the versioned schema.
 
+use crate::error::{CoreError, CoreResult};
 use crate::ledger::buckets::{parse_tz, LabelCache, TimeUnit};
 use rusqlite::functions::FunctionFlags;
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
@@ -51,8 +52,13 @@ CREATE INDEX usage_events_action      ON usage_events (action, ts);
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
+/// The WAL is cut back to this size when it is reset after a checkpoint.
+const JOURNAL_SIZE_LIMIT: i64 = 4 << 20;
+
 /// Brings the schema up to date, once, even with several processes racing.
-pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+/// A database written by a newer version is refused: its writer would not
+/// know what the newer tables need.
+pub fn migrate(conn: &mut Connection) -> CoreResult<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     tx.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
     let current: i64 = tx
@@ -60,6 +66,12 @@ pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
             r.get::<_, Option<i64>>(0)
         })?
         .unwrap_or(0);
+    if current > SCHEMA_VERSION {
+        return Err(CoreError::Store(format!(
+            "the database has schema version {current}, newer than the version {SCHEMA_VERSION} this usagewarden {} writes; upgrade usagewarden to open it",
+            env!("CARGO_PKG_VERSION")
+        )));
+    }
     for (i, migration) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         tx.execute_batch(migration)?;
         tx.execute(
@@ -67,18 +79,19 @@ pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
             [i as i64 + 1],
         )?;
     }
-    tx.commit()
+    tx.commit()?;
+    Ok(())
 }
 
 /// The writer's connection: WAL, the schema migrated. Switching a new file
 /// to WAL reports "busy" at once (without waiting) when another process is
 /// creating it at the same moment, so opening retries on busy.
-pub fn open_writer(path: &Path, synchronous_full: bool) -> rusqlite::Result<Connection> {
+pub fn open_writer(path: &Path, synchronous_full: bool) -> CoreResult<Connection> {
     let started = std::time::Instant::now();
     let mut pause = Duration::from_millis(5);
     loop {
         match try_open_writer(path, synchronous_full) {
-            Err(e) if is_busy(&e) && started.elapsed() < BUSY_TIMEOUT => {
+            Err(CoreError::Sqlite(e)) if is_busy(&e) && started.elapsed() < BUSY_TIMEOUT => {
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_millis(200));
             }
@@ -94,7 +107,7 @@ fn is_busy(e: &rusqlite::Error) -> bool {
     )
 }
 
-fn try_open_writer(path: &Path, synchronous_full: bool) -> rusqlite::Result<Connection> {
+fn try_open_writer(path: &Path, synchronous_full: bool) -> CoreResult<Connection> {
     let mut conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -111,6 +124,7 @@ fn try_open_writer(path: &Path, synchronous_full: bool) -> rusqlite::Result<Conn
     // Every insert touches eight B-trees (the table, the request-id key and
     // six indexes): keeping their hot pages cached is what sets throughput.
     conn.pragma_update(None, "cache_size", -65_536)?;
+    conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)?;
     migrate(&mut conn)?;
     Ok(conn)
 }

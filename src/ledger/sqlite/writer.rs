@@ -5,18 +5,26 @@
 //! `MAX_GROUP` events) into one transaction, so throughput grows with load
 //! and an event waits at most for the transaction in progress plus its own.
 //! The queue is bounded: a full queue makes `record` wait, it never drops.
-//! A failed transaction (locked, disk full, read-only file) is rolled back,
-//! logged, counted and retried with backoff; it never reaches the caller.
+//!
+//! Failures are classified (`faults::classify`). One that may pass (busy,
+//! locked, I/O, a full disk) is rolled back, logged, counted and retried with
+//! backoff while the events stay queued. One that retrying cannot fix
+//! (corrupt pages, a table missing, a read-only file) stops writes: every
+//! acknowledged event still queued goes to the spill file, recorded on the
+//! next open, and every later write fails at once with a `StoreError`.
+//! Callers that wait (flush, batches, purge) wait at most until their deadline.
 
+use super::faults::{self, Fault};
+use super::insert::{Inserter, Outcome};
 use super::rollup;
 use super::schema::open_writer;
 use super::LogSink;
 use crate::error::{CoreError, CoreResult};
 use crate::ledger::event::UsageEvent;
-use crate::pricing::{Pricing, Tokens};
+use crate::pricing::Pricing;
 use parking_lot::Mutex;
-use rusqlite::{params, Connection, ErrorCode, TransactionBehavior};
-use std::path::PathBuf;
+use rusqlite::{Connection, ErrorCode, TransactionBehavior};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
@@ -28,29 +36,26 @@ pub const MAX_GROUP: usize = 10_000;
 /// Capacity of the queue between callers and the writer.
 pub const QUEUE_CAPACITY: usize = 100_000;
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How long the writer waits on another process's lock per attempt; it then
+/// retries on its own, so a closing store is not held up for long.
+const WRITE_BUSY_TIMEOUT: Duration = Duration::from_secs(1);
+/// Quiet time after writes before the writer checkpoints the log.
+const IDLE_CHECKPOINT: Duration = Duration::from_millis(500);
 
-/// What happened to one recorded event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Inserted,
-    /// The same `(namespace, request_id)` with the same content: ignored.
-    Duplicate,
-    /// The same `(namespace, request_id)` with different content: refused.
-    Conflict,
-}
-
-type Reply<T> = SyncSender<T>;
+type Reply<T> = SyncSender<CoreResult<T>>;
+/// When a waiting caller stops waiting (`None`: until done).
+pub(crate) type Deadline = Option<Instant>;
 
 /// Maintenance work run on the write connection, in order with writes.
 pub type WriteJob = Box<dyn FnOnce(&mut Connection) -> CoreResult<usize> + Send>;
 
 pub(crate) enum Command {
     Record(Arc<UsageEvent>, Option<Reply<Outcome>>),
-    Batch(Vec<Arc<UsageEvent>>, Reply<CoreResult<usize>>),
+    Batch(Vec<Arc<UsageEvent>>, Deadline, Reply<usize>),
     Flush(Reply<()>),
-    Purge(i64, Reply<CoreResult<usize>>),
+    Purge(i64, Deadline, Reply<usize>),
     /// Runs SQL on the write connection (maintenance such as re-pricing).
-    Exec(WriteJob, Reply<CoreResult<usize>>),
+    Exec(WriteJob, Reply<usize>),
 }
 
 /// Counters shared with `stats()`.
@@ -61,7 +66,14 @@ pub struct Counters {
     pub duplicates: AtomicU64,
     pub conflicts: AtomicU64,
     pub write_errors: AtomicU64,
+    /// The latest failure, cleared by the next write that succeeds.
     pub last_error: Mutex<Option<String>>,
+    /// Why writes stopped, after a failure retrying cannot fix.
+    pub stopped: Mutex<Option<String>>,
+    /// Acknowledged events written to the spill file instead of the database.
+    pub spilled: AtomicU64,
+    /// Acknowledged events that could be written neither to the database nor to the spill file.
+    pub lost: AtomicU64,
 }
 
 pub(crate) struct Writer {
@@ -78,8 +90,36 @@ pub(crate) fn busy(e: &rusqlite::Error) -> bool {
     )
 }
 
+fn closed() -> CoreError {
+    CoreError::Store("the store is closed".into())
+}
+
+fn stopped_message(reason: &str) -> String {
+    format!("the store stopped accepting writes: {reason}")
+}
+
+/// Sends, waiting for room in the queue at most until `deadline`.
+fn send_until(tx: &SyncSender<Command>, command: Command, deadline: Deadline) -> Result<(), bool> {
+    let Some(deadline) = deadline else {
+        return tx.send(command).map_err(|_| false);
+    };
+    let mut command = command;
+    loop {
+        match tx.try_send(command) {
+            Ok(()) => return Ok(()),
+            Err(TrySendError::Full(back)) if Instant::now() < deadline => {
+                command = back;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(TrySendError::Full(_)) => return Err(true),
+            Err(TrySendError::Disconnected(_)) => return Err(false),
+        }
+    }
+}
+
 impl Writer {
-    /// Opens the write connection (creating and migrating the database) and starts the thread.
+    /// Opens the write connection (creating and migrating the database),
+    /// records what an earlier run spilled, and starts the thread.
     pub(crate) fn start(
         path: PathBuf,
         synchronous_full: bool,
@@ -88,19 +128,25 @@ impl Writer {
         log: LogSink,
         pricing: Option<Arc<Pricing>>,
     ) -> CoreResult<Writer> {
-        let conn = open_writer(&path, synchronous_full)
-            .map_err(|e| CoreError::Store(format!("cannot open {}: {e}", path.display())))?;
-        let (tx, rx) = sync_channel(QUEUE_CAPACITY);
+        let cannot_open =
+            |e: CoreError| CoreError::Store(format!("cannot open {}: {e}", path.display()));
+        let mut conn = open_writer(&path, synchronous_full).map_err(cannot_open)?;
         let counters = Arc::new(Counters::default());
+        replay_spill(&mut conn, &path, &log, pricing.as_deref(), &counters).map_err(cannot_open)?;
+        conn.busy_timeout(WRITE_BUSY_TIMEOUT)?;
+        let _ = faults::ensure_reserve(&path);
+        let (tx, rx) = sync_channel(QUEUE_CAPACITY);
         let closing = Arc::new(AtomicBool::new(false));
         let mut worker = Worker {
             conn,
+            path,
             counters: counters.clone(),
             closing: closing.clone(),
             log,
             retention_us,
             now_us,
             pricing,
+            unchecked_writes: false,
         };
         let thread = std::thread::Builder::new()
             .name("usagewarden-writer".into())
@@ -114,33 +160,74 @@ impl Writer {
         })
     }
 
-    fn send(&self, command: Command) -> CoreResult<()> {
-        let tx = self
-            .tx
-            .lock()
-            .clone()
-            .ok_or_else(|| CoreError::Store("the store is closed".into()))?;
-        // Blocks while the queue is full: events are never dropped.
-        tx.send(command)
-            .map_err(|_| CoreError::Store("the writer has stopped".into()))
+    fn stopped_error(&self) -> CoreError {
+        match self.counters.stopped.lock().as_deref() {
+            Some(reason) => CoreError::Store(stopped_message(reason)),
+            None => CoreError::Store("the writer has stopped".into()),
+        }
     }
 
-    fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> CoreResult<T> {
+    fn timed_out(&self, what: &str) -> CoreError {
+        let last = self.counters.last_error.lock().clone();
+        let queued = self.counters.queued.load(Ordering::SeqCst);
+        CoreError::Store(format!(
+            "{what} did not finish in time: {queued} events still queued (kept, not dropped); last error: {}",
+            last.as_deref().unwrap_or("none")
+        ))
+    }
+
+    /// The queue, unless the store is closed or has stopped accepting writes.
+    fn sender(&self) -> CoreResult<SyncSender<Command>> {
+        let tx = self.tx.lock().clone().ok_or_else(closed)?;
+        if self.counters.stopped.lock().is_some() {
+            return Err(self.stopped_error());
+        }
+        Ok(tx)
+    }
+
+    fn send(&self, what: &str, command: Command, deadline: Deadline) -> CoreResult<()> {
+        send_until(&self.sender()?, command, deadline).map_err(|timed_out| {
+            if timed_out {
+                self.timed_out(what)
+            } else {
+                self.stopped_error()
+            }
+        })
+    }
+
+    fn wait<T>(
+        &self,
+        what: &str,
+        deadline: Deadline,
+        answer: Receiver<CoreResult<T>>,
+    ) -> CoreResult<T> {
+        let received = match deadline {
+            None => answer.recv().map_err(|_| self.stopped_error()),
+            Some(at) => answer
+                .recv_timeout(at.saturating_duration_since(Instant::now()))
+                .map_err(|e| match e {
+                    RecvTimeoutError::Timeout => self.timed_out(what),
+                    RecvTimeoutError::Disconnected => self.stopped_error(),
+                }),
+        };
+        received?
+    }
+
+    fn call<T>(
+        &self,
+        what: &str,
+        deadline: Deadline,
+        make: impl FnOnce(Reply<T>) -> Command,
+    ) -> CoreResult<T> {
         let (reply, answer) = sync_channel(1);
-        self.send(make(reply))?;
-        answer
-            .recv()
-            .map_err(|_| CoreError::Store("the writer has stopped".into()))
+        self.send(what, make(reply), deadline)?;
+        self.wait(what, deadline, answer)
     }
 
     /// Queues one event if the queue has room now; gives it back if not.
     #[cfg_attr(not(feature = "python"), allow(dead_code))]
     pub(crate) fn try_record(&self, event: Arc<UsageEvent>) -> CoreResult<Option<Arc<UsageEvent>>> {
-        let tx = self
-            .tx
-            .lock()
-            .clone()
-            .ok_or_else(|| CoreError::Store("the store is closed".into()))?;
+        let tx = self.sender()?;
         self.counters.queued.fetch_add(1, Ordering::SeqCst);
         match tx.try_send(Command::Record(event, None)) {
             Ok(()) => Ok(None),
@@ -148,7 +235,7 @@ impl Writer {
                 self.counters.queued.fetch_sub(1, Ordering::SeqCst);
                 match e {
                     TrySendError::Full(Command::Record(event, _)) => Ok(Some(event)),
-                    _ => Err(CoreError::Store("the writer has stopped".into())),
+                    _ => Err(self.stopped_error()),
                 }
             }
         }
@@ -157,56 +244,74 @@ impl Writer {
     /// Queues one event. With `wait`, returns after its transaction committed.
     pub(crate) fn record(&self, event: Arc<UsageEvent>, wait: bool) -> CoreResult<Option<Outcome>> {
         self.counters.queued.fetch_add(1, Ordering::SeqCst);
-        if wait {
-            let outcome = self.call(|reply| Command::Record(event, Some(reply)));
-            if outcome.is_err() {
-                self.counters.queued.fetch_sub(1, Ordering::SeqCst);
-            }
-            outcome.map(Some)
+        let (reply, answer) = if wait {
+            let (reply, answer) = sync_channel(1);
+            (Some(reply), Some(answer))
         } else {
-            let sent = self.send(Command::Record(event, None));
-            if sent.is_err() {
-                self.counters.queued.fetch_sub(1, Ordering::SeqCst);
-            }
-            sent.map(|_| None)
+            (None, None)
+        };
+        // Once queued, the writer accounts for the event whatever happens.
+        if let Err(e) = self.send("record", Command::Record(event, reply), None) {
+            self.counters.queued.fetch_sub(1, Ordering::SeqCst);
+            return Err(e);
+        }
+        match answer {
+            Some(answer) => self.wait("record", None, answer).map(Some),
+            None => Ok(None),
         }
     }
 
-    pub(crate) fn record_batch(&self, events: Vec<Arc<UsageEvent>>) -> CoreResult<usize> {
-        self.call(|reply| Command::Batch(events, reply))?
+    pub(crate) fn record_batch(
+        &self,
+        events: Vec<Arc<UsageEvent>>,
+        deadline: Deadline,
+    ) -> CoreResult<usize> {
+        self.call("record_batch", deadline, |reply| {
+            Command::Batch(events, deadline, reply)
+        })
     }
 
-    /// Returns once everything queued before it is committed.
-    pub(crate) fn flush(&self) -> CoreResult<()> {
-        self.call(Command::Flush)
+    /// Returns once everything queued before it is committed, or raises at
+    /// `deadline` with the events still queued.
+    pub(crate) fn flush(&self, deadline: Deadline) -> CoreResult<()> {
+        self.call("flush", deadline, Command::Flush)
     }
 
-    pub(crate) fn purge(&self, cutoff_us: i64) -> CoreResult<usize> {
-        self.call(|reply| Command::Purge(cutoff_us, reply))?
+    pub(crate) fn purge(&self, cutoff_us: i64, deadline: Deadline) -> CoreResult<usize> {
+        self.call("purge", deadline, |reply| {
+            Command::Purge(cutoff_us, deadline, reply)
+        })
     }
 
     pub(crate) fn exec(&self, work: WriteJob) -> CoreResult<usize> {
-        self.call(|reply| Command::Exec(work, reply))?
+        self.call("maintenance", None, |reply| Command::Exec(work, reply))
     }
 
-    /// Drains the queue and stops the thread. A transaction that keeps
-    /// failing is given up after `grace`, with an error logged.
-    pub(crate) fn close(&self, grace: Duration) {
+    /// Commits what is queued and stops the thread. A database that keeps
+    /// failing is given until `grace`; the events it has not taken by then
+    /// go to the spill file. Errs only when acknowledged events were lost
+    /// (the spill file could not be written either).
+    pub(crate) fn close(&self, grace: Duration) -> CoreResult<()> {
         let Some(tx) = self.tx.lock().take() else {
-            return;
+            return Ok(());
         };
-        let deadline = Instant::now() + grace;
+        let deadline = Some(Instant::now() + grace);
         let (reply, answer) = sync_channel(1);
-        if tx.send(Command::Flush(reply)).is_ok() {
-            let _ = answer.recv_timeout(grace);
+        if send_until(&tx, Command::Flush(reply), deadline).is_ok() {
+            let _ = self.wait("close", deadline, answer);
         }
-        if Instant::now() >= deadline {
-            self.closing.store(true, Ordering::SeqCst);
-        }
-        drop(tx);
+        // From here the writer stops retrying and spills what it cannot commit.
         self.closing.store(true, Ordering::SeqCst);
+        drop(tx);
         if let Some(thread) = self.thread.lock().take() {
             let _ = thread.join();
+        }
+        match self.counters.lost.load(Ordering::SeqCst) {
+            0 => Ok(()),
+            lost => Err(CoreError::Store(format!(
+                "{lost} acknowledged events could not be written to the database nor to the spill file; last error: {}",
+                self.counters.last_error.lock().as_deref().unwrap_or("none")
+            ))),
         }
     }
 
@@ -215,117 +320,62 @@ impl Writer {
     }
 }
 
+/// Records the events an earlier run spilled, in one transaction, then
+/// removes the file. Replaying twice is harmless: a request id already
+/// stored with the same content is a duplicate.
+fn replay_spill(
+    conn: &mut Connection,
+    path: &Path,
+    log: &LogSink,
+    pricing: Option<&Pricing>,
+    counters: &Counters,
+) -> CoreResult<()> {
+    let spill = faults::spill_path(path);
+    let read = faults::read_spill(path)
+        .map_err(|e| CoreError::Store(format!("cannot read {}: {e}", spill.display())))?;
+    let Some((events, unreadable)) = read else {
+        return Ok(());
+    };
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut inserter = Inserter::with_pricing(&tx, pricing)?;
+    let (mut inserted, mut conflicts) = (0, 0);
+    for event in &events {
+        match inserter.insert(event)? {
+            Outcome::Inserted => inserted += 1,
+            Outcome::Duplicate => {}
+            Outcome::Conflict => conflicts += 1,
+        }
+    }
+    inserter.finish()?;
+    tx.commit()?;
+    std::fs::remove_file(&spill)
+        .map_err(|e| CoreError::Store(format!("cannot remove {}: {e}", spill.display())))?;
+    counters.inserted.fetch_add(inserted, Ordering::SeqCst);
+    log(
+        LogLevel::Warning,
+        &format!(
+            "recorded {inserted} events from {} ({} already stored, {conflicts} conflicting, {unreadable} unreadable lines)",
+            spill.display(),
+            events.len() as u64 - inserted - conflicts
+        ),
+    );
+    Ok(())
+}
+
 struct Worker {
     conn: Connection,
+    path: PathBuf,
     counters: Arc<Counters>,
     closing: Arc<AtomicBool>,
     log: LogSink,
     retention_us: Option<i64>,
     now_us: Arc<dyn Fn() -> i64 + Send + Sync>,
     pricing: Option<Arc<Pricing>>,
+    /// Commits since the last checkpoint.
+    unchecked_writes: bool,
 }
 
-/// The statement every event is written with.
-const INSERT_SQL: &str = "INSERT INTO usage_events (namespace, request_id, ts, agent_id, consumer_id, task_id, action, model, \
-     tokens_in, tokens_out, cache_read_tokens, cache_write_tokens, duration_ms, api_calls, units, cost_nanos, source, metadata, fingerprint, cost_priced) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20) \
-     ON CONFLICT (namespace, request_id) DO NOTHING";
-
-/// Inserts events inside the caller's transaction, with the statement
-/// prepared once per transaction rather than looked up per event. Public so
-/// that benchmarks insert exactly as the writer does.
-pub struct Inserter<'c> {
-    conn: &'c Connection,
-    stmt: rusqlite::CachedStatement<'c>,
-    hourly: rollup::Pending,
-    pricing: Option<&'c Pricing>,
-}
-
-impl<'c> Inserter<'c> {
-    pub fn new(conn: &'c Connection) -> rusqlite::Result<Inserter<'c>> {
-        Inserter::with_pricing(conn, None)
-    }
-
-    /// An inserter that fills the cost of events that have none and whose
-    /// model `pricing` knows (at the event's time).
-    pub fn with_pricing(
-        conn: &'c Connection,
-        pricing: Option<&'c Pricing>,
-    ) -> rusqlite::Result<Inserter<'c>> {
-        Ok(Inserter {
-            conn,
-            stmt: conn.prepare_cached(INSERT_SQL)?,
-            hourly: rollup::Pending::default(),
-            pricing,
-        })
-    }
-
-    pub fn insert(&mut self, e: &UsageEvent) -> rusqlite::Result<Outcome> {
-        let priced = match (e.cost_nanos, self.pricing, &e.model) {
-            (None, Some(pricing), Some(model)) => {
-                pricing.cost_nanos(model, &Tokens::from(e), e.timestamp_us)
-            }
-            _ => None,
-        };
-        let outcome = insert_with(self.conn, &mut self.stmt, e, priced)?;
-        if outcome == Outcome::Inserted {
-            self.hourly.add(e, e.cost_nanos.or(priced));
-        }
-        Ok(outcome)
-    }
-
-    /// Adds the new events to the hourly totals; call before committing.
-    pub fn finish(mut self) -> rusqlite::Result<()> {
-        self.hourly.write(self.conn)
-    }
-}
-
-/// `priced`: the cost the store's pricing gave an event that came without
-/// one. The fingerprint is the event's as given, so a retry is recognised
-/// whatever the prices have become since.
-fn insert_with(
-    conn: &Connection,
-    stmt: &mut rusqlite::CachedStatement<'_>,
-    e: &UsageEvent,
-    priced: Option<u64>,
-) -> rusqlite::Result<Outcome> {
-    let fingerprint = e.fingerprint();
-    let changed = stmt.execute(params![
-        e.namespace,
-        e.request_id,
-        e.timestamp_us,
-        e.agent_id,
-        e.consumer_id,
-        e.task_id,
-        e.action,
-        e.model,
-        e.tokens_in as i64,
-        e.tokens_out as i64,
-        e.cache_read_tokens as i64,
-        e.cache_write_tokens as i64,
-        e.duration_ms as i64,
-        e.api_calls as i64,
-        e.units as i64,
-        e.cost_nanos.or(priced).map(|c| c as i64),
-        e.source,
-        e.metadata,
-        fingerprint,
-        priced.is_some(),
-    ])?;
-    if changed == 1 {
-        return Ok(Outcome::Inserted);
-    }
-    let existing: i64 = conn
-        .prepare_cached(
-            "SELECT fingerprint FROM usage_events WHERE namespace = ?1 AND request_id = ?2",
-        )?
-        .query_row(params![e.namespace, e.request_id], |r| r.get(0))?;
-    Ok(if existing == fingerprint {
-        Outcome::Duplicate
-    } else {
-        Outcome::Conflict
-    })
-}
+type Records = Vec<(Arc<UsageEvent>, Option<Reply<Outcome>>)>;
 
 impl Worker {
     fn run(&mut self, rx: Receiver<Command>) {
@@ -334,20 +384,34 @@ impl Worker {
             .map(|r| Duration::from_micros((r / 10).clamp(1_000_000, 3_600_000_000) as u64));
         let mut next_purge = purge_every.map(|p| Instant::now() + p);
         loop {
-            let wait = next_purge
+            let mut wait = next_purge
                 .map(|at| at.saturating_duration_since(Instant::now()))
                 .unwrap_or(Duration::from_secs(3600));
+            if self.unchecked_writes {
+                wait = wait.min(IDLE_CHECKPOINT);
+            }
             let first = match rx.recv_timeout(wait) {
                 Ok(command) => command,
                 Err(RecvTimeoutError::Timeout) => {
-                    if let (Some(every), Some(retention)) = (purge_every, self.retention_us) {
-                        let cutoff = (self.now_us)().saturating_sub(retention);
-                        self.retry("scheduled purge", |w| w.purge(cutoff));
-                        next_purge = Some(Instant::now() + every);
+                    if self.unchecked_writes {
+                        self.checkpoint("PASSIVE");
+                        let _ = faults::ensure_reserve(&self.path);
+                    }
+                    if let (Some(at), Some(every), Some(retention)) =
+                        (next_purge, purge_every, self.retention_us)
+                    {
+                        if Instant::now() >= at {
+                            let cutoff = (self.now_us)().saturating_sub(retention);
+                            let _ = self.retry("scheduled purge", None, |w| w.purge(cutoff));
+                            next_purge = Some(Instant::now() + every);
+                        }
                     }
                     continue;
                 }
-                Err(RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.checkpoint("TRUNCATE");
+                    return;
+                }
             };
             let mut records = Vec::new();
             let mut pending = Some(first);
@@ -371,19 +435,63 @@ impl Worker {
         }
     }
 
+    /// Moves the log into the database. `TRUNCATE` (on close) also empties
+    /// the `-wal` file; `PASSIVE` (when idle) never waits on readers.
+    fn checkpoint(&mut self, mode: &str) {
+        if self.counters.stopped.lock().is_some() {
+            return;
+        }
+        let done = self
+            .conn
+            .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+                r.get::<_, i64>(0)
+            });
+        if done == Ok(0) {
+            self.unchecked_writes = false;
+        }
+    }
+
+    fn stop_error(&self) -> CoreError {
+        match self.counters.stopped.lock().as_deref() {
+            Some(reason) => CoreError::Store(stopped_message(reason)),
+            None => CoreError::Store(format!(
+                "the store was closed while the database kept failing: {}",
+                self.counters
+                    .last_error
+                    .lock()
+                    .as_deref()
+                    .unwrap_or("unknown error")
+            )),
+        }
+    }
+
     fn handle(&mut self, command: Command) {
+        if self.counters.stopped.lock().is_some() {
+            let refused = self.stop_error();
+            match command {
+                Command::Record(..) => unreachable!("records are grouped by run"),
+                Command::Flush(reply) => {
+                    let _ = reply.send(Err(refused));
+                }
+                Command::Batch(_, _, reply)
+                | Command::Purge(_, _, reply)
+                | Command::Exec(_, reply) => {
+                    let _ = reply.send(Err(refused));
+                }
+            }
+            return;
+        }
         match command {
             Command::Record(..) => unreachable!("records are grouped by run"),
             Command::Flush(reply) => {
-                let _ = reply.send(());
+                let _ = reply.send(Ok(()));
             }
-            Command::Batch(events, reply) => {
-                let result = self.retry_result("record_batch", |w| w.batch(&events));
+            Command::Batch(events, deadline, reply) => {
+                let result = self.retry("record_batch", deadline, |w| w.batch(&events));
                 let _ = reply.send(result);
             }
-            Command::Purge(cutoff, reply) => {
-                let result =
-                    self.retry_result("purge", |w| w.purge(cutoff).map_err(CoreError::from));
+            Command::Purge(cutoff, deadline, reply) => {
+                let result = self.retry("purge", deadline, |w| w.purge(cutoff));
                 let _ = reply.send(result);
             }
             Command::Exec(work, reply) => {
@@ -392,88 +500,114 @@ impl Worker {
         }
     }
 
-    /// Runs `op` until it succeeds (or the store is closing), backing off
-    /// between attempts and reporting failures.
+    /// Runs `op` until it succeeds, backing off between attempts that may
+    /// pass. Gives up on a failure retrying cannot fix (and stops writes),
+    /// at `deadline` (a caller that stopped waiting is told nothing was
+    /// written) and when the store is closing.
     fn retry<T>(
         &mut self,
         what: &str,
-        mut op: impl FnMut(&mut Self) -> rusqlite::Result<T>,
-    ) -> Option<T> {
+        deadline: Deadline,
+        mut op: impl FnMut(&mut Self) -> CoreResult<T>,
+    ) -> CoreResult<T> {
         let mut backoff = Duration::from_millis(10);
+        let past = |deadline: Deadline| deadline.is_some_and(|at| Instant::now() >= at);
+        if past(deadline) {
+            return Err(CoreError::Store(format!(
+                "{what} was not started: its caller stopped waiting"
+            )));
+        }
         loop {
-            match op(self) {
-                Ok(v) => return Some(v),
-                Err(e) => {
-                    self.failed(what, &e);
-                    if self.closing.load(Ordering::SeqCst) {
-                        return None;
+            let e = match op(self) {
+                Err(CoreError::Sqlite(e)) => e,
+                other => {
+                    if other.is_ok() {
+                        self.unchecked_writes = true;
+                        *self.counters.last_error.lock() = None;
                     }
-                    if !busy(&e) {
-                        std::thread::sleep(backoff);
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
-                    }
+                    return other;
                 }
+            };
+            self.failed(what, &e);
+            if faults::classify(&e) == Fault::Permanent {
+                self.stop(what, &e);
+                return Err(self.stop_error());
+            }
+            if faults::is_disk_full(&e) {
+                self.make_room();
+            }
+            if self.closing.load(Ordering::SeqCst) {
+                return Err(self.stop_error());
+            }
+            if past(deadline) {
+                return Err(CoreError::Store(format!(
+                    "{what} failed and was given up at its deadline: {e}"
+                )));
+            }
+            if !busy(&e) {
+                self.pause(backoff, deadline);
+                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     }
 
-    /// Like `retry`, for operations whose result goes back to a waiting caller.
-    fn retry_result<T>(
-        &mut self,
-        what: &str,
-        mut op: impl FnMut(&mut Self) -> CoreResult<T>,
-    ) -> CoreResult<T> {
-        let mut backoff = Duration::from_millis(10);
-        loop {
-            match op(self) {
-                Err(CoreError::Sqlite(e)) => {
-                    self.failed(what, &e);
-                    if self.closing.load(Ordering::SeqCst) {
-                        return Err(CoreError::Store(format!("{what} failed: {e}")));
-                    }
-                    if !busy(&e) {
-                        std::thread::sleep(backoff);
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
-                    }
-                }
-                other => return other,
-            }
+    /// Sleeps up to `backoff`, waking early when the store closes or the deadline passes.
+    fn pause(&self, backoff: Duration, deadline: Deadline) {
+        let until = Instant::now() + backoff;
+        let until = deadline.map_or(until, |d| d.min(until));
+        while Instant::now() < until && !self.closing.load(Ordering::SeqCst) {
+            std::thread::sleep(
+                until
+                    .saturating_duration_since(Instant::now())
+                    .min(Duration::from_millis(10)),
+            );
         }
+    }
+
+    /// A full disk: free the reserve and move the log into the database, so
+    /// that the space the log held can be reused.
+    fn make_room(&mut self) {
+        if faults::release_reserve(&self.path) {
+            (self.log)(
+                LogLevel::Warning,
+                "the disk is full: released the reserve to checkpoint the log",
+            );
+        }
+        let _ = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                r.get::<_, i64>(0)
+            });
     }
 
     fn failed(&self, what: &str, e: &rusqlite::Error) {
         self.counters.write_errors.fetch_add(1, Ordering::SeqCst);
-        let message = format!("{what} failed, will retry: {e}");
+        let message = format!("{what} failed: {e}");
         (self.log)(LogLevel::Warning, &message);
         *self.counters.last_error.lock() = Some(message);
     }
 
-    fn commit_records(&mut self, records: Vec<(Arc<UsageEvent>, Option<Reply<Outcome>>)>) {
+    fn stop(&self, what: &str, e: &rusqlite::Error) {
+        let reason = format!(
+            "{what} failed with an error retrying cannot fix ({e}); reopen the store once the database at {} is repaired",
+            self.path.display()
+        );
+        (self.log)(LogLevel::Error, &stopped_message(&reason));
+        *self.counters.stopped.lock() = Some(reason);
+    }
+
+    fn commit_records(&mut self, records: Records) {
         if records.is_empty() {
             return;
         }
-        let outcomes = self.retry("record", |w| {
-            let tx = w
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let mut inserter = Inserter::with_pricing(&tx, w.pricing.as_deref())?;
-            let outcomes = records
-                .iter()
-                .map(|(event, _)| inserter.insert(event))
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            inserter.finish()?;
-            tx.commit()?;
-            Ok(outcomes)
-        });
-        let n = records.len() as u64;
-        let Some(outcomes) = outcomes else {
-            let message = format!(
-                "gave up writing {n} events: the store was closed while the database kept failing"
-            );
-            (self.log)(LogLevel::Error, &message);
-            *self.counters.last_error.lock() = Some(message);
-            self.counters.queued.fetch_sub(n, Ordering::SeqCst);
-            return;
+        let committed = if self.counters.stopped.lock().is_some() {
+            Err(self.stop_error())
+        } else {
+            self.retry("record", None, |w| w.insert_group(&records))
+        };
+        let outcomes = match committed {
+            Ok(outcomes) => outcomes,
+            Err(e) => return self.refuse(records, &e),
         };
         // Counters move once per transaction, before anyone is told it committed.
         let (mut inserted, mut duplicates, mut conflicts) = (0, 0, 0);
@@ -499,12 +633,64 @@ impl Worker {
         c.inserted.fetch_add(inserted, Ordering::SeqCst);
         c.duplicates.fetch_add(duplicates, Ordering::SeqCst);
         c.conflicts.fetch_add(conflicts, Ordering::SeqCst);
-        c.queued.fetch_sub(n, Ordering::SeqCst);
+        c.queued.fetch_sub(records.len() as u64, Ordering::SeqCst);
         for ((_, reply), outcome) in records.into_iter().zip(outcomes) {
             if let Some(reply) = reply {
-                let _ = reply.send(outcome);
+                let _ = reply.send(Ok(outcome));
             }
         }
+    }
+
+    fn insert_group(&mut self, records: &Records) -> CoreResult<Vec<Outcome>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut inserter = Inserter::with_pricing(&tx, self.pricing.as_deref())?;
+        let outcomes = records
+            .iter()
+            .map(|(event, _)| inserter.insert(event))
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        inserter.finish()?;
+        tx.commit()?;
+        Ok(outcomes)
+    }
+
+    /// Records the database did not take: callers waiting on them get the
+    /// error; acknowledged ones (nobody waiting) go to the spill file.
+    fn refuse(&mut self, records: Records, error: &CoreError) {
+        let n = records.len() as u64;
+        let mut acknowledged = Vec::new();
+        for (event, reply) in records {
+            match reply {
+                Some(reply) => {
+                    let _ = reply.send(Err(CoreError::Store(error.to_string())));
+                }
+                None => acknowledged.push(event),
+            }
+        }
+        if !acknowledged.is_empty() {
+            let count = acknowledged.len() as u64;
+            match faults::spill(&self.path, &acknowledged) {
+                Ok(spill) => {
+                    self.counters.spilled.fetch_add(count, Ordering::SeqCst);
+                    (self.log)(
+                        LogLevel::Error,
+                        &format!(
+                            "{count} acknowledged events could not be committed ({error}); saved to {}, recorded when the store is next opened",
+                            spill.display()
+                        ),
+                    );
+                }
+                Err(e) => {
+                    self.counters.lost.fetch_add(count, Ordering::SeqCst);
+                    (self.log)(
+                        LogLevel::Error,
+                        &format!("{count} acknowledged events were lost: the database failed ({error}) and so did the spill file ({e})"),
+                    );
+                }
+            }
+        }
+        self.counters.queued.fetch_sub(n, Ordering::SeqCst);
     }
 
     /// One transaction for the whole batch: all or nothing.
@@ -541,7 +727,7 @@ impl Worker {
         Ok(inserted)
     }
 
-    fn purge(&mut self, cutoff_us: i64) -> rusqlite::Result<usize> {
+    fn purge(&mut self, cutoff_us: i64) -> CoreResult<usize> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
