@@ -33,7 +33,7 @@ scopes = ["usage:read"]
 id = "operator"
 key = "{ADMIN_KEY}"
 namespace = "team-a"
-scopes = ["usage:read", "usage:admin"]
+scopes = ["usage:read", "usage:admin", "usage:all-namespaces"]
 
 [[keys]]
 id = "outsider"

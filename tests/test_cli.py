@@ -467,7 +467,7 @@ def test_keys_load_from_toml_json_and_the_environment(tmp_path: Path, monkeypatc
     from_toml = load_keys(toml_file)
     assert {p.id: (p.namespace, sorted(p.scopes)) for p in from_toml.values()} == {
         "viewer": ("team-a", ["usage:read"]),
-        "operator": ("team-a", ["usage:admin", "usage:read"]),
+        "operator": ("team-a", ["usage:admin", "usage:all-namespaces", "usage:read"]),
         "outsider": ("team-b", ["usage:read"]),
     }
     document = {

@@ -18,12 +18,24 @@ import uvicorn
 from fastapi import FastAPI
 from operator_helpers import ADMIN_KEY, OTHER_KEY, READ_KEY, free_port, known_events, seed
 from usagewarden.dashboard import CONTENT_SECURITY_POLICY, mount
-from usagewarden.fastapi import SCOPE_ADMIN, SCOPE_READ, Principal, api_key_auth, usage_router
+from usagewarden.fastapi import (
+    SCOPE_ADMIN,
+    SCOPE_ALL_NAMESPACES,
+    SCOPE_READ,
+    Principal,
+    api_key_auth,
+    usage_router,
+)
 
 UTC = dt.timezone.utc
+LOCAL_ADMIN_KEY = "local-admin-key-0123456789"
 KEYS = {
     READ_KEY: Principal("viewer", "team-a", frozenset({SCOPE_READ})),
-    ADMIN_KEY: Principal("operator", "team-a", frozenset({SCOPE_READ, SCOPE_ADMIN})),
+    ADMIN_KEY: Principal(
+        "operator", "team-a", frozenset({SCOPE_READ, SCOPE_ADMIN, SCOPE_ALL_NAMESPACES})
+    ),
+    # An admin of its namespace only: no other namespace's budget or limiter key.
+    LOCAL_ADMIN_KEY: Principal("local-admin", "team-a", frozenset({SCOPE_READ, SCOPE_ADMIN})),
     OTHER_KEY: Principal("outsider", "team-b", frozenset({SCOPE_READ})),
 }
 
@@ -164,18 +176,28 @@ def test_the_limiter_windows_follow_the_scopes(site: str, limiter: uw.RateLimite
     assert (batch["name"], batch["used"], batch["amount"]) == ("requests_per_second", 1, 5)
     own = get(site, "/usage/limiter", READ_KEY).json()
     assert [k["key"] for k in own["keys"]] == ["viewer"]
+    # Administering one namespace does not show the other principals' windows.
+    assert get(site, "/usage/limiter", LOCAL_ADMIN_KEY).json()["keys"] == []
+
+
+def budget_names(site: str, path: str, key: str) -> list[str]:
+    return [b["budget"] for b in get(site, path, key).json()["budgets"]]
 
 
 def test_budget_settings_follow_the_budgets_rule(site: str) -> None:
-    admin = get(site, "/usage/budgets/settings", ADMIN_KEY).json()["budgets"]
-    assert [b["budget"] for b in admin] == ["a", "b", "all"]
-    assert admin[0]["thresholds"] == [0.25, 0.5]
-    assert [
-        b["budget"] for b in get(site, "/usage/budgets/settings", READ_KEY).json()["budgets"]
-    ] == ["a"]
-    assert [
-        b["budget"] for b in get(site, "/usage/budgets/settings", OTHER_KEY).json()["budgets"]
-    ] == ["b"]
+    everything = get(site, "/usage/budgets/settings", ADMIN_KEY).json()["budgets"]
+    assert [b["budget"] for b in everything] == ["a", "b", "all"]
+    assert everything[0]["thresholds"] == [0.25, 0.5]
+    for key, names in (
+        (ADMIN_KEY, ["a", "b", "all"]),
+        (LOCAL_ADMIN_KEY, ["a"]),
+        (READ_KEY, ["a"]),
+        (OTHER_KEY, ["b"]),
+    ):
+        assert budget_names(site, "/usage/budgets/settings", key) == names
+        # The same budgets as the spend the usage API shows the key.
+        shown = budget_names(site, "/usage/budgets", key)
+        assert sorted(set(shown)) == sorted(n for n in names if n in shown)
 
 
 def test_mount_beside_an_existing_usage_api(ledger: Path) -> None:

@@ -36,7 +36,7 @@ KEYS_FILE_ENV = "USAGEWARDEN_KEYS_FILE"
 #: The document itself (JSON), for deployments that pass secrets in the environment.
 KEYS_ENV = "USAGEWARDEN_API_KEYS"
 
-_SCOPES = ("usage:read", "usage:write", "usage:admin")
+_SCOPES = ("usage:read", "usage:write", "usage:admin", "usage:all-namespaces")
 _ENTRY_KEYS = {"id", "key", "key_env", "namespace", "scopes"}
 
 

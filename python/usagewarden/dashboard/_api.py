@@ -11,10 +11,12 @@ from fastapi.responses import JSONResponse
 
 from .._core import RateLimiter
 from ..budgets import BudgetEngine
-from ..fastapi import SCOPE_ADMIN, SCOPE_READ, Principal
+from ..fastapi import SCOPE_ADMIN, SCOPE_ALL_NAMESPACES, SCOPE_READ, Principal
 from ..fastapi._errors import api_error
 
-_ANONYMOUS = Principal("anonymous", scopes=frozenset({SCOPE_READ, SCOPE_ADMIN}))
+_ANONYMOUS = Principal(
+    "anonymous", scopes=frozenset({SCOPE_READ, SCOPE_ADMIN, SCOPE_ALL_NAMESPACES})
+)
 
 
 def key_state(limiter: RateLimiter, key: str) -> dict[str, Any]:
@@ -38,9 +40,9 @@ def key_state(limiter: RateLimiter, key: str) -> dict[str, Any]:
 
 
 def _budget_visible(scope: str, match: str | None, principal: Principal) -> bool:
-    """The rule of ``GET /budgets``: without ``usage:admin``, only the budgets
-    of the principal's own namespace."""
-    if principal.has_scope(SCOPE_ADMIN):
+    """The rule of ``GET /budgets``: without ``usage:all-namespaces``, only the
+    budgets of the principal's own namespace."""
+    if principal.has_scope(SCOPE_ALL_NAMESPACES):
         return True
     return scope == "namespace" and match in (None, principal.namespace)
 
@@ -54,9 +56,9 @@ def dashboard_api_router(
     budgets: BudgetEngine | None = None,
 ) -> APIRouter:
     """The limiter's windows of ``limiter_keys`` and its ``per_key`` keys (a
-    principal with ``usage:admin`` sees every key, one with ``usage:read``
-    only the key named after its own id, as ``usage_router`` limits it), and
-    the settings of ``budgets``."""
+    principal with ``usage:all-namespaces`` sees every key, any other only
+    the key named after its own id, as ``usage_router`` limits it), and the
+    settings of the ``budgets`` that ``GET /budgets`` shows the principal."""
     listed = sorted({*limiter_keys, *(limiter.per_key if limiter is not None else ())})
 
     async def anonymous() -> Principal:
@@ -76,8 +78,8 @@ def dashboard_api_router(
     async def limiter_state(principal: Reader) -> JSONResponse:
         if limiter is None:
             return JSONResponse({"attached": False, "keys": []})
-        admin = principal.has_scope(SCOPE_ADMIN)
-        visible = [key for key in listed if admin or key == principal.id]
+        everyone = principal.has_scope(SCOPE_ALL_NAMESPACES)
+        visible = [key for key in listed if everyone or key == principal.id]
         return JSONResponse({"attached": True, "keys": [key_state(limiter, k) for k in visible]})
 
     @router.get("/budgets/settings", summary="Budget settings")
