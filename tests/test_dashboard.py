@@ -161,6 +161,14 @@ def test_the_usage_api_is_mounted_with_the_same_keys(site: str, ledger: Path) ->
     assert get(site, "/usage/budgets/settings").status_code == 401
 
 
+def test_me_names_the_principal_never_the_key(site: str) -> None:
+    me = get(site, "/usage/me", READ_KEY)
+    assert me.json() == {"id": "viewer", "namespace": "team-a", "scopes": ["usage:read"]}
+    assert READ_KEY not in me.text
+    assert get(site, "/usage/me", OTHER_KEY).json()["namespace"] == "team-b"
+    assert get(site, "/usage/me").status_code == 401
+
+
 def test_the_limiter_windows_follow_the_scopes(site: str, limiter: uw.RateLimiter) -> None:
     limiter.try_acquire("viewer", input_tokens=300, output_tokens=200)
     limiter.try_acquire("batch-jobs")
@@ -249,6 +257,7 @@ def test_an_open_dashboard_says_so_in_the_page(ledger: Path) -> None:
     try:
         with serving(app) as base:
             assert '<meta name="usagewarden-auth" content="none">' in get(base, "/").text
+            assert get(base, "/usage/me").json()["namespace"] is None
             assert get(base, "/usage/summary").status_code == 200
     finally:
         store.blocking().close()

@@ -1,7 +1,9 @@
 """What the dashboard reads beyond the usage API, behind the same
-authentication: ``GET {api_prefix}/limiter`` (the live windows of a rate
-limiter's keys) and ``GET {api_prefix}/budgets/settings`` (each budget's
-thresholds, period and action, which the spend in ``GET /budgets`` lacks)."""
+authentication: ``GET {api_prefix}/me`` (who the key acts for and its one
+namespace, so the page need not list namespaces), ``GET {api_prefix}/limiter``
+(the live windows of a rate limiter's keys) and
+``GET {api_prefix}/budgets/settings`` (each budget's thresholds, period and
+action, which the spend in ``GET /budgets`` lacks)."""
 
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Annotated, Any
@@ -73,6 +75,18 @@ def dashboard_api_router(
 
     Reader = Annotated[Principal, Depends(reader)]
     router = APIRouter(prefix=prefix, tags=["dashboard"])
+
+    @router.get("/me", summary="Who the credentials act for")
+    async def me(principal: Reader) -> JSONResponse:
+        """The principal's id, namespace (``null``: every namespace, when the
+        API is served without authentication) and scopes."""
+        return JSONResponse(
+            {
+                "id": principal.id,
+                "namespace": principal.namespace if auth is not None else None,
+                "scopes": sorted(principal.scopes),
+            }
+        )
 
     @router.get("/limiter", summary="Live rate-limiter windows")
     async def limiter_state(principal: Reader) -> JSONResponse:

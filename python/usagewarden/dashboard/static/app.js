@@ -104,11 +104,17 @@ async function seriesByModel(base, bucket, zone, models) {
   return series;
 }
 
+/** The key's one namespace; every namespace of the ledger only when the API is open. */
 async function loadNamespaces() {
   const select = $("namespace");
   const previous = select.value;
-  const { groups } = await api("/aggregate", { group_by: "namespace" });
-  const names = groups.map((g) => g.group).filter((g) => g !== null).sort();
+  const me = await api("/me");
+  $("whoami").textContent = me.namespace ? `${me.id} · ${me.namespace}` : "no authentication";
+  let names = [me.namespace];
+  if (me.namespace === null) {
+    const { groups } = await api("/aggregate", { group_by: "namespace" });
+    names = groups.map((g) => g.group).filter((g) => g !== null).sort();
+  }
   const options = names.length > 1 ? [["", "All namespaces"]] : [];
   for (const name of names) options.push([name, name]);
   if (options.length === 0) options.push(["", "—"]);
@@ -132,6 +138,8 @@ async function loadEvents(base) {
   $("events-first").disabled = $("events-prev").disabled;
   $("events-next").disabled = !page.next_cursor;
   $("events-latest").disabled = !page.next_cursor;
+  // How many pages of events have been shown (tests wait on it).
+  document.body.dataset.eventPages = String(Number(document.body.dataset.eventPages ?? 0) + 1);
 }
 
 async function loadLimiter() {
