@@ -1,18 +1,18 @@
-"""The ``usagewarden`` command line."""
+"""``usagewarden demo``: simulated agents sharing one limiter and one ledger."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import random
 import statistics
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ._core import AsyncSQLiteStore, RateLimiter, RateLimits, Usage, UsageEvent
+import click
+
+from .._core import AsyncSQLiteStore, RateLimiter, RateLimits, Usage, UsageEvent
 
 #: Simulated prices, USD per million input / output tokens.
 _MODELS = {"small-model": (0.15, 0.60), "large-model": (2.50, 10.00)}
@@ -151,28 +151,21 @@ async def _print_ledger_summary(store: AsyncSQLiteStore, start: datetime) -> Non
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="usagewarden", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser(
-        "demo", help="concurrent simulated agents sharing one limiter and one ledger"
-    )
-    demo.add_argument("--agents", type=int, default=4, help="number of agents (default 4)")
-    demo.add_argument("--calls", type=int, default=5, help="calls per agent (default 5)")
-    demo.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
-    demo.add_argument(
-        "--db",
-        type=Path,
-        default=Path("usagewarden-demo.db"),
-        help="SQLite ledger file (default ./usagewarden-demo.db)",
-    )
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        if args.agents < 1 or args.calls < 1:
-            parser.error("--agents and --calls must be at least 1")
-        asyncio.run(_demo(args.agents, args.calls, args.seed, args.db))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+@click.command()
+@click.option(
+    "--agents", type=click.IntRange(min=1), default=4, show_default=True, help="Number of agents."
+)
+@click.option(
+    "--calls", type=click.IntRange(min=1), default=5, show_default=True, help="Calls per agent."
+)
+@click.option("--seed", type=int, default=7, show_default=True, help="Random seed.")
+@click.option(
+    "--db",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("usagewarden-demo.db"),
+    show_default=True,
+    help="SQLite ledger file the demo records into.",
+)
+def demo(agents: int, calls: int, seed: int, db: Path) -> None:
+    """Concurrent simulated agents sharing one limiter and one ledger."""
+    asyncio.run(_demo(agents, calls, seed, db))

@@ -1,0 +1,5 @@
+"""``python -m usagewarden``: the command line."""
+
+from usagewarden.cli import main
+
+raise SystemExit(main())

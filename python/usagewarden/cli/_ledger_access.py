@@ -1,0 +1,78 @@
+"""Opening the ledger a command names with ``--db``: a path or a URL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+import usagewarden as uw
+
+#: The environment variable ``--db`` falls back on.
+DB_ENV = "USAGEWARDEN_DB"
+DEFAULT_DB = "usagewarden.db"
+
+_SQLITE_PREFIX = "sqlite:///"
+_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+class CommandError(click.ClickException):
+    """A failure the operator can fix, printed as one line."""
+
+
+def sqlite_path(db: str) -> Path | None:
+    """The file of a SQLite ledger (``sqlite:///relative.db``,
+    ``sqlite:////absolute.db`` or a plain path), or ``None`` for another URL."""
+    if db.startswith(_SQLITE_PREFIX):
+        rest = db[len(_SQLITE_PREFIX) :]
+        if not rest:
+            raise CommandError(f"--db: {db!r} names no file (e.g. sqlite:///usage.db)")
+        return Path(rest)
+    if db.startswith("sqlite:"):
+        raise CommandError(f"--db: {db!r} is not a SQLite URL; write sqlite:///path/to/usage.db")
+    if "://" in db:
+        return None
+    return Path(db)
+
+
+def is_postgres(db: str) -> bool:
+    return db.startswith(_POSTGRES_SCHEMES)
+
+
+def describe(db: str) -> str:
+    """``db`` as it can be shown: a URL without its password."""
+    if "://" not in db or "@" not in db:
+        return db
+    scheme, rest = db.split("://", 1)
+    credentials, host = rest.rsplit("@", 1)
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}@{host}" if user else f"{scheme}://{host}"
+
+
+def open_ledger(
+    db: str, *, asynchronous: bool = False, must_exist: bool = True, **options: Any
+) -> Any:
+    """The store ``db`` names. A SQLite file that does not exist is an error
+    unless ``must_exist`` is false (a typo must not create an empty ledger)."""
+    path = sqlite_path(db)
+    if path is not None:
+        if must_exist and not path.exists():
+            raise CommandError(f"no ledger at {str(path)!r}: give its path with --db or ${DB_ENV}")
+        if path.is_dir():
+            raise CommandError(f"--db: {str(path)!r} is a directory, not a ledger file")
+        store_class = uw.AsyncSQLiteStore if asynchronous else uw.SQLiteStore
+        return store_class(path, **options)
+    open_store = getattr(uw, "open_store", None)
+    if open_store is not None:
+        if asynchronous:
+            options["asynchronous"] = True
+        return open_store(db, **options)
+    if is_postgres(db):
+        raise CommandError(
+            f"--db: {describe(db)} needs the PostgreSQL backend, which this installation "
+            "of usagewarden does not have"
+        )
+    raise CommandError(
+        f"--db: {describe(db)!r} is neither a path nor a sqlite:/// or postgresql:// URL"
+    )
