@@ -14,6 +14,7 @@ __all__ = [
     "AsyncSQLiteStore",
     "Budget",
     "DEBUG_BUILD",
+    "MAX_ID_CHARS",
     "Decision",
     "Limit",
     "ManualClock",
@@ -35,6 +36,7 @@ __all__ = [
 
 __version__: str
 DEBUG_BUILD: bool
+MAX_ID_CHARS: int
 
 _Key: TypeAlias = str | tuple[str, ...]
 _T = TypeVar("_T")

@@ -650,7 +650,7 @@ class Warden:
         queueing sync store directly, a committing sync store in a thread."""
         try:
             if self._async_store:
-                await self.store.record(event)  # type: ignore[union-attr]
+                await self.store.record(event)  # type: ignore[union-attr,misc]
             elif self._sync_store_waits:
                 await asyncio.to_thread(self._sync_store.record, event)
             elif self._sync_store is not None:
