@@ -9,9 +9,9 @@ use super::reservation::PyReservation;
 use super::usage::PyUsage;
 use crate::clock::ns_to_seconds;
 use crate::error::CoreError;
-use crate::limiter::{Decision, LimiterSnapshot, RateLimiter, Reservation};
+use crate::limiter::{Decision, LimiterSnapshot, Observation, RateLimiter, Reservation};
 use crate::limits::LimitSpec;
-use crate::usage::Usage;
+use crate::usage::{Dimension, Usage};
 use parking_lot::Mutex;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::intern;
@@ -163,6 +163,30 @@ fn into_py_decision(_py: Python<'_>, d: Decision, key: Py<PyAny>) -> PyDecision 
             None => Slot::None,
         }),
     }
+}
+
+type ObservedArgs<'a, 'py> = (
+    Dimension,
+    Option<&'a Bound<'py, PyAny>>,
+    Option<&'a Bound<'py, PyAny>>,
+    &'static str,
+);
+
+/// `observe()`'s keyword pairs, every one checked before any is applied.
+pub(crate) fn observations(given: &[ObservedArgs<'_, '_>]) -> PyResult<Vec<Observation>> {
+    let mut out = Vec::new();
+    for (dimension, remaining, reset, name) in given {
+        let remaining = args::optional_count(*remaining, &format!("remaining_{name}"))?;
+        let reset_ns = args::optional_seconds(*reset, &format!("reset_{name}"), false)?;
+        if let Some(remaining) = remaining {
+            out.push(Observation {
+                dimension: *dimension,
+                remaining,
+                reset_ns,
+            });
+        }
+    }
+    Ok(out)
 }
 
 fn blocking_error(py: Python<'_>, err: CoreError, interrupt: Option<PyErr>) -> PyErr {
@@ -374,6 +398,69 @@ impl PyRateLimiter {
             }),
             Err(e) => Err(blocking_error(py, e, interrupt)),
         }
+    }
+
+    /// Admits nothing on `key` (every key of a tuple) for `seconds` from
+    /// now, as after a provider's 429 with Retry-After. A longer pause
+    /// extends one in force; a shorter one changes nothing.
+    fn pause(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        seconds: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let keys = args::keys(py, Some(key))?;
+        let duration = args::seconds(seconds, "seconds", true)?;
+        self.core.pause(&keys, duration).py_err(py)
+    }
+
+    /// Follows a provider's rate-limit headers: `remaining_*` is how much
+    /// more of that dimension (`tokens`: total tokens) the provider admits
+    /// until `reset_*` seconds from now. Where it is below what the limiter
+    /// would admit, the limiter admits no more than that until the reset.
+    #[pyo3(signature = (key, *, remaining_requests=None, remaining_tokens=None, remaining_input_tokens=None, remaining_output_tokens=None, reset_requests=None, reset_tokens=None, reset_input_tokens=None, reset_output_tokens=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn observe(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        remaining_requests: Option<&Bound<'_, PyAny>>,
+        remaining_tokens: Option<&Bound<'_, PyAny>>,
+        remaining_input_tokens: Option<&Bound<'_, PyAny>>,
+        remaining_output_tokens: Option<&Bound<'_, PyAny>>,
+        reset_requests: Option<&Bound<'_, PyAny>>,
+        reset_tokens: Option<&Bound<'_, PyAny>>,
+        reset_input_tokens: Option<&Bound<'_, PyAny>>,
+        reset_output_tokens: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let keys = args::keys(py, Some(key))?;
+        let observations = observations(&[
+            (
+                Dimension::Requests,
+                remaining_requests,
+                reset_requests,
+                "requests",
+            ),
+            (
+                Dimension::TotalTokens,
+                remaining_tokens,
+                reset_tokens,
+                "tokens",
+            ),
+            (
+                Dimension::InputTokens,
+                remaining_input_tokens,
+                reset_input_tokens,
+                "input_tokens",
+            ),
+            (
+                Dimension::OutputTokens,
+                remaining_output_tokens,
+                reset_output_tokens,
+                "output_tokens",
+            ),
+        ])?;
+        self.core.observe(&keys, &observations).py_err(py)
     }
 
     /// Usage counted for `key` within the longest limit window, or within
