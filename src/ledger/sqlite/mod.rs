@@ -389,6 +389,11 @@ impl SqliteStore {
         self.readers.lock().clear();
     }
 
+    /// Events queued but not yet committed.
+    pub fn queued(&self) -> u64 {
+        self.writer.counters.queued.load(Ordering::SeqCst)
+    }
+
     pub fn is_closed(&self) -> bool {
         self.writer.is_closed()
     }

@@ -10,6 +10,7 @@ use crate::error::CoreError;
 use crate::ledger::export::Format;
 use crate::ledger::sqlite::{Durability, LogLevel, SqliteStore, StoreOptions};
 use crate::python::args;
+use crate::python::asyncio::AcquireCoroutine;
 use crate::python::clock::ClockArg;
 use crate::python::errors::IntoPyResult;
 use crate::python::pricing::PyPricing;
@@ -114,32 +115,30 @@ impl StoreCore {
         })
     }
 
-    fn record(&self, event: &Bound<'_, PyAny>) -> PyResult<Job<String>> {
-        let event = extract_event(event, "event")?;
-        let store = self.store.clone();
-        Ok(job(move || store.record_valid(event)))
-    }
-
     /// The sync fast path: with room in the queue, queue the event without
     /// releasing the interpreter (a few hundred nanoseconds of work).
-    fn try_record_now(
-        &self,
-        py: Python<'_>,
-        event: &Bound<'_, PyAny>,
-    ) -> PyResult<Result<String, Job<String>>> {
+    fn try_record_now(&self, event: &Bound<'_, PyAny>) -> PyResult<Result<String, Job<String>>> {
         let shared = extract_event(event, "event")?;
         if self.store.durability() != Durability::Batch {
             let store = self.store.clone();
             return Ok(Err(job(move || store.record_valid(shared))));
         }
         let request_id = shared.request_id.clone();
-        match self.store.try_record_valid(shared).py_err(py)? {
-            None => Ok(Ok(request_id)),
-            Some(back) => {
+        match self.store.try_record_valid(shared) {
+            Ok(None) => Ok(Ok(request_id)),
+            Ok(Some(back)) => {
                 let store = self.store.clone();
                 Ok(Err(job(move || store.record_valid(back))))
             }
+            // Raised where the result is taken (at `await` for the async store).
+            Err(e) => Ok(Err(job(move || Err(e)))),
         }
+    }
+
+    /// Whether `flush` has anything to wait for: nothing queued on an open
+    /// store means everything recorded before the call is committed.
+    fn flush_needed(&self) -> bool {
+        self.store.is_closed() || self.store.queued() > 0
     }
 
     fn record_batch(&self, events: &Bound<'_, PyAny>) -> PyResult<Job<usize>> {
@@ -337,7 +336,7 @@ impl StoreCore {
 /// runs each job on the calling thread (interpreter released), the async
 /// class returns an awaitable that runs it on the tokio blocking pool.
 macro_rules! store_class {
-    ($name:ident, $pyname:literal, $run:ident, $record:ident, $ret:ty, $doc:literal, { $($extra:tt)* }) => {
+    ($name:ident, $pyname:literal, $run:ident, $record:ident, $flush:ident, $ret:ty, $doc:literal, { $($extra:tt)* }) => {
         #[doc = $doc]
         #[pyclass(frozen, name = $pyname, module = "usagewarden")]
         pub struct $name {
@@ -494,7 +493,7 @@ macro_rules! store_class {
 
             /// Returns once every event queued before the call is committed.
             fn flush<'py>(&self, py: Python<'py>) -> PyResult<$ret> {
-                $run(py, self.core.flush())
+                $flush(py, &self.core)
             }
 
             /// Commits what is queued and closes the store. Idempotent.
@@ -523,18 +522,41 @@ fn record_sync<'py>(
     core: &StoreCore,
     event: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    match core.try_record_now(py, event)? {
+    match core.try_record_now(event)? {
         Ok(request_id) => request_id.into_bound_py_any(py),
         Err(wait) => sync_result(py, wait),
     }
 }
 
+/// An awaitable that is already complete: awaiting it never yields to the loop.
+fn ready<'py, T: IntoPyObject<'py>>(py: Python<'py>, value: T) -> PyResult<Bound<'py, PyAny>> {
+    let value = value.into_py_any(py)?;
+    AcquireCoroutine::ready(value).into_bound_py_any(py)
+}
+
+/// Queued at once when there is room (no thread hop, no loop round trip);
+/// a full queue or `durability="commit"` parks on a future.
 fn record_async<'py>(
     py: Python<'py>,
     core: &StoreCore,
     event: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    run_async(py, core.record(event)?)
+    match core.try_record_now(event)? {
+        Ok(request_id) => ready(py, request_id),
+        Err(wait) => run_async(py, wait),
+    }
+}
+
+fn flush_async<'py>(py: Python<'py>, core: &StoreCore) -> PyResult<Bound<'py, PyAny>> {
+    if core.flush_needed() {
+        run_async(py, core.flush())
+    } else {
+        ready(py, ())
+    }
+}
+
+fn flush_sync<'py>(py: Python<'py>, core: &StoreCore) -> PyResult<Bound<'py, PyAny>> {
+    sync_result(py, core.flush())
 }
 
 store_class!(
@@ -542,6 +564,7 @@ store_class!(
     "SQLiteStore",
     sync_result,
     record_sync,
+    flush_sync,
     Bound<'py, PyAny>,
     "The usage ledger in an embedded SQLite file. One background writer batches events into transactions; reads use their own connections.",
     {
@@ -562,11 +585,12 @@ store_class!(
     "AsyncSQLiteStore",
     run_async,
     record_async,
+    flush_async,
     Bound<'py, PyAny>,
     "The SQLite ledger for asyncio: the same methods as SQLiteStore, as coroutines that never block the event loop.",
     {
-        fn __aenter__(slf: &Bound<'_, Self>) -> crate::python::asyncio::AcquireCoroutine {
-            crate::python::asyncio::AcquireCoroutine::ready(slf.clone().into_any().unbind())
+        fn __aenter__(slf: &Bound<'_, Self>) -> AcquireCoroutine {
+            AcquireCoroutine::ready(slf.clone().into_any().unbind())
         }
 
         /// The same ledger as a `SQLiteStore`, for threads and sync code
