@@ -40,11 +40,13 @@ from .errors import (
     StoreError,
     UsageWardenError,
 )
+from .store_protocol import AsyncMeteringStore, MeteringStore
 from .warden import Call, RunMeter, Warden
 
 __all__ = [
     "AcquireCoroutine",
     "Aggregate",
+    "AsyncMeteringStore",
     "AsyncSQLiteStore",
     "Budget",
     "BudgetCheck",
@@ -55,6 +57,7 @@ __all__ = [
     "Decision",
     "Limit",
     "ManualClock",
+    "MeteringStore",
     "Pricing",
     "RateLimitExceeded",
     "RateLimiter",

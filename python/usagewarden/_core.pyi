@@ -8,6 +8,8 @@ from typing import IO, Any, Generic, Literal, Protocol, TypeAlias, TypedDict, Ty
 
 from typing_extensions import Unpack
 
+from .store_protocol import AsyncMeteringStore, MeteringStore
+
 __all__ = [
     "AcquireCoroutine",
     "Aggregate",
@@ -567,7 +569,7 @@ class _BudgetCore:
     def __new__(
         cls,
         budgets: Sequence[Budget],
-        store: SQLiteStore | AsyncSQLiteStore,
+        store: MeteringStore | AsyncMeteringStore,
         clock: ManualClock | None = None,
         refresh_seconds: float | None = None,
     ) -> _BudgetCore: ...

@@ -19,16 +19,15 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from ._core import (
-    AsyncSQLiteStore,
     Budget,
     ManualClock,
     Pricing,
-    SQLiteStore,
     Usage,
     UsageEvent,
     _BudgetCore,
 )
 from .errors import BudgetExceeded
+from .store_protocol import AsyncMeteringStore, MeteringStore
 
 __all__ = ["BudgetCheck", "BudgetEngine"]
 
@@ -74,7 +73,7 @@ class BudgetEngine:
     def __init__(
         self,
         budgets: Sequence[Budget],
-        store: SQLiteStore | AsyncSQLiteStore,
+        store: MeteringStore | AsyncMeteringStore,
         pricing: Pricing | None = None,
         *,
         on_alert: AlertCallback | None = None,
@@ -89,7 +88,7 @@ class BudgetEngine:
         self._core = _BudgetCore(self.budgets, store, clock, refresh_seconds)
         self.store = store
         # Alerts and history are read and written from sync code.
-        self._sync_store = store.blocking() if isinstance(store, AsyncSQLiteStore) else store
+        self._sync_store = store.blocking() if isinstance(store, AsyncMeteringStore) else store
         self.pricing = pricing
         self.on_alert = on_alert
         self._by_name = {b.name: b for b in self.budgets}

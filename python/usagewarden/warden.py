@@ -20,16 +20,15 @@ from types import TracebackType
 from typing import Any
 
 from ._core import (
-    AsyncSQLiteStore,
     ManualClock,
     Pricing,
     RateLimiter,
     Reservation,
-    SQLiteStore,
     Usage,
     UsageEvent,
 )
 from .budgets import BudgetCheck, BudgetEngine
+from .store_protocol import AsyncMeteringStore, MeteringStore
 
 __all__ = ["Call", "RunMeter", "Warden"]
 
@@ -485,7 +484,7 @@ class Warden:
     def __init__(
         self,
         limiter: RateLimiter | None = None,
-        store: SQLiteStore | AsyncSQLiteStore | None = None,
+        store: MeteringStore | AsyncMeteringStore | None = None,
         *,
         agent_id: str = "agent",
         namespace: str = "default",
@@ -499,8 +498,10 @@ class Warden:
             raise TypeError("budgets: must be a usagewarden.BudgetEngine or None")
         if limiter is not None and not isinstance(limiter, RateLimiter):
             raise TypeError("limiter: must be a usagewarden.RateLimiter or None")
-        if store is not None and not isinstance(store, SQLiteStore | AsyncSQLiteStore):
-            raise TypeError("store: must be a usagewarden.SQLiteStore, AsyncSQLiteStore or None")
+        if store is not None and not isinstance(store, MeteringStore | AsyncMeteringStore):
+            raise TypeError(
+                "store: must be a usagewarden store (SQLiteStore, PostgresStore) or None"
+            )
         if clock is not None and not isinstance(clock, ManualClock):
             raise TypeError("clock: must be a usagewarden.ManualClock or None")
         UsageEvent(agent_id, "default", namespace=namespace)  # names the bad argument
@@ -508,12 +509,12 @@ class Warden:
             clock = limiter.clock  # one timeline for admissions, waits and events
         self.limiter = limiter
         self.store = store
-        self._async_store = store is not None and _is_async_store(store)
+        self._async_store = store if isinstance(store, AsyncMeteringStore) else None
         # Threads record through the same ledger's sync view.
-        self._sync_store: Any = store.blocking() if self._async_store else store  # type: ignore[union-attr]
+        self._sync_store = store.blocking() if isinstance(store, AsyncMeteringStore) else store
         # A sync store that commits before returning waits on the disk: off the loop.
         self._sync_store_waits = (
-            not self._async_store and getattr(store, "durability", "batch") == "commit"
+            self._async_store is None and store is not None and store.durability == "commit"
         )
         store_pricing = getattr(store, "pricing", None)
         budget_pricing = budgets.pricing if budgets is not None else None
@@ -649,10 +650,10 @@ class Warden:
         """Records without blocking the loop: an async store's awaitable, a
         queueing sync store directly, a committing sync store in a thread."""
         try:
-            if self._async_store:
-                await self.store.record(event)  # type: ignore[union-attr,misc]
+            if self._async_store is not None:
+                await self._async_store.record(event)
             elif self._sync_store_waits:
-                await asyncio.to_thread(self._sync_store.record, event)
+                await asyncio.to_thread(self._sync_store.record, event)  # type: ignore[union-attr]
             elif self._sync_store is not None:
                 self._sync_store.record(event)
         except Exception:  # the call already happened; metering must not fail it
@@ -683,12 +684,6 @@ def _with_cost(usage: Usage, cost: float | None) -> Usage:
         cache_write_tokens=usage.cache_write_tokens,
         cost=cost,
     )
-
-
-def _is_async_store(store: object) -> bool:
-    """An async store offers its sync view as ``blocking()`` (every async
-    backend does); a sync store's methods return their results."""
-    return callable(getattr(store, "blocking", None))
 
 
 def _validate_names(args: dict[str, Any], names: tuple[Any, ...]) -> None:

@@ -8,3 +8,4 @@ pub mod export;
 pub mod filters;
 pub mod redact;
 pub mod sqlite;
+pub mod store;

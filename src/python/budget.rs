@@ -7,7 +7,6 @@ use crate::ledger::filters::Filters;
 use crate::python::args;
 use crate::python::clock::ClockArg;
 use crate::python::errors::IntoPyResult;
-use crate::python::ledger::{PyAsyncSQLiteStore, PySQLiteStore};
 use crate::usage::nanos_to_usd;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
@@ -240,15 +239,9 @@ impl PyBudgetCore {
             })?;
             list.push(budget.get().inner.clone());
         }
-        let ledger = if let Ok(s) = store.cast::<PySQLiteStore>() {
-            s.get().core.store.clone()
-        } else if let Ok(s) = store.cast::<PyAsyncSQLiteStore>() {
-            s.get().core.store.clone()
-        } else {
-            return Err(PyTypeError::new_err(
-                "store must be a usagewarden.SQLiteStore or AsyncSQLiteStore",
-            ));
-        };
+        let ledger = crate::python::ledger::metering_store(store).ok_or_else(|| {
+            PyTypeError::new_err("store must be a usagewarden store (SQLiteStore, PostgresStore or their async twins)")
+        })?;
         let loader = Box::new(move |budget: &Budget, value: &str, start: i64, end: i64| {
             let totals = ledger.summary(&filters_for(budget, value, start, end))?;
             Ok(totals.cost_nanos.unwrap_or(0))

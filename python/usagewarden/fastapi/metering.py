@@ -10,7 +10,8 @@ from collections.abc import Callable
 from fastapi import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .._core import AsyncSQLiteStore, SQLiteStore, UsageEvent
+from .._core import UsageEvent
+from ..store_protocol import AsyncMeteringStore, MeteringStore
 
 logger = logging.getLogger("usagewarden")
 
@@ -30,21 +31,22 @@ class MeteringMiddleware:
     def __init__(
         self,
         app: ASGIApp,
-        store: SQLiteStore | AsyncSQLiteStore,
+        store: MeteringStore | AsyncMeteringStore,
         *,
         agent_id: str,
         consumer_func: ConsumerFunc | None = None,
         action: str = "http.request",
         namespace: str = "default",
     ) -> None:
-        if not isinstance(store, SQLiteStore | AsyncSQLiteStore):
-            raise TypeError("store: must be a usagewarden.SQLiteStore or AsyncSQLiteStore")
+        if not isinstance(store, MeteringStore | AsyncMeteringStore):
+            raise TypeError("store: must be a usagewarden store (SQLiteStore, PostgresStore, …)")
         if consumer_func is not None and not callable(consumer_func):
             raise TypeError("consumer_func: must be a callable taking the Request")
         # Validates agent_id, action and namespace now, not on the first request.
         UsageEvent(agent_id, "anonymous", action=action, namespace=namespace)
         self.app = app
         self.store = store
+        self._async_store = store if isinstance(store, AsyncMeteringStore) else None
         self.agent_id = agent_id
         self.consumer_func = consumer_func
         self.action = action
@@ -92,8 +94,8 @@ class MeteringMiddleware:
                 source="usagewarden.fastapi",
                 metadata={"route": template, "method": scope.get("method"), "status": status},
             )
-            if isinstance(self.store, AsyncSQLiteStore):
-                await self.store.record(event)
+            if self._async_store is not None:
+                await self._async_store.record(event)
             else:
                 await asyncio.to_thread(self.store.record, event)
         except Exception:  # metering must never affect the request it meters

@@ -13,9 +13,10 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import AwareDatetime, TypeAdapter, ValidationError
 
-from .._core import AsyncSQLiteStore, RateLimiter, UsageEvent, _events_from_json
+from .._core import RateLimiter, UsageEvent, _events_from_json
 from ..budgets import BudgetEngine
 from ..errors import ConflictError, StoreError
+from ..store_protocol import AsyncMeteringStore
 from ._errors import api_error
 from ._export_stream import open_export
 from ._requests import UsageRoute, argument_of, field_errors, parse_json, read_body
@@ -185,7 +186,7 @@ def _event_dicts(events: list[UsageEvent]) -> list[dict[str, Any]]:
 
 
 def usage_router(
-    store: AsyncSQLiteStore,
+    store: AsyncMeteringStore,
     *,
     auth: Callable[..., Awaitable[Principal]] | Callable[..., Principal] | None,
     prefix: str = "/usage",
@@ -206,8 +207,10 @@ def usage_router(
     ``auth=None, allow_unauthenticated=True`` and logs a warning.
     ``rate_limiter`` admits each request under the principal's id.
     """
-    if not isinstance(store, AsyncSQLiteStore):
-        raise TypeError("store: must be a usagewarden.AsyncSQLiteStore")
+    if not isinstance(store, AsyncMeteringStore):
+        raise TypeError(
+            "store: must be an async usagewarden store (AsyncSQLiteStore, AsyncPostgresStore)"
+        )
     if auth is None and not allow_unauthenticated:
         raise ValueError(
             "auth: is required; pass a dependency such as api_key_auth({...}), or "
@@ -512,7 +515,7 @@ def usage_router(
     return router
 
 
-async def _record(store: AsyncSQLiteStore, events: list[UsageEvent]) -> int:
+async def _record(store: AsyncMeteringStore, events: list[UsageEvent]) -> int:
     try:
         return await store.record_batch(events)
     except ConflictError as exc:

@@ -178,7 +178,6 @@ impl SqliteStore {
     /// Queues an already validated event without waiting: `Ok(None)` when
     /// queued, `Ok(Some(event))` handed back when the queue is full (the
     /// caller then waits in `record_valid`). Only for `Durability::Batch`.
-    #[cfg_attr(not(feature = "python"), allow(dead_code))]
     pub(crate) fn try_record_valid(
         &self,
         event: Arc<UsageEvent>,
@@ -396,6 +395,83 @@ impl SqliteStore {
 
     pub fn is_closed(&self) -> bool {
         self.writer.is_closed()
+    }
+}
+
+impl crate::ledger::store::MeteringStore for SqliteStore {
+    fn location(&self) -> String {
+        self.path.display().to_string()
+    }
+    fn durability(&self) -> Durability {
+        self.durability
+    }
+    fn retention_us(&self) -> Option<i64> {
+        self.retention_us
+    }
+    fn is_closed(&self) -> bool {
+        SqliteStore::is_closed(self)
+    }
+    fn queued(&self) -> u64 {
+        SqliteStore::queued(self)
+    }
+    fn record_valid(&self, event: Arc<UsageEvent>) -> CoreResult<String> {
+        SqliteStore::record_valid(self, event)
+    }
+    fn try_record_valid(&self, event: Arc<UsageEvent>) -> CoreResult<Option<Arc<UsageEvent>>> {
+        SqliteStore::try_record_valid(self, event)
+    }
+    fn record_batch_valid(&self, events: Vec<Arc<UsageEvent>>) -> CoreResult<usize> {
+        SqliteStore::record_batch_valid(self, events)
+    }
+    fn query(
+        &self,
+        filters: &Filters,
+        limit: Option<u64>,
+        offset: u64,
+    ) -> CoreResult<Vec<UsageEvent>> {
+        SqliteStore::query(self, filters, limit, offset)
+    }
+    fn page(
+        &self,
+        filters: &Filters,
+        limit: u64,
+        offset: u64,
+        cursor: Option<&str>,
+    ) -> CoreResult<(Vec<UsageEvent>, Option<String>)> {
+        SqliteStore::page(self, filters, limit, offset, cursor)
+    }
+    fn aggregate(&self, group_by: &str, tz: &str, filters: &Filters) -> CoreResult<Vec<Aggregate>> {
+        SqliteStore::aggregate(self, group_by, tz, filters)
+    }
+    fn summary(&self, filters: &Filters) -> CoreResult<Aggregate> {
+        SqliteStore::summary(self, filters)
+    }
+    fn distinct(&self, column: &str, filters: &Filters) -> CoreResult<Vec<(String, u64)>> {
+        SqliteStore::distinct(self, column, filters)
+    }
+    fn stats(&self) -> CoreResult<StoreStats> {
+        SqliteStore::stats(self)
+    }
+    fn reprice(&self, pricing: Arc<Pricing>, filters: &Filters) -> CoreResult<usize> {
+        SqliteStore::reprice(self, pricing, filters)
+    }
+    fn purge_expired(&self) -> CoreResult<usize> {
+        SqliteStore::purge_expired(self)
+    }
+    fn export(
+        &self,
+        filters: &Filters,
+        format: Format,
+        limit: Option<u64>,
+        out: &mut dyn Write,
+    ) -> CoreResult<u64> {
+        SqliteStore::export(self, filters, format, limit, out)
+    }
+    fn flush(&self) -> CoreResult<()> {
+        SqliteStore::flush(self)
+    }
+    fn close(&self) {
+        SqliteStore::close(self)
     }
 }
 

@@ -2,15 +2,15 @@
 
 mod event;
 mod filters;
-mod jobs;
+pub(crate) mod jobs;
 pub(crate) mod pytime;
 mod results;
 mod sink;
-mod store;
+pub(crate) mod store;
 
 pub(crate) use event::{_events_from_json, PyUsageEvent};
 pub(crate) use results::{PyAggregate, PyStoreStats};
-pub(crate) use store::{_close_all_stores, PyAsyncSQLiteStore, PySQLiteStore};
+pub(crate) use store::{_close_all_stores, metering_store, PyAsyncSQLiteStore, PySQLiteStore};
 
 /// `None` or the quoted string, for reprs.
 pub(crate) fn opt_repr(value: Option<&str>) -> String {

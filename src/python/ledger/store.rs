@@ -1,5 +1,6 @@
-//! `usagewarden.SQLiteStore` and `usagewarden.AsyncSQLiteStore`: the same
-//! Rust store, with blocking methods or coroutines.
+//! The store classes: one `StoreCore` over any `MeteringStore`, and the
+//! `store_class!` macro that makes a sync and an async class of each backend
+//! (`SQLiteStore`/`AsyncSQLiteStore` here).
 
 use super::event::{extract_event, PyUsageEvent};
 use super::filters;
@@ -8,7 +9,8 @@ use super::results::{PyAggregate, PyStoreStats};
 use super::sink::{AtomicFile, Destination};
 use crate::error::CoreError;
 use crate::ledger::export::Format;
-use crate::ledger::sqlite::{Durability, LogLevel, SqliteStore, StoreOptions};
+use crate::ledger::sqlite::{Durability, LogLevel, LogSink, SqliteStore, StoreOptions};
+use crate::ledger::store::MeteringStore;
 use crate::python::args;
 use crate::python::asyncio::AcquireCoroutine;
 use crate::python::clock::ClockArg;
@@ -24,12 +26,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 
 /// Every open store, so that interpreter exit can flush and close them.
-static OPEN_STORES: Mutex<Vec<Weak<SqliteStore>>> = Mutex::new(Vec::new());
+static OPEN_STORES: Mutex<Vec<Weak<dyn MeteringStore>>> = Mutex::new(Vec::new());
 
 /// Commits what every open store has queued and closes them (run at exit).
 #[pyfunction]
 pub(crate) fn _close_all_stores(py: Python<'_>) {
-    let stores: Vec<Arc<SqliteStore>> = {
+    let stores: Vec<Arc<dyn MeteringStore>> = {
         let mut open = OPEN_STORES.lock();
         open.retain(|s| s.strong_count() > 0);
         open.iter().filter_map(Weak::upgrade).collect()
@@ -52,11 +54,18 @@ fn log_to_python(level: LogLevel, message: &str) {
     });
 }
 
-/// The shared core of both store classes.
+/// Where the writers report failures: Python's `usagewarden` logger.
+pub(crate) fn python_log() -> LogSink {
+    Arc::new(log_to_python)
+}
+
+/// The shared core of every store class.
 pub(crate) struct StoreCore {
-    pub(crate) store: Arc<SqliteStore>,
+    pub(crate) store: Arc<dyn MeteringStore>,
     clock: ClockArg,
     pricing: Option<Py<PyPricing>>,
+    /// What the repr shows after the class name, e.g. `path="usage.db"`.
+    describe: String,
 }
 
 fn optional_pricing<'py>(
@@ -71,24 +80,23 @@ fn optional_pricing<'py>(
     }
 }
 
-impl StoreCore {
-    fn open(
-        py: Python<'_>,
-        path: Option<&Bound<'_, PyAny>>,
-        retention_seconds: Option<&Bound<'_, PyAny>>,
-        durability: Option<&Bound<'_, PyAny>>,
-        clock: Option<&Bound<'_, PyAny>>,
-        pricing: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<StoreCore> {
+/// The options every backend takes, checked once.
+pub(crate) struct CommonOptions<'py> {
+    pub(crate) retention_us: Option<i64>,
+    pub(crate) durability: Durability,
+    pub(crate) clock: ClockArg,
+    pub(crate) pricing: Option<Bound<'py, PyPricing>>,
+}
+
+impl<'py> CommonOptions<'py> {
+    pub(crate) fn extract(
+        py: Python<'py>,
+        retention_seconds: Option<&Bound<'py, PyAny>>,
+        durability: Option<&Bound<'py, PyAny>>,
+        clock: Option<&Bound<'py, PyAny>>,
+        pricing: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<CommonOptions<'py>> {
         let pricing = optional_pricing(pricing)?;
-        let path: PathBuf = match path {
-            Some(p) if !p.is_none() => py
-                .import("os")?
-                .call_method1("fspath", (p,))
-                .and_then(|p| p.extract())
-                .map_err(|_| PyTypeError::new_err("path must be a str or os.PathLike"))?,
-            _ => PathBuf::from("usagewarden.db"),
-        };
         let retention_us = args::optional_seconds(retention_seconds, "retention_seconds", true)?
             .map(|ns| (ns / 1_000) as i64);
         let durability = match durability {
@@ -97,22 +105,70 @@ impl StoreCore {
             }
             _ => Durability::Batch,
         };
-        let clock = ClockArg::extract(clock)?;
-        let options = StoreOptions {
-            path,
+        Ok(CommonOptions {
             retention_us,
             durability,
-            clock: clock.clock.clone(),
-            log: Arc::new(log_to_python),
-            pricing: pricing.as_ref().map(|p| p.get().inner.clone()),
+            clock: ClockArg::extract(clock)?,
+            pricing,
+        })
+    }
+
+    /// The pricing for the Rust store.
+    pub(crate) fn core_pricing(&self) -> Option<Arc<crate::pricing::Pricing>> {
+        self.pricing.as_ref().map(|p| p.get().inner.clone())
+    }
+
+    /// Wraps an opened store; it is closed at interpreter exit.
+    pub(crate) fn into_core(self, store: Arc<dyn MeteringStore>, describe: String) -> StoreCore {
+        OPEN_STORES.lock().push(Arc::downgrade(&store));
+        StoreCore {
+            store,
+            clock: self.clock,
+            pricing: self.pricing.map(Bound::unbind),
+            describe,
+        }
+    }
+}
+
+impl StoreCore {
+    fn open_sqlite(
+        py: Python<'_>,
+        path: Option<&Bound<'_, PyAny>>,
+        retention_seconds: Option<&Bound<'_, PyAny>>,
+        durability: Option<&Bound<'_, PyAny>>,
+        clock: Option<&Bound<'_, PyAny>>,
+        pricing: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<StoreCore> {
+        let common = CommonOptions::extract(py, retention_seconds, durability, clock, pricing)?;
+        let path: PathBuf = match path {
+            Some(p) if !p.is_none() => py
+                .import("os")?
+                .call_method1("fspath", (p,))
+                .and_then(|p| p.extract())
+                .map_err(|_| PyTypeError::new_err("path must be a str or os.PathLike"))?,
+            _ => PathBuf::from("usagewarden.db"),
+        };
+        let options = StoreOptions {
+            path,
+            retention_us: common.retention_us,
+            durability: common.durability,
+            clock: common.clock.clock.clone(),
+            log: python_log(),
+            pricing: common.core_pricing(),
         };
         let store = Arc::new(py.detach(|| SqliteStore::open(options)).py_err(py)?);
-        OPEN_STORES.lock().push(Arc::downgrade(&store));
-        Ok(StoreCore {
-            store,
-            clock,
-            pricing: pricing.map(Bound::unbind),
-        })
+        let describe = format!("path={:?}", store.location());
+        Ok(common.into_core(store, describe))
+    }
+
+    /// A second view of the same store (the async class's `blocking()`).
+    pub(crate) fn share(&self, py: Python<'_>) -> StoreCore {
+        StoreCore {
+            store: self.store.clone(),
+            clock: self.clock.clone_ref(py),
+            pricing: self.pricing.as_ref().map(|p| p.clone_ref(py)),
+            describe: self.describe.clone(),
+        }
     }
 
     /// The sync fast path: with room in the queue, queue the event without
@@ -316,8 +372,8 @@ impl StoreCore {
         }))
     }
 
-    fn path(&self) -> String {
-        self.store.path().display().to_string()
+    fn location(&self) -> String {
+        self.store.location()
     }
 
     fn durability(&self) -> &'static str {
@@ -332,11 +388,59 @@ impl StoreCore {
     }
 }
 
-/// Generates the two store classes from one list of methods: the sync class
-/// runs each job on the calling thread (interpreter released), the async
-/// class returns an awaitable that runs it on the tokio blocking pool.
+/// Generates a backend's store classes from one list of methods: the sync
+/// class runs each job on the calling thread (interpreter released), the
+/// async class returns an awaitable that runs it on the tokio blocking pool
+/// (or one already complete when the work is only in memory). Each backend
+/// gives its constructor and getters in the trailing block.
 macro_rules! store_class {
-    ($name:ident, $pyname:literal, $run:ident, $record:ident, $flush:ident, $ret:ty, $doc:literal, { $($extra:tt)* }) => {
+    (sync $name:ident, $pyname:literal, $doc:literal, { $($extra:tt)* }) => {
+        $crate::python::ledger::store::store_class!(@class $name, $pyname,
+            $crate::python::ledger::store::sync_result,
+            $crate::python::ledger::store::record_sync,
+            $crate::python::ledger::store::flush_sync, $doc, {
+            fn __enter__(slf: Py<Self>) -> Py<Self> {
+                slf
+            }
+
+            #[pyo3(signature = (*_args))]
+            fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, pyo3::types::PyTuple>) -> bool {
+                let store = self.core.store.clone();
+                py.detach(|| store.close());
+                false
+            }
+
+            $($extra)*
+        });
+    };
+    (async $name:ident, $pyname:literal, blocking = $sync:ident, $doc:literal, { $($extra:tt)* }) => {
+        $crate::python::ledger::store::store_class!(@class $name, $pyname,
+            $crate::python::ledger::jobs::run_async,
+            $crate::python::ledger::store::record_async,
+            $crate::python::ledger::store::flush_async, $doc, {
+            fn __aenter__(slf: &Bound<'_, Self>) -> $crate::python::asyncio::AcquireCoroutine {
+                $crate::python::asyncio::AcquireCoroutine::ready(slf.clone().into_any().unbind())
+            }
+
+            #[pyo3(signature = (*_args))]
+            fn __aexit__<'py>(&self, py: Python<'py>, _args: &Bound<'py, pyo3::types::PyTuple>) -> PyResult<Bound<'py, PyAny>> {
+                let store = self.core.store.clone();
+                $crate::python::ledger::jobs::run_async(py, $crate::python::ledger::jobs::job(move || {
+                    store.close();
+                    Ok(false)
+                }))
+            }
+
+            /// The same ledger for threads and sync code (one writer;
+            /// closing either closes both).
+            fn blocking(&self, py: Python<'_>) -> $sync {
+                $sync { core: self.core.share(py) }
+            }
+
+            $($extra)*
+        });
+    };
+    (@class $name:ident, $pyname:literal, $run:path, $record:path, $flush:path, $doc:literal, { $($extra:tt)* }) => {
         #[doc = $doc]
         #[pyclass(frozen, name = $pyname, module = "usagewarden")]
         pub struct $name {
@@ -345,20 +449,6 @@ macro_rules! store_class {
 
         #[pymethods]
         impl $name {
-            #[new]
-            #[pyo3(signature = (path=None, *, retention_seconds=None, durability=None, clock=None, pricing=None),
-                   text_signature = "(path='usagewarden.db', *, retention_seconds=None, durability='batch', clock=None, pricing=None)")]
-            fn new(
-                py: Python<'_>,
-                path: Option<&Bound<'_, PyAny>>,
-                retention_seconds: Option<&Bound<'_, PyAny>>,
-                durability: Option<&Bound<'_, PyAny>>,
-                clock: Option<&Bound<'_, PyAny>>,
-                pricing: Option<&Bound<'_, PyAny>>,
-            ) -> PyResult<Self> {
-                Ok($name { core: StoreCore::open(py, path, retention_seconds, durability, clock, pricing)? })
-            }
-
             /// The prices that fill in the cost of events recorded without one.
             #[getter]
             fn pricing(&self, py: Python<'_>) -> Option<Py<PyPricing>> {
@@ -374,14 +464,10 @@ macro_rules! store_class {
                 py: Python<'py>,
                 pricing: &Bound<'py, PyAny>,
                 filters: Option<&Bound<'py, PyDict>>,
-            ) -> PyResult<$ret> {
+            ) -> PyResult<Bound<'py, PyAny>> {
                 $run(py, self.core.reprice(pricing, filters)?)
             }
 
-            #[getter]
-            fn path(&self) -> String {
-                self.core.path()
-            }
             #[getter]
             fn durability(&self) -> &'static str {
                 self.core.durability()
@@ -400,12 +486,12 @@ macro_rules! store_class {
             }
 
             /// Records one event; returns its request id.
-            fn record<'py>(&self, py: Python<'py>, event: &Bound<'py, PyAny>) -> PyResult<$ret> {
+            fn record<'py>(&self, py: Python<'py>, event: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
                 $record(py, &self.core, event)
             }
 
             /// Records every event in one transaction, or none; returns how many were new.
-            fn record_batch<'py>(&self, py: Python<'py>, events: &Bound<'py, PyAny>) -> PyResult<$ret> {
+            fn record_batch<'py>(&self, py: Python<'py>, events: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
                 $run(py, self.core.record_batch(events)?)
             }
 
@@ -417,7 +503,7 @@ macro_rules! store_class {
                 limit: Option<&Bound<'py, PyAny>>,
                 offset: Option<&Bound<'py, PyAny>>,
                 filters: Option<&Bound<'py, PyDict>>,
-            ) -> PyResult<$ret> {
+            ) -> PyResult<Bound<'py, PyAny>> {
                 $run(py, self.core.query(limit, offset, filters)?)
             }
 
@@ -433,7 +519,7 @@ macro_rules! store_class {
                 offset: Option<&Bound<'py, PyAny>>,
                 cursor: Option<&Bound<'py, PyAny>>,
                 filters: Option<&Bound<'py, PyDict>>,
-            ) -> PyResult<$ret> {
+            ) -> PyResult<Bound<'py, PyAny>> {
                 $run(py, self.core.page(limit, offset, cursor, filters)?)
             }
 
@@ -446,34 +532,34 @@ macro_rules! store_class {
                 group_by: &Bound<'py, PyAny>,
                 tz: Option<&Bound<'py, PyAny>>,
                 filters: Option<&Bound<'py, PyDict>>,
-            ) -> PyResult<$ret> {
+            ) -> PyResult<Bound<'py, PyAny>> {
                 $run(py, self.core.aggregate(group_by, tz, filters)?)
             }
 
             /// Totals over every matching event (group `"all"`).
             #[pyo3(signature = (**filters))]
-            fn summary<'py>(&self, py: Python<'py>, filters: Option<&Bound<'py, PyDict>>) -> PyResult<$ret> {
+            fn summary<'py>(&self, py: Python<'py>, filters: Option<&Bound<'py, PyDict>>) -> PyResult<Bound<'py, PyAny>> {
                 $run(py, self.core.summary(filters)?)
             }
 
             /// `(agent_id, events)` for every agent matching the filters.
             #[pyo3(signature = (**filters))]
-            fn agents<'py>(&self, py: Python<'py>, filters: Option<&Bound<'py, PyDict>>) -> PyResult<$ret> {
+            fn agents<'py>(&self, py: Python<'py>, filters: Option<&Bound<'py, PyDict>>) -> PyResult<Bound<'py, PyAny>> {
                 $run(py, self.core.distinct("agent_id", filters)?)
             }
 
             /// `(consumer_id, events)` for every consumer matching the filters.
             #[pyo3(signature = (**filters))]
-            fn consumers<'py>(&self, py: Python<'py>, filters: Option<&Bound<'py, PyDict>>) -> PyResult<$ret> {
+            fn consumers<'py>(&self, py: Python<'py>, filters: Option<&Bound<'py, PyDict>>) -> PyResult<Bound<'py, PyAny>> {
                 $run(py, self.core.distinct("consumer_id", filters)?)
             }
 
-            fn stats<'py>(&self, py: Python<'py>) -> PyResult<$ret> {
+            fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
                 $run(py, self.core.stats())
             }
 
             /// Deletes events older than now − retention; returns how many.
-            fn purge_expired<'py>(&self, py: Python<'py>) -> PyResult<$ret> {
+            fn purge_expired<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
                 $run(py, self.core.purge_expired())
             }
 
@@ -487,22 +573,22 @@ macro_rules! store_class {
                 format: Option<&Bound<'py, PyAny>>,
                 limit: Option<&Bound<'py, PyAny>>,
                 filters: Option<&Bound<'py, PyDict>>,
-            ) -> PyResult<$ret> {
+            ) -> PyResult<Bound<'py, PyAny>> {
                 $run(py, self.core.export(dest, format, limit, filters)?)
             }
 
             /// Returns once every event queued before the call is committed.
-            fn flush<'py>(&self, py: Python<'py>) -> PyResult<$ret> {
+            fn flush<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
                 $flush(py, &self.core)
             }
 
             /// Commits what is queued and closes the store. Idempotent.
-            fn close<'py>(&self, py: Python<'py>) -> PyResult<$ret> {
+            fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
                 $run(py, self.core.close())
             }
 
             fn __repr__(&self) -> String {
-                format!("{}(path={:?}, durability={:?})", $pyname, self.core.path(), self.core.durability())
+                format!("{}({}, durability={:?})", $pyname, self.core.describe, self.core.durability())
             }
 
             $($extra)*
@@ -510,14 +596,16 @@ macro_rules! store_class {
     };
 }
 
-fn sync_result<'py, T: IntoPyObject<'py> + Send>(
+pub(crate) use store_class;
+
+pub(crate) fn sync_result<'py, T: IntoPyObject<'py> + Send>(
     py: Python<'py>,
     job: Job<T>,
 ) -> PyResult<Bound<'py, PyAny>> {
     run_sync(py, job)?.into_bound_py_any(py)
 }
 
-fn record_sync<'py>(
+pub(crate) fn record_sync<'py>(
     py: Python<'py>,
     core: &StoreCore,
     event: &Bound<'py, PyAny>,
@@ -536,7 +624,7 @@ fn ready<'py, T: IntoPyObject<'py>>(py: Python<'py>, value: T) -> PyResult<Bound
 
 /// Queued at once when there is room (no thread hop, no loop round trip);
 /// a full queue or `durability="commit"` parks on a future.
-fn record_async<'py>(
+pub(crate) fn record_async<'py>(
     py: Python<'py>,
     core: &StoreCore,
     event: &Bound<'py, PyAny>,
@@ -547,7 +635,7 @@ fn record_async<'py>(
     }
 }
 
-fn flush_async<'py>(py: Python<'py>, core: &StoreCore) -> PyResult<Bound<'py, PyAny>> {
+pub(crate) fn flush_async<'py>(py: Python<'py>, core: &StoreCore) -> PyResult<Bound<'py, PyAny>> {
     if core.flush_needed() {
         run_async(py, core.flush())
     } else {
@@ -555,63 +643,57 @@ fn flush_async<'py>(py: Python<'py>, core: &StoreCore) -> PyResult<Bound<'py, Py
     }
 }
 
-fn flush_sync<'py>(py: Python<'py>, core: &StoreCore) -> PyResult<Bound<'py, PyAny>> {
+pub(crate) fn flush_sync<'py>(py: Python<'py>, core: &StoreCore) -> PyResult<Bound<'py, PyAny>> {
     sync_result(py, core.flush())
 }
 
-store_class!(
-    PySQLiteStore,
-    "SQLiteStore",
-    sync_result,
-    record_sync,
-    flush_sync,
-    Bound<'py, PyAny>,
-    "The usage ledger in an embedded SQLite file. One background writer batches events into transactions; reads use their own connections.",
-    {
-        fn __enter__(slf: Py<Self>) -> Py<Self> {
-            slf
-        }
-
-        #[pyo3(signature = (*_args))]
-        fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, pyo3::types::PyTuple>) -> bool {
-            let store = self.core.store.clone();
-            py.detach(|| store.close());
-            false
-        }
-    }
-);
-store_class!(
-    PyAsyncSQLiteStore,
-    "AsyncSQLiteStore",
-    run_async,
-    record_async,
-    flush_async,
-    Bound<'py, PyAny>,
-    "The SQLite ledger for asyncio: the same methods as SQLiteStore, as coroutines that never block the event loop.",
-    {
-        fn __aenter__(slf: &Bound<'_, Self>) -> AcquireCoroutine {
-            AcquireCoroutine::ready(slf.clone().into_any().unbind())
-        }
-
-        /// The same ledger as a `SQLiteStore`, for threads and sync code
-        /// (one writer, one file; closing either closes both).
-        fn blocking(&self, py: Python<'_>) -> PySQLiteStore {
-            PySQLiteStore {
-                core: StoreCore {
-                    store: self.core.store.clone(),
-                    clock: self.core.clock.clone_ref(py),
-                    pricing: self.core.pricing.as_ref().map(|p| p.clone_ref(py)),
-                },
+/// Both SQLite classes: the constructor and the `path` getter.
+macro_rules! sqlite_store_class {
+    ($($head:tt)*) => {
+        store_class!($($head)* {
+            #[new]
+            #[pyo3(signature = (path=None, *, retention_seconds=None, durability=None, clock=None, pricing=None),
+                   text_signature = "(path='usagewarden.db', *, retention_seconds=None, durability='batch', clock=None, pricing=None)")]
+            fn new(
+                py: Python<'_>,
+                path: Option<&Bound<'_, PyAny>>,
+                retention_seconds: Option<&Bound<'_, PyAny>>,
+                durability: Option<&Bound<'_, PyAny>>,
+                clock: Option<&Bound<'_, PyAny>>,
+                pricing: Option<&Bound<'_, PyAny>>,
+            ) -> PyResult<Self> {
+                Ok(Self { core: StoreCore::open_sqlite(py, path, retention_seconds, durability, clock, pricing)? })
             }
-        }
 
-        #[pyo3(signature = (*_args))]
-        fn __aexit__<'py>(&self, py: Python<'py>, _args: &Bound<'py, pyo3::types::PyTuple>) -> PyResult<Bound<'py, PyAny>> {
-            let store = self.core.store.clone();
-            run_async(py, job(move || {
-                store.close();
-                Ok(false)
-            }))
-        }
-    }
+            #[getter]
+            fn path(&self) -> String {
+                self.core.location()
+            }
+        });
+    };
+}
+
+sqlite_store_class!(
+    sync PySQLiteStore,
+    "SQLiteStore",
+    "The usage ledger in an embedded SQLite file. One background writer batches events into transactions; reads use their own connections.",
 );
+sqlite_store_class!(
+    async PyAsyncSQLiteStore,
+    "AsyncSQLiteStore",
+    blocking = PySQLiteStore,
+    "The SQLite ledger for asyncio: the same methods as SQLiteStore, as coroutines that never block the event loop.",
+);
+
+/// The Rust store behind any store object, sync or async, of any backend.
+pub(crate) fn metering_store(store: &Bound<'_, PyAny>) -> Option<Arc<dyn MeteringStore>> {
+    macro_rules! first_of {
+        ($($class:ty),*) => {
+            $(if let Ok(s) = store.cast::<$class>() {
+                return Some(s.get().core.store.clone());
+            })*
+        };
+    }
+    first_of!(PySQLiteStore, PyAsyncSQLiteStore);
+    None
+}

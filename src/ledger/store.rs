@@ -1,0 +1,66 @@
+//! `MeteringStore`: the one contract every ledger backend implements, so the
+//! bindings, the budgets and the HTTP router work on any of them.
+
+use crate::error::CoreResult;
+use crate::ledger::event::UsageEvent;
+use crate::ledger::export::Format;
+use crate::ledger::filters::Filters;
+use crate::pricing::Pricing;
+use std::io::Write;
+use std::sync::Arc;
+
+pub use crate::ledger::sqlite::{Aggregate, Durability, StoreStats};
+
+/// A usage ledger. Every method may block (the bindings call them with the
+/// interpreter released, or on the blocking pool) except `try_record_valid`
+/// and the accessors, which only touch memory.
+pub trait MeteringStore: Send + Sync {
+    /// Where the ledger lives, for reprs and logs (never a password).
+    fn location(&self) -> String;
+    fn durability(&self) -> Durability;
+    fn retention_us(&self) -> Option<i64>;
+    fn is_closed(&self) -> bool;
+    /// Events queued but not yet committed.
+    fn queued(&self) -> u64;
+
+    /// Records an event already validated; returns its request id. With
+    /// `Durability::Commit` a conflicting duplicate is a `Conflict` error.
+    fn record_valid(&self, event: Arc<UsageEvent>) -> CoreResult<String>;
+    /// Queues an event without waiting (`Durability::Batch` only): `Ok(None)`
+    /// when queued, the event handed back when the queue is full.
+    fn try_record_valid(&self, event: Arc<UsageEvent>) -> CoreResult<Option<Arc<UsageEvent>>>;
+    /// Records every event in one transaction, or none; returns how many were new.
+    fn record_batch_valid(&self, events: Vec<Arc<UsageEvent>>) -> CoreResult<usize>;
+
+    fn query(
+        &self,
+        filters: &Filters,
+        limit: Option<u64>,
+        offset: u64,
+    ) -> CoreResult<Vec<UsageEvent>>;
+    fn page(
+        &self,
+        filters: &Filters,
+        limit: u64,
+        offset: u64,
+        cursor: Option<&str>,
+    ) -> CoreResult<(Vec<UsageEvent>, Option<String>)>;
+    fn aggregate(&self, group_by: &str, tz: &str, filters: &Filters) -> CoreResult<Vec<Aggregate>>;
+    fn summary(&self, filters: &Filters) -> CoreResult<Aggregate>;
+    /// Distinct agents (`"agent_id"`) or consumers (`"consumer_id"`) with their event counts.
+    fn distinct(&self, column: &str, filters: &Filters) -> CoreResult<Vec<(String, u64)>>;
+    fn stats(&self) -> CoreResult<StoreStats>;
+    fn reprice(&self, pricing: Arc<Pricing>, filters: &Filters) -> CoreResult<usize>;
+    fn purge_expired(&self) -> CoreResult<usize>;
+    fn export(
+        &self,
+        filters: &Filters,
+        format: Format,
+        limit: Option<u64>,
+        out: &mut dyn Write,
+    ) -> CoreResult<u64>;
+    /// Returns once every event queued before the call is committed.
+    fn flush(&self) -> CoreResult<()>;
+    /// Commits what is queued and closes the store. Idempotent.
+    fn close(&self);
+}
