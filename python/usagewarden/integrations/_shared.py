@@ -120,3 +120,34 @@ def chat_completions_settings(settings: dict[str, Any] | None) -> dict[str, Any]
     options.setdefault("include_usage", True)
     merged["stream_options"] = options
     return merged
+
+
+#: Attributes where frameworks keep the provider SDK client of a model object.
+_SDK_CLIENT_ATTRS = ("client", "_client", "root_async_client", "async_client", "root_client")
+
+
+def sync_provider_client(warden: Any, model: object, key: Any = None) -> None:
+    """Installs the ``usagewarden.integrations.httpx`` hooks on the provider
+    SDK client a model object holds (once per client), so the SDK's retries,
+    429s and rate-limit headers reach the warden's limiter. A model with no
+    httpx-based client is left as it is."""
+    limiter = getattr(warden, "limiter", None)
+    if limiter is None or not callable(getattr(limiter, "observe", None)):
+        return
+    try:
+        from .httpx import ProviderSync, model_of
+    except ImportError:  # no httpx: nothing to hook into
+        return
+    for attr in _SDK_CLIENT_ATTRS:
+        client = getattr(model, attr, None)
+        http = getattr(client, "_client", None)
+        hooks = getattr(http, "event_hooks", None)
+        if not isinstance(hooks, dict):
+            continue
+        if any(isinstance(getattr(h, "__self__", None), ProviderSync) for h in hooks["request"]):
+            continue  # already synchronised (by this adapter or by the user)
+        sync = ProviderSync(limiter, key=model_of if key is None else (lambda _request: key))
+        try:
+            sync.install(client)
+        except TypeError:
+            continue

@@ -346,10 +346,11 @@ class ProviderSync:
         if not isinstance(http, clients):
             raise TypeError("client: must be an httpx client or an SDK client built on one")
         hooks = self.async_hooks() if isinstance(http, _ASYNC_CLIENTS) else self.hooks()
-        current = http.event_hooks
+        target: Any = http
+        current = target.event_hooks
         if any(getattr(h, "__self__", None) is self for h in current.get("request", [])):
             return client
-        http.event_hooks = {
+        target.event_hooks = {
             "request": [*current.get("request", []), *hooks["request"]],
             "response": [*current.get("response", []), *hooks["response"]],
         }

@@ -55,6 +55,7 @@ from ._shared import (  # noqa: E402
     estimate_text_tokens,
     output_reserve,
     settle_reported,
+    sync_provider_client,
     text_chars,
 )
 
@@ -426,6 +427,7 @@ class UsageWardenMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         self.timeout = check_timeout(timeout)
 
     def _call(self, request: ModelRequest[Any], *, blocking: bool) -> Call:
+        sync_provider_client(self.warden, request.model, self.key)
         kwargs: dict[str, Any] = {
             "key": self.key,
             "agent_id": self.agent_id or _agent_name(_runnable_metadata()),

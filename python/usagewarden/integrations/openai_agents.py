@@ -47,6 +47,7 @@ from ._shared import (  # noqa: E402
     estimate_text_tokens,
     output_reserve,
     settle_reported,
+    sync_provider_client,
     text_chars,
 )
 
@@ -141,6 +142,7 @@ class UsageWardenHooks(RunHooks[Any]):
         input_items: list[TResponseInputItem],
     ) -> None:
         await self.close_abandoned()
+        sync_provider_client(self.warden, agent.model, self.key)
         metadata: dict[str, Any] = {"integration": "openai-agents"}
         trace = get_current_trace()
         trace_id = getattr(trace, "trace_id", None)

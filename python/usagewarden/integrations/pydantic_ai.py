@@ -61,6 +61,7 @@ from ._shared import (  # noqa: E402
     check_timeout,
     output_reserve,
     settle_reported,
+    sync_provider_client,
     text_chars,
     tokens_of_chars,
 )
@@ -321,6 +322,7 @@ class RateLimitedModel(WrapperModel):
         self.timeout = timeout
         self.default_max_tokens = default_max_tokens
         self.use_count_tokens = count_tokens
+        sync_provider_client(warden, self.wrapped, key)
 
     async def _call(
         self,
@@ -432,6 +434,7 @@ class UsageWardenCapability(AbstractCapability[Any]):
     ) -> ModelResponse:
         """Waits for capacity, runs the request step, settles to its usage."""
         model = request_context.model
+        sync_provider_client(self.warden, model, self.key)
         call = await _open_call(
             self.warden,
             model=model,
