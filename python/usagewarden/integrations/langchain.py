@@ -454,12 +454,15 @@ class UsageWardenMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
     @staticmethod
     def _with_stream_usage(request: ModelRequest[Any]) -> ModelRequest[Any]:
         """Asks a model that can report usage in streams but was not told to
-        (ChatOpenAI's ``stream_usage`` is unset on a custom ``base_url``) to do so."""
-        if getattr(request.model, "stream_usage", False) is not None:
+        (ChatOpenAI's ``stream_usage`` is unset on a custom ``base_url``) to
+        do so, on a copy of the model (the user's object is left alone)."""
+        model = request.model
+        if getattr(model, "stream_usage", False) is not None:
             return request
-        if "stream_usage" in request.model_settings:
+        copy = getattr(model, "model_copy", None)
+        if not callable(copy):
             return request
-        return request.override(model_settings={**request.model_settings, "stream_usage": True})
+        return request.override(model=copy(update={"stream_usage": True}))
 
     def wrap_model_call(
         self,
