@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -460,3 +461,10 @@ class ProviderServer:
         self._server.should_exit = True
         self._thread.join(timeout=10)
         self._socket.close()
+
+
+@pytest.fixture(scope="module", name="provider")
+def provider_fixture() -> Iterator[FakeProvider]:
+    """The fake provider on uvicorn, one per test module (``reset()`` it per test)."""
+    with ProviderServer(FakeProvider()) as fake:
+        yield fake

@@ -6,7 +6,6 @@ tighten the limiter."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,7 +16,7 @@ openai = pytest.importorskip("openai")
 anthropic = pytest.importorskip("anthropic")
 
 import usagewarden as uw  # noqa: E402
-from fake_provider import FakeProvider, ProviderServer  # noqa: E402
+from fake_provider import FakeProvider, provider_fixture  # noqa: E402,F401
 from usagewarden.integrations.httpx import (  # noqa: E402
     ProviderLimits,
     ProviderSync,
@@ -197,12 +196,6 @@ def test_bad_arguments_are_named() -> None:
 
 
 # Against the fake provider, with the real SDKs.
-
-
-@pytest.fixture(scope="module")
-def provider() -> Iterator[FakeProvider]:
-    with ProviderServer(FakeProvider()) as fake:
-        yield fake
 
 
 @pytest.fixture(autouse=True)

@@ -23,7 +23,7 @@ pytest.importorskip("agents")
 
 import usagewarden as uw  # noqa: E402
 from agent_helpers import SpyWarden, assert_replay  # noqa: E402
-from fake_provider import FakeProvider, ProviderServer, Served  # noqa: E402
+from fake_provider import FakeProvider, Served, provider_fixture  # noqa: E402,F401
 
 warnings.filterwarnings("ignore", category=DeprecationWarning, module="anthropic")
 
@@ -34,12 +34,6 @@ PRICES = {
     GPT: {"input": 2.0, "output": 8.0, "cache_read": 0.5},
     CLAUDE: {"input": 1.0, "output": 5.0, "cache_read": 0.1, "cache_write": 1.25},
 }
-
-
-@pytest.fixture(scope="module")
-def provider() -> Iterator[FakeProvider]:
-    with ProviderServer(FakeProvider()) as fake:
-        yield fake
 
 
 @pytest.fixture(autouse=True)
@@ -478,3 +472,30 @@ def test_langchain_sync_invoke(
     for _ in model.stream("stream"):
         pass
     assert_ledger_matches(store, provider)
+
+
+async def test_a_stream_without_usage_keeps_its_estimate_and_warns_once(
+    provider: FakeProvider,
+    store: uw.SQLiteStore,
+    clock: uw.ManualClock,
+    pricing: uw.Pricing,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from usagewarden.integrations import _shared
+
+    _shared._warned.discard("pydantic-ai")
+    provider.stream_usage = False  # a server that ignores stream_options.include_usage
+    warden = warden_for(store, clock)
+    agent = pydantic_agent("model", openai_chat_model(provider), warden)
+    with caplog.at_level("WARNING", logger="usagewarden"):
+        for _ in range(2):
+            async with agent.run_stream("Say something") as stream:
+                await stream.get_output()
+    events = assert_ledger_matches(store, provider)
+    assert all((e.metadata or {}).get("estimated") for e in events)
+    assert_priced_once(events, pricing)  # priced from the estimate, not 0.0
+    assert all(e.cost is not None and e.cost > 0 for e in events)
+    hints = [r for r in caplog.records if "reported no token usage" in r.getMessage()]
+    assert len(hints) == 1
+    assert warden.limiter is not None
+    assert warden.limiter.usage(GPT).total_tokens == sum(e.total_tokens for e in events) > 0

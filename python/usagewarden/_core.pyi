@@ -349,6 +349,7 @@ class UsageEvent:
         request_id: str | None = None,
         source: str | None = None,
         metadata: dict[str, Any] | None = None,
+        timestamp_us: int | None = None,
     ) -> UsageEvent: ...
     @property
     def agent_id(self) -> str: ...

@@ -304,15 +304,17 @@ class Call:
         except Exception:  # the call happened; accounting must not fail it
             logger.exception("usagewarden: could not settle a call's budget reservation")
 
-    def _price(self, usage: Usage, at: datetime) -> float | None:
+    def _price(self, usage: Usage) -> float | None:
         """The call's one cost: the caller's, else the warden's pricing at
         the moment the call was admitted; None when the model has no price."""
         if self._cost is not None:
             return self._cost
         pricing = self.warden.pricing
-        if pricing is None or self.model is None:
+        if pricing is None or self.model is None or self._started_at is None:
             return None
-        return pricing.cost(self.model, usage, at)
+        return pricing.cost(
+            self.model, usage, datetime.fromtimestamp(self._started_at, tz=timezone.utc)
+        )
 
     def _finish(self, exc: BaseException | None) -> UsageEvent | None:
         if self._finished:
@@ -339,8 +341,7 @@ class Call:
             metadata["estimated"] = True
         usage = self._settled
         assert usage is not None and self._started_at is not None
-        at = datetime.fromtimestamp(self._started_at, tz=timezone.utc)
-        cost = self._price(usage, at)
+        cost = self._price(usage)
         if self.reservation is not None and not self.reservation.cancelled:
             self.reservation.settle(
                 input_tokens=usage.input_tokens,
@@ -371,7 +372,7 @@ class Call:
                 duration_ms=duration_ms,
                 api_calls=1,
                 cost=cost,
-                timestamp=at,
+                timestamp_us=round(self._started_at * 1_000_000),
                 request_id=self._request_id,
                 source=self._source,
                 metadata=metadata or None,
@@ -637,9 +638,6 @@ class Warden:
     def _now(self) -> float:
         """For durations."""
         return self.clock.now() if self.clock is not None else time.perf_counter()
-
-    def _wall_time(self) -> datetime:
-        return datetime.fromtimestamp(self._clock_now(), tz=timezone.utc)
 
     def _clock_now(self) -> float:
         """Seconds since the Unix epoch on the limiter's timeline (its system

@@ -4,10 +4,12 @@ Three pieces, for three places LangChain lets code in:
 
 - ``UsageWardenRateLimiter``: a ``BaseRateLimiter`` for ``rate_limiter=`` on
   any chat model. LangChain asks it only for permission, before each request,
-  and never shows it the prompt or the response, so it counts requests (and a
-  fixed number of tokens per request, if given); it records nothing.
+  and never shows it the prompt or the response, so it reserves requests (and
+  a fixed number of tokens per request, if given); it records nothing.
 - ``UsageWardenCallbackHandler``: records one ``UsageEvent`` per model call from
-  the callbacks, with the tokens the provider reported; it limits nothing.
+  the callbacks, with the tokens the provider reported; it limits nothing, but
+  given the rate limiter (``rate_limiter=``) it settles the limiter's
+  reservations to those tokens.
 - ``UsageWardenMiddleware``: a ``create_agent`` middleware that sees the
   request and the response, so it does both, token-aware: it waits for
   capacity on an estimate before the call and settles to the reported usage.
@@ -324,17 +326,7 @@ class UsageWardenCallbackHandler(AsyncCallbackHandler):
         call = self._pop(run_id, parent_run_id, _reported_model(response))
         if call.model is None:
             call.model = clip_id(_reported_model(response))
-        tokens = _usage_of_result(response) or _Tokens()
-        settle_reported(
-            call,
-            input_tokens=tokens.input,
-            output_tokens=tokens.output,
-            cache_read_tokens=tokens.cache_read,
-            cache_write_tokens=tokens.cache_write,
-            output_chars=_output_chars(response),
-            framework="LangChain",
-            how_to_report=_HOW_TO_REPORT,
-        )
+        _settle_tokens(call, _usage_of_result(response) or _Tokens(), _output_chars(response))
         if self.rate_limiter is not None and call.usage is not None:
             self.rate_limiter.settle_oldest(
                 call.usage.input_tokens,
@@ -518,14 +510,20 @@ def _settle(call: Call, response: object) -> None:
         (t for t in map(_usage_of_message, messages) if t is not None and (t.input or t.output)),
         _Tokens(),
     )
+    output_chars = text_chars([getattr(m, "content", None) for m in messages]) + text_chars(
+        [getattr(m, "tool_calls", None) for m in messages]
+    )
+    _settle_tokens(call, tokens, output_chars)
+
+
+def _settle_tokens(call: Call, tokens: _Tokens, output_chars: int) -> None:
     settle_reported(
         call,
         input_tokens=tokens.input,
         output_tokens=tokens.output,
         cache_read_tokens=tokens.cache_read,
         cache_write_tokens=tokens.cache_write,
-        output_chars=text_chars([getattr(m, "content", None) for m in messages])
-        + text_chars([getattr(m, "tool_calls", None) for m in messages]),
+        output_chars=output_chars,
         framework="LangChain",
         how_to_report=_HOW_TO_REPORT,
     )
