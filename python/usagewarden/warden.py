@@ -41,7 +41,6 @@ _entered_runs: ContextVar[tuple[Token[RunMeter | None], ...]] = ContextVar(
     "usagewarden_entered_runs", default=()
 )
 
-_TOKEN_ARGS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
 
 #: Exceptions that end a call the provider has already started billing: the
 #: request was sent and abandoned, so at least its input is counted.
@@ -59,6 +58,13 @@ def _count(value: object, name: str) -> int:
     if value < 0:
         raise ValueError(f"{name} must be >= 0, got {value}")
     return value
+
+
+def _fast_count(value: Any, name: str) -> int:
+    """``_count`` for the hot path: a plain int is taken at once."""
+    if type(value) is int and value >= 0:
+        return value
+    return _count(value, name)
 
 
 def _optional_text(value: object, name: str) -> str | None:
@@ -231,21 +237,19 @@ class Call:
             raise RuntimeError("settle: the call has not started (use it with `async with`)")
         if self._settled is not None:
             raise ValueError("settle: the call is already settled")
-        given = {
-            "input_tokens": self.estimate.input_tokens if input_tokens is None else input_tokens,
-            "output_tokens": self.estimate.output_tokens
-            if output_tokens is None
-            else output_tokens,
-            "cache_read_tokens": cache_read_tokens,
-            "cache_write_tokens": cache_write_tokens,
-        }
-        for name, value in given.items():
-            _count(value, name)
         if cost is not None and (
             isinstance(cost, bool) or not isinstance(cost, int | float) or not cost >= 0
         ):
             raise ValueError(f"cost must be a finite number >= 0 or None, got {cost!r}")
-        self._settled = Usage(requests=1, cost=cost or 0.0, **given)
+        # Usage checks each count (an int >= 0) and names the one that is not.
+        self._settled = Usage(
+            requests=1,
+            input_tokens=self.estimate.input_tokens if input_tokens is None else input_tokens,
+            output_tokens=self.estimate.output_tokens if output_tokens is None else output_tokens,
+            cache_read_tokens=cache_read_tokens,
+            cache_write_tokens=cache_write_tokens,
+            cost=cost or 0.0,
+        )
         self._cost = cost
         self._estimated = bool(estimated)
         return self._settled
@@ -324,7 +328,7 @@ class Call:
         metadata = dict(self._metadata) if self._metadata else {}
         if self.run is not None:
             metadata["run_id"] = self.run.run_id
-        if self.waited > 0:
+        if self.waited >= 0.001:  # not the clocks' microsecond apart
             metadata["waited_ms"] = round(self.waited * 1000)
         if exc is not None:
             metadata["error"] = type(exc).__name__
@@ -605,9 +609,16 @@ class Warden:
         if metadata is not None and not isinstance(metadata, dict):
             raise TypeError(f"metadata must be a dict or None, not {type(metadata).__name__}")
         action = args["action"]
-        agent_id = args["agent_id"] or (run.agent_id if run else self.agent_id)
-        consumer_id = args["consumer_id"] or (run.consumer_id if run else "default")
-        task_id = args["task_id"] or (run.task_id if run else None)
+        # `is None`, not `or`: an empty name stays and is refused by the check below.
+        agent_id = args["agent_id"]
+        if agent_id is None:
+            agent_id = run.agent_id if run else self.agent_id
+        consumer_id = args["consumer_id"]
+        if consumer_id is None:
+            consumer_id = run.consumer_id if run else "default"
+        task_id = args["task_id"]
+        if task_id is None and run is not None:
+            task_id = run.task_id
         request_id, source = args["request_id"], args["source"]
         names = (agent_id, consumer_id, task_id, model, action, request_id, source)
         if names not in _VALIDATED:
@@ -627,8 +638,8 @@ class Warden:
             task_id=task_id,
             run=run,
             action=action,
-            input_tokens=_count(args["input_tokens"], "input_tokens"),
-            max_output_tokens=_count(args["max_output_tokens"], "max_output_tokens"),
+            input_tokens=_fast_count(args["input_tokens"], "input_tokens"),
+            max_output_tokens=_fast_count(args["max_output_tokens"], "max_output_tokens"),
             timeout=timeout,
             metadata=metadata,
             request_id=request_id,
