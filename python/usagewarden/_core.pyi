@@ -17,6 +17,7 @@ __all__ = [
     "AsyncSQLiteStore",
     "Budget",
     "DEBUG_BUILD",
+    "MAX_ID_CHARS",
     "Decision",
     "Limit",
     "ManualClock",
@@ -41,6 +42,7 @@ __all__ = [
 
 __version__: str
 DEBUG_BUILD: bool
+MAX_ID_CHARS: int
 
 _Key: TypeAlias = str | tuple[str, ...]
 _T = TypeVar("_T")
@@ -448,6 +450,7 @@ class UsageEvent:
         request_id: str | None = None,
         source: str | None = None,
         metadata: dict[str, Any] | None = None,
+        timestamp_us: int | None = None,
     ) -> UsageEvent: ...
     @property
     def agent_id(self) -> str: ...

@@ -23,6 +23,8 @@ use pyo3::prelude::*;
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("DEBUG_BUILD", cfg!(debug_assertions))?;
+    // The longest identifier the ledger accepts, so adapters clip to the same rule.
+    m.add("MAX_ID_CHARS", crate::ledger::event::MAX_ID_CHARS)?;
     m.add_class::<usage::PyUsage>()?;
     m.add_class::<clock::PyManualClock>()?;
     m.add_class::<limits::PyLimit>()?;

@@ -51,8 +51,8 @@ impl PyUsageEvent {
         signature = (agent_id, consumer_id, *, task_id=None, namespace=None, action=None, model=None,
                      tokens_in=None, tokens_out=None, cache_read_tokens=None, cache_write_tokens=None,
                      duration_ms=None, api_calls=None, units=None, cost=None, timestamp=None,
-                     request_id=None, source=None, metadata=None),
-        text_signature = "(agent_id, consumer_id, *, task_id=None, namespace='default', action='llm.request', model=None, tokens_in=0, tokens_out=0, cache_read_tokens=0, cache_write_tokens=0, duration_ms=0, api_calls=0, units=0, cost=None, timestamp=None, request_id=None, source=None, metadata=None)"
+                     request_id=None, source=None, metadata=None, timestamp_us=None),
+        text_signature = "(agent_id, consumer_id, *, task_id=None, namespace='default', action='llm.request', model=None, tokens_in=0, tokens_out=0, cache_read_tokens=0, cache_write_tokens=0, duration_ms=0, api_calls=0, units=0, cost=None, timestamp=None, request_id=None, source=None, metadata=None, timestamp_us=None)"
     )]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -75,7 +75,21 @@ impl PyUsageEvent {
         request_id: Option<&Bound<'_, PyAny>>,
         source: Option<&Bound<'_, PyAny>>,
         metadata: Option<&Bound<'_, PyAny>>,
+        timestamp_us: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
+        // The time as integer UTC microseconds, for callers that keep time as
+        // numbers (the Warden): no datetime built only to be taken apart.
+        let given_us = match timestamp_us {
+            Some(t) if !t.is_none() => {
+                if timestamp.is_some_and(|t| !t.is_none()) {
+                    return Err(PyTypeError::new_err(
+                        "give timestamp or timestamp_us, not both",
+                    ));
+                }
+                Some(args::count(Some(t), "timestamp_us", 0)?)
+            }
+            _ => None,
+        };
         let metadata = match metadata {
             Some(m) if !m.is_none() => {
                 if !m.is_instance_of::<PyDict>() {
@@ -112,8 +126,11 @@ impl PyUsageEvent {
             api_calls: args::count(api_calls, "api_calls", 0)?,
             units: args::count(units, "units", 0)?,
             cost_nanos: args::optional_cost(cost, "cost")?,
-            timestamp_us: match timestamp {
-                Some(t) if !t.is_none() => pytime::to_us(t, "timestamp", false)?,
+            timestamp_us: match (given_us, timestamp) {
+                (Some(us), _) => i64::try_from(us).map_err(|_| {
+                    PyValueError::new_err(format!("timestamp_us is out of range, got {us}"))
+                })?,
+                (None, Some(t)) if !t.is_none() => pytime::to_us(t, "timestamp", false)?,
                 _ => pytime::now_us(),
             },
             request_id: args::optional_text(request_id, "request_id")?
