@@ -28,8 +28,9 @@ pub trait MeteringStore: Send + Sync {
     /// Records an event already validated; returns its request id. With
     /// `Durability::Commit` a conflicting duplicate is a `Conflict` error.
     fn record_valid(&self, event: Arc<UsageEvent>) -> CoreResult<String>;
-    /// Queues an event without waiting (`Durability::Batch` only): `Ok(None)`
-    /// when queued, the event handed back when the queue is full.
+    /// Queues an event without waiting: `Ok(None)` when queued (the writer
+    /// commits it later, whatever the durability), the event handed back
+    /// when the queue is full.
     fn try_record_valid(&self, event: Arc<UsageEvent>) -> CoreResult<Option<Arc<UsageEvent>>>;
     /// Records every event in one transaction, or none; returns how many were
     /// new. With a `timeout`, a failing database errs when it passes, and

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import AwareDatetime, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from .._core import RateLimiter, UsageEvent, _events_from_json
 from ..budgets import BudgetEngine
@@ -35,6 +35,7 @@ from .models import (
     Purged,
     Recorded,
     StatsOut,
+    Timestamp,
     Totals,
     Validation,
     batch_adapter,
@@ -90,10 +91,10 @@ async def _filters(
     model: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
     action: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
     start: Annotated[
-        AwareDatetime | None, Query(description="Inclusive; ISO 8601 with an offset.")
+        Timestamp | None, Query(description="Inclusive; ISO 8601 with an offset.")
     ] = None,
     end: Annotated[
-        AwareDatetime | None, Query(description="Inclusive; ISO 8601 with an offset.")
+        Timestamp | None, Query(description="Inclusive; ISO 8601 with an offset.")
     ] = None,
 ) -> dict[str, Any]:
     """The ledger filters, from the query string."""

@@ -187,13 +187,15 @@ impl SqliteStore {
     }
 
     /// Queues an already validated event without waiting: `Ok(None)` when
-    /// queued, `Ok(Some(event))` handed back when the queue is full (the
-    /// caller then waits in `record_valid`). Only for `Durability::Batch`.
+    /// queued, `Ok(Some(event))` handed back when the queue is full. With
+    /// `Durability::Batch` the caller then waits in `record_valid`; callers
+    /// that must never wait (request metering) count it instead. Whatever
+    /// the durability, a queued event is committed by the writer later.
+    #[cfg_attr(not(feature = "python"), allow(dead_code))]
     pub(crate) fn try_record_valid(
         &self,
         event: Arc<UsageEvent>,
     ) -> CoreResult<Option<Arc<UsageEvent>>> {
-        debug_assert_eq!(self.durability, Durability::Batch);
         self.writer.try_record(event)
     }
 

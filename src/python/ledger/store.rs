@@ -215,6 +215,12 @@ impl StoreCore {
         self.store.is_closed() || self.store.queued() > 0
     }
 
+    /// Queues the event if the queue has room now, never waiting.
+    fn record_nowait(&self, py: Python<'_>, event: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let shared = extract_event(event, "event")?;
+        Ok(self.store.try_record_valid(shared).py_err(py)?.is_none())
+    }
+
     fn record_batch(
         &self,
         events: &Bound<'_, PyAny>,
@@ -554,6 +560,14 @@ macro_rules! store_class {
             /// Records one event; returns its request id.
             fn record<'py>(&self, py: Python<'py>, event: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
                 $record(py, &self.core, event)
+            }
+
+            /// Queues one event without waiting, whatever the durability: True
+            /// when queued (the writer commits it), False when the queue is
+            /// full (nothing queued). For callers that must never block, such
+            /// as request metering; a plain call on both store classes.
+            fn record_nowait(&self, py: Python<'_>, event: &Bound<'_, PyAny>) -> PyResult<bool> {
+                self.core.record_nowait(py, event)
             }
 
             /// Records every event in one transaction, or none; returns how many were new.
