@@ -1,6 +1,8 @@
 //! The usage ledger: one append-only event per billable action.
 
 pub mod buckets;
+pub mod chain;
+pub mod chain_verify;
 pub mod cursor;
 pub mod event;
 pub mod event_json;

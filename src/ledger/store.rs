@@ -1,7 +1,8 @@
 //! `MeteringStore`: the one contract every ledger backend implements, so the
 //! bindings, the budgets and the HTTP router work on any of them.
 
-use crate::error::CoreResult;
+use crate::error::{CoreError, CoreResult};
+use crate::ledger::chain_verify::{Checkpoint, PositionRange, Receipt, VerifyReport};
 use crate::ledger::event::UsageEvent;
 use crate::ledger::export::Format;
 use crate::ledger::filters::Filters;
@@ -75,4 +76,29 @@ pub trait MeteringStore: Send + Sync {
     /// what could not be committed by then (never dropping an acknowledged
     /// event); errs only if that failed. Idempotent.
     fn close(&self, grace: Duration) -> CoreResult<()>;
+
+    /// Recomputes the hash chain of `namespace` (every namespace when
+    /// `None`) over `range`, checking the `anchors` on the way; the report
+    /// names the first problem. Must read one consistent snapshot.
+    fn verify(
+        &self,
+        _namespace: Option<&str>,
+        _range: PositionRange,
+        _anchors: &[Checkpoint],
+    ) -> CoreResult<VerifyReport> {
+        Err(not_supported("verify"))
+    }
+    /// The canonical payload of one committed event, its place in the chain
+    /// and the digests around it.
+    fn receipt(&self, _request_id: &str, _namespace: &str) -> CoreResult<Receipt> {
+        Err(not_supported("receipt"))
+    }
+    /// The head of `namespace`'s chain over the committed events.
+    fn checkpoint(&self, _namespace: &str) -> CoreResult<Checkpoint> {
+        Err(not_supported("checkpoint"))
+    }
+}
+
+fn not_supported(what: &str) -> CoreError {
+    CoreError::Store(format!("{what} is not supported by this backend yet"))
 }

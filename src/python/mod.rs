@@ -41,6 +41,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ledger::PyAsyncSQLiteStore>()?;
     m.add_class::<ledger::PyPostgresStore>()?;
     m.add_class::<ledger::PyAsyncPostgresStore>()?;
+    m.add_class::<ledger::PyCheckpoint>()?;
+    m.add_class::<ledger::PyReceipt>()?;
+    m.add_class::<ledger::PyVerifyReport>()?;
+    m.add_class::<ledger::PyVerifyProblem>()?;
     m.add_class::<pricing::PyPricing>()?;
     m.add_class::<budget::PyBudget>()?;
     m.add_class::<budget::PyBudgetCore>()?;

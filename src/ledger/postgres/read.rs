@@ -78,6 +78,7 @@ pub fn event_from_row(row: &Row) -> UsageEvent {
         request_id: row.get(15),
         source: row.get(16),
         metadata: row.get(17),
+        artifact_digest: None,
     }
 }
 

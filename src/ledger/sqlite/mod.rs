@@ -1,5 +1,6 @@
 //! The embedded SQLite ledger: one background writer, pooled readers.
 
+mod chain;
 mod faults;
 mod insert;
 mod read;
@@ -18,6 +19,7 @@ pub use writer::{Counters, LogLevel, WriteJob, MAX_GROUP, QUEUE_CAPACITY};
 use crate::clock::Clock;
 use crate::error::{CoreError, CoreResult};
 use crate::ledger::buckets::{parse_tz, GroupBy};
+use crate::ledger::chain_verify::{Checkpoint, PositionRange, Receipt, VerifyReport};
 use crate::ledger::cursor::Cursor;
 use crate::ledger::event::UsageEvent;
 use crate::ledger::export::{write_events, Format};
@@ -424,6 +426,27 @@ impl SqliteStore {
         closed
     }
 
+    /// Recomputes the hash chains (see `MeteringStore::verify`).
+    pub fn verify(
+        &self,
+        namespace: Option<&str>,
+        range: PositionRange,
+        anchors: &[Checkpoint],
+    ) -> CoreResult<VerifyReport> {
+        range.validate()?;
+        let now = self.now_us();
+        self.read(|c| chain::verify(c, namespace, range, anchors, now))
+    }
+
+    pub fn receipt(&self, request_id: &str, namespace: &str) -> CoreResult<Receipt> {
+        self.read(|c| chain::receipt(c, namespace, request_id))
+    }
+
+    pub fn checkpoint(&self, namespace: &str) -> CoreResult<Checkpoint> {
+        let now = self.now_us();
+        self.read(|c| chain::checkpoint(c, namespace, now))
+    }
+
     /// Events queued but not yet committed.
     pub fn queued(&self) -> u64 {
         self.writer.counters.queued.load(Ordering::SeqCst)
@@ -512,6 +535,20 @@ impl crate::ledger::store::MeteringStore for SqliteStore {
     }
     fn close(&self, grace: Duration) -> CoreResult<()> {
         SqliteStore::close_within(self, grace)
+    }
+    fn verify(
+        &self,
+        namespace: Option<&str>,
+        range: PositionRange,
+        anchors: &[Checkpoint],
+    ) -> CoreResult<VerifyReport> {
+        SqliteStore::verify(self, namespace, range, anchors)
+    }
+    fn receipt(&self, request_id: &str, namespace: &str) -> CoreResult<Receipt> {
+        SqliteStore::receipt(self, request_id, namespace)
+    }
+    fn checkpoint(&self, namespace: &str) -> CoreResult<Checkpoint> {
+        SqliteStore::checkpoint(self, namespace)
     }
 }
 

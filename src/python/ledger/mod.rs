@@ -1,5 +1,6 @@
 //! Bindings for the usage ledger.
 
+mod audit;
 mod event;
 mod filters;
 pub(crate) mod jobs;
@@ -9,6 +10,7 @@ mod results;
 mod sink;
 pub(crate) mod store;
 
+pub(crate) use audit::{PyCheckpoint, PyReceipt, PyVerifyProblem, PyVerifyReport};
 pub(crate) use event::{_events_from_json, PyUsageEvent};
 pub(crate) use postgres::{PyAsyncPostgresStore, PyPostgresStore};
 pub(crate) use results::{PyAggregate, PyStoreStats};

@@ -2,12 +2,15 @@
 //! `store_class!` macro that makes a sync and an async class of each backend
 //! (`SQLiteStore`/`AsyncSQLiteStore` here).
 
+use super::audit::{checkpoints_arg, PyCheckpoint, PyReceipt, PyVerifyReport};
 use super::event::{extract_event, PyUsageEvent};
 use super::filters;
 use super::jobs::{job, run_async, run_sync, Job};
 use super::results::{PyAggregate, PyStoreStats};
 use super::sink::{AtomicFile, Destination};
 use crate::error::CoreError;
+use crate::ledger::chain_verify::PositionRange;
+use crate::ledger::event::DEFAULT_NAMESPACE;
 use crate::ledger::export::Format;
 use crate::ledger::sqlite::{Durability, LogLevel, LogSink, SqliteStore, StoreOptions, CLOSE_GRACE};
 use crate::ledger::store::MeteringStore;
@@ -29,6 +32,11 @@ use std::time::Duration;
 /// `timeout=` in seconds, > 0, or `None`.
 pub(crate) fn timeout_arg(timeout: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Duration>> {
     Ok(args::optional_seconds(timeout, "timeout", true)?.map(Duration::from_nanos))
+}
+
+/// `namespace=`: a str, or `None` for the default namespace.
+fn namespace_arg(namespace: Option<&Bound<'_, PyAny>>) -> PyResult<String> {
+    Ok(args::optional_text(namespace, "namespace")?.unwrap_or_else(|| DEFAULT_NAMESPACE.into()))
 }
 
 /// Every open store, so that interpreter exit can flush and close them.
@@ -392,6 +400,53 @@ impl StoreCore {
         }))
     }
 
+    pub(crate) fn verify(
+        &self,
+        namespace: Option<&Bound<'_, PyAny>>,
+        start: Option<&Bound<'_, PyAny>>,
+        end: Option<&Bound<'_, PyAny>>,
+        checkpoints: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Job<PyVerifyReport>> {
+        let namespace = args::optional_text(namespace, "namespace")?;
+        let position = |v: Option<u64>| v.map(|p| p.min(i64::MAX as u64) as i64);
+        let range = PositionRange {
+            start: position(args::optional_count(start, "start")?),
+            end: position(args::optional_count(end, "end")?),
+        };
+        let anchors = checkpoints_arg(checkpoints)?;
+        let store = self.store.clone();
+        Ok(job(move || {
+            Ok(PyVerifyReport {
+                inner: store.verify(namespace.as_deref(), range, &anchors)?,
+            })
+        }))
+    }
+
+    pub(crate) fn receipt(
+        &self,
+        request_id: &Bound<'_, PyAny>,
+        namespace: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Job<PyReceipt>> {
+        let request_id = args::text(request_id, "request_id")?;
+        let namespace = namespace_arg(namespace)?;
+        let store = self.store.clone();
+        Ok(job(move || {
+            Ok(PyReceipt {
+                inner: store.receipt(&request_id, &namespace)?,
+            })
+        }))
+    }
+
+    pub(crate) fn checkpoint(&self, namespace: Option<&Bound<'_, PyAny>>) -> PyResult<Job<PyCheckpoint>> {
+        let namespace = namespace_arg(namespace)?;
+        let store = self.store.clone();
+        Ok(job(move || {
+            Ok(PyCheckpoint {
+                inner: store.checkpoint(&namespace)?,
+            })
+        }))
+    }
+
     pub(crate) fn location(&self) -> String {
         self.store.location()
     }
@@ -626,6 +681,41 @@ macro_rules! store_class {
             #[pyo3(signature = (*, timeout=None))]
             fn close<'py>(&self, py: Python<'py>, timeout: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
                 $run(py, self.core.close($crate::python::ledger::store::timeout_arg(timeout)?))
+            }
+
+            /// Recomputes the hash chain of `namespace` (every namespace when
+            /// `None`) between chain positions `start` and `end` (inclusive),
+            /// checking the anchored `checkpoints` (Checkpoint objects or their
+            /// dicts) on the way. The report names the first altered, missing,
+            /// inserted or reordered row.
+            #[pyo3(signature = (namespace=None, *, start=None, end=None, checkpoints=None))]
+            fn verify<'py>(
+                &self,
+                py: Python<'py>,
+                namespace: Option<&Bound<'py, PyAny>>,
+                start: Option<&Bound<'py, PyAny>>,
+                end: Option<&Bound<'py, PyAny>>,
+                checkpoints: Option<&Bound<'py, PyAny>>,
+            ) -> PyResult<Bound<'py, PyAny>> {
+                $run(py, self.core.verify(namespace, start, end, checkpoints)?)
+            }
+
+            /// The chain receipt of a committed event: its canonical payload,
+            /// position and the digests before and after it.
+            #[pyo3(signature = (request_id, *, namespace=None), text_signature = "(self, request_id, *, namespace='default')")]
+            fn receipt<'py>(
+                &self,
+                py: Python<'py>,
+                request_id: &Bound<'py, PyAny>,
+                namespace: Option<&Bound<'py, PyAny>>,
+            ) -> PyResult<Bound<'py, PyAny>> {
+                $run(py, self.core.receipt(request_id, namespace)?)
+            }
+
+            /// The head of `namespace`'s chain over the committed events, to anchor elsewhere.
+            #[pyo3(signature = (namespace=None), text_signature = "(self, namespace='default')")]
+            fn checkpoint<'py>(&self, py: Python<'py>, namespace: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
+                $run(py, self.core.checkpoint(namespace)?)
             }
 
             fn __repr__(&self) -> String {
