@@ -131,9 +131,9 @@ def throttled_peer(url: str, rpm: int, tpm: int, prefix: str) -> Op:
 
     store = RedisStore(server=url)
     requests = Throttled(using="sliding_window", quota=per_min(rpm), store=store,
-                         key_prefix=prefix + "r:")  # fmt: skip
+                         key_prefix=prefix + "r")  # fmt: skip
     tokens = Throttled(using="sliding_window", quota=per_min(tpm), store=store,
-                       key_prefix=prefix + "t:")  # fmt: skip
+                       key_prefix=prefix + "t")  # fmt: skip
 
     def call(key: str) -> bool:
         return not requests.limit(key).limited and not tokens.limit(key, cost=TOKENS).limited
@@ -167,7 +167,7 @@ def median_us(make: Callable[[str, int, int, str], Op], url: str, keys: list[str
               samples: int) -> float:  # fmt: skip
     results = []
     for s in range(samples):
-        op = make(url, HUGE_RPM, HUGE_TPM, f"bench{s}:{time.perf_counter_ns()}:")
+        op = make(url, HUGE_RPM, HUGE_TPM, f"bench{s}x{time.perf_counter_ns()}")
         for key in keys[: min(len(keys), 100)]:
             op(key)  # connect and warm up
         results.append(timed(op, keys, calls))
@@ -188,7 +188,7 @@ def fill_case(url: str, contenders: dict[str, Callable[..., Op]], calls: int) ->
     for name, make in contenders.items():
         if name.startswith("PING") or "moving" in name:
             continue  # the moving window stores one member per token: 1.8M members
-        op = make(url, HUGE_RPM, FILL_TPM, f"fill:{time.perf_counter_ns()}:")
+        op = make(url, HUGE_RPM, FILL_TPM, f"fill{time.perf_counter_ns()}")
         blocks = []
         for _ in range(calls // 1_000):
             blocks.append(timed(op, ["filling"], 1_000))
@@ -219,7 +219,7 @@ async def acquire_case(url: str, calls: int, samples: int) -> float:
 def parallel_worker(args: tuple[str, str, float]) -> int:
     name, url, seconds = args
     warnings.simplefilter("ignore")
-    op = CONTENDERS[name](url, HUGE_RPM, HUGE_TPM, "parallel:")
+    op = CONTENDERS[name](url, HUGE_RPM, HUGE_TPM, "parallel")
     op("shared")
     done = 0
     deadline = time.perf_counter() + seconds
@@ -249,8 +249,9 @@ def main() -> None:
     warnings.simplefilter("ignore")
     import usagewarden as uw
 
-    print(f"usagewarden {uw.__version__} (debug build: {uw.DEBUG_BUILD}), Python "
-          f"{sys.version.split()[0]}, {os.cpu_count()} CPUs; {calls} calls x {samples} samples")  # fmt: skip
+    python = sys.version.split()[0]
+    print(f"usagewarden {uw.__version__} (debug build: {uw.DEBUG_BUILD}), Python {python}, "
+          f"{os.cpu_count()} CPUs; {calls} calls x {samples} samples")  # fmt: skip
     with tempfile.TemporaryDirectory() as directory:
         server, url = start_redis(directory)
         try:
@@ -258,7 +259,7 @@ def main() -> None:
             one = {n: median_us(m, url, ["k"], calls, samples) for n, m in CONTENDERS.items()}
             report("try_acquire, RPM + TPM, 1 key", one)
             keys = [f"key{i}" for i in range(N_KEYS)]
-            many = {n: median_us(m, url, keys, max(calls, N_KEYS), samples)
+            many = {n: median_us(m, url, keys, N_KEYS, max(1, samples // 2))
                     for n, m in CONTENDERS.items()}  # fmt: skip
             report(f"try_acquire, RPM + TPM, {N_KEYS:,} keys in turn", many)
             acquire = asyncio.run(acquire_case(url, calls, samples))

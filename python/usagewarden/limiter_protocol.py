@@ -22,6 +22,8 @@ class Limiter(Protocol):
 
     @property
     def limits(self) -> RateLimits: ...
+    @property
+    def per_key(self) -> dict[str, RateLimits]: ...
 
     def try_acquire(
         self,

@@ -22,12 +22,12 @@ from typing import Any
 from ._core import (
     ManualClock,
     Pricing,
-    RateLimiter,
     Reservation,
     Usage,
     UsageEvent,
 )
 from .budgets import BudgetCheck, BudgetEngine
+from .limiter_protocol import Limiter
 from .store_protocol import AsyncMeteringStore, MeteringStore
 
 __all__ = ["Call", "RunMeter", "Warden"]
@@ -488,7 +488,7 @@ class Warden:
 
     def __init__(
         self,
-        limiter: RateLimiter | None = None,
+        limiter: Limiter | None = None,
         store: MeteringStore | AsyncMeteringStore | None = None,
         *,
         agent_id: str = "agent",
@@ -501,8 +501,10 @@ class Warden:
             raise TypeError("pricing: must be a usagewarden.Pricing or None")
         if budgets is not None and not isinstance(budgets, BudgetEngine):
             raise TypeError("budgets: must be a usagewarden.BudgetEngine or None")
-        if limiter is not None and not isinstance(limiter, RateLimiter):
-            raise TypeError("limiter: must be a usagewarden.RateLimiter or None")
+        if limiter is not None and not isinstance(limiter, Limiter):
+            raise TypeError(
+                "limiter: must be a usagewarden limiter (RateLimiter, RedisRateLimiter) or None"
+            )
         if store is not None and not isinstance(store, MeteringStore | AsyncMeteringStore):
             raise TypeError(
                 "store: must be a usagewarden store (SQLiteStore, PostgresStore) or None"

@@ -22,7 +22,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
         "usagewarden.dashboard needs FastAPI; install it with: pip install 'usagewarden[dashboard]'"
     ) from exc
 
-from .._core import RateLimiter
+from ..limiter_protocol import Limiter
 from ..budgets import BudgetEngine
 from ..fastapi import Principal, usage_router
 from ._api import dashboard_api_router, key_state
@@ -49,7 +49,7 @@ def mount(
     api_prefix: str = "/usage",
     include_api: bool = True,
     budgets: BudgetEngine | None = None,
-    limiter: RateLimiter | None = None,
+    limiter: Limiter | None = None,
     limiter_keys: Iterable[str] = (),
     allow_unauthenticated: bool = False,
     title: str = "usagewarden",
@@ -69,8 +69,8 @@ def mount(
         raise TypeError("app: must be a fastapi.FastAPI")
     _checked_path("path", path, root_allowed=True)
     _checked_path("api_prefix", api_prefix, root_allowed=False)
-    if limiter is not None and not isinstance(limiter, RateLimiter):
-        raise TypeError("limiter: must be a usagewarden.RateLimiter or None")
+    if limiter is not None and not isinstance(limiter, Limiter):
+        raise TypeError("limiter: must be a usagewarden limiter (RateLimiter, RedisRateLimiter) or None")
     if isinstance(limiter_keys, str):
         raise TypeError("limiter_keys: must be an iterable of keys, not one str")
     if auth is None and not allow_unauthenticated:

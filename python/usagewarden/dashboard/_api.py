@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
-from .._core import RateLimiter
+from ..limiter_protocol import Limiter
 from ..budgets import BudgetEngine
 from ..fastapi import SCOPE_ADMIN, SCOPE_ALL_NAMESPACES, SCOPE_READ, Principal
 from ..fastapi._errors import api_error
@@ -21,7 +21,7 @@ _ANONYMOUS = Principal(
 )
 
 
-def key_state(limiter: RateLimiter, key: str) -> dict[str, Any]:
+def key_state(limiter: Limiter, key: str) -> dict[str, Any]:
     """Each limit of ``key``: what its window holds and what is left."""
     limits = limiter.per_key.get(key, limiter.limits)
     rows = []
@@ -53,7 +53,7 @@ def dashboard_api_router(
     *,
     auth: Callable[..., Awaitable[Principal]] | Callable[..., Principal] | None,
     prefix: str,
-    limiter: RateLimiter | None = None,
+    limiter: Limiter | None = None,
     limiter_keys: Iterable[str] = (),
     budgets: BudgetEngine | None = None,
 ) -> APIRouter:

@@ -11,7 +11,7 @@ from fastapi import HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .._core import Decision, RateLimiter
+from .._core import Decision
 from ..limiter_protocol import Limiter
 from ._errors import error_detail
 
@@ -168,7 +168,7 @@ def check_limiter(limiter: object, key_func: object) -> None:
 
 
 def rate_limit(
-    limiter: RateLimiter, *, key_func: KeyFunc = client_ip, requests: int = 1, **usage: Any
+    limiter: Limiter, *, key_func: KeyFunc = client_ip, requests: int = 1, **usage: Any
 ) -> Callable[..., Awaitable[Decision]]:
     """A dependency that admits the request on ``limiter`` or answers 429.
 
@@ -203,7 +203,7 @@ class RateLimitMiddleware:
     def __init__(
         self,
         app: ASGIApp,
-        limiter: RateLimiter,
+        limiter: Limiter,
         *,
         key_func: KeyFunc = client_ip,
         cost_func: CostFunc | None = None,

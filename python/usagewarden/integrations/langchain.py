@@ -47,7 +47,8 @@ from langchain_core.messages import AIMessage, BaseMessage  # noqa: E402
 from langchain_core.outputs import LLMResult  # noqa: E402
 from langchain_core.rate_limiters import BaseRateLimiter  # noqa: E402
 
-from .._core import RateLimiter, Reservation, UsageEvent  # noqa: E402
+from .._core import Reservation, UsageEvent  # noqa: E402
+from ..limiter_protocol import Limiter  # noqa: E402
 from ..errors import RateLimitExceeded  # noqa: E402
 from ..warden import Call, Warden, _count  # noqa: E402
 from ._shared import (  # noqa: E402
@@ -99,7 +100,7 @@ class UsageWardenRateLimiter(BaseRateLimiter):
 
     def __init__(
         self,
-        warden_or_limiter: Warden | RateLimiter,
+        warden_or_limiter: Warden | Limiter,
         *,
         key: str | tuple[str, ...] = "default",
         requests: int = 1,
@@ -110,10 +111,10 @@ class UsageWardenRateLimiter(BaseRateLimiter):
             if warden_or_limiter.limiter is None:
                 raise TypeError("warden_or_limiter: this Warden has no limiter to wait on")
             limiter = warden_or_limiter.limiter
-        elif isinstance(warden_or_limiter, RateLimiter):
+        elif isinstance(warden_or_limiter, Limiter):
             limiter = warden_or_limiter
         else:
-            raise TypeError("warden_or_limiter: must be a usagewarden.Warden or RateLimiter")
+            raise TypeError("warden_or_limiter: must be a usagewarden.Warden or limiter")
         self.limiter = limiter
         self.key = key
         self.requests = _count(requests, "requests")

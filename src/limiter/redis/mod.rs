@@ -163,6 +163,11 @@ impl RedisLimiter {
     pub fn flush(&self) -> CoreResult<()> {
         let inner = &self.inner;
         let done = inner.pipe.flush();
+        if Handle::try_current().is_ok() {
+            // On a runtime thread (a drop there): the queue is sent regardless;
+            // blocking on it here would stall the runtime.
+            return Ok(());
+        }
         inner
             .runtime
             .block_on(async { tokio::time::timeout(inner.config.timeout * 3, done).await })
