@@ -194,12 +194,6 @@ impl StoreCore {
         }
     }
 
-    /// Whether `flush` has anything to wait for: nothing queued on an open
-    /// store means everything recorded before the call is committed.
-    pub(crate) fn flush_needed(&self) -> bool {
-        self.store.is_closed() || self.store.queued() > 0
-    }
-
     pub(crate) fn record_batch(&self, events: &Bound<'_, PyAny>) -> PyResult<Job<usize>> {
         let mut batch = Vec::new();
         for (i, item) in events
@@ -638,12 +632,10 @@ pub(crate) fn record_async<'py>(
     }
 }
 
+/// `flush` waits for the writer even with nothing queued: callers rely on
+/// it giving the loop a turn (work scheduled just before it gets to queue).
 pub(crate) fn flush_async<'py>(py: Python<'py>, core: &StoreCore) -> PyResult<Bound<'py, PyAny>> {
-    if core.flush_needed() {
-        run_async(py, core.flush())
-    } else {
-        ready(py, ())
-    }
+    run_async(py, core.flush())
 }
 
 pub(crate) fn flush_sync<'py>(py: Python<'py>, core: &StoreCore) -> PyResult<Bound<'py, PyAny>> {
