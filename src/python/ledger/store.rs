@@ -212,12 +212,6 @@ impl StoreCore {
         }
     }
 
-    /// Whether `flush` has anything to wait for: nothing queued on an open
-    /// store means everything recorded before the call is committed.
-    pub(crate) fn flush_needed(&self) -> bool {
-        self.store.is_closed() || self.store.queued() > 0
-    }
-
     /// Queues the event if the queue has room now, never waiting.
     pub(crate) fn record_nowait(&self, py: Python<'_>, event: &Bound<'_, PyAny>) -> PyResult<bool> {
         let shared = extract_event(event, "event")?;
@@ -472,8 +466,7 @@ macro_rules! store_class {
     (sync $name:ident, $pyname:literal, $doc:literal, { $($extra:tt)* }) => {
         $crate::python::ledger::store::store_class!(@class $name, $pyname,
             $crate::python::ledger::store::sync_result,
-            $crate::python::ledger::store::record_sync,
-            $crate::python::ledger::store::flush_sync, $doc, {
+            $crate::python::ledger::store::record_sync, $doc, {
             fn __enter__(slf: Py<Self>) -> Py<Self> {
                 slf
             }
@@ -491,8 +484,7 @@ macro_rules! store_class {
     (async $name:ident, $pyname:literal, blocking = $sync:ident, $doc:literal, { $($extra:tt)* }) => {
         $crate::python::ledger::store::store_class!(@class $name, $pyname,
             $crate::python::ledger::jobs::run_async,
-            $crate::python::ledger::store::record_async,
-            $crate::python::ledger::store::flush_async, $doc, {
+            $crate::python::ledger::store::record_async, $doc, {
             fn __aenter__(slf: &Bound<'_, Self>) -> $crate::python::asyncio::AcquireCoroutine {
                 $crate::python::asyncio::AcquireCoroutine::ready(slf.clone().into_any().unbind())
             }
@@ -515,7 +507,7 @@ macro_rules! store_class {
             $($extra)*
         });
     };
-    (@class $name:ident, $pyname:literal, $run:path, $record:path, $flush:path, $doc:literal, { $($extra:tt)* }) => {
+    (@class $name:ident, $pyname:literal, $run:path, $record:path, $doc:literal, { $($extra:tt)* }) => {
         #[doc = $doc]
         #[pyclass(frozen, name = $pyname, module = "usagewarden")]
         pub struct $name {
@@ -670,7 +662,7 @@ macro_rules! store_class {
             /// raises at once.
             #[pyo3(signature = (*, timeout=None))]
             fn flush<'py>(&self, py: Python<'py>, timeout: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
-                $flush(py, &self.core, $crate::python::ledger::store::timeout_arg(timeout)?)
+                $run(py, self.core.flush($crate::python::ledger::store::timeout_arg(timeout)?))
             }
 
             /// Commits what is queued and closes the store, within `timeout`
@@ -764,26 +756,6 @@ pub(crate) fn record_async<'py>(
         Ok(request_id) => ready(py, request_id),
         Err(wait) => run_async(py, wait),
     }
-}
-
-pub(crate) fn flush_async<'py>(
-    py: Python<'py>,
-    core: &StoreCore,
-    timeout: Option<Duration>,
-) -> PyResult<Bound<'py, PyAny>> {
-    if core.flush_needed() {
-        run_async(py, core.flush(timeout))
-    } else {
-        ready(py, ())
-    }
-}
-
-pub(crate) fn flush_sync<'py>(
-    py: Python<'py>,
-    core: &StoreCore,
-    timeout: Option<Duration>,
-) -> PyResult<Bound<'py, PyAny>> {
-    sync_result(py, core.flush(timeout))
 }
 
 /// Both SQLite classes: the constructor and the `path` getter.
