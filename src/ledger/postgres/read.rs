@@ -55,7 +55,7 @@ pub fn where_clause(filters: &Filters, params: &mut Vec<Param>) -> String {
 }
 
 pub const EVENT_COLUMNS: &str = "agent_id, consumer_id, task_id, namespace, action, model, tokens_in, tokens_out, \
-     cache_read_tokens, cache_write_tokens, duration_ms, api_calls, units, cost_nanos, ts, request_id, source, metadata";
+     cache_read_tokens, cache_write_tokens, duration_ms, api_calls, units, cost_nanos, ts, request_id, source, metadata, artifact_digest";
 
 pub fn event_from_row(row: &Row) -> UsageEvent {
     let n = |i: usize| row.get::<_, i64>(i).max(0) as u64;
@@ -78,7 +78,7 @@ pub fn event_from_row(row: &Row) -> UsageEvent {
         request_id: row.get(15),
         source: row.get(16),
         metadata: row.get(17),
-        artifact_digest: None,
+        artifact_digest: row.get(18),
     }
 }
 
@@ -136,7 +136,7 @@ pub async fn after(
     let rows = c.query(&sql, &refs(&params)).await?;
     Ok(rows
         .iter()
-        .map(|r| (event_from_row(r), r.get::<_, i64>(18)))
+        .map(|r| (event_from_row(r), r.get::<_, i64>(19)))
         .collect())
 }
 

@@ -64,6 +64,8 @@ CREATE TABLE {s}.usage_hourly (
     unpriced_events    BIGINT NOT NULL,
     PRIMARY KEY (namespace, hour)
 );
+"#, r#"
+ALTER TABLE {s}.usage_events ADD COLUMN artifact_digest TEXT;
 "#];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

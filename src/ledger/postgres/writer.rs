@@ -35,14 +35,14 @@ pub(crate) enum Command {
 const STAGE_COLUMNS: &str =
     "seq, namespace, request_id, ts, agent_id, consumer_id, task_id, action, model, \
      tokens_in, tokens_out, cache_read_tokens, cache_write_tokens, duration_ms, api_calls, units, \
-     cost_nanos, source, metadata, fingerprint, cost_priced";
+     cost_nanos, source, metadata, fingerprint, cost_priced, artifact_digest";
 
 const EVENT_COLUMNS: &str =
     "namespace, request_id, ts, agent_id, consumer_id, task_id, action, model, \
      tokens_in, tokens_out, cache_read_tokens, cache_write_tokens, duration_ms, api_calls, units, \
-     cost_nanos, source, metadata, fingerprint, cost_priced";
+     cost_nanos, source, metadata, fingerprint, cost_priced, artifact_digest";
 
-const STAGE_TYPES: [Type; 21] = [
+const STAGE_TYPES: [Type; 22] = [
     Type::INT8,
     Type::TEXT,
     Type::TEXT,
@@ -64,6 +64,7 @@ const STAGE_TYPES: [Type; 21] = [
     Type::TEXT,
     Type::INT8,
     Type::BOOL,
+    Type::TEXT,
 ];
 
 /// `expr` capped at 2**63 - 1, as `int8`: sums are exact (numeric) and
@@ -158,7 +159,7 @@ const STAGING_TABLE: &str = "CREATE TEMP TABLE uw_staging ( \
      task_id TEXT, action TEXT, model TEXT, tokens_in BIGINT, tokens_out BIGINT, \
      cache_read_tokens BIGINT, cache_write_tokens BIGINT, duration_ms BIGINT, api_calls BIGINT, \
      units BIGINT, cost_nanos BIGINT, source TEXT, metadata TEXT, fingerprint BIGINT, \
-     cost_priced BOOLEAN) ON COMMIT DELETE ROWS";
+     cost_priced BOOLEAN, artifact_digest TEXT) ON COMMIT DELETE ROWS";
 
 /// One staged event and who waits for it.
 struct Pending {
@@ -483,7 +484,7 @@ async fn stage(tx: &tokio_postgres::Transaction<'_>, records: &[Pending]) -> Cor
         let e = &*p.event;
         let big = |v: u64| v.min(i64::MAX as u64) as i64;
         let cost = e.cost_nanos.or(p.priced).map(big);
-        let row: [&(dyn ToSql + Sync); 21] = [
+        let row: [&(dyn ToSql + Sync); 22] = [
             &(seq as i64),
             &e.namespace,
             &e.request_id,
@@ -505,6 +506,7 @@ async fn stage(tx: &tokio_postgres::Transaction<'_>, records: &[Pending]) -> Cor
             &e.metadata,
             &e.fingerprint(),
             &p.priced.is_some(),
+            &e.artifact_digest,
         ];
         writer.as_mut().write(&row).await?;
     }
