@@ -133,6 +133,7 @@ fn make_events(n: usize) -> Vec<UsageEvent> {
             request_id: new_request_id(),
             source: None,
             metadata: None,
+            artifact_digest: None,
         })
         .collect()
 }

@@ -39,6 +39,18 @@ impl Unit {
     }
 }
 
+/// Where a limit comes from: the limits given to a limiter, or what a
+/// provider told it (a pause after a 429, or its remaining-quota headers).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum LimitOrigin {
+    #[default]
+    Configured,
+    /// `pause(key, seconds)`: nothing is admitted until it ends.
+    Pause,
+    /// `observe(key, remaining_*=...)`: at most `amount` more until the reset.
+    Observed,
+}
+
 /// One limit: at most `amount` of `dimension` in any window of one `unit`.
 /// Cost amounts are in nano-USD.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -46,12 +58,31 @@ pub struct LimitSpec {
     pub dimension: Dimension,
     pub unit: Unit,
     pub amount: u64,
+    #[serde(default)]
+    pub origin: LimitOrigin,
 }
 
 impl LimitSpec {
-    /// The keyword this limit is written as, e.g. `total_tokens_per_minute`.
+    /// A configured limit of `amount` of `dimension` per `unit`.
+    pub fn new(dimension: Dimension, unit: Unit, amount: u64) -> LimitSpec {
+        LimitSpec {
+            dimension,
+            unit,
+            amount,
+            origin: LimitOrigin::Configured,
+        }
+    }
+
+    /// The keyword this limit is written as, e.g. `total_tokens_per_minute`;
+    /// `pause` for a pause, `observed_{dimension}` for a provider's figure.
     pub fn name(&self) -> String {
-        format!("{}_per_{}", self.dimension.name(), self.unit.name())
+        match self.origin {
+            LimitOrigin::Configured => {
+                format!("{}_per_{}", self.dimension.name(), self.unit.name())
+            }
+            LimitOrigin::Pause => "pause".into(),
+            LimitOrigin::Observed => format!("observed_{}", self.dimension.name()),
+        }
     }
 
     pub fn window_ns(&self) -> u64 {
@@ -146,11 +177,7 @@ mod tests {
     use super::*;
 
     fn spec(dimension: Dimension, unit: Unit, amount: u64) -> LimitSpec {
-        LimitSpec {
-            dimension,
-            unit,
-            amount,
-        }
+        LimitSpec::new(dimension, unit, amount)
     }
 
     #[test]

@@ -23,6 +23,9 @@ warnings.filterwarnings(
 
 import usagewarden as uw  # noqa: E402
 
+# The throwaway redis-server fixtures (``redis_server``, ``redis_url``).
+pytest_plugins = ["redis_server"]
+
 MAX_COUNT = 2**63 - 1
 #: What an unlimited cost field of ``remaining`` reads (2**63 - 1 nano-USD, in USD).
 MAX_COST = MAX_COUNT / 1e9
@@ -47,12 +50,25 @@ def clock() -> uw.ManualClock:
     return uw.ManualClock()
 
 
-@pytest.fixture
-def make_limiter(clock: uw.ManualClock) -> Callable[..., uw.RateLimiter]:
-    """``make_limiter(requests_per_minute=3, per_key={...})`` on the test's clock."""
+#: The limiter backends every limiter contract test runs on.
+BACKENDS = ("memory", "redis")
 
-    def make(*, per_key: dict[str, uw.RateLimits] | None = None, **limits: Any) -> uw.RateLimiter:
-        return uw.RateLimiter(uw.RateLimits(**limits), per_key=per_key, clock=clock)
+
+@pytest.fixture(params=BACKENDS)
+def make_limiter(request: pytest.FixtureRequest, clock: uw.ManualClock) -> Any:
+    """``make_limiter(requests_per_minute=3, per_key={...})`` on the test's clock,
+    once in-process and once on a real redis-server (one suite, two backends).
+    A test marked ``in_process("why")`` runs on the in-process limiter only."""
+    backend = request.param
+    marker = request.node.get_closest_marker("in_process")
+    if backend != "memory" and marker is not None:
+        pytest.skip(f"in-process only: {marker.args[0]}")
+    url = request.getfixturevalue("redis_url") if backend == "redis" else None
+
+    def make(*, per_key: dict[str, uw.RateLimits] | None = None, **limits: Any) -> uw.Limiter:
+        if url is None:
+            return uw.RateLimiter(uw.RateLimits(**limits), per_key=per_key, clock=clock)
+        return uw.RedisRateLimiter(uw.RateLimits(**limits), url, per_key=per_key, clock=clock)
 
     return make
 
@@ -135,3 +151,18 @@ def total(usages: Iterable[uw.Usage]) -> uw.Usage:
     for u in usages:
         out = out + u
     return out
+
+
+# --- the ledger backends: one contract suite over SQLite and PostgreSQL ---------------------
+
+from postgres_cluster import postgres_cluster  # noqa: E402, F401
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, tmp_path: Any) -> Any:
+    """Opens the test's stores on each backend in turn (``ledger_helpers.LedgerBackend``)."""
+    from ledger_helpers import LedgerBackend, PostgresBackend
+
+    if request.param == "postgres":
+        return PostgresBackend(tmp_path, request.getfixturevalue("postgres_cluster"))
+    return LedgerBackend(tmp_path)

@@ -135,3 +135,51 @@ def ids(evs: Iterable[uw.UsageEvent]) -> list[str]:
 def nanos(e: uw.UsageEvent) -> int | None:
     """An event's cost back in integer nano-USD (exact for the amounts tests use)."""
     return None if e.cost is None else round(e.cost * 1e9)
+
+
+# --- one contract suite over every backend -------------------------------------------------
+
+
+class LedgerBackend:
+    """Opens stores of one backend for one test. ``sync(name)`` and
+    ``async_(name)`` open the same ledger for the same name, like two
+    ``SQLiteStore``s on one file; different names are different ledgers."""
+
+    name = "sqlite"
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+
+    def url(self, name: str = "ledger.db") -> tuple[str, dict[str, Any]]:
+        """What ``uw.open_store`` takes to open this ledger: a URL and options."""
+        return f"sqlite:///{self.tmp_path / name}", {}
+
+    def sync(self, name: str = "ledger.db", **options: Any) -> uw.MeteringStore:
+        return uw.SQLiteStore(self.tmp_path / name, **options)
+
+    def async_(self, name: str = "ledger.db", **options: Any) -> uw.AsyncMeteringStore:
+        return uw.AsyncSQLiteStore(self.tmp_path / name, **options)
+
+
+class PostgresBackend(LedgerBackend):
+    """Each test's ledgers are schemas of their own in the session's cluster."""
+
+    name = "postgres"
+
+    def __init__(self, tmp_path: Path, cluster: Any) -> None:
+        super().__init__(tmp_path)
+        self.cluster = cluster
+        self.prefix = cluster.new_schema()
+
+    def schema(self, name: str) -> str:
+        stem = "".join(c if c.isalnum() else "_" for c in name.lower())
+        return f"{self.prefix}_{stem}"[:63]
+
+    def url(self, name: str = "ledger.db") -> tuple[str, dict[str, Any]]:
+        return self.cluster.dsn(), {"schema": self.schema(name)}
+
+    def sync(self, name: str = "ledger.db", **options: Any) -> uw.MeteringStore:
+        return uw.PostgresStore(self.cluster.dsn(), schema=self.schema(name), **options)
+
+    def async_(self, name: str = "ledger.db", **options: Any) -> uw.AsyncMeteringStore:
+        return uw.AsyncPostgresStore(self.cluster.dsn(), schema=self.schema(name), **options)

@@ -166,6 +166,8 @@ def test_reservations_of_the_original_do_not_touch_the_copy(clock, clone) -> Non
     assert other.usage() == uw.Usage(requests=1, input_tokens=60)
 
 
+# A RedisRateLimiter is a connection: its state lives in Redis and is not copied.
+@pytest.mark.in_process("copies the limiter's state")
 @pytest.mark.parametrize("clone", DEEP, ids=IDS)
 def test_a_copy_taken_while_waiters_are_queued_has_no_waiters(make_limiter, clock, clone) -> None:
     limiter = make_limiter(requests_per_minute=1)

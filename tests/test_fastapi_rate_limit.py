@@ -74,12 +74,15 @@ async def test_cost_func_charges_what_each_request_costs() -> None:
     assert limiter.usage("t1").cost == pytest.approx(0.8)
 
 
-async def test_a_request_that_can_never_fit_is_refused_without_retry_after() -> None:
+async def test_a_request_that_can_never_fit_says_so_and_still_carries_retry_after() -> None:
+    """Every 429 carries Retry-After (here the limit's window); the body says
+    that waiting will not help."""
     limiter = uw.RateLimiter(uw.RateLimits(cost_per_minute=1.0), clock=uw.ManualClock())
     app = app_with_middleware(limiter, cost_func=lambda request: {"cost": 2.0})
     response = await hit(app)
     assert response.status_code == 429
-    assert "retry-after" not in response.headers
+    assert response.headers["retry-after"] == "60"
+    assert "never fit" in response.json()["detail"]["message"]
     assert response.json()["detail"]["retry_after"] is None
 
 

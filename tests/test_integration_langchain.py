@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import math
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -383,16 +384,18 @@ def test_callback_handler_falls_back_to_llm_output_token_usage(
     assert event.model == "legacy-1"  # named by the response when the request named none
 
 
-def test_callback_handler_marks_calls_without_reported_usage(
+def test_callback_handler_keeps_an_estimate_for_calls_without_reported_usage(
     clock: uw.ManualClock, store: uw.SQLiteStore
 ) -> None:
+    # Not free: the input and the output it produced, by the chars/4 heuristic, marked.
     warden = make_warden(clock, store)
-    UsageFakeChatModel(report_usage=False).invoke(
-        "hi", config={"callbacks": [UsageWardenCallbackHandler(warden)]}
+    answer = UsageFakeChatModel(report_usage=False).invoke(
+        "hi there", config={"callbacks": [UsageWardenCallbackHandler(warden)]}
     )
     [event] = recorded(store)
-    assert event.total_tokens == 0
-    assert event.metadata is not None and event.metadata["usage_reported"] is False
+    assert event.tokens_in == estimate_tokens([HumanMessage("hi there")])
+    assert event.tokens_out == math.ceil(len(str(answer.content)) / 4) > 0
+    assert event.metadata is not None and event.metadata["estimated"] is True
 
 
 async def test_rate_limiter_and_callback_handler_across_concurrent_runs(

@@ -426,9 +426,10 @@ async def test_a_run_driven_with_iter_settles_each_streamed_request(
     assert event.metadata == {"run_id": run.result.run_id}
 
 
-async def test_a_stream_abandoned_early_refunds_its_tokens_on_the_model_path(
+async def test_a_stream_abandoned_early_keeps_its_input_estimate_on_the_model_path(
     clock: uw.ManualClock, store: uw.AsyncSQLiteStore
 ) -> None:
+    # The request was sent: the provider bills its input even if nobody reads the answer.
     warden = make_warden(clock, store)
     gate = asyncio.Event()  # never set: the stream would go on forever
     model = FunctionModel(stream_function=chunks(5, gate=gate), model_name="s")
@@ -437,10 +438,11 @@ async def test_a_stream_abandoned_early_refunds_its_tokens_on_the_model_path(
         async for _ in stream.stream_text(delta=True, debounce_by=None):
             break
     [event] = await store.query()
-    assert (event.tokens_in, event.tokens_out) == (0, 0)
+    assert event.tokens_in > 0 and event.tokens_out == 0  # the input estimate
     assert (event.metadata or {})["error"] == "GeneratorExit"
+    assert (event.metadata or {})["estimated"] is True
     used = limiter_of(warden).usage("s")
-    assert (used.requests, used.total_tokens) == (1, 0)
+    assert (used.requests, used.total_tokens) == (1, event.tokens_in)
 
 
 async def test_a_stream_abandoned_early_settles_what_was_streamed_on_the_capability_path(
@@ -495,11 +497,13 @@ async def test_a_stream_failing_midway_refunds_and_records_the_error_type(
         async with agent.run_stream("go") as stream:
             await stream.get_output()
     [event] = await store.query()
-    assert (event.tokens_in, event.tokens_out) == (0, 0)
-    # The capability's step is cancelled by the consumer task the error surfaces in.
+    # The capability's step is cancelled by the consumer task the error surfaces in:
+    # a request abandoned mid-way keeps its input estimate; a provider error bills nothing.
     expected = "ProviderDown" if path == "model" else "CancelledError"
     assert (event.metadata or {})["error"] == expected
-    assert limiter_of(warden).usage("s").total_tokens == 0
+    assert event.tokens_out == 0
+    assert (event.tokens_in == 0) == (path == "model")
+    assert limiter_of(warden).usage("s").total_tokens == event.tokens_in
 
 
 # (e): RunContext is built as pydantic-ai builds it, nothing added

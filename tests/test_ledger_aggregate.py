@@ -111,8 +111,8 @@ def as_dicts(aggs: list[uw.Aggregate]) -> dict[str | None, dict[str, Any]]:
 
 
 @pytest.fixture
-def store(tmp_path: Path):  # type: ignore[no-untyped-def]
-    with uw.SQLiteStore(tmp_path / "agg.db") as s:
+def store(backend):  # type: ignore[no-untyped-def]
+    with backend.sync("agg.db") as s:
         yield s
 
 

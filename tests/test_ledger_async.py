@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import usagewarden as uw
-from ledger_helpers import T0, event, events, ids
+from ledger_helpers import T0, LedgerBackend, event, events, ids
 
 
 async def test_the_same_operations_as_coroutines(tmp_path: Path) -> None:
@@ -75,9 +75,9 @@ async def test_the_same_operations_as_coroutines(tmp_path: Path) -> None:
 
 
 async def test_commit_durability_and_conflicts(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    backend: LedgerBackend, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async with uw.AsyncSQLiteStore(tmp_path / "c.db", durability="commit") as store:
+    async with backend.async_("c.db", durability="commit") as store:
         await store.record(event(0))
         assert len(await store.query()) == 1, "committed when record returns"
         await store.record(event(0))
@@ -88,7 +88,7 @@ async def test_commit_durability_and_conflicts(
         st = await store.stats()
         assert (st.events, st.duplicates, st.conflicts) == (1, 1, 2)
     caplog.set_level(logging.WARNING, logger="usagewarden")
-    async with uw.AsyncSQLiteStore(tmp_path / "b.db") as store:
+    async with backend.async_("b.db") as store:
         await store.record(event(0))
         await store.record(event(0, tokens_in=0))  # batch durability: logged, not raised
         await store.flush()
@@ -117,8 +117,8 @@ async def test_bad_arguments_raise_like_the_sync_store(tmp_path: Path) -> None:
         assert (await store.stats()).events == 0
 
 
-async def test_many_concurrent_tasks(tmp_path: Path) -> None:
-    async with uw.AsyncSQLiteStore(tmp_path / "tasks.db") as store:
+async def test_many_concurrent_tasks(backend: LedgerBackend) -> None:
+    async with backend.async_("tasks.db") as store:
 
         async def worker(w: int) -> None:
             for i in range(100):
@@ -131,8 +131,8 @@ async def test_many_concurrent_tasks(tmp_path: Path) -> None:
         assert (await store.stats()).events == 2000
 
 
-async def test_cancelling_a_read_leaves_the_store_usable(tmp_path: Path) -> None:
-    async with uw.AsyncSQLiteStore(tmp_path / "cancel.db") as store:
+async def test_cancelling_a_read_leaves_the_store_usable(backend: LedgerBackend) -> None:
+    async with backend.async_("cancel.db") as store:
         await store.record_batch(events(1000))
         task = asyncio.ensure_future(store.aggregate("hour"))
         task.cancel()

@@ -132,8 +132,8 @@ def test_metadata_with_the_text_backslash_u0000_is_not_a_nul() -> None:
 
 
 @pytest.fixture
-def store(tmp_path: Path):  # type: ignore[no-untyped-def]
-    with uw.SQLiteStore(tmp_path / "bad.db", durability="commit") as s:
+def store(backend):  # type: ignore[no-untyped-def]
+    with backend.sync("bad.db", durability="commit") as s:
         s.record(event(0))
         yield s
 

@@ -61,8 +61,8 @@ def sample() -> list[uw.UsageEvent]:
 
 
 @pytest.fixture
-def store(tmp_path: Path):  # type: ignore[no-untyped-def]
-    with uw.SQLiteStore(tmp_path / "export.db") as s:
+def store(backend):  # type: ignore[no-untyped-def]
+    with backend.sync("export.db") as s:
         s.record_batch(sample())
         yield s
 

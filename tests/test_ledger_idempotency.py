@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from pathlib import Path
 
 import pytest
 import usagewarden as uw
-from ledger_helpers import T0, event, events, ids
+from ledger_helpers import T0, LedgerBackend, event, events, ids
 
 
 @pytest.fixture(params=["batch", "commit"])
@@ -17,8 +16,8 @@ def durability(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def test_replaying_records_adds_nothing(tmp_path: Path, durability: str) -> None:
-    with uw.SQLiteStore(tmp_path / "l.db", durability=durability) as store:
+def test_replaying_records_adds_nothing(backend: LedgerBackend, durability: str) -> None:
+    with backend.sync("l.db", durability=durability) as store:
         sent = events(50)
         for e in sent:
             store.record(e)
@@ -36,8 +35,8 @@ def test_replaying_records_adds_nothing(tmp_path: Path, durability: str) -> None
         assert store.query() == sent
 
 
-def test_replaying_batches_adds_nothing(tmp_path: Path) -> None:
-    with uw.SQLiteStore(tmp_path / "l.db") as store:
+def test_replaying_batches_adds_nothing(backend: LedgerBackend) -> None:
+    with backend.sync("l.db") as store:
         assert store.record_batch(events(100)) == 100
         assert store.record_batch(events(100)) == 0
         assert store.record_batch(events(120)) == 20, "only the new ones count"
@@ -48,11 +47,10 @@ def test_replaying_batches_adds_nothing(tmp_path: Path) -> None:
         assert store.summary().tokens_in == sum(e.tokens_in for e in events(120))
 
 
-def test_replays_after_reopening_add_nothing(tmp_path: Path) -> None:
-    path = tmp_path / "l.db"
-    with uw.SQLiteStore(path) as store:
+def test_replays_after_reopening_add_nothing(backend: LedgerBackend) -> None:
+    with backend.sync("l.db") as store:
         store.record_batch(events(10))
-    with uw.SQLiteStore(path) as store:
+    with backend.sync("l.db") as store:
         assert store.record_batch(events(10)) == 0
         for e in events(10):
             store.record(e)
@@ -61,17 +59,17 @@ def test_replays_after_reopening_add_nothing(tmp_path: Path) -> None:
         assert store.stats().duplicates == 20
 
 
-def test_a_record_replaying_a_batch_and_vice_versa(tmp_path: Path) -> None:
-    with uw.SQLiteStore(tmp_path / "l.db", durability="commit") as store:
+def test_a_record_replaying_a_batch_and_vice_versa(backend: LedgerBackend) -> None:
+    with backend.sync("l.db", durability="commit") as store:
         store.record(event(0))
         assert store.record_batch([event(0), event(1)]) == 1
         store.record(event(1))
         assert store.stats().events == 2
 
 
-def test_same_content_means_same_instant_and_same_metadata(tmp_path: Path) -> None:
+def test_same_content_means_same_instant_and_same_metadata(backend: LedgerBackend) -> None:
     """Equal content written differently (another zone, another key order) is a duplicate."""
-    with uw.SQLiteStore(tmp_path / "l.db", durability="commit") as store:
+    with backend.sync("l.db", durability="commit") as store:
         store.record(event(0, metadata={"a": 1, "b": {"c": 2, "d": 3}}))
         tokyo = dt.timezone(dt.timedelta(hours=9))
         store.record(
@@ -85,8 +83,8 @@ def test_same_content_means_same_instant_and_same_metadata(tmp_path: Path) -> No
         assert store.stats().conflicts == 0
 
 
-def test_the_same_request_id_in_another_namespace_is_another_event(tmp_path: Path) -> None:
-    with uw.SQLiteStore(tmp_path / "l.db", durability="commit") as store:
+def test_the_same_request_id_in_another_namespace_is_another_event(backend: LedgerBackend) -> None:
+    with backend.sync("l.db", durability="commit") as store:
         store.record(event(0))
         store.record(event(0, namespace="other", tokens_in=999))
         assert store.record_batch([event(0, namespace="third")]) == 1
@@ -119,8 +117,8 @@ def test_the_same_request_id_in_another_namespace_is_another_event(tmp_path: Pat
     ],
     ids=lambda c: next(iter(c)),
 )
-def test_commit_durability_raises_on_a_conflict(tmp_path: Path, change: dict) -> None:  # type: ignore[type-arg]
-    with uw.SQLiteStore(tmp_path / "l.db", durability="commit") as store:
+def test_commit_durability_raises_on_a_conflict(backend: LedgerBackend, change: dict) -> None:  # type: ignore[type-arg]
+    with backend.sync("l.db", durability="commit") as store:
         original = event(0)
         store.record(original)
         with pytest.raises(uw.ConflictError, match="req-0"):
@@ -134,10 +132,10 @@ def test_commit_durability_raises_on_a_conflict(tmp_path: Path, change: dict) ->
 
 
 def test_batch_durability_counts_and_logs_conflicts(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    backend: LedgerBackend, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="usagewarden")
-    with uw.SQLiteStore(tmp_path / "l.db") as store:
+    with backend.sync("l.db") as store:
         original = event(0)
         store.record(original)
         assert store.record(event(0, tokens_in=1)) == "req-0", "never raises on the request path"
@@ -153,8 +151,8 @@ def test_batch_durability_counts_and_logs_conflicts(
     assert all(r.levelno >= logging.WARNING for r in conflicts)
 
 
-def test_a_batch_with_one_conflict_stores_nothing(tmp_path: Path, durability: str) -> None:
-    with uw.SQLiteStore(tmp_path / "l.db", durability=durability) as store:
+def test_a_batch_with_one_conflict_stores_nothing(backend: LedgerBackend, durability: str) -> None:
+    with backend.sync("l.db", durability=durability) as store:
         store.record_batch(events(3))
         before = store.stats()
         batch = [event(i) for i in range(10, 20)] + [event(1, tokens_in=0)] + events(5, start=20)
@@ -171,8 +169,8 @@ def test_a_batch_with_one_conflict_stores_nothing(tmp_path: Path, durability: st
         assert store.record_batch([e for e in batch if e.request_id != "req-1"]) == 15
 
 
-def test_a_conflict_inside_one_batch_stores_nothing(tmp_path: Path) -> None:
-    with uw.SQLiteStore(tmp_path / "l.db") as store:
+def test_a_conflict_inside_one_batch_stores_nothing(backend: LedgerBackend) -> None:
+    with backend.sync("l.db") as store:
         with pytest.raises(uw.ConflictError):
             store.record_batch([event(1), event(2), event(1, tokens_in=0)])
         assert store.stats().events == 0

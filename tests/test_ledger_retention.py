@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 import usagewarden as uw
-from ledger_helpers import T0, UTC, event, ids
+from ledger_helpers import T0, UTC, LedgerBackend, event, ids
 
 US = dt.timedelta(microseconds=1)
 RETENTION = 3600
 
 
-def test_the_cutoff_is_exact_to_the_microsecond(tmp_path: Path) -> None:
+def test_the_cutoff_is_exact_to_the_microsecond(backend: LedgerBackend) -> None:
     clock = uw.ManualClock(T0.timestamp())
     cutoff = T0 - dt.timedelta(seconds=RETENTION)
-    with uw.SQLiteStore(tmp_path / "r.db", retention_seconds=RETENTION, clock=clock) as store:
+    with backend.sync("r.db", retention_seconds=RETENTION, clock=clock) as store:
         store.record_batch(
             [
                 event(0, timestamp=cutoff - dt.timedelta(days=400)),
@@ -42,9 +42,9 @@ def test_the_cutoff_is_exact_to_the_microsecond(tmp_path: Path) -> None:
         assert st.oldest == st.newest == event(5, timestamp=T0 + dt.timedelta(days=1)).timestamp
 
 
-def test_purge_covers_every_namespace_agent_and_consumer(tmp_path: Path) -> None:
+def test_purge_covers_every_namespace_agent_and_consumer(backend: LedgerBackend) -> None:
     clock = uw.ManualClock(T0.timestamp())
-    with uw.SQLiteStore(tmp_path / "r.db", retention_seconds=60, clock=clock) as store:
+    with backend.sync("r.db", retention_seconds=60, clock=clock) as store:
         old = T0 - dt.timedelta(minutes=5)
         store.record_batch(
             [event(i, namespace=f"ns{i % 3}", timestamp=old) for i in range(9)]
@@ -54,26 +54,26 @@ def test_purge_covers_every_namespace_agent_and_consumer(tmp_path: Path) -> None
         assert store.stats().events == 3
 
 
-def test_purge_sees_events_still_queued(tmp_path: Path) -> None:
+def test_purge_sees_events_still_queued(backend: LedgerBackend) -> None:
     clock = uw.ManualClock(T0.timestamp())
-    with uw.SQLiteStore(tmp_path / "r.db", retention_seconds=60, clock=clock) as store:
+    with backend.sync("r.db", retention_seconds=60, clock=clock) as store:
         for i in range(200):
             store.record(event(i, timestamp=T0 - dt.timedelta(hours=1)))
         assert store.purge_expired() == 200, "writes queued before the purge are purged too"
         assert store.stats().events == 0
 
 
-def test_without_retention_nothing_is_purged(tmp_path: Path) -> None:
-    with uw.SQLiteStore(tmp_path / "r.db") as store:
+def test_without_retention_nothing_is_purged(backend: LedgerBackend) -> None:
+    with backend.sync("r.db") as store:
         store.record_batch([event(0, timestamp=dt.datetime(1990, 1, 1, tzinfo=UTC))])
         assert store.purge_expired() == 0
         assert store.stats().events == 1
         assert store.stats().retention_seconds is None
 
 
-def test_the_system_clock_is_the_default(tmp_path: Path) -> None:
+def test_the_system_clock_is_the_default(backend: LedgerBackend) -> None:
     now = dt.datetime.now(UTC)
-    with uw.SQLiteStore(tmp_path / "r.db", retention_seconds=3600) as store:
+    with backend.sync("r.db", retention_seconds=3600) as store:
         store.record_batch(
             [
                 event(0, timestamp=now - dt.timedelta(hours=2)),
@@ -84,10 +84,10 @@ def test_the_system_clock_is_the_default(tmp_path: Path) -> None:
         assert ids(store.query()) == ["req-1"]
 
 
-def test_fractional_retention(tmp_path: Path) -> None:
+def test_fractional_retention(backend: LedgerBackend) -> None:
     clock = uw.ManualClock(T0.timestamp())
     retention = dt.timedelta(seconds=100, milliseconds=250)
-    with uw.SQLiteStore(tmp_path / "r.db", retention_seconds=100.25, clock=clock) as store:
+    with backend.sync("r.db", retention_seconds=100.25, clock=clock) as store:
         store.record_batch(
             [
                 event(0, timestamp=T0 - retention - US),

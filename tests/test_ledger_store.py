@@ -13,8 +13,8 @@ from ledger_helpers import T0, UTC, event, events, ids
 
 
 @pytest.fixture
-def store(tmp_path: Path):  # type: ignore[no-untyped-def]
-    with uw.SQLiteStore(tmp_path / "ledger.db") as s:
+def store(backend):  # type: ignore[no-untyped-def]
+    with backend.sync("ledger.db") as s:
         yield s
 
 

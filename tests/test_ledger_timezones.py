@@ -16,8 +16,8 @@ US = dt.timedelta(microseconds=1)
 
 
 @pytest.fixture
-def store(tmp_path: Path):  # type: ignore[no-untyped-def]
-    with uw.SQLiteStore(tmp_path / "tz.db") as s:
+def store(backend):  # type: ignore[no-untyped-def]
+    with backend.sync("tz.db") as s:
         yield s
 
 

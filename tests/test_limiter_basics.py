@@ -293,6 +293,8 @@ def test_reservations_from_before_a_reset_no_longer_count(make_limiter) -> None:
     assert limiter.usage() == uw.Usage()
 
 
+# len() and reclaim() count process memory; Redis expires idle keys by itself.
+@pytest.mark.in_process("len() and reclaim() count process memory")
 def test_len_counts_keys_with_state_and_reclaim_drops_idle_ones(make_limiter, clock) -> None:
     limiter = make_limiter(requests_per_minute=5)
     assert len(limiter) == 0
@@ -308,6 +310,8 @@ def test_len_counts_keys_with_state_and_reclaim_drops_idle_ones(make_limiter, cl
     assert limiter.reclaim() == 0
 
 
+# len() counts process memory; Redis expires idle keys by itself.
+@pytest.mark.in_process("len() counts process memory")
 def test_idle_keys_are_reclaimed_over_time_without_calling_reclaim(make_limiter, clock) -> None:
     limiter = make_limiter(requests_per_minute=5)
     for i in range(500):

@@ -142,7 +142,7 @@ def test_bad_prices_are_refused_naming_the_model_and_field(
 def test_bad_arguments_name_themselves(tmp_path: Path, pricing: uw.Pricing) -> None:
     with pytest.raises(TypeError, match="prices"):
         uw.Pricing.from_dict([("m", 1)])  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="path"):
+    with pytest.raises(FileNotFoundError, match="path"):
         uw.Pricing.from_litellm_json(tmp_path / "missing.json")
     (tmp_path / "list.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="path"):

@@ -409,3 +409,48 @@ async def test_the_event_carries_the_limiters_admission_time_not_the_tasks_resum
 def test_the_warden_takes_the_limiters_clock(clock: uw.ManualClock) -> None:
     limiter = uw.RateLimiter(uw.RateLimits(requests_per_minute=1), clock=clock)
     assert uw.Warden(limiter).clock is clock
+
+
+PRICES = {"gpt-4o": {"input": 2.0, "output": 8.0}}
+
+
+@pytest.mark.parametrize("store_has_pricing", [True, False])
+async def test_one_cost_per_call_shared_by_budgets_limiter_run_and_event(
+    tmp_path: Path, clock: uw.ManualClock, store_has_pricing: bool
+) -> None:
+    pricing = uw.Pricing.from_dict(PRICES)
+    store = uw.SQLiteStore(
+        str(tmp_path / "priced.db"), clock=clock, pricing=pricing if store_has_pricing else None
+    )
+    budgets = uw.BudgetEngine([uw.Budget("team", 100.0)], store, pricing, clock=clock)
+    limiter = uw.RateLimiter(uw.RateLimits(cost_per_day=100.0), clock=clock)
+    warden = uw.Warden(limiter, store, clock=clock, budgets=budgets)
+    assert warden.pricing is pricing
+    with warden.run() as run:
+        async with warden.call("gpt-4o", input_tokens=1000, max_output_tokens=1000) as call:
+            call.settle(input_tokens=1200, output_tokens=300)
+    expected = pricing.cost("gpt-4o", uw.Usage(input_tokens=1200, output_tokens=300))
+    assert expected is not None and expected > 0
+    store.flush()
+    [event] = store.query()
+    assert event.cost == pytest.approx(expected)
+    [status] = budgets.status()
+    assert (status["spent_usd"], status["reserved_usd"]) == (pytest.approx(expected), 0.0)
+    assert limiter.usage("gpt-4o").cost == pytest.approx(expected)
+    assert run.usage.cost == pytest.approx(expected)
+    # Filled by the store from the same table, the cost stays re-priceable.
+    cheaper = uw.Pricing.from_dict({"gpt-4o": {"input": 1.0, "output": 1.0}})
+    assert store.reprice(cheaper) == (1 if store_has_pricing else 0)
+    store.close()
+
+
+async def test_an_unknown_price_is_none_never_zero(tmp_path: Path, clock: uw.ManualClock) -> None:
+    pricing = uw.Pricing.from_dict(PRICES)
+    store = uw.SQLiteStore(str(tmp_path / "unpriced.db"), clock=clock)
+    warden = uw.Warden(None, store, clock=clock, pricing=pricing)
+    async with warden.call("a-model-with-no-price") as call:
+        call.settle(input_tokens=10, output_tokens=10)
+    store.flush()
+    [event] = store.query()
+    assert event.cost is None
+    store.close()

@@ -14,22 +14,30 @@ from ._core import (
     DEBUG_BUILD,
     AcquireCoroutine,
     Aggregate,
+    AsyncPostgresStore,
     AsyncSQLiteStore,
     Budget,
+    Checkpoint,
     Decision,
     Limit,
     ManualClock,
+    PostgresStore,
     Pricing,
     RateLimiter,
     RateLimits,
+    Receipt,
+    RedisRateLimiter,
     Reservation,
     SQLiteStore,
     StoreStats,
     Usage,
     UsageEvent,
     UsageHistory,
+    VerifyProblem,
+    VerifyReport,
     __version__,
     _close_all_stores,
+    _flush_redis_limiters,
     _quiesce,
 )
 from .budgets import BudgetCheck, BudgetEngine
@@ -40,28 +48,35 @@ from .errors import (
     StoreError,
     UsageWardenError,
 )
-from .store_protocol import AsyncMeteringStore, MeteringStore
+from .store_protocol import AsyncMeteringStore, MeteringStore, open_async_store, open_store
+from .limiter_protocol import Limiter
 from .warden import Call, RunMeter, Warden
 
 __all__ = [
     "AcquireCoroutine",
     "Aggregate",
     "AsyncMeteringStore",
+    "AsyncPostgresStore",
     "AsyncSQLiteStore",
     "Budget",
     "BudgetCheck",
     "BudgetEngine",
     "Call",
+    "Checkpoint",
     "BudgetExceeded",
     "ConflictError",
     "Decision",
     "Limit",
+    "Limiter",
     "ManualClock",
     "MeteringStore",
+    "PostgresStore",
     "Pricing",
     "RateLimitExceeded",
     "RateLimiter",
     "RateLimits",
+    "Receipt",
+    "RedisRateLimiter",
     "Reservation",
     "RunMeter",
     "SQLiteStore",
@@ -71,8 +86,12 @@ __all__ = [
     "UsageEvent",
     "UsageHistory",
     "UsageWardenError",
+    "VerifyProblem",
+    "VerifyReport",
     "Warden",
     "__version__",
+    "open_async_store",
+    "open_store",
 ]
 
 logging.getLogger("usagewarden").addHandler(logging.NullHandler())
@@ -81,6 +100,8 @@ logging.getLogger("usagewarden").addHandler(logging.NullHandler())
 # then let background threads finish their calls into Python.
 atexit.register(_quiesce)
 atexit.register(_close_all_stores)
+# Settles and refunds not yet sent to Redis are sent before exit.
+atexit.register(_flush_redis_limiters)
 
 if DEBUG_BUILD:
     warnings.warn(

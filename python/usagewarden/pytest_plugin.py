@@ -16,12 +16,18 @@ once usagewarden is installed, through the ``pytest11`` entry point).
         await my_agent.answer("hi", warden=warden)
         [event] = usage_store.query(agent_id="test-agent")
         assert event.tokens_out > 0
+
+An ``async def`` test that uses one of these fixtures runs on pytest-asyncio
+(which must be installed) without ``@pytest.mark.asyncio`` or
+``asyncio_mode = "auto"``: the plugin marks it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import inspect
+from collections.abc import Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,6 +44,33 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "usagewarden_limits(**limits): the RateLimits of the rate_limiter and warden fixtures",
     )
+
+
+#: The fixtures this plugin provides.
+FIXTURES = frozenset({"manual_clock", "usage_store", "rate_limiter", "warden"})
+
+
+@pytest.hookimpl(hookwrapper=True, trylast=True)
+def pytest_pycollect_makeitem(
+    collector: pytest.Collector, name: str, obj: object
+) -> Generator[None, Any, None]:
+    """Marks ``async def`` tests that use these fixtures for pytest-asyncio
+    in its default strict mode. Runs inside pytest-asyncio's own wrapper of
+    this hook, which turns marked coroutine tests into its items."""
+    outcome = yield
+    if (
+        not inspect.iscoroutinefunction(obj)
+        or collector.config.pluginmanager.get_plugin("asyncio") is None
+    ):
+        return
+    items = outcome.get_result()
+    for item in items if isinstance(items, list) else [items]:
+        if (
+            isinstance(item, pytest.Function)
+            and FIXTURES.intersection(item.fixturenames)
+            and item.get_closest_marker("asyncio") is None
+        ):
+            item.add_marker(pytest.mark.asyncio)
 
 
 @pytest.fixture

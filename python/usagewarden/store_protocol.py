@@ -1,6 +1,11 @@
 """The store protocols: what the Warden, the budgets, the FastAPI middleware
 and router need from a ledger, whichever backend holds it.
 
+``open_store(url)`` / ``open_async_store(url)`` open a store by URL:
+``sqlite:///relative.db``, ``sqlite:////absolute/path.db`` or
+``postgresql://user@host:port/dbname`` (any libpq URL), so one program
+moves from a file to a shared database by changing a string.
+
 Every store satisfies one of them: ``SQLiteStore`` and ``PostgresStore`` are
 ``MeteringStore``; ``AsyncSQLiteStore`` and ``AsyncPostgresStore`` are
 ``AsyncMeteringStore`` (the same methods as coroutines, plus ``blocking()``
@@ -12,16 +17,28 @@ class.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from urllib.parse import unquote, urlsplit
 
-from ._core import Aggregate, StoreStats, UsageEvent
+from ._core import (
+    Aggregate,
+    AsyncPostgresStore,
+    AsyncSQLiteStore,
+    Checkpoint,
+    PostgresStore,
+    Receipt,
+    SQLiteStore,
+    StoreStats,
+    UsageEvent,
+    VerifyReport,
+)
 
 if TYPE_CHECKING:
     from typing_extensions import Self, Unpack
 
     from ._core import Pricing, _Dest, _Filters, _Format, _GroupBy
 
-__all__ = ["AsyncMeteringStore", "MeteringStore"]
+__all__ = ["AsyncMeteringStore", "MeteringStore", "open_async_store", "open_store"]
 
 
 @runtime_checkable
@@ -35,7 +52,8 @@ class MeteringStore(Protocol):
     @property
     def closed(self) -> bool: ...
     def record(self, event: UsageEvent) -> str: ...
-    def record_batch(self, events: Iterable[UsageEvent]) -> int: ...
+    def record_nowait(self, event: UsageEvent) -> bool: ...
+    def record_batch(self, events: Iterable[UsageEvent], *, timeout: float | None = None) -> int: ...
     def query(
         self, *, limit: int | None = None, offset: int | None = None, **filters: Unpack[_Filters]
     ) -> list[UsageEvent]: ...
@@ -54,7 +72,7 @@ class MeteringStore(Protocol):
     def agents(self, **filters: Unpack[_Filters]) -> list[tuple[str, int]]: ...
     def consumers(self, **filters: Unpack[_Filters]) -> list[tuple[str, int]]: ...
     def stats(self) -> StoreStats: ...
-    def purge_expired(self) -> int: ...
+    def purge_expired(self, *, timeout: float | None = None) -> int: ...
     def reprice(self, pricing: Pricing, **filters: Unpack[_Filters]) -> int: ...
     def export(
         self,
@@ -64,8 +82,18 @@ class MeteringStore(Protocol):
         limit: int | None = None,
         **filters: Unpack[_Filters],
     ) -> int: ...
-    def flush(self) -> None: ...
-    def close(self) -> None: ...
+    def flush(self, *, timeout: float | None = None) -> None: ...
+    def close(self, *, timeout: float | None = None) -> None: ...
+    def verify(
+        self,
+        namespace: str | None = None,
+        *,
+        start: int | None = None,
+        end: int | None = None,
+        checkpoints: Iterable[Checkpoint | dict[str, Any]] | None = None,
+    ) -> VerifyReport: ...
+    def receipt(self, request_id: str, *, namespace: str = "default") -> Receipt: ...
+    def checkpoint(self, namespace: str = "default") -> Checkpoint: ...
     def __enter__(self) -> Self: ...
     def __exit__(self, *_args: object) -> bool: ...
 
@@ -82,7 +110,10 @@ class AsyncMeteringStore(Protocol):
     def closed(self) -> bool: ...
     def blocking(self) -> MeteringStore: ...
     async def record(self, event: UsageEvent) -> str: ...
-    async def record_batch(self, events: Iterable[UsageEvent]) -> int: ...
+    def record_nowait(self, event: UsageEvent) -> bool: ...
+    async def record_batch(
+        self, events: Iterable[UsageEvent], *, timeout: float | None = None
+    ) -> int: ...
     async def query(
         self, *, limit: int | None = None, offset: int | None = None, **filters: Unpack[_Filters]
     ) -> list[UsageEvent]: ...
@@ -101,7 +132,7 @@ class AsyncMeteringStore(Protocol):
     async def agents(self, **filters: Unpack[_Filters]) -> list[tuple[str, int]]: ...
     async def consumers(self, **filters: Unpack[_Filters]) -> list[tuple[str, int]]: ...
     async def stats(self) -> StoreStats: ...
-    async def purge_expired(self) -> int: ...
+    async def purge_expired(self, *, timeout: float | None = None) -> int: ...
     async def reprice(self, pricing: Pricing, **filters: Unpack[_Filters]) -> int: ...
     async def export(
         self,
@@ -111,7 +142,55 @@ class AsyncMeteringStore(Protocol):
         limit: int | None = None,
         **filters: Unpack[_Filters],
     ) -> int: ...
-    async def flush(self) -> None: ...
-    async def close(self) -> None: ...
+    async def flush(self, *, timeout: float | None = None) -> None: ...
+    async def close(self, *, timeout: float | None = None) -> None: ...
+    async def verify(
+        self,
+        namespace: str | None = None,
+        *,
+        start: int | None = None,
+        end: int | None = None,
+        checkpoints: Iterable[Checkpoint | dict[str, Any]] | None = None,
+    ) -> VerifyReport: ...
+    async def receipt(self, request_id: str, *, namespace: str = "default") -> Receipt: ...
+    async def checkpoint(self, namespace: str = "default") -> Checkpoint: ...
     async def __aenter__(self) -> Self: ...
     async def __aexit__(self, *_args: object) -> bool: ...
+
+
+_POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+
+def _sqlite_path(url: str) -> str:
+    rest = url[len("sqlite://") :]
+    if not rest.startswith("/") or rest == "/":
+        raise ValueError(
+            f"url: a SQLite URL is sqlite:///relative.db or sqlite:////abs.db, got {url!r}"
+        )
+    return unquote(rest[1:])
+
+
+def _scheme(url: object) -> str:
+    if not isinstance(url, str):
+        raise TypeError(f"url: must be a str, got {type(url).__name__}")
+    scheme = urlsplit(url).scheme.lower()
+    if scheme not in ("sqlite", *_POSTGRES_SCHEMES):
+        raise ValueError(
+            f"url: must start with sqlite:/// or postgresql://, got {url.split(':', 1)[0]!r}"
+        )
+    return scheme
+
+
+def open_store(url: str, **options: Any) -> MeteringStore:
+    """A store for ``url`` (``sqlite:///…`` or ``postgresql://…``); ``options``
+    go to its constructor (``durability``, ``retention_seconds``, ``schema``, …)."""
+    if _scheme(url) == "sqlite":
+        return SQLiteStore(_sqlite_path(url), **options)
+    return PostgresStore(url, **options)
+
+
+def open_async_store(url: str, **options: Any) -> AsyncMeteringStore:
+    """``open_store`` for asyncio: an ``AsyncSQLiteStore`` or ``AsyncPostgresStore``."""
+    if _scheme(url) == "sqlite":
+        return AsyncSQLiteStore(_sqlite_path(url), **options)
+    return AsyncPostgresStore(url, **options)

@@ -9,6 +9,7 @@ reported and records one ledger event.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -20,6 +21,7 @@ from typing import Any
 
 from ._core import (
     ManualClock,
+    Pricing,
     RateLimiter,
     Reservation,
     Usage,
@@ -39,7 +41,15 @@ _entered_runs: ContextVar[tuple[Token[RunMeter | None], ...]] = ContextVar(
     "usagewarden_entered_runs", default=()
 )
 
-_TOKEN_ARGS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
+
+#: Exceptions that end a call the provider has already started billing: the
+#: request was sent and abandoned, so at least its input is counted.
+_ABANDONED = (asyncio.CancelledError, GeneratorExit, KeyboardInterrupt)
+
+#: Identifier tuples the ledger already accepted (bounded): an agent's calls
+#: reuse a handful of names, so each is checked once, not on every call.
+_VALIDATED: dict[tuple[Any, ...], None] = {}
+_VALIDATED_MAX = 4096
 
 
 def _count(value: object, name: str) -> int:
@@ -48,6 +58,13 @@ def _count(value: object, name: str) -> int:
     if value < 0:
         raise ValueError(f"{name} must be >= 0, got {value}")
     return value
+
+
+def _fast_count(value: Any, name: str) -> int:
+    """``_count`` for the hot path: a plain int is taken at once."""
+    if type(value) is int and value >= 0:
+        return value
+    return _count(value, name)
 
 
 def _optional_text(value: object, name: str) -> str | None:
@@ -156,6 +173,8 @@ class Call:
         max_output_tokens: int,
         timeout: float | None,
         metadata: dict[str, Any] | None,
+        request_id: str | None = None,
+        source: str | None = None,
     ) -> None:
         self.warden = warden
         self.model = model
@@ -176,13 +195,17 @@ class Call:
         self._metadata = metadata
         self._settled: Usage | None = None
         self._cost: float | None = None
+        self._estimated = False
+        self._request_id = request_id
+        self._source = source or "usagewarden.warden"
         #: The budgets' reservation, while the call runs.
         self.budget_check: BudgetCheck | None = None
         #: A budget sent the call to a cheaper model (now ``self.model``).
         self.downgraded = False
         self._started = 0.0
-        self._started_at: datetime | None = None
+        self._started_at: float | None = None
         self._entered = False
+        self._finished = False
 
     @property
     def settled(self) -> bool:
@@ -200,31 +223,35 @@ class Call:
         cache_read_tokens: int = 0,
         cache_write_tokens: int = 0,
         cost: float | None = None,
+        *,
+        estimated: bool = False,
     ) -> Usage:
         """Replaces the estimate with the measured usage (a token count left
-        out keeps its estimate); returns what the call is counted as."""
+        out keeps its estimate); returns what the call is counted as.
+
+        ``cost`` is a price the caller knows for certain (an invoice line);
+        left out, the call is priced once from the warden's ``pricing``.
+        ``estimated=True`` says the provider reported no usage: the counts
+        are the adapter's estimate and the event is marked ``estimated``."""
         if self._started_at is None:
             raise RuntimeError("settle: the call has not started (use it with `async with`)")
         if self._settled is not None:
             raise ValueError("settle: the call is already settled")
-        given = {
-            "input_tokens": self.estimate.input_tokens if input_tokens is None else input_tokens,
-            "output_tokens": self.estimate.output_tokens
-            if output_tokens is None
-            else output_tokens,
-            "cache_read_tokens": cache_read_tokens,
-            "cache_write_tokens": cache_write_tokens,
-        }
-        for name, value in given.items():
-            _count(value, name)
         if cost is not None and (
             isinstance(cost, bool) or not isinstance(cost, int | float) or not cost >= 0
         ):
             raise ValueError(f"cost must be a finite number >= 0 or None, got {cost!r}")
-        if self.reservation is not None:
-            self.reservation.settle(**given, cost=cost)
-        self._settled = Usage(requests=1, cost=cost or 0.0, **given)
+        # Usage checks each count (an int >= 0) and names the one that is not.
+        self._settled = Usage(
+            requests=1,
+            input_tokens=self.estimate.input_tokens if input_tokens is None else input_tokens,
+            output_tokens=self.estimate.output_tokens if output_tokens is None else output_tokens,
+            cache_read_tokens=cache_read_tokens,
+            cache_write_tokens=cache_write_tokens,
+            cost=cost or 0.0,
+        )
         self._cost = cost
+        self._estimated = bool(estimated)
         return self._settled
 
     # Shared by both ways in and out.
@@ -247,7 +274,7 @@ class Call:
         admitted = reservation.at if reservation is not None else asked_at
         self.waited = max(0.0, admitted - asked_at)
         self._started = self.warden._now()
-        self._started_at = datetime.fromtimestamp(admitted, tz=timezone.utc)
+        self._started_at = admitted
         return self
 
     def _check_budgets(self) -> None:
@@ -281,44 +308,59 @@ class Call:
         except Exception:  # the call happened; accounting must not fail it
             logger.exception("usagewarden: could not settle a call's budget reservation")
 
-    def _actual_cost(self, usage: Usage) -> float:
+    def _price(self, usage: Usage) -> float | None:
+        """The call's one cost: the caller's, else the warden's pricing at
+        the moment the call was admitted; None when the model has no price."""
         if self._cost is not None:
             return self._cost
-        pricing = self.warden.budgets.pricing if self.warden.budgets is not None else None
-        if pricing is None or self.model is None:
-            return 0.0
-        return pricing.cost(self.model, usage) or 0.0
+        pricing = self.warden.pricing
+        if pricing is None or self.model is None or self._started_at is None:
+            return None
+        return pricing.cost(
+            self.model, usage, datetime.fromtimestamp(self._started_at, tz=timezone.utc)
+        )
 
     def _finish(self, exc: BaseException | None) -> UsageEvent | None:
+        if self._finished:
+            raise RuntimeError("the call has already finished")
+        self._finished = True
         duration_ms = max(0, round((self.warden._now() - self._started) * 1000))
-        metadata = dict(self._metadata or {})
+        metadata = dict(self._metadata) if self._metadata else {}
         if self.run is not None:
             metadata["run_id"] = self.run.run_id
-        if self.waited > 0:
+        if self.waited >= 0.001:  # not the clocks' microsecond apart
             metadata["waited_ms"] = round(self.waited * 1000)
-        cost = self._cost
         if exc is not None:
             metadata["error"] = type(exc).__name__
             if self._settled is None:
-                # The request happened and stays counted; its tokens were never billed.
-                if self.reservation is not None and not self.reservation.cancelled:
-                    self.reservation.settle(
-                        input_tokens=0, output_tokens=0, cache_read_tokens=0, cache_write_tokens=0
-                    )
-                self._settled = Usage(requests=1)
+                self._settle_failed(exc)
         elif self._settled is None:
             logger.warning(
                 "usagewarden: a call to %r ended without settle(); its estimate is counted",
                 self.model,
             )
-            metadata["estimated"] = True
+            self._estimated = True
             self._settled = self.estimate
+        if self._estimated:
+            metadata["estimated"] = True
         usage = self._settled
-        self._release_budgets(self._actual_cost(usage))
+        assert usage is not None and self._started_at is not None
+        cost = self._price(usage)
+        if self.reservation is not None and not self.reservation.cancelled:
+            self.reservation.settle(
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                cache_read_tokens=usage.cache_read_tokens,
+                cache_write_tokens=usage.cache_write_tokens,
+                cost=cost,
+            )
+        self._release_budgets(cost or 0.0)
         if self.run is not None:
-            self.run._add(usage, failed=exc is not None)
+            self.run._add(_with_cost(usage, cost), failed=exc is not None)
         if self.warden.store is None:
             return None
+        if self._cost is None and self.warden._store_prices:
+            cost = None  # the store fills it from the same Pricing, marked re-priceable
         try:
             return UsageEvent(
                 self.agent_id,
@@ -334,13 +376,37 @@ class Call:
                 duration_ms=duration_ms,
                 api_calls=1,
                 cost=cost,
-                timestamp=self._started_at,
-                source="usagewarden.warden",
+                timestamp_us=round(self._started_at * 1_000_000),
+                request_id=self._request_id,
+                source=self._source,
                 metadata=metadata or None,
             )
         except (TypeError, ValueError):  # metadata the ledger cannot hold
             logger.exception("usagewarden: could not build the usage event of a call")
             return None
+
+    def _settle_failed(self, exc: BaseException) -> None:
+        """A call that raised before ``settle``. The request stays counted.
+        One abandoned mid-way (cancelled, a stream closed early) was sent, so
+        the provider bills at least its input: the input estimate is kept,
+        marked estimated. Any other error was answered without a bill."""
+        tokens = self.estimate.input_tokens if isinstance(exc, _ABANDONED) else 0
+        self._settled = Usage(requests=1, input_tokens=tokens)
+        self._estimated = tokens > 0
+
+    async def finish(self, error: BaseException | None = None) -> None:
+        """Ends a call started by hand (``begin_unlimited()`` or ``async with``
+        entered through ``__aenter__``): settles, records, frees the budget
+        reservation. ``error`` is what made the call fail, if it did."""
+        event = self._finish(error)
+        if event is not None:
+            await self.warden._record(event)
+
+    def finish_blocking(self, error: BaseException | None = None) -> None:
+        """``finish`` for threads."""
+        event = self._finish(error)
+        if event is not None:
+            self.warden._record_blocking(event)
 
     # async with
 
@@ -371,9 +437,7 @@ class Call:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        event = self._finish(exc)
-        if event is not None:
-            await self.warden._record(event)
+        await self.finish(exc)
 
     # with
 
@@ -404,9 +468,7 @@ class Call:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        event = self._finish(exc)
-        if event is not None:
-            self.warden._record_blocking(event)
+        self.finish_blocking(exc)
 
     def __repr__(self) -> str:
         return (
@@ -433,7 +495,10 @@ class Warden:
         namespace: str = "default",
         clock: ManualClock | None = None,
         budgets: BudgetEngine | None = None,
+        pricing: Pricing | None = None,
     ) -> None:
+        if pricing is not None and not isinstance(pricing, Pricing):
+            raise TypeError("pricing: must be a usagewarden.Pricing or None")
         if budgets is not None and not isinstance(budgets, BudgetEngine):
             raise TypeError("budgets: must be a usagewarden.BudgetEngine or None")
         if limiter is not None and not isinstance(limiter, RateLimiter):
@@ -449,9 +514,26 @@ class Warden:
             clock = limiter.clock  # one timeline for admissions, waits and events
         self.limiter = limiter
         self.store = store
-        # Threads record through the same ledger's sync view.
         self._async_store = store if isinstance(store, AsyncMeteringStore) else None
+        # Threads record through the same ledger's sync view.
         self._sync_store = store.blocking() if isinstance(store, AsyncMeteringStore) else store
+        # A sync store that commits before returning waits on the disk: off the loop.
+        self._sync_store_waits = (
+            self._async_store is None and store is not None and store.durability == "commit"
+        )
+        store_pricing = getattr(store, "pricing", None)
+        budget_pricing = budgets.pricing if budgets is not None else None
+        #: The one price table calls are priced from (given, else the budgets',
+        #: else the store's): budgets and the event share the one cost.
+        self.pricing: Pricing | None = pricing or budget_pricing or store_pricing
+        if budget_pricing is not None and store_pricing not in (None, budget_pricing):
+            logger.warning(
+                "usagewarden: the budgets and the store have different pricing; "
+                "calls are priced from the budgets' and recorded with that cost"
+            )
+        # The store prices an event recorded without a cost from this same
+        # table (marking it re-priceable), so the Warden leaves it to the store.
+        self._store_prices = store_pricing is not None and store_pricing is self.pricing
         self.agent_id = agent_id
         self.namespace = namespace
         self.clock = clock
@@ -484,11 +566,15 @@ class Warden:
         timeout: float | None = None,
         run: RunMeter | None = None,
         metadata: dict[str, Any] | None = None,
+        request_id: str | None = None,
+        source: str | None = None,
     ) -> Call:
         """``async with warden.call(model=…, input_tokens=…, max_output_tokens=…) as call:``
         waits for capacity, runs the block, then records the call. The
         limiter key defaults to the model name (``"default"`` without one);
-        attribution not given comes from ``run`` or the enclosing ``with run:``."""
+        attribution not given comes from ``run`` or the enclosing ``with run:``.
+        ``request_id`` (the ledger's idempotency key) and ``source`` name the
+        event for integrations that have an id of their own for the call."""
         return self._call(False, locals())
 
     def call_blocking(
@@ -505,6 +591,8 @@ class Warden:
         timeout: float | None = None,
         run: RunMeter | None = None,
         metadata: dict[str, Any] | None = None,
+        request_id: str | None = None,
+        source: str | None = None,
     ) -> Call:
         """``call`` for threads: ``with warden.call_blocking(...) as call:``."""
         return self._call(True, locals())
@@ -515,20 +603,26 @@ class Warden:
             run = _current_run.get()
         elif not isinstance(run, RunMeter):
             raise TypeError("run: must be a RunMeter from warden.run(), or None")
-        model = _optional_text(args["model"], "model")
+        model = args["model"]
         key = args["key"] if args["key"] is not None else (model or "default")
         metadata = args["metadata"]
         if metadata is not None and not isinstance(metadata, dict):
             raise TypeError(f"metadata must be a dict or None, not {type(metadata).__name__}")
-        agent_id = _optional_text(args["agent_id"], "agent_id")
-        consumer_id = _optional_text(args["consumer_id"], "consumer_id")
-        task_id = _optional_text(args["task_id"], "task_id")
-        action = _action(args["action"])
-        agent_id = agent_id or (run.agent_id if run else self.agent_id)
-        consumer_id = consumer_id or (run.consumer_id if run else "default")
-        task_id = task_id or (run.task_id if run else None)
-        # The ledger's own checks (length, NUL…), before the call rather than after it.
-        UsageEvent(agent_id, consumer_id, task_id=task_id, model=model, action=action)
+        action = args["action"]
+        # `is None`, not `or`: an empty name stays and is refused by the check below.
+        agent_id = args["agent_id"]
+        if agent_id is None:
+            agent_id = run.agent_id if run else self.agent_id
+        consumer_id = args["consumer_id"]
+        if consumer_id is None:
+            consumer_id = run.consumer_id if run else "default"
+        task_id = args["task_id"]
+        if task_id is None and run is not None:
+            task_id = run.task_id
+        request_id, source = args["request_id"], args["source"]
+        names = (agent_id, consumer_id, task_id, model, action, request_id, source)
+        if names not in _VALIDATED:
+            _validate_names(args, names)
         timeout = args["timeout"]
         if timeout is not None and (
             isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0
@@ -544,18 +638,17 @@ class Warden:
             task_id=task_id,
             run=run,
             action=action,
-            input_tokens=_count(args["input_tokens"], "input_tokens"),
-            max_output_tokens=_count(args["max_output_tokens"], "max_output_tokens"),
+            input_tokens=_fast_count(args["input_tokens"], "input_tokens"),
+            max_output_tokens=_fast_count(args["max_output_tokens"], "max_output_tokens"),
             timeout=timeout,
             metadata=metadata,
+            request_id=request_id,
+            source=source,
         )
 
     def _now(self) -> float:
         """For durations."""
         return self.clock.now() if self.clock is not None else time.perf_counter()
-
-    def _wall_time(self) -> datetime:
-        return datetime.fromtimestamp(self._clock_now(), tz=timezone.utc)
 
     def _clock_now(self) -> float:
         """Seconds since the Unix epoch on the limiter's timeline (its system
@@ -563,9 +656,13 @@ class Warden:
         return self.clock.now() if self.clock is not None else time.time()
 
     async def _record(self, event: UsageEvent) -> None:
+        """Records without blocking the loop: an async store's awaitable, a
+        queueing sync store directly, a committing sync store in a thread."""
         try:
             if self._async_store is not None:
                 await self._async_store.record(event)
+            elif self._sync_store_waits:
+                await asyncio.to_thread(self._sync_store.record, event)  # type: ignore[union-attr]
             elif self._sync_store is not None:
                 self._sync_store.record(event)
         except Exception:  # the call already happened; metering must not fail it
@@ -585,8 +682,37 @@ class Warden:
         )
 
 
-def _action(action: object) -> str:
-    if not isinstance(action, str):
-        raise TypeError(f"action must be a str, not {type(action).__name__}")
-    UsageEvent("a", "c", action=action)  # the ledger's own check names it
-    return action
+def _with_cost(usage: Usage, cost: float | None) -> Usage:
+    if cost is None or cost == usage.cost:
+        return usage
+    return Usage(
+        requests=usage.requests,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cache_read_tokens=usage.cache_read_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+        cost=cost,
+    )
+
+
+def _validate_names(args: dict[str, Any], names: tuple[Any, ...]) -> None:
+    """The ledger's own checks (length, NUL…) on a call's identifiers, before
+    the call rather than after it; each distinct set is checked once."""
+    for name in ("model", "agent_id", "consumer_id", "task_id", "request_id", "source"):
+        _optional_text(args[name], name)
+    if not isinstance(args["action"], str):
+        raise TypeError(f"action must be a str, not {type(args['action']).__name__}")
+    agent_id, consumer_id, task_id, model, action, request_id, source = names
+    UsageEvent(
+        agent_id,
+        consumer_id,
+        task_id=task_id,
+        model=model,
+        action=action,
+        request_id=request_id,
+        source=source,
+    )
+    if request_id is None:  # an idempotency key is per call: not worth remembering
+        if len(_VALIDATED) >= _VALIDATED_MAX:
+            _VALIDATED.clear()
+        _VALIDATED[names] = None

@@ -32,6 +32,23 @@ impl Cursor {
     }
 
     /// Parses a token made by `encode` under the same `filters`.
+    /// Checks a page request (filters, `limit` of at least 1) and decodes its
+    /// cursor, the same way on every backend.
+    pub fn for_page(
+        filters: &Filters,
+        limit: u64,
+        cursor: Option<&str>,
+    ) -> CoreResult<Option<Cursor>> {
+        filters.validate()?;
+        if limit == 0 {
+            return Err(CoreError::InvalidArgument(
+                "limit",
+                "must be at least 1".into(),
+            ));
+        }
+        cursor.map(|c| Cursor::decode(c, filters)).transpose()
+    }
+
     pub fn decode(token: &str, filters: &Filters) -> CoreResult<Cursor> {
         let invalid = || {
             CoreError::InvalidArgument("cursor", "is not a cursor returned by this ledger".into())

@@ -36,6 +36,10 @@ pub struct UsageEvent {
     pub source: Option<String>,
     /// Canonical JSON (sorted keys) of the metadata object, already redacted.
     pub metadata: Option<String>,
+    /// Lowercase hex digest of what the action produced (a document, an
+    /// answer…), covered by the ledger's hash chain.
+    #[serde(default)]
+    pub artifact_digest: Option<String>,
 }
 
 fn check_id(field: &'static str, value: &str) -> CoreResult<()> {
@@ -63,6 +67,24 @@ fn check_id(field: &'static str, value: &str) -> CoreResult<()> {
 
 fn check_optional_id(field: &'static str, value: &Option<String>) -> CoreResult<()> {
     value.as_deref().map_or(Ok(()), |v| check_id(field, v))
+}
+
+/// Lowercase hex, an even number of 32 to 128 digits (128- to 512-bit digests).
+fn check_artifact_digest(value: &Option<String>) -> CoreResult<()> {
+    let Some(hex) = value.as_deref() else {
+        return Ok(());
+    };
+    let ok = (32..=128).contains(&hex.len())
+        && hex.len() % 2 == 0
+        && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if ok {
+        Ok(())
+    } else {
+        Err(CoreError::InvalidArgument(
+            "artifact_digest",
+            format!("must be lowercase hex with an even number of 32 to 128 digits, got {hex:?}"),
+        ))
+    }
 }
 
 /// `[a-z][a-z0-9_.:-]{0,63}`
@@ -125,6 +147,7 @@ impl UsageEvent {
         check_optional_id("task_id", &self.task_id)?;
         check_optional_id("model", &self.model)?;
         check_optional_id("source", &self.source)?;
+        check_artifact_digest(&self.artifact_digest)?;
         if !(MIN_TIMESTAMP_US..=MAX_TIMESTAMP_US).contains(&self.timestamp_us) {
             return Err(CoreError::InvalidArgument(
                 "timestamp",
@@ -195,6 +218,10 @@ impl UsageEvent {
         }
         eat(opt_bytes(&self.source));
         eat(opt_bytes(&self.metadata));
+        // Absent, it adds nothing: fingerprints of events without one are unchanged.
+        if let Some(digest) = &self.artifact_digest {
+            eat(digest.as_bytes());
+        }
         h as i64
     }
 }
@@ -223,6 +250,7 @@ pub(crate) mod tests {
             request_id: new_request_id(),
             source: None,
             metadata: None,
+            artifact_digest: None,
         }
     }
 
@@ -253,6 +281,27 @@ pub(crate) mod tests {
             e.validate(),
             Err(CoreError::InvalidArgument("task_id", _))
         ));
+    }
+
+    #[test]
+    fn artifact_digest_is_lowercase_even_hex() {
+        for ok in ["ab".repeat(16), "0f".repeat(32), "a".repeat(128)] {
+            let mut e = event("a", 0, 1);
+            e.artifact_digest = Some(ok.clone());
+            assert!(e.validate().is_ok(), "{ok}");
+        }
+        for bad in ["ab".repeat(15), "a".repeat(33), "AB".repeat(16), "g".repeat(32), "a".repeat(130)] {
+            let mut e = event("a", 0, 1);
+            e.artifact_digest = Some(bad.clone());
+            assert!(
+                matches!(e.validate(), Err(CoreError::InvalidArgument("artifact_digest", _))),
+                "{bad}"
+            );
+        }
+        let a = event("a", 0, 1);
+        let mut b = a.clone();
+        b.artifact_digest = Some("ab".repeat(16));
+        assert_ne!(a.fingerprint(), b.fingerprint());
     }
 
     #[test]

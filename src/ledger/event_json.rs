@@ -42,6 +42,7 @@ struct EventJson {
     request_id: Option<String>,
     source: Option<String>,
     metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    artifact_digest: Option<String>,
 }
 
 fn default_action() -> String {
@@ -102,6 +103,7 @@ fn convert(e: EventJson, namespace: &str, now_us: i64) -> Option<UsageEvent> {
         request_id: e.request_id.unwrap_or_else(new_request_id),
         source: e.source,
         metadata,
+        artifact_digest: e.artifact_digest,
     };
     event.validate().ok()?;
     Some(event)

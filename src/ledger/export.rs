@@ -4,7 +4,8 @@
 //! with offset), agent_id, consumer_id, task_id, action, model, tokens_in,
 //! tokens_out, cache_read_tokens, cache_write_tokens, total_tokens,
 //! duration_ms, api_calls, units, cost (USD, exact decimal; empty when
-//! unknown), source, metadata (JSON). Empty cells are empty strings.
+//! unknown), source, metadata (JSON), artifact_digest. Empty cells are
+//! empty strings.
 
 use super::event::UsageEvent;
 use crate::error::{CoreError, CoreResult};
@@ -32,7 +33,7 @@ impl Format {
     }
 }
 
-pub const CSV_COLUMNS: [&str; 19] = [
+pub const CSV_COLUMNS: [&str; 20] = [
     "request_id",
     "namespace",
     "timestamp",
@@ -52,6 +53,7 @@ pub const CSV_COLUMNS: [&str; 19] = [
     "cost",
     "source",
     "metadata",
+    "artifact_digest",
 ];
 
 /// ISO 8601 in UTC with an explicit offset, microsecond precision.
@@ -98,6 +100,7 @@ fn csv_row(e: &UsageEvent) -> String {
         e.cost_nanos.map(usd_decimal).unwrap_or_default(),
         opt(&e.source),
         opt(&e.metadata),
+        opt(&e.artifact_digest),
     ];
     let mut line = String::with_capacity(256);
     for (i, cell) in cells.iter().enumerate() {
@@ -122,7 +125,7 @@ pub fn event_json(e: &UsageEvent) -> String {
         "{{\"agent_id\":{},\"consumer_id\":{},\"task_id\":{},\"namespace\":{},\"action\":{},\"model\":{},\
          \"tokens_in\":{},\"tokens_out\":{},\"cache_read_tokens\":{},\"cache_write_tokens\":{},\"total_tokens\":{},\
          \"duration_ms\":{},\"api_calls\":{},\"units\":{},\"cost\":{},\"timestamp\":{},\"request_id\":{},\
-         \"source\":{},\"metadata\":{}}}",
+         \"source\":{},\"metadata\":{},\"artifact_digest\":{}}}",
         s(&e.agent_id),
         s(&e.consumer_id),
         o(&e.task_id),
@@ -142,6 +145,7 @@ pub fn event_json(e: &UsageEvent) -> String {
         s(&e.request_id),
         o(&e.source),
         metadata,
+        o(&e.artifact_digest),
     )
 }
 

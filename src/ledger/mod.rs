@@ -1,11 +1,14 @@
 //! The usage ledger: one append-only event per billable action.
 
 pub mod buckets;
+pub mod chain;
+pub mod chain_verify;
 pub mod cursor;
 pub mod event;
 pub mod event_json;
 pub mod export;
 pub mod filters;
+pub mod postgres;
 pub mod redact;
 pub mod sqlite;
 pub mod store;

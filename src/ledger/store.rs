@@ -1,7 +1,8 @@
 //! `MeteringStore`: the one contract every ledger backend implements, so the
 //! bindings, the budgets and the HTTP router work on any of them.
 
-use crate::error::CoreResult;
+use crate::error::{CoreError, CoreResult};
+use crate::ledger::chain_verify::{Checkpoint, PositionRange, Receipt, VerifyReport};
 use crate::ledger::event::UsageEvent;
 use crate::ledger::export::Format;
 use crate::ledger::filters::Filters;
@@ -27,8 +28,9 @@ pub trait MeteringStore: Send + Sync {
     /// Records an event already validated; returns its request id. With
     /// `Durability::Commit` a conflicting duplicate is a `Conflict` error.
     fn record_valid(&self, event: Arc<UsageEvent>) -> CoreResult<String>;
-    /// Queues an event without waiting (`Durability::Batch` only): `Ok(None)`
-    /// when queued, the event handed back when the queue is full.
+    /// Queues an event without waiting: `Ok(None)` when queued (the writer
+    /// commits it later, whatever the durability), the event handed back
+    /// when the queue is full.
     fn try_record_valid(&self, event: Arc<UsageEvent>) -> CoreResult<Option<Arc<UsageEvent>>>;
     /// Records every event in one transaction, or none; returns how many were
     /// new. With a `timeout`, a failing database errs when it passes, and
@@ -74,4 +76,29 @@ pub trait MeteringStore: Send + Sync {
     /// what could not be committed by then (never dropping an acknowledged
     /// event); errs only if that failed. Idempotent.
     fn close(&self, grace: Duration) -> CoreResult<()>;
+
+    /// Recomputes the hash chain of `namespace` (every namespace when
+    /// `None`) over `range`, checking the `anchors` on the way; the report
+    /// names the first problem. Must read one consistent snapshot.
+    fn verify(
+        &self,
+        _namespace: Option<&str>,
+        _range: PositionRange,
+        _anchors: &[Checkpoint],
+    ) -> CoreResult<VerifyReport> {
+        Err(not_supported("verify"))
+    }
+    /// The canonical payload of one committed event, its place in the chain
+    /// and the digests around it.
+    fn receipt(&self, _request_id: &str, _namespace: &str) -> CoreResult<Receipt> {
+        Err(not_supported("receipt"))
+    }
+    /// The head of `namespace`'s chain over the committed events.
+    fn checkpoint(&self, _namespace: &str) -> CoreResult<Checkpoint> {
+        Err(not_supported("checkpoint"))
+    }
+}
+
+fn not_supported(what: &str) -> CoreError {
+    CoreError::Store(format!("{what} is not supported by this backend yet"))
 }

@@ -5,11 +5,16 @@
 //! mutex, so unrelated keys do not contend. A request on several keys locks
 //! their shards in ascending index order, which rules out deadlock.
 
+mod backend;
+mod holds;
 mod keymap;
+pub mod redis;
 mod reservation;
 mod state;
 mod waiter;
 
+pub use backend::{CancelWait, Limiter, Started, WaitFuture};
+pub use holds::Observation;
 pub use reservation::{Reservation, ReservationState};
 pub use waiter::{Canceller, Enqueued, WaitHandle};
 
@@ -243,7 +248,7 @@ pub struct RateLimiter {
     inner: Arc<Inner>,
 }
 
-fn check_keys<S: AsRef<str>>(keys: &[S]) -> CoreResult<()> {
+pub(crate) fn check_keys<S: AsRef<str>>(keys: &[S]) -> CoreResult<()> {
     if keys.is_empty() {
         return Err(CoreError::InvalidArgument(
             "key",
@@ -450,12 +455,71 @@ impl RateLimiter {
             let key = key.as_ref();
             if let Some(state) = locked.shard(i).keys.get_mut(key) {
                 state.evict(now);
-                remaining = remaining.min(state.remaining());
+                remaining = remaining.min(state.remaining(now));
             } else {
-                remaining = remaining.min(KeyState::new(self.inner.limits_for(key), 0).remaining());
+                remaining =
+                    remaining.min(KeyState::new(self.inner.limits_for(key), 0).remaining(now));
             }
         }
         remaining
+    }
+
+    /// Admits nothing on any of `keys` for `duration_ns` from now (a
+    /// provider's 429 / Retry-After). A longer pause extends one in force; a
+    /// shorter one changes nothing. Waiters wake when it ends, still in order.
+    pub fn pause<S: AsRef<str>>(&self, keys: &[S], duration_ns: u64) -> CoreResult<()> {
+        check_keys(keys)?;
+        if duration_ns == 0 {
+            return Err(CoreError::InvalidArgument(
+                "seconds",
+                "must be a finite number of seconds > 0".into(),
+            ));
+        }
+        let inner = &*self.inner;
+        let mut locked = inner.lock(keys);
+        let now = inner.clock.now();
+        for (i, key) in keys.iter().enumerate() {
+            let (_, state) = locked.shard(i).state(key.as_ref(), inner);
+            state.evict(now);
+            state.holds_mut().pause(now.saturating_add(duration_ns));
+        }
+        Ok(())
+    }
+
+    /// Follows a provider's remaining-quota figures: where one is below what
+    /// the limiter would still admit on a key, at most that much more of
+    /// the dimension is admitted there until the provider's reset.
+    pub fn observe<S: AsRef<str>>(
+        &self,
+        keys: &[S],
+        observations: &[Observation],
+    ) -> CoreResult<()> {
+        check_keys(keys)?;
+        let inner = &*self.inner;
+        let mut locked = inner.lock(keys);
+        let now = inner.clock.now();
+        for (i, key) in keys.iter().enumerate() {
+            let (_, state) = locked.shard(i).state(key.as_ref(), inner);
+            state.evict(now);
+            for o in observations {
+                let reset = o.reset_ns.unwrap_or_else(|| {
+                    state
+                        .limits
+                        .specs()
+                        .iter()
+                        .filter(|s| s.dimension == o.dimension)
+                        .map(LimitSpec::window_ns)
+                        .min()
+                        .unwrap_or(crate::limits::Unit::Minute.window_ns())
+                });
+                if reset > 0 && o.remaining < state.headroom(o.dimension) {
+                    state
+                        .holds_mut()
+                        .tighten(o.dimension, o.remaining, now.saturating_add(reset));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Usage counted for `key`: within the longest window, or within the last

@@ -15,11 +15,18 @@ pub enum ReservationState {
     Cancelled,
 }
 
+/// Where a reservation's usage is counted: applies a settle or a refund to
+/// the usage recorded at `at` on each key (skipping a key whose state was
+/// reset since, which its generation tells).
+pub trait Adjust: Send + Sync {
+    fn adjust(&self, keys: &[(Arc<str>, u64)], at: u64, add: Usage, sub: Usage);
+}
+
 /// Usage recorded on one or more keys at one moment. `settle` replaces the
 /// estimate with the actual usage at that same moment (a refund or an extra
 /// charge); `cancel` refunds all of it. Either happens once.
 pub struct Reservation {
-    inner: Arc<Inner>,
+    inner: Arc<dyn Adjust>,
     /// The keys' state identities at admission (see `KeyState::name`).
     /// Each key with the generation of its state at admission.
     keys: SmallVec<[(Arc<str>, u64); 2]>,
@@ -40,8 +47,8 @@ impl fmt::Debug for Reservation {
 }
 
 impl Reservation {
-    pub(crate) fn new(
-        inner: Arc<Inner>,
+    pub fn new(
+        inner: Arc<dyn Adjust>,
         keys: SmallVec<[(Arc<str>, u64); 2]>,
         at: u64,
         usage: Usage,
@@ -121,10 +128,16 @@ impl Reservation {
         if add.is_zero() && sub.is_zero() {
             return;
         }
-        let keys: SmallVec<[&str; 2]> = self.keys().collect();
-        let mut locked = self.inner.lock(&keys);
-        let now = self.inner.clock.now();
-        for (i, (key, generation)) in self.keys.iter().enumerate() {
+        self.inner.adjust(&self.keys, self.at, add, sub);
+    }
+}
+
+impl Adjust for Inner {
+    fn adjust(&self, held: &[(Arc<str>, u64)], at: u64, add: Usage, sub: Usage) {
+        let keys: SmallVec<[&str; 2]> = held.iter().map(|(k, _)| &**k).collect();
+        let mut locked = self.lock(&keys);
+        let now = self.clock.now();
+        for (i, (key, generation)) in held.iter().enumerate() {
             let Some(state) = locked.shard(i).keys.get_mut(key) else {
                 continue;
             };
@@ -132,7 +145,7 @@ impl Reservation {
                 continue; // the key was reset since: this usage no longer counts
             }
             state.evict(now);
-            state.adjust(now, self.at, add, sub);
+            state.adjust(now, at, add, sub);
             if !sub.is_zero() {
                 state.wake_head();
             }

@@ -1,5 +1,6 @@
 //! Per-key limiter state and the fit arithmetic shared by every acquire path.
 
+use super::holds::{bounds, Holds};
 use super::waiter::Waiter;
 use crate::limits::{LimitSpec, Limits};
 use crate::usage::{Dimension, Usage, MAX_COUNT};
@@ -17,6 +18,9 @@ pub(crate) struct KeyState {
     pub(crate) windows: SmallVec<[SlidingWindow; 1]>,
     /// Waiters in arrival order; only the head may be admitted.
     pub(crate) queue: VecDeque<Arc<Waiter>>,
+    /// A provider's pause and ceilings, when it gave any (boxed: rare, and
+    /// the hot path should not carry them).
+    pub(crate) holds: Option<Box<Holds>>,
 }
 
 /// Whether a request fits a key (or a set of keys) now.
@@ -42,7 +46,7 @@ pub(crate) fn unlimited() -> Usage {
     Usage::from_array([MAX_COUNT; 6])
 }
 
-fn cap(remaining: &mut Usage, dim: Dimension, left: u64) {
+pub(crate) fn cap(remaining: &mut Usage, dim: Dimension, left: u64) {
     match dim {
         Dimension::Requests => remaining.requests = remaining.requests.min(left),
         Dimension::InputTokens => remaining.input_tokens = remaining.input_tokens.min(left),
@@ -119,6 +123,7 @@ impl KeyState {
             limits,
             windows,
             queue: VecDeque::new(),
+            holds: None,
         }
     }
 
@@ -126,19 +131,30 @@ impl KeyState {
         for window in &mut self.windows {
             window.evict(now);
         }
+        if let Some(holds) = &mut self.holds {
+            holds.expire(now);
+            if holds.is_empty() {
+                self.holds = None;
+            }
+        }
     }
 
     /// Nothing counted, nobody waiting, no reservation outstanding (a
     /// reservation holds a clone of the map's `key`).
     pub(crate) fn is_idle(&self, key: &Arc<str>) -> bool {
         self.queue.is_empty()
+            && self.holds.is_none()
             && Arc::strong_count(key) == 1
             && self.windows.iter().all(SlidingWindow::is_idle)
     }
 
     /// Does `usage` fit now? `key_index` tags the limits this key reports.
     pub(crate) fn evaluate(&self, now: u64, usage: &Usage, key_index: usize) -> Fit {
-        evaluate(&self.limits, &self.windows, now, usage, key_index)
+        let fit = evaluate(&self.limits, &self.windows, now, usage, key_index);
+        match &self.holds {
+            Some(holds) => fit.and(holds.evaluate(now, usage, key_index)),
+            None => fit,
+        }
     }
 
     /// When `usage` would fit if the queued waiters (those ahead of `me`, when
@@ -170,7 +186,11 @@ impl KeyState {
         for window in &mut windows {
             window.evict(t);
         }
-        match evaluate(&self.limits, &windows, t, usage, key_index) {
+        let mut fit = evaluate(&self.limits, &windows, t, usage, key_index);
+        if let Some(holds) = &self.holds {
+            fit = fit.and(holds.evaluate(t, usage, key_index));
+        }
+        match fit {
             Fit::Fits { binding, .. } => Fit::Waits {
                 wait_ns: t - now,
                 limit: binding.unwrap_or((key_index, self.limits.specs()[0])),
@@ -246,7 +266,7 @@ fn evaluate(
 impl KeyState {
     /// What could still be admitted now (fields with no limit read the
     /// maximum count; a full or over-full limit reads zero for its fields only).
-    pub(crate) fn remaining(&self) -> Usage {
+    pub(crate) fn remaining(&self, now: u64) -> Usage {
         let mut remaining = unlimited();
         for (spec, w) in self.limits.specs_with_window() {
             let used = self.windows[w].sum().get(spec.dimension);
@@ -256,18 +276,50 @@ impl KeyState {
                 spec.amount.saturating_sub(used),
             );
         }
+        if let Some(holds) = &self.holds {
+            holds.cap_remaining(now, &mut remaining);
+        }
         remaining
+    }
+
+    /// How much more of `dim` the limits and ceilings let through now.
+    pub(crate) fn headroom(&self, dim: Dimension) -> u64 {
+        let limits = self
+            .limits
+            .specs_with_window()
+            .filter(|(spec, _)| bounds(spec.dimension, dim))
+            .map(|(spec, w)| {
+                let used = self.windows[w].sum().get(spec.dimension);
+                spec.amount.saturating_sub(used)
+            })
+            .min()
+            .unwrap_or(u64::MAX);
+        let ceilings = self.holds.as_ref().map_or(u64::MAX, |h| h.headroom(dim));
+        limits.min(ceilings)
+    }
+
+    /// The pause and ceilings, created on first use.
+    pub(crate) fn holds_mut(&mut self) -> &mut Holds {
+        self.holds.get_or_insert_with(Box::default)
     }
 
     pub(crate) fn record(&mut self, now: u64, usage: Usage) {
         for window in &mut self.windows {
             window.add(now, usage);
         }
+        if let Some(holds) = &mut self.holds {
+            holds.consume(&usage);
+        }
     }
 
     /// Applies a settle or refund to the usage recorded at `at`, in every
     /// window that still holds it.
     pub(crate) fn adjust(&mut self, now: u64, at: u64, add: Usage, sub: Usage) {
+        // A refund does not raise a provider's ceiling (the provider has
+        // counted the request); extra usage does use it up.
+        if let Some(holds) = &mut self.holds {
+            holds.consume(&add);
+        }
         for window in &mut self.windows {
             if !window.adjust(at, add, sub) && at.saturating_add(window.window()) > now {
                 // Nothing was recorded at `at` (a zero-usage reservation):
@@ -282,6 +334,7 @@ impl KeyState {
         for window in &mut self.windows {
             window.clear();
         }
+        self.holds = None;
         self.generation = generation;
     }
 

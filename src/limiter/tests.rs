@@ -10,11 +10,7 @@ fn limits(specs: &[(Dimension, Unit, u64)]) -> Limits {
     Limits::new(
         specs
             .iter()
-            .map(|(dimension, unit, amount)| LimitSpec {
-                dimension: *dimension,
-                unit: *unit,
-                amount: *amount,
-            })
+            .map(|(dimension, unit, amount)| LimitSpec::new(*dimension, *unit, *amount))
             .collect(),
     )
     .unwrap()
@@ -421,4 +417,95 @@ fn concurrent_threads_never_exceed_a_limit() {
             log[end].0
         );
     }
+}
+
+#[test]
+fn a_pause_refuses_everything_until_it_ends_and_only_extends() {
+    let (limiter, clock) = manual(rpm_tpm(100, 10_000));
+    limiter.pause(&["k"], 30 * S).unwrap();
+    let d = limiter.try_acquire(&["k"], call(1, 0)).unwrap();
+    assert!(!d.allowed);
+    assert_eq!(d.retry_after_ns, Some(30 * S));
+    assert_eq!(d.limit.unwrap().1.name(), "pause");
+    assert_eq!(limiter.remaining(&["k"]).unwrap(), Usage::ZERO);
+    assert!(limiter.try_acquire(&["other"], call(1, 0)).unwrap().allowed);
+    limiter.pause(&["k"], 10 * S).unwrap(); // shorter: no change
+    clock.advance(20 * S);
+    limiter.pause(&["k"], 20 * S).unwrap(); // now until t=40
+    clock.advance(15 * S);
+    let d = limiter.check(&["k"], call(1, 0)).unwrap();
+    assert_eq!(d.retry_after_ns, Some(5 * S));
+    clock.advance(5 * S);
+    assert!(limiter.try_acquire(&["k"], call(1, 0)).unwrap().allowed);
+    assert!(limiter.pause(&["k"], 0).is_err());
+}
+
+#[test]
+fn a_pause_keeps_waiters_in_order_and_wakes_them_when_it_ends() {
+    let (limiter, clock) = manual(rpm_tpm(100, 10_000));
+    limiter.pause(&["k"], 10 * S).unwrap();
+    let Enqueued::Waiting(first) = limiter.enqueue(&["k"], call(1, 0), None).unwrap() else {
+        panic!("paused: must wait");
+    };
+    let Enqueued::Waiting(second) = limiter.enqueue(&["k"], call(1, 0), None).unwrap() else {
+        panic!("paused: must wait");
+    };
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let spawn = |handle: WaitHandle, n: u32| {
+        let order = order.clone();
+        std::thread::spawn(move || {
+            let r = handle.wait_blocking(&mut || false).unwrap();
+            order.lock().push(n);
+            r
+        })
+    };
+    let (a, b) = (spawn(first, 1), spawn(second, 2));
+    clock.advance(10 * S);
+    let (ra, rb) = (a.join().unwrap(), b.join().unwrap());
+    assert_eq!(*order.lock(), vec![1, 2]);
+    assert!(ra.at() <= rb.at());
+    assert_eq!(limiter.usage("k", None).unwrap().requests, 2);
+}
+
+#[test]
+fn an_observed_remaining_caps_admissions_until_its_reset() {
+    let (limiter, clock) = manual(rpm_tpm(100, 10_000));
+    let tokens = |remaining, reset_ns| Observation {
+        dimension: Dimension::TotalTokens,
+        remaining,
+        reset_ns,
+    };
+    limiter
+        .observe(&["k"], &[tokens(300, Some(20 * S))])
+        .unwrap();
+    assert_eq!(limiter.remaining(&["k"]).unwrap().input_tokens, 300);
+    assert!(limiter.try_acquire(&["k"], call(200, 50)).unwrap().allowed);
+    let d = limiter.try_acquire(&["k"], call(100, 0)).unwrap();
+    assert!(!d.allowed);
+    assert_eq!(d.retry_after_ns, Some(20 * S));
+    assert_eq!(d.limit.unwrap().1.name(), "observed_total_tokens");
+    assert!(limiter.try_acquire(&["k"], call(50, 0)).unwrap().allowed);
+    // A looser figure than the limiter's own changes nothing.
+    limiter.observe(&["k"], &[tokens(5_000, Some(S))]).unwrap();
+    assert_eq!(limiter.remaining(&["k"]).unwrap().input_tokens, 0);
+    clock.advance(20 * S);
+    assert_eq!(
+        limiter.remaining(&["k"]).unwrap().input_tokens,
+        10_000 - 300
+    );
+    // Without a reset, the dimension's own window (a minute) applies.
+    limiter
+        .observe(
+            &["k"],
+            &[Observation {
+                dimension: Dimension::Requests,
+                remaining: 0,
+                reset_ns: None,
+            }],
+        )
+        .unwrap();
+    let d = limiter.check(&["k"], call(0, 0)).unwrap();
+    assert_eq!(d.retry_after_ns, Some(60 * S));
+    limiter.reset(Some("k"));
+    assert!(limiter.check(&["k"], call(0, 0)).unwrap().allowed);
 }

@@ -65,7 +65,7 @@ fn describe(keys: &[Arc<str>]) -> String {
 }
 
 /// The refusal, naming the key whose limit refused (all keys when unknown).
-fn limited(
+pub(crate) fn limited(
     keys: &[Arc<str>],
     retry_after_ns: Option<u64>,
     limit: Option<(usize, LimitSpec)>,

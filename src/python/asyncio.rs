@@ -14,15 +14,16 @@
 use super::bridge::{self, Payload};
 use super::errors;
 use super::reservation::PyReservation;
-use crate::limiter::{Enqueued, RateLimiter};
+use crate::limiter::{Limiter, Started};
 use crate::usage::Usage;
 use parking_lot::Mutex;
 use pyo3::exceptions::{PyRuntimeError, PyStopIteration};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
+use std::sync::Arc;
 
 pub(crate) struct AcquireArgs {
-    pub(crate) limiter: RateLimiter,
+    pub(crate) limiter: Arc<dyn Limiter>,
     pub(crate) keys: super::args::Keys,
     pub(crate) key: Py<PyAny>,
     pub(crate) usage: Usage,
@@ -67,12 +68,13 @@ impl AcquireCoroutine {
     }
 
     fn start(&self, py: Python<'_>, args: AcquireArgs) -> PyResult<Py<PyAny>> {
-        let enqueued = args
+        let names = super::limiter_methods::names(&args.keys);
+        let started = args
             .limiter
-            .enqueue(&args.keys, args.usage, args.timeout_ns)
+            .start_acquire(&names, args.usage, args.timeout_ns)
             .map_err(|e| errors::to_py(py, e))?;
-        match enqueued {
-            Enqueued::Granted(core) => {
+        match started {
+            Started::Granted(core) => {
                 let reservation = Py::new(
                     py,
                     PyReservation {
@@ -82,16 +84,12 @@ impl AcquireCoroutine {
                 )?;
                 Err(stop(reservation.into_any()))
             }
-            Enqueued::Waiting(handle) => {
-                // Leave the queue as soon as the future is cancelled, not when
-                // the tokio task gets round to dropping the wait.
-                let canceller = handle.canceller();
+            Started::Waiting(wait, cancel) => {
+                // `cancel` leaves the queue as soon as the future is cancelled,
+                // not when the tokio task gets round to dropping the wait.
                 let key = args.key;
-                let future = bridge::spawn(
-                    py,
-                    async move { Payload::Grant(handle.wait().await, key) },
-                    Some(Box::new(move || canceller.cancel())),
-                )?;
+                let future =
+                    bridge::spawn(py, async move { Payload::Grant(wait.await, key) }, cancel)?;
                 let iter = future.call_method0("__await__")?;
                 let yielded = iter.call_method0("__next__");
                 *self.state.lock() = State::Waiting(future.unbind(), iter.unbind());

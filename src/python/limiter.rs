@@ -1,14 +1,11 @@
 //! `usagewarden.RateLimiter` and `usagewarden.Decision`.
 
-use super::args::{self, Keys, UsageArgs};
-use super::asyncio::{AcquireArgs, AcquireCoroutine};
 use super::clock::ClockArg;
-use super::errors::{self, IntoPyResult};
+use super::limiter_methods::limiter_methods;
 use super::limits::{PyLimit, PyRateLimits};
 use super::reservation::PyReservation;
 use super::usage::PyUsage;
 use crate::clock::ns_to_seconds;
-use crate::error::CoreError;
 use crate::limiter::{Decision, LimiterSnapshot, RateLimiter, Reservation};
 use crate::limits::LimitSpec;
 use crate::usage::Usage;
@@ -18,7 +15,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
 
-fn key_object(py: Python<'_>, key: Option<&Bound<'_, PyAny>>) -> Py<PyAny> {
+pub(crate) fn key_object(py: Python<'_>, key: Option<&Bound<'_, PyAny>>) -> Py<PyAny> {
     match key {
         Some(k) if !k.is_none() => k.clone().unbind(),
         _ => intern!(py, "default").clone().into_any().unbind(),
@@ -125,33 +122,13 @@ impl PyDecision {
 /// to its own `RateLimits`, other keys get `limits`.
 #[pyclass(frozen, name = "RateLimiter", module = "usagewarden")]
 pub struct PyRateLimiter {
-    core: RateLimiter,
+    pub(crate) core: RateLimiter,
     limits: Py<PyRateLimits>,
     per_key: Py<PyDict>,
     clock: ClockArg,
 }
 
-impl PyRateLimiter {
-    fn decide(
-        &self,
-        py: Python<'_>,
-        key: Option<&Bound<'_, PyAny>>,
-        usage: UsageArgs<'_, '_>,
-        record: bool,
-    ) -> PyResult<PyDecision> {
-        let keys = args::keys(py, key)?;
-        let usage = usage.to_usage(1)?;
-        let decision = if record {
-            self.core.try_acquire(&keys, usage)
-        } else {
-            self.core.check(&keys, usage)
-        }
-        .py_err(py)?;
-        Ok(into_py_decision(py, decision, key_object(py, key)))
-    }
-}
-
-fn into_py_decision(_py: Python<'_>, d: Decision, key: Py<PyAny>) -> PyDecision {
+pub(crate) fn into_py_decision(_py: Python<'_>, d: Decision, key: Py<PyAny>) -> PyDecision {
     PyDecision {
         allowed: d.allowed,
         retry_after_ns: d.retry_after_ns,
@@ -165,15 +142,47 @@ fn into_py_decision(_py: Python<'_>, d: Decision, key: Py<PyAny>) -> PyDecision 
     }
 }
 
-fn blocking_error(py: Python<'_>, err: CoreError, interrupt: Option<PyErr>) -> PyErr {
-    match (err, interrupt) {
-        (CoreError::Interrupted, Some(signal)) => signal,
-        (err, _) => errors::to_py(py, err),
+/// `limits` and `per_key` as given to a limiter: the objects (a copy of the
+/// dict) and the core limits of each overridden key.
+pub(crate) type ParsedLimits<'py> = (
+    Bound<'py, PyRateLimits>,
+    Bound<'py, PyDict>,
+    Vec<(String, crate::limits::Limits)>,
+);
+
+pub(crate) fn parse_limits<'py>(
+    py: Python<'py>,
+    limits: &Bound<'py, PyAny>,
+    per_key: Option<&Bound<'py, PyAny>>,
+) -> PyResult<ParsedLimits<'py>> {
+    let limits = limits
+        .cast::<PyRateLimits>()
+        .map_err(|_| PyTypeError::new_err("limits must be a usagewarden.RateLimits"))?
+        .clone();
+    let per_key_copy = PyDict::new(py);
+    let mut overrides = Vec::new();
+    if let Some(per_key) = per_key.filter(|p| !p.is_none()) {
+        let per_key = per_key.cast::<PyDict>().map_err(|_| {
+            PyTypeError::new_err("per_key must be a dict of str to usagewarden.RateLimits")
+        })?;
+        for (k, v) in per_key.iter() {
+            let name = k
+                .cast::<PyString>()
+                .map_err(|_| PyTypeError::new_err("per_key keys must be str"))?;
+            let v_limits = v.cast::<PyRateLimits>().map_err(|_| {
+                PyTypeError::new_err(format!(
+                    "per_key[{}] must be a usagewarden.RateLimits",
+                    name.repr().map(|r| r.to_string()).unwrap_or_default()
+                ))
+            })?;
+            overrides.push((name.to_cow()?.into_owned(), v_limits.get().limits.clone()));
+            per_key_copy.set_item(&k, &v)?;
+        }
     }
+    Ok((limits, per_key_copy, overrides))
 }
 
-#[pymethods]
-impl PyRateLimiter {
+limiter_methods!(PyRateLimiter, waits_on_io = false, {
     #[new]
     #[pyo3(signature = (limits, *, per_key=None, clock=None))]
     fn new(
@@ -182,30 +191,7 @@ impl PyRateLimiter {
         per_key: Option<&Bound<'_, PyAny>>,
         clock: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
-        let limits = limits
-            .cast::<PyRateLimits>()
-            .map_err(|_| PyTypeError::new_err("limits must be a usagewarden.RateLimits"))?
-            .clone();
-        let per_key_copy = PyDict::new(py);
-        let mut overrides = Vec::new();
-        if let Some(per_key) = per_key.filter(|p| !p.is_none()) {
-            let per_key = per_key.cast::<PyDict>().map_err(|_| {
-                PyTypeError::new_err("per_key must be a dict of str to usagewarden.RateLimits")
-            })?;
-            for (k, v) in per_key.iter() {
-                let name = k
-                    .cast::<PyString>()
-                    .map_err(|_| PyTypeError::new_err("per_key keys must be str"))?;
-                let v_limits = v.cast::<PyRateLimits>().map_err(|_| {
-                    PyTypeError::new_err(format!(
-                        "per_key[{}] must be a usagewarden.RateLimits",
-                        name.repr().map(|r| r.to_string()).unwrap_or_default()
-                    ))
-                })?;
-                overrides.push((name.to_cow()?.into_owned(), v_limits.get().limits.clone()));
-                per_key_copy.set_item(&k, &v)?;
-            }
-        }
+        let (limits, per_key_copy, overrides) = parse_limits(py, limits, per_key)?;
         let clock = ClockArg::extract(clock)?;
         let core = RateLimiter::new(limits.get().limits.clone(), overrides, clock.clock.clone());
         Ok(PyRateLimiter {
@@ -229,193 +215,6 @@ impl PyRateLimiter {
     #[getter]
     fn clock(&self, py: Python<'_>) -> Py<PyAny> {
         self.clock.to_object(py)
-    }
-
-    /// Admits the request now on every key, or on none; never waits.
-    #[pyo3(signature = (key=None, *, requests=None, input_tokens=None, output_tokens=None, cache_read_tokens=None, cache_write_tokens=None, cost=None))]
-    #[allow(clippy::too_many_arguments)]
-    #[pyo3(
-        text_signature = "(self, key='default', *, requests=1, input_tokens=0, output_tokens=0, cache_read_tokens=0, cache_write_tokens=0, cost=0.0)"
-    )]
-    fn try_acquire(
-        &self,
-        py: Python<'_>,
-        key: Option<&Bound<'_, PyAny>>,
-        requests: Option<&Bound<'_, PyAny>>,
-        input_tokens: Option<&Bound<'_, PyAny>>,
-        output_tokens: Option<&Bound<'_, PyAny>>,
-        cache_read_tokens: Option<&Bound<'_, PyAny>>,
-        cache_write_tokens: Option<&Bound<'_, PyAny>>,
-        cost: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<PyDecision> {
-        let usage = UsageArgs {
-            requests,
-            input_tokens,
-            output_tokens,
-            cache_read_tokens,
-            cache_write_tokens,
-            cost,
-        };
-        self.decide(py, key, usage, true)
-    }
-
-    /// What `try_acquire` would decide now; records nothing.
-    #[pyo3(signature = (key=None, *, requests=None, input_tokens=None, output_tokens=None, cache_read_tokens=None, cache_write_tokens=None, cost=None))]
-    #[allow(clippy::too_many_arguments)]
-    #[pyo3(
-        text_signature = "(self, key='default', *, requests=1, input_tokens=0, output_tokens=0, cache_read_tokens=0, cache_write_tokens=0, cost=0.0)"
-    )]
-    fn check(
-        &self,
-        py: Python<'_>,
-        key: Option<&Bound<'_, PyAny>>,
-        requests: Option<&Bound<'_, PyAny>>,
-        input_tokens: Option<&Bound<'_, PyAny>>,
-        output_tokens: Option<&Bound<'_, PyAny>>,
-        cache_read_tokens: Option<&Bound<'_, PyAny>>,
-        cache_write_tokens: Option<&Bound<'_, PyAny>>,
-        cost: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<PyDecision> {
-        let usage = UsageArgs {
-            requests,
-            input_tokens,
-            output_tokens,
-            cache_read_tokens,
-            cache_write_tokens,
-            cost,
-        };
-        self.decide(py, key, usage, false)
-    }
-
-    /// Waits without blocking the event loop until the request is admitted
-    /// (FIFO per key), then returns its `Reservation`. Raises
-    /// `RateLimitExceeded` on timeout, or at once for a request larger than a limit.
-    #[pyo3(signature = (key=None, *, requests=None, input_tokens=None, output_tokens=None, cache_read_tokens=None, cache_write_tokens=None, cost=None, timeout=None))]
-    #[allow(clippy::too_many_arguments)]
-    #[pyo3(
-        text_signature = "(self, key='default', *, requests=1, input_tokens=0, output_tokens=0, cache_read_tokens=0, cache_write_tokens=0, cost=0.0, timeout=None)"
-    )]
-    fn acquire(
-        &self,
-        py: Python<'_>,
-        key: Option<&Bound<'_, PyAny>>,
-        requests: Option<&Bound<'_, PyAny>>,
-        input_tokens: Option<&Bound<'_, PyAny>>,
-        output_tokens: Option<&Bound<'_, PyAny>>,
-        cache_read_tokens: Option<&Bound<'_, PyAny>>,
-        cache_write_tokens: Option<&Bound<'_, PyAny>>,
-        cost: Option<&Bound<'_, PyAny>>,
-        timeout: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<AcquireCoroutine> {
-        let usage = UsageArgs {
-            requests,
-            input_tokens,
-            output_tokens,
-            cache_read_tokens,
-            cache_write_tokens,
-            cost,
-        };
-        Ok(AcquireCoroutine::pending(AcquireArgs {
-            limiter: self.core.clone(),
-            keys: args::keys(py, key)?,
-            key: key_object(py, key),
-            usage: usage.to_usage(1)?,
-            timeout_ns: args::optional_seconds(timeout, "timeout", false)?,
-        }))
-    }
-
-    /// Blocks this thread (with the GIL released) until the request is
-    /// admitted; for code running in threads.
-    #[pyo3(signature = (key=None, *, requests=None, input_tokens=None, output_tokens=None, cache_read_tokens=None, cache_write_tokens=None, cost=None, timeout=None))]
-    #[allow(clippy::too_many_arguments)]
-    #[pyo3(
-        text_signature = "(self, key='default', *, requests=1, input_tokens=0, output_tokens=0, cache_read_tokens=0, cache_write_tokens=0, cost=0.0, timeout=None)"
-    )]
-    fn acquire_blocking(
-        &self,
-        py: Python<'_>,
-        key: Option<&Bound<'_, PyAny>>,
-        requests: Option<&Bound<'_, PyAny>>,
-        input_tokens: Option<&Bound<'_, PyAny>>,
-        output_tokens: Option<&Bound<'_, PyAny>>,
-        cache_read_tokens: Option<&Bound<'_, PyAny>>,
-        cache_write_tokens: Option<&Bound<'_, PyAny>>,
-        cost: Option<&Bound<'_, PyAny>>,
-        timeout: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<PyReservation> {
-        let usage = UsageArgs {
-            requests,
-            input_tokens,
-            output_tokens,
-            cache_read_tokens,
-            cache_write_tokens,
-            cost,
-        };
-        let keys: Keys = args::keys(py, key)?;
-        let usage = usage.to_usage(1)?;
-        let timeout_ns = args::optional_seconds(timeout, "timeout", false)?;
-        let core = &self.core;
-        let mut interrupt: Option<PyErr> = None;
-        let result = py.detach(|| {
-            core.acquire_blocking(&keys, usage, timeout_ns, &mut || {
-                Python::attach(|py| match py.check_signals() {
-                    Ok(()) => false,
-                    Err(e) => {
-                        interrupt = Some(e);
-                        true
-                    }
-                })
-            })
-        });
-        match result {
-            Ok(core) => Ok(PyReservation {
-                core,
-                key: key_object(py, key),
-            }),
-            Err(e) => Err(blocking_error(py, e, interrupt)),
-        }
-    }
-
-    /// Usage counted for `key` within the longest limit window, or within
-    /// the last `window_seconds`.
-    #[pyo3(signature = (key=None, window_seconds=None), text_signature = "(self, key='default', window_seconds=None)")]
-    fn usage(
-        &self,
-        py: Python<'_>,
-        key: Option<&Bound<'_, PyAny>>,
-        window_seconds: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<PyUsage> {
-        let keys = args::keys(py, key)?;
-        if keys.len() != 1 {
-            return Err(PyValueError::new_err("key: usage() takes a single key"));
-        }
-        let span = args::optional_seconds(window_seconds, "window_seconds", true)?;
-        self.core
-            .usage(&keys[0], span)
-            .py_err(py)
-            .map(PyUsage::from)
-    }
-
-    /// What could still be admitted now on `key` (every key of a tuple).
-    /// Fields without a limit read 2**63 - 1.
-    #[pyo3(signature = (key=None), text_signature = "(self, key='default')")]
-    fn remaining(&self, py: Python<'_>, key: Option<&Bound<'_, PyAny>>) -> PyResult<PyUsage> {
-        let keys = args::keys(py, key)?;
-        self.core.remaining(&keys).py_err(py).map(PyUsage::from)
-    }
-
-    /// Forgets the usage of `key`, or of every key. Waiters stay queued.
-    #[pyo3(signature = (key=None))]
-    fn reset(&self, key: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
-        match key.filter(|k| !k.is_none()) {
-            None => self.core.reset(None),
-            Some(k) => {
-                for key in args::keys(k.py(), Some(k))? {
-                    self.core.reset(Some(&key));
-                }
-            }
-        }
-        Ok(())
     }
 
     /// Drops the state of idle keys now (it also happens by itself over time);
@@ -474,4 +273,4 @@ impl PyRateLimiter {
             .into_pyobject(py)?;
         Ok((slf.get_type().getattr("_restore")?, args))
     }
-}
+});

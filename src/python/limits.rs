@@ -129,11 +129,7 @@ impl PyRateLimits {
                         "{name} must be positive, got {value}"
                     )));
                 }
-                specs.push(LimitSpec {
-                    dimension,
-                    unit,
-                    amount,
-                });
+                specs.push(LimitSpec::new(dimension, unit, amount));
             }
         }
         let limits = Limits::new(specs).map_err(|e| PyValueError::new_err(e.to_string()))?;

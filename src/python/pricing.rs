@@ -5,7 +5,9 @@ use crate::python::errors::IntoPyResult;
 use crate::python::ledger::{pytime, PyUsageEvent};
 use crate::python::usage::PyUsage;
 use crate::usage::nanos_to_usd;
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::{
+    PyFileNotFoundError, PyOSError, PyPermissionError, PyTypeError, PyValueError,
+};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use std::sync::Arc;
@@ -78,7 +80,14 @@ impl PyPricing {
             .and_then(|p| p.extract())
             .map_err(|_| PyTypeError::new_err("path must be a str or os.PathLike"))?;
         let text = py.detach(|| std::fs::read_to_string(&path)).map_err(|e| {
-            PyValueError::new_err(format!("path: cannot read {}: {e}", path.display()))
+            let message = format!("path: cannot read {}: {e}", path.display());
+            // A missing or unreadable file is an OSError, as `open()` raises.
+            match e.kind() {
+                std::io::ErrorKind::NotFound => PyFileNotFoundError::new_err(message),
+                std::io::ErrorKind::PermissionDenied => PyPermissionError::new_err(message),
+                std::io::ErrorKind::InvalidData => PyValueError::new_err(message),
+                _ => PyOSError::new_err(message),
+            }
         })?;
         let data = parse_object(&text, "path")?;
         let pricing = Pricing::from_litellm(&data).py_err(py)?;

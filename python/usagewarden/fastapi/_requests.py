@@ -12,10 +12,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import TypeAdapter, ValidationError
+from starlette.requests import ClientDisconnect
 
 from ._errors import api_error, error_detail
 
 T = TypeVar("T")
+
+#: "Client closed request": the status given to a request whose client hung up.
+CLIENT_CLOSED_REQUEST = 499
 
 
 def field_errors(errors: Iterable[Any], prefix: Sequence[str | int] = ()) -> list[dict[str, Any]]:
@@ -48,6 +52,10 @@ class UsageRoute(APIRoute):
                 response = await handler(request)
             except RequestValidationError as exc:
                 response = invalid(field_errors(exc.errors()))
+            except ClientDisconnect:
+                # The client hung up mid-body: nothing is recorded and nobody
+                # is left to answer; 499 is what the metering sees.
+                return Response(status_code=CLIENT_CLOSED_REQUEST)
             # Rate-limit headers set by the router's dependencies.
             for name, value in getattr(request.state, "usagewarden_headers", {}).items():
                 response.headers.setdefault(name, value)

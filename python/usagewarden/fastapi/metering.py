@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
 
 from fastapi import Request
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._core import UsageEvent
 from ..store_protocol import AsyncMeteringStore, MeteringStore
+from ._requests import CLIENT_CLOSED_REQUEST
 
 logger = logging.getLogger("usagewarden")
 
@@ -24,8 +25,14 @@ class MeteringMiddleware:
 
     The event holds the route *template* (``/items/{item_id}``, never the raw
     path), the method, the status and the duration; headers, query strings and
-    bodies are never stored. Recording runs in the background and a storage
-    failure is logged, never turned into a different response.
+    bodies are never stored. A client that hangs up before the response is
+    metered with status 499 and ends quietly.
+
+    Recording is a synchronous enqueue on the store's queue (no task, no
+    thread per request); the store's writer does the I/O. A full queue is not
+    waited on: the event is counted in ``dropped`` and logged. A storage
+    failure is counted in ``failed`` and logged, never turned into a
+    different response.
     """
 
     def __init__(
@@ -46,38 +53,50 @@ class MeteringMiddleware:
         UsageEvent(agent_id, "anonymous", action=action, namespace=namespace)
         self.app = app
         self.store = store
-        self._async_store = store if isinstance(store, AsyncMeteringStore) else None
         self.agent_id = agent_id
         self.consumer_func = consumer_func
         self.action = action
         self.namespace = namespace
-        self._pending: set[asyncio.Task[None]] = set()
+        #: Requests not metered because the store's queue was full.
+        self.dropped = 0
+        #: Requests not metered because the store failed (closed, stopped).
+        self.failed = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await self.app(scope, self._draining_on_shutdown(receive), send)
-            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
         status = 500
+        completed = False
+        disconnected = False
+
+        async def receive_and_watch() -> Message:
+            nonlocal disconnected
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                disconnected = True
+            return message
 
         async def send_and_watch(message: Message) -> None:
-            nonlocal status
+            nonlocal status, completed
             if message["type"] == "http.response.start":
                 status = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                completed = True
             await send(message)
 
         try:
-            await self.app(scope, receive, send_and_watch)
+            await self.app(scope, receive_and_watch, send_and_watch)
+        except ClientDisconnect:
+            # Nobody is left to answer, and the traceback would say nothing.
+            disconnected = True
         finally:
-            duration_ms = round((time.perf_counter() - started) * 1000)
-            task = asyncio.get_running_loop().create_task(self._record(scope, status, duration_ms))
-            self._pending.add(task)
-            task.add_done_callback(self._pending.discard)
+            if disconnected and not completed:
+                status = CLIENT_CLOSED_REQUEST
+            self._record(scope, status, round((time.perf_counter() - started) * 1000))
 
-    async def _record(self, scope: Scope, status: int, duration_ms: int) -> None:
+    def _record(self, scope: Scope, status: int, duration_ms: int) -> None:
         try:
             route = scope.get("route")
             template = getattr(route, "path", None) or "<unmatched>"
@@ -94,26 +113,20 @@ class MeteringMiddleware:
                 source="usagewarden.fastapi",
                 metadata={"route": template, "method": scope.get("method"), "status": status},
             )
-            if self._async_store is not None:
-                await self._async_store.record(event)
-            else:
-                await asyncio.to_thread(self.store.record, event)
+            queued = self.store.record_nowait(event)
         except Exception:  # metering must never affect the request it meters
+            self.failed += 1
             logger.exception("usagewarden: could not meter a request")
-
-    def _draining_on_shutdown(self, receive: Receive) -> Receive:
-        """Lets events still being recorded finish before the app's own
-        shutdown runs (which may close the store)."""
-
-        async def receive_and_drain() -> Message:
-            message = await receive()
-            if message["type"] == "lifespan.shutdown":
-                await self.drain()
-            return message
-
-        return receive_and_drain
+            return
+        if not queued:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                logger.warning(
+                    "usagewarden: the store's queue is full; %d requests not metered so far",
+                    self.dropped,
+                )
 
     async def drain(self) -> None:
-        """Waits for events still being recorded (for tests and shutdown)."""
-        while self._pending:
-            await asyncio.gather(*list(self._pending), return_exceptions=True)
+        """Kept for compatibility: events are queued before the request
+        ends, so there is nothing left to wait for (``store.flush()``
+        commits them)."""

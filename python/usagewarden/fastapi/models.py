@@ -3,9 +3,12 @@ OpenAPI schema. Every time is ISO 8601 with a UTC offset."""
 
 from __future__ import annotations
 
+import math
+import re
+from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter
 
 #: Most events one ``POST /batch`` takes.
 MAX_BATCH = 1000
@@ -14,6 +17,32 @@ _Id = Annotated[str, Field(min_length=1, max_length=256)]
 # `lt=2**63` rather than `le=2**63 - 1`: the OpenAPI schema carries bounds as
 # floats, and 2**63 is one that a float holds exactly.
 _Count = Annotated[int, Field(ge=0, lt=2**63)]
+_NUMERIC = re.compile(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*")
+
+
+def _explicit_time(value: Any) -> Any:
+    """A time is an ISO 8601 string with an offset, or a JSON number of
+    seconds since the Unix epoch (UTC). A numeric *string* is refused: its
+    unit (seconds? milliseconds?) would be a guess."""
+    if isinstance(value, bool):
+        raise ValueError("must be an ISO 8601 string with an offset, or a number of Unix seconds")
+    if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number of Unix seconds")
+        try:
+            return datetime.fromtimestamp(value, timezone.utc)
+        except (OverflowError, OSError, ValueError):
+            raise ValueError("is out of range (years 1 to 9999)") from None
+    if isinstance(value, str) and _NUMERIC.fullmatch(value):
+        raise ValueError(
+            "a numeric string is ambiguous: send ISO 8601 with an offset "
+            "(2026-01-31T12:00:00Z), or a JSON number of Unix seconds"
+        )
+    return value
+
+
+#: ISO 8601 with an offset, or a JSON number of Unix seconds.
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_explicit_time)]
 
 
 class EventIn(BaseModel):
@@ -38,8 +67,10 @@ class EventIn(BaseModel):
     cost: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = Field(
         None, description="USD; null when unknown (never a silent zero)."
     )
-    timestamp: AwareDatetime | None = Field(
-        None, description="When it happened, with an offset; defaults to now."
+    timestamp: Timestamp | None = Field(
+        None,
+        description="When it happened: ISO 8601 with an offset, or a JSON number of "
+        "seconds since the Unix epoch; defaults to now. Numeric strings are refused.",
     )
     request_id: _Id | None = None
     source: _Id | None = None

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._core import Decision, RateLimiter
+from ..limiter_protocol import Limiter
 from ._errors import error_detail
 
 Key = str | tuple[str, ...]
@@ -37,10 +38,47 @@ def _remaining(decision: Decision, dimension: str) -> float:
     return values[dimension]
 
 
+#: The draft-11 quota unit of each dimension (``requests`` is the default).
+_QUOTA_UNITS = {
+    "requests": None,
+    "input_tokens": "tokens",
+    "output_tokens": "tokens",
+    "total_tokens": "tokens",
+    "cost": "usd-micros",
+}
+#: Every rate-limit header this module writes, lower-case.
+RATE_LIMIT_HEADER_NAMES = frozenset(
+    {
+        "ratelimit-limit",
+        "ratelimit-remaining",
+        "ratelimit-reset",
+        "x-ratelimit-limit",
+        "x-ratelimit-remaining",
+        "x-ratelimit-reset",
+        "ratelimit-policy",
+        "ratelimit",
+    }
+)
+
+
+def _sf_string(value: str) -> str:
+    """An RFC 8941 structured-field String."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _quota(dimension: str, amount: float) -> int:
+    """Draft-11 quotas are integers: cost is given in millionths of a USD."""
+    return math.floor(amount * 1_000_000) if dimension == "cost" else math.floor(amount)
+
+
 def rate_limit_headers(decision: Decision) -> dict[str, str]:
-    """``RateLimit-Limit``/``-Remaining``/``-Reset`` (and ``X-RateLimit-*``) for
-    the limit that binds, plus ``Retry-After`` on a refusal. Reset is in
-    seconds: until the request fits when refused, else the limit's window."""
+    """The headers for the limit that binds: the draft-11 structured fields
+    ``RateLimit-Policy: "<limit>";q=<quota>;w=<window>[;qu="tokens"]`` and
+    ``RateLimit: "<limit>";r=<remaining>;t=<reset>``, the legacy
+    ``RateLimit-Limit``/``-Remaining``/``-Reset`` (and ``X-RateLimit-*``), and
+    ``Retry-After`` on every refusal. Reset is in seconds: until the request
+    fits when refused, else the limit's window. A request that can never fit
+    gets the window as its ``Retry-After``."""
     headers: dict[str, str] = {}
     limit = decision.limit
     if limit is not None:
@@ -48,17 +86,64 @@ def rate_limit_headers(decision: Decision) -> dict[str, str]:
             reset = limit.window
         else:
             reset = decision.retry_after
+        remaining = _remaining(decision, limit.dimension)
         values = {
             "Limit": f"{limit.amount:g}" if isinstance(limit.amount, float) else str(limit.amount),
-            "Remaining": f"{_remaining(decision, limit.dimension):g}",
+            "Remaining": f"{remaining:g}",
             "Reset": str(math.ceil(reset)),
         }
         for name, value in values.items():
             headers[f"RateLimit-{name}"] = value
             headers[f"X-RateLimit-{name}"] = value
-    if not decision.allowed and decision.retry_after is not None:
-        headers["Retry-After"] = str(max(1, math.ceil(decision.retry_after)))
+        policy = f"{_sf_string(limit.name)};q={_quota(limit.dimension, limit.amount)}"
+        policy += f";w={math.ceil(limit.window)}"
+        unit = _QUOTA_UNITS.get(limit.dimension)
+        if unit is not None:
+            policy += f";qu={_sf_string(unit)}"
+        headers["RateLimit-Policy"] = policy
+        headers["RateLimit"] = (
+            f"{_sf_string(limit.name)};r={max(0, _quota(limit.dimension, remaining))}"
+            f";t={math.ceil(reset)}"
+        )
+    if not decision.allowed:
+        wait = decision.retry_after
+        if wait is None:
+            wait = limit.window if limit is not None else 1.0
+        headers["Retry-After"] = str(max(1, math.ceil(wait)))
     return headers
+
+
+def _pressure(headers: Mapping[str, str]) -> float:
+    """How close a limit is to refusing: remaining / limit (lower binds more)."""
+    try:
+        limit = float(headers["ratelimit-limit"])
+        return float(headers["ratelimit-remaining"]) / limit if limit > 0 else 0.0
+    except (KeyError, ValueError):
+        return math.inf
+
+
+def _merge_rate_limit_headers(
+    existing: list[tuple[bytes, bytes]], status: int, ours: dict[str, str], refused: bool
+) -> list[tuple[bytes, bytes]]:
+    """One set of rate-limit headers on a response: the middleware's unless
+    the app's own (a ``rate_limit`` dependency) bind more: a refusal of the
+    app's, or less remaining of its limit."""
+    theirs = {
+        name.decode("latin-1").lower(): value.decode("latin-1")
+        for name, value in existing
+        if name.decode("latin-1").lower() in RATE_LIMIT_HEADER_NAMES
+    }
+    raw = [(n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in ours.items()]
+    if not theirs:
+        return [*existing, *raw]
+    lowered = {n.lower(): v for n, v in ours.items()}
+    theirs_bind = status == 429 or (not refused and _pressure(theirs) <= _pressure(lowered))
+    if theirs_bind:
+        return existing
+    kept = [
+        (n, v) for n, v in existing if n.decode("latin-1").lower() not in RATE_LIMIT_HEADER_NAMES
+    ]
+    return [*kept, *raw]
 
 
 def refusal_detail(decision: Decision) -> dict[str, Any]:
@@ -76,8 +161,8 @@ def refusal_detail(decision: Decision) -> dict[str, Any]:
 
 
 def check_limiter(limiter: object, key_func: object) -> None:
-    if not isinstance(limiter, RateLimiter):
-        raise TypeError("limiter: must be a usagewarden.RateLimiter")
+    if not isinstance(limiter, Limiter):
+        raise TypeError("limiter: must be a usagewarden.Limiter (RateLimiter or RedisRateLimiter)")
     if not callable(key_func):
         raise TypeError("key_func: must be a callable taking the Request")
 
@@ -110,7 +195,9 @@ class RateLimitMiddleware:
     ``key_func(request)`` names the key (default: the client address);
     ``cost_func(request)``, when given, returns the ``try_acquire`` keywords
     for the request (default: one request). Refused requests get a 429 with
-    ``Retry-After``; every limited response carries the ``RateLimit-*`` headers.
+    ``Retry-After``; every limited response carries one set of rate-limit
+    headers: when a route's ``rate_limit`` dependency also applies, those of
+    the limit that binds (the refusing one, else the one with less left).
     """
 
     def __init__(
@@ -143,14 +230,13 @@ class RateLimitMiddleware:
             )
             await refusal(scope, receive, send)
             return
-        raw = [
-            (name.lower().encode("latin-1"), value.encode("latin-1"))
-            for name, value in headers.items()
-        ]
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), *raw]}
+                merged = _merge_rate_limit_headers(
+                    list(message.get("headers", [])), message["status"], headers, refused=False
+                )
+                message = {**message, "headers": merged}
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

@@ -11,12 +11,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import AwareDatetime, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 
-from .._core import RateLimiter, UsageEvent, _events_from_json
+from .._core import UsageEvent, _events_from_json
 from ..budgets import BudgetEngine
 from ..errors import ConflictError, StoreError
 from ..store_protocol import AsyncMeteringStore
+from ..limiter_protocol import Limiter
 from ._errors import api_error
 from ._export_stream import open_export
 from ._requests import UsageRoute, argument_of, field_errors, parse_json, read_body
@@ -35,6 +36,7 @@ from .models import (
     Purged,
     Recorded,
     StatsOut,
+    Timestamp,
     Totals,
     Validation,
     batch_adapter,
@@ -90,10 +92,10 @@ async def _filters(
     model: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
     action: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
     start: Annotated[
-        AwareDatetime | None, Query(description="Inclusive; ISO 8601 with an offset.")
+        Timestamp | None, Query(description="Inclusive; ISO 8601 with an offset.")
     ] = None,
     end: Annotated[
-        AwareDatetime | None, Query(description="Inclusive; ISO 8601 with an offset.")
+        Timestamp | None, Query(description="Inclusive; ISO 8601 with an offset.")
     ] = None,
 ) -> dict[str, Any]:
     """The ledger filters, from the query string."""
@@ -206,7 +208,7 @@ def usage_router(
     *,
     auth: Callable[..., Awaitable[Principal]] | Callable[..., Principal] | None,
     prefix: str = "/usage",
-    rate_limiter: RateLimiter | None = None,
+    rate_limiter: Limiter | None = None,
     max_page: int = 1000,
     max_export_rows: int = 100_000,
     max_body_bytes: int = 8 * 1024 * 1024,
@@ -236,8 +238,8 @@ def usage_router(
         raise TypeError("auth: must be a FastAPI dependency returning a Principal")
     if budgets is not None and not isinstance(budgets, BudgetEngine):
         raise TypeError("budgets: must be a usagewarden.BudgetEngine or None")
-    if rate_limiter is not None and not isinstance(rate_limiter, RateLimiter):
-        raise TypeError("rate_limiter: must be a usagewarden.RateLimiter or None")
+    if rate_limiter is not None and not isinstance(rate_limiter, Limiter):
+        raise TypeError("rate_limiter: must be a usagewarden.Limiter or None")
     for name, value in (
         ("max_page", max_page),
         ("max_export_rows", max_export_rows),

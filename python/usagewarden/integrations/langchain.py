@@ -4,10 +4,12 @@ Three pieces, for three places LangChain lets code in:
 
 - ``UsageWardenRateLimiter``: a ``BaseRateLimiter`` for ``rate_limiter=`` on
   any chat model. LangChain asks it only for permission, before each request,
-  and never shows it the prompt or the response, so it counts requests (and a
-  fixed number of tokens per request, if given); it records nothing.
+  and never shows it the prompt or the response, so it reserves requests (and
+  a fixed number of tokens per request, if given); it records nothing.
 - ``UsageWardenCallbackHandler``: records one ``UsageEvent`` per model call from
-  the callbacks, with the tokens the provider reported; it limits nothing.
+  the callbacks, with the tokens the provider reported; it limits nothing, but
+  given the rate limiter (``rate_limiter=``) it settles the limiter's
+  reservations to those tokens.
 - ``UsageWardenMiddleware``: a ``create_agent`` middleware that sees the
   request and the response, so it does both, token-aware: it waits for
   capacity on an estimate before the call and settles to the reported usage.
@@ -21,11 +23,10 @@ Install with ``pip install 'usagewarden[langchain]'``.
 from __future__ import annotations
 
 import logging
-import math
 import threading
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -46,8 +47,19 @@ from langchain_core.messages import AIMessage, BaseMessage  # noqa: E402
 from langchain_core.outputs import LLMResult  # noqa: E402
 from langchain_core.rate_limiters import BaseRateLimiter  # noqa: E402
 
-from .._core import RateLimiter, Usage, UsageEvent  # noqa: E402
-from ..warden import Call, RunMeter, Warden, _count, _current_run  # noqa: E402
+from .._core import RateLimiter, Reservation, UsageEvent  # noqa: E402
+from ..errors import RateLimitExceeded  # noqa: E402
+from ..warden import Call, Warden, _count  # noqa: E402
+from ._shared import (  # noqa: E402
+    check_timeout,
+    clip_id,
+    count,
+    estimate_text_tokens,
+    output_reserve,
+    settle_reported,
+    sync_provider_client,
+    text_chars,
+)
 
 __all__ = [
     "UsageWardenCallbackHandler",
@@ -61,19 +73,28 @@ logger = logging.getLogger("usagewarden")
 #: Where the events this module records come from (``UsageEvent.source``).
 SOURCE = "usagewarden.langchain"
 
-#: Keys whose values are inline binary (images, files), not text a model reads as tokens.
-_BINARY_KEYS = frozenset({"data", "base64", "file_data"})
+#: Reservations a rate limiter keeps for its callback handler to settle; older
+#: ones (a limiter used without the handler) stay at their fixed amount.
+_PENDING_MAX = 10_000
+
+_HOW_TO_REPORT = (
+    "ChatOpenAI with a custom base_url streams usage only with stream_usage=True "
+    "(UsageWardenMiddleware turns it on)."
+)
 
 
 class UsageWardenRateLimiter(BaseRateLimiter):
     """``rate_limiter=`` for a chat model, backed by a usagewarden limiter.
 
     Each request reserves ``requests`` requests and ``tokens_per_request``
-    input tokens on ``key`` (so a ``total_tokens`` or ``input_tokens`` limit
-    sees a fixed cost per request; LangChain gives a rate limiter no prompt
-    to measure). The reservation is never settled: the limiter keeps the
-    fixed amount. ``timeout`` bounds a blocking wait (``RateLimitExceeded``
-    when it runs out); a request larger than a limit raises at once.
+    input tokens on ``key`` (LangChain gives a rate limiter no prompt to
+    measure). Pass the limiter to ``UsageWardenCallbackHandler(...,
+    rate_limiter=...)`` and each reservation is settled, oldest first, to the
+    tokens the provider reported for a call, so token limits count real
+    usage; alone, the limiter keeps the fixed amount. ``timeout`` bounds a
+    blocking wait (``RateLimitExceeded`` when it runs out, and the handler
+    records no call: nothing reached the provider); a request larger than a
+    limit raises at once.
     """
 
     def __init__(
@@ -93,29 +114,53 @@ class UsageWardenRateLimiter(BaseRateLimiter):
             limiter = warden_or_limiter
         else:
             raise TypeError("warden_or_limiter: must be a usagewarden.Warden or RateLimiter")
-        if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0
-        ):
-            raise ValueError(f"timeout must be a number >= 0 or None, got {timeout!r}")
         self.limiter = limiter
         self.key = key
         self.requests = _count(requests, "requests")
         self.tokens_per_request = _count(tokens_per_request, "tokens_per_request")
-        self.timeout = timeout
+        self.timeout = check_timeout(timeout)
+        self._pending: deque[Reservation] = deque(maxlen=_PENDING_MAX)
         limiter.check(key, requests=0)  # names a bad key now, not at the first request
+
+    def settle_oldest(
+        self,
+        input_tokens: int,
+        output_tokens: int,
+        cache_read_tokens: int = 0,
+        cache_write_tokens: int = 0,
+    ) -> bool:
+        """Settles the oldest unsettled reservation to a finished call's
+        tokens (what the callback handler does); False if none is left."""
+        try:
+            reservation = self._pending.popleft()
+        except IndexError:
+            return False
+        if not reservation.cancelled:
+            reservation.settle(
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
+                cache_read_tokens=cache_read_tokens,
+                cache_write_tokens=cache_write_tokens,
+            )
+        return True
 
     def acquire(self, *, blocking: bool = True) -> bool:
         """Blocking: waits (in this thread) until the request fits, then True.
         Non-blocking: True if it fits now (and is counted), else False."""
         if not blocking:
-            return self.limiter.try_acquire(
+            decision = self.limiter.try_acquire(
                 self.key, requests=self.requests, input_tokens=self.tokens_per_request
-            ).allowed
-        self.limiter.acquire_blocking(
-            self.key,
-            requests=self.requests,
-            input_tokens=self.tokens_per_request,
-            timeout=self.timeout,
+            )
+            if decision.reservation is not None:
+                self._pending.append(decision.reservation)
+            return decision.allowed
+        self._pending.append(
+            self.limiter.acquire_blocking(
+                self.key,
+                requests=self.requests,
+                input_tokens=self.tokens_per_request,
+                timeout=self.timeout,
+            )
         )
         return True
 
@@ -123,11 +168,13 @@ class UsageWardenRateLimiter(BaseRateLimiter):
         """``acquire`` for asyncio: a blocking wait suspends only this task."""
         if not blocking:
             return self.acquire(blocking=False)
-        await self.limiter.acquire(
-            self.key,
-            requests=self.requests,
-            input_tokens=self.tokens_per_request,
-            timeout=self.timeout,
+        self._pending.append(
+            await self.limiter.acquire(
+                self.key,
+                requests=self.requests,
+                input_tokens=self.tokens_per_request,
+                timeout=self.timeout,
+            )
         )
         return True
 
@@ -154,15 +201,6 @@ class _Tokens:
         )
 
 
-@dataclass(frozen=True)
-class _Started:
-    at: float
-    wall: datetime | None
-    model: str | None
-    run: RunMeter | None
-    parent_run_id: UUID | None
-
-
 class UsageWardenCallbackHandler(AsyncCallbackHandler):
     """Records one ``UsageEvent`` per chat-model (or LLM) call, from the callbacks.
 
@@ -171,12 +209,18 @@ class UsageWardenCallbackHandler(AsyncCallbackHandler):
     writes (``input_token_details`` ``cache_read`` / ``cache_creation``), the
     model, the time from the call's start to its end, and the LangChain run
     id (``metadata["langchain_run_id"]``, also the event's ``request_id``, so
-    an event recorded twice counts once). A failed call is recorded with no
-    tokens and the exception type in ``metadata["error"]``.
+    an event recorded twice counts once). A call that reported no usage (a
+    stream without a usage chunk) keeps an estimate of its input and output
+    (chars/4), marked ``estimated``. A failed call is recorded with no tokens
+    and the exception type in ``metadata["error"]``; one stopped by the rate
+    limiter's ``timeout`` is not recorded (nothing reached the provider).
 
     Attribution: ``agent_id`` / ``consumer_id`` if given, else those of the
     enclosing ``with warden.run(...)`` (whose ``run_id`` and usage the call
-    also joins), else the warden's agent and ``"default"``.
+    also joins), else the ``create_agent(name=...)`` of the agent, else the
+    warden's agent and ``"default"``. ``rate_limiter``: the
+    ``UsageWardenRateLimiter`` of the same model, whose reservations are then
+    settled to the reported tokens.
 
     An async handler, so in async code it records on the running loop; in
     sync code LangChain runs its coroutines to completion before returning.
@@ -192,10 +236,13 @@ class UsageWardenCallbackHandler(AsyncCallbackHandler):
         consumer_id: str | None = None,
         agent_id: str | None = None,
         action: str = "llm.request",
+        rate_limiter: UsageWardenRateLimiter | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(warden, Warden):
             raise TypeError("warden: must be a usagewarden.Warden")
+        if rate_limiter is not None and not isinstance(rate_limiter, UsageWardenRateLimiter):
+            raise TypeError("rate_limiter: must be a UsageWardenRateLimiter or None")
         # Checked now with the ledger's own rules, so a bad name fails here
         # instead of dropping every event later.
         UsageEvent(agent_id or warden.agent_id, consumer_id or "default", action=action)
@@ -203,10 +250,11 @@ class UsageWardenCallbackHandler(AsyncCallbackHandler):
         self.consumer_id = consumer_id
         self.agent_id = agent_id
         self.action = action
+        self.rate_limiter = rate_limiter
         self._lock = threading.Lock()
-        self._started: dict[UUID, _Started] = {}
+        self._started: dict[UUID, Call] = {}
 
-    # Starts: remember when, what model and which run (keyed by LangChain's run id).
+    # Starts: a call begun without waiting (the rate limiter waits), keyed by LangChain's run id.
 
     async def on_chat_model_start(
         self,
@@ -219,7 +267,8 @@ class UsageWardenCallbackHandler(AsyncCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        self._start(run_id, parent_run_id, serialized, metadata, kwargs)
+        sent = estimate_tokens([m for prompt in messages for m in prompt])
+        self._start(run_id, parent_run_id, serialized, metadata, kwargs, sent)
 
     async def on_llm_start(
         self,
@@ -232,7 +281,9 @@ class UsageWardenCallbackHandler(AsyncCallbackHandler):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        self._start(run_id, parent_run_id, serialized, metadata, kwargs)
+        self._start(
+            run_id, parent_run_id, serialized, metadata, kwargs, estimate_text_tokens(prompts)
+        )
 
     def _start(
         self,
@@ -241,16 +292,25 @@ class UsageWardenCallbackHandler(AsyncCallbackHandler):
         serialized: Mapping[str, Any] | None,
         metadata: Mapping[str, Any] | None,
         kwargs: Mapping[str, Any],
+        input_tokens: int,
     ) -> None:
-        started = _Started(
-            at=self.warden._now(),
-            wall=self.warden._wall_time(),
-            model=_requested_model(serialized, metadata, kwargs.get("invocation_params")),
-            run=_current_run.get(),
-            parent_run_id=parent_run_id,
+        extra: dict[str, Any] = {"langchain_run_id": str(run_id)}
+        if parent_run_id is not None:
+            extra["langchain_parent_run_id"] = str(parent_run_id)
+        params = kwargs.get("invocation_params")
+        call = self.warden.call(
+            clip_id(_requested_model(serialized, metadata, params)),
+            agent_id=self.agent_id or _agent_name(metadata),
+            consumer_id=self.consumer_id,
+            action=self.action,
+            input_tokens=input_tokens,
+            metadata=extra,
+            request_id=str(run_id),
+            source=SOURCE,
         )
+        call.begin_unlimited()
         with self._lock:
-            self._started[run_id] = started
+            self._started[run_id] = call
 
     # Ends: one event each.
 
@@ -263,19 +323,18 @@ class UsageWardenCallbackHandler(AsyncCallbackHandler):
         tags: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        started = self._pop(run_id)
-        tokens = _usage_of_result(response)
-        extra: dict[str, Any] = {} if tokens is not None else {"usage_reported": False}
-        model = started.model if started is not None else None
-        await self._record(
-            run_id,
-            parent_run_id,
-            started,
-            model or _reported_model(response),
-            tokens or _Tokens(),
-            extra,
-            failed=False,
-        )
+        call = self._pop(run_id, parent_run_id, _reported_model(response))
+        if call.model is None:
+            call.model = clip_id(_reported_model(response))
+        _settle_tokens(call, _usage_of_result(response) or _Tokens(), _output_chars(response))
+        if self.rate_limiter is not None and call.usage is not None:
+            self.rate_limiter.settle_oldest(
+                call.usage.input_tokens,
+                call.usage.output_tokens,
+                call.usage.cache_read_tokens,
+                call.usage.cache_write_tokens,
+            )
+        await call.finish()
 
     async def on_llm_error(
         self,
@@ -286,71 +345,35 @@ class UsageWardenCallbackHandler(AsyncCallbackHandler):
         tags: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        started = self._pop(run_id)
-        model = started.model if started is not None else None
-        extra = {"error": type(error).__name__}
-        await self._record(run_id, parent_run_id, started, model, _Tokens(), extra, failed=True)
+        if isinstance(error, RateLimitExceeded):
+            # The rate limiter gave up before the request was sent: no call happened.
+            with self._lock:
+                self._started.pop(run_id, None)
+            return
+        call = self._pop(run_id, parent_run_id, None)
+        if self.rate_limiter is not None:
+            self.rate_limiter.settle_oldest(0, 0)
+        await call.finish(error)
 
-    def _pop(self, run_id: UUID) -> _Started | None:
+    def _pop(self, run_id: UUID, parent_run_id: UUID | None, model: str | None) -> Call:
+        """The call started for ``run_id``; one begun now if its start was missed."""
         with self._lock:
-            return self._started.pop(run_id, None)
-
-    async def _record(
-        self,
-        run_id: UUID,
-        parent_run_id: UUID | None,
-        started: _Started | None,
-        model: str | None,
-        tokens: _Tokens,
-        extra: dict[str, Any],
-        *,
-        failed: bool,
-    ) -> None:
-        run = started.run if started is not None else _current_run.get()
-        if run is not None:
-            run._add(
-                Usage(
-                    requests=1,
-                    input_tokens=tokens.input,
-                    output_tokens=tokens.output,
-                    cache_read_tokens=tokens.cache_read,
-                    cache_write_tokens=tokens.cache_write,
-                ),
-                failed=failed,
-            )
-        if self.warden.store is None:
-            return
-        metadata: dict[str, Any] = {"langchain_run_id": str(run_id)}
-        parent = parent_run_id or (started.parent_run_id if started is not None else None)
-        if parent is not None:
-            metadata["langchain_parent_run_id"] = str(parent)
-        if run is not None:
-            metadata["run_id"] = run.run_id
-        metadata.update(extra)
-        duration = 0.0 if started is None else self.warden._now() - started.at
-        try:
-            event = UsageEvent(
-                self.agent_id or (run.agent_id if run else self.warden.agent_id),
-                self.consumer_id or (run.consumer_id if run else "default"),
-                task_id=run.task_id if run else None,
-                namespace=self.warden.namespace,
-                action=self.action,
-                model=model[:256] if model else None,
-                tokens_in=tokens.input,
-                tokens_out=tokens.output,
-                cache_read_tokens=tokens.cache_read,
-                cache_write_tokens=tokens.cache_write,
-                duration_ms=max(0, round(duration * 1000)),
-                api_calls=1,
-                timestamp=started.wall if started is not None else self.warden._wall_time(),
-                request_id=str(run_id),
-                source=SOURCE,
-                metadata=metadata,
-            )
-        except (TypeError, ValueError):
-            logger.exception("usagewarden: could not build the usage event of a LangChain call")
-            return
-        await self.warden._record(event)
+            call = self._started.pop(run_id, None)
+        if call is not None:
+            return call
+        extra = {"langchain_run_id": str(run_id)}
+        if parent_run_id is not None:
+            extra["langchain_parent_run_id"] = str(parent_run_id)
+        call = self.warden.call(
+            clip_id(model),
+            agent_id=self.agent_id,
+            consumer_id=self.consumer_id,
+            action=self.action,
+            metadata=extra,
+            request_id=str(run_id),
+            source=SOURCE,
+        )
+        return call.begin_unlimited()
 
 
 class UsageWardenMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
@@ -393,12 +416,13 @@ class UsageWardenMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         self.consumer_id = consumer_id
         self.agent_id = agent_id
         self.key = key
-        self.timeout = timeout
+        self.timeout = check_timeout(timeout)
 
     def _call(self, request: ModelRequest[Any], *, blocking: bool) -> Call:
+        sync_provider_client(self.warden, request.model, self.key)
         kwargs: dict[str, Any] = {
             "key": self.key,
-            "agent_id": self.agent_id,
+            "agent_id": self.agent_id or _agent_name(_runnable_metadata()),
             "consumer_id": self.consumer_id,
             "input_tokens": estimate_tokens(request.messages, request.system_message),
             "max_output_tokens": self._max_output(request),
@@ -412,15 +436,25 @@ class UsageWardenMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
 
     def _max_output(self, request: ModelRequest[Any]) -> int:
         """``max_output_tokens``, or the call's own cap on output when that is lower."""
-        caps = [self.max_output_tokens]
-        for value in (
+        return output_reserve(
+            self.max_output_tokens,
             request.model_settings.get("max_tokens"),
             request.model_settings.get("max_output_tokens"),
             getattr(request.model, "max_tokens", None),
-        ):
-            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-                caps.append(value)
-        return min(caps)
+        )
+
+    @staticmethod
+    def _with_stream_usage(request: ModelRequest[Any]) -> ModelRequest[Any]:
+        """Asks a model that can report usage in streams but was not told to
+        (ChatOpenAI's ``stream_usage`` is unset on a custom ``base_url``) to
+        do so, on a copy of the model (the user's object is left alone)."""
+        model = request.model
+        if getattr(model, "stream_usage", False) is not None:
+            return request
+        copy = getattr(model, "model_copy", None)
+        if not callable(copy):
+            return request
+        return request.override(model=copy(update={"stream_usage": True}))
 
     def wrap_model_call(
         self,
@@ -428,7 +462,7 @@ class UsageWardenMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         handler: Callable[[ModelRequest[Any]], ModelResponse[Any]],
     ) -> ModelResponse[Any] | AIMessage | ExtendedModelResponse[Any]:
         with self._call(request, blocking=True) as call:
-            response = handler(request)
+            response = handler(self._with_stream_usage(request))
             _settle(call, response)
         return response
 
@@ -438,7 +472,7 @@ class UsageWardenMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         handler: Callable[[ModelRequest[Any]], Awaitable[ModelResponse[Any]]],
     ) -> ModelResponse[Any] | AIMessage | ExtendedModelResponse[Any]:
         async with self._call(request, blocking=False) as call:
-            response = await handler(request)
+            response = await handler(self._with_stream_usage(request))
             _settle(call, response)
         return response
 
@@ -460,40 +494,66 @@ def estimate_tokens(
     English text runs at about four characters per token; code and other
     languages run denser, and the settle after the call corrects the limiter.
     """
-    chars = 0
-    for message in [system_message, *messages]:
-        if message is None:
-            continue
-        chars += _text_chars(getattr(message, "content", message))
-        chars += _text_chars(getattr(message, "tool_calls", None))
-    return math.ceil(chars / 4)
-
-
-def _text_chars(value: object) -> int:
-    if isinstance(value, str):
-        return 0 if value.startswith("data:") else len(value)
-    if isinstance(value, Mapping):
-        return sum(_text_chars(v) for k, v in value.items() if k not in _BINARY_KEYS)
-    if isinstance(value, list | tuple):
-        return sum(_text_chars(v) for v in value)
-    return 0
+    parts = [m for m in (system_message, *messages) if m is not None]
+    return estimate_text_tokens(
+        [getattr(m, "content", m) for m in parts], [getattr(m, "tool_calls", None) for m in parts]
+    )
 
 
 def _settle(call: Call, response: object) -> None:
-    """Settles ``call`` from the response's first AI message that reports usage."""
+    """Settles ``call`` from the response's first AI message that reports
+    usage; a response none of whose messages does keeps the estimate, marked."""
     if isinstance(response, ExtendedModelResponse):
         response = response.model_response
     messages: list[Any] = response.result if isinstance(response, ModelResponse) else [response]
-    for message in messages:
-        tokens = _usage_of_message(message)
-        if tokens is not None:
-            call.settle(
-                input_tokens=tokens.input,
-                output_tokens=tokens.output,
-                cache_read_tokens=tokens.cache_read,
-                cache_write_tokens=tokens.cache_write,
-            )
-            return
+    tokens = next(
+        (t for t in map(_usage_of_message, messages) if t is not None and (t.input or t.output)),
+        _Tokens(),
+    )
+    output_chars = text_chars([getattr(m, "content", None) for m in messages]) + text_chars(
+        [getattr(m, "tool_calls", None) for m in messages]
+    )
+    _settle_tokens(call, tokens, output_chars)
+
+
+def _settle_tokens(call: Call, tokens: _Tokens, output_chars: int) -> None:
+    settle_reported(
+        call,
+        input_tokens=tokens.input,
+        output_tokens=tokens.output,
+        cache_read_tokens=tokens.cache_read,
+        cache_write_tokens=tokens.cache_write,
+        output_chars=output_chars,
+        framework="LangChain",
+        how_to_report=_HOW_TO_REPORT,
+    )
+
+
+def _output_chars(result: LLMResult) -> int:
+    """Characters the call produced: the first candidate of each prompt."""
+    chars = 0
+    for candidates in result.generations:
+        for generation in candidates[:1]:
+            message = getattr(generation, "message", None)
+            chars += text_chars(getattr(message, "content", None) or generation.text)
+            chars += text_chars(getattr(message, "tool_calls", None))
+    return chars
+
+
+def _runnable_metadata() -> Mapping[str, Any] | None:
+    """The metadata of the runnable being run (``create_agent`` puts its name there)."""
+    try:
+        from langgraph.config import get_config
+
+        metadata = get_config().get("metadata")
+    except Exception:  # outside a graph run, or no langgraph
+        return None
+    return metadata if isinstance(metadata, Mapping) else None
+
+
+def _agent_name(metadata: Mapping[str, Any] | None) -> str | None:
+    """``create_agent(name=...)``, which LangChain passes down as ``lc_agent_name``."""
+    return clip_id((metadata or {}).get("lc_agent_name"))
 
 
 def _usage_of_message(message: object) -> _Tokens | None:
@@ -503,10 +563,10 @@ def _usage_of_message(message: object) -> _Tokens | None:
     details = usage.get("input_token_details")
     details = details if isinstance(details, Mapping) else {}
     return _Tokens(
-        input=_int(usage.get("input_tokens")),
-        output=_int(usage.get("output_tokens")),
-        cache_read=_int(details.get("cache_read")),
-        cache_write=_int(details.get("cache_creation")),
+        input=count(usage.get("input_tokens")),
+        output=count(usage.get("output_tokens")),
+        cache_read=count(details.get("cache_read")),
+        cache_write=count(details.get("cache_creation")),
     )
 
 
@@ -530,18 +590,11 @@ def _usage_of_result(result: LLMResult) -> _Tokens | None:
     details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
     details = details if isinstance(details, Mapping) else {}
     return _Tokens(
-        input=_int(usage.get("prompt_tokens", usage.get("input_tokens"))),
-        output=_int(usage.get("completion_tokens", usage.get("output_tokens"))),
-        cache_read=_int(details.get("cached_tokens", usage.get("cache_read_input_tokens"))),
-        cache_write=_int(usage.get("cache_creation_input_tokens")),
+        input=count(usage.get("prompt_tokens", usage.get("input_tokens"))),
+        output=count(usage.get("completion_tokens", usage.get("output_tokens"))),
+        cache_read=count(details.get("cached_tokens", usage.get("cache_read_input_tokens"))),
+        cache_write=count(usage.get("cache_creation_input_tokens")),
     )
-
-
-def _int(value: object) -> int:
-    """A reported count, or 0 for anything that is not a count."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        return 0
-    return max(0, value)
 
 
 def _text(value: object) -> str | None:
@@ -553,7 +606,7 @@ def _chat_model_name(model: object) -> str | None:
     for attr in ("model_name", "model", "model_id", "deployment_name"):
         name = _text(getattr(model, attr, None))
         if name is not None:
-            return name[:256]
+            return clip_id(name)
     return None
 
 

@@ -23,10 +23,9 @@ Install with ``pip install 'usagewarden[openai-agents]'``.
 
 from __future__ import annotations
 
-import math
 import threading
 import weakref
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -42,11 +41,17 @@ from agents.models.default_models import get_default_model  # noqa: E402
 from agents.tracing import get_current_trace  # noqa: E402
 
 from ..warden import Call, Warden, _current_run  # noqa: E402
+from ._shared import (  # noqa: E402
+    clip_id,
+    count,
+    estimate_text_tokens,
+    output_reserve,
+    settle_reported,
+    sync_provider_client,
+    text_chars,
+)
 
 __all__ = ["CallAbandoned", "UsageWardenHooks", "estimate_tokens"]
-
-#: Keys whose values are inline binary (images, files), not text a model reads as tokens.
-_BINARY_KEYS = frozenset({"data", "base64", "file_data"})
 
 
 class CallAbandoned(Exception):
@@ -99,7 +104,7 @@ class UsageWardenHooks(RunHooks[Any]):
         run = _current_run.get()
         if run is not None and run.explicit_agent_id is not None:
             return None  # the agent the run was given
-        return agent.name[:256] or None
+        return clip_id(agent.name)
 
     def __init__(
         self,
@@ -137,6 +142,7 @@ class UsageWardenHooks(RunHooks[Any]):
         input_items: list[TResponseInputItem],
     ) -> None:
         await self.close_abandoned()
+        sync_provider_client(self.warden, agent.model, self.key)
         metadata: dict[str, Any] = {"integration": "openai-agents"}
         trace = get_current_trace()
         trace_id = getattr(trace, "trace_id", None)
@@ -152,7 +158,7 @@ class UsageWardenHooks(RunHooks[Any]):
             timeout=self.timeout,
             metadata=metadata,
         )
-        await call.__aenter__()  # waits for capacity; exits in on_llm_end or a guard
+        await call.__aenter__()  # waits for capacity; finishes in on_llm_end or a guard
         entry = _Open(call, agent, _weak(context), metadata, _scope.get())
         with self._lock:
             self._open.setdefault(id(context), []).append(entry)
@@ -186,16 +192,20 @@ class UsageWardenHooks(RunHooks[Any]):
             entry.metadata["provider_request_id"] = response.request_id
         if usage.requests > 1:
             entry.metadata["requests"] = usage.requests  # the SDK retried within this call
-        if usage.requests or usage.input_tokens or usage.output_tokens:
-            details = usage.input_tokens_details
-            entry.call.settle(
-                input_tokens=_int(usage.input_tokens),
-                output_tokens=_int(usage.output_tokens),
-                cache_read_tokens=_int(getattr(details, "cached_tokens", 0)),
-                cache_write_tokens=_int(getattr(details, "cache_write_tokens", 0)),
-            )
-        # else the model reported no usage: the call keeps its estimate, marked so.
-        await entry.call.__aexit__(None, None, None)
+        details = usage.input_tokens_details
+        # A stream without a usage chunk reports requests=1 and no tokens: not free.
+        settle_reported(
+            entry.call,
+            input_tokens=count(usage.input_tokens),
+            output_tokens=count(usage.output_tokens),
+            cache_read_tokens=count(getattr(details, "cached_tokens", 0)),
+            cache_write_tokens=count(getattr(details, "cache_write_tokens", 0)),
+            output_chars=text_chars(response.output),
+            framework="the OpenAI Agents SDK",
+            how_to_report="Servers other than api.openai.com get stream_options.include_usage "
+            "only with ModelSettings(include_usage=True).",
+        )
+        await entry.call.finish()
 
     @asynccontextmanager
     async def guard(self) -> AsyncIterator[None]:
@@ -249,15 +259,13 @@ class UsageWardenHooks(RunHooks[Any]):
                         if not open_entries:
                             del self._open[key]
         for entry in closing:
-            await entry.call.__aexit__(type(exc), exc, exc.__traceback__)
+            await entry.call.finish(exc)
         return len(closing)
 
     def _max_output(self, agent: Agent[Any]) -> int:
         """``max_output_tokens``, or the agent's own cap on output when that is lower."""
         cap = getattr(getattr(agent, "model_settings", None), "max_tokens", None)
-        if isinstance(cap, int) and not isinstance(cap, bool) and cap >= 0:
-            return min(cap, self.max_output_tokens)
-        return self.max_output_tokens
+        return output_reserve(self.max_output_tokens, cap)
 
     def __repr__(self) -> str:
         return (
@@ -275,27 +283,7 @@ def estimate_tokens(system_prompt: str | None, input_items: object) -> int:
     English text runs at about four characters per token; the settle after
     the call corrects the limiter.
     """
-    return math.ceil((_text_chars(system_prompt) + _text_chars(input_items)) / 4)
-
-
-def _text_chars(value: object) -> int:
-    if isinstance(value, str):
-        return 0 if value.startswith("data:") else len(value)
-    if isinstance(value, Mapping):
-        return sum(_text_chars(v) for k, v in value.items() if k not in _BINARY_KEYS)
-    if isinstance(value, list | tuple):
-        return sum(_text_chars(v) for v in value)
-    dump = getattr(value, "model_dump", None)  # pydantic items from the openai package
-    if callable(dump):
-        return _text_chars(dump())
-    return 0
-
-
-def _int(value: object) -> int:
-    """A reported count, or 0 for anything that is not a count."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        return 0
-    return max(0, value)
+    return estimate_text_tokens(system_prompt, input_items)
 
 
 def _model_name(agent: Agent[Any]) -> str | None:
@@ -307,7 +295,7 @@ def _model_name(agent: Agent[Any]) -> str | None:
         name = model
     else:
         name = getattr(model, "model", None)
-    return name[:256] if isinstance(name, str) and name else None
+    return clip_id(name)
 
 
 def _weak(context: object) -> Callable[[], object | None]:

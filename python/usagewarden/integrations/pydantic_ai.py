@@ -30,7 +30,6 @@ the model's ``model_name``. Nothing needs adding to ``RunContext``.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import KW_ONLY, dataclass
@@ -57,6 +56,15 @@ from pydantic_ai.usage import RequestUsage  # noqa: E402
 from pydantic_core import to_json  # noqa: E402
 
 from ..warden import Call, RunMeter, Warden, _current_run  # noqa: E402
+from ._shared import (  # noqa: E402
+    CHARS_PER_TOKEN,
+    check_timeout,
+    output_reserve,
+    settle_reported,
+    sync_provider_client,
+    text_chars,
+    tokens_of_chars,
+)
 
 try:  # How pydantic-ai's own model wrappers find the run; not part of its public API.
     from pydantic_ai._run_context import get_current_run_context as _current_run_context
@@ -80,10 +88,6 @@ logger = logging.getLogger("usagewarden")
 #: Reserving too little would let a burst overshoot the limit; the unused part
 #: is refunded when the call settles.
 DEFAULT_MAX_TOKENS = 4096
-
-#: The heuristic's characters per token: about right for English text with
-#: GPT/Claude tokenizers, and an overestimate for the JSON framing it counts too.
-CHARS_PER_TOKEN = 4
 
 _ATTRIBUTES = ("agent_id", "consumer_id", "task_id")
 
@@ -110,7 +114,7 @@ def estimate_input_tokens(
             *(params.instruction_parts or []),
         ]
         chars += _serialized_length(sent_alongside, lambda: len(to_json(sent_alongside)))
-    return math.ceil(chars / CHARS_PER_TOKEN)
+    return tokens_of_chars(chars)
 
 
 def _serialized_length(value: object, dump: Callable[[], int]) -> int:
@@ -169,8 +173,8 @@ def _attribution(ctx: RunContext[Any] | None, consumer_id: str | None) -> _Attri
 def _max_output_tokens(settings: ModelSettings | None, default: int) -> int:
     value = (settings or {}).get("max_tokens")
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    return default
+        return value  # the request's own cap, even above the default
+    return output_reserve(default)
 
 
 async def _input_tokens(
@@ -206,10 +210,7 @@ def _check_options(
         raise TypeError("default_max_tokens must be an int")
     if default_max_tokens < 0:
         raise ValueError(f"default_max_tokens must be >= 0, got {default_max_tokens}")
-    if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0
-    ):
-        raise ValueError(f"timeout must be a number >= 0 or None, got {timeout!r}")
+    check_timeout(timeout)
 
 
 async def _open_call(
@@ -243,18 +244,37 @@ async def _open_call(
     )
 
 
-def _settle(call: Call, usage: RequestUsage) -> None:
-    """Settles ``call`` to what the provider reported. A response that says
-    it carries no usage keeps the estimate rather than counting as free."""
-    if usage.unmeasured_requests:
-        call.settle()
-        return
-    call.settle(
-        input_tokens=usage.input_tokens,
-        output_tokens=usage.output_tokens,
+def _output_chars(response: ModelResponse | None) -> int | None:
+    """Characters of what a response produced: text, thinking, tool arguments."""
+    if response is None:
+        return None
+    chars = 0
+    for part in response.parts:
+        content = getattr(part, "content", None)
+        chars += text_chars(content)
+        args_json = getattr(part, "args_as_json_str", None)
+        if callable(args_json):
+            chars += len(args_json()) + text_chars(getattr(part, "tool_name", ""))
+    return chars
+
+
+def _settle(call: Call, usage: RequestUsage, response: ModelResponse | None) -> None:
+    """Settles ``call`` to the tokens the provider reported. pydantic-ai's
+    own price (``usage.cost``) is not the caller's: the call is priced once
+    from the warden's pricing. A response without usage keeps the estimate,
+    marked, with the output it produced counted by the heuristic."""
+    reported = not usage.unmeasured_requests
+    settle_reported(
+        call,
+        input_tokens=usage.input_tokens if reported else 0,
+        output_tokens=usage.output_tokens if reported else 0,
         cache_read_tokens=usage.cache_read_tokens,
         cache_write_tokens=usage.cache_write_tokens,
-        cost=float(usage.cost) if usage.cost is not None else None,
+        output_chars=_output_chars(response),
+        framework="pydantic-ai",
+        how_to_report="OpenAI-compatible servers report usage in a stream only when asked "
+        "(stream_options.include_usage, which pydantic-ai's OpenAIChatModel sends); "
+        "check that the server honours it.",
     )
 
 
@@ -302,6 +322,7 @@ class RateLimitedModel(WrapperModel):
         self.timeout = timeout
         self.default_max_tokens = default_max_tokens
         self.use_count_tokens = count_tokens
+        sync_provider_client(warden, self.wrapped, key)
 
     async def _call(
         self,
@@ -341,7 +362,7 @@ class RateLimitedModel(WrapperModel):
             response = await self.wrapped.request(
                 messages, model_settings, model_request_parameters
             )
-            _settle(call, response.usage)
+            _settle(call, response.usage, response)
         return response
 
     @asynccontextmanager
@@ -366,7 +387,7 @@ class RateLimitedModel(WrapperModel):
             ) as stream,
         ):
             yield stream
-            _settle(call, stream.usage)
+            _settle(call, stream.usage, stream.get())
 
 
 @dataclass
@@ -413,6 +434,7 @@ class UsageWardenCapability(AbstractCapability[Any]):
     ) -> ModelResponse:
         """Waits for capacity, runs the request step, settles to its usage."""
         model = request_context.model
+        sync_provider_client(self.warden, model, self.key)
         call = await _open_call(
             self.warden,
             model=model,
@@ -430,14 +452,14 @@ class UsageWardenCapability(AbstractCapability[Any]):
         await call.__aenter__()  # entered by hand: a skipped step leaves no event
         try:
             response = await handler(request_context)
-            _settle(call, response.usage)
+            _settle(call, response.usage, response)
         except SkipModelRequest:
             # An inner hook answered instead of the model: nothing was sent.
             if call.reservation is not None:
                 call.reservation.cancel()
             raise
         except BaseException as exc:
-            await call.__aexit__(type(exc), exc, exc.__traceback__)
+            await call.finish(exc)
             raise
-        await call.__aexit__(None, None, None)
+        await call.finish()
         return response

@@ -1,6 +1,7 @@
 //! Writing events inside a transaction, exactly as the writer does (public
 //! so that benchmarks insert the same way).
 
+use super::chain;
 use super::rollup;
 use crate::ledger::event::UsageEvent;
 use crate::pricing::{Pricing, Tokens};
@@ -18,8 +19,9 @@ pub enum Outcome {
 
 /// The statement every event is written with.
 const INSERT_SQL: &str = "INSERT INTO usage_events (namespace, request_id, ts, agent_id, consumer_id, task_id, action, model, \
-     tokens_in, tokens_out, cache_read_tokens, cache_write_tokens, duration_ms, api_calls, units, cost_nanos, source, metadata, fingerprint, cost_priced) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20) \
+     tokens_in, tokens_out, cache_read_tokens, cache_write_tokens, duration_ms, api_calls, units, cost_nanos, source, metadata, fingerprint, cost_priced, \
+     artifact_digest, chain_position, chain_digest) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23) \
      ON CONFLICT (namespace, request_id) DO NOTHING";
 
 /// Inserts events inside the caller's transaction, with the statement
@@ -29,6 +31,8 @@ pub struct Inserter<'c> {
     conn: &'c Connection,
     stmt: rusqlite::CachedStatement<'c>,
     hourly: rollup::Pending,
+    /// Each new event extends its namespace's chain, in commit order.
+    chain: chain::Heads,
     pricing: Option<&'c Pricing>,
 }
 
@@ -47,6 +51,7 @@ impl<'c> Inserter<'c> {
             conn,
             stmt: conn.prepare_cached(INSERT_SQL)?,
             hourly: rollup::Pending::default(),
+            chain: chain::Heads::default(),
             pricing,
         })
     }
@@ -58,15 +63,18 @@ impl<'c> Inserter<'c> {
             }
             _ => None,
         };
-        let outcome = insert_with(self.conn, &mut self.stmt, e, priced)?;
+        let link = self.chain.next(self.conn, e)?;
+        let outcome = insert_with(self.conn, &mut self.stmt, e, priced, link)?;
         if outcome == Outcome::Inserted {
             self.hourly.add(e, e.cost_nanos.or(priced));
+            self.chain.advance(&e.namespace, link.0, link.1);
         }
         Ok(outcome)
     }
 
-    /// Adds the new events to the hourly totals; call before committing.
+    /// Adds the new events to the hourly totals and the chain heads; call before committing.
     pub fn finish(mut self) -> rusqlite::Result<()> {
+        self.chain.write(self.conn)?;
         self.hourly.write(self.conn)
     }
 }
@@ -79,6 +87,7 @@ fn insert_with(
     stmt: &mut rusqlite::CachedStatement<'_>,
     e: &UsageEvent,
     priced: Option<u64>,
+    (position, digest): (i64, crate::ledger::chain::Digest),
 ) -> rusqlite::Result<Outcome> {
     let fingerprint = e.fingerprint();
     let changed = stmt.execute(params![
@@ -102,6 +111,9 @@ fn insert_with(
         e.metadata,
         fingerprint,
         priced.is_some(),
+        e.artifact_digest,
+        position,
+        &digest[..],
     ])?;
     if changed == 1 {
         return Ok(Outcome::Inserted);

@@ -1,5 +1,6 @@
 //! The embedded SQLite ledger: one background writer, pooled readers.
 
+mod chain;
 mod faults;
 mod insert;
 mod read;
@@ -13,11 +14,12 @@ pub use faults::spill_path;
 pub use insert::{Inserter, Outcome};
 pub use read::Aggregate;
 pub use schema::SCHEMA_VERSION;
-pub use writer::{LogLevel, WriteJob, MAX_GROUP, QUEUE_CAPACITY};
+pub use writer::{Counters, LogLevel, WriteJob, MAX_GROUP, QUEUE_CAPACITY};
 
 use crate::clock::Clock;
 use crate::error::{CoreError, CoreResult};
 use crate::ledger::buckets::{parse_tz, GroupBy};
+use crate::ledger::chain_verify::{Checkpoint, PositionRange, Receipt, VerifyReport};
 use crate::ledger::cursor::Cursor;
 use crate::ledger::event::UsageEvent;
 use crate::ledger::export::{write_events, Format};
@@ -185,13 +187,15 @@ impl SqliteStore {
     }
 
     /// Queues an already validated event without waiting: `Ok(None)` when
-    /// queued, `Ok(Some(event))` handed back when the queue is full (the
-    /// caller then waits in `record_valid`). Only for `Durability::Batch`.
+    /// queued, `Ok(Some(event))` handed back when the queue is full. With
+    /// `Durability::Batch` the caller then waits in `record_valid`; callers
+    /// that must never wait (request metering) count it instead. Whatever
+    /// the durability, a queued event is committed by the writer later.
+    #[cfg_attr(not(feature = "python"), allow(dead_code))]
     pub(crate) fn try_record_valid(
         &self,
         event: Arc<UsageEvent>,
     ) -> CoreResult<Option<Arc<UsageEvent>>> {
-        debug_assert_eq!(self.durability, Durability::Batch);
         self.writer.try_record(event)
     }
 
@@ -316,14 +320,7 @@ impl SqliteStore {
         offset: u64,
         cursor: Option<&str>,
     ) -> CoreResult<(Vec<UsageEvent>, Option<String>)> {
-        filters.validate()?;
-        if limit == 0 {
-            return Err(CoreError::InvalidArgument(
-                "limit",
-                "must be at least 1".into(),
-            ));
-        }
-        let after = cursor.map(|c| Cursor::decode(c, filters)).transpose()?;
+        let after = Cursor::for_page(filters, limit, cursor)?;
         let (events, next) = self.read(|c| read::page(c, filters, after, limit, offset))?;
         Ok((events, next.map(|n| n.encode())))
     }
@@ -429,6 +426,27 @@ impl SqliteStore {
         closed
     }
 
+    /// Recomputes the hash chains (see `MeteringStore::verify`).
+    pub fn verify(
+        &self,
+        namespace: Option<&str>,
+        range: PositionRange,
+        anchors: &[Checkpoint],
+    ) -> CoreResult<VerifyReport> {
+        range.validate()?;
+        let now = self.now_us();
+        self.read(|c| chain::verify(c, namespace, range, anchors, now))
+    }
+
+    pub fn receipt(&self, request_id: &str, namespace: &str) -> CoreResult<Receipt> {
+        self.read(|c| chain::receipt(c, namespace, request_id))
+    }
+
+    pub fn checkpoint(&self, namespace: &str) -> CoreResult<Checkpoint> {
+        let now = self.now_us();
+        self.read(|c| chain::checkpoint(c, namespace, now))
+    }
+
     /// Events queued but not yet committed.
     pub fn queued(&self) -> u64 {
         self.writer.counters.queued.load(Ordering::SeqCst)
@@ -517,6 +535,20 @@ impl crate::ledger::store::MeteringStore for SqliteStore {
     }
     fn close(&self, grace: Duration) -> CoreResult<()> {
         SqliteStore::close_within(self, grace)
+    }
+    fn verify(
+        &self,
+        namespace: Option<&str>,
+        range: PositionRange,
+        anchors: &[Checkpoint],
+    ) -> CoreResult<VerifyReport> {
+        SqliteStore::verify(self, namespace, range, anchors)
+    }
+    fn receipt(&self, request_id: &str, namespace: &str) -> CoreResult<Receipt> {
+        SqliteStore::receipt(self, request_id, namespace)
+    }
+    fn checkpoint(&self, namespace: &str) -> CoreResult<Checkpoint> {
+        SqliteStore::checkpoint(self, namespace)
     }
 }
 

@@ -10,7 +10,7 @@ use rusqlite::types::Value;
 use rusqlite::{params_from_iter, Connection, Row};
 
 pub const EVENT_COLUMNS: &str = "agent_id, consumer_id, task_id, namespace, action, model, tokens_in, tokens_out, \
-     cache_read_tokens, cache_write_tokens, duration_ms, api_calls, units, cost_nanos, ts, request_id, source, metadata";
+     cache_read_tokens, cache_write_tokens, duration_ms, api_calls, units, cost_nanos, ts, request_id, source, metadata, artifact_digest";
 
 pub fn event_from_row(row: &Row<'_>) -> rusqlite::Result<UsageEvent> {
     Ok(UsageEvent {
@@ -32,6 +32,7 @@ pub fn event_from_row(row: &Row<'_>) -> rusqlite::Result<UsageEvent> {
         request_id: row.get(15)?,
         source: row.get(16)?,
         metadata: row.get(17)?,
+        artifact_digest: row.get(18)?,
     })
 }
 
@@ -76,7 +77,7 @@ pub fn page(
     let mut stmt = conn.prepare_cached(&sql)?;
     let mut rows = stmt
         .query_map(params_from_iter(params), |row| {
-            Ok((event_from_row(row)?, row.get::<_, i64>(18)?))
+            Ok((event_from_row(row)?, row.get::<_, i64>(19)?))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let more = rows.len() as u64 > limit;

@@ -48,6 +48,8 @@ CREATE INDEX usage_events_action      ON usage_events (action, ts);
     super::rollup::MIGRATION,
     // Whether a cost was filled in by the store's pricing (and may be repriced).
     "ALTER TABLE usage_events ADD COLUMN cost_priced INTEGER NOT NULL DEFAULT 0;",
+    // The hash chain and artifact digests (`super::chain`).
+    super::chain::MIGRATION,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -78,6 +80,9 @@ pub fn migrate(conn: &mut Connection) -> CoreResult<()> {
             "INSERT INTO schema_version (version) VALUES (?)",
             [i as i64 + 1],
         )?;
+        if i as i64 + 1 == super::chain::CHAIN_SCHEMA_VERSION {
+            super::chain::chain_existing(&tx)?;
+        }
     }
     tx.commit()?;
     Ok(())

@@ -33,6 +33,11 @@ fn next_event(conn: &Connection, filters: &Filters, from: Option<i64>) -> CoreRe
         .query_row(params_from_iter(params), |r| r.get(0))?)
 }
 
+/// Buckets summed one range query at a time; past this many the rest are
+/// grouped in one pass, so a sparse range (events in thousands of distinct
+/// hours) costs one scan instead of several queries per bucket.
+const RANGE_QUERY_BUCKETS: usize = 256;
+
 /// Most distinct values for which per-bucket index probes are used.
 const PROBE_LIMIT: usize = 256;
 
@@ -132,6 +137,17 @@ pub fn aggregate_by_time(
         _ => None,
     };
     while let Some(ts) = next_event(conn, filters, cursor)? {
+        if out.len() >= RANGE_QUERY_BUCKETS {
+            let mut rest = filters.clone();
+            rest.start_us = Some(rest.start_us.map_or(ts, |s| s.max(ts)));
+            out.extend(read::aggregate_rows(
+                conn,
+                GroupBy::Time(unit),
+                tz_name,
+                &rest,
+            )?);
+            break;
+        }
         let here = label(ts, unit, tz);
         let (start, end) = match bucket_bounds(ts, unit, tz) {
             Some((start, end)) if start <= ts && ts < end => (start, end),

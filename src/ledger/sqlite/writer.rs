@@ -731,6 +731,7 @@ impl Worker {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        super::chain::record_purges(&tx, cutoff_us, (self.now_us)())?;
         let deleted = tx
             .prepare_cached("DELETE FROM usage_events WHERE ts < ?1")?
             .execute([cutoff_us])?;

@@ -51,8 +51,8 @@ impl PyUsageEvent {
         signature = (agent_id, consumer_id, *, task_id=None, namespace=None, action=None, model=None,
                      tokens_in=None, tokens_out=None, cache_read_tokens=None, cache_write_tokens=None,
                      duration_ms=None, api_calls=None, units=None, cost=None, timestamp=None,
-                     request_id=None, source=None, metadata=None),
-        text_signature = "(agent_id, consumer_id, *, task_id=None, namespace='default', action='llm.request', model=None, tokens_in=0, tokens_out=0, cache_read_tokens=0, cache_write_tokens=0, duration_ms=0, api_calls=0, units=0, cost=None, timestamp=None, request_id=None, source=None, metadata=None)"
+                     request_id=None, source=None, metadata=None, timestamp_us=None, artifact_digest=None),
+        text_signature = "(agent_id, consumer_id, *, task_id=None, namespace='default', action='llm.request', model=None, tokens_in=0, tokens_out=0, cache_read_tokens=0, cache_write_tokens=0, duration_ms=0, api_calls=0, units=0, cost=None, timestamp=None, request_id=None, source=None, metadata=None, timestamp_us=None, artifact_digest=None)"
     )]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -75,7 +75,22 @@ impl PyUsageEvent {
         request_id: Option<&Bound<'_, PyAny>>,
         source: Option<&Bound<'_, PyAny>>,
         metadata: Option<&Bound<'_, PyAny>>,
+        timestamp_us: Option<&Bound<'_, PyAny>>,
+        artifact_digest: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
+        // The time as integer UTC microseconds, for callers that keep time as
+        // numbers (the Warden): no datetime built only to be taken apart.
+        let given_us = match timestamp_us {
+            Some(t) if !t.is_none() => {
+                if timestamp.is_some_and(|t| !t.is_none()) {
+                    return Err(PyTypeError::new_err(
+                        "give timestamp or timestamp_us, not both",
+                    ));
+                }
+                Some(args::count(Some(t), "timestamp_us", 0)?)
+            }
+            _ => None,
+        };
         let metadata = match metadata {
             Some(m) if !m.is_none() => {
                 if !m.is_instance_of::<PyDict>() {
@@ -112,14 +127,18 @@ impl PyUsageEvent {
             api_calls: args::count(api_calls, "api_calls", 0)?,
             units: args::count(units, "units", 0)?,
             cost_nanos: args::optional_cost(cost, "cost")?,
-            timestamp_us: match timestamp {
-                Some(t) if !t.is_none() => pytime::to_us(t, "timestamp", false)?,
+            timestamp_us: match (given_us, timestamp) {
+                (Some(us), _) => i64::try_from(us).map_err(|_| {
+                    PyValueError::new_err(format!("timestamp_us is out of range, got {us}"))
+                })?,
+                (None, Some(t)) if !t.is_none() => pytime::to_us(t, "timestamp", false)?,
                 _ => pytime::now_us(),
             },
             request_id: args::optional_text(request_id, "request_id")?
                 .unwrap_or_else(new_request_id),
             source: args::optional_text(source, "source")?,
             metadata,
+            artifact_digest: args::optional_text(artifact_digest, "artifact_digest")?,
         };
         event.validate().py_err(py)?;
         Ok(PyUsageEvent::wrap(event))
@@ -199,6 +218,11 @@ impl PyUsageEvent {
     fn source(&self) -> Option<&str> {
         self.inner.source.as_deref()
     }
+    /// Lowercase hex digest of what the action produced, or `None`.
+    #[getter]
+    fn artifact_digest(&self) -> Option<&str> {
+        self.inner.artifact_digest.as_deref()
+    }
     /// The metadata as stored: secrets already redacted.
     #[getter]
     fn metadata<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
@@ -231,6 +255,7 @@ impl PyUsageEvent {
         d.set_item("request_id", &e.request_id)?;
         d.set_item("source", &e.source)?;
         d.set_item("metadata", self.metadata(py)?)?;
+        d.set_item("artifact_digest", &e.artifact_digest)?;
         Ok(d)
     }
 
@@ -260,7 +285,8 @@ impl PyUsageEvent {
                 }
                 "task_id" | "namespace" | "action" | "model" | "tokens_in" | "tokens_out"
                 | "cache_read_tokens" | "cache_write_tokens" | "duration_ms" | "api_calls"
-                | "units" | "cost" | "timestamp" | "request_id" | "source" | "metadata" => {
+                | "units" | "cost" | "timestamp" | "request_id" | "source" | "metadata"
+                | "artifact_digest" => {
                     kwargs.set_item(key, value)?;
                 }
                 other => {

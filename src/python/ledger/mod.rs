@@ -1,14 +1,18 @@
 //! Bindings for the usage ledger.
 
+mod audit;
 mod event;
 mod filters;
 pub(crate) mod jobs;
+mod postgres;
 pub(crate) mod pytime;
 mod results;
 mod sink;
 pub(crate) mod store;
 
+pub(crate) use audit::{PyCheckpoint, PyReceipt, PyVerifyProblem, PyVerifyReport};
 pub(crate) use event::{_events_from_json, PyUsageEvent};
+pub(crate) use postgres::{PyAsyncPostgresStore, PyPostgresStore};
 pub(crate) use results::{PyAggregate, PyStoreStats};
 pub(crate) use store::{_close_all_stores, metering_store, PyAsyncSQLiteStore, PySQLiteStore};
 

@@ -4,7 +4,7 @@
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
 
@@ -64,7 +64,12 @@ impl Destination {
     }
 }
 
-/// A file at `path` that appears only once it is complete.
+/// A file at `path` that appears only once it is complete. It is written
+/// to a temporary file of a unique, unpredictable name in the same
+/// directory, created exclusively (`create_new`: an existing file or a
+/// planted symlink makes it fail rather than be followed), then renamed
+/// over `path`: concurrent exports to one path each leave a complete file,
+/// the last one renamed wins.
 pub(crate) struct AtomicFile {
     tmp: PathBuf,
     path: PathBuf,
@@ -73,10 +78,15 @@ pub(crate) struct AtomicFile {
 
 impl AtomicFile {
     pub(crate) fn create(path: PathBuf) -> io::Result<AtomicFile> {
-        let mut tmp = path.clone().into_os_string();
-        tmp.push(format!(".{}.partial", std::process::id()));
-        let tmp = PathBuf::from(tmp);
-        let out = BufWriter::with_capacity(1 << 16, File::create(&tmp)?);
+        let name = path
+            .file_name()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "dest must name a file"))?;
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(name);
+        tmp_name.push(format!(".{}.partial", uuid::Uuid::now_v7().simple()));
+        let tmp = path.with_file_name(tmp_name);
+        let file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        let out = BufWriter::with_capacity(1 << 16, file);
         Ok(AtomicFile {
             tmp,
             path,

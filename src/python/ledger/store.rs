@@ -2,12 +2,15 @@
 //! `store_class!` macro that makes a sync and an async class of each backend
 //! (`SQLiteStore`/`AsyncSQLiteStore` here).
 
+use super::audit::{checkpoints_arg, PyCheckpoint, PyReceipt, PyVerifyReport};
 use super::event::{extract_event, PyUsageEvent};
 use super::filters;
 use super::jobs::{job, run_async, run_sync, Job};
 use super::results::{PyAggregate, PyStoreStats};
 use super::sink::{AtomicFile, Destination};
 use crate::error::CoreError;
+use crate::ledger::chain_verify::PositionRange;
+use crate::ledger::event::DEFAULT_NAMESPACE;
 use crate::ledger::export::Format;
 use crate::ledger::sqlite::{Durability, LogLevel, LogSink, SqliteStore, StoreOptions, CLOSE_GRACE};
 use crate::ledger::store::MeteringStore;
@@ -27,8 +30,13 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 /// `timeout=` in seconds, > 0, or `None`.
-fn timeout_arg(timeout: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Duration>> {
+pub(crate) fn timeout_arg(timeout: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Duration>> {
     Ok(args::optional_seconds(timeout, "timeout", true)?.map(Duration::from_nanos))
+}
+
+/// `namespace=`: a str, or `None` for the default namespace.
+fn namespace_arg(namespace: Option<&Bound<'_, PyAny>>) -> PyResult<String> {
+    Ok(args::optional_text(namespace, "namespace")?.unwrap_or_else(|| DEFAULT_NAMESPACE.into()))
 }
 
 /// Every open store, so that interpreter exit can flush and close them.
@@ -72,10 +80,10 @@ pub(crate) fn python_log() -> LogSink {
 /// The shared core of every store class.
 pub(crate) struct StoreCore {
     pub(crate) store: Arc<dyn MeteringStore>,
-    clock: ClockArg,
-    pricing: Option<Py<PyPricing>>,
+    pub(crate) clock: ClockArg,
+    pub(crate) pricing: Option<Py<PyPricing>>,
     /// What the repr shows after the class name, e.g. `path="usage.db"`.
-    describe: String,
+    pub(crate) describe: String,
 }
 
 fn optional_pricing<'py>(
@@ -141,7 +149,7 @@ impl<'py> CommonOptions<'py> {
 }
 
 impl StoreCore {
-    fn open_sqlite(
+    pub(crate) fn open_sqlite(
         py: Python<'_>,
         path: Option<&Bound<'_, PyAny>>,
         retention_seconds: Option<&Bound<'_, PyAny>>,
@@ -183,7 +191,10 @@ impl StoreCore {
 
     /// The sync fast path: with room in the queue, queue the event without
     /// releasing the interpreter (a few hundred nanoseconds of work).
-    fn try_record_now(&self, event: &Bound<'_, PyAny>) -> PyResult<Result<String, Job<String>>> {
+    pub(crate) fn try_record_now(
+        &self,
+        event: &Bound<'_, PyAny>,
+    ) -> PyResult<Result<String, Job<String>>> {
         let shared = extract_event(event, "event")?;
         if self.store.durability() != Durability::Batch {
             let store = self.store.clone();
@@ -203,11 +214,17 @@ impl StoreCore {
 
     /// Whether `flush` has anything to wait for: nothing queued on an open
     /// store means everything recorded before the call is committed.
-    fn flush_needed(&self) -> bool {
+    pub(crate) fn flush_needed(&self) -> bool {
         self.store.is_closed() || self.store.queued() > 0
     }
 
-    fn record_batch(
+    /// Queues the event if the queue has room now, never waiting.
+    pub(crate) fn record_nowait(&self, py: Python<'_>, event: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let shared = extract_event(event, "event")?;
+        Ok(self.store.try_record_valid(shared).py_err(py)?.is_none())
+    }
+
+    pub(crate) fn record_batch(
         &self,
         events: &Bound<'_, PyAny>,
         timeout: Option<Duration>,
@@ -229,7 +246,7 @@ impl StoreCore {
         Ok(job(move || store.record_batch_valid(batch, timeout)))
     }
 
-    fn query(
+    pub(crate) fn query(
         &self,
         limit: Option<&Bound<'_, PyAny>>,
         offset: Option<&Bound<'_, PyAny>>,
@@ -248,7 +265,7 @@ impl StoreCore {
         }))
     }
 
-    fn page(
+    pub(crate) fn page(
         &self,
         limit: Option<&Bound<'_, PyAny>>,
         offset: Option<&Bound<'_, PyAny>>,
@@ -266,7 +283,7 @@ impl StoreCore {
         }))
     }
 
-    fn reprice(
+    pub(crate) fn reprice(
         &self,
         pricing: &Bound<'_, PyAny>,
         kwargs: Option<&Bound<'_, PyDict>>,
@@ -282,7 +299,7 @@ impl StoreCore {
         Ok(job(move || store.reprice(pricing, &filters)))
     }
 
-    fn aggregate(
+    pub(crate) fn aggregate(
         &self,
         group_by: &Bound<'_, PyAny>,
         tz: Option<&Bound<'_, PyAny>>,
@@ -304,7 +321,7 @@ impl StoreCore {
         }))
     }
 
-    fn summary(&self, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Job<PyAggregate>> {
+    pub(crate) fn summary(&self, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Job<PyAggregate>> {
         let filters = filters::from_kwargs(kwargs)?;
         let store = self.store.clone();
         Ok(job(move || {
@@ -314,7 +331,7 @@ impl StoreCore {
         }))
     }
 
-    fn distinct(
+    pub(crate) fn distinct(
         &self,
         column: &'static str,
         kwargs: Option<&Bound<'_, PyDict>>,
@@ -324,7 +341,7 @@ impl StoreCore {
         Ok(job(move || store.distinct(column, &filters)))
     }
 
-    fn stats(&self) -> Job<PyStoreStats> {
+    pub(crate) fn stats(&self) -> Job<PyStoreStats> {
         let store = self.store.clone();
         job(move || {
             Ok(PyStoreStats {
@@ -333,22 +350,22 @@ impl StoreCore {
         })
     }
 
-    fn purge_expired(&self, timeout: Option<Duration>) -> Job<usize> {
+    pub(crate) fn purge_expired(&self, timeout: Option<Duration>) -> Job<usize> {
         let store = self.store.clone();
         job(move || store.purge_expired(timeout))
     }
 
-    fn flush(&self, timeout: Option<Duration>) -> Job<()> {
+    pub(crate) fn flush(&self, timeout: Option<Duration>) -> Job<()> {
         let store = self.store.clone();
         job(move || store.flush(timeout))
     }
 
-    fn close(&self, timeout: Option<Duration>) -> Job<()> {
+    pub(crate) fn close(&self, timeout: Option<Duration>) -> Job<()> {
         let store = self.store.clone();
         job(move || store.close(timeout.unwrap_or(CLOSE_GRACE)))
     }
 
-    fn export(
+    pub(crate) fn export(
         &self,
         dest: &Bound<'_, PyAny>,
         format: Option<&Bound<'_, PyAny>>,
@@ -383,18 +400,65 @@ impl StoreCore {
         }))
     }
 
-    fn location(&self) -> String {
+    pub(crate) fn verify(
+        &self,
+        namespace: Option<&Bound<'_, PyAny>>,
+        start: Option<&Bound<'_, PyAny>>,
+        end: Option<&Bound<'_, PyAny>>,
+        checkpoints: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Job<PyVerifyReport>> {
+        let namespace = args::optional_text(namespace, "namespace")?;
+        let position = |v: Option<u64>| v.map(|p| p.min(i64::MAX as u64) as i64);
+        let range = PositionRange {
+            start: position(args::optional_count(start, "start")?),
+            end: position(args::optional_count(end, "end")?),
+        };
+        let anchors = checkpoints_arg(checkpoints)?;
+        let store = self.store.clone();
+        Ok(job(move || {
+            Ok(PyVerifyReport {
+                inner: store.verify(namespace.as_deref(), range, &anchors)?,
+            })
+        }))
+    }
+
+    pub(crate) fn receipt(
+        &self,
+        request_id: &Bound<'_, PyAny>,
+        namespace: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Job<PyReceipt>> {
+        let request_id = args::text(request_id, "request_id")?;
+        let namespace = namespace_arg(namespace)?;
+        let store = self.store.clone();
+        Ok(job(move || {
+            Ok(PyReceipt {
+                inner: store.receipt(&request_id, &namespace)?,
+            })
+        }))
+    }
+
+    pub(crate) fn checkpoint(&self, namespace: Option<&Bound<'_, PyAny>>) -> PyResult<Job<PyCheckpoint>> {
+        let namespace = namespace_arg(namespace)?;
+        let store = self.store.clone();
+        Ok(job(move || {
+            Ok(PyCheckpoint {
+                inner: store.checkpoint(&namespace)?,
+            })
+        }))
+    }
+
+    pub(crate) fn location(&self) -> String {
         self.store.location()
     }
 
-    fn durability(&self) -> &'static str {
+    pub(crate) fn durability(&self) -> &'static str {
         match self.store.durability() {
             Durability::Batch => "batch",
             Durability::Commit => "commit",
         }
     }
 
-    fn retention_seconds(&self) -> Option<f64> {
+    pub(crate) fn retention_seconds(&self) -> Option<f64> {
         self.store.retention_us().map(|us| us as f64 / 1e6)
     }
 }
@@ -501,12 +565,20 @@ macro_rules! store_class {
                 $record(py, &self.core, event)
             }
 
+            /// Queues one event without waiting, whatever the durability: True
+            /// when queued (the writer commits it), False when the queue is
+            /// full (nothing queued). For callers that must never block, such
+            /// as request metering; a plain call on both store classes.
+            fn record_nowait(&self, py: Python<'_>, event: &Bound<'_, PyAny>) -> PyResult<bool> {
+                self.core.record_nowait(py, event)
+            }
+
             /// Records every event in one transaction, or none; returns how many were new.
             /// With `timeout` (seconds), a failing database raises `StoreError`
             /// when it passes, and nothing of the batch is written.
             #[pyo3(signature = (events, *, timeout=None))]
             fn record_batch<'py>(&self, py: Python<'py>, events: &Bound<'py, PyAny>, timeout: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
-                $run(py, self.core.record_batch(events, timeout_arg(timeout)?)?)
+                $run(py, self.core.record_batch(events, $crate::python::ledger::store::timeout_arg(timeout)?)?)
             }
 
             /// Events matching the filters, oldest first (then in insertion order).
@@ -575,7 +647,7 @@ macro_rules! store_class {
             /// Deletes events older than now − retention; returns how many.
             #[pyo3(signature = (*, timeout=None))]
             fn purge_expired<'py>(&self, py: Python<'py>, timeout: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
-                $run(py, self.core.purge_expired(timeout_arg(timeout)?))
+                $run(py, self.core.purge_expired($crate::python::ledger::store::timeout_arg(timeout)?))
             }
 
             /// Streams matching events to a path or file object; returns the rows written.
@@ -598,7 +670,7 @@ macro_rules! store_class {
             /// raises at once.
             #[pyo3(signature = (*, timeout=None))]
             fn flush<'py>(&self, py: Python<'py>, timeout: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
-                $flush(py, &self.core, timeout_arg(timeout)?)
+                $flush(py, &self.core, $crate::python::ledger::store::timeout_arg(timeout)?)
             }
 
             /// Commits what is queued and closes the store, within `timeout`
@@ -608,7 +680,42 @@ macro_rules! store_class {
             /// Idempotent.
             #[pyo3(signature = (*, timeout=None))]
             fn close<'py>(&self, py: Python<'py>, timeout: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
-                $run(py, self.core.close(timeout_arg(timeout)?))
+                $run(py, self.core.close($crate::python::ledger::store::timeout_arg(timeout)?))
+            }
+
+            /// Recomputes the hash chain of `namespace` (every namespace when
+            /// `None`) between chain positions `start` and `end` (inclusive),
+            /// checking the anchored `checkpoints` (Checkpoint objects or their
+            /// dicts) on the way. The report names the first altered, missing,
+            /// inserted or reordered row.
+            #[pyo3(signature = (namespace=None, *, start=None, end=None, checkpoints=None))]
+            fn verify<'py>(
+                &self,
+                py: Python<'py>,
+                namespace: Option<&Bound<'py, PyAny>>,
+                start: Option<&Bound<'py, PyAny>>,
+                end: Option<&Bound<'py, PyAny>>,
+                checkpoints: Option<&Bound<'py, PyAny>>,
+            ) -> PyResult<Bound<'py, PyAny>> {
+                $run(py, self.core.verify(namespace, start, end, checkpoints)?)
+            }
+
+            /// The chain receipt of a committed event: its canonical payload,
+            /// position and the digests before and after it.
+            #[pyo3(signature = (request_id, *, namespace=None), text_signature = "(self, request_id, *, namespace='default')")]
+            fn receipt<'py>(
+                &self,
+                py: Python<'py>,
+                request_id: &Bound<'py, PyAny>,
+                namespace: Option<&Bound<'py, PyAny>>,
+            ) -> PyResult<Bound<'py, PyAny>> {
+                $run(py, self.core.receipt(request_id, namespace)?)
+            }
+
+            /// The head of `namespace`'s chain over the committed events, to anchor elsewhere.
+            #[pyo3(signature = (namespace=None), text_signature = "(self, namespace='default')")]
+            fn checkpoint<'py>(&self, py: Python<'py>, namespace: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
+                $run(py, self.core.checkpoint(namespace)?)
             }
 
             fn __repr__(&self) -> String {
@@ -726,6 +833,12 @@ pub(crate) fn metering_store(store: &Bound<'_, PyAny>) -> Option<Arc<dyn Meterin
             })*
         };
     }
-    first_of!(PySQLiteStore, PyAsyncSQLiteStore);
+    use super::postgres::{PyAsyncPostgresStore, PyPostgresStore};
+    first_of!(
+        PySQLiteStore,
+        PyAsyncSQLiteStore,
+        PyPostgresStore,
+        PyAsyncPostgresStore
+    );
     None
 }

@@ -1,0 +1,285 @@
+"""Benchmark usagewarden's RedisRateLimiter against pure-Python Redis limiters, in one run.
+
+One throwaway ``redis-server`` (127.0.0.1, a free port, no persistence) serves every
+contender. Figures are microseconds per call, the median of several samples, each sample
+a tight loop of calls timed with ``time.perf_counter_ns`` (the garbage collector paused).
+``peer/ours`` > 1 means usagewarden is faster.
+
+Contenders, each admitting one request with an RPM limit and a TPM limit (200 tokens):
+
+* ``PING``: one PING over the RedisRateLimiter's own connection, called from Python the
+  same way as ``try_acquire`` (the round-trip floor).
+* ``usagewarden``: ``RedisRateLimiter.try_acquire`` (one EVALSHA checks and records both).
+* ``limits`` moving window and sliding-window counter on its Redis storage (redis-py):
+  an RPM ``hit`` and a TPM ``hit`` of cost 200.
+* ``throttled-py`` sliding window on its Redis store (redis-py): an RPM ``limit`` and a
+  TPM ``limit`` of cost 200.
+
+Cases: 1 key; 10,000 keys in turn; ``await acquire`` (ours: admitted at once); the window
+filling at 2,000,000 TPM (200 tokens a call, 9,000 calls within a minute, per block of
+1,000 calls); 4 processes in parallel on one key (aggregate admissions per second).
+
+Run from the repository root, after ``pip install -e '.[bench]'`` and a release build
+(``maturin develop --release``)::
+
+    python benchmarks/bench_redis.py            # a few minutes
+    python benchmarks/bench_redis.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import multiprocessing
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+TOKENS = 200
+HUGE_RPM = 1_000_000_000
+HUGE_TPM = 10**15
+FILL_TPM = 2_000_000
+N_KEYS = 10_000
+TARGET_PING_RATIO = 1.3
+TARGET_SPEEDUP = 4.0
+
+Op = Callable[[str], Any]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_redis(directory: str) -> tuple[subprocess.Popen[bytes], str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        sys.exit("redis-server is not installed (Debian: apt-get install -y redis-server)")
+    port = free_port()
+    server = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+         "no", "--dir", directory],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    break
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            sys.exit("redis-server did not start")
+        time.sleep(0.01)
+    return server, f"redis://127.0.0.1:{port}/0"
+
+
+# ----------------------------------------------------------------------------------------
+# Contenders: a factory builds a fresh limiter and returns one call for one key.
+# ----------------------------------------------------------------------------------------
+
+
+def ours(url: str, rpm: int, tpm: int, prefix: str) -> Op:
+    import usagewarden as uw
+
+    limiter = uw.RedisRateLimiter(
+        uw.RateLimits(requests_per_minute=rpm, total_tokens_per_minute=tpm), url, prefix=prefix
+    )
+    return lambda key: limiter.try_acquire(key, input_tokens=TOKENS)
+
+
+def ping(url: str, rpm: int, tpm: int, prefix: str) -> Op:
+    import usagewarden as uw
+
+    limiter = uw.RedisRateLimiter(uw.RateLimits(requests_per_minute=rpm), url, prefix=prefix)
+    return lambda key: limiter._ping()
+
+
+def limits_peer(strategy: str) -> Callable[[str, int, int, str], Op]:
+    def make(url: str, rpm: int, tpm: int, prefix: str) -> Op:
+        import limits
+        import limits.storage
+
+        storage = limits.storage.storage_from_string(url, key_prefix=prefix)
+        limiter = getattr(limits.strategies, strategy)(storage)
+        per_minute = limits.RateLimitItemPerMinute(rpm)
+        tokens = limits.RateLimitItemPerMinute(tpm)
+
+        def call(key: str) -> bool:
+            return limiter.hit(per_minute, key) and limiter.hit(tokens, key, cost=TOKENS)
+
+        return call
+
+    return make
+
+
+def throttled_peer(url: str, rpm: int, tpm: int, prefix: str) -> Op:
+    from throttled import RedisStore, Throttled, per_min
+
+    store = RedisStore(server=url)
+    requests = Throttled(using="sliding_window", quota=per_min(rpm), store=store,
+                         key_prefix=prefix + "r:")  # fmt: skip
+    tokens = Throttled(using="sliding_window", quota=per_min(tpm), store=store,
+                       key_prefix=prefix + "t:")  # fmt: skip
+
+    def call(key: str) -> bool:
+        return not requests.limit(key).limited and not tokens.limit(key, cost=TOKENS).limited
+
+    return call
+
+
+CONTENDERS: dict[str, Callable[[str, int, int, str], Op]] = {
+    "PING (floor)": ping,
+    "usagewarden": ours,
+    "limits moving window": limits_peer("MovingWindowRateLimiter"),
+    "limits sliding counter": limits_peer("SlidingWindowCounterRateLimiter"),
+    "throttled-py sliding": throttled_peer,
+}
+
+
+def timed(op: Op, keys: list[str], calls: int) -> float:
+    """Microseconds per call over one tight loop."""
+    gc.disable()
+    try:
+        start = time.perf_counter_ns()
+        n = len(keys)
+        for i in range(calls):
+            op(keys[i % n])
+        return (time.perf_counter_ns() - start) / calls / 1_000
+    finally:
+        gc.enable()
+
+
+def median_us(make: Callable[[str, int, int, str], Op], url: str, keys: list[str], calls: int,
+              samples: int) -> float:  # fmt: skip
+    results = []
+    for s in range(samples):
+        op = make(url, HUGE_RPM, HUGE_TPM, f"bench{s}:{time.perf_counter_ns()}:")
+        for key in keys[: min(len(keys), 100)]:
+            op(key)  # connect and warm up
+        results.append(timed(op, keys, calls))
+    return statistics.median(results)
+
+
+def report(title: str, figures: dict[str, float]) -> None:
+    print(f"\n{title}")
+    base = figures.get("usagewarden")
+    for name, us in figures.items():
+        ratio = f"{us / base:6.2f}x ours" if base else ""
+        print(f"  {name:<26} {us:9.1f} us/call  {ratio}")
+
+
+def fill_case(url: str, contenders: dict[str, Callable[..., Op]], calls: int) -> None:
+    print(f"\nThe window filling at {FILL_TPM:,} TPM ({TOKENS} tokens a call, "
+          f"us/call per block of 1,000 calls)")  # fmt: skip
+    for name, make in contenders.items():
+        if name.startswith("PING") or "moving" in name:
+            continue  # the moving window stores one member per token: 1.8M members
+        op = make(url, HUGE_RPM, FILL_TPM, f"fill:{time.perf_counter_ns()}:")
+        blocks = []
+        for _ in range(calls // 1_000):
+            blocks.append(timed(op, ["filling"], 1_000))
+        flat = max(blocks) / min(blocks)
+        shown = " ".join(f"{b:6.1f}" for b in blocks)
+        print(f"  {name:<26} {shown}   slowest/fastest {flat:4.2f}")
+
+
+async def acquire_case(url: str, calls: int, samples: int) -> float:
+    import usagewarden as uw
+
+    results = []
+    for s in range(samples):
+        limiter = uw.RedisRateLimiter(
+            uw.RateLimits(requests_per_minute=HUGE_RPM, total_tokens_per_minute=HUGE_TPM),
+            url,
+            prefix=f"acq{s}:{time.perf_counter_ns()}",
+        )
+        for _ in range(100):
+            await limiter.acquire("k", input_tokens=TOKENS)
+        start = time.perf_counter_ns()
+        for _ in range(calls):
+            await limiter.acquire("k", input_tokens=TOKENS)
+        results.append((time.perf_counter_ns() - start) / calls / 1_000)
+    return statistics.median(results)
+
+
+def parallel_worker(args: tuple[str, str, float]) -> int:
+    name, url, seconds = args
+    warnings.simplefilter("ignore")
+    op = CONTENDERS[name](url, HUGE_RPM, HUGE_TPM, "parallel:")
+    op("shared")
+    done = 0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        for _ in range(100):
+            op("shared")
+        done += 100
+    return done
+
+
+def parallel_case(url: str, seconds: float) -> dict[str, float]:
+    rates = {}
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        for name in CONTENDERS:
+            counts = pool.map(parallel_worker, [(name, url, seconds)] * 4)
+            rates[name] = sum(counts) / seconds
+    return rates
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer calls and samples")
+    options = parser.parse_args()
+    calls, samples, fill, seconds = (
+        (500, 3, 3_000, 2.0) if options.quick else (3_000, 5, 9_000, 5.0)
+    )
+    warnings.simplefilter("ignore")
+    import usagewarden as uw
+
+    print(f"usagewarden {uw.__version__} (debug build: {uw.DEBUG_BUILD}), Python "
+          f"{sys.version.split()[0]}, {os.cpu_count()} CPUs; {calls} calls x {samples} samples")  # fmt: skip
+    with tempfile.TemporaryDirectory() as directory:
+        server, url = start_redis(directory)
+        try:
+            print(f"redis-server at {url}")
+            one = {n: median_us(m, url, ["k"], calls, samples) for n, m in CONTENDERS.items()}
+            report("try_acquire, RPM + TPM, 1 key", one)
+            keys = [f"key{i}" for i in range(N_KEYS)]
+            many = {n: median_us(m, url, keys, max(calls, N_KEYS), samples)
+                    for n, m in CONTENDERS.items()}  # fmt: skip
+            report(f"try_acquire, RPM + TPM, {N_KEYS:,} keys in turn", many)
+            acquire = asyncio.run(acquire_case(url, calls, samples))
+            print(f"\nawait acquire (admitted), usagewarden: {acquire:.1f} us/call "
+                  f"({acquire / one['PING (floor)']:.2f}x PING)")  # fmt: skip
+            fill_case(url, CONTENDERS, fill)
+            rates = parallel_case(url, seconds)
+            print(f"\n4 processes in parallel on one key, {seconds:g} s each (admissions/s, all)")
+            for name, rate in rates.items():
+                print(f"  {name:<26} {rate:10,.0f}/s  {rates['usagewarden'] / rate:5.2f}x ours")
+            peers = [v for k, v in one.items() if not k.startswith(("PING", "usagewarden"))]
+            ping_ratio = one["usagewarden"] / one["PING (floor)"]
+            speedup = min(peers) / one["usagewarden"]
+            print(f"\nTargets: exact <= {TARGET_PING_RATIO}x PING: {ping_ratio:.2f}x "
+                  f"({'met' if ping_ratio <= TARGET_PING_RATIO else 'missed'}); "
+                  f">= {TARGET_SPEEDUP}x the fastest peer: {speedup:.2f}x "
+                  f"({'met' if speedup >= TARGET_SPEEDUP else 'missed'})")  # fmt: skip
+        finally:
+            server.terminate()
+            server.wait(10)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,247 @@
+//! The ledger's hash chain: each namespace's events, in commit order, each
+//! linked to the one before by SHA-256.
+//!
+//! An event at position `n` (1, 2, 3, … per namespace) stores
+//!
+//! ```text
+//! digest(n) = SHA-256(digest(n - 1) ‖ canonical(event n))      digest(0) = 32 zero bytes
+//! ```
+//!
+//! where `‖` joins the 32 raw bytes of the previous digest and the canonical
+//! bytes. SHA-256 because a third party can recompute it with nothing but a
+//! standard library (Python's `hashlib`), which BLAKE3 would not allow.
+//!
+//! ## The canonical encoding (version 1)
+//!
+//! A compact JSON object, UTF-8, keys sorted, no whitespace — exactly what
+//! Python's `json.dumps(obj, sort_keys=True, separators=(",", ":"),
+//! ensure_ascii=False).encode("utf-8")` produces — with these 20 keys:
+//!
+//! | key | value |
+//! |---|---|
+//! | `action`, `agent_id`, `consumer_id`, `namespace`, `request_id` | string |
+//! | `task_id`, `model`, `source` | string or `null` |
+//! | `tokens_in`, `tokens_out`, `cache_read_tokens`, `cache_write_tokens`, `duration_ms`, `api_calls`, `units` | integer |
+//! | `cost_nanos` | integer nano-USD (1 USD = 10⁹) as the caller recorded it, or `null` (unknown, or filled in by the store's pricing) |
+//! | `timestamp_us` | integer microseconds since 1970-01-01T00:00:00Z |
+//! | `artifact_digest` | lowercase hex string or `null` |
+//! | `metadata` | the stored metadata text (the redacted object as JSON, keys sorted, no whitespace) as a JSON **string**, or `null` |
+//! | `v` | `1`, the encoding's version |
+//!
+//! Strings escape only `"`, `\` and the control characters U+0000–U+001F
+//! (`\b \t \n \f \r` by name, the rest as `\u00xx`, lowercase hex); every
+//! other character is written as itself in UTF-8. Metadata is embedded as
+//! text so that nobody has to re-serialise it (float spellings differ
+//! between JSON libraries).
+//!
+//! A cost filled in by the store's pricing is not covered: it is derived
+//! from the counts (which are) and a price table, and `reprice` may
+//! legitimately recompute it.
+
+use super::event::UsageEvent;
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+
+/// A SHA-256 digest.
+pub type Digest = [u8; 32];
+
+/// The digest before a namespace's first event.
+pub const GENESIS: Digest = [0; 32];
+
+/// The canonical encoding's version, written as `"v"`.
+pub const ENCODING_VERSION: u32 = 1;
+
+/// The encoded fields, declared in sorted key order (serde writes them so).
+#[derive(Serialize)]
+struct Canonical<'a> {
+    action: &'a str,
+    agent_id: &'a str,
+    api_calls: u64,
+    artifact_digest: Option<&'a str>,
+    cache_read_tokens: u64,
+    cache_write_tokens: u64,
+    consumer_id: &'a str,
+    cost_nanos: Option<u64>,
+    duration_ms: u64,
+    metadata: Option<&'a str>,
+    model: Option<&'a str>,
+    namespace: &'a str,
+    request_id: &'a str,
+    source: Option<&'a str>,
+    task_id: Option<&'a str>,
+    timestamp_us: i64,
+    tokens_in: u64,
+    tokens_out: u64,
+    units: u64,
+    v: u32,
+}
+
+/// The canonical bytes of an event as the caller recorded it (`cost_nanos`
+/// is the caller's cost: `None` for a cost the store's pricing filled in).
+pub fn canonical(e: &UsageEvent) -> Vec<u8> {
+    let fields = Canonical {
+        action: &e.action,
+        agent_id: &e.agent_id,
+        api_calls: e.api_calls,
+        artifact_digest: e.artifact_digest.as_deref(),
+        cache_read_tokens: e.cache_read_tokens,
+        cache_write_tokens: e.cache_write_tokens,
+        consumer_id: &e.consumer_id,
+        cost_nanos: e.cost_nanos,
+        duration_ms: e.duration_ms,
+        metadata: e.metadata.as_deref(),
+        model: e.model.as_deref(),
+        namespace: &e.namespace,
+        request_id: &e.request_id,
+        source: e.source.as_deref(),
+        task_id: e.task_id.as_deref(),
+        timestamp_us: e.timestamp_us,
+        tokens_in: e.tokens_in,
+        tokens_out: e.tokens_out,
+        units: e.units,
+        v: ENCODING_VERSION,
+    };
+    // Serialising plain strings and integers into memory cannot fail.
+    serde_json::to_vec(&fields).expect("canonical encoding")
+}
+
+/// `SHA-256(previous ‖ payload)`.
+pub fn link(previous: &Digest, payload: &[u8]) -> Digest {
+    let mut hasher = Sha256::new();
+    hasher.update(previous);
+    hasher.update(payload);
+    hasher.finalize().into()
+}
+
+/// Lowercase hex.
+pub fn to_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 15)] as char);
+    }
+    out
+}
+
+/// A digest from 64 hex digits (either case).
+pub fn digest_from_hex(text: &str) -> Option<Digest> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut out = GENESIS;
+    for (i, pair) in bytes.chunks(2).enumerate() {
+        let hi = (pair[0] as char).to_digit(16)?;
+        let lo = (pair[1] as char).to_digit(16)?;
+        out[i] = (hi * 16 + lo) as u8;
+    }
+    Some(out)
+}
+
+/// A stored digest column: exactly 32 bytes, or `None`.
+pub fn digest_from_slice(bytes: &[u8]) -> Option<Digest> {
+    bytes.try_into().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::event::tests::event;
+
+    #[test]
+    fn encoding_is_sorted_compact_json() {
+        let mut e = event("agent", 1_767_225_600_000_001, 12);
+        e.request_id = "r-1".into();
+        e.metadata = Some(r#"{"a":1,"b":"x"}"#.into());
+        e.artifact_digest = Some("ab".repeat(16));
+        let text = String::from_utf8(canonical(&e)).unwrap();
+        assert_eq!(
+            text,
+            format!(
+                concat!(
+                    r#"{{"action":"llm.request","agent_id":"agent","api_calls":1,"artifact_digest":"{}","#,
+                    r#""cache_read_tokens":0,"cache_write_tokens":0,"consumer_id":"consumer","cost_nanos":1000,"#,
+                    r#""duration_ms":5,"metadata":"{{\"a\":1,\"b\":\"x\"}}","model":"gpt-4o","namespace":"default","#,
+                    r#""request_id":"r-1","source":null,"task_id":null,"timestamp_us":1767225600000001,"#,
+                    r#""tokens_in":12,"tokens_out":10,"units":0,"v":1}}"#
+                ),
+                "ab".repeat(16)
+            )
+        );
+        let keys: Vec<String> = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&text)
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted);
+        assert_eq!(keys.len(), 20);
+    }
+
+    #[test]
+    fn strings_escape_like_python_json() {
+        let mut e = event("a\"\\\u{1}\n\u{7f}é😀", 0, 0);
+        e.cost_nanos = None;
+        let text = String::from_utf8(canonical(&e)).unwrap();
+        // json.dumps("a\"\\\x01\n\x7fé😀", ensure_ascii=False)
+        assert!(text.contains("\"agent_id\":\"a\\\"\\\\\\u0001\\n\u{7f}é😀\""), "{text}");
+        assert!(text.contains("\"cost_nanos\":null"));
+    }
+
+    #[test]
+    fn every_field_changes_the_digest() {
+        let base = event("a", 5, 1);
+        let payload = canonical(&base);
+        let digest = link(&GENESIS, &payload);
+        assert_eq!(digest, link(&GENESIS, &canonical(&base.clone())));
+        let variants: Vec<Box<dyn Fn(&mut UsageEvent)>> = vec![
+            Box::new(|e| e.agent_id.push('x')),
+            Box::new(|e| e.consumer_id.push('x')),
+            Box::new(|e| e.task_id = Some("t".into())),
+            Box::new(|e| e.namespace.push('x')),
+            Box::new(|e| e.action = "tool.call".into()),
+            Box::new(|e| e.model = None),
+            Box::new(|e| e.tokens_in += 1),
+            Box::new(|e| e.tokens_out += 1),
+            Box::new(|e| e.cache_read_tokens += 1),
+            Box::new(|e| e.cache_write_tokens += 1),
+            Box::new(|e| e.duration_ms += 1),
+            Box::new(|e| e.api_calls += 1),
+            Box::new(|e| e.units += 1),
+            Box::new(|e| e.cost_nanos = Some(1_001)),
+            Box::new(|e| e.timestamp_us += 1),
+            Box::new(|e| e.request_id.push('x')),
+            Box::new(|e| e.source = Some("s".into())),
+            Box::new(|e| e.metadata = Some("{}".into())),
+            Box::new(|e| e.artifact_digest = Some("00".repeat(16))),
+        ];
+        for (i, change) in variants.iter().enumerate() {
+            let mut e = base.clone();
+            change(&mut e);
+            assert_ne!(link(&GENESIS, &canonical(&e)), digest, "field {i}");
+        }
+        // The previous digest is covered too.
+        assert_ne!(link(&digest, &payload), digest);
+    }
+
+    #[test]
+    fn sha256_of_known_input() {
+        // hashlib.sha256(bytes(32) + b"abc").hexdigest()
+        assert_eq!(
+            to_hex(&link(&GENESIS, b"abc")),
+            "365aa7d8f7f9402c4b9434502b4cc89ddb09fe50d7cd95b493b834c62d5a5370"
+        );
+    }
+
+    #[test]
+    fn hex_round_trips() {
+        let d = link(&GENESIS, b"x");
+        assert_eq!(digest_from_hex(&to_hex(&d)), Some(d));
+        assert_eq!(digest_from_hex(&to_hex(&d).to_uppercase()), Some(d));
+        assert_eq!(digest_from_hex("zz"), None);
+        assert_eq!(digest_from_hex(&"g".repeat(64)), None);
+        assert_eq!(digest_from_slice(&[0; 31]), None);
+    }
+}

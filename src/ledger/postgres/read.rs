@@ -1,0 +1,463 @@
+//! Reads, aggregates and maintenance in SQL on pooled connections; every
+//! value is a bound parameter.
+
+use super::writer::{hourly_sums, sum_columns, HOUR_OF_TS};
+use crate::error::CoreResult;
+use crate::ledger::buckets::{GroupBy, TimeUnit};
+use crate::ledger::cursor::Cursor;
+use crate::ledger::event::UsageEvent;
+use crate::ledger::filters::Filters;
+use crate::ledger::sqlite::Aggregate;
+use crate::pricing::{Pricing, Tokens};
+use chrono::{Datelike, FixedOffset, NaiveDateTime, TimeZone};
+use deadpool_postgres::GenericClient;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
+
+pub type Param = Box<dyn ToSql + Sync + Send>;
+
+pub fn refs(params: &[Param]) -> Vec<&(dyn ToSql + Sync)> {
+    params
+        .iter()
+        .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+        .collect()
+}
+
+/// `WHERE …` (or empty) with `$n` placeholders from `$first`, and the values.
+pub fn where_clause(filters: &Filters, params: &mut Vec<Param>) -> String {
+    let mut terms = Vec::new();
+    for (column, value) in [
+        ("namespace", &filters.namespace),
+        ("agent_id", &filters.agent_id),
+        ("consumer_id", &filters.consumer_id),
+        ("task_id", &filters.task_id),
+        ("model", &filters.model),
+        ("action", &filters.action),
+    ] {
+        if let Some(v) = value {
+            params.push(Box::new(v.clone()));
+            terms.push(format!("{column} = ${}", params.len()));
+        }
+    }
+    if let Some(start) = filters.start_us {
+        params.push(Box::new(start));
+        terms.push(format!("ts >= ${}", params.len()));
+    }
+    if let Some(end) = filters.end_us {
+        params.push(Box::new(end));
+        terms.push(format!("ts <= ${}", params.len()));
+    }
+    if terms.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", terms.join(" AND "))
+    }
+}
+
+pub const EVENT_COLUMNS: &str = "agent_id, consumer_id, task_id, namespace, action, model, tokens_in, tokens_out, \
+     cache_read_tokens, cache_write_tokens, duration_ms, api_calls, units, cost_nanos, ts, request_id, source, metadata";
+
+pub fn event_from_row(row: &Row) -> UsageEvent {
+    let n = |i: usize| row.get::<_, i64>(i).max(0) as u64;
+    UsageEvent {
+        agent_id: row.get(0),
+        consumer_id: row.get(1),
+        task_id: row.get(2),
+        namespace: row.get(3),
+        action: row.get(4),
+        model: row.get(5),
+        tokens_in: n(6),
+        tokens_out: n(7),
+        cache_read_tokens: n(8),
+        cache_write_tokens: n(9),
+        duration_ms: n(10),
+        api_calls: n(11),
+        units: n(12),
+        cost_nanos: row.get::<_, Option<i64>>(13).map(|c| c.max(0) as u64),
+        timestamp_us: row.get(14),
+        request_id: row.get(15),
+        source: row.get(16),
+        metadata: row.get(17),
+        artifact_digest: None,
+    }
+}
+
+pub async fn query(
+    c: &impl GenericClient,
+    s: &str,
+    filters: &Filters,
+    limit: Option<u64>,
+    offset: u64,
+) -> CoreResult<Vec<UsageEvent>> {
+    let mut params = Vec::new();
+    let clause = where_clause(filters, &mut params);
+    let mut sql = format!("SELECT {EVENT_COLUMNS} FROM {s}.usage_events {clause} ORDER BY ts, id");
+    if let Some(limit) = limit {
+        params.push(Box::new(limit.min(i64::MAX as u64) as i64));
+        sql.push_str(&format!(" LIMIT ${}", params.len()));
+    }
+    if offset > 0 {
+        params.push(Box::new(offset.min(i64::MAX as u64) as i64));
+        sql.push_str(&format!(" OFFSET ${}", params.len()));
+    }
+    let rows = c.query(&sql, &refs(&params)).await?;
+    Ok(rows.iter().map(event_from_row).collect())
+}
+
+/// Events after `(ts, id)` in ledger order, with their ids (for paging and export).
+pub async fn after(
+    c: &impl GenericClient,
+    s: &str,
+    filters: &Filters,
+    after: Option<(i64, i64)>,
+    limit: u64,
+    offset: u64,
+) -> CoreResult<Vec<(UsageEvent, i64)>> {
+    let mut params = Vec::new();
+    let clause = where_clause(filters, &mut params);
+    let mut sql = format!("SELECT {EVENT_COLUMNS}, id FROM {s}.usage_events {clause}");
+    if let Some((ts, id)) = after {
+        params.push(Box::new(ts));
+        params.push(Box::new(id));
+        sql.push_str(if clause.is_empty() { " WHERE" } else { " AND" });
+        sql.push_str(&format!(
+            " (ts, id) > (${}, ${})",
+            params.len() - 1,
+            params.len()
+        ));
+    }
+    params.push(Box::new(limit.min(i64::MAX as u64) as i64));
+    params.push(Box::new(offset.min(i64::MAX as u64) as i64));
+    sql.push_str(&format!(
+        " ORDER BY ts, id LIMIT ${} OFFSET ${}",
+        params.len() - 1,
+        params.len()
+    ));
+    let rows = c.query(&sql, &refs(&params)).await?;
+    Ok(rows
+        .iter()
+        .map(|r| (event_from_row(r), r.get::<_, i64>(18)))
+        .collect())
+}
+
+pub async fn page(
+    c: &impl GenericClient,
+    s: &str,
+    filters: &Filters,
+    cursor: Option<Cursor>,
+    limit: u64,
+    offset: u64,
+) -> CoreResult<(Vec<UsageEvent>, Option<Cursor>)> {
+    let mut rows = after(
+        c,
+        s,
+        filters,
+        cursor.map(|c| (c.ts_us, c.id)),
+        limit.saturating_add(1),
+        offset,
+    )
+    .await?;
+    let more = rows.len() as u64 > limit;
+    rows.truncate(limit as usize);
+    let next = match rows.last() {
+        Some((event, id)) if more => Some(Cursor::after(event.timestamp_us, *id, filters)),
+        _ => None,
+    };
+    Ok((rows.into_iter().map(|(e, _)| e).collect(), next))
+}
+
+/// The totals columns, exact (numeric) and saturating at 2**63 - 1.
+fn totals() -> String {
+    let mut cols = sum_columns(true);
+    cols.push("COUNT(DISTINCT agent_id)::int8".into());
+    cols.push("COUNT(DISTINCT consumer_id)::int8".into());
+    cols.join(", ")
+}
+
+fn aggregate_from_row(row: &Row, group: Option<String>, at: usize) -> Aggregate {
+    let n = |i: usize| row.get::<_, i64>(at + i).max(0) as u64;
+    Aggregate {
+        group,
+        events: n(0),
+        tokens_in: n(1),
+        tokens_out: n(2),
+        cache_read_tokens: n(3),
+        cache_write_tokens: n(4),
+        duration_ms: n(5),
+        api_calls: n(6),
+        units: n(7),
+        cost_nanos: row.get::<_, Option<i64>>(at + 8).map(|c| c.max(0) as u64),
+        unpriced_events: n(9),
+        unique_agents: n(10),
+        unique_consumers: n(11),
+    }
+}
+
+/// The timestamp as local time in the zone bound at `$tz`.
+fn local(tz: usize) -> String {
+    format!("((TIMESTAMPTZ 'epoch' + ts * INTERVAL '1 microsecond') AT TIME ZONE ${tz})")
+}
+
+/// A bucket's label from its local start (and, for hours, its UTC offset),
+/// formatted exactly as the SQLite store formats it.
+fn bucket_label(unit: TimeUnit, start: NaiveDateTime, offset_s: i32) -> String {
+    match unit {
+        TimeUnit::Hour => FixedOffset::east_opt(offset_s)
+            .and_then(|o| o.from_local_datetime(&start).single())
+            .map_or_else(
+                || "invalid".into(),
+                |t| t.format("%Y-%m-%dT%H:00%:z").to_string(),
+            ),
+        TimeUnit::Day => start.format("%Y-%m-%d").to_string(),
+        TimeUnit::Week => {
+            let week = start.date().iso_week();
+            format!("{}-W{:02}", week.year(), week.week())
+        }
+        TimeUnit::Month => start.format("%Y-%m").to_string(),
+    }
+}
+
+/// Totals per group in one `GROUP BY`; calendar buckets with `AT TIME ZONE`
+/// (DST-correct), oldest first; other groups by key in byte order, no
+/// value first (as SQLite orders them).
+pub async fn aggregate(
+    c: &impl GenericClient,
+    s: &str,
+    group_by: GroupBy,
+    tz: &str,
+    filters: &Filters,
+) -> CoreResult<Vec<Aggregate>> {
+    let mut params: Vec<Param> = Vec::new();
+    let totals = totals();
+    let sql = match group_by {
+        GroupBy::Time(unit) => {
+            params.push(Box::new(tz.to_string()));
+            let clause = where_clause(filters, &mut params);
+            let local = local(1);
+            let offset = match unit {
+                // Two hours of a fall-back share a local start; the offset tells them apart.
+                TimeUnit::Hour => format!(
+                    "EXTRACT(EPOCH FROM {local} - ((TIMESTAMPTZ 'epoch' + ts * INTERVAL '1 microsecond') AT TIME ZONE 'UTC'))::int4"
+                ),
+                _ => "0".into(),
+            };
+            format!(
+                "SELECT date_trunc('{unit}', {local}) AS bucket, {offset} AS off, {totals} \
+                 FROM {s}.usage_events {clause} GROUP BY 1, 2 ORDER BY MIN(ts)",
+                unit = unit.name()
+            )
+        }
+        _ => {
+            let clause = where_clause(filters, &mut params);
+            format!(
+                "SELECT {col} AS grp, {totals} FROM {s}.usage_events {clause} \
+                 GROUP BY 1 ORDER BY {col} COLLATE \"C\" NULLS FIRST",
+                col = group_by.sql()
+            )
+        }
+    };
+    let rows = c.query(&sql, &refs(&params)).await?;
+    Ok(match group_by {
+        GroupBy::Time(unit) => rows
+            .iter()
+            .map(|r| {
+                let label = bucket_label(unit, r.get(0), r.get(1));
+                aggregate_from_row(r, Some(label), 2)
+            })
+            .collect(),
+        _ => rows
+            .iter()
+            .map(|r| aggregate_from_row(r, r.get(0), 1))
+            .collect(),
+    })
+}
+
+pub async fn summary(c: &impl GenericClient, s: &str, filters: &Filters) -> CoreResult<Aggregate> {
+    let mut params = Vec::new();
+    let clause = where_clause(filters, &mut params);
+    let sql = format!("SELECT {} FROM {s}.usage_events {clause}", totals());
+    let row = c.query_one(&sql, &refs(&params)).await?;
+    Ok(aggregate_from_row(&row, Some("all".into()), 0))
+}
+
+pub async fn distinct(
+    c: &impl GenericClient,
+    s: &str,
+    column: &str,
+    filters: &Filters,
+) -> CoreResult<Vec<(String, u64)>> {
+    let column = match column {
+        "agent_id" | "consumer_id" => column,
+        _ => return Ok(Vec::new()),
+    };
+    let mut params = Vec::new();
+    let clause = where_clause(filters, &mut params);
+    let sql = format!(
+        "SELECT {column}, COUNT(*)::int8 FROM {s}.usage_events {clause} GROUP BY 1 ORDER BY {column} COLLATE \"C\""
+    );
+    let rows = c.query(&sql, &refs(&params)).await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get::<_, i64>(1) as u64))
+        .collect())
+}
+
+/// Count, oldest and newest timestamp, and the bytes the ledger's tables take.
+pub async fn extent(
+    c: &impl GenericClient,
+    s: &str,
+    schema: &str,
+) -> CoreResult<(u64, Option<i64>, Option<i64>, u64)> {
+    let row = c
+        .query_one(
+            &format!("SELECT COUNT(*)::int8, MIN(ts), MAX(ts) FROM {s}.usage_events"),
+            &[],
+        )
+        .await?;
+    let size = c
+        .query_one(
+            "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0)::int8 FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relkind = 'r'",
+            &[&schema],
+        )
+        .await?;
+    Ok((
+        row.get::<_, i64>(0) as u64,
+        row.get(1),
+        row.get(2),
+        size.get::<_, i64>(0) as u64,
+    ))
+}
+
+/// Recomputes the hourly totals of the given hours from their events.
+pub async fn recount_hours(c: &impl GenericClient, s: &str, hours: &[i64]) -> CoreResult<()> {
+    if hours.is_empty() {
+        return Ok(());
+    }
+    c.execute(
+        &format!("DELETE FROM {s}.usage_hourly WHERE hour = ANY($1)"),
+        &[&hours],
+    )
+    .await?;
+    c.execute(
+        &format!(
+            "INSERT INTO {s}.usage_hourly SELECT namespace, {HOUR_OF_TS}, {sums} \
+             FROM {s}.usage_events WHERE {HOUR_OF_TS} = ANY($1) GROUP BY 1, 2",
+            sums = hourly_sums()
+        ),
+        &[&hours],
+    )
+    .await?;
+    Ok(())
+}
+
+/// `reprice` inside the caller's transaction.
+pub async fn reprice(
+    c: &impl GenericClient,
+    s: &str,
+    pricing: &Pricing,
+    filters: &Filters,
+) -> CoreResult<usize> {
+    let mut params = Vec::new();
+    let clause = where_clause(filters, &mut params);
+    let joiner = if clause.is_empty() { "WHERE" } else { "AND" };
+    let sql = format!(
+        "SELECT id, ts, model, tokens_in, tokens_out, cache_read_tokens, cache_write_tokens, cost_nanos \
+         FROM {s}.usage_events {clause} {joiner} model IS NOT NULL AND (cost_nanos IS NULL OR cost_priced) FOR UPDATE"
+    );
+    let rows = c.query(&sql, &refs(&params)).await?;
+    let (mut ids, mut tss, mut costs) = (Vec::new(), Vec::new(), Vec::new());
+    let mut hours = hashbrown::HashSet::new();
+    for row in rows {
+        let model: String = row.get(2);
+        let tokens = Tokens {
+            input: row.get::<_, i64>(3) as u64,
+            output: row.get::<_, i64>(4) as u64,
+            cache_read: row.get::<_, i64>(5) as u64,
+            cache_write: row.get::<_, i64>(6) as u64,
+        };
+        let ts: i64 = row.get(1);
+        let old = row.get::<_, Option<i64>>(7).map(|c| c as u64);
+        if let Some(new) = pricing.cost_nanos(&model, &tokens, ts) {
+            if old != Some(new) {
+                ids.push(row.get::<_, i64>(0));
+                tss.push(ts);
+                costs.push(new.min(i64::MAX as u64) as i64);
+                hours.insert(ts - ts.rem_euclid(3_600_000_000));
+            }
+        }
+    }
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    c.execute(
+        &format!(
+            "UPDATE {s}.usage_events e SET cost_nanos = u.cost, cost_priced = TRUE \
+             FROM unnest($1::int8[], $2::int8[], $3::int8[]) AS u(id, ts, cost) \
+             WHERE e.id = u.id AND e.ts = u.ts"
+        ),
+        &[&ids, &tss, &costs],
+    )
+    .await?;
+    recount_hours(c, s, &hours.into_iter().collect::<Vec<_>>()).await?;
+    Ok(ids.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_value_is_a_bound_parameter() {
+        let f = Filters {
+            agent_id: Some("a'; DROP TABLE usage_events; --".into()),
+            start_us: Some(1),
+            end_us: Some(2),
+            ..Filters::default()
+        };
+        let mut params = Vec::new();
+        assert_eq!(
+            where_clause(&f, &mut params),
+            "WHERE agent_id = $1 AND ts >= $2 AND ts <= $3"
+        );
+        assert_eq!(params.len(), 3);
+    }
+
+    #[test]
+    fn labels_match_the_sqlite_store() {
+        use crate::ledger::buckets::{label, parse_tz};
+        // A fall-back hour in New York, a +05:45 day, an ISO week across a year.
+        for (ts, unit, zone) in [
+            (
+                1_793_512_800_000_000_i64,
+                TimeUnit::Hour,
+                "America/New_York",
+            ),
+            (1_793_516_400_000_000, TimeUnit::Hour, "America/New_York"),
+            (1_771_070_400_000_000, TimeUnit::Day, "Asia/Kathmandu"),
+            (1_767_139_200_000_000, TimeUnit::Week, "Pacific/Chatham"),
+            (1_000_000, TimeUnit::Hour, "Africa/Monrovia"),
+        ] {
+            let tz = parse_tz(zone).unwrap();
+            let local = chrono::DateTime::from_timestamp_micros(ts)
+                .unwrap()
+                .with_timezone(&tz);
+            let offset = chrono::Offset::fix(local.offset()).local_minus_utc();
+            let naive = local.naive_local();
+            let start = match unit {
+                TimeUnit::Hour => naive
+                    .date()
+                    .and_hms_opt(chrono::Timelike::hour(&naive), 0, 0)
+                    .unwrap(),
+                TimeUnit::Week => {
+                    let d = naive.date();
+                    (d - chrono::Days::new(u64::from(d.weekday().num_days_from_monday())))
+                        .and_hms_opt(0, 0, 0)
+                        .unwrap()
+                }
+                _ => naive.date().and_hms_opt(0, 0, 0).unwrap(),
+            };
+            assert_eq!(bucket_label(unit, start, offset), label(ts, unit, tz));
+        }
+    }
+}

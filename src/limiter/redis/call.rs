@@ -1,0 +1,237 @@
+//! One call of the limiter script: its arguments and its reply.
+//! The layout is documented at the top of `limiter.lua`.
+
+use super::super::holds::{pause_spec, Observation};
+use crate::limits::{LimitOrigin, LimitSpec, Limits, Unit};
+use crate::usage::{Dimension, Usage, MAX_COUNT};
+use redis::Cmd;
+use std::sync::Arc;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Op {
+    Acquire,
+    Check,
+    Adjust,
+    Remaining,
+    Usage,
+    Reset,
+    Pause,
+    Observe,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Acquire => "acquire",
+            Op::Check => "check",
+            Op::Adjust => "adjust",
+            Op::Remaining => "remaining",
+            Op::Usage => "usage",
+            Op::Reset => "reset",
+            Op::Pause => "pause",
+            Op::Observe => "observe",
+        }
+    }
+}
+
+fn code(dim: Dimension) -> u64 {
+    match dim {
+        Dimension::Requests => 1,
+        Dimension::InputTokens => 2,
+        Dimension::OutputTokens => 3,
+        Dimension::TotalTokens => 4,
+        Dimension::Cost => 5,
+    }
+}
+
+fn dimension(code: i64) -> Dimension {
+    match code {
+        1 => Dimension::Requests,
+        2 => Dimension::InputTokens,
+        3 => Dimension::OutputTokens,
+        4 => Dimension::TotalTokens,
+        _ => Dimension::Cost,
+    }
+}
+
+fn us(ns: u64) -> u64 {
+    ns / 1_000
+}
+
+/// One key of a call: its Redis key, the generation a reservation saw, its limits.
+pub(crate) struct CallKey {
+    pub(crate) name: Arc<str>,
+    pub(crate) redis_key: String,
+    pub(crate) generation: u64,
+    pub(crate) limits: Arc<Limits>,
+}
+
+/// A script call, owned so that it can be moved onto the runtime.
+pub(crate) struct Call {
+    pub(crate) op: Op,
+    /// Now on the limiter's clock (ns); `None` takes the server's time.
+    pub(crate) now_ns: Option<u64>,
+    pub(crate) usage: Usage,
+    /// What a settle or refund takes away.
+    pub(crate) sub: Usage,
+    /// The reservation's time (adjust), a duration (pause) or a span (usage), in ns.
+    pub(crate) extra_ns: Option<u64>,
+    pub(crate) keys: Vec<CallKey>,
+    pub(crate) observations: Vec<Observation>,
+    /// Where refunds and resets are published.
+    pub(crate) channel: Arc<str>,
+}
+
+fn push_usage(cmd: &mut Cmd, u: &Usage) {
+    cmd.arg(u.requests)
+        .arg(u.input_tokens)
+        .arg(u.output_tokens)
+        .arg(u.cache_read_tokens)
+        .arg(u.cache_write_tokens)
+        .arg(u.cost_nanos);
+}
+
+impl Call {
+    /// `EVALSHA` of the script with this call's keys and arguments.
+    pub(crate) fn command(&self, sha: &str) -> Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(sha).arg(self.keys.len());
+        for key in &self.keys {
+            cmd.arg(&key.redis_key);
+        }
+        cmd.arg(self.op.name());
+        match self.now_ns {
+            Some(ns) => cmd.arg(us(ns)),
+            None => cmd.arg(""),
+        };
+        push_usage(&mut cmd, &self.usage);
+        push_usage(&mut cmd, &self.sub);
+        match self.extra_ns {
+            Some(ns) => cmd.arg(us(ns)),
+            None => cmd.arg(-1),
+        };
+        cmd.arg(&*self.channel);
+        for key in &self.keys {
+            cmd.arg(key.generation);
+            let windows = key.limits.windows();
+            cmd.arg(windows.len());
+            for w in windows {
+                cmd.arg(us(*w));
+            }
+            cmd.arg(key.limits.specs().len());
+            for spec in key.limits.specs() {
+                cmd.arg(code(spec.dimension))
+                    .arg(us(spec.window_ns()))
+                    .arg(spec.amount);
+            }
+        }
+        if self.op == Op::Observe {
+            cmd.arg(self.observations.len());
+            for o in &self.observations {
+                cmd.arg(code(o.dimension)).arg(o.remaining);
+                match o.reset_ns {
+                    Some(ns) => cmd.arg(us(ns)),
+                    None => cmd.arg(-1),
+                };
+            }
+        }
+        cmd
+    }
+}
+
+impl Call {
+    /// The refund of what this acquire was admitted, given its reply.
+    pub(crate) fn refund_of(&self, reply: &[i64]) -> Option<Call> {
+        if self.op != Op::Acquire || reply.first() != Some(&1) || reply.len() < 13 + self.keys.len()
+        {
+            return None;
+        }
+        let keys = self
+            .keys
+            .iter()
+            .zip(&reply[13..])
+            .map(|(k, g)| CallKey {
+                name: k.name.clone(),
+                redis_key: k.redis_key.clone(),
+                generation: *g as u64,
+                limits: k.limits.clone(),
+            })
+            .collect();
+        Some(Call {
+            op: Op::Adjust,
+            now_ns: self.now_ns,
+            usage: Usage::ZERO,
+            sub: self.usage,
+            extra_ns: Some(reply[12].max(0) as u64 * 1_000),
+            keys,
+            observations: Vec::new(),
+            channel: self.channel.clone(),
+        })
+    }
+
+    /// The limiter keys of the call (its Redis keys without the prefix).
+    pub(crate) fn keys_named(&self) -> Vec<Arc<str>> {
+        self.keys.iter().map(|k| k.name.clone()).collect()
+    }
+}
+
+/// A usage vector from the script (-1 reads as no limit).
+pub(crate) fn usage_from(values: &[i64]) -> Usage {
+    let count = |v: i64| if v < 0 { MAX_COUNT } else { v as u64 };
+    Usage {
+        requests: count(values[0]),
+        input_tokens: count(values[1]),
+        output_tokens: count(values[2]),
+        cache_read_tokens: count(values[3]),
+        cache_write_tokens: count(values[4]),
+        cost_nanos: count(values[5]),
+    }
+}
+
+/// The reply to an acquire or a check.
+pub(crate) struct Verdict {
+    /// 1 admitted, 0 not yet, -1 never.
+    pub(crate) status: i64,
+    pub(crate) retry_after_ns: Option<u64>,
+    pub(crate) limit: Option<(usize, LimitSpec)>,
+    pub(crate) remaining: Usage,
+    /// The server's (or the given clock's) time of the call, in ns.
+    pub(crate) at_ns: u64,
+    pub(crate) generations: Vec<u64>,
+}
+
+/// Reads an acquire's or a check's reply; `limits` are those of each key.
+pub(crate) fn verdict(reply: &[i64], limits: &[Arc<Limits>]) -> Option<Verdict> {
+    if reply.len() < 13 + limits.len() {
+        return None;
+    }
+    let key_index = (reply[3] as usize).saturating_sub(1);
+    let limit = match reply[2] {
+        1 => {
+            let specs = limits.get(key_index)?.specs();
+            Some((key_index, *specs.get((reply[4] as usize).checked_sub(1)?)?))
+        }
+        2 => Some((key_index, pause_spec())),
+        3 => Some((
+            key_index,
+            LimitSpec {
+                dimension: dimension(reply[4]),
+                unit: Unit::Second,
+                amount: reply[5].max(0) as u64,
+                origin: LimitOrigin::Observed,
+            },
+        )),
+        _ => None,
+    };
+    Some(Verdict {
+        status: reply[0],
+        retry_after_ns: (reply[1] >= 0).then(|| reply[1] as u64 * 1_000),
+        limit,
+        remaining: usage_from(&reply[6..12]),
+        at_ns: reply[12].max(0) as u64 * 1_000,
+        generations: reply[13..13 + limits.len()]
+            .iter()
+            .map(|g| *g as u64)
+            .collect(),
+    })
+}

@@ -1,0 +1,470 @@
+-- usagewarden: the exact Redis limiter, one atomic call per operation.
+--
+-- KEYS: one hash per limiter key. Its fields:
+--   g          generation (a reset bumps it; older reservations settle into nothing)
+--   p          paused until (us)
+--   c1..c4     a provider's ceiling on requests / input / output / total tokens:
+--              "left observed until"
+--   h<W>       window W (us): "head-slot head-last"   n<W>: newest slot
+--   s<W>       running sum of window W: "requests input output cache_read cache_write cost"
+--   <W>:<slot> a bucket (slot = floor(t / quantum)): "last next requests input output
+--              cache_read cache_write cost"; next links the buckets oldest first (-1 ends)
+-- Usage recorded at t counts while now < last + W of its bucket: never released early,
+-- at most one quantum (W / 1000) late. Memory per key is bounded by 1000 buckets per window.
+--
+-- ARGV: op, now (us; '' = the server's TIME), usage (6), second usage (6), extra, the
+-- channel told of refunds and resets (its waiters wake), then per key: generation, window count, windows..., limit count, (dimension, window, amount)...;
+-- for observe, then: count, (dimension, remaining, reset us or -1)...
+-- Dimensions: 1 requests, 2 input tokens, 3 output tokens, 4 total tokens, 5 cost.
+
+local op = ARGV[1]
+local now
+if ARGV[2] == '' then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+else
+  now = tonumber(ARGV[2])
+end
+local HUGE = math.huge
+local U, V = {}, {}
+for i = 1, 6 do
+  U[i] = tonumber(ARGV[2 + i])
+  V[i] = tonumber(ARGV[8 + i])
+end
+local extra = tonumber(ARGV[15])
+local channel = ARGV[16]
+local pos = 17
+local function num()
+  local v = tonumber(ARGV[pos])
+  pos = pos + 1
+  return v
+end
+
+local function fmt(n) return string.format('%.0f', n) end
+local function nums(s)
+  local t, i = {}, 1
+  for x in string.gmatch(s, '%S+') do
+    t[i] = tonumber(x)
+    i = i + 1
+  end
+  return t
+end
+local function zeros() return {0, 0, 0, 0, 0, 0} end
+local function vec6(s)
+  if not s then return zeros() end
+  return nums(s)
+end
+local function join(t, from, to)
+  local out = {}
+  for i = from, to do out[#out + 1] = fmt(t[i]) end
+  return table.concat(out, ' ')
+end
+-- How much of dimension d a usage vector holds (the vector starting at offset o).
+local function dimval(v, o, d)
+  if d == 4 then return v[o + 2] + v[o + 3] end
+  if d == 5 then return v[o + 6] end
+  return v[o + d]
+end
+-- Does a limit on dimension a bound usage of dimension d?
+local function bounds(a, d) return a == d or (a == 4 and (d == 2 or d == 3)) end
+local function cap(rem, d, left)
+  if left < 0 then left = 0 end
+  if d == 1 then rem[1] = math.min(rem[1], left)
+  elseif d == 2 then rem[2] = math.min(rem[2], left)
+  elseif d == 3 then rem[3] = math.min(rem[3], left)
+  elseif d == 4 then
+    rem[2] = math.min(rem[2], left)
+    rem[3] = math.min(rem[3], left)
+  else rem[6] = math.min(rem[6], left) end
+end
+
+local keys = {}
+for k = 1, #KEYS do
+  local key = {name = KEYS[k], gen = num(), wins = {}, specs = {}}
+  for i = 1, num() do key.wins[i] = num() end
+  for i = 1, num() do key.specs[i] = {d = num(), W = num(), amount = num()} end
+  keys[k] = key
+end
+
+local function field(w, s) return w.W .. ':' .. fmt(s) end
+local function slot_get(st, w, s) return nums(redis.call('HGET', st.name, field(w, s))) end
+local function slot_put(st, w, s, t)
+  redis.call('HSET', st.name, field(w, s), join(t, 1, 8))
+end
+
+local function load(key)
+  local fields = {'g', 'p', 'c1', 'c2', 'c3', 'c4'}
+  for _, W in ipairs(key.wins) do
+    fields[#fields + 1] = 'h' .. W
+    fields[#fields + 1] = 'n' .. W
+    fields[#fields + 1] = 's' .. W
+  end
+  local vals = redis.call('HMGET', key.name, unpack(fields))
+  local st = {name = key.name, key = key, g = tonumber(vals[1]) or 0, p = tonumber(vals[2]) or 0,
+              c = {}, w = {}, exists = false}
+  for i = 1, 6 do if vals[i] then st.exists = true end end
+  for d = 1, 4 do
+    if vals[2 + d] then
+      local t = nums(vals[2 + d])
+      if t[3] > now then st.c[d] = {left = t[1], observed = t[2], untl = t[3]} end
+    end
+  end
+  for i, W in ipairs(key.wins) do
+    local b = 6 + (i - 1) * 3
+    local w = {W = W, q = math.max(1, math.floor(W / 1000)), sum = vec6(vals[b + 3]), dirty = false}
+    if vals[b + 1] then
+      st.exists = true
+      local h = nums(vals[b + 1])
+      w.head, w.headlast, w.newest = h[1], h[2], tonumber(vals[b + 2])
+    end
+    st.w[W] = w
+  end
+  if st.p <= now then st.p = 0 end
+  return st
+end
+
+local function evict(st, w)
+  while w.head and w.headlast + w.W <= now do
+    local t = slot_get(st, w, w.head)
+    for i = 1, 6 do w.sum[i] = w.sum[i] - t[2 + i] end
+    redis.call('HDEL', st.name, field(w, w.head))
+    if t[2] < 0 then
+      w.head, w.headlast, w.newest, w.sum = nil, nil, nil, zeros()
+    else
+      w.head = t[2]
+      w.headlast = slot_get(st, w, w.head)[1]
+    end
+    w.dirty = true
+  end
+end
+
+local function evict_all(st)
+  for _, w in pairs(st.w) do evict(st, w) end
+end
+
+-- Records usage u (6 values) at time at in window w.
+local function record(st, w, at, u)
+  local s = math.floor(at / w.q)
+  local entry = {at, -1, u[1], u[2], u[3], u[4], u[5], u[6]}
+  if not w.head then
+    slot_put(st, w, s, entry)
+    w.head, w.headlast, w.newest = s, at, s
+  elseif s == w.newest then
+    local t = slot_get(st, w, s)
+    t[1] = math.max(t[1], at)
+    for i = 1, 6 do t[2 + i] = t[2 + i] + u[i] end
+    slot_put(st, w, s, t)
+    if s == w.head then w.headlast = t[1] end
+  elseif s > w.newest then
+    slot_put(st, w, s, entry)
+    local p = slot_get(st, w, w.newest)
+    p[2] = s
+    slot_put(st, w, w.newest, p)
+    w.newest = s
+  elseif s < w.head then
+    entry[2] = w.head
+    slot_put(st, w, s, entry)
+    w.head, w.headlast = s, at
+  else
+    local prev = w.head
+    while true do
+      local t = slot_get(st, w, prev)
+      if prev == s then
+        t[1] = math.max(t[1], at)
+        for i = 1, 6 do t[2 + i] = t[2 + i] + u[i] end
+        slot_put(st, w, s, t)
+        if s == w.head then w.headlast = t[1] end
+        break
+      end
+      if t[2] < 0 or t[2] > s then
+        entry[2] = t[2]
+        slot_put(st, w, s, entry)
+        t[2] = s
+        slot_put(st, w, prev, t)
+        break
+      end
+      prev = t[2]
+    end
+  end
+  for i = 1, 6 do w.sum[i] = w.sum[i] + u[i] end
+  w.dirty = true
+end
+
+-- Nanoseconds... microseconds until `need` of dimension d has left window w.
+local function until_released(st, w, d, need)
+  local released, s = 0, w.head
+  while s and s >= 0 do
+    local t = slot_get(st, w, s)
+    released = released + dimval(t, 2, d)
+    if released >= need then return math.max(0, t[1] + w.W - now) end
+    s = t[2]
+  end
+  return w.W
+end
+
+local function remaining_of(st)
+  local rem = {HUGE, HUGE, HUGE, HUGE, HUGE, HUGE}
+  if st.p > now then return zeros() end
+  for _, spec in ipairs(st.key.specs) do
+    cap(rem, spec.d, spec.amount - dimval(st.w[spec.W].sum, 0, spec.d))
+  end
+  for d, c in pairs(st.c) do cap(rem, d, c.left) end
+  return rem
+end
+
+-- The verdict on one key: {status = 'fits'|'waits'|'never', ...}.
+local function evaluate(st, k, u)
+  local rem = {HUGE, HUGE, HUGE, HUGE, HUGE, HUGE}
+  local binding, share = nil, HUGE
+  local wait, wlimit = nil, nil
+  for i, spec in ipairs(st.key.specs) do
+    local wanted = dimval(u, 0, spec.d)
+    if wanted > spec.amount then
+      return {status = 'never', limit = {1, k, i, 0}}
+    end
+    local w = st.w[spec.W]
+    local used = dimval(w.sum, 0, spec.d)
+    local after = used + wanted
+    if after > spec.amount then
+      local t = until_released(st, w, spec.d, after - spec.amount)
+      if not wait or t > wait then wait, wlimit = t, {1, k, i, 0} end
+      cap(rem, spec.d, spec.amount - used)
+    else
+      local left = spec.amount - after
+      cap(rem, spec.d, left)
+      local sh = left / spec.amount
+      if sh < share then share, binding = sh, {1, k, i, 0} end
+    end
+  end
+  if st.p > now then
+    local t = st.p - now
+    if not wait or t > wait then wait, wlimit = t, {2, k, 0, 0} end
+  end
+  for d, c in pairs(st.c) do
+    local wanted = dimval(u, 0, d)
+    if wanted > c.left then
+      local t = c.untl - now
+      if not wait or t > wait then wait, wlimit = t, {3, k, d, c.observed} end
+      cap(rem, d, c.left)
+    else
+      local left = c.left - wanted
+      cap(rem, d, left)
+      local sh = left / math.max(1, c.observed)
+      if sh < share then share, binding = sh, {3, k, d, c.observed} end
+    end
+  end
+  if wait then return {status = 'waits', wait = wait, limit = wlimit} end
+  return {status = 'fits', rem = rem, binding = binding, share = share}
+end
+
+local function ttl_ms(st)
+  local longest = 0
+  for _, W in ipairs(st.key.wins) do longest = math.max(longest, W) end
+  if st.p > now then longest = math.max(longest, st.p - now) end
+  for _, c in pairs(st.c) do longest = math.max(longest, c.untl - now) end
+  return math.floor(longest / 1000) + 1000
+end
+
+local function save(st)
+  local args = {}
+  local gone = {}
+  local empty = st.p == 0
+  for _, c in pairs(st.c) do empty = false end
+  for _, w in pairs(st.w) do
+    if w.head then empty = false end
+    if w.dirty then
+      if w.head then
+        args[#args + 1] = 'h' .. w.W
+        args[#args + 1] = fmt(w.head) .. ' ' .. fmt(w.headlast)
+        args[#args + 1] = 'n' .. w.W
+        args[#args + 1] = fmt(w.newest)
+        args[#args + 1] = 's' .. w.W
+        args[#args + 1] = join(w.sum, 1, 6)
+      else
+        gone[#gone + 1] = 'h' .. w.W
+        gone[#gone + 1] = 'n' .. w.W
+        gone[#gone + 1] = 's' .. w.W
+      end
+    end
+  end
+  if empty then
+    redis.call('DEL', st.name)
+    if st.g > 0 then redis.call('HSET', st.name, 'g', fmt(st.g)) end
+  else
+    if #gone > 0 then redis.call('HDEL', st.name, unpack(gone)) end
+    if #args > 0 then redis.call('HSET', st.name, unpack(args)) end
+  end
+  if redis.call('EXISTS', st.name) == 1 then redis.call('PEXPIRE', st.name, ttl_ms(st)) end
+end
+
+local function out(rem)
+  local r = {}
+  for i = 1, 6 do
+    if rem[i] == HUGE then r[i] = -1 else r[i] = math.max(0, math.floor(rem[i])) end
+  end
+  return r
+end
+
+local states = {}
+for k, key in ipairs(keys) do
+  states[k] = load(key)
+  evict_all(states[k])
+end
+
+if op == 'acquire' or op == 'check' then
+  local verdict = {status = 'fits', rem = {HUGE, HUGE, HUGE, HUGE, HUGE, HUGE}, binding = nil,
+                   share = HUGE}
+  for k, st in ipairs(states) do
+    local v = evaluate(st, k, U)
+    if v.status == 'never' then
+      verdict = v
+      break
+    elseif v.status == 'waits' then
+      if verdict.status ~= 'waits' or v.wait > verdict.wait then verdict = v end
+    elseif verdict.status == 'fits' then
+      for i = 1, 6 do verdict.rem[i] = math.min(verdict.rem[i], v.rem[i]) end
+      if v.share < verdict.share then verdict.share, verdict.binding = v.share, v.binding end
+    end
+  end
+  local status, retry, limit, rem = 1, 0, verdict.binding or {0, 0, 0, 0}, verdict.rem
+  if verdict.status == 'never' then
+    status, retry, limit, rem = -1, -1, verdict.limit, zeros()
+  elseif verdict.status == 'waits' then
+    status, retry, limit = 0, verdict.wait, verdict.limit
+    rem = {HUGE, HUGE, HUGE, HUGE, HUGE, HUGE}
+    for _, st in ipairs(states) do
+      local r = remaining_of(st)
+      for i = 1, 6 do rem[i] = math.min(rem[i], r[i]) end
+    end
+  elseif op == 'acquire' then
+    for _, st in ipairs(states) do
+      for _, w in pairs(st.w) do record(st, w, now, U) end
+      for d, c in pairs(st.c) do
+        c.left = c.left - dimval(U, 0, d)
+        redis.call('HSET', st.name, 'c' .. d, fmt(math.max(0, c.left)) .. ' ' .. fmt(c.observed) .. ' ' .. fmt(c.untl))
+      end
+    end
+  end
+  local reply = {status, math.floor(retry), limit[1], limit[2], limit[3], limit[4]}
+  for _, v in ipairs(out(rem)) do reply[#reply + 1] = v end
+  reply[#reply + 1] = fmt(now)
+  for _, st in ipairs(states) do
+    reply[#reply + 1] = st.g
+    if op == 'acquire' or st.exists then save(st) end
+  end
+  return reply
+elseif op == 'adjust' then
+  local at = extra
+  for k, st in ipairs(states) do
+    if st.exists and st.g == keys[k].gen then
+      for _, w in pairs(st.w) do
+        if at + w.W > now then
+          local s = math.floor(at / w.q)
+          local v = redis.call('HGET', st.name, field(w, s))
+          if v then
+            local t = nums(v)
+            for i = 1, 6 do
+              local old = t[2 + i]
+              local new = math.max(0, old - V[i]) + U[i]
+              t[2 + i] = new
+              w.sum[i] = w.sum[i] - old + new
+            end
+            slot_put(st, w, s, t)
+            w.dirty = true
+          else
+            local nonzero = false
+            for i = 1, 6 do if U[i] > 0 then nonzero = true end end
+            if nonzero then record(st, w, at, U) end
+          end
+        end
+      end
+      for d, c in pairs(st.c) do
+        c.left = math.max(0, c.left - dimval(U, 0, d))
+        redis.call('HSET', st.name, 'c' .. d, fmt(c.left) .. ' ' .. fmt(c.observed) .. ' ' .. fmt(c.untl))
+      end
+      save(st)
+      local refund = false
+      for i = 1, 6 do if V[i] > 0 then refund = true end end
+      if refund then redis.call('PUBLISH', channel, st.name) end
+    end
+  end
+  return {1}
+elseif op == 'remaining' then
+  local rem = {HUGE, HUGE, HUGE, HUGE, HUGE, HUGE}
+  for _, st in ipairs(states) do
+    local r = remaining_of(st)
+    for i = 1, 6 do rem[i] = math.min(rem[i], r[i]) end
+    if st.exists then save(st) end
+  end
+  return out(rem)
+elseif op == 'usage' then
+  local st = states[1]
+  local longest = nil
+  for _, W in ipairs(st.key.wins) do if not longest or W > longest then longest = W end end
+  if not longest then return zeros() end
+  local span = extra
+  if span < 0 or span >= longest then
+    if st.exists then save(st) end
+    return out(st.w[longest].sum)
+  end
+  local best = longest
+  for _, W in ipairs(st.key.wins) do if W >= span and W < best then best = W end end
+  local w = st.w[best]
+  local total = zeros()
+  local s = w.head
+  while s and s >= 0 do
+    local t = slot_get(st, w, s)
+    if t[1] + span > now then
+      for i = 1, 6 do total[i] = total[i] + t[2 + i] end
+    end
+    s = t[2]
+  end
+  if st.exists then save(st) end
+  return out(total)
+elseif op == 'reset' then
+  for _, st in ipairs(states) do
+    redis.call('DEL', st.name)
+    redis.call('HSET', st.name, 'g', fmt(st.g + 1))
+    redis.call('PEXPIRE', st.name, ttl_ms(st))
+    redis.call('PUBLISH', channel, st.name)
+  end
+  return {1}
+elseif op == 'pause' then
+  for _, st in ipairs(states) do
+    st.p = math.max(st.p, now + extra)
+    redis.call('HSET', st.name, 'p', fmt(st.p))
+    save(st)
+  end
+  return {1}
+elseif op == 'observe' then
+  local obs = {}
+  for i = 1, num() do obs[i] = {d = num(), remaining = num(), reset = num()} end
+  for _, st in ipairs(states) do
+    for _, o in ipairs(obs) do
+      local reset = o.reset
+      if reset < 0 then
+        reset = nil
+        for _, spec in ipairs(st.key.specs) do
+          if spec.d == o.d and (not reset or spec.W < reset) then reset = spec.W end
+        end
+        reset = reset or 60000000
+      end
+      local headroom = HUGE
+      for _, spec in ipairs(st.key.specs) do
+        if bounds(spec.d, o.d) then
+          headroom = math.min(headroom, spec.amount - dimval(st.w[spec.W].sum, 0, spec.d))
+        end
+      end
+      for d, c in pairs(st.c) do
+        if bounds(d, o.d) then headroom = math.min(headroom, c.left) end
+      end
+      if reset > 0 and o.remaining < headroom then
+        st.c[o.d] = {left = o.remaining, observed = o.remaining, untl = now + reset}
+        redis.call('HSET', st.name, 'c' .. o.d, fmt(o.remaining) .. ' ' .. fmt(o.remaining) .. ' ' .. fmt(now + reset))
+      end
+    end
+    save(st)
+  end
+  return {1}
+end
+return redis.error_reply('usagewarden: unknown operation ' .. tostring(op))

@@ -1,0 +1,239 @@
+//! Every script call of a limiter goes through one task, in order: it takes
+//! whatever is queued and sends it as one pipeline. So settles and refunds
+//! are sent without the caller waiting, yet a later call of the same process
+//! always sees them; concurrent callers share round trips.
+
+use super::call::Call;
+use super::RedisInner;
+use crate::error::{CoreError, CoreResult};
+use redis::aio::ConnectionManager;
+use redis::{RedisResult, Script, Value};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::runtime::Handle;
+use tokio::sync::{mpsc, oneshot};
+
+type Reply = oneshot::Sender<CoreResult<Vec<i64>>>;
+
+enum Job {
+    /// A call; its reply is awaited unless `reply` is `None` (a settle or a
+    /// refund, which wakes the local waiters of `wake` once sent).
+    Call {
+        call: Box<Call>,
+        reply: Option<Reply>,
+        wake: Vec<Arc<str>>,
+    },
+    Ping(Reply),
+    /// Resolves once everything queued before it has been answered.
+    Flush(oneshot::Sender<Result<(), String>>),
+}
+
+pub(crate) struct Pipe {
+    tx: mpsc::UnboundedSender<Job>,
+}
+
+fn is_noscript(r: &RedisResult<Value>) -> bool {
+    matches!(r, Err(e) if super::is_noscript(e))
+}
+
+struct Sender {
+    conn: ConnectionManager,
+    script: Script,
+    url: String,
+    timeout: Duration,
+}
+
+impl Sender {
+    /// Sends one pipeline; calls refused because the server had lost the
+    /// script (nothing of them ran) are sent again once it is loaded.
+    async fn send(&mut self, cmds: &[redis::Cmd]) -> Result<Vec<RedisResult<Value>>, String> {
+        let mut results = self.pipeline(cmds).await?;
+        if results.iter().any(is_noscript) {
+            self.script
+                .prepare_invoke()
+                .load_async(&mut self.conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            let again: Vec<usize> = (0..results.len())
+                .filter(|i| is_noscript(&results[*i]))
+                .collect();
+            let retry: Vec<redis::Cmd> = again.iter().map(|i| cmds[*i].clone()).collect();
+            for (i, r) in again.into_iter().zip(self.pipeline(&retry).await?) {
+                results[i] = r;
+            }
+        }
+        Ok(results)
+    }
+
+    async fn pipeline(&mut self, cmds: &[redis::Cmd]) -> Result<Vec<RedisResult<Value>>, String> {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for cmd in cmds {
+            pipe.add_command(cmd.clone());
+        }
+        match tokio::time::timeout(self.timeout, pipe.query_async(&mut self.conn)).await {
+            Ok(Ok(results)) => Ok(results),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no reply within {:?}", self.timeout)),
+        }
+    }
+}
+
+impl Pipe {
+    pub(crate) fn start(
+        runtime: &Handle,
+        conn: ConnectionManager,
+        script: Script,
+        url: String,
+        timeout: Duration,
+        owner: Weak<RedisInner>,
+    ) -> Pipe {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+        let requeue = tx.clone();
+        let mut sender = Sender {
+            conn,
+            script,
+            url,
+            timeout,
+        };
+        runtime.spawn(async move {
+            let mut failed_settles: Option<String> = None;
+            while let Some(first) = rx.recv().await {
+                let mut jobs = vec![first];
+                while let Ok(job) = rx.try_recv() {
+                    jobs.push(job);
+                }
+                let cmds: Vec<redis::Cmd> = jobs
+                    .iter()
+                    .filter_map(|job| match job {
+                        Job::Call { call, .. } => Some(call.command(sender.script.get_hash())),
+                        Job::Ping(_) => Some(redis::cmd("PING")),
+                        Job::Flush(_) => None,
+                    })
+                    .collect();
+                let results = if cmds.is_empty() {
+                    Ok(Vec::new())
+                } else {
+                    sender.send(&cmds).await
+                };
+                let mut results = match results {
+                    Ok(r) => r.into_iter().map(Ok).collect::<Vec<_>>().into_iter(),
+                    Err(e) => vec![Err(e); cmds.len()].into_iter(),
+                };
+                let mut wake = Vec::new();
+                for job in jobs {
+                    match job {
+                        Job::Call {
+                            call,
+                            reply,
+                            wake: w,
+                        } => {
+                            let result = flatten(results.next(), &sender.url);
+                            match reply {
+                                Some(reply) => {
+                                    if let Err(Ok(granted)) = reply.send(result) {
+                                        // Admitted, but its waiter is gone (cancelled
+                                        // in flight): give it back.
+                                        if let Some(refund) = call.refund_of(&granted) {
+                                            let wake = call.keys_named();
+                                            let _ = requeue.send(Job::Call {
+                                                call: Box::new(refund),
+                                                reply: None,
+                                                wake,
+                                            });
+                                        }
+                                    }
+                                }
+                                None => {
+                                    if let Err(e) = result {
+                                        failed_settles = Some(e.to_string());
+                                    }
+                                    wake.extend(w);
+                                }
+                            }
+                        }
+                        Job::Ping(reply) => {
+                            let result = match results.next() {
+                                Some(Ok(Ok(_))) => Ok(Vec::new()),
+                                other => flatten(other, &sender.url),
+                            };
+                            let _ = reply.send(result);
+                        }
+                        Job::Flush(done) => {
+                            let _ = done.send(match failed_settles.take() {
+                                Some(e) => Err(e),
+                                None => Ok(()),
+                            });
+                        }
+                    }
+                }
+                if !wake.is_empty() {
+                    if let Some(inner) = owner.upgrade() {
+                        inner.queues.lock().wake_heads(&wake);
+                    }
+                }
+            }
+        });
+        Pipe { tx }
+    }
+
+    /// Queues a call and returns its reply.
+    pub(crate) async fn call(&self, call: Call) -> CoreResult<Vec<i64>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Job::Call {
+                call: Box::new(call),
+                reply: Some(reply),
+                wake: Vec::new(),
+            })
+            .map_err(|_| CoreError::Store("the Redis limiter is closed".into()))?;
+        rx.await
+            .unwrap_or_else(|_| Err(CoreError::Store("the Redis limiter is closed".into())))
+    }
+
+    /// Queues a settle or a refund without waiting for it; `wake` names the
+    /// keys whose local waiters a refund frees.
+    pub(crate) fn send(&self, call: Call, wake: Vec<Arc<str>>) {
+        let _ = self.tx.send(Job::Call {
+            call: Box::new(call),
+            reply: None,
+            wake,
+        });
+    }
+
+    /// One PING through the same path as every call.
+    pub(crate) async fn ping(&self) -> CoreResult<()> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Job::Ping(reply))
+            .map_err(|_| CoreError::Store("the Redis limiter is closed".into()))?;
+        rx.await
+            .unwrap_or_else(|_| Err(CoreError::Store("the Redis limiter is closed".into())))
+            .map(|_| ())
+    }
+
+    /// Resolves once everything queued before it has reached Redis; an error
+    /// tells that some settle or refund since the last flush failed.
+    pub(crate) fn flush(&self) -> impl std::future::Future<Output = Result<(), String>> {
+        let (done, wait) = oneshot::channel();
+        let sent = self.tx.send(Job::Flush(done)).is_ok();
+        async move {
+            if !sent {
+                return Ok(());
+            }
+            wait.await.unwrap_or(Ok(()))
+        }
+    }
+}
+
+/// A call's reply as integers (every reply of the script is a list of them).
+fn flatten(result: Option<Result<RedisResult<Value>, String>>, url: &str) -> CoreResult<Vec<i64>> {
+    match result {
+        Some(Ok(Ok(reply))) => {
+            redis::from_redis_value::<Vec<i64>>(reply).map_err(|e| super::unavailable(url, e))
+        }
+        Some(Ok(Err(e))) => Err(super::unavailable(url, e)),
+        Some(Err(e)) => Err(super::unavailable(url, e)),
+        None => Err(super::unavailable(url, "no reply")),
+    }
+}
