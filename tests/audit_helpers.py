@@ -16,11 +16,7 @@ COLUMNS = (
     "consumer_id, CASE WHEN cost_priced = 1 THEN NULL ELSE cost_nanos END, duration_ms, "
     "metadata, model, namespace, request_id, source, task_id, ts, tokens_in, tokens_out, units"
 )
-KEYS = (
-    "action agent_id api_calls artifact_digest cache_read_tokens cache_write_tokens consumer_id "
-    "cost_nanos duration_ms metadata model namespace request_id source task_id timestamp_us "
-    "tokens_in tokens_out units"
-).split()
+KEYS = ["action", "agent_id", "api_calls", "artifact_digest", "cache_read_tokens", "cache_write_tokens", "consumer_id", "cost_nanos", "duration_ms", "metadata", "model", "namespace", "request_id", "source", "task_id", "timestamp_us", "tokens_in", "tokens_out", "units"]
 
 
 def tamper(path: Path, sql: str, *params: Any) -> int:

@@ -86,9 +86,12 @@ def test_hosts_opening_at_once_migrate_once(postgres_cluster: PostgresCluster) -
     for s in stores:
         s.close()
     # Each migration ran once: one row per version, no repeats.
-    assert postgres_cluster.sql(
-        f"SELECT COUNT(*) - COUNT(DISTINCT version) FROM {schema}.schema_version"
-    ) == "0"
+    assert (
+        postgres_cluster.sql(
+            f"SELECT COUNT(*) - COUNT(DISTINCT version) FROM {schema}.schema_version"
+        )
+        == "0"
+    )
     assert int(postgres_cluster.sql(f"SELECT COUNT(*) FROM {schema}.schema_version")) >= 2
 
 

@@ -169,11 +169,12 @@ mod tests {
                 "ab".repeat(16)
             )
         );
-        let keys: Vec<String> = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&text)
-            .unwrap()
-            .keys()
-            .cloned()
-            .collect();
+        let keys: Vec<String> =
+            serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&text)
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect();
         let mut sorted = keys.clone();
         sorted.sort();
         assert_eq!(keys, sorted);
@@ -186,7 +187,10 @@ mod tests {
         e.cost_nanos = None;
         let text = String::from_utf8(canonical(&e)).unwrap();
         // json.dumps("a\"\\\x01\n\x7fé😀", ensure_ascii=False)
-        assert!(text.contains("\"agent_id\":\"a\\\"\\\\\\u0001\\n\u{7f}é😀\""), "{text}");
+        assert!(
+            text.contains("\"agent_id\":\"a\\\"\\\\\\u0001\\n\u{7f}é😀\""),
+            "{text}"
+        );
         assert!(text.contains("\"cost_nanos\":null"));
     }
 

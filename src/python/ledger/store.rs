@@ -12,7 +12,9 @@ use crate::error::CoreError;
 use crate::ledger::chain_verify::PositionRange;
 use crate::ledger::event::DEFAULT_NAMESPACE;
 use crate::ledger::export::Format;
-use crate::ledger::sqlite::{Durability, LogLevel, LogSink, SqliteStore, StoreOptions, CLOSE_GRACE};
+use crate::ledger::sqlite::{
+    Durability, LogLevel, LogSink, SqliteStore, StoreOptions, CLOSE_GRACE,
+};
 use crate::ledger::store::MeteringStore;
 use crate::python::args;
 use crate::python::asyncio::AcquireCoroutine;
@@ -431,7 +433,10 @@ impl StoreCore {
         }))
     }
 
-    pub(crate) fn checkpoint(&self, namespace: Option<&Bound<'_, PyAny>>) -> PyResult<Job<PyCheckpoint>> {
+    pub(crate) fn checkpoint(
+        &self,
+        namespace: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Job<PyCheckpoint>> {
         let namespace = namespace_arg(namespace)?;
         let store = self.store.clone();
         Ok(job(move || {
