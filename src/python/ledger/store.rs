@@ -12,7 +12,9 @@ use crate::error::CoreError;
 use crate::ledger::chain_verify::PositionRange;
 use crate::ledger::event::DEFAULT_NAMESPACE;
 use crate::ledger::export::Format;
-use crate::ledger::sqlite::{Durability, LogLevel, LogSink, SqliteStore, StoreOptions, CLOSE_GRACE};
+use crate::ledger::sqlite::{
+    Durability, LogLevel, LogSink, SqliteStore, StoreOptions, CLOSE_GRACE,
+};
 use crate::ledger::store::MeteringStore;
 use crate::python::args;
 use crate::python::asyncio::AcquireCoroutine;
