@@ -66,7 +66,9 @@ def main() -> None:
         for i in range(args.runs):
             for chained in (False, True) if i % 2 == 0 else (True, False):
                 path = Path(tmp) / f"insert-{i}-{chained}.db"
-                report = run(exe, "insert", path, args.events, "--chain", "on" if chained else "off")
+                report = run(
+                    exe, "insert", path, args.events, "--chain", "on" if chained else "off"
+                )
                 rates[chained].append(report["rate"])
         off, on = statistics.median(rates[False]), statistics.median(rates[True])
         print(f"insert, {args.events:,} events x {args.runs} runs each (medians):")
@@ -77,7 +79,8 @@ def main() -> None:
         for i in range(3):
             report = run(exe, "verify", Path(tmp) / f"verify-{i}.db", args.verify_events)
             samples.append(report["seconds"])
-        print(f"verify, {args.verify_events:,} events (median of 3): {statistics.median(samples):.3f} s")
+        median = statistics.median(samples)
+        print(f"verify, {args.verify_events:,} events (median of 3): {median:.3f} s")
 
 
 if __name__ == "__main__":

@@ -263,7 +263,8 @@ mod tests {
         let payload = canonical(&base);
         let digest = link(&GENESIS, &payload);
         assert_eq!(digest, link(&GENESIS, &canonical(&base.clone())));
-        let variants: Vec<Box<dyn Fn(&mut UsageEvent)>> = vec![
+        type Change = Box<dyn Fn(&mut UsageEvent)>;
+        let variants: Vec<Change> = vec![
             Box::new(|e| e.agent_id.push('x')),
             Box::new(|e| e.consumer_id.push('x')),
             Box::new(|e| e.task_id = Some("t".into())),
