@@ -248,7 +248,7 @@ impl Walk<'_> {
             .chain
             .purged
             .iter()
-            .position(|r| r.first <= start - 1 && start - 1 <= r.last);
+            .position(|r| r.first < start && start - 1 <= r.last);
         match covering {
             Some(i) => {
                 let run = self.chain.purged[i].clone();
