@@ -235,7 +235,7 @@ def test_mount_beside_an_existing_usage_api(ledger: Path) -> None:
         ({"path": "dashboard"}, ValueError, "path: must be a str starting with '/'"),
         ({"path": "/dashboard/"}, ValueError, "path: must not end with '/'"),
         ({"api_prefix": "/"}, ValueError, "api_prefix: must not be '/'"),
-        ({"limiter": object()}, TypeError, "limiter: must be a usagewarden.RateLimiter"),
+        ({"limiter": object()}, TypeError, "limiter: must be a usagewarden limiter"),
         ({"limiter_keys": "viewer"}, TypeError, "limiter_keys: must be an iterable of keys"),
     ],
 )

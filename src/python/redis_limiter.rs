@@ -188,7 +188,14 @@ limiter_methods!(PyRedisRateLimiter, waits_on_io = true, {
 
 impl Drop for PyRedisRateLimiter {
     fn drop(&mut self) {
-        let _ = self.handle.flush();
+        // Dropped with the interpreter attached: flushing waits on the runtime,
+        // whose threads may need the interpreter to finish (waking a loop).
+        let handle = &self.handle;
+        Python::attach(|py| {
+            py.detach(|| {
+                let _ = handle.flush();
+            })
+        });
     }
 }
 
