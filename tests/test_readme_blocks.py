@@ -5,6 +5,7 @@ are defined. Top-level ``await``/``async with`` run on an event loop."""
 from __future__ import annotations
 
 import ast
+import importlib
 import asyncio
 import json
 import re
@@ -57,6 +58,12 @@ def placeholders(tmp_path: Path) -> dict[str, Any]:
         "tools": [],
         "Runner": Runner,
         "app": FastAPI(),
+        # The httpx-hook block: the real SDK clients, never called.
+        "openai": importlib.import_module("openai"),
+        "httpx": importlib.import_module("httpx"),
+        "anthropic_client": importlib.import_module("anthropic").AsyncAnthropic(
+            api_key="sk-ant-test-not-a-real-key"
+        ),
     }
 
 
@@ -64,12 +71,21 @@ def placeholders(tmp_path: Path) -> dict[str, Any]:
 BEFORE_BLOCK = {
     # The usage API serves an AsyncSQLiteStore (the blocks above use sync ones).
     "usage_router(store": "store = uw.AsyncSQLiteStore('api.db')",
+    # The dashboard block's API keys; it serves an async store too.
+    "api_key_auth(keys)": (
+        "store = uw.AsyncSQLiteStore('dashboard.db')\nimport os\nfrom usagewarden.fastapi import Principal\n"
+        "keys = {os.environ['DASHBOARD_KEY']: Principal('ops', 'default', {'usage:read'})}"
+    ),
 }
 
 
-def test_every_readme_python_block_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_readme_python_block_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_url: str
+) -> None:
     pytest.importorskip("fastapi")
     monkeypatch.chdir(tmp_path)
+    # The Redis block reads its URL from REDIS_URL: the test's throwaway redis-server.
+    monkeypatch.setenv("REDIS_URL", redis_url)
     for name in ("API_KEY", "INGEST_KEY", "DASHBOARD_KEY"):
         monkeypatch.setenv(name, f"{name.lower()}-0123456789abcdef")
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key-0123456789")
