@@ -5,8 +5,8 @@ are defined. Top-level ``await``/``async with`` run on an event loop."""
 from __future__ import annotations
 
 import ast
-import importlib
 import asyncio
+import importlib
 import json
 import re
 import types
@@ -73,7 +73,9 @@ BEFORE_BLOCK = {
     "usage_router(store": "store = uw.AsyncSQLiteStore('api.db')",
     # The dashboard block's API keys; it serves an async store too.
     "api_key_auth(keys)": (
-        "store = uw.AsyncSQLiteStore('dashboard.db')\nimport os\nfrom usagewarden.fastapi import Principal\n"
+        "store = uw.AsyncSQLiteStore('dashboard.db')\n"
+        "import os\n"
+        "from usagewarden.fastapi import Principal\n"
         "keys = {os.environ['DASHBOARD_KEY']: Principal('ops', 'default', {'usage:read'})}"
     ),
 }
