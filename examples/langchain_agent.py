@@ -105,9 +105,10 @@ async def main(model: BaseChatModel | str, db: str) -> None:
     print(f"calls recorded: {len(events)}")
     for e in events:
         waited = (e.metadata or {}).get("waited_ms", 0)
+        simulated = " (simulated time)" if clock is not None else ""
         print(
             f"  {e.consumer_id:6} {e.model}: {e.tokens_in} in ({e.cache_read_tokens} cached), "
-            f"{e.tokens_out} out, waited {waited / 1000:.0f}s"
+            f"{e.tokens_out} out, waited {waited / 1000:.0f}s{simulated}"
         )
     for row in store.aggregate("consumer"):
         print(f"{row.group}: {row.events} calls, {row.total_tokens} tokens")

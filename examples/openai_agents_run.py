@@ -148,9 +148,10 @@ async def main(model: Model | str, db: str) -> None:
     print(f"calls recorded: {len(events)}")
     for e in events:
         waited = (e.metadata or {}).get("waited_ms", 0)
+        simulated = " (simulated time)" if clock is not None else ""
         print(
             f"  {e.consumer_id:6} {e.agent_id} {e.model}: {e.tokens_in} in "
-            f"({e.cache_read_tokens} cached), {e.tokens_out} out, waited {waited / 1000:.0f}s"
+            f"({e.cache_read_tokens} cached), {e.tokens_out} out, waited {waited / 1000:.0f}s{simulated}"
         )
     for row in store.aggregate("consumer"):
         print(f"{row.group}: {row.events} calls, {row.total_tokens} tokens")

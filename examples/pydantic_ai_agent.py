@@ -4,7 +4,8 @@ are metered per user, then a summary from the ledger.
 Runs offline as is (pydantic-ai's TestModel, no API key):
 
     pip install 'usagewarden[pydantic-ai]'
-    python examples/pydantic_ai_agent.py
+    python examples/pydantic_ai_agent.py            # the ledger in a temporary file
+    python examples/pydantic_ai_agent.py --db usage.db
 
 To use a real model, give the agent a model name instead of ``TestModel()``,
 with the provider's key in the environment (e.g. OPENAI_API_KEY):
@@ -17,15 +18,16 @@ and set the limits to your account's tier.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import os
+import tempfile
 from dataclasses import dataclass
 
 import usagewarden as uw
 from pydantic_ai import Agent
 from pydantic_ai.models.test import TestModel
 from usagewarden.integrations.pydantic_ai import RateLimitedModel
-
-DB = "pydantic-ai-usage.db"
 
 
 @dataclass
@@ -35,11 +37,11 @@ class User:
     consumer_id: str
 
 
-async def main() -> None:
+async def main(db: str) -> None:
     limiter = uw.RateLimiter(
         uw.RateLimits(requests_per_minute=500, total_tokens_per_minute=200_000)
     )
-    async with uw.AsyncSQLiteStore(DB) as store:
+    async with uw.AsyncSQLiteStore(db) as store:
         warden = uw.Warden(limiter, store, agent_id="weather-bot")
         # Every request of this model waits for capacity, then records its usage.
         model = RateLimitedModel(TestModel(), warden)
@@ -58,7 +60,7 @@ async def main() -> None:
             print(f"{user}: {result.output} (run {result.run_id})")
 
         await store.flush()
-        print(f"\nrecorded in {DB}:")
+        print(f"\nrecorded in {db}:")
         for event in await store.query():
             print(
                 f"  {event.consumer_id:<6} {event.model:<5} in={event.tokens_in:<4} "
@@ -69,4 +71,8 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--db", help="keep the ledger in this file (default: a temporary one)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        asyncio.run(main(args.db or os.path.join(scratch, "usage.db")))

@@ -16,11 +16,27 @@ COLUMNS = (
     "consumer_id, CASE WHEN cost_priced = 1 THEN NULL ELSE cost_nanos END, duration_ms, "
     "metadata, model, namespace, request_id, source, task_id, ts, tokens_in, tokens_out, units"
 )
-KEYS = (
-    "action agent_id api_calls artifact_digest cache_read_tokens cache_write_tokens consumer_id "
-    "cost_nanos duration_ms metadata model namespace request_id source task_id timestamp_us "
-    "tokens_in tokens_out units"
-).split()
+KEYS = [
+    "action",
+    "agent_id",
+    "api_calls",
+    "artifact_digest",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "consumer_id",
+    "cost_nanos",
+    "duration_ms",
+    "metadata",
+    "model",
+    "namespace",
+    "request_id",
+    "source",
+    "task_id",
+    "timestamp_us",
+    "tokens_in",
+    "tokens_out",
+    "units",
+]
 
 
 def tamper(path: Path, sql: str, *params: Any) -> int:
@@ -61,7 +77,8 @@ def rechain(path: Path, namespace: str) -> None:
             "WHERE namespace = ? ORDER BY chain_position",
             (namespace,),
         ).fetchall():
-            digest = hashlib.sha256(digest + payload(dict(zip(KEYS, row[2:])))).digest()
+            fields = dict(zip(KEYS, row[2:], strict=True))
+            digest = hashlib.sha256(digest + payload(fields)).digest()
             position = row[1]
             con.execute("UPDATE usage_events SET chain_digest = ? WHERE id = ?", (digest, row[0]))
         con.execute(

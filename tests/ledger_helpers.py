@@ -119,7 +119,7 @@ def sqlite_rows(path: str | os.PathLike[str], sql: str) -> list[tuple[Any, ...]]
         """
         import sqlite3
         con = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True)
-        print(json.dumps(con.execute(sys.argv[2]).fetchall()))
+        print(json.dumps(con.execute(sys.argv[2]).fetchall(), default=bytes.hex))
         con.close()
         """,
         path,

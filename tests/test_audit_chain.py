@@ -49,7 +49,11 @@ def test_an_untouched_ledger_verifies(tmp_path: Path) -> None:
         assert heads["other"].position == 4
         assert store.verify("other").rows == 4
         assert store.verify("nobody").rows == 0 and store.verify("nobody").ok
-    stored = rows(db, "SELECT request_id, chain_position FROM usage_events WHERE namespace = 'default' ORDER BY id")
+    stored = rows(
+        db,
+        "SELECT request_id, chain_position FROM usage_events WHERE namespace = 'default' ORDER BY "
+        "id",
+    )
     assert stored == [(f"req-{i}", i + 1) for i in range(N)], "positions follow commit order"
 
 
@@ -57,10 +61,19 @@ def test_an_untouched_ledger_verifies(tmp_path: Path) -> None:
     ("column", "sql"),
     [
         ("one stored byte", "UPDATE usage_events SET model = 'gpt-4p' WHERE request_id = 'req-5'"),
-        ("the cost", "UPDATE usage_events SET cost_nanos = cost_nanos + 1 WHERE request_id = 'req-5'"),
+        (
+            "the cost",
+            "UPDATE usage_events SET cost_nanos = cost_nanos + 1 WHERE request_id = 'req-5'",
+        ),
         ("the timestamp", "UPDATE usage_events SET ts = ts - 1 WHERE request_id = 'req-5'"),
-        ("the digest", "UPDATE usage_events SET chain_digest = zeroblob(32) WHERE request_id = 'req-5'"),
-        ("the namespace's counts", "UPDATE usage_events SET tokens_out = 0 WHERE request_id = 'req-5'"),
+        (
+            "the digest",
+            "UPDATE usage_events SET chain_digest = zeroblob(32) WHERE request_id = 'req-5'",
+        ),
+        (
+            "the namespace's counts",
+            "UPDATE usage_events SET tokens_out = 0 WHERE request_id = 'req-5'",
+        ),
         (
             "a caller's cost made to look store-priced",
             "UPDATE usage_events SET cost_priced = 1, cost_nanos = 1 WHERE request_id = 'req-5'",
@@ -98,10 +111,14 @@ def test_an_inserted_row_is_named(tmp_path: Path) -> None:
     db = tmp_path / "a.db"
     ledger(db)
     copy = (
-        "INSERT INTO usage_events (namespace, request_id, ts, agent_id, consumer_id, action, tokens_in, "
-        "tokens_out, cache_read_tokens, cache_write_tokens, duration_ms, api_calls, units, cost_nanos, "
-        "fingerprint, chain_position, chain_digest) SELECT namespace, ?, ts, agent_id, consumer_id, action, "
-        "tokens_in, tokens_out, cache_read_tokens, cache_write_tokens, duration_ms, api_calls, units, "
+        "INSERT INTO usage_events (namespace, request_id, ts, agent_id, consumer_id, action, "
+        "tokens_in, "
+        "tokens_out, cache_read_tokens, cache_write_tokens, duration_ms, api_calls, units, "
+        "cost_nanos, "
+        "fingerprint, chain_position, chain_digest) SELECT namespace, ?, ts, agent_id, "
+        "consumer_id, action, "
+        "tokens_in, tokens_out, cache_read_tokens, cache_write_tokens, duration_ms, api_calls, "
+        "units, "
         "cost_nanos, fingerprint, ?, chain_digest FROM usage_events WHERE request_id = 'req-2'"
     )
     # Without a chain position (as plain SQL would add it).
@@ -122,13 +139,19 @@ def test_a_row_slipped_in_with_the_chain_recomputed_from_it_is_named(tmp_path: P
     db = tmp_path / "a.db"
     ledger(db)
     tamper(db, "UPDATE usage_events SET chain_position = -chain_position WHERE chain_position >= 5")
-    tamper(db, "UPDATE usage_events SET chain_position = 1 - chain_position WHERE chain_position < 0")
+    tamper(
+        db, "UPDATE usage_events SET chain_position = 1 - chain_position WHERE chain_position < 0"
+    )
     tamper(
         db,
-        "INSERT INTO usage_events (namespace, request_id, ts, agent_id, consumer_id, action, tokens_in, "
-        "tokens_out, cache_read_tokens, cache_write_tokens, duration_ms, api_calls, units, cost_nanos, "
-        "fingerprint, chain_position) SELECT namespace, 'forged', ts, agent_id, consumer_id, action, "
-        "tokens_in, tokens_out, cache_read_tokens, cache_write_tokens, duration_ms, api_calls, units, "
+        "INSERT INTO usage_events (namespace, request_id, ts, agent_id, consumer_id, action, "
+        "tokens_in, "
+        "tokens_out, cache_read_tokens, cache_write_tokens, duration_ms, api_calls, units, "
+        "cost_nanos, "
+        "fingerprint, chain_position) SELECT namespace, 'forged', ts, agent_id, consumer_id, "
+        "action, "
+        "tokens_in, tokens_out, cache_read_tokens, cache_write_tokens, duration_ms, api_calls, "
+        "units, "
         "cost_nanos, fingerprint, 5 FROM usage_events WHERE request_id = 'req-2'",
     )
     tamper(db, "UPDATE chain_heads SET position = position + 1")
@@ -139,7 +162,7 @@ def test_a_row_slipped_in_with_the_chain_recomputed_from_it_is_named(tmp_path: P
     from audit_helpers import COLUMNS, KEYS, payload
 
     (forged,) = rows(db, f"SELECT {COLUMNS} FROM usage_events WHERE request_id = 'forged'")
-    digest = hashlib.sha256(con_rows[0][0] + payload(dict(zip(KEYS, forged)))).digest()
+    digest = hashlib.sha256(con_rows[0][0] + payload(dict(zip(KEYS, forged, strict=True)))).digest()
     tamper(db, "UPDATE usage_events SET chain_digest = ? WHERE request_id = 'forged'", digest)
     found = problem(verify(db))
     assert (found.kind, found.position, found.request_id) == ("inserted", 5, "forged")
@@ -163,21 +186,27 @@ def test_swapped_contents_are_named_reordered(tmp_path: Path) -> None:
     tamper(db, "UPDATE usage_events SET request_id = 'tmp' WHERE request_id = 'req-3'")
     tamper(
         db,
-        "UPDATE usage_events SET request_id = 'req-3', ts = ts - 1000000, tokens_in = tokens_in - 1, "
-        "tokens_out = tokens_out - 1, cost_nanos = 4000000, agent_id = 'agent-0', consumer_id = 'consumer-1' "
+        "UPDATE usage_events SET request_id = 'req-3', ts = ts - 1000000, tokens_in = tokens_in - "
+        "1, "
+        "tokens_out = tokens_out - 1, cost_nanos = 4000000, agent_id = 'agent-0', consumer_id = "
+        "'consumer-1' "
         "WHERE request_id = 'req-4'",
     )
     tamper(
         db,
-        "UPDATE usage_events SET request_id = 'req-4', ts = ts + 1000000, tokens_in = tokens_in + 1, "
-        "tokens_out = tokens_out + 1, cost_nanos = 5000000, agent_id = 'agent-1', consumer_id = 'consumer-0' "
+        "UPDATE usage_events SET request_id = 'req-4', ts = ts + 1000000, tokens_in = tokens_in + "
+        "1, "
+        "tokens_out = tokens_out + 1, cost_nanos = 5000000, agent_id = 'agent-1', consumer_id = "
+        "'consumer-0' "
         "WHERE request_id = 'tmp'",
     )
     found = problem(verify(db))
     assert (found.kind, found.position) == ("reordered", 4)
 
 
-def test_the_chain_rewritten_from_scratch_is_caught_by_an_anchored_checkpoint(tmp_path: Path) -> None:
+def test_the_chain_rewritten_from_scratch_is_caught_by_an_anchored_checkpoint(
+    tmp_path: Path,
+) -> None:
     db = tmp_path / "a.db"
     ledger(db)
     with uw.SQLiteStore(db) as store:

@@ -46,7 +46,9 @@ def test_four_processes_make_one_unbroken_chain(tmp_path: Path) -> None:
         assert report.rows == WRITERS * EACH
         assert store.checkpoint("shared").position == WRITERS * EACH
     chained = rows(
-        db, "SELECT chain_position, request_id FROM usage_events WHERE namespace = 'shared' ORDER BY chain_position"
+        db,
+        "SELECT chain_position, request_id FROM usage_events WHERE namespace = 'shared' ORDER BY "
+        "chain_position",
     )
     assert [p for p, _ in chained] == list(range(1, WRITERS * EACH + 1)), "no gap, no fork"
     # Replay: each process's events sit in the chain in the order it recorded them.
@@ -54,5 +56,5 @@ def test_four_processes_make_one_unbroken_chain(tmp_path: Path) -> None:
         mine = [int(r.split("-")[1]) for _, r in chained if r.startswith(f"w{w}-")]
         assert mine == list(range(EACH))
     # The writers really interleaved (otherwise this proves little).
-    switches = sum(1 for a, b in zip(chained, chained[1:]) if a[1][:2] != b[1][:2])
+    switches = sum(1 for a, b in zip(chained, chained[1:], strict=False) if a[1][:2] != b[1][:2])
     assert switches > WRITERS

@@ -114,7 +114,9 @@ def test_a_receipt_detects_its_own_tampering_offline(tmp_path: Path) -> None:
 
 def test_receipts_are_per_namespace(tmp_path: Path) -> None:
     with uw.SQLiteStore(tmp_path / "r.db") as store:
-        store.record_batch([event(0, namespace="a"), event(0, namespace="b"), event(1, namespace="b")])
+        store.record_batch(
+            [event(0, namespace="a"), event(0, namespace="b"), event(1, namespace="b")]
+        )
         store.flush()
         assert store.receipt("req-0", namespace="b").position == 1
         assert store.receipt("req-1", namespace="b").position == 2
@@ -153,7 +155,10 @@ def test_artifact_digest_is_stored_exported_and_chained(tmp_path: Path) -> None:
         assert [e["artifact_digest"] for e in json.loads(out.getvalue())] == [digest, None]
         out = io.StringIO()
         store.export(out, format="csv")
-        assert [r["artifact_digest"] for r in csv.DictReader(io.StringIO(out.getvalue()))] == [digest, ""]
+        assert [r["artifact_digest"] for r in csv.DictReader(io.StringIO(out.getvalue()))] == [
+            digest,
+            "",
+        ]
         assert f'"artifact_digest":"{digest}"'.encode() in store.receipt("req-0").payload
     tamper(db, "UPDATE usage_events SET artifact_digest = ? WHERE request_id = 'req-0'", "00" * 32)
     with uw.SQLiteStore(db) as store:
@@ -169,7 +174,12 @@ def test_an_event_with_a_digest_differs_from_one_without() -> None:
 
 
 def test_a_checkpoint_round_trips_through_json() -> None:
-    data = {"namespace": "n", "position": 7, "digest": "ab" * 32, "time": "2026-02-14T12:00:00+00:00"}
+    data = {
+        "namespace": "n",
+        "position": 7,
+        "digest": "ab" * 32,
+        "time": "2026-02-14T12:00:00+00:00",
+    }
     checkpoint = uw.Checkpoint.from_dict(json.loads(json.dumps(data)))
     assert checkpoint.to_dict() == {**data, "time": "2026-02-14T12:00:00.000000+00:00"}
     assert checkpoint == uw.Checkpoint.from_dict(checkpoint.to_dict())

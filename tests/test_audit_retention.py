@@ -119,7 +119,8 @@ def test_the_migration_chains_an_existing_ledger_once_in_time_order(tmp_path: Pa
         store.flush()
         assert store.receipt("req-6").position == 6
     chained = rows(
-        db, "SELECT request_id FROM usage_events WHERE namespace = 'default' ORDER BY chain_position"
+        db,
+        "SELECT request_id FROM usage_events WHERE namespace = 'default' ORDER BY chain_position",
     )
     assert [r[0] for r in chained] == ["req-4", "req-3", "req-2", "req-1", "req-0", "req-6"]
     digests = rows(db, "SELECT chain_digest FROM usage_events ORDER BY id")

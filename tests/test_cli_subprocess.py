@@ -82,8 +82,6 @@ def test_report_as_json_in_a_child_process(ledger: Path) -> None:
 def test_errors_are_one_line_and_an_exit_code(args: list[str], code: int, ledger: Path) -> None:
     if "--db" not in args:
         args = [*args, "--db", str(ledger)]
-    if hasattr(uw, "open_store") and "postgresql" in " ".join(args):
-        pytest.skip("the PostgreSQL backend is installed: this URL is tried for real")
     done = run(*args)
     assert done.returncode == code
     assert done.stdout == ""

@@ -105,3 +105,8 @@ def test_the_agent_examples_run_offline(tmp_path: Path, script: str, expected: s
     )
     assert done.returncode == 0, done.stderr
     assert expected in done.stdout
+    # The ledger goes to a temporary file: nothing is left where it ran.
+    assert list(tmp_path.iterdir()) == []
+    if "waited" in done.stdout:
+        # The offline runs drive a ManualClock: their waits are simulated, and say so.
+        assert "(simulated time)" in done.stdout

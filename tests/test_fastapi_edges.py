@@ -124,8 +124,10 @@ async def test_budgets_and_store_health_stay_in_the_namespace_without_the_wide_s
     engine.settle(engine.check(namespace="team-b", agent_id="bot-of-team-b", estimated_cost=1.0), 3)
     engine.settle(engine.check(namespace="team-a", agent_id="bot-of-team-a", estimated_cost=1.0), 1)
     keys = {
-        "admin-of-team-a-000": Principal("adm", "team-a", {SCOPE_READ, SCOPE_ADMIN}),
-        "operator-000000000": Principal("ops", "team-a", {SCOPE_READ, SCOPE_ALL_NAMESPACES}),
+        "admin-of-team-a-000": Principal("adm", "team-a", frozenset({SCOPE_READ, SCOPE_ADMIN})),
+        "operator-000000000": Principal(
+            "ops", "team-a", frozenset({SCOPE_READ, SCOPE_ALL_NAMESPACES})
+        ),
     }
     app = FastAPI()
     app.include_router(usage_router(store, auth=api_key_auth(keys), budgets=engine))

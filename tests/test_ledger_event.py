@@ -211,6 +211,7 @@ def test_to_dict_is_json_ready_and_round_trips() -> None:
         "request_id",
         "source",
         "metadata",
+        "artifact_digest",
     }
     back = uw.UsageEvent.from_dict(d)
     assert back == e

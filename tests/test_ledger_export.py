@@ -35,6 +35,7 @@ CSV_COLUMNS = [
     "cost",
     "source",
     "metadata",
+    "artifact_digest",
 ]
 
 

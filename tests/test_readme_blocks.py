@@ -91,6 +91,7 @@ def test_every_readme_python_block_runs(
     for name in ("API_KEY", "INGEST_KEY", "DASHBOARD_KEY"):
         monkeypatch.setenv(name, f"{name.lower()}-0123456789abcdef")
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key-0123456789")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-not-a-real-key-0123456789")
     (tmp_path / "model_prices_and_context_window.json").write_text(
         json.dumps({"gpt-4o": {"input_cost_per_token": 2.5e-6, "output_cost_per_token": 1e-5}})
     )

@@ -48,8 +48,8 @@ from .errors import (
     StoreError,
     UsageWardenError,
 )
-from .store_protocol import AsyncMeteringStore, MeteringStore, open_async_store, open_store
 from .limiter_protocol import Limiter
+from .store_protocol import AsyncMeteringStore, MeteringStore, open_async_store, open_store
 from .warden import Call, RunMeter, Warden
 
 __all__ = [

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from ._core import AcquireCoroutine, Decision, RateLimits, Reservation, Usage
+    from ._core import AcquireCoroutine, Decision, ManualClock, RateLimits, Reservation, Usage
 
     _Key = str | tuple[str, ...]
 
@@ -24,6 +24,8 @@ class Limiter(Protocol):
     def limits(self) -> RateLimits: ...
     @property
     def per_key(self) -> dict[str, RateLimits]: ...
+    @property
+    def clock(self) -> ManualClock | None: ...
 
     def try_acquire(
         self,

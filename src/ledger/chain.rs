@@ -39,7 +39,6 @@
 //! legitimately recompute it.
 
 use super::event::UsageEvent;
-use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
 /// A SHA-256 digest.
@@ -51,58 +50,108 @@ pub const GENESIS: Digest = [0; 32];
 /// The canonical encoding's version, written as `"v"`.
 pub const ENCODING_VERSION: u32 = 1;
 
-/// The encoded fields, declared in sorted key order (serde writes them so).
-#[derive(Serialize)]
-struct Canonical<'a> {
-    action: &'a str,
-    agent_id: &'a str,
-    api_calls: u64,
-    artifact_digest: Option<&'a str>,
-    cache_read_tokens: u64,
-    cache_write_tokens: u64,
-    consumer_id: &'a str,
-    cost_nanos: Option<u64>,
-    duration_ms: u64,
-    metadata: Option<&'a str>,
-    model: Option<&'a str>,
-    namespace: &'a str,
-    request_id: &'a str,
-    source: Option<&'a str>,
-    task_id: Option<&'a str>,
-    timestamp_us: i64,
-    tokens_in: u64,
-    tokens_out: u64,
-    units: u64,
-    v: u32,
+/// Writes `s` as a JSON string, escaping what Python's `json.dumps(...,
+/// ensure_ascii=False)` escapes and nothing else.
+fn push_str(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut plain = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let short: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0x00..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[plain..i]);
+        if short.is_empty() {
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(b >> 4)]);
+            out.push(HEX[usize::from(b & 15)]);
+        } else {
+            out.extend_from_slice(short);
+        }
+        plain = i + 1;
+    }
+    out.extend_from_slice(&bytes[plain..]);
+    out.push(b'"');
+}
+
+fn push_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => push_str(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+fn push_int(out: &mut Vec<u8>, n: impl std::fmt::Display) {
+    use std::io::Write as _;
+    // Writing to a Vec cannot fail.
+    let _ = write!(out, "{n}");
 }
 
 /// The canonical bytes of an event as the caller recorded it (`cost_nanos`
 /// is the caller's cost: `None` for a cost the store's pricing filled in).
+/// Keys in sorted order.
 pub fn canonical(e: &UsageEvent) -> Vec<u8> {
-    let fields = Canonical {
-        action: &e.action,
-        agent_id: &e.agent_id,
-        api_calls: e.api_calls,
-        artifact_digest: e.artifact_digest.as_deref(),
-        cache_read_tokens: e.cache_read_tokens,
-        cache_write_tokens: e.cache_write_tokens,
-        consumer_id: &e.consumer_id,
-        cost_nanos: e.cost_nanos,
-        duration_ms: e.duration_ms,
-        metadata: e.metadata.as_deref(),
-        model: e.model.as_deref(),
-        namespace: &e.namespace,
-        request_id: &e.request_id,
-        source: e.source.as_deref(),
-        task_id: e.task_id.as_deref(),
-        timestamp_us: e.timestamp_us,
-        tokens_in: e.tokens_in,
-        tokens_out: e.tokens_out,
-        units: e.units,
-        v: ENCODING_VERSION,
+    let mut out = Vec::with_capacity(448);
+    let key = |out: &mut Vec<u8>, name: &str| {
+        out.push(if out.is_empty() { b'{' } else { b',' });
+        out.push(b'"');
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"\":");
     };
-    // Serialising plain strings and integers into memory cannot fail.
-    serde_json::to_vec(&fields).expect("canonical encoding")
+    key(&mut out, "action");
+    push_str(&mut out, &e.action);
+    key(&mut out, "agent_id");
+    push_str(&mut out, &e.agent_id);
+    key(&mut out, "api_calls");
+    push_int(&mut out, e.api_calls);
+    key(&mut out, "artifact_digest");
+    push_opt_str(&mut out, e.artifact_digest.as_deref());
+    key(&mut out, "cache_read_tokens");
+    push_int(&mut out, e.cache_read_tokens);
+    key(&mut out, "cache_write_tokens");
+    push_int(&mut out, e.cache_write_tokens);
+    key(&mut out, "consumer_id");
+    push_str(&mut out, &e.consumer_id);
+    key(&mut out, "cost_nanos");
+    match e.cost_nanos {
+        Some(c) => push_int(&mut out, c),
+        None => out.extend_from_slice(b"null"),
+    }
+    key(&mut out, "duration_ms");
+    push_int(&mut out, e.duration_ms);
+    key(&mut out, "metadata");
+    push_opt_str(&mut out, e.metadata.as_deref());
+    key(&mut out, "model");
+    push_opt_str(&mut out, e.model.as_deref());
+    key(&mut out, "namespace");
+    push_str(&mut out, &e.namespace);
+    key(&mut out, "request_id");
+    push_str(&mut out, &e.request_id);
+    key(&mut out, "source");
+    push_opt_str(&mut out, e.source.as_deref());
+    key(&mut out, "task_id");
+    push_opt_str(&mut out, e.task_id.as_deref());
+    key(&mut out, "timestamp_us");
+    push_int(&mut out, e.timestamp_us);
+    key(&mut out, "tokens_in");
+    push_int(&mut out, e.tokens_in);
+    key(&mut out, "tokens_out");
+    push_int(&mut out, e.tokens_out);
+    key(&mut out, "units");
+    push_int(&mut out, e.units);
+    key(&mut out, "v");
+    push_int(&mut out, ENCODING_VERSION);
+    out.push(b'}');
+    out
 }
 
 /// `SHA-256(previous ‖ payload)`.
@@ -169,11 +218,12 @@ mod tests {
                 "ab".repeat(16)
             )
         );
-        let keys: Vec<String> = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&text)
-            .unwrap()
-            .keys()
-            .cloned()
-            .collect();
+        let keys: Vec<String> =
+            serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&text)
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect();
         let mut sorted = keys.clone();
         sorted.sort();
         assert_eq!(keys, sorted);
@@ -186,8 +236,25 @@ mod tests {
         e.cost_nanos = None;
         let text = String::from_utf8(canonical(&e)).unwrap();
         // json.dumps("a\"\\\x01\n\x7fé😀", ensure_ascii=False)
-        assert!(text.contains("\"agent_id\":\"a\\\"\\\\\\u0001\\n\u{7f}é😀\""), "{text}");
+        assert!(
+            text.contains("\"agent_id\":\"a\\\"\\\\\\u0001\\n\u{7f}é😀\""),
+            "{text}"
+        );
         assert!(text.contains("\"cost_nanos\":null"));
+        for c in (0u8..0x20)
+            .map(char::from)
+            .chain(['"', '\\', '\u{7f}', 'é'])
+        {
+            let mut e = event("a", 0, 0);
+            e.agent_id = format!("x{c}y");
+            let text = String::from_utf8(canonical(&e)).unwrap();
+            let expected = serde_json::Value::String(e.agent_id.clone()).to_string();
+            assert!(
+                text.contains(&format!("\"agent_id\":{expected}")),
+                "{c:?}: {text}"
+            );
+            serde_json::from_str::<serde_json::Value>(&text).unwrap();
+        }
     }
 
     #[test]
@@ -196,7 +263,8 @@ mod tests {
         let payload = canonical(&base);
         let digest = link(&GENESIS, &payload);
         assert_eq!(digest, link(&GENESIS, &canonical(&base.clone())));
-        let variants: Vec<Box<dyn Fn(&mut UsageEvent)>> = vec![
+        type Change = Box<dyn Fn(&mut UsageEvent)>;
+        let variants: Vec<Change> = vec![
             Box::new(|e| e.agent_id.push('x')),
             Box::new(|e| e.consumer_id.push('x')),
             Box::new(|e| e.task_id = Some("t".into())),

@@ -248,7 +248,7 @@ impl Walk<'_> {
             .chain
             .purged
             .iter()
-            .position(|r| r.first <= start - 1 && start - 1 <= r.last);
+            .position(|r| r.first < start && start - 1 <= r.last);
         match covering {
             Some(i) => {
                 let run = self.chain.purged[i].clone();
@@ -261,7 +261,10 @@ impl Walk<'_> {
                 ProblemKind::Missing,
                 start - 1,
                 None,
-                format!("position {} has no event and no purge accounts for it", start - 1),
+                format!(
+                    "position {} has no event and no purge accounts for it",
+                    start - 1
+                ),
             ),
             None => None,
         }
@@ -285,7 +288,10 @@ impl Walk<'_> {
         )
     }
 
-    fn run(&mut self, rows: &mut dyn Iterator<Item = CoreResult<ChainRow>>) -> CoreResult<Option<Problem>> {
+    fn run(
+        &mut self,
+        rows: &mut dyn Iterator<Item = CoreResult<ChainRow>>,
+    ) -> CoreResult<Option<Problem>> {
         if let Some(p) = self.seed() {
             return Ok(Some(p));
         }
@@ -441,7 +447,9 @@ impl Walk<'_> {
                     .expect("a problem"));
             }
         }
-        let stored = row.digest.map_or("not a 32-byte digest".to_string(), |d| to_hex(&d));
+        let stored = row
+            .digest
+            .map_or("not a 32-byte digest".to_string(), |d| to_hex(&d));
         Ok(self
             .problem(
                 ProblemKind::Altered,

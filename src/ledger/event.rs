@@ -290,11 +290,20 @@ pub(crate) mod tests {
             e.artifact_digest = Some(ok.clone());
             assert!(e.validate().is_ok(), "{ok}");
         }
-        for bad in ["ab".repeat(15), "a".repeat(33), "AB".repeat(16), "g".repeat(32), "a".repeat(130)] {
+        for bad in [
+            "ab".repeat(15),
+            "a".repeat(33),
+            "AB".repeat(16),
+            "g".repeat(32),
+            "a".repeat(130),
+        ] {
             let mut e = event("a", 0, 1);
             e.artifact_digest = Some(bad.clone());
             assert!(
-                matches!(e.validate(), Err(CoreError::InvalidArgument("artifact_digest", _))),
+                matches!(
+                    e.validate(),
+                    Err(CoreError::InvalidArgument("artifact_digest", _))
+                ),
                 "{bad}"
             );
         }

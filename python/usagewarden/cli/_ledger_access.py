@@ -50,6 +50,18 @@ def describe(db: str) -> str:
     return f"{scheme}://{user}@{host}" if user else f"{scheme}://{host}"
 
 
+def _without_password(db: str, error: Exception) -> str:
+    """``error``'s message with the URL's password, if any, masked."""
+    message = " ".join(str(error).split())
+    if "://" in db and "@" in db:
+        credentials = db.split("://", 1)[1].rsplit("@", 1)[0]
+        if ":" in credentials:
+            password = credentials.split(":", 1)[1]
+            if password:
+                message = message.replace(password, "***")
+    return message
+
+
 def open_ledger(
     db: str, *, asynchronous: bool = False, must_exist: bool = True, **options: Any
 ) -> Any:
@@ -63,11 +75,14 @@ def open_ledger(
             raise CommandError(f"--db: {str(path)!r} is a directory, not a ledger file")
         store_class = uw.AsyncSQLiteStore if asynchronous else uw.SQLiteStore
         return store_class(path, **options)
-    open_store = getattr(uw, "open_store", None)
-    if open_store is not None:
-        if asynchronous:
-            options["asynchronous"] = True
-        return open_store(db, **options)
+    open_store = getattr(uw, "open_async_store" if asynchronous else "open_store", None)
+    if open_store is not None and is_postgres(db):
+        try:
+            return open_store(db, **options)
+        except (uw.UsageWardenError, ValueError, OSError) as exc:
+            raise CommandError(
+                f"--db: cannot open {describe(db)}: {_without_password(db, exc)}"
+            ) from None
     if is_postgres(db):
         raise CommandError(
             f"--db: {describe(db)} needs the PostgreSQL backend, which this installation "

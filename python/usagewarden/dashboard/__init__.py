@@ -22,9 +22,9 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
         "usagewarden.dashboard needs FastAPI; install it with: pip install 'usagewarden[dashboard]'"
     ) from exc
 
-from ..limiter_protocol import Limiter
 from ..budgets import BudgetEngine
 from ..fastapi import Principal, usage_router
+from ..limiter_protocol import Limiter
 from ._api import dashboard_api_router, key_state
 from ._assets import CONTENT_SECURITY_POLICY, assets_router, plotly_bundle
 
@@ -70,7 +70,9 @@ def mount(
     _checked_path("path", path, root_allowed=True)
     _checked_path("api_prefix", api_prefix, root_allowed=False)
     if limiter is not None and not isinstance(limiter, Limiter):
-        raise TypeError("limiter: must be a usagewarden limiter (RateLimiter, RedisRateLimiter) or None")
+        raise TypeError(
+            "limiter: must be a usagewarden limiter (RateLimiter, RedisRateLimiter) or None"
+        )
     if isinstance(limiter_keys, str):
         raise TypeError("limiter_keys: must be an iterable of keys, not one str")
     if auth is None and not allow_unauthenticated:

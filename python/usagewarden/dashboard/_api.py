@@ -11,10 +11,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
-from ..limiter_protocol import Limiter
 from ..budgets import BudgetEngine
 from ..fastapi import SCOPE_ADMIN, SCOPE_ALL_NAMESPACES, SCOPE_READ, Principal
 from ..fastapi._errors import api_error
+from ..limiter_protocol import Limiter
 
 _ANONYMOUS = Principal(
     "anonymous", scopes=frozenset({SCOPE_READ, SCOPE_ADMIN, SCOPE_ALL_NAMESPACES})

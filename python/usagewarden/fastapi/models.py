@@ -8,7 +8,15 @@ import re
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    TypeAdapter,
+)
 
 #: Most events one ``POST /batch`` takes.
 MAX_BATCH = 1000
@@ -42,7 +50,9 @@ def _explicit_time(value: Any) -> Any:
 
 
 #: ISO 8601 with an offset, or a JSON number of Unix seconds.
-Timestamp = Annotated[AwareDatetime, BeforeValidator(_explicit_time)]
+#: (Strict models take times as strings only from JSON itself; after the
+#: check above the value is a `str` or `datetime`, which lax parsing reads.)
+Timestamp = Annotated[AwareDatetime, Strict(False), BeforeValidator(_explicit_time)]
 
 
 class EventIn(BaseModel):

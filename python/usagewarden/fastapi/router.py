@@ -16,8 +16,8 @@ from pydantic import TypeAdapter, ValidationError
 from .._core import UsageEvent, _events_from_json
 from ..budgets import BudgetEngine
 from ..errors import ConflictError, StoreError
-from ..store_protocol import AsyncMeteringStore
 from ..limiter_protocol import Limiter
+from ..store_protocol import AsyncMeteringStore
 from ._errors import api_error
 from ._export_stream import open_export
 from ._requests import UsageRoute, argument_of, field_errors, parse_json, read_body

@@ -48,8 +48,8 @@ from langchain_core.outputs import LLMResult  # noqa: E402
 from langchain_core.rate_limiters import BaseRateLimiter  # noqa: E402
 
 from .._core import Reservation, UsageEvent  # noqa: E402
-from ..limiter_protocol import Limiter  # noqa: E402
 from ..errors import RateLimitExceeded  # noqa: E402
+from ..limiter_protocol import Limiter  # noqa: E402
 from ..warden import Call, Warden, _count  # noqa: E402
 from ._shared import (  # noqa: E402
     check_timeout,

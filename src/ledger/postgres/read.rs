@@ -55,7 +55,7 @@ pub fn where_clause(filters: &Filters, params: &mut Vec<Param>) -> String {
 }
 
 pub const EVENT_COLUMNS: &str = "agent_id, consumer_id, task_id, namespace, action, model, tokens_in, tokens_out, \
-     cache_read_tokens, cache_write_tokens, duration_ms, api_calls, units, cost_nanos, ts, request_id, source, metadata";
+     cache_read_tokens, cache_write_tokens, duration_ms, api_calls, units, cost_nanos, ts, request_id, source, metadata, artifact_digest";
 
 pub fn event_from_row(row: &Row) -> UsageEvent {
     let n = |i: usize| row.get::<_, i64>(i).max(0) as u64;
@@ -78,7 +78,7 @@ pub fn event_from_row(row: &Row) -> UsageEvent {
         request_id: row.get(15),
         source: row.get(16),
         metadata: row.get(17),
-        artifact_digest: None,
+        artifact_digest: row.get(18),
     }
 }
 
@@ -136,7 +136,7 @@ pub async fn after(
     let rows = c.query(&sql, &refs(&params)).await?;
     Ok(rows
         .iter()
-        .map(|r| (event_from_row(r), r.get::<_, i64>(18)))
+        .map(|r| (event_from_row(r), r.get::<_, i64>(19)))
         .collect())
 }
 
@@ -228,11 +228,10 @@ pub async fn aggregate(
     filters: &Filters,
 ) -> CoreResult<Vec<Aggregate>> {
     let mut params: Vec<Param> = Vec::new();
-    let totals = totals();
-    let sql = match group_by {
+    // The group key columns `k0, k1` and how groups are ordered.
+    let (keys, order) = match group_by {
         GroupBy::Time(unit) => {
             params.push(Box::new(tz.to_string()));
-            let clause = where_clause(filters, &mut params);
             let local = local(1);
             let offset = match unit {
                 // Two hours of a fall-back share a local start; the offset tells them apart.
@@ -241,33 +240,50 @@ pub async fn aggregate(
                 ),
                 _ => "0".into(),
             };
-            format!(
-                "SELECT date_trunc('{unit}', {local}) AS bucket, {offset} AS off, {totals} \
-                 FROM {s}.usage_events {clause} GROUP BY 1, 2 ORDER BY MIN(ts)",
-                unit = unit.name()
+            (
+                format!(
+                    "date_trunc('{}', {local}) AS k0, {offset} AS k1",
+                    unit.name()
+                ),
+                "t.first_ts",
             )
         }
-        _ => {
-            let clause = where_clause(filters, &mut params);
-            format!(
-                "SELECT {col} AS grp, {totals} FROM {s}.usage_events {clause} \
-                 GROUP BY 1 ORDER BY {col} COLLATE \"C\" NULLS FIRST",
-                col = group_by.sql()
-            )
-        }
+        _ => (
+            format!("{} AS k0, 0 AS k1", group_by.sql()),
+            "t.k0 COLLATE \"C\" NULLS FIRST",
+        ),
     };
+    let clause = where_clause(filters, &mut params);
+    // Distinct agents and consumers per group from hashed DISTINCT subqueries:
+    // COUNT(DISTINCT …) inside the GROUP BY would sort every group twice.
+    let distinct = |column: &str| {
+        format!(
+            "(SELECT k0, k1, COUNT(*)::int8 AS n FROM \
+               (SELECT DISTINCT {keys}, {column} FROM {s}.usage_events {clause}) d GROUP BY 1, 2)"
+        )
+    };
+    let sql = format!(
+        "SELECT t.*, COALESCE(a.n, 0), COALESCE(c.n, 0) FROM \
+           (SELECT {keys}, MIN(ts) AS first_ts, {sums} FROM {s}.usage_events {clause} GROUP BY 1, 2) t \
+         LEFT JOIN {agents} a ON a.k0 IS NOT DISTINCT FROM t.k0 AND a.k1 = t.k1 \
+         LEFT JOIN {consumers} c ON c.k0 IS NOT DISTINCT FROM t.k0 AND c.k1 = t.k1 \
+         ORDER BY {order}",
+        sums = sum_columns(true).join(", "),
+        agents = distinct("agent_id"),
+        consumers = distinct("consumer_id"),
+    );
     let rows = c.query(&sql, &refs(&params)).await?;
     Ok(match group_by {
         GroupBy::Time(unit) => rows
             .iter()
             .map(|r| {
                 let label = bucket_label(unit, r.get(0), r.get(1));
-                aggregate_from_row(r, Some(label), 2)
+                aggregate_from_row(r, Some(label), 3)
             })
             .collect(),
         _ => rows
             .iter()
-            .map(|r| aggregate_from_row(r, r.get(0), 1))
+            .map(|r| aggregate_from_row(r, r.get(0), 3))
             .collect(),
     })
 }

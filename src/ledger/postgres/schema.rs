@@ -7,7 +7,8 @@ use tokio_postgres::Client;
 
 /// Ordered migrations; `schema_version` records how many have run. `{s}` is
 /// the (validated, quoted) schema name.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE SEQUENCE {s}.usage_events_id;
 CREATE TABLE {s}.usage_events (
     id                 BIGINT  NOT NULL DEFAULT nextval('{s}.usage_events_id'),
@@ -64,7 +65,11 @@ CREATE TABLE {s}.usage_hourly (
     unpriced_events    BIGINT NOT NULL,
     PRIMARY KEY (namespace, hour)
 );
-"#];
+"#,
+    r#"
+ALTER TABLE {s}.usage_events ADD COLUMN artifact_digest TEXT;
+"#,
+];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 

@@ -35,14 +35,14 @@ pub(crate) enum Command {
 const STAGE_COLUMNS: &str =
     "seq, namespace, request_id, ts, agent_id, consumer_id, task_id, action, model, \
      tokens_in, tokens_out, cache_read_tokens, cache_write_tokens, duration_ms, api_calls, units, \
-     cost_nanos, source, metadata, fingerprint, cost_priced";
+     cost_nanos, source, metadata, fingerprint, cost_priced, artifact_digest";
 
 const EVENT_COLUMNS: &str =
     "namespace, request_id, ts, agent_id, consumer_id, task_id, action, model, \
      tokens_in, tokens_out, cache_read_tokens, cache_write_tokens, duration_ms, api_calls, units, \
-     cost_nanos, source, metadata, fingerprint, cost_priced";
+     cost_nanos, source, metadata, fingerprint, cost_priced, artifact_digest";
 
-const STAGE_TYPES: [Type; 21] = [
+const STAGE_TYPES: [Type; 22] = [
     Type::INT8,
     Type::TEXT,
     Type::TEXT,
@@ -64,6 +64,7 @@ const STAGE_TYPES: [Type; 21] = [
     Type::TEXT,
     Type::INT8,
     Type::BOOL,
+    Type::TEXT,
 ];
 
 /// `expr` capped at 2**63 - 1, as `int8`: sums are exact (numeric) and
@@ -152,6 +153,14 @@ fn insert_sql(s: &str) -> String {
     )
 }
 
+/// This connection's staging table; a transaction's rows go at its end.
+const STAGING_TABLE: &str = "CREATE TEMP TABLE uw_staging ( \
+     seq BIGINT, namespace TEXT, request_id TEXT, ts BIGINT, agent_id TEXT, consumer_id TEXT, \
+     task_id TEXT, action TEXT, model TEXT, tokens_in BIGINT, tokens_out BIGINT, \
+     cache_read_tokens BIGINT, cache_write_tokens BIGINT, duration_ms BIGINT, api_calls BIGINT, \
+     units BIGINT, cost_nanos BIGINT, source TEXT, metadata TEXT, fingerprint BIGINT, \
+     cost_priced BOOLEAN, artifact_digest TEXT) ON COMMIT DELETE ROWS";
+
 /// One staged event and who waits for it.
 struct Pending {
     event: Arc<UsageEvent>,
@@ -163,6 +172,8 @@ struct Pending {
 pub(crate) struct Worker {
     pub(crate) shared: Arc<Shared>,
     client: Option<Client>,
+    /// The insert statement, prepared on `client`.
+    insert: Option<tokio_postgres::Statement>,
     known_months: HashSet<i64>,
 }
 
@@ -171,6 +182,7 @@ impl Worker {
         Worker {
             shared,
             client: None,
+            insert: None,
             known_months: HashSet::new(),
         }
     }
@@ -345,7 +357,14 @@ impl Worker {
 
     async fn client(&mut self) -> CoreResult<&mut Client> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
-            self.client = Some(self.shared.connect().await?);
+            let client = self.shared.connect().await?;
+            client.batch_execute(STAGING_TABLE).await?;
+            self.insert = Some(
+                client
+                    .prepare(&insert_sql(&format!("\"{}\"", self.shared.schema)))
+                    .await?,
+            );
+            self.client = Some(client);
             self.known_months.clear();
         }
         Ok(self.client.as_mut().expect("connected"))
@@ -375,11 +394,13 @@ impl Worker {
     async fn write(&mut self, records: &[Pending]) -> CoreResult<Vec<Outcome>> {
         self.ensure_partitions(records).await?;
         let s = format!("\"{}\"", self.shared.schema);
-        let client = self.client().await?;
+        self.client().await?;
+        let insert = self.insert.clone().expect("prepared with the connection");
+        let client = self.client.as_mut().expect("connected");
         let tx = client.transaction().await?;
         stage(&tx, records).await?;
         let fresh: HashSet<i64> = tx
-            .query(&insert_sql(&s), &[])
+            .query(&insert, &[])
             .await?
             .iter()
             .map(|r| r.get(0))
@@ -418,10 +439,12 @@ impl Worker {
         let shared = self.shared.clone();
         let conflicts = &shared.counters.conflicts;
         let s = format!("\"{}\"", self.shared.schema);
-        let client = self.client().await?;
+        self.client().await?;
+        let insert = self.insert.clone().expect("prepared with the connection");
+        let client = self.client.as_mut().expect("connected");
         let tx = client.transaction().await?;
         stage(&tx, records).await?;
-        let fresh = tx.query(&insert_sql(&s), &[]).await?.len();
+        let fresh = tx.query(&insert, &[]).await?.len();
         if fresh < records.len() {
             let conflict = tx
                 .query(
@@ -448,17 +471,8 @@ impl Worker {
 }
 
 /// Binary `COPY` of the records into this connection's staging table
-/// (created once per connection, emptied at each commit).
+/// (created with the connection, emptied at each commit or rollback).
 async fn stage(tx: &tokio_postgres::Transaction<'_>, records: &[Pending]) -> CoreResult<()> {
-    tx.batch_execute(
-        "CREATE TEMP TABLE IF NOT EXISTS uw_staging ( \
-             seq BIGINT, namespace TEXT, request_id TEXT, ts BIGINT, agent_id TEXT, consumer_id TEXT, \
-             task_id TEXT, action TEXT, model TEXT, tokens_in BIGINT, tokens_out BIGINT, \
-             cache_read_tokens BIGINT, cache_write_tokens BIGINT, duration_ms BIGINT, api_calls BIGINT, \
-             units BIGINT, cost_nanos BIGINT, source TEXT, metadata TEXT, fingerprint BIGINT, \
-             cost_priced BOOLEAN) ON COMMIT DELETE ROWS; TRUNCATE uw_staging",
-    )
-    .await?;
     let sink = tx
         .copy_in(&format!(
             "COPY uw_staging ({STAGE_COLUMNS}) FROM STDIN (FORMAT binary)"
@@ -470,7 +484,7 @@ async fn stage(tx: &tokio_postgres::Transaction<'_>, records: &[Pending]) -> Cor
         let e = &*p.event;
         let big = |v: u64| v.min(i64::MAX as u64) as i64;
         let cost = e.cost_nanos.or(p.priced).map(big);
-        let row: [&(dyn ToSql + Sync); 21] = [
+        let row: [&(dyn ToSql + Sync); 22] = [
             &(seq as i64),
             &e.namespace,
             &e.request_id,
@@ -492,6 +506,7 @@ async fn stage(tx: &tokio_postgres::Transaction<'_>, records: &[Pending]) -> Cor
             &e.metadata,
             &e.fingerprint(),
             &p.priced.is_some(),
+            &e.artifact_digest,
         ];
         writer.as_mut().write(&row).await?;
     }

@@ -83,7 +83,9 @@ impl Heads {
             Some((position, digest, _)) => (*position, *digest),
             None => {
                 let (position, digest) = match head(conn, &e.namespace)? {
-                    Some((position, bytes)) => (position, digest_from_slice(&bytes).unwrap_or(GENESIS)),
+                    Some((position, bytes)) => {
+                        (position, digest_from_slice(&bytes).unwrap_or(GENESIS))
+                    }
                     None => (0, GENESIS),
                 };
                 self.heads
@@ -120,7 +122,8 @@ impl Heads {
 /// namespace in `(ts, id)` order (run once, by the migration).
 pub fn chain_existing(conn: &Connection) -> rusqlite::Result<()> {
     let mut heads = Heads::default();
-    let mut update = conn.prepare("UPDATE usage_events SET chain_position = ?1, chain_digest = ?2 WHERE id = ?3")?;
+    let mut update = conn
+        .prepare("UPDATE usage_events SET chain_position = ?1, chain_digest = ?2 WHERE id = ?3")?;
     let mut select = conn.prepare(&format!(
         "SELECT {CHAINED_COLUMNS} FROM usage_events ORDER BY namespace, ts, id"
     ))?;
@@ -198,7 +201,9 @@ fn digest_at(conn: &Connection, namespace: &str, position: i64) -> CoreResult<Op
         )?
         .query_row(params![namespace, position], |r| r.get(0))
         .optional()?;
-    stored.map(|b| stored_digest(b, "a stored digest")).transpose()
+    stored
+        .map(|b| stored_digest(b, "a stored digest"))
+        .transpose()
 }
 
 pub fn receipt(conn: &Connection, namespace: &str, request_id: &str) -> CoreResult<Receipt> {
@@ -233,7 +238,9 @@ pub fn receipt(conn: &Connection, namespace: &str, request_id: &str) -> CoreResu
 
 fn namespaces(conn: &Connection, anchors: &[Checkpoint]) -> CoreResult<Vec<String>> {
     let mut names: Vec<String> = conn
-        .prepare("SELECT namespace FROM chain_heads UNION SELECT DISTINCT namespace FROM usage_events")?
+        .prepare(
+            "SELECT namespace FROM chain_heads UNION SELECT DISTINCT namespace FROM usage_events",
+        )?
         .query_map([], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
     names.extend(anchors.iter().map(|a| a.namespace.clone()));
@@ -247,7 +254,11 @@ fn purged_runs(conn: &Connection, namespace: &str) -> CoreResult<Vec<PurgedRun>>
         "SELECT first_position, last_position, digest FROM chain_purges WHERE namespace = ?1 ORDER BY first_position",
     )?;
     let rows = stmt.query_map([namespace], |r| {
-        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, Vec<u8>>(2)?))
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, Vec<u8>>(2)?,
+        ))
     })?;
     let mut runs = Vec::new();
     for row in rows {
@@ -289,14 +300,21 @@ pub fn verify(
             purged: purged_runs(&tx, name)?,
             anchors: anchors.iter().filter(|a| a.namespace == *name).collect(),
             range,
-            seed: if start > 1 { digest_at(&tx, name, start - 1)? } else { None },
+            seed: if start > 1 {
+                digest_at(&tx, name, start - 1)?
+            } else {
+                None
+            },
         };
         let mut stmt = tx.prepare_cached(&format!(
             "SELECT {CHAINED_COLUMNS} FROM usage_events \
              WHERE namespace = ?1 AND chain_position >= ?2 AND chain_position <= ?3 ORDER BY chain_position"
         ))?;
         let mut rows = stmt
-            .query_map(params![name, start, range.end.unwrap_or(i64::MAX)], chain_row)?
+            .query_map(
+                params![name, start, range.end.unwrap_or(i64::MAX)],
+                chain_row,
+            )?
             .map(|r| r.map_err(CoreError::from));
         let walked = walk(chain, &mut rows, now_us)?;
         report.rows += walked.rows;
@@ -324,13 +342,15 @@ fn unchained(
         )?
         .query_row([namespace], |r| r.get(0))
         .optional()?;
-    Ok(found.map(|request_id| crate::ledger::chain_verify::Problem {
-        namespace: namespace.to_string(),
-        position: 0,
-        message: format!(
-            "request {request_id:?} has no chain position: it was not recorded by the writer"
-        ),
-        request_id: Some(request_id),
-        kind: crate::ledger::chain_verify::ProblemKind::Inserted,
-    }))
+    Ok(
+        found.map(|request_id| crate::ledger::chain_verify::Problem {
+            namespace: namespace.to_string(),
+            position: 0,
+            message: format!(
+                "request {request_id:?} has no chain position: it was not recorded by the writer"
+            ),
+            request_id: Some(request_id),
+            kind: crate::ledger::chain_verify::ProblemKind::Inserted,
+        }),
+    )
 }

@@ -17,7 +17,7 @@
 use super::faults::{self, Fault};
 use super::insert::{Inserter, Outcome};
 use super::rollup;
-use super::schema::open_writer;
+use super::schema::{open_writer, BUSY_TIMEOUT};
 use super::LogSink;
 use crate::error::{CoreError, CoreResult};
 use crate::ledger::event::UsageEvent;
@@ -517,6 +517,7 @@ impl Worker {
                 "{what} was not started: its caller stopped waiting"
             )));
         }
+        let mut busy_since: Option<Instant> = None;
         loop {
             let e = match op(self) {
                 Err(CoreError::Sqlite(e)) => e,
@@ -528,7 +529,16 @@ impl Worker {
                     return other;
                 }
             };
-            self.failed(what, &e);
+            // Another process holding the lock for a while is not a failure
+            // (each attempt waits `WRITE_BUSY_TIMEOUT`): reported only when
+            // it lasts longer than a connection's own busy timeout would.
+            let waited_out = busy(&e) && {
+                let since = *busy_since.get_or_insert_with(Instant::now);
+                since.elapsed() < BUSY_TIMEOUT
+            };
+            if !waited_out {
+                self.failed(what, &e);
+            }
             if faults::classify(&e) == Fault::Permanent {
                 self.stop(what, &e);
                 return Err(self.stop_error());

@@ -259,7 +259,10 @@ impl PyVerifyReport {
     }
     #[getter]
     fn problem(&self) -> Option<PyVerifyProblem> {
-        self.inner.problem.clone().map(|inner| PyVerifyProblem { inner })
+        self.inner
+            .problem
+            .clone()
+            .map(|inner| PyVerifyProblem { inner })
     }
     /// Where each namespace's verified chain ends: checkpoints to anchor
     /// (trustworthy only when `ok`).

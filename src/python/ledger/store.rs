@@ -12,7 +12,9 @@ use crate::error::CoreError;
 use crate::ledger::chain_verify::PositionRange;
 use crate::ledger::event::DEFAULT_NAMESPACE;
 use crate::ledger::export::Format;
-use crate::ledger::sqlite::{Durability, LogLevel, LogSink, SqliteStore, StoreOptions, CLOSE_GRACE};
+use crate::ledger::sqlite::{
+    Durability, LogLevel, LogSink, SqliteStore, StoreOptions, CLOSE_GRACE,
+};
 use crate::ledger::store::MeteringStore;
 use crate::python::args;
 use crate::python::asyncio::AcquireCoroutine;
@@ -210,12 +212,6 @@ impl StoreCore {
             // Raised where the result is taken (at `await` for the async store).
             Err(e) => Ok(Err(job(move || Err(e)))),
         }
-    }
-
-    /// Whether `flush` has anything to wait for: nothing queued on an open
-    /// store means everything recorded before the call is committed.
-    pub(crate) fn flush_needed(&self) -> bool {
-        self.store.is_closed() || self.store.queued() > 0
     }
 
     /// Queues the event if the queue has room now, never waiting.
@@ -437,7 +433,10 @@ impl StoreCore {
         }))
     }
 
-    pub(crate) fn checkpoint(&self, namespace: Option<&Bound<'_, PyAny>>) -> PyResult<Job<PyCheckpoint>> {
+    pub(crate) fn checkpoint(
+        &self,
+        namespace: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Job<PyCheckpoint>> {
         let namespace = namespace_arg(namespace)?;
         let store = self.store.clone();
         Ok(job(move || {
@@ -472,8 +471,7 @@ macro_rules! store_class {
     (sync $name:ident, $pyname:literal, $doc:literal, { $($extra:tt)* }) => {
         $crate::python::ledger::store::store_class!(@class $name, $pyname,
             $crate::python::ledger::store::sync_result,
-            $crate::python::ledger::store::record_sync,
-            $crate::python::ledger::store::flush_sync, $doc, {
+            $crate::python::ledger::store::record_sync, $doc, {
             fn __enter__(slf: Py<Self>) -> Py<Self> {
                 slf
             }
@@ -491,8 +489,7 @@ macro_rules! store_class {
     (async $name:ident, $pyname:literal, blocking = $sync:ident, $doc:literal, { $($extra:tt)* }) => {
         $crate::python::ledger::store::store_class!(@class $name, $pyname,
             $crate::python::ledger::jobs::run_async,
-            $crate::python::ledger::store::record_async,
-            $crate::python::ledger::store::flush_async, $doc, {
+            $crate::python::ledger::store::record_async, $doc, {
             fn __aenter__(slf: &Bound<'_, Self>) -> $crate::python::asyncio::AcquireCoroutine {
                 $crate::python::asyncio::AcquireCoroutine::ready(slf.clone().into_any().unbind())
             }
@@ -515,7 +512,7 @@ macro_rules! store_class {
             $($extra)*
         });
     };
-    (@class $name:ident, $pyname:literal, $run:path, $record:path, $flush:path, $doc:literal, { $($extra:tt)* }) => {
+    (@class $name:ident, $pyname:literal, $run:path, $record:path, $doc:literal, { $($extra:tt)* }) => {
         #[doc = $doc]
         #[pyclass(frozen, name = $pyname, module = "usagewarden")]
         pub struct $name {
@@ -670,7 +667,7 @@ macro_rules! store_class {
             /// raises at once.
             #[pyo3(signature = (*, timeout=None))]
             fn flush<'py>(&self, py: Python<'py>, timeout: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
-                $flush(py, &self.core, $crate::python::ledger::store::timeout_arg(timeout)?)
+                $run(py, self.core.flush($crate::python::ledger::store::timeout_arg(timeout)?))
             }
 
             /// Commits what is queued and closes the store, within `timeout`
@@ -764,26 +761,6 @@ pub(crate) fn record_async<'py>(
         Ok(request_id) => ready(py, request_id),
         Err(wait) => run_async(py, wait),
     }
-}
-
-pub(crate) fn flush_async<'py>(
-    py: Python<'py>,
-    core: &StoreCore,
-    timeout: Option<Duration>,
-) -> PyResult<Bound<'py, PyAny>> {
-    if core.flush_needed() {
-        run_async(py, core.flush(timeout))
-    } else {
-        ready(py, ())
-    }
-}
-
-pub(crate) fn flush_sync<'py>(
-    py: Python<'py>,
-    core: &StoreCore,
-    timeout: Option<Duration>,
-) -> PyResult<Bound<'py, PyAny>> {
-    sync_result(py, core.flush(timeout))
 }
 
 /// Both SQLite classes: the constructor and the `path` getter.
