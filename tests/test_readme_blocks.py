@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ast
 import asyncio
-import importlib
 import json
 import re
 import types
@@ -58,12 +57,6 @@ def placeholders(tmp_path: Path) -> dict[str, Any]:
         "tools": [],
         "Runner": Runner,
         "app": FastAPI(),
-        # The httpx-hook block: the real SDK clients, never called.
-        "openai": importlib.import_module("openai"),
-        "httpx": importlib.import_module("httpx"),
-        "anthropic_client": importlib.import_module("anthropic").AsyncAnthropic(
-            api_key="sk-ant-test-not-a-real-key"
-        ),
     }
 
 
