@@ -64,12 +64,23 @@ def placeholders(tmp_path: Path) -> dict[str, Any]:
 BEFORE_BLOCK = {
     # The usage API serves an AsyncSQLiteStore (the blocks above use sync ones).
     "usage_router(store": "store = uw.AsyncSQLiteStore('api.db')",
+    # The dashboard block's API keys; it serves an async store too.
+    "api_key_auth(keys)": (
+        "store = uw.AsyncSQLiteStore('dashboard.db')\n"
+        "import os\n"
+        "from usagewarden.fastapi import Principal\n"
+        "keys = {os.environ['DASHBOARD_KEY']: Principal('ops', 'default', {'usage:read'})}"
+    ),
 }
 
 
-def test_every_readme_python_block_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_readme_python_block_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_url: str
+) -> None:
     pytest.importorskip("fastapi")
     monkeypatch.chdir(tmp_path)
+    # The Redis block reads its URL from REDIS_URL: the test's throwaway redis-server.
+    monkeypatch.setenv("REDIS_URL", redis_url)
     for name in ("API_KEY", "INGEST_KEY", "DASHBOARD_KEY"):
         monkeypatch.setenv(name, f"{name.lower()}-0123456789abcdef")
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key-0123456789")

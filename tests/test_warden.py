@@ -454,3 +454,29 @@ async def test_an_unknown_price_is_none_never_zero(tmp_path: Path, clock: uw.Man
     [event] = store.query()
     assert event.cost is None
     store.close()
+
+
+async def test_a_warden_on_either_limiter_admits_settles_and_records(
+    make_limiter: Any, clock: uw.ManualClock, store: uw.SQLiteStore
+) -> None:
+    """Any ``uw.Limiter`` serves the Warden: in-process and on a real redis-server."""
+    limiter = make_limiter(requests_per_minute=2, total_tokens_per_minute=1_000)
+    warden = uw.Warden(limiter, store, agent_id="bot", clock=clock)
+    async with warden.call("gpt-x", input_tokens=100, max_output_tokens=300) as call:
+        inside = limiter.usage("gpt-x")
+        clock.advance(1.5)
+        call.settle(input_tokens=90, output_tokens=40)
+    assert (inside.requests, inside.input_tokens, inside.output_tokens) == (1, 100, 300)
+    if hasattr(limiter, "flush"):
+        limiter.flush()
+    after = limiter.usage("gpt-x")
+    assert (after.requests, after.input_tokens, after.output_tokens) == (1, 90, 40)
+    async with warden.call("gpt-x", input_tokens=10, max_output_tokens=10) as second:
+        second.settle(input_tokens=10, output_tokens=10)
+    # The window holds two requests: a third waits for the first to leave it.
+    with pytest.raises(uw.RateLimitExceeded):
+        async with warden.call("gpt-x", input_tokens=10, max_output_tokens=10, timeout=0):
+            pass
+    events = store.query()
+    assert [(e.tokens_in, e.tokens_out) for e in events] == [(90, 40), (10, 10)]
+    assert {(e.agent_id, e.model, e.api_calls) for e in events} == {("bot", "gpt-x", 1)}

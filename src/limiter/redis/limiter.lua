@@ -5,15 +5,22 @@
 --   p          paused until (us)
 --   c1..c4     a provider's ceiling on requests / input / output / total tokens:
 --              "left observed until"
---   h<W>       window W (us): "head-slot head-last"   n<W>: newest slot
---   s<W>       running sum of window W: "requests input output cache_read cache_write cost"
---   <W>:<slot> a bucket (slot = floor(t / quantum)): "last next requests input output
---              cache_read cache_write cost"; next links the buckets oldest first (-1 ends)
--- Usage recorded at t counts while now < last + W of its bucket: never released early,
--- at most one quantum (W / 1000) late. Memory per key is bounded by 1000 buckets per window.
+--   w<W>       window W (us), packed doubles: head slot, head's last use, newest slot,
+--              newest's last use, newest's usage (6), the running sum of the window (6)
+--   b<W>:<slot> a bucket (slot = floor(t / quantum)), packed doubles: last use, next slot
+--              (-1 ends; the buckets are linked oldest first), usage (6)
+-- Usage is "requests input output cache_read cache_write cost". Usage recorded at t counts
+-- while now < last + W of its bucket: never released early, at most one quantum (W / 1000)
+-- late. Memory per key is bounded by 1000 buckets per window.
+--
+-- The common call reads the window states (one HMGET), and writes them with the newest
+-- bucket (one HSET): the window state holds a copy of the newest bucket, so admitting
+-- never reads a bucket. Buckets are read only when they leave the window (each once),
+-- when a refusal computes its exact wait, and for a usage span or a late settle.
 --
 -- ARGV: op, now (us; '' = the server's TIME), usage (6), second usage (6), extra, the
--- channel told of refunds and resets (its waiters wake), then per key: generation, window count, windows..., limit count, (dimension, window, amount)...;
+-- channel told of refunds and resets (its waiters wake), then per key: generation, window
+-- count, windows..., limit count, (dimension, window, amount)...;
 -- for observe, then: count, (dimension, remaining, reset us or -1)...
 -- Dimensions: 1 requests, 2 input tokens, 3 output tokens, 4 total tokens, 5 cost.
 
@@ -40,6 +47,10 @@ local function num()
   return v
 end
 
+local pack, unpack_s = struct.pack, struct.unpack
+local WFMT = 'dddddddddddddddd'
+local BFMT = 'dddddddd'
+
 local function fmt(n) return string.format('%.0f', n) end
 local function nums(s)
   local t, i = {}, 1
@@ -50,15 +61,6 @@ local function nums(s)
   return t
 end
 local function zeros() return {0, 0, 0, 0, 0, 0} end
-local function vec6(s)
-  if not s then return zeros() end
-  return nums(s)
-end
-local function join(t, from, to)
-  local out = {}
-  for i = from, to do out[#out + 1] = fmt(t[i]) end
-  return table.concat(out, ' ')
-end
 -- How much of dimension d a usage vector holds (the vector starting at offset o).
 local function dimval(v, o, d)
   if d == 4 then return v[o + 2] + v[o + 3] end
@@ -86,22 +88,40 @@ for k = 1, #KEYS do
   keys[k] = key
 end
 
-local function field(w, s) return w.W .. ':' .. fmt(s) end
-local function slot_get(st, w, s) return nums(redis.call('HGET', st.name, field(w, s))) end
-local function slot_put(st, w, s, t)
-  redis.call('HSET', st.name, field(w, s), join(t, 1, 8))
+local function bfield(w, s) return 'b' .. w.W .. ':' .. fmt(s) end
+-- Bucket s of window w: {last, next, usage (6)}, or nil.
+local function bget(st, w, s)
+  if s == w.newest then
+    local n = w.n
+    return {w.nlast, -1, n[1], n[2], n[3], n[4], n[5], n[6]}
+  end
+  local f = bfield(w, s)
+  local v = st.out[f] or redis.call('HGET', st.name, f)
+  if not v then return nil end
+  return {unpack_s(BFMT, v)}
+end
+-- Writes bucket s (at save); the newest bucket's copy follows it.
+local function bput(st, w, s, t)
+  st.out[bfield(w, s)] = pack(BFMT, t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8])
+  if s == w.newest then
+    w.nlast = t[1]
+    w.n = {t[3], t[4], t[5], t[6], t[7], t[8]}
+  end
+  w.dirty = true
+  st.changed = true
+end
+local function bdel(st, w, s)
+  local f = bfield(w, s)
+  st.out[f] = nil
+  st.gone[#st.gone + 1] = f
 end
 
 local function load(key)
   local fields = {'g', 'p', 'c1', 'c2', 'c3', 'c4'}
-  for _, W in ipairs(key.wins) do
-    fields[#fields + 1] = 'h' .. W
-    fields[#fields + 1] = 'n' .. W
-    fields[#fields + 1] = 's' .. W
-  end
+  for i, W in ipairs(key.wins) do fields[6 + i] = 'w' .. W end
   local vals = redis.call('HMGET', key.name, unpack(fields))
   local st = {name = key.name, key = key, g = tonumber(vals[1]) or 0, p = tonumber(vals[2]) or 0,
-              c = {}, w = {}, exists = false}
+              c = {}, w = {}, exists = false, out = {}, gone = {}, changed = false}
   for i = 1, 6 do if vals[i] then st.exists = true end end
   for d = 1, 4 do
     if vals[2 + d] then
@@ -110,12 +130,15 @@ local function load(key)
     end
   end
   for i, W in ipairs(key.wins) do
-    local b = 6 + (i - 1) * 3
-    local w = {W = W, q = math.max(1, math.floor(W / 1000)), sum = vec6(vals[b + 3]), dirty = false}
-    if vals[b + 1] then
+    local w = {W = W, q = math.max(1, math.floor(W / 1000)), dirty = false,
+               head = -1, headlast = 0, newest = -1, nlast = 0, n = zeros(), sum = zeros()}
+    local v = vals[6 + i]
+    if v then
       st.exists = true
-      local h = nums(vals[b + 1])
-      w.head, w.headlast, w.newest = h[1], h[2], tonumber(vals[b + 2])
+      local t = {unpack_s(WFMT, v)}
+      w.head, w.headlast, w.newest, w.nlast = t[1], t[2], t[3], t[4]
+      w.n = {t[5], t[6], t[7], t[8], t[9], t[10]}
+      w.sum = {t[11], t[12], t[13], t[14], t[15], t[16]}
     end
     st.w[W] = w
   end
@@ -123,18 +146,20 @@ local function load(key)
   return st
 end
 
+-- Drops the buckets that have left the window since the last call (each read once).
 local function evict(st, w)
-  while w.head and w.headlast + w.W <= now do
-    local t = slot_get(st, w, w.head)
+  while w.head >= 0 and w.headlast + w.W <= now do
+    local t = bget(st, w, w.head)
     for i = 1, 6 do w.sum[i] = w.sum[i] - t[2 + i] end
-    redis.call('HDEL', st.name, field(w, w.head))
+    bdel(st, w, w.head)
     if t[2] < 0 then
-      w.head, w.headlast, w.newest, w.sum = nil, nil, nil, zeros()
+      w.head, w.headlast, w.newest, w.nlast, w.n, w.sum = -1, 0, -1, 0, zeros(), zeros()
     else
       w.head = t[2]
-      w.headlast = slot_get(st, w, w.head)[1]
+      w.headlast = bget(st, w, w.head)[1]
     end
     w.dirty = true
+    st.changed = true
   end
 end
 
@@ -146,55 +171,54 @@ end
 local function record(st, w, at, u)
   local s = math.floor(at / w.q)
   local entry = {at, -1, u[1], u[2], u[3], u[4], u[5], u[6]}
-  if not w.head then
-    slot_put(st, w, s, entry)
+  if w.head < 0 then
     w.head, w.headlast, w.newest = s, at, s
+    bput(st, w, s, entry)
   elseif s == w.newest then
-    local t = slot_get(st, w, s)
+    local t = bget(st, w, s)
     t[1] = math.max(t[1], at)
     for i = 1, 6 do t[2 + i] = t[2 + i] + u[i] end
-    slot_put(st, w, s, t)
+    bput(st, w, s, t)
     if s == w.head then w.headlast = t[1] end
   elseif s > w.newest then
-    slot_put(st, w, s, entry)
-    local p = slot_get(st, w, w.newest)
+    local p = bget(st, w, w.newest)
     p[2] = s
-    slot_put(st, w, w.newest, p)
+    bput(st, w, w.newest, p)
     w.newest = s
+    bput(st, w, s, entry)
   elseif s < w.head then
     entry[2] = w.head
-    slot_put(st, w, s, entry)
+    bput(st, w, s, entry)
     w.head, w.headlast = s, at
   else
     local prev = w.head
     while true do
-      local t = slot_get(st, w, prev)
+      local t = bget(st, w, prev)
       if prev == s then
         t[1] = math.max(t[1], at)
         for i = 1, 6 do t[2 + i] = t[2 + i] + u[i] end
-        slot_put(st, w, s, t)
+        bput(st, w, s, t)
         if s == w.head then w.headlast = t[1] end
         break
       end
       if t[2] < 0 or t[2] > s then
         entry[2] = t[2]
-        slot_put(st, w, s, entry)
+        bput(st, w, s, entry)
         t[2] = s
-        slot_put(st, w, prev, t)
+        bput(st, w, prev, t)
         break
       end
       prev = t[2]
     end
   end
   for i = 1, 6 do w.sum[i] = w.sum[i] + u[i] end
-  w.dirty = true
 end
 
--- Nanoseconds... microseconds until `need` of dimension d has left window w.
+-- Microseconds until `need` of dimension d has left window w.
 local function until_released(st, w, d, need)
   local released, s = 0, w.head
-  while s and s >= 0 do
-    local t = slot_get(st, w, s)
+  while s >= 0 do
+    local t = bget(st, w, s)
     released = released + dimval(t, 2, d)
     if released >= need then return math.max(0, t[1] + w.W - now) end
     s = t[2]
@@ -265,36 +289,43 @@ local function ttl_ms(st)
   return math.floor(longest / 1000) + 1000
 end
 
+-- Writes what the call changed in one HSET (and HDEL), and keeps the key alive while
+-- its newest usage counts.
 local function save(st)
+  if not st.changed then return end
   local args = {}
-  local gone = {}
   local empty = st.p == 0
   for _, c in pairs(st.c) do empty = false end
   for _, w in pairs(st.w) do
-    if w.head then empty = false end
-    if w.dirty then
-      if w.head then
-        args[#args + 1] = 'h' .. w.W
-        args[#args + 1] = fmt(w.head) .. ' ' .. fmt(w.headlast)
-        args[#args + 1] = 'n' .. w.W
-        args[#args + 1] = fmt(w.newest)
-        args[#args + 1] = 's' .. w.W
-        args[#args + 1] = join(w.sum, 1, 6)
-      else
-        gone[#gone + 1] = 'h' .. w.W
-        gone[#gone + 1] = 'n' .. w.W
-        gone[#gone + 1] = 's' .. w.W
-      end
-    end
+    if w.head >= 0 then empty = false end
   end
   if empty then
     redis.call('DEL', st.name)
-    if st.g > 0 then redis.call('HSET', st.name, 'g', fmt(st.g)) end
-  else
-    if #gone > 0 then redis.call('HDEL', st.name, unpack(gone)) end
-    if #args > 0 then redis.call('HSET', st.name, unpack(args)) end
+    if st.g > 0 then
+      redis.call('HSET', st.name, 'g', fmt(st.g))
+      redis.call('PEXPIRE', st.name, ttl_ms(st))
+    end
+    return
   end
-  if redis.call('EXISTS', st.name) == 1 then redis.call('PEXPIRE', st.name, ttl_ms(st)) end
+  for _, w in pairs(st.w) do
+    if w.dirty then
+      if w.head >= 0 then
+        local n, s = w.n, w.sum
+        args[#args + 1] = 'w' .. w.W
+        args[#args + 1] = pack(WFMT, w.head, w.headlast, w.newest, w.nlast, n[1], n[2], n[3],
+                               n[4], n[5], n[6], s[1], s[2], s[3], s[4], s[5], s[6])
+      else
+        st.gone[#st.gone + 1] = 'w' .. w.W
+      end
+    end
+  end
+  for f, v in pairs(st.out) do
+    args[#args + 1] = f
+    args[#args + 1] = v
+  end
+  if #st.gone > 0 then redis.call('HDEL', st.name, unpack(st.gone)) end
+  if #args > 0 then redis.call('HSET', st.name, unpack(args)) end
+  redis.call('PEXPIRE', st.name, ttl_ms(st))
 end
 
 local function out(rem)
@@ -341,16 +372,16 @@ if op == 'acquire' or op == 'check' then
       for _, w in pairs(st.w) do record(st, w, now, U) end
       for d, c in pairs(st.c) do
         c.left = c.left - dimval(U, 0, d)
-        redis.call('HSET', st.name, 'c' .. d, fmt(math.max(0, c.left)) .. ' ' .. fmt(c.observed) .. ' ' .. fmt(c.untl))
+        st.out['c' .. d] = fmt(math.max(0, c.left)) .. ' ' .. fmt(c.observed) .. ' ' .. fmt(c.untl)
       end
     end
   end
   local reply = {status, math.floor(retry), limit[1], limit[2], limit[3], limit[4]}
   for _, v in ipairs(out(rem)) do reply[#reply + 1] = v end
-  reply[#reply + 1] = fmt(now)
+  reply[#reply + 1] = now
   for _, st in ipairs(states) do
     reply[#reply + 1] = st.g
-    if op == 'acquire' or st.exists then save(st) end
+    save(st)
   end
   return reply
 elseif op == 'adjust' then
@@ -360,17 +391,15 @@ elseif op == 'adjust' then
       for _, w in pairs(st.w) do
         if at + w.W > now then
           local s = math.floor(at / w.q)
-          local v = redis.call('HGET', st.name, field(w, s))
-          if v then
-            local t = nums(v)
+          local t = bget(st, w, s)
+          if t then
             for i = 1, 6 do
               local old = t[2 + i]
               local new = math.max(0, old - V[i]) + U[i]
               t[2 + i] = new
               w.sum[i] = w.sum[i] - old + new
             end
-            slot_put(st, w, s, t)
-            w.dirty = true
+            bput(st, w, s, t)
           else
             local nonzero = false
             for i = 1, 6 do if U[i] > 0 then nonzero = true end end
@@ -380,7 +409,8 @@ elseif op == 'adjust' then
       end
       for d, c in pairs(st.c) do
         c.left = math.max(0, c.left - dimval(U, 0, d))
-        redis.call('HSET', st.name, 'c' .. d, fmt(c.left) .. ' ' .. fmt(c.observed) .. ' ' .. fmt(c.untl))
+        st.out['c' .. d] = fmt(c.left) .. ' ' .. fmt(c.observed) .. ' ' .. fmt(c.untl)
+        st.changed = true
       end
       save(st)
       local refund = false
@@ -394,7 +424,7 @@ elseif op == 'remaining' then
   for _, st in ipairs(states) do
     local r = remaining_of(st)
     for i = 1, 6 do rem[i] = math.min(rem[i], r[i]) end
-    if st.exists then save(st) end
+    save(st)
   end
   return out(rem)
 elseif op == 'usage' then
@@ -404,7 +434,7 @@ elseif op == 'usage' then
   if not longest then return zeros() end
   local span = extra
   if span < 0 or span >= longest then
-    if st.exists then save(st) end
+    save(st)
     return out(st.w[longest].sum)
   end
   local best = longest
@@ -412,14 +442,14 @@ elseif op == 'usage' then
   local w = st.w[best]
   local total = zeros()
   local s = w.head
-  while s and s >= 0 do
-    local t = slot_get(st, w, s)
+  while s >= 0 do
+    local t = bget(st, w, s)
     if t[1] + span > now then
       for i = 1, 6 do total[i] = total[i] + t[2 + i] end
     end
     s = t[2]
   end
-  if st.exists then save(st) end
+  save(st)
   return out(total)
 elseif op == 'reset' then
   for _, st in ipairs(states) do
@@ -432,7 +462,8 @@ elseif op == 'reset' then
 elseif op == 'pause' then
   for _, st in ipairs(states) do
     st.p = math.max(st.p, now + extra)
-    redis.call('HSET', st.name, 'p', fmt(st.p))
+    st.out['p'] = fmt(st.p)
+    st.changed = true
     save(st)
   end
   return {1}
@@ -460,7 +491,8 @@ elseif op == 'observe' then
       end
       if reset > 0 and o.remaining < headroom then
         st.c[o.d] = {left = o.remaining, observed = o.remaining, untl = now + reset}
-        redis.call('HSET', st.name, 'c' .. o.d, fmt(o.remaining) .. ' ' .. fmt(o.remaining) .. ' ' .. fmt(now + reset))
+        st.out['c' .. o.d] = fmt(o.remaining) .. ' ' .. fmt(o.remaining) .. ' ' .. fmt(now + reset)
+        st.changed = true
       end
     end
     save(st)
