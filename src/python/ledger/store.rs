@@ -88,6 +88,22 @@ pub(crate) struct StoreCore {
     pub(crate) describe: String,
 }
 
+impl Drop for StoreCore {
+    /// The last Python handle of a store closes it with the interpreter
+    /// released: closing waits for the writer, which may need the
+    /// interpreter to log (a garbage-collected store would deadlock).
+    fn drop(&mut self) {
+        if Arc::strong_count(&self.store) == 1 && !self.store.is_closed() {
+            let store = &self.store;
+            Python::attach(|py| {
+                py.detach(|| {
+                    let _ = store.close(CLOSE_GRACE);
+                })
+            });
+        }
+    }
+}
+
 fn optional_pricing<'py>(
     pricing: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Option<Bound<'py, PyPricing>>> {
