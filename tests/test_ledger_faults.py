@@ -146,11 +146,6 @@ def test_timeouts_must_be_positive(tmp_path: Path, method: str, timeout: float) 
             getattr(store, method)(*args, timeout=timeout)
 
 
-@pytest.mark.xfail(
-    reason="known defect: on a release build the writer keeps failing with 'disk is full' after "
-    "the space is freed (the dev build recovers); the events stay queued, none is dropped",
-    strict=False,
-)
 def test_a_full_disk_holds_the_events_answers_in_bounded_time_and_recovers(
     small_disk: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

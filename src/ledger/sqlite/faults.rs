@@ -117,6 +117,33 @@ pub fn ensure_reserve(db: &Path) -> io::Result<()> {
     written
 }
 
+/// Free space after which a disk that filled up counts as recovered: room
+/// for many full-size transactions and their log.
+pub const ROOMY_BYTES: u64 = 64 << 20;
+
+/// Bytes this process may still write on the file system holding `db`;
+/// `None` where that cannot be told.
+#[cfg(unix)]
+pub fn available_space(db: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = db.parent().filter(|d| !d.as_os_str().is_empty());
+    let dir = std::ffi::CString::new(dir.unwrap_or(Path::new(".")).as_os_str().as_bytes()).ok()?;
+    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `dir` is a NUL-terminated path and `stats` is written by statvfs on success.
+    if unsafe { libc::statvfs(dir.as_ptr(), stats.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it filled `stats`.
+    let stats = unsafe { stats.assume_init() };
+    #[allow(clippy::unnecessary_cast)] // the field types differ between platforms
+    Some((stats.f_bavail as u64).saturating_mul(stats.f_frsize as u64))
+}
+
+#[cfg(not(unix))]
+pub fn available_space(_db: &Path) -> Option<u64> {
+    None
+}
+
 /// Frees the reserve; true when there was one.
 pub fn release_reserve(db: &Path) -> bool {
     std::fs::remove_file(reserve_path(db)).is_ok()

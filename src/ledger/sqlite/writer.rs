@@ -41,6 +41,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const WRITE_BUSY_TIMEOUT: Duration = Duration::from_secs(1);
 /// Quiet time after writes before the writer checkpoints the log.
 const IDLE_CHECKPOINT: Duration = Duration::from_millis(500);
+/// Events per transaction while the disk is short of space: small enough
+/// that the log a transaction adds always fits in the reserve.
+const TIGHT_GROUP: usize = 64;
 
 type Reply<T> = SyncSender<CoreResult<T>>;
 /// When a waiting caller stops waiting (`None`: until done).
@@ -134,7 +137,7 @@ impl Writer {
         let counters = Arc::new(Counters::default());
         replay_spill(&mut conn, &path, &log, pricing.as_deref(), &counters).map_err(cannot_open)?;
         conn.busy_timeout(WRITE_BUSY_TIMEOUT)?;
-        let _ = faults::ensure_reserve(&path);
+        let short_of_space = faults::ensure_reserve(&path).is_err();
         let (tx, rx) = sync_channel(QUEUE_CAPACITY);
         let closing = Arc::new(AtomicBool::new(false));
         let mut worker = Worker {
@@ -147,6 +150,7 @@ impl Writer {
             now_us,
             pricing,
             unchecked_writes: false,
+            short_of_space,
         };
         let thread = std::thread::Builder::new()
             .name("usagewarden-writer".into())
@@ -373,6 +377,11 @@ struct Worker {
     pricing: Option<Arc<Pricing>>,
     /// Commits since the last checkpoint.
     unchecked_writes: bool,
+    /// The disk filled up and has not had plenty of room since. Meanwhile
+    /// records commit in small transactions, each followed by a `TRUNCATE`
+    /// checkpoint: a large one would leave a log that, beside the grown
+    /// database, no longer fits, and could then never be checkpointed.
+    short_of_space: bool,
 }
 
 type Records = Vec<(Arc<UsageEvent>, Option<Reply<Outcome>>)>;
@@ -394,7 +403,7 @@ impl Worker {
                 Ok(command) => command,
                 Err(RecvTimeoutError::Timeout) => {
                     if self.unchecked_writes {
-                        self.checkpoint("PASSIVE");
+                        let _ = self.checkpoint("PASSIVE");
                         let _ = faults::ensure_reserve(&self.path);
                     }
                     if let (Some(at), Some(every), Some(retention)) =
@@ -409,7 +418,7 @@ impl Worker {
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => {
-                    self.checkpoint("TRUNCATE");
+                    let _ = self.checkpoint("TRUNCATE");
                     return;
                 }
             };
@@ -437,9 +446,9 @@ impl Worker {
 
     /// Moves the log into the database. `TRUNCATE` (on close) also empties
     /// the `-wal` file; `PASSIVE` (when idle) never waits on readers.
-    fn checkpoint(&mut self, mode: &str) {
+    fn checkpoint(&mut self, mode: &str) -> bool {
         if self.counters.stopped.lock().is_some() {
-            return;
+            return false;
         }
         let done = self
             .conn
@@ -449,6 +458,7 @@ impl Worker {
         if done == Ok(0) {
             self.unchecked_writes = false;
         }
+        done == Ok(0)
     }
 
     fn stop_error(&self) -> CoreError {
@@ -544,6 +554,7 @@ impl Worker {
                 return Err(self.stop_error());
             }
             if faults::is_disk_full(&e) {
+                self.short_of_space = true;
                 self.make_room();
             }
             if self.closing.load(Ordering::SeqCst) {
@@ -610,16 +621,29 @@ impl Worker {
         if records.is_empty() {
             return;
         }
+        let mut outcomes = Vec::with_capacity(records.len());
         let committed = if self.counters.stopped.lock().is_some() {
             Err(self.stop_error())
         } else {
-            self.retry("record", None, |w| w.insert_group(&records))
+            self.retry("record", None, |w| w.insert_groups(&records, &mut outcomes))
         };
-        let outcomes = match committed {
-            Ok(outcomes) => outcomes,
-            Err(e) => return self.refuse(records, &e),
+        let mut records = records;
+        let failed = match committed {
+            Ok(()) => None,
+            Err(e) => Some((records.split_off(outcomes.len()), e)),
         };
-        // Counters move once per transaction, before anyone is told it committed.
+        self.acknowledge(records, outcomes);
+        if let Some((rest, e)) = failed {
+            self.refuse(rest, &e);
+        }
+    }
+
+    /// Tells the callers of committed records what became of them.
+    fn acknowledge(&mut self, records: Records, outcomes: Vec<Outcome>) {
+        if records.is_empty() {
+            return;
+        }
+        // Counters move before anyone is told the records committed.
         let (mut inserted, mut duplicates, mut conflicts) = (0, 0, 0);
         for ((event, reply), outcome) in records.iter().zip(&outcomes) {
             match outcome {
@@ -651,7 +675,48 @@ impl Worker {
         }
     }
 
-    fn insert_group(&mut self, records: &Records) -> CoreResult<Vec<Outcome>> {
+    /// Commits the records not yet in `outcomes`: in one transaction, or in
+    /// small ones while the disk is short of space. `outcomes` keeps what
+    /// committed, so a retry goes on from there.
+    fn insert_groups(&mut self, records: &Records, outcomes: &mut Vec<Outcome>) -> CoreResult<()> {
+        while outcomes.len() < records.len() {
+            let start = outcomes.len();
+            let group = if self.short_of_space {
+                TIGHT_GROUP
+            } else {
+                records.len()
+            };
+            let end = (start + group).min(records.len());
+            let committed = self.insert_group(&records[start..end])?;
+            outcomes.extend(committed);
+            if self.short_of_space {
+                self.after_tight_commit();
+            }
+        }
+        Ok(())
+    }
+
+    /// Empties the log, takes the reserve back as soon as it fits, and
+    /// returns to full-size transactions once the disk has plenty of room
+    /// (the reserve alone coming back is not enough: the next large
+    /// transaction would fill the disk again).
+    fn after_tight_commit(&mut self) {
+        if !self.checkpoint("TRUNCATE") || faults::ensure_reserve(&self.path).is_err() {
+            return;
+        }
+        if faults::available_space(&self.path).is_none_or(|free| free >= faults::ROOMY_BYTES) {
+            self.short_of_space = false;
+            (self.log)(
+                LogLevel::Warning,
+                "the disk has room again: back to full-size transactions",
+            );
+        }
+    }
+
+    fn insert_group(
+        &mut self,
+        records: &[(Arc<UsageEvent>, Option<Reply<Outcome>>)],
+    ) -> CoreResult<Vec<Outcome>> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
