@@ -198,6 +198,9 @@ fn local(column: &str, tz: usize) -> String {
     format!("((TIMESTAMPTZ 'epoch' + {column} * INTERVAL '1 microsecond') AT TIME ZONE ${tz})")
 }
 
+/// Memory for one grouped read's hash tables, on the reader's session.
+const GROUPING_WORK_MEM: &str = "SET work_mem = '64MB'";
+
 /// The 15-minute UTC slot (µs) an event falls in: every zone's offset
 /// changes only on such a boundary, so a slot lies in one local bucket.
 const SLOT_OF_TS: &str = "(ts - (((ts % 900000000) + 900000000) % 900000000))";
@@ -299,6 +302,9 @@ pub async fn aggregate(
         sums = sums.join(", "),
         partial_sums = partial_sums.join(", "),
     );
+    // The partial totals are hashed in memory: at the default 4 MB they
+    // would spill to disk for a ledger of a few hundred thousand events.
+    c.batch_execute(GROUPING_WORK_MEM).await?;
     let rows = c.query(&sql, &refs(&params)).await?;
     Ok(match group_by {
         GroupBy::Time(unit) => rows
