@@ -1,7 +1,7 @@
 //! Reads, aggregates and maintenance in SQL on pooled connections; every
 //! value is a bound parameter.
 
-use super::writer::{hourly_sums, saturate, sum_columns, HOUR_OF_TS};
+use super::writer::{hourly_sums, saturate, sum_columns, COUNTERS, HOUR_OF_TS};
 use crate::error::CoreResult;
 use crate::ledger::buckets::{GroupBy, TimeUnit};
 use crate::ledger::cursor::Cursor;
@@ -270,22 +270,13 @@ pub async fn aggregate(
         ),
     };
     let clause = where_clause(filters, &mut params);
-    let counters = [
-        "tokens_in",
-        "tokens_out",
-        "cache_read_tokens",
-        "cache_write_tokens",
-        "duration_ms",
-        "api_calls",
-        "units",
-    ];
-    let partial_sums: Vec<String> = counters
+    let partial_sums: Vec<String> = COUNTERS
         .iter()
         .map(|c| format!("SUM({c}) AS {c}"))
         .collect();
     let mut sums = vec!["SUM(events)::int8".to_string()];
     sums.extend(
-        counters
+        COUNTERS
             .iter()
             .map(|c| saturate(&format!("COALESCE(SUM({c}), 0)"))),
     );

@@ -75,20 +75,23 @@ pub(crate) fn saturate(expr: &str) -> String {
     )
 }
 
+/// The counters an event carries, summed in every total.
+pub(crate) const COUNTERS: [&str; 7] = [
+    "tokens_in",
+    "tokens_out",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "duration_ms",
+    "api_calls",
+    "units",
+];
+
 /// Event count, the counters' sums, the cost (NULL when none is known) and
 /// the unpriced events, in `usage_hourly`'s column order after `namespace,
 /// hour`. With `zero_when_empty`, sums over no rows are 0 rather than NULL.
 pub(crate) fn sum_columns(zero_when_empty: bool) -> Vec<String> {
     let mut cols = vec!["COUNT(*)::int8".to_string()];
-    for c in [
-        "tokens_in",
-        "tokens_out",
-        "cache_read_tokens",
-        "cache_write_tokens",
-        "duration_ms",
-        "api_calls",
-        "units",
-    ] {
+    for c in COUNTERS {
         cols.push(saturate(&if zero_when_empty {
             format!("COALESCE(SUM({c}), 0)")
         } else {
