@@ -17,6 +17,8 @@ pub enum CoreError {
     Conflict(String),
     /// The ledger could not complete an operation.
     Store(String),
+    /// A shared engine (Redis) could not be reached in time.
+    Unavailable(String),
     /// An SQLite error (the writer retries these; reads report them).
     Sqlite(rusqlite::Error),
 }
@@ -46,7 +48,9 @@ impl fmt::Display for CoreError {
             CoreError::AlreadySettled => write!(f, "reservation is already settled"),
             CoreError::RateLimited(r) => f.write_str(&r.message),
             CoreError::Interrupted => write!(f, "wait interrupted"),
-            CoreError::Conflict(m) | CoreError::Store(m) => f.write_str(m),
+            CoreError::Conflict(m) | CoreError::Store(m) | CoreError::Unavailable(m) => {
+                f.write_str(m)
+            }
             CoreError::Sqlite(e) => write!(f, "SQLite: {e}"),
         }
     }

@@ -322,8 +322,9 @@ class RedisRateLimiter:
         prefix: str = "usagewarden",
         clock: ManualClock | None = None,
         lease: None = None,
-        on_unavailable: Literal["deny"] = "deny",
+        on_unavailable: Literal["deny", "local"] = "deny",
         timeout: float = 1.0,
+        local_processes: int | None = None,
     ) -> RedisRateLimiter: ...
     @property
     def limits(self) -> RateLimits: ...

@@ -46,7 +46,7 @@ pub(crate) fn to_py(py: Python<'_>, err: CoreError) -> PyErr {
             .and_then(|c| c.call1((msg,)))
             .map(PyErr::from_value)
             .unwrap_or_else(|e| e),
-        CoreError::Store(msg) => store_error(py, msg),
+        CoreError::Store(msg) | CoreError::Unavailable(msg) => store_error(py, msg),
         CoreError::Sqlite(e) => store_error(py, format!("SQLite: {e}")),
     }
 }

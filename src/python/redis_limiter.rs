@@ -8,6 +8,9 @@ use super::errors::IntoPyResult;
 use super::limiter::parse_limits;
 use super::limiter_methods::limiter_methods;
 use super::limits::PyRateLimits;
+use crate::clock::{Clock, SystemClock};
+use crate::ledger::sqlite::LogLevel;
+use crate::limiter::redis::fallback::SharedLimiter;
 use crate::limiter::redis::{RedisConfig, RedisLimiter};
 use parking_lot::Mutex;
 use pyo3::exceptions::{PyNotImplementedError, PyTypeError, PyValueError};
@@ -26,7 +29,7 @@ static OPEN: Mutex<Vec<Weak<RedisLimiter>>> = Mutex::new(Vec::new());
 /// tuple must share a hash tag, such as `"{tenant}:alice"`).
 #[pyclass(frozen, name = "RedisRateLimiter", module = "usagewarden")]
 pub struct PyRedisRateLimiter {
-    core: RedisLimiter,
+    core: SharedLimiter,
     handle: Arc<RedisLimiter>,
     limits: Py<PyRateLimits>,
     per_key: Py<PyDict>,
@@ -35,8 +38,8 @@ pub struct PyRedisRateLimiter {
 
 limiter_methods!(PyRedisRateLimiter, waits_on_io = true, {
     #[new]
-    #[pyo3(signature = (limits, url=None, *, per_key=None, prefix=None, clock=None, lease=None, on_unavailable=None, timeout=None),
-           text_signature = "(limits, url='redis://127.0.0.1:6379/0', *, per_key=None, prefix='usagewarden', clock=None, lease=None, on_unavailable='deny', timeout=1.0)")]
+    #[pyo3(signature = (limits, url=None, *, per_key=None, prefix=None, clock=None, lease=None, on_unavailable=None, timeout=None, local_processes=None),
+           text_signature = "(limits, url='redis://127.0.0.1:6379/0', *, per_key=None, prefix='usagewarden', clock=None, lease=None, on_unavailable='deny', timeout=1.0, local_processes=None)")]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -48,6 +51,7 @@ limiter_methods!(PyRedisRateLimiter, waits_on_io = true, {
         lease: Option<&Bound<'_, PyAny>>,
         on_unavailable: Option<&Bound<'_, PyAny>>,
         timeout: Option<&Bound<'_, PyAny>>,
+        local_processes: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let (limits, per_key_copy, overrides) = parse_limits(py, limits, per_key)?;
         let url =
@@ -63,17 +67,35 @@ limiter_methods!(PyRedisRateLimiter, waits_on_io = true, {
                 "lease: lease mode is not available yet; leave lease=None",
             ));
         }
-        match args::optional_text(on_unavailable, "on_unavailable")?
+        let local_processes = match local_processes.filter(|p| !p.is_none()) {
+            None => None,
+            Some(p) => match p.extract::<u64>() {
+                Ok(n) if n >= 1 && !p.is_instance_of::<pyo3::types::PyBool>() => Some(n),
+                _ => {
+                    return Err(PyValueError::new_err(format!(
+                        "local_processes must be an int >= 1 (how many processes share the limits), got {}",
+                        p.repr()?
+                    )))
+                }
+            },
+        };
+        let fall_back = match args::optional_text(on_unavailable, "on_unavailable")?
             .as_deref()
             .unwrap_or("deny")
         {
-            "deny" => {}
+            "deny" => None,
+            "local" => Some(local_processes.ok_or_else(|| {
+                PyValueError::new_err(
+                    "local_processes: on_unavailable=\"local\" needs the number of processes \
+                     sharing the limits, so that each holds its share while Redis is away",
+                )
+            })?),
             other => {
                 return Err(PyValueError::new_err(format!(
-                    "on_unavailable must be \"deny\", got {other:?}"
+                    "on_unavailable must be \"deny\" or \"local\", got {other:?}"
                 )))
             }
-        }
+        };
         let timeout = args::optional_seconds(timeout, "timeout", true)?
             .map(Duration::from_nanos)
             .unwrap_or(Duration::from_secs(1));
@@ -91,12 +113,34 @@ limiter_methods!(PyRedisRateLimiter, waits_on_io = true, {
         };
         let default_limits = limits.get().limits.clone();
         let core_clock = clock.as_ref().map(|c| c.clock.clone());
-        let core = py
+        let local_clock: Arc<dyn Clock> = core_clock.clone().unwrap_or(Arc::new(SystemClock));
+        let redis = py
             .detach(|| {
-                RedisLimiter::connect(config, default_limits, overrides, core_clock, runtime)
+                RedisLimiter::connect(
+                    config,
+                    default_limits.clone(),
+                    overrides.clone(),
+                    core_clock,
+                    runtime,
+                )
             })
             .py_err(py)?;
-        let handle = Arc::new(core.clone());
+        let handle = Arc::new(redis.clone());
+        let core = match fall_back {
+            None => SharedLimiter::deny(redis),
+            Some(processes) => {
+                let log = crate::python::ledger::store::python_log();
+                SharedLimiter::local(
+                    redis,
+                    &default_limits,
+                    &overrides,
+                    processes,
+                    local_clock,
+                    Arc::new(move |message: &str| log(LogLevel::Warning, message)),
+                )
+                .py_err(py)?
+            }
+        };
         OPEN.lock().push(Arc::downgrade(&handle));
         Ok(PyRedisRateLimiter {
             core,
@@ -128,17 +172,17 @@ limiter_methods!(PyRedisRateLimiter, waits_on_io = true, {
     /// The server's URL (without its password).
     #[getter]
     fn url(&self) -> String {
-        self.core.config().url.clone()
+        self.core.redis().config().url.clone()
     }
 
     #[getter]
     fn prefix(&self) -> String {
-        self.core.config().prefix.clone()
+        self.core.redis().config().prefix.clone()
     }
 
     /// Sends the settles and refunds not yet sent, and waits until Redis has them.
     fn flush(&self, py: Python<'_>) -> PyResult<()> {
-        let core = &self.core;
+        let core = self.core.redis();
         py.detach(|| core.flush()).py_err(py)
     }
 
@@ -147,13 +191,18 @@ limiter_methods!(PyRedisRateLimiter, waits_on_io = true, {
         self.flush(py)
     }
 
-    /// The state of the connection: `{"ok": bool, "url": str, "cluster": bool,
-    /// "error": str | None}`, after one round trip.
+    /// The state of the connection: `{"ok": bool, "local": bool, "url": str,
+    /// "cluster": bool, "error": str | None}`, after one round trip; `local`
+    /// says calls are admitted from this process's share (`on_unavailable="local"`).
     fn health<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let core = &self.core;
+        let core = self.core.redis();
         let result = py.detach(|| core.ping());
+        if result.is_ok() {
+            self.core.back();
+        }
         let out = PyDict::new(py);
         out.set_item("ok", result.is_ok())?;
+        out.set_item("local", self.core.is_local())?;
         out.set_item("url", &core.config().url)?;
         out.set_item("cluster", core.is_cluster())?;
         out.set_item("error", result.err().map(|e| e.to_string()))?;
@@ -162,7 +211,7 @@ limiter_methods!(PyRedisRateLimiter, waits_on_io = true, {
 
     /// One PING over the limiter's own connection (the round-trip floor).
     fn _ping(&self, py: Python<'_>) -> PyResult<()> {
-        let core = &self.core;
+        let core = self.core.redis();
         py.detach(|| core.ping()).py_err(py)
     }
 
@@ -180,8 +229,8 @@ limiter_methods!(PyRedisRateLimiter, waits_on_io = true, {
         Ok(format!(
             "RedisRateLimiter({}, url={:?}, prefix={:?})",
             self.limits.bind(py).repr()?,
-            self.core.config().url,
-            self.core.config().prefix
+            self.core.redis().config().url,
+            self.core.redis().config().prefix
         ))
     }
 });

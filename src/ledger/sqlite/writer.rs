@@ -696,15 +696,22 @@ impl Worker {
         Ok(())
     }
 
-    /// Empties the log, takes the reserve back as soon as it fits, and
+    /// Empties the log, takes the reserve back once there is room beside it, and
     /// returns to full-size transactions once the disk has plenty of room
     /// (the reserve alone coming back is not enough: the next large
     /// transaction would fill the disk again).
     fn after_tight_commit(&mut self) {
-        if !self.checkpoint("TRUNCATE") || faults::ensure_reserve(&self.path).is_err() {
+        if !self.checkpoint("TRUNCATE") {
             return;
         }
-        if faults::available_space(&self.path).is_none_or(|free| free >= faults::ROOMY_BYTES) {
+        let free = faults::available_space(&self.path);
+        // With barely the reserve's size free, the room goes to the events.
+        if free.is_some_and(|f| f < 2 * faults::RESERVE_BYTES as u64)
+            || faults::ensure_reserve(&self.path).is_err()
+        {
+            return;
+        }
+        if free.is_none_or(|f| f >= faults::ROOMY_BYTES) {
             self.short_of_space = false;
             (self.log)(
                 LogLevel::Warning,

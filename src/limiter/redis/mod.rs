@@ -11,6 +11,7 @@
 //! by local refunds, resets and manual clock moves.
 
 mod call;
+pub mod fallback;
 mod pipe;
 mod slot;
 mod waiting;
@@ -65,7 +66,7 @@ pub struct RedisLimiter {
 }
 
 fn unavailable(url: &str, what: impl std::fmt::Display) -> CoreError {
-    CoreError::Store(format!("Redis at {url} is unavailable: {what}"))
+    CoreError::Unavailable(format!("Redis at {url} is unavailable: {what}"))
 }
 
 pub(crate) fn is_noscript(e: &redis::RedisError) -> bool {
