@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.convertors import PathConvertor, register_url_convertor
 
 from ..errors import StoreError
 from ..store_protocol import AsyncMeteringStore
@@ -31,6 +32,16 @@ _RequestId = Annotated[
         description="The event's `request_id` (percent-encode `/` and other reserved characters).",
     ),
 ]
+
+
+class _RequestIdConvertor(PathConvertor):
+    """The rest of the path, line breaks included (``:path`` stops at one, and
+    a request id may hold any character but NUL, which the route refuses)."""
+
+    regex = r"(?s:.*)"
+
+
+register_url_convertor("usagewarden_request_id", _RequestIdConvertor())
 
 
 def _invalid(loc: list[str | int], message: str) -> Exception:
@@ -67,7 +78,7 @@ def audit_routes(
     router = APIRouter(route_class=UsageRoute)
 
     @router.get(
-        "/receipts/{request_id:path}",
+        "/receipts/{request_id:usagewarden_request_id}",
         response_model=ReceiptOut,
         responses=error_responses(401, 403, 404, 422, 429, 501, 503),
         summary="An event's receipt, to verify offline",
