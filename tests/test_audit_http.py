@@ -28,8 +28,9 @@ pytest.importorskip("uvicorn")
 import usagewarden as uw  # noqa: E402
 from audit_helpers import tamper  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
-from http_helpers import serving  # noqa: E402
-from ledger_helpers import T0, LedgerBackend  # noqa: E402
+from http_helpers import locs, refused, serving  # noqa: E402
+from ledger_helpers import LedgerBackend  # noqa: E402
+from ledger_helpers import event_json as body  # noqa: E402
 from usagewarden.fastapi import (  # noqa: E402
     SCOPE_ADMIN,
     SCOPE_READ,
@@ -38,7 +39,6 @@ from usagewarden.fastapi import (  # noqa: E402
     api_key_auth,
     usage_router,
 )
-from usagewarden.fastapi.models import ErrorResponse  # noqa: E402
 
 #: Backends whose stores keep the hash chain; the others answer 501.
 #: PostgreSQL's chain is under way: add it here when it lands.
@@ -57,21 +57,6 @@ AUTH = api_key_auth({f"audit-key-{kind}-0123456789": p for kind, p in KEYS.items
 
 def as_(kind: str) -> dict[str, str]:
     return {"Authorization": f"Bearer audit-key-{kind}-0123456789"}
-
-
-def body(i: int, **fields: Any) -> dict[str, Any]:
-    """Event ``req-i``: T0 + i s, its own counts and cost."""
-    return {
-        "agent_id": f"agent-{i % 3}",
-        "consumer_id": "consumer",
-        "model": "gpt-4o",
-        "tokens_in": 100 + i,
-        "tokens_out": 10 + i,
-        "cost": (i + 1) / 1000,
-        "timestamp": (T0 + dt.timedelta(seconds=i)).isoformat(),
-        "request_id": f"req-{i}",
-        **fields,
-    }
 
 
 @contextmanager
@@ -101,18 +86,6 @@ async def close(store: uw.AsyncMeteringStore) -> None:
 def record(client: httpx.Client, *events: dict[str, Any], kind: str = "admin") -> None:
     response = client.post("/usage/batch", json=list(events), headers=as_(kind))
     assert response.status_code == 201, response.text
-
-
-def refused(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    ErrorResponse.model_validate(response.json())
-    detail: dict[str, Any] = response.json()["detail"]
-    assert detail["code"] == code, detail
-    return detail
-
-
-def locs(detail: dict[str, Any]) -> list[list[str | int]]:
-    return [error["loc"] for error in detail["errors"]]
 
 
 def chained(backend: LedgerBackend, response: httpx.Response) -> bool:

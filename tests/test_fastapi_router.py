@@ -34,7 +34,9 @@ httpx = pytest.importorskip("httpx")
 import usagewarden as uw  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
+from http_helpers import locs, refused  # noqa: E402
 from ledger_helpers import T0, event, events  # noqa: E402
+from ledger_helpers import event_json as payload  # noqa: E402
 from usagewarden.fastapi import (  # noqa: E402
     SCOPE_ADMIN,
     SCOPE_READ,
@@ -43,7 +45,7 @@ from usagewarden.fastapi import (  # noqa: E402
     api_key_auth,
     usage_router,
 )
-from usagewarden.fastapi.models import ErrorResponse, EventPage  # noqa: E402
+from usagewarden.fastapi.models import EventPage  # noqa: E402
 
 ALL_SCOPES = frozenset({SCOPE_READ, SCOPE_WRITE, SCOPE_ADMIN})
 SCOPES = (SCOPE_READ, SCOPE_WRITE, SCOPE_ADMIN)
@@ -147,24 +149,6 @@ def query(path: str, **params: Any) -> dict[str, Any]:
     return {"group_by": "agent", **params} if path == "/usage/aggregate" else params
 
 
-def payload(i: int = 0, **fields: Any) -> dict[str, Any]:
-    """The JSON of ``ledger_helpers.event(i)``: request ``req-i`` at T0 + i s."""
-    body: dict[str, Any] = {
-        "agent_id": f"agent-{i % 3}",
-        "consumer_id": f"consumer-{i % 2}",
-        "model": "gpt-4o",
-        "tokens_in": 100 + i,
-        "tokens_out": 10 + i,
-        "api_calls": 1,
-        "duration_ms": 5,
-        "cost": (i + 1) / 1000,
-        "timestamp": (T0 + dt.timedelta(seconds=i)).isoformat(),
-        "request_id": f"req-{i}",
-    }
-    body.update(fields)
-    return body
-
-
 def make_app(store: uw.AsyncSQLiteStore, **options: Any) -> FastAPI:
     options.setdefault("auth", AUTH)
     app = FastAPI()
@@ -228,19 +212,6 @@ async def call(
     headers: dict[str, str] | None = None,
 ) -> httpx.Response:
     return await client.request(method, path, json=body, headers=headers or {})
-
-
-def refused(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    """The error detail of ``response``, checked against the documented shape."""
-    assert response.status_code == status, response.text
-    ErrorResponse.model_validate(response.json())
-    detail: dict[str, Any] = response.json()["detail"]
-    assert detail["code"] == code, detail
-    return detail
-
-
-def locs(detail: dict[str, Any]) -> list[list[str | int]]:
-    return [error["loc"] for error in detail["errors"]]
 
 
 def request_ids(rows: list[dict[str, Any]]) -> list[str]:
