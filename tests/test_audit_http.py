@@ -14,6 +14,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import json
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -298,7 +299,9 @@ def test_verify_walks_a_large_ledger_in_several_requests(backend: LedgerBackend)
         assert locs(detail) == [["body", "max_rows"]]
 
 
-def test_verify_names_a_row_whose_cost_was_changed_with_sqlite3(tmp_path: Any) -> None:
+def test_verify_names_a_row_whose_cost_was_changed_with_sqlite3(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     backend = LedgerBackend(tmp_path)
     with ledger(backend) as client:
         record(client, *(body(i) for i in range(6)))
@@ -311,7 +314,7 @@ def test_verify_names_a_row_whose_cost_was_changed_with_sqlite3(tmp_path: Any) -
         NS,
     )
     assert changed == 1
-    with ledger(backend, max_verify_rows=2) as client:
+    with ledger(backend, max_verify_rows=2) as client, caplog.at_level(logging.WARNING):
         reports = walk(client)
         assert [r["ok"] for r in reports] == [True, False]
         found = reports[-1]
@@ -320,6 +323,8 @@ def test_verify_names_a_row_whose_cost_was_changed_with_sqlite3(tmp_path: Any) -
         assert (found["problem"]["position"], found["problem"]["request_id"]) == (4, "req-3")
         assert found["problem"]["namespace"] == NS
         assert "req-3" in found["problem"]["message"]
+        warned = [r.getMessage() for r in caplog.records if r.name == "usagewarden"]
+        assert any("position 4" in m and "req-3" in m for m in warned), warned
         whole = verify(client, max_rows=1).json()
         assert whole["ok"] is True, "position 1 alone is intact"
         # The other namespace's req-3 is untouched.

@@ -72,7 +72,7 @@ def store_failed(exc: Exception) -> HTTPException:
         return api_error(
             501,
             "not_supported",
-            f"{exc}: this usage store cannot answer this request",
+            f"the usage store cannot answer this request: {exc}",
         )
     return store_unavailable(exc)
 

@@ -2,6 +2,7 @@
 verification of the hash chain in bounded, resumable steps. Each works on
 one namespace, the caller's own, and only through the store protocol."""
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
@@ -15,6 +16,8 @@ from ._access import Access, bad_argument, error_responses, store_failed
 from ._errors import api_error
 from ._requests import UsageRoute, parse_json, read_body
 from .models import CheckpointOut, ReceiptOut, VerifyIn, VerifyOut, verify_adapter
+
+logger = logging.getLogger("usagewarden")
 
 #: Positions one ``POST /verify`` checks when the router is given no other bound.
 DEFAULT_MAX_VERIFY_ROWS = 200_000
@@ -164,6 +167,16 @@ def audit_routes(
         except StoreError as exc:
             raise store_failed(exc) from None
         problem = report.problem
+        if problem is not None:
+            logger.warning(
+                "usagewarden: the hash chain of namespace %r fails verification at position "
+                "%d (%s, request %r): %s",
+                problem.namespace,
+                problem.position,
+                problem.kind,
+                problem.request_id,
+                problem.message,
+            )
         reached = next((c for c in report.checkpoints if c.namespace == namespace), None)
         body_out = {
             "ok": report.ok,
