@@ -1059,7 +1059,7 @@ OPERATIONS: dict[tuple[str, str], tuple[list[str], dict[str, str | set[str]]]] =
 EVENT_FIELDS = {
     "agent_id", "consumer_id", "task_id", "namespace", "action", "model", "tokens_in",
     "tokens_out", "cache_read_tokens", "cache_write_tokens", "duration_ms", "api_calls",
-    "units", "cost", "timestamp", "request_id", "source", "metadata",
+    "units", "cost", "timestamp", "request_id", "source", "metadata", "artifact_digest",
 }  # fmt: skip
 COUNT_FIELDS = [
     "tokens_in",
@@ -1239,6 +1239,11 @@ EDGE_CASES: list[tuple[str, dict[str, Any]]] = [
     ("metadata nesting", {"metadata": {"a": [1, {"b": None}], "s": "é\n\u2028"}}),
     ("metadata secret", {"metadata": {"api_key": "sk-123", "nested": {"password": "p"}}}),
     ("metadata array", {"metadata": [1]}),
+    ("artifact digest", {"artifact_digest": "3f" * 32}),
+    ("artifact digest, 32 digits", {"artifact_digest": "0a" * 16}),
+    ("artifact digest, uppercase", {"artifact_digest": "3F" * 32}),
+    ("artifact digest, odd length", {"artifact_digest": "a" * 33}),
+    ("artifact digest, too long", {"artifact_digest": "ab" * 65}),
 ]
 
 

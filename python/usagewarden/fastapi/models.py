@@ -25,6 +25,8 @@ _Id = Annotated[str, Field(min_length=1, max_length=256)]
 # `lt=2**63` rather than `le=2**63 - 1`: the OpenAPI schema carries bounds as
 # floats, and 2**63 is one that a float holds exactly.
 _Count = Annotated[int, Field(ge=0, lt=2**63)]
+#: Lowercase hex, an even number of 32 to 128 digits.
+_ArtifactDigest = Annotated[str, Field(pattern=r"^(?:[0-9a-f]{2}){16,64}$")]
 _NUMERIC = re.compile(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*")
 
 
@@ -87,6 +89,9 @@ class EventIn(BaseModel):
     metadata: dict[str, Any] | None = Field(
         None, description="Free-form JSON object; values under secret-like keys are redacted."
     )
+    artifact_digest: _ArtifactDigest | None = Field(
+        None, description="Digest of what the action produced; covered by the hash chain."
+    )
 
 
 EventBatch = Annotated[list[EventIn], Field(min_length=1, max_length=MAX_BATCH)]
@@ -113,6 +118,7 @@ class EventOut(BaseModel):
     request_id: str
     source: str | None
     metadata: dict[str, Any] | None
+    artifact_digest: str | None = None
 
 
 class EventPage(BaseModel):
