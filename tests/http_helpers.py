@@ -1,4 +1,5 @@
-"""A real uvicorn server on 127.0.0.1 (a free port) in a thread of its own."""
+"""A real uvicorn server on 127.0.0.1 (a free port) in a thread of its own,
+and the checks of the usage API's error shape."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import uvicorn
+from usagewarden.fastapi.models import ErrorResponse
 
 GRACE = 30.0
 
@@ -38,3 +41,16 @@ def serving(app: Any, **options: Any) -> Iterator[tuple[str, int]]:
         server.should_exit = True
         thread.join(GRACE)
         sock.close()
+
+
+def refused(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """The error detail of ``response``, checked against the documented shape."""
+    assert response.status_code == status, response.text
+    ErrorResponse.model_validate(response.json())
+    detail: dict[str, Any] = response.json()["detail"]
+    assert detail["code"] == code, detail
+    return detail
+
+
+def locs(detail: dict[str, Any]) -> list[list[str | int]]:
+    return [error["loc"] for error in detail["errors"]]

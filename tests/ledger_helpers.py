@@ -47,9 +47,8 @@ CHILD_PRELUDE = textwrap.dedent(
 )
 
 
-def event(i: int = 0, **fields: Any) -> uw.UsageEvent:
-    """A deterministic event: ``event(3)`` is request ``req-3`` at T0 + 3 s."""
-    values: dict[str, Any] = {
+def _fields(i: int) -> dict[str, Any]:
+    return {
         "agent_id": f"agent-{i % 3}",
         "consumer_id": f"consumer-{i % 2}",
         "model": "gpt-4o",
@@ -61,10 +60,21 @@ def event(i: int = 0, **fields: Any) -> uw.UsageEvent:
         "timestamp": T0 + dt.timedelta(seconds=i),
         "request_id": f"req-{i}",
     }
-    values.update(fields)
+
+
+def event(i: int = 0, **fields: Any) -> uw.UsageEvent:
+    """A deterministic event: ``event(3)`` is request ``req-3`` at T0 + 3 s."""
+    values = {**_fields(i), **fields}
     agent = values.pop("agent_id")
     consumer = values.pop("consumer_id")
     return uw.UsageEvent(agent, consumer, **values)
+
+
+def event_json(i: int = 0, **fields: Any) -> dict[str, Any]:
+    """The usage API's JSON for ``event(i)``: request ``req-i`` at T0 + i s."""
+    body = _fields(i)
+    body["timestamp"] = body["timestamp"].isoformat()
+    return {**body, **fields}
 
 
 def events(n: int, start: int = 0, **fields: Any) -> list[uw.UsageEvent]:

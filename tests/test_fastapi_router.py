@@ -34,7 +34,9 @@ httpx = pytest.importorskip("httpx")
 import usagewarden as uw  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
+from http_helpers import locs, refused  # noqa: E402
 from ledger_helpers import T0, event, events  # noqa: E402
+from ledger_helpers import event_json as payload  # noqa: E402
 from usagewarden.fastapi import (  # noqa: E402
     SCOPE_ADMIN,
     SCOPE_READ,
@@ -43,7 +45,7 @@ from usagewarden.fastapi import (  # noqa: E402
     api_key_auth,
     usage_router,
 )
-from usagewarden.fastapi.models import ErrorResponse, EventPage  # noqa: E402
+from usagewarden.fastapi.models import EventPage  # noqa: E402
 
 ALL_SCOPES = frozenset({SCOPE_READ, SCOPE_WRITE, SCOPE_ADMIN})
 SCOPES = (SCOPE_READ, SCOPE_WRITE, SCOPE_ADMIN)
@@ -124,7 +126,11 @@ ENDPOINTS: list[tuple[str, str, Any, str, int]] = [
     ("POST", "/usage/validate", {"agent_id": "a", "consumer_id": "c"}, SCOPE_WRITE, 200),
     ("POST", "/usage/purge", None, SCOPE_ADMIN, 200),
     ("GET", "/usage/export", None, SCOPE_ADMIN, 200),
+    ("GET", "/usage/checkpoint", None, SCOPE_READ, 200),
+    ("POST", "/usage/verify", {}, SCOPE_ADMIN, 200),
 ]
+#: Operations that need an existing event, checked in test_audit_http.py.
+EVENT_OPERATIONS = {("get", "/usage/receipts/{request_id}")}
 ENDPOINT_IDS = [f"{method} {path}" for method, path, *_ in ENDPOINTS]
 #: Read operations that take the ledger filters.
 FILTERED_READS = [
@@ -141,24 +147,6 @@ BODY_POSTS = ["/usage", "/usage/batch", "/usage/validate"]
 def query(path: str, **params: Any) -> dict[str, Any]:
     """``params`` plus what ``path`` requires (``group_by`` for aggregates)."""
     return {"group_by": "agent", **params} if path == "/usage/aggregate" else params
-
-
-def payload(i: int = 0, **fields: Any) -> dict[str, Any]:
-    """The JSON of ``ledger_helpers.event(i)``: request ``req-i`` at T0 + i s."""
-    body: dict[str, Any] = {
-        "agent_id": f"agent-{i % 3}",
-        "consumer_id": f"consumer-{i % 2}",
-        "model": "gpt-4o",
-        "tokens_in": 100 + i,
-        "tokens_out": 10 + i,
-        "api_calls": 1,
-        "duration_ms": 5,
-        "cost": (i + 1) / 1000,
-        "timestamp": (T0 + dt.timedelta(seconds=i)).isoformat(),
-        "request_id": f"req-{i}",
-    }
-    body.update(fields)
-    return body
 
 
 def make_app(store: uw.AsyncSQLiteStore, **options: Any) -> FastAPI:
@@ -224,19 +212,6 @@ async def call(
     headers: dict[str, str] | None = None,
 ) -> httpx.Response:
     return await client.request(method, path, json=body, headers=headers or {})
-
-
-def refused(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    """The error detail of ``response``, checked against the documented shape."""
-    assert response.status_code == status, response.text
-    ErrorResponse.model_validate(response.json())
-    detail: dict[str, Any] = response.json()["detail"]
-    assert detail["code"] == code, detail
-    return detail
-
-
-def locs(detail: dict[str, Any]) -> list[list[str | int]]:
-    return [error["loc"] for error in detail["errors"]]
 
 
 def request_ids(rows: list[dict[str, Any]]) -> list[str]:
@@ -1077,11 +1052,14 @@ OPERATIONS: dict[tuple[str, str], tuple[list[str], dict[str, str | set[str]]]] =
         [*FILTER_PARAMS, "format", "limit"],
         {"200": {"text/csv; charset=utf-8", "application/json", "application/x-ndjson"}},
     ),
+    ("get", "/usage/receipts/{request_id}"): (["request_id", "namespace"], {"200": "ReceiptOut"}),
+    ("get", "/usage/checkpoint"): (["namespace"], {"200": "CheckpointOut"}),
+    ("post", "/usage/verify"): ([], {"200": "VerifyOut"}),
 }
 EVENT_FIELDS = {
     "agent_id", "consumer_id", "task_id", "namespace", "action", "model", "tokens_in",
     "tokens_out", "cache_read_tokens", "cache_write_tokens", "duration_ms", "api_calls",
-    "units", "cost", "timestamp", "request_id", "source", "metadata",
+    "units", "cost", "timestamp", "request_id", "source", "metadata", "artifact_digest",
 }  # fmt: skip
 COUNT_FIELDS = [
     "tokens_in",
@@ -1120,7 +1098,8 @@ def request_schema(openapi: dict[str, Any], path: str) -> dict[str, Any]:
 def test_the_schema_has_exactly_the_documented_operations(openapi: dict[str, Any]) -> None:
     found = {(method, path) for path, ops in openapi["paths"].items() for method in ops}
     assert found == set(OPERATIONS)
-    assert {(m.lower(), p.split("?")[0]) for m, p, *_ in ENDPOINTS} == set(OPERATIONS)
+    listed = {(m.lower(), p.split("?")[0]) for m, p, *_ in ENDPOINTS}
+    assert listed | EVENT_OPERATIONS == set(OPERATIONS)
 
 
 @pytest.mark.parametrize(
@@ -1133,7 +1112,7 @@ def test_every_operation_is_fully_described(
     expected_params, successes = OPERATIONS[(method, path)]
     parameters = {p["name"]: p for p in operation.get("parameters", [])}
     assert set(parameters) == set(expected_params)
-    assert all(p["in"] == "query" for p in parameters.values())
+    assert all(p["in"] == "query" for p in parameters.values() if p["name"] != "request_id")
     assert operation["security"] == [{"HTTPBearer": []}, {"APIKeyHeader": []}]
 
     responses = operation["responses"]
@@ -1260,6 +1239,11 @@ EDGE_CASES: list[tuple[str, dict[str, Any]]] = [
     ("metadata nesting", {"metadata": {"a": [1, {"b": None}], "s": "é\n\u2028"}}),
     ("metadata secret", {"metadata": {"api_key": "sk-123", "nested": {"password": "p"}}}),
     ("metadata array", {"metadata": [1]}),
+    ("artifact digest", {"artifact_digest": "3f" * 32}),
+    ("artifact digest, 32 digits", {"artifact_digest": "0a" * 16}),
+    ("artifact digest, uppercase", {"artifact_digest": "3F" * 32}),
+    ("artifact digest, odd length", {"artifact_digest": "a" * 33}),
+    ("artifact digest, too long", {"artifact_digest": "ab" * 65}),
 ]
 
 

@@ -25,6 +25,8 @@ _Id = Annotated[str, Field(min_length=1, max_length=256)]
 # `lt=2**63` rather than `le=2**63 - 1`: the OpenAPI schema carries bounds as
 # floats, and 2**63 is one that a float holds exactly.
 _Count = Annotated[int, Field(ge=0, lt=2**63)]
+#: Lowercase hex, an even number of 32 to 128 digits.
+_ArtifactDigest = Annotated[str, Field(pattern=r"^(?:[0-9a-f]{2}){16,64}$")]
 _NUMERIC = re.compile(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*")
 
 
@@ -87,6 +89,9 @@ class EventIn(BaseModel):
     metadata: dict[str, Any] | None = Field(
         None, description="Free-form JSON object; values under secret-like keys are redacted."
     )
+    artifact_digest: _ArtifactDigest | None = Field(
+        None, description="Digest of what the action produced; covered by the hash chain."
+    )
 
 
 EventBatch = Annotated[list[EventIn], Field(min_length=1, max_length=MAX_BATCH)]
@@ -113,6 +118,7 @@ class EventOut(BaseModel):
     request_id: str
     source: str | None
     metadata: dict[str, Any] | None
+    artifact_digest: str | None = None
 
 
 class EventPage(BaseModel):
@@ -235,3 +241,91 @@ ExportFormat = Literal["csv", "json", "ndjson"]
 GroupBy = Literal[
     "agent", "consumer", "model", "action", "namespace", "hour", "day", "week", "month"
 ]
+
+
+# --- auditing ---------------------------------------------------------------
+
+#: Most anchored checkpoints one ``POST /verify`` takes.
+MAX_CHECKPOINTS = 1000
+_Digest = Annotated[
+    str, Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256, 64 lowercase hex digits.")
+]
+_Position = Annotated[int, Field(ge=1, lt=2**63)]
+
+
+class CheckpointOut(BaseModel):
+    """A namespace's hash chain at one position: anchor it elsewhere."""
+
+    namespace: str
+    position: int = Field(description="Events chained up to here (0 before the first).")
+    digest: str = Field(description="The chain's SHA-256 digest at `position`, lowercase hex.")
+    time: AwareDatetime = Field(description="When it was taken (the store's clock).")
+
+
+class ReceiptOut(BaseModel):
+    """One event's place in its namespace's chain: `digest` is
+    `sha256(bytes.fromhex(previous) + payload.encode("utf-8"))`."""
+
+    request_id: str
+    namespace: str
+    position: int = Field(description="The event's position in the chain (1 for the first).")
+    payload: str = Field(description="The event's canonical encoding (UTF-8 JSON).")
+    previous: str = Field(description="The chain's digest before the event; 64 zeros at 1.")
+    digest: str = Field(description="The chain's digest after the event, lowercase hex.")
+
+
+class CheckpointIn(BaseModel):
+    """A checkpoint anchored earlier (as `GET /checkpoint` returned it)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    namespace: _Id | None = Field(None, description="The verified namespace when absent.")
+    position: Annotated[int, Field(ge=0, lt=2**63)]
+    digest: _Digest
+    time: Timestamp | None = None
+
+
+class VerifyIn(BaseModel):
+    """What to verify; every field is optional (an empty body is `{}`)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    namespace: _Id | None = Field(None, description="The caller's namespace when absent.")
+    start: _Position | None = Field(None, description="First position to check; 1 when absent.")
+    end: _Position | None = Field(
+        None, description="Last position to check (inclusive); the chain head when absent."
+    )
+    max_rows: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="Most positions this request checks; the server's bound when absent."
+    )
+    checkpoints: Annotated[list[CheckpointIn], Field(max_length=MAX_CHECKPOINTS)] = Field(
+        default_factory=list,
+        description="Anchored checkpoints: the chain must still pass through each one in range.",
+    )
+
+
+class VerifyProblemOut(BaseModel):
+    kind: Literal["altered", "missing", "inserted", "reordered"]
+    namespace: str
+    position: int = Field(description="The chain position concerned.")
+    request_id: str | None = Field(description="The row concerned; null for events that are gone.")
+    message: str
+
+
+class VerifyOut(BaseModel):
+    ok: bool = Field(description="Whether every position checked is intact.")
+    namespace: str
+    start: int = Field(description="The first position checked.")
+    rows: int = Field(description="Rows whose digest was recomputed and matched.")
+    problem: VerifyProblemOut | None = Field(description="The first problem found.")
+    checkpoint: CheckpointOut | None = Field(
+        description="Where the verified chain ends: anchor it, or pass it among the next "
+        "request's `checkpoints` to tie the requests of a walk together."
+    )
+    next_start: int | None = Field(
+        description="`start` for the next request when the range was not finished; null "
+        "when it was, or when a problem was found."
+    )
+
+
+verify_adapter: TypeAdapter[VerifyIn] = TypeAdapter(VerifyIn)

@@ -5,7 +5,6 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Annotated, Any
 
@@ -18,9 +17,17 @@ from ..budgets import BudgetEngine
 from ..errors import ConflictError, StoreError
 from ..limiter_protocol import Limiter
 from ..store_protocol import AsyncMeteringStore
+from ._access import (
+    Access,
+    bad_argument,
+    error_responses,
+    forbidden_namespace,
+    store_unavailable,
+)
 from ._errors import api_error
 from ._export_stream import open_export
-from ._requests import UsageRoute, argument_of, field_errors, parse_json, read_body
+from ._requests import UsageRoute, field_errors, parse_json, read_body
+from .audit_routes import DEFAULT_MAX_VERIFY_ROWS, audit_routes
 from .auth import SCOPE_ADMIN, SCOPE_ALL_NAMESPACES, SCOPE_READ, SCOPE_WRITE, Principal
 from .models import (
     MAX_BATCH,
@@ -28,7 +35,6 @@ from .models import (
     BatchRecorded,
     BudgetList,
     CountList,
-    ErrorResponse,
     EventIn,
     EventPage,
     ExportFormat,
@@ -59,29 +65,10 @@ _UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]+")
 _ANY_JSON: TypeAdapter[Any] = TypeAdapter(Any)
 #: Seconds a write waits on a failing store before answering 503.
 WRITE_TIMEOUT = 2.0
-#: What a 503 tells the client to wait before retrying, in seconds.
-RETRY_AFTER_SECONDS = 5
 _RETRY_HINT = (
     "A retry is the same event only with the same content, timestamp included: "
     "send the timestamp along with the request_id"
 )
-
-
-@dataclass(frozen=True)
-class Access:
-    """A caller and the namespace it is confined to (``None``: every
-    namespace, only when the router was mounted without authentication)."""
-
-    principal: Principal
-    namespace: str | None
-
-    @property
-    def sees_all_namespaces(self) -> bool:
-        return self.namespace is None or self.principal.has_scope(SCOPE_ALL_NAMESPACES)
-
-
-def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {status: {"model": ErrorResponse} for status in statuses}
 
 
 async def _filters(
@@ -130,35 +117,8 @@ def _confine(access: Access, filters: dict[str, Any]) -> dict[str, Any]:
         return filters
     asked = filters.get("namespace")
     if asked is not None and asked != access.namespace:
-        raise _forbidden_namespace(asked)
+        raise forbidden_namespace(asked)
     return {**filters, "namespace": access.namespace}
-
-
-def _forbidden_namespace(namespace: str) -> Exception:
-    return api_error(
-        403, "forbidden_namespace", f"the credentials do not give access to namespace {namespace!r}"
-    )
-
-
-def _store_unavailable(exc: Exception) -> Exception:
-    logger.error("usagewarden: the usage store failed: %s", exc)
-    return api_error(
-        503,
-        "store_unavailable",
-        "the usage store is unavailable; retry later",
-        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-    )
-
-
-def _bad_argument(exc: Exception, where: Sequence[str | int]) -> Exception:
-    name = argument_of(exc)
-    loc = [*where, name] if name else list(where)
-    return api_error(
-        422,
-        "invalid_request",
-        str(exc),
-        errors=[{"loc": loc, "msg": str(exc), "type": "value_error"}],
-    )
 
 
 def _to_event(item: EventIn, access: Access, where: Sequence[str | int]) -> UsageEvent:
@@ -166,7 +126,7 @@ def _to_event(item: EventIn, access: Access, where: Sequence[str | int]) -> Usag
     namespace = fields.pop("namespace", None)
     if access.namespace is not None:
         if namespace is not None and namespace != access.namespace:
-            raise _forbidden_namespace(namespace)
+            raise forbidden_namespace(namespace)
         namespace = access.namespace
     try:
         return UsageEvent(
@@ -176,7 +136,7 @@ def _to_event(item: EventIn, access: Access, where: Sequence[str | int]) -> Usag
             **fields,
         )
     except (ValueError, TypeError) as exc:
-        raise _bad_argument(exc, where) from None
+        raise bad_argument(exc, where) from None
 
 
 def _events(body: bytes, access: Access, *, many: bool) -> list[UsageEvent]:
@@ -187,7 +147,7 @@ def _events(body: bytes, access: Access, *, many: bool) -> list[UsageEvent]:
         if access.namespace is not None:
             for event in events:
                 if event.namespace != access.namespace:
-                    raise _forbidden_namespace(event.namespace)
+                    raise forbidden_namespace(event.namespace)
         return events
     if many:
         items = parse_json(batch_adapter, body)
@@ -212,6 +172,7 @@ def usage_router(
     max_page: int = 1000,
     max_export_rows: int = 100_000,
     max_body_bytes: int = 8 * 1024 * 1024,
+    max_verify_rows: int = DEFAULT_MAX_VERIFY_ROWS,
     allow_unauthenticated: bool = False,
     tags: Sequence[str] = ("usage",),
     budgets: BudgetEngine | None = None,
@@ -220,8 +181,10 @@ def usage_router(
 
     ``auth`` is a dependency returning the caller's ``Principal`` (see
     ``api_key_auth``). Reads need ``usage:read``, records ``usage:write``,
-    purge and export ``usage:admin``; every read and write is confined to the
-    principal's namespace. Mounting without authentication takes
+    purge, export and verify ``usage:admin``; every read and write is
+    confined to the principal's namespace. ``POST /verify`` checks at most
+    ``max_verify_rows`` chain positions per request, then says where to
+    resume. Mounting without authentication takes
     ``auth=None, allow_unauthenticated=True`` and logs a warning.
     ``rate_limiter`` admits each request under the principal's id.
     """
@@ -244,6 +207,7 @@ def usage_router(
         ("max_page", max_page),
         ("max_export_rows", max_export_rows),
         ("max_body_bytes", max_body_bytes),
+        ("max_verify_rows", max_verify_rows),
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}: must be a positive int, got {value!r}")
@@ -295,7 +259,7 @@ def usage_router(
     Reader = Annotated[Access, Depends(requires(SCOPE_READ))]
     Writer = Annotated[Access, Depends(requires(SCOPE_WRITE))]
     Admin = Annotated[Access, Depends(requires(SCOPE_ADMIN))]
-    secured = _errors(401, 403, 422, 429, 503)
+    secured = error_responses(401, 403, 422, 429, 503)
 
     router = APIRouter(prefix=prefix, tags=list(tags), route_class=UsageRoute)
 
@@ -317,9 +281,9 @@ def usage_router(
                 limit=limit, offset=offset, cursor=cursor, **scoped
             )
         except (ValueError, TypeError) as exc:
-            raise _bad_argument(exc, ["query"]) from None
+            raise bad_argument(exc, ["query"]) from None
         except StoreError as exc:
-            raise _store_unavailable(exc) from None
+            raise store_unavailable(exc) from None
         return JSONResponse({"events": _event_dicts(events), "next_cursor": next_cursor})
 
     @router.post(
@@ -328,7 +292,7 @@ def usage_router(
         response_model=Recorded,
         responses={
             200: {"model": Recorded, "description": "Recorded before: nothing changed."},
-            **_errors(400, 401, 403, 409, 413, 422, 429, 503),
+            **error_responses(400, 401, 403, 409, 413, 422, 429, 503),
         },
         openapi_extra=_body_schema(event_adapter.json_schema()),
         summary="Record one event",
@@ -352,7 +316,7 @@ def usage_router(
         response_model=BatchRecorded,
         responses={
             200: {"model": BatchRecorded, "description": "Every event was recorded before."},
-            **_errors(400, 401, 403, 409, 413, 422, 429, 503),
+            **error_responses(400, 401, 403, 409, 413, 422, 429, 503),
         },
         openapi_extra=_body_schema(
             {
@@ -376,7 +340,7 @@ def usage_router(
     @router.post(
         "/validate",
         response_model=Validation,
-        responses=_errors(400, 401, 403, 413, 429),
+        responses=error_responses(400, 401, 403, 413, 429),
         openapi_extra=_body_schema(
             {
                 "anyOf": [
@@ -400,7 +364,7 @@ def usage_router(
         try:
             return Purged(purged=await store.purge_expired(timeout=WRITE_TIMEOUT))
         except StoreError as exc:
-            raise _store_unavailable(exc) from None
+            raise store_unavailable(exc) from None
 
     @router.get(
         "/aggregate", response_model=AggregateOut, responses=secured, summary="Totals per group"
@@ -417,9 +381,9 @@ def usage_router(
         try:
             groups = await store.aggregate(group_by, tz=tz, **scoped)
         except (ValueError, TypeError) as exc:
-            raise _bad_argument(exc, ["query"]) from None
+            raise bad_argument(exc, ["query"]) from None
         except StoreError as exc:
-            raise _store_unavailable(exc) from None
+            raise store_unavailable(exc) from None
         return JSONResponse(
             {"group_by": group_by, "tz": tz, "groups": [g.to_dict() for g in groups]}
         )
@@ -430,7 +394,7 @@ def usage_router(
         try:
             return JSONResponse((await store.summary(**scoped)).to_dict())
         except StoreError as exc:
-            raise _store_unavailable(exc) from None
+            raise store_unavailable(exc) from None
 
     @router.get(
         "/agents",
@@ -461,7 +425,7 @@ def usage_router(
             totals = await store.summary(**scoped)
             health = await store.stats()
         except StoreError as exc:
-            raise _store_unavailable(exc) from None
+            raise store_unavailable(exc) from None
         wide = access.sees_all_namespaces
         return StatsOut.model_validate(
             {
@@ -524,7 +488,7 @@ def usage_router(
                 lambda pipe: store.export(pipe, format=format, limit=rows, **scoped)
             )
         except StoreError as exc:
-            raise _store_unavailable(exc) from None
+            raise store_unavailable(exc) from None
         return StreamingResponse(
             chunks,
             media_type=_MEDIA_TYPES[format],
@@ -534,6 +498,15 @@ def usage_router(
             },
         )
 
+    router.include_router(
+        audit_routes(
+            store,
+            reader=requires(SCOPE_READ),
+            admin=requires(SCOPE_ADMIN),
+            max_verify_rows=max_verify_rows,
+            max_body_bytes=max_body_bytes,
+        )
+    )
     return router
 
 
@@ -550,7 +523,7 @@ async def _record(store: AsyncMeteringStore, events: list[UsageEvent]) -> int:
             message = str(exc)
         raise api_error(409, "conflict", f"{message}. {_RETRY_HINT}") from None
     except StoreError as exc:
-        raise _store_unavailable(exc) from None
+        raise store_unavailable(exc) from None
 
 
 async def _counts(
@@ -559,7 +532,7 @@ async def _counts(
     try:
         rows = await method(**filters)
     except StoreError as exc:
-        raise _store_unavailable(exc) from None
+        raise store_unavailable(exc) from None
     return CountList.model_validate({"items": [{"id": name, "events": n} for name, n in rows]})
 
 
