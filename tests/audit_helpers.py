@@ -119,8 +119,9 @@ class AuditLedger:
         """Runs one statement on the ledger; returns the rows it changed."""
         if not self.is_postgres:
             return tamper(self.path, sql)
-        # psql prints the command tag last: "UPDATE 1", "INSERT 0 1", …
-        return int(self._psql(sql, quiet=False).split()[-1])
+        # psql prints the command tag last: "UPDATE 1", "INSERT 0 1", "DROP TABLE".
+        tag = self._psql(sql, quiet=False).split()[-1]
+        return int(tag) if tag.isdigit() else 0
 
     def rows(self, sql: str) -> list[tuple[Any, ...]]:
         if not self.is_postgres:
