@@ -14,7 +14,7 @@ use crate::ledger::chain_verify::{ChainRow, PurgedRun, Walked};
 use crate::ledger::event::UsageEvent;
 use hashbrown::HashMap;
 use tokio::runtime::Handle;
-use tokio_postgres::{Row, Transaction};
+use tokio_postgres::{Client, Row, Statement, Transaction};
 
 /// The schema version whose migration adds the chain (`chain_existing` runs with it).
 pub const CHAIN_SCHEMA_VERSION: i64 = 3;
@@ -64,9 +64,44 @@ fn chain_row(row: &Row) -> ChainRow {
     }
 }
 
+/// The statements that lock and move the heads, prepared once per writer connection.
+#[derive(Clone)]
+pub struct HeadStatements {
+    create: Statement,
+    lock: Statement,
+    update: Statement,
+}
+
+impl HeadStatements {
+    pub async fn prepare(client: &Client, s: &str) -> CoreResult<HeadStatements> {
+        Ok(HeadStatements {
+            create: client
+                .prepare(&format!(
+                    "INSERT INTO {s}.chain_heads (namespace, position, digest) \
+                     SELECT n, 0, $2 FROM unnest($1::text[]) AS n ORDER BY n ON CONFLICT (namespace) DO NOTHING"
+                ))
+                .await?,
+            lock: client
+                .prepare(&format!(
+                    "SELECT namespace, position, digest FROM {s}.chain_heads \
+                     WHERE namespace = ANY($1) ORDER BY namespace FOR UPDATE"
+                ))
+                .await?,
+            update: client
+                .prepare(&format!(
+                    "UPDATE {s}.chain_heads h SET position = u.position, digest = u.digest \
+                     FROM unnest($1::text[], $2::int8[], $3::bytea[]) AS u(namespace, position, digest) \
+                     WHERE h.namespace = u.namespace"
+                ))
+                .await?,
+        })
+    }
+}
+
 /// The heads one write transaction extends, locked for it.
 pub struct Heads {
     heads: HashMap<String, (i64, Digest)>,
+    moved: bool,
 }
 
 impl Heads {
@@ -74,29 +109,15 @@ impl Heads {
     /// both in namespace order, until the transaction ends.
     pub async fn lock<'e>(
         tx: &Transaction<'_>,
-        s: &str,
+        statements: &HeadStatements,
         events: impl Iterator<Item = &'e UsageEvent>,
     ) -> CoreResult<Heads> {
         let mut names: Vec<&str> = events.map(|e| e.namespace.as_str()).collect();
         names.sort_unstable();
         names.dedup();
-        tx.execute(
-            &format!(
-                "INSERT INTO {s}.chain_heads (namespace, position, digest) \
-                 SELECT n, 0, $2 FROM unnest($1::text[]) AS n ORDER BY n ON CONFLICT (namespace) DO NOTHING"
-            ),
-            &[&names, &&GENESIS[..]],
-        )
-        .await?;
-        let rows = tx
-            .query(
-                &format!(
-                    "SELECT namespace, position, digest FROM {s}.chain_heads \
-                     WHERE namespace = ANY($1) ORDER BY namespace FOR UPDATE"
-                ),
-                &[&names],
-            )
+        tx.execute(&statements.create, &[&names, &&GENESIS[..]])
             .await?;
+        let rows = tx.query(&statements.lock, &[&names]).await?;
         let mut heads = HashMap::new();
         for row in rows {
             let digest: &[u8] = row.get(2);
@@ -105,7 +126,10 @@ impl Heads {
                 (row.get(1), digest_from_slice(digest).unwrap_or(GENESIS)),
             );
         }
-        Ok(Heads { heads })
+        Ok(Heads {
+            heads,
+            moved: false,
+        })
     }
 
     /// The position and digest of `e`, the next event of its namespace.
@@ -115,26 +139,23 @@ impl Heads {
             .entry_ref(e.namespace.as_str())
             .or_insert((0, GENESIS));
         *head = (head.0 + 1, link(&head.1, &canonical(e)));
+        self.moved = true;
         *head
     }
 
-    /// Writes the heads back (those not extended are written unchanged).
-    pub async fn write(&self, tx: &Transaction<'_>, s: &str) -> CoreResult<()> {
+    /// Writes the heads back, once any moved (those that did not, unchanged).
+    pub async fn write(&self, tx: &Transaction<'_>, statements: &HeadStatements) -> CoreResult<()> {
+        if !self.moved {
+            return Ok(());
+        }
         let (mut names, mut positions, mut digests) = (Vec::new(), Vec::new(), Vec::new());
         for (name, (position, digest)) in &self.heads {
             names.push(name.as_str());
             positions.push(*position);
             digests.push(&digest[..]);
         }
-        tx.execute(
-            &format!(
-                "UPDATE {s}.chain_heads h SET position = u.position, digest = u.digest \
-                 FROM unnest($1::text[], $2::int8[], $3::bytea[]) AS u(namespace, position, digest) \
-                 WHERE h.namespace = u.namespace"
-            ),
-            &[&names, &positions, &digests],
-        )
-        .await?;
+        tx.execute(&statements.update, &[&names, &positions, &digests])
+            .await?;
         Ok(())
     }
 }
@@ -155,6 +176,7 @@ pub async fn chain_existing(tx: &Transaction<'_>, s: &str) -> CoreResult<()> {
     let portal = tx.bind(&select, &[]).await?;
     let mut heads = Heads {
         heads: HashMap::new(),
+        moved: false,
     };
     loop {
         let rows = tx.query_portal(&portal, CHUNK_ROWS).await?;

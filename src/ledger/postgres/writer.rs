@@ -168,6 +168,7 @@ fn insert_sql(s: &str) -> String {
 /// The statements a writer connection prepares once.
 #[derive(Clone)]
 struct Statements {
+    heads: chain::HeadStatements,
     claim: tokio_postgres::Statement,
     insert: tokio_postgres::Statement,
 }
@@ -178,14 +179,14 @@ struct Statements {
 /// conflicts are not claimed, so they never advance a chain.
 async fn insert_chained(
     tx: &tokio_postgres::Transaction<'_>,
-    s: &str,
     statements: &Statements,
     records: &[Pending],
 ) -> CoreResult<Vec<i64>> {
     stage(tx, records).await?;
     // Locked before the claim: another host's events of these namespaces
     // are committed (and their ids claimed) before this one's are decided.
-    let mut heads = chain::Heads::lock(tx, s, records.iter().map(|p| &*p.event)).await?;
+    let mut heads =
+        chain::Heads::lock(tx, &statements.heads, records.iter().map(|p| &*p.event)).await?;
     let fresh: Vec<i64> = tx
         .query(&statements.claim, &[])
         .await?
@@ -204,7 +205,7 @@ async fn insert_chained(
     let digests: Vec<&[u8]> = digests.iter().map(|d| &d[..]).collect();
     tx.execute(&statements.insert, &[&fresh, &positions, &digests])
         .await?;
-    heads.write(tx, s).await?;
+    heads.write(tx, &statements.heads).await?;
     Ok(fresh)
 }
 
@@ -416,6 +417,7 @@ impl Worker {
             client.batch_execute(STAGING_TABLE).await?;
             let s = format!("\"{}\"", self.shared.schema);
             self.statements = Some(Statements {
+                heads: chain::HeadStatements::prepare(&client, &s).await?,
                 claim: client.prepare(&claim_sql(&s)).await?,
                 insert: client.prepare(&insert_sql(&s)).await?,
             });
@@ -456,7 +458,7 @@ impl Worker {
             .expect("prepared with the connection");
         let client = self.client.as_mut().expect("connected");
         let tx = client.transaction().await?;
-        let fresh: HashSet<i64> = insert_chained(&tx, &s, &statements, records)
+        let fresh: HashSet<i64> = insert_chained(&tx, &statements, records)
             .await?
             .into_iter()
             .collect();
@@ -501,7 +503,7 @@ impl Worker {
             .expect("prepared with the connection");
         let client = self.client.as_mut().expect("connected");
         let tx = client.transaction().await?;
-        let fresh = insert_chained(&tx, &s, &statements, records).await?.len();
+        let fresh = insert_chained(&tx, &statements, records).await?.len();
         if fresh < records.len() {
             let conflict = tx
                 .query(
