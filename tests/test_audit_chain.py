@@ -289,3 +289,39 @@ def test_events_at_the_same_instant_chain_in_commit_order(db: AuditLedger) -> No
             store.record(event(i, timestamp=same))
         store.flush()
         assert [store.receipt(f"req-{i}").position for i in (3, 1, 2)] == [1, 2, 3]
+
+
+def test_two_stores_racing_the_same_events_chain_each_once(db: AuditLedger) -> None:
+    """Two stores on one ledger (two hosts) record overlapping batches at
+    once: every event is chained exactly once, duplicates advance nothing."""
+    import threading
+
+    first, second = db.store(), db.store()
+    barrier = threading.Barrier(2)
+
+    def write(store: uw.MeteringStore, offset: int) -> None:
+        barrier.wait()
+        for i in range(0, 40, 4):
+            store.record_batch(events(6, start=i + offset))
+
+    threads = [
+        threading.Thread(target=write, args=(first, 0)),
+        threading.Thread(target=write, args=(second, 2)),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+        assert not t.is_alive()
+    first.close()
+    second.close()
+    expected = {f"req-{i}" for i in range(0, 44)}
+    chained = db.rows(
+        "SELECT chain_position, request_id FROM usage_events WHERE namespace = 'default' "
+        "ORDER BY chain_position"
+    )
+    assert {r for _, r in chained} == expected and len(chained) == len(expected)
+    assert [p for p, _ in chained] == list(range(1, len(expected) + 1))
+    report = verify(db)
+    assert report.ok, report.problem
+    assert report.checkpoints[0].position == len(expected)
