@@ -120,7 +120,8 @@ def test_an_inserted_row_is_named(db: AuditLedger) -> None:
         "consumer_id, action, "
         "tokens_in, tokens_out, cache_read_tokens, cache_write_tokens, duration_ms, api_calls, "
         "units, "
-        "cost_nanos, fingerprint, {position}, chain_digest FROM usage_events WHERE request_id = 'req-2'"
+        "cost_nanos, fingerprint, {position}, chain_digest FROM usage_events "
+        "WHERE request_id = 'req-2'"
     )
     # Without a chain position (as plain SQL would add it).
     db.tamper(copy.format(position="NULL"))
@@ -139,7 +140,9 @@ def test_a_row_slipped_in_with_the_chain_recomputed_from_it_is_named(db: AuditLe
     properly: the row after it still chains from the one before it."""
     ledger(db)
     db.tamper("UPDATE usage_events SET chain_position = -chain_position WHERE chain_position >= 5")
-    db.tamper("UPDATE usage_events SET chain_position = 1 - chain_position WHERE chain_position < 0")
+    db.tamper(
+        "UPDATE usage_events SET chain_position = 1 - chain_position WHERE chain_position < 0"
+    )
     db.tamper(
         "INSERT INTO usage_events (namespace, request_id, ts, agent_id, consumer_id, action, "
         "tokens_in, "

@@ -76,20 +76,23 @@ pub(crate) fn saturate(expr: &str) -> String {
     )
 }
 
+/// The counters an event carries, summed into `usage_hourly`.
+const COUNTERS: [&str; 7] = [
+    "tokens_in",
+    "tokens_out",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "duration_ms",
+    "api_calls",
+    "units",
+];
+
 /// Event count, the counters' sums, the cost (NULL when none is known) and
 /// the unpriced events, in `usage_hourly`'s column order after `namespace,
 /// hour`. With `zero_when_empty`, sums over no rows are 0 rather than NULL.
 pub(crate) fn sum_columns(zero_when_empty: bool) -> Vec<String> {
     let mut cols = vec!["COUNT(*)::int8".to_string()];
-    for c in [
-        "tokens_in",
-        "tokens_out",
-        "cache_read_tokens",
-        "cache_write_tokens",
-        "duration_ms",
-        "api_calls",
-        "units",
-    ] {
+    for c in COUNTERS {
         cols.push(saturate(&if zero_when_empty {
             format!("COALESCE(SUM({c}), 0)")
         } else {
@@ -133,20 +136,12 @@ fn insert_sql(s: &str) -> String {
             "{c} = LEAST(COALESCE(h.{c}, 0)::numeric + COALESCE(excluded.{c}, 0), 9223372036854775807)::int8"
         )
     };
-    let updates: Vec<String> = [
-        "events",
-        "tokens_in",
-        "tokens_out",
-        "cache_read_tokens",
-        "cache_write_tokens",
-        "duration_ms",
-        "api_calls",
-        "units",
-        "unpriced_events",
-    ]
-    .iter()
-    .map(|c| add(c))
-    .collect();
+    let updates: Vec<String> = ["events"]
+        .into_iter()
+        .chain(COUNTERS)
+        .chain(["unpriced_events"])
+        .map(add)
+        .collect();
     format!(
         "WITH chained AS ( \
              SELECT * FROM unnest($1::int8[], $2::int8[], $3::bytea[]) AS c(seq, chain_position, chain_digest) \
