@@ -171,3 +171,26 @@ def test_the_postgres_migration_chains_an_existing_ledger_once_in_insertion_orde
         assert store.verify().ok
     assert db.rows("SELECT chain_digest FROM usage_events ORDER BY id") == digests
     assert db.rows("SELECT MAX(version) FROM schema_version") == [(3,)]
+
+
+def test_a_purge_that_drops_whole_months_keeps_the_chain(db: AuditLedger) -> None:
+    """Events months old (whole PostgreSQL partitions dropped) and recent
+    ones: the boundary is recorded before the rows go."""
+    clock = uw.ManualClock(T0.timestamp())
+    months_ago = T0 - dt.timedelta(days=70)
+    with db.store(retention_seconds=RETENTION, clock=clock) as store:
+        store.record_batch(
+            [event(i, timestamp=months_ago + dt.timedelta(days=i)) for i in range(4)]
+        )
+        store.record_batch([event(i) for i in range(4, 8)])
+        store.flush()
+        assert store.purge_expired() == 4
+        report = store.verify()
+        assert report.ok, report.problem
+        assert report.rows == 4
+        assert store.receipt("req-4").position == 5 and store.receipt("req-4").verify()
+    assert db.rows("SELECT first_position, last_position FROM chain_purges") == [(1, 4)]
+    db.tamper("UPDATE usage_events SET tokens_in = 1 WHERE request_id = 'req-4'")
+    with db.store() as store:
+        found = store.verify().problem
+        assert found is not None and (found.kind, found.position) == ("altered", 5)
