@@ -12,7 +12,9 @@ use crate::ledger::chain::{canonical, digest_from_slice, link, Digest, GENESIS};
 use crate::ledger::chain_source::{stored_digest, ChainSource, PurgedRuns, Rows};
 use crate::ledger::chain_verify::{ChainRow, PurgedRun, Walked};
 use crate::ledger::event::UsageEvent;
+use futures_util::future::try_join3;
 use hashbrown::HashMap;
+use std::future::Future;
 use tokio::runtime::Handle;
 use tokio_postgres::{Client, Row, Statement, Transaction};
 
@@ -106,18 +108,25 @@ pub struct Heads {
 
 impl Heads {
     /// Creates the missing heads and locks those of `events`' namespaces,
-    /// both in namespace order, until the transaction ends.
-    pub async fn lock<'e>(
+    /// both in namespace order, until the transaction ends; then runs
+    /// `after`. The three statements go out pipelined (one round trip) and
+    /// the server runs them in that order, so `after` runs under the locks.
+    pub async fn lock_then<'e, T>(
         tx: &Transaction<'_>,
         statements: &HeadStatements,
         events: impl Iterator<Item = &'e UsageEvent>,
-    ) -> CoreResult<Heads> {
+        after: impl Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> CoreResult<(Heads, T)> {
         let mut names: Vec<&str> = events.map(|e| e.namespace.as_str()).collect();
         names.sort_unstable();
         names.dedup();
-        tx.execute(&statements.create, &[&names, &&GENESIS[..]])
-            .await?;
-        let rows = tx.query(&statements.lock, &[&names]).await?;
+        // `try_join3` polls in order: each request is sent in that order.
+        let (_, rows, out) = try_join3(
+            tx.execute(&statements.create, &[&names, &&GENESIS[..]]),
+            tx.query(&statements.lock, &[&names]),
+            after,
+        )
+        .await?;
         let mut heads = HashMap::new();
         for row in rows {
             let digest: &[u8] = row.get(2);
@@ -126,10 +135,13 @@ impl Heads {
                 (row.get(1), digest_from_slice(digest).unwrap_or(GENESIS)),
             );
         }
-        Ok(Heads {
-            heads,
-            moved: false,
-        })
+        Ok((
+            Heads {
+                heads,
+                moved: false,
+            },
+            out,
+        ))
     }
 
     /// The position and digest of `e`, the next event of its namespace.

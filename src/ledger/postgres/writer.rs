@@ -180,14 +180,15 @@ async fn insert_chained(
     stage(tx, records).await?;
     // Locked before the claim: another host's events of these namespaces
     // are committed (and their ids claimed) before this one's are decided.
-    let mut heads =
-        chain::Heads::lock(tx, &statements.heads, records.iter().map(|p| &*p.event)).await?;
-    let fresh: Vec<i64> = tx
-        .query(&statements.claim, &[])
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let events = records.iter().map(|p| &*p.event);
+    let (mut heads, claimed) = chain::Heads::lock_then(
+        tx,
+        &statements.heads,
+        events,
+        tx.query(&statements.claim, &[]),
+    )
+    .await?;
+    let fresh: Vec<i64> = claimed.iter().map(|r| r.get(0)).collect();
     if fresh.is_empty() {
         return Ok(fresh);
     }
