@@ -40,6 +40,7 @@ from ._core import (
     _flush_redis_limiters,
     _quiesce,
 )
+from .alerts import DeliveryAttempt, WebhookAlerts
 from .budgets import BudgetCheck, BudgetEngine
 from .errors import (
     BudgetExceeded,
@@ -66,6 +67,7 @@ __all__ = [
     "BudgetExceeded",
     "ConflictError",
     "Decision",
+    "DeliveryAttempt",
     "Limit",
     "Limiter",
     "ManualClock",
@@ -89,6 +91,7 @@ __all__ = [
     "VerifyProblem",
     "VerifyReport",
     "Warden",
+    "WebhookAlerts",
     "__version__",
     "open_async_store",
     "open_store",

@@ -157,6 +157,36 @@ class Call:
     warden.call_blocking(...)``). Call ``settle`` with what the provider
     reported before the block ends."""
 
+    # One is made per model call: no per-instance dict.
+    __slots__ = (
+        "_blocking",
+        "_cost",
+        "_entered",
+        "_estimated",
+        "_finished",
+        "_input_estimate",
+        "_metadata",
+        "_output_estimate",
+        "_request_id",
+        "_settled",
+        "_source",
+        "_started",
+        "_started_at",
+        "_timeout",
+        "action",
+        "agent_id",
+        "budget_check",
+        "consumer_id",
+        "downgraded",
+        "key",
+        "model",
+        "reservation",
+        "run",
+        "task_id",
+        "waited",
+        "warden",
+    )
+
     def __init__(
         self,
         warden: Warden,
@@ -184,9 +214,8 @@ class Call:
         self.task_id = task_id
         self.run = run
         self.action = action
-        self.estimate = Usage(
-            requests=1, input_tokens=input_tokens, output_tokens=max_output_tokens
-        )
+        self._input_estimate = input_tokens
+        self._output_estimate = max_output_tokens
         self.reservation: Reservation | None = None
         #: Seconds spent waiting for capacity.
         self.waited = 0.0
@@ -206,6 +235,14 @@ class Call:
         self._started_at: float | None = None
         self._entered = False
         self._finished = False
+
+    @property
+    def estimate(self) -> Usage:
+        """What the call is counted as until it settles: one request, the
+        input tokens and the output cap."""
+        return Usage(
+            requests=1, input_tokens=self._input_estimate, output_tokens=self._output_estimate
+        )
 
     @property
     def settled(self) -> bool:
@@ -244,8 +281,8 @@ class Call:
         # Usage checks each count (an int >= 0) and names the one that is not.
         self._settled = Usage(
             requests=1,
-            input_tokens=self.estimate.input_tokens if input_tokens is None else input_tokens,
-            output_tokens=self.estimate.output_tokens if output_tokens is None else output_tokens,
+            input_tokens=self._input_estimate if input_tokens is None else input_tokens,
+            output_tokens=self._output_estimate if output_tokens is None else output_tokens,
             cache_read_tokens=cache_read_tokens,
             cache_write_tokens=cache_write_tokens,
             cost=cost or 0.0,
@@ -289,8 +326,8 @@ class Call:
             consumer_id=self.consumer_id,
             namespace=self.warden.namespace,
             task_id=self.task_id,
-            input_tokens=self.estimate.input_tokens,
-            max_output_tokens=self.estimate.output_tokens,
+            input_tokens=self._input_estimate,
+            max_output_tokens=self._output_estimate,
         )
         self.budget_check = check
         if check.downgraded:
@@ -348,11 +385,11 @@ class Call:
         cost = self._price(usage)
         if self.reservation is not None and not self.reservation.cancelled:
             self.reservation.settle(
-                input_tokens=usage.input_tokens,
-                output_tokens=usage.output_tokens,
-                cache_read_tokens=usage.cache_read_tokens,
-                cache_write_tokens=usage.cache_write_tokens,
-                cost=cost,
+                usage.input_tokens,
+                usage.output_tokens,
+                usage.cache_read_tokens,
+                usage.cache_write_tokens,
+                cost,
             )
         self._release_budgets(cost or 0.0)
         if self.run is not None:
@@ -390,7 +427,7 @@ class Call:
         One abandoned mid-way (cancelled, a stream closed early) was sent, so
         the provider bills at least its input: the input estimate is kept,
         marked estimated. Any other error was answered without a bill."""
-        tokens = self.estimate.input_tokens if isinstance(exc, _ABANDONED) else 0
+        tokens = self._input_estimate if isinstance(exc, _ABANDONED) else 0
         self._settled = Usage(requests=1, input_tokens=tokens)
         self._estimated = tokens > 0
 
@@ -422,8 +459,8 @@ class Call:
             reservation = await limiter.acquire(
                 self.key,
                 requests=1,
-                input_tokens=self.estimate.input_tokens,
-                output_tokens=self.estimate.output_tokens,
+                input_tokens=self._input_estimate,
+                output_tokens=self._output_estimate,
                 timeout=self._timeout,
             )
         except BaseException:
@@ -437,7 +474,9 @@ class Call:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.finish(exc)
+        event = self._finish(exc)
+        if event is not None:
+            await self.warden._record(event)
 
     # with
 
@@ -453,8 +492,8 @@ class Call:
             reservation = limiter.acquire_blocking(
                 self.key,
                 requests=1,
-                input_tokens=self.estimate.input_tokens,
-                output_tokens=self.estimate.output_tokens,
+                input_tokens=self._input_estimate,
+                output_tokens=self._output_estimate,
                 timeout=self._timeout,
             )
         except BaseException:
@@ -577,7 +616,22 @@ class Warden:
         attribution not given comes from ``run`` or the enclosing ``with run:``.
         ``request_id`` (the ledger's idempotency key) and ``source`` name the
         event for integrations that have an id of their own for the call."""
-        return self._call(False, locals())
+        return self._call(
+            False,
+            model,
+            key,
+            agent_id,
+            consumer_id,
+            task_id,
+            input_tokens,
+            max_output_tokens,
+            action,
+            timeout,
+            run,
+            metadata,
+            request_id,
+            source,
+        )
 
     def call_blocking(
         self,
@@ -597,35 +651,58 @@ class Warden:
         source: str | None = None,
     ) -> Call:
         """``call`` for threads: ``with warden.call_blocking(...) as call:``."""
-        return self._call(True, locals())
+        return self._call(
+            True,
+            model,
+            key,
+            agent_id,
+            consumer_id,
+            task_id,
+            input_tokens,
+            max_output_tokens,
+            action,
+            timeout,
+            run,
+            metadata,
+            request_id,
+            source,
+        )
 
-    def _call(self, blocking: bool, args: dict[str, Any]) -> Call:
-        run = args["run"]
+    def _call(
+        self,
+        blocking: bool,
+        model: str | None,
+        key: Any,
+        agent_id: str | None,
+        consumer_id: str | None,
+        task_id: str | None,
+        input_tokens: int,
+        max_output_tokens: int,
+        action: str,
+        timeout: float | None,
+        run: RunMeter | None,
+        metadata: dict[str, Any] | None,
+        request_id: str | None,
+        source: str | None,
+    ) -> Call:
         if run is None:
             run = _current_run.get()
         elif not isinstance(run, RunMeter):
             raise TypeError("run: must be a RunMeter from warden.run(), or None")
-        model = args["model"]
-        key = args["key"] if args["key"] is not None else (model or "default")
-        metadata = args["metadata"]
+        if key is None:
+            key = model or "default"
         if metadata is not None and not isinstance(metadata, dict):
             raise TypeError(f"metadata must be a dict or None, not {type(metadata).__name__}")
-        action = args["action"]
         # `is None`, not `or`: an empty name stays and is refused by the check below.
-        agent_id = args["agent_id"]
         if agent_id is None:
             agent_id = run.agent_id if run else self.agent_id
-        consumer_id = args["consumer_id"]
         if consumer_id is None:
             consumer_id = run.consumer_id if run else "default"
-        task_id = args["task_id"]
         if task_id is None and run is not None:
             task_id = run.task_id
-        request_id, source = args["request_id"], args["source"]
         names = (agent_id, consumer_id, task_id, model, action, request_id, source)
         if names not in _VALIDATED:
-            _validate_names(args, names)
-        timeout = args["timeout"]
+            _validate_names(names)
         if timeout is not None and (
             isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0
         ):
@@ -640,8 +717,8 @@ class Warden:
             task_id=task_id,
             run=run,
             action=action,
-            input_tokens=_fast_count(args["input_tokens"], "input_tokens"),
-            max_output_tokens=_fast_count(args["max_output_tokens"], "max_output_tokens"),
+            input_tokens=_fast_count(input_tokens, "input_tokens"),
+            max_output_tokens=_fast_count(max_output_tokens, "max_output_tokens"),
             timeout=timeout,
             metadata=metadata,
             request_id=request_id,
@@ -697,14 +774,21 @@ def _with_cost(usage: Usage, cost: float | None) -> Usage:
     )
 
 
-def _validate_names(args: dict[str, Any], names: tuple[Any, ...]) -> None:
+def _validate_names(names: tuple[Any, ...]) -> None:
     """The ledger's own checks (length, NUL…) on a call's identifiers, before
     the call rather than after it; each distinct set is checked once."""
-    for name in ("model", "agent_id", "consumer_id", "task_id", "request_id", "source"):
-        _optional_text(args[name], name)
-    if not isinstance(args["action"], str):
-        raise TypeError(f"action must be a str, not {type(args['action']).__name__}")
     agent_id, consumer_id, task_id, model, action, request_id, source = names
+    for value, name in (
+        (model, "model"),
+        (agent_id, "agent_id"),
+        (consumer_id, "consumer_id"),
+        (task_id, "task_id"),
+        (request_id, "request_id"),
+        (source, "source"),
+    ):
+        _optional_text(value, name)
+    if not isinstance(action, str):
+        raise TypeError(f"action must be a str, not {type(action).__name__}")
     UsageEvent(
         agent_id,
         consumer_id,

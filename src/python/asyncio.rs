@@ -46,8 +46,16 @@ pub struct AcquireCoroutine {
     state: Mutex<State>,
 }
 
-fn stop(value: Py<PyAny>) -> PyErr {
-    PyStopIteration::new_err((value,))
+/// The `StopIteration` that returns `value` from an `await`. A value that is
+/// not a tuple is passed as the exception's value itself: the interpreter
+/// then takes it without building the exception object (a tuple would be
+/// read as the exception's arguments, so it is wrapped).
+fn stop(py: Python<'_>, value: Py<PyAny>) -> PyErr {
+    if value.bind(py).is_instance_of::<PyTuple>() {
+        PyStopIteration::new_err((value,))
+    } else {
+        PyStopIteration::new_err(value)
+    }
 }
 
 impl AcquireCoroutine {
@@ -82,7 +90,7 @@ impl AcquireCoroutine {
                         key: args.key,
                     },
                 )?;
-                Err(stop(reservation.into_any()))
+                Err(stop(py, reservation.into_any()))
             }
             Started::Waiting(wait, cancel) => {
                 // `cancel` leaves the queue as soon as the future is cancelled,
@@ -118,7 +126,7 @@ impl AcquireCoroutine {
                 out.map(Bound::unbind)
             }
             State::Pending(args) if method == "send" => self.start(py, args),
-            State::Ready(value) if method == "send" => Err(stop(value)),
+            State::Ready(value) if method == "send" => Err(stop(py, value)),
             State::Finished if method == "send" => Err(PyRuntimeError::new_err(
                 "cannot reuse already awaited coroutine",
             )),
@@ -148,7 +156,16 @@ impl AcquireCoroutine {
     }
 
     fn __next__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        self.resume(py, "send", PyTuple::new(py, [py.None()])?)
+        // The first step of an `await`: a value already known, or a request
+        // admitted at once, finishes here without building an argument tuple.
+        match self.take() {
+            State::Ready(value) => Err(stop(py, value)),
+            State::Pending(args) => self.start(py, args),
+            other => {
+                *self.state.lock() = other;
+                self.resume(py, "send", PyTuple::new(py, [py.None()])?)
+            }
+        }
     }
 
     fn send(&self, py: Python<'_>, value: Py<PyAny>) -> PyResult<Py<PyAny>> {

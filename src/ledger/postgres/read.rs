@@ -1,7 +1,7 @@
 //! Reads, aggregates and maintenance in SQL on pooled connections; every
 //! value is a bound parameter.
 
-use super::writer::{hourly_sums, sum_columns, HOUR_OF_TS};
+use super::writer::{hourly_sums, saturate, sum_columns, COUNTERS, HOUR_OF_TS};
 use crate::error::CoreResult;
 use crate::ledger::buckets::{GroupBy, TimeUnit};
 use crate::ledger::cursor::Cursor;
@@ -193,10 +193,17 @@ fn aggregate_from_row(row: &Row, group: Option<String>, at: usize) -> Aggregate 
     }
 }
 
-/// The timestamp as local time in the zone bound at `$tz`.
-fn local(tz: usize) -> String {
-    format!("((TIMESTAMPTZ 'epoch' + ts * INTERVAL '1 microsecond') AT TIME ZONE ${tz})")
+/// The instant `column` (UTC µs) as local time in the zone bound at `$tz`.
+fn local(column: &str, tz: usize) -> String {
+    format!("((TIMESTAMPTZ 'epoch' + {column} * INTERVAL '1 microsecond') AT TIME ZONE ${tz})")
 }
+
+/// Memory for one grouped read's hash tables, on the reader's session.
+const GROUPING_WORK_MEM: &str = "SET work_mem = '64MB'";
+
+/// The 15-minute UTC slot (µs) an event falls in: every zone's offset
+/// changes only on such a boundary, so a slot lies in one local bucket.
+const SLOT_OF_TS: &str = "(ts - (((ts % 900000000) + 900000000) % 900000000))";
 
 /// A bucket's label from its local start (and, for hours, its UTC offset),
 /// formatted exactly as the SQLite store formats it.
@@ -217,9 +224,14 @@ fn bucket_label(unit: TimeUnit, start: NaiveDateTime, offset_s: i32) -> String {
     }
 }
 
-/// Totals per group in one `GROUP BY`; calendar buckets with `AT TIME ZONE`
-/// (DST-correct), oldest first; other groups by key in byte order, no
-/// value first (as SQLite orders them).
+/// Totals per group, oldest bucket first for calendar buckets (in the
+/// zone given, DST-correct), other groups by key in byte order, no value
+/// first (as SQLite orders them).
+///
+/// One pass over the events folds them into partial totals per (15-minute
+/// slot or group key, agent, consumer); the groups, and their distinct
+/// agents and consumers, are then counted from those far fewer rows, so the
+/// time-zone arithmetic and the distinct counts never touch every event.
 pub async fn aggregate(
     c: &impl GenericClient,
     s: &str,
@@ -228,50 +240,62 @@ pub async fn aggregate(
     filters: &Filters,
 ) -> CoreResult<Vec<Aggregate>> {
     let mut params: Vec<Param> = Vec::new();
-    // The group key columns `k0, k1` and how groups are ordered.
-    let (keys, order) = match group_by {
+    // The partial totals' key, the group key columns `k0, k1` computed from
+    // it, and how groups are ordered.
+    let (part, keys, order) = match group_by {
         GroupBy::Time(unit) => {
             params.push(Box::new(tz.to_string()));
-            let local = local(1);
+            let local = local("part", 1);
             let offset = match unit {
                 // Two hours of a fall-back share a local start; the offset tells them apart.
                 TimeUnit::Hour => format!(
-                    "EXTRACT(EPOCH FROM {local} - ((TIMESTAMPTZ 'epoch' + ts * INTERVAL '1 microsecond') AT TIME ZONE 'UTC'))::int4"
+                    "EXTRACT(EPOCH FROM {local} - ({} AT TIME ZONE 'UTC'))::int4",
+                    "(TIMESTAMPTZ 'epoch' + part * INTERVAL '1 microsecond')"
                 ),
                 _ => "0".into(),
             };
             (
+                SLOT_OF_TS.to_string(),
                 format!(
                     "date_trunc('{}', {local}) AS k0, {offset} AS k1",
                     unit.name()
                 ),
-                "t.first_ts",
+                "MIN(first_ts)",
             )
         }
         _ => (
-            format!("{} AS k0, 0 AS k1", group_by.sql()),
-            "t.k0 COLLATE \"C\" NULLS FIRST",
+            group_by.sql().to_string(),
+            "part AS k0, 0 AS k1".to_string(),
+            "part COLLATE \"C\" NULLS FIRST",
         ),
     };
     let clause = where_clause(filters, &mut params);
-    // Distinct agents and consumers per group from hashed DISTINCT subqueries:
-    // COUNT(DISTINCT …) inside the GROUP BY would sort every group twice.
-    let distinct = |column: &str| {
-        format!(
-            "(SELECT k0, k1, COUNT(*)::int8 AS n FROM \
-               (SELECT DISTINCT {keys}, {column} FROM {s}.usage_events {clause}) d GROUP BY 1, 2)"
-        )
-    };
-    let sql = format!(
-        "SELECT t.*, COALESCE(a.n, 0), COALESCE(c.n, 0) FROM \
-           (SELECT {keys}, MIN(ts) AS first_ts, {sums} FROM {s}.usage_events {clause} GROUP BY 1, 2) t \
-         LEFT JOIN {agents} a ON a.k0 IS NOT DISTINCT FROM t.k0 AND a.k1 = t.k1 \
-         LEFT JOIN {consumers} c ON c.k0 IS NOT DISTINCT FROM t.k0 AND c.k1 = t.k1 \
-         ORDER BY {order}",
-        sums = sum_columns(true).join(", "),
-        agents = distinct("agent_id"),
-        consumers = distinct("consumer_id"),
+    let partial_sums: Vec<String> = COUNTERS
+        .iter()
+        .map(|c| format!("SUM({c}) AS {c}"))
+        .collect();
+    let mut sums = vec!["SUM(events)::int8".to_string()];
+    sums.extend(
+        COUNTERS
+            .iter()
+            .map(|c| saturate(&format!("COALESCE(SUM({c}), 0)"))),
     );
+    sums.push(saturate("SUM(cost_nanos)"));
+    sums.push("(SUM(events) - SUM(priced))::int8".into());
+    let sql = format!(
+        "SELECT {keys}, MIN(first_ts), {sums}, \
+                COUNT(DISTINCT agent_id)::int8, COUNT(DISTINCT consumer_id)::int8 \
+         FROM (SELECT {part} AS part, agent_id, consumer_id, MIN(ts) AS first_ts, \
+                      COUNT(*) AS events, {partial_sums}, \
+                      SUM(cost_nanos) AS cost_nanos, COUNT(cost_nanos) AS priced \
+               FROM {s}.usage_events {clause} GROUP BY 1, 2, 3) p \
+         GROUP BY 1, 2 ORDER BY {order}",
+        sums = sums.join(", "),
+        partial_sums = partial_sums.join(", "),
+    );
+    // The partial totals are hashed in memory: at the default 4 MB they
+    // would spill to disk for a ledger of a few hundred thousand events.
+    c.batch_execute(GROUPING_WORK_MEM).await?;
     let rows = c.query(&sql, &refs(&params)).await?;
     Ok(match group_by {
         GroupBy::Time(unit) => rows

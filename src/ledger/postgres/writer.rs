@@ -76,8 +76,8 @@ pub(crate) fn saturate(expr: &str) -> String {
     )
 }
 
-/// The counters an event carries, summed into `usage_hourly`.
-const COUNTERS: [&str; 7] = [
+/// The counters an event carries, summed in every total.
+pub(crate) const COUNTERS: [&str; 7] = [
     "tokens_in",
     "tokens_out",
     "cache_read_tokens",
