@@ -9,12 +9,11 @@ import json
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 from typing import Any
 
 import pytest
 import usagewarden as uw
-from audit_helpers import tamper
+from audit_helpers import AuditLedger
 from ledger_helpers import event, events
 
 #: A third party's verifier: from the README's "Auditing" section, nothing else.
@@ -81,8 +80,13 @@ def awkward(i: int) -> uw.UsageEvent:
     )
 
 
-def test_receipts_verify_with_hashlib_and_json_alone(tmp_path: Path) -> None:
-    with uw.SQLiteStore(tmp_path / "r.db") as store:
+@pytest.fixture
+def db(backend: Any) -> AuditLedger:
+    return AuditLedger(backend, "r.db")
+
+
+def test_receipts_verify_with_hashlib_and_json_alone(db: AuditLedger) -> None:
+    with db.store() as store:
         store.record_batch([awkward(i) for i in range(6)])
         store.flush()
         items = []
@@ -101,19 +105,18 @@ def test_receipts_verify_with_hashlib_and_json_alone(tmp_path: Path) -> None:
         third_party_check(items)
 
 
-def test_a_receipt_detects_its_own_tampering_offline(tmp_path: Path) -> None:
-    db = tmp_path / "r.db"
-    with uw.SQLiteStore(db) as store:
+def test_a_receipt_detects_its_own_tampering_offline(db: AuditLedger) -> None:
+    with db.store() as store:
         store.record_batch(events(3))
-    tamper(db, "UPDATE usage_events SET tokens_in = 0 WHERE request_id = 'req-1'")
-    with uw.SQLiteStore(db) as store:
+    db.tamper("UPDATE usage_events SET tokens_in = 0 WHERE request_id = 'req-1'")
+    with db.store() as store:
         receipt = store.receipt("req-1")
         assert not receipt.verify()
         assert store.receipt("req-2").verify()
 
 
-def test_receipts_are_per_namespace(tmp_path: Path) -> None:
-    with uw.SQLiteStore(tmp_path / "r.db") as store:
+def test_receipts_are_per_namespace(db: AuditLedger) -> None:
+    with db.store() as store:
         store.record_batch(
             [event(0, namespace="a"), event(0, namespace="b"), event(1, namespace="b")]
         )
@@ -139,10 +142,9 @@ def test_artifact_digest_must_be_a_string() -> None:
         uw.UsageEvent("a", "c", artifact_digest=b"ab" * 16)  # type: ignore[arg-type]
 
 
-def test_artifact_digest_is_stored_exported_and_chained(tmp_path: Path) -> None:
+def test_artifact_digest_is_stored_exported_and_chained(db: AuditLedger) -> None:
     digest = "3f" * 32
-    db = tmp_path / "r.db"
-    with uw.SQLiteStore(db) as store:
+    with db.store() as store:
         store.record(event(0, artifact_digest=digest))
         store.record(event(1))
         store.flush()
@@ -160,8 +162,8 @@ def test_artifact_digest_is_stored_exported_and_chained(tmp_path: Path) -> None:
             "",
         ]
         assert f'"artifact_digest":"{digest}"'.encode() in store.receipt("req-0").payload
-    tamper(db, "UPDATE usage_events SET artifact_digest = ? WHERE request_id = 'req-0'", "00" * 32)
-    with uw.SQLiteStore(db) as store:
+    db.tamper(f"UPDATE usage_events SET artifact_digest = '{'00' * 32}' WHERE request_id = 'req-0'")
+    with db.store() as store:
         found = store.verify().problem
         assert found is not None and (found.kind, found.request_id) == ("altered", "req-0")
 

@@ -2,6 +2,7 @@
 
 pub mod buckets;
 pub mod chain;
+pub mod chain_source;
 pub mod chain_verify;
 pub mod cursor;
 pub mod event;

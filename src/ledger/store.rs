@@ -1,7 +1,7 @@
 //! `MeteringStore`: the one contract every ledger backend implements, so the
 //! bindings, the budgets and the HTTP router work on any of them.
 
-use crate::error::{CoreError, CoreResult};
+use crate::error::CoreResult;
 use crate::ledger::chain_verify::{Checkpoint, PositionRange, Receipt, VerifyReport};
 use crate::ledger::event::UsageEvent;
 use crate::ledger::export::Format;
@@ -82,23 +82,13 @@ pub trait MeteringStore: Send + Sync {
     /// names the first problem. Must read one consistent snapshot.
     fn verify(
         &self,
-        _namespace: Option<&str>,
-        _range: PositionRange,
-        _anchors: &[Checkpoint],
-    ) -> CoreResult<VerifyReport> {
-        Err(not_supported("verify"))
-    }
+        namespace: Option<&str>,
+        range: PositionRange,
+        anchors: &[Checkpoint],
+    ) -> CoreResult<VerifyReport>;
     /// The canonical payload of one committed event, its place in the chain
     /// and the digests around it.
-    fn receipt(&self, _request_id: &str, _namespace: &str) -> CoreResult<Receipt> {
-        Err(not_supported("receipt"))
-    }
+    fn receipt(&self, request_id: &str, namespace: &str) -> CoreResult<Receipt>;
     /// The head of `namespace`'s chain over the committed events.
-    fn checkpoint(&self, _namespace: &str) -> CoreResult<Checkpoint> {
-        Err(not_supported("checkpoint"))
-    }
-}
-
-fn not_supported(what: &str) -> CoreError {
-    CoreError::Store(format!("{what} is not supported by this backend yet"))
+    fn checkpoint(&self, namespace: &str) -> CoreResult<Checkpoint>;
 }

@@ -2,6 +2,7 @@
 //! many hosts write and read. One writer task per store on the shared tokio
 //! runtime commits queued events in batches; reads use a small pool.
 
+mod chain;
 mod read;
 mod schema;
 mod writer;
@@ -11,6 +12,8 @@ pub use schema::{validate_schema, SCHEMA_VERSION};
 use crate::clock::Clock;
 use crate::error::{CoreError, CoreResult};
 use crate::ledger::buckets::{parse_tz, GroupBy};
+use crate::ledger::chain_source::{self, ChainSource};
+use crate::ledger::chain_verify::{Checkpoint, PositionRange, Receipt, VerifyReport};
 use crate::ledger::cursor::Cursor;
 use crate::ledger::event::UsageEvent;
 use crate::ledger::export::{write_events, Format};
@@ -29,7 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config, IsolationLevel, NoTls};
 use writer::Command;
 
 impl From<tokio_postgres::Error> for CoreError {
@@ -249,6 +252,32 @@ impl PostgresStore {
         (self.clock.now() / 1_000) as i64
     }
 
+    /// Runs `f` on the chain as one read-only REPEATABLE READ snapshot sees it.
+    fn read_chain<T>(
+        &self,
+        f: impl FnOnce(&mut dyn ChainSource) -> CoreResult<T>,
+    ) -> CoreResult<T> {
+        if MeteringStore::is_closed(self) {
+            return Err(CoreError::Store("the store is closed".into()));
+        }
+        let s = self.schema_sql();
+        let mut client = self.runtime.block_on(self.pool.get())?;
+        let tx = self.runtime.block_on(
+            client
+                .build_transaction()
+                .isolation_level(IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start(),
+        )?;
+        let out = f(&mut chain::PostgresChain {
+            tx: &tx,
+            runtime: &self.runtime,
+            schema: &s,
+        })?;
+        self.runtime.block_on(tx.commit())?;
+        Ok(out)
+    }
+
     /// Deletes events older than `cutoff_us`: whole expired partitions are
     /// dropped, the partition the cutoff falls in is deleted from.
     fn purge_before(&self, cutoff_us: i64) -> CoreResult<usize> {
@@ -262,6 +291,7 @@ impl PostgresStore {
                 &[&format!("usagewarden.partitions:{schema_name}")],
             )
             .await?;
+            chain::record_purges(&tx, &s, cutoff_us, self.now_us()).await?;
             let mut purged: u64 = 0;
             for (name, _, upper) in schema::partitions(&tx, &schema_name).await? {
                 if upper <= cutoff_us {
@@ -531,6 +561,26 @@ impl MeteringStore for PostgresStore {
         }
         self.pool.close();
         Ok(())
+    }
+
+    fn verify(
+        &self,
+        namespace: Option<&str>,
+        range: PositionRange,
+        anchors: &[Checkpoint],
+    ) -> CoreResult<VerifyReport> {
+        range.validate()?;
+        let now = self.now_us();
+        self.read_chain(|c| chain_source::verify(c, namespace, range, anchors, now))
+    }
+
+    fn receipt(&self, request_id: &str, namespace: &str) -> CoreResult<Receipt> {
+        self.read_chain(|c| chain_source::receipt(c, namespace, request_id))
+    }
+
+    fn checkpoint(&self, namespace: &str) -> CoreResult<Checkpoint> {
+        let now = self.now_us();
+        self.read_chain(|c| chain_source::checkpoint(c, namespace, now))
     }
 }
 

@@ -69,6 +69,8 @@ CREATE TABLE {s}.usage_hourly (
     r#"
 ALTER TABLE {s}.usage_events ADD COLUMN artifact_digest TEXT;
 "#,
+    // The hash chain (`super::chain`).
+    super::chain::MIGRATION,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -122,9 +124,12 @@ pub async fn migrate(client: &mut Client, schema: &str) -> CoreResult<()> {
             "the ledger schema {schema:?} is at version {current}, newer than this usagewarden's {SCHEMA_VERSION}; upgrade usagewarden"
         )));
     }
+    let quoted = format!("\"{schema}\"");
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-        tx.batch_execute(&sql.replace("{s}", &format!("\"{schema}\"")))
-            .await?;
+        tx.batch_execute(&sql.replace("{s}", &quoted)).await?;
+        if i as i64 + 1 == super::chain::CHAIN_SCHEMA_VERSION {
+            super::chain::chain_existing(&tx, &quoted).await?;
+        }
         tx.execute(
             &format!("INSERT INTO \"{schema}\".schema_version VALUES ($1)"),
             &[&(i as i32 + 1)],

@@ -3,6 +3,7 @@
 //! then one statement that claims the request ids, inserts the new events
 //! and adds them to the hourly totals.
 
+use super::chain;
 use super::schema;
 use super::Shared;
 use crate::error::{CoreError, CoreResult};
@@ -111,49 +112,97 @@ pub(crate) fn hourly_sums() -> String {
 /// The hour (UTC µs) an event's timestamp falls in, in SQL.
 pub(crate) const HOUR_OF_TS: &str = "(ts - (((ts % 3600000000) + 3600000000) % 3600000000))";
 
+/// Claims the staged request ids (the first of each, in staging order);
+/// returns the `seq` of each new event, in order.
+fn claim_sql(s: &str) -> String {
+    format!(
+        "WITH firsts AS ( \
+             SELECT DISTINCT ON (namespace, request_id) seq, namespace, request_id, fingerprint, ts \
+             FROM uw_staging ORDER BY namespace, request_id, seq \
+         ), claimed AS ( \
+             INSERT INTO {s}.request_keys (namespace, request_id, fingerprint, ts) \
+             SELECT namespace, request_id, fingerprint, ts FROM firsts ORDER BY seq \
+             ON CONFLICT (namespace, request_id) DO NOTHING \
+             RETURNING namespace, request_id \
+         ) SELECT f.seq FROM firsts f JOIN claimed c USING (namespace, request_id) ORDER BY f.seq"
+    )
+}
+
+/// Inserts the claimed events (`$1` their seqs, `$2` and `$3` their chain
+/// positions and digests) and adds them to the hourly totals.
 fn insert_sql(s: &str) -> String {
     let add = |c: &str| {
         format!(
             "{c} = LEAST(COALESCE(h.{c}, 0)::numeric + COALESCE(excluded.{c}, 0), 9223372036854775807)::int8"
         )
     };
-    let updates: Vec<String> = [
-        "events",
-        "tokens_in",
-        "tokens_out",
-        "cache_read_tokens",
-        "cache_write_tokens",
-        "duration_ms",
-        "api_calls",
-        "units",
-        "unpriced_events",
-    ]
-    .iter()
-    .map(|c| add(c))
-    .collect();
+    let updates: Vec<String> = ["events"]
+        .into_iter()
+        .chain(COUNTERS)
+        .chain(["unpriced_events"])
+        .map(add)
+        .collect();
     format!(
-        "WITH firsts AS ( \
-             SELECT DISTINCT ON (namespace, request_id) * FROM uw_staging ORDER BY namespace, request_id, seq \
-         ), claimed AS ( \
-             INSERT INTO {s}.request_keys (namespace, request_id, fingerprint, ts) \
-             SELECT namespace, request_id, fingerprint, ts FROM firsts ORDER BY seq \
-             ON CONFLICT (namespace, request_id) DO NOTHING \
-             RETURNING namespace, request_id \
+        "WITH chained AS ( \
+             SELECT * FROM unnest($1::int8[], $2::int8[], $3::bytea[]) AS c(seq, chain_position, chain_digest) \
          ), fresh AS ( \
-             SELECT f.* FROM firsts f JOIN claimed c USING (namespace, request_id) \
+             SELECT s.*, c.chain_position, c.chain_digest FROM uw_staging s JOIN chained c USING (seq) \
          ), inserted AS ( \
-             INSERT INTO {s}.usage_events ({EVENT_COLUMNS}) \
-             SELECT {EVENT_COLUMNS} FROM fresh ORDER BY seq \
-         ), hourly AS ( \
-             INSERT INTO {s}.usage_hourly AS h \
+             INSERT INTO {s}.usage_events ({EVENT_COLUMNS}, chain_position, chain_digest) \
+             SELECT {EVENT_COLUMNS}, chain_position, chain_digest FROM fresh ORDER BY seq \
+         ) INSERT INTO {s}.usage_hourly AS h \
              SELECT namespace, {HOUR_OF_TS}, {sums} FROM fresh GROUP BY 1, 2 \
              ON CONFLICT (namespace, hour) DO UPDATE SET {updates}, \
              cost_nanos = CASE WHEN h.cost_nanos IS NULL AND excluded.cost_nanos IS NULL THEN NULL \
-                 ELSE LEAST(COALESCE(h.cost_nanos, 0)::numeric + COALESCE(excluded.cost_nanos, 0), 9223372036854775807)::int8 END \
-         ) SELECT seq FROM fresh",
+                 ELSE LEAST(COALESCE(h.cost_nanos, 0)::numeric + COALESCE(excluded.cost_nanos, 0), 9223372036854775807)::int8 END",
         sums = hourly_sums(),
         updates = updates.join(", "),
     )
+}
+
+/// The statements a writer connection prepares once.
+#[derive(Clone)]
+struct Statements {
+    heads: chain::HeadStatements,
+    claim: tokio_postgres::Statement,
+    insert: tokio_postgres::Statement,
+}
+
+/// Stages `records`, locks their namespaces' chain heads, claims the new
+/// request ids and inserts those events, each extending its chain in
+/// staging order; returns the seqs of the new events. Duplicates and
+/// conflicts are not claimed, so they never advance a chain.
+async fn insert_chained(
+    tx: &tokio_postgres::Transaction<'_>,
+    statements: &Statements,
+    records: &[Pending],
+) -> CoreResult<Vec<i64>> {
+    stage(tx, records).await?;
+    // Locked before the claim: another host's events of these namespaces
+    // are committed (and their ids claimed) before this one's are decided.
+    let events = records.iter().map(|p| &*p.event);
+    let (mut heads, claimed) = chain::Heads::lock_then(
+        tx,
+        &statements.heads,
+        events,
+        tx.query(&statements.claim, &[]),
+    )
+    .await?;
+    let fresh: Vec<i64> = claimed.iter().map(|r| r.get(0)).collect();
+    if fresh.is_empty() {
+        return Ok(fresh);
+    }
+    let (mut positions, mut digests) = (Vec::new(), Vec::new());
+    for &seq in &fresh {
+        let (position, digest) = heads.extend(&records[seq as usize].event);
+        positions.push(position);
+        digests.push(digest);
+    }
+    let digests: Vec<&[u8]> = digests.iter().map(|d| &d[..]).collect();
+    tx.execute(&statements.insert, &[&fresh, &positions, &digests])
+        .await?;
+    heads.write(tx, &statements.heads).await?;
+    Ok(fresh)
 }
 
 /// This connection's staging table; a transaction's rows go at its end.
@@ -175,8 +224,8 @@ struct Pending {
 pub(crate) struct Worker {
     pub(crate) shared: Arc<Shared>,
     client: Option<Client>,
-    /// The insert statement, prepared on `client`.
-    insert: Option<tokio_postgres::Statement>,
+    /// The writer's statements, prepared on `client`.
+    statements: Option<Statements>,
     known_months: HashSet<i64>,
 }
 
@@ -185,7 +234,7 @@ impl Worker {
         Worker {
             shared,
             client: None,
-            insert: None,
+            statements: None,
             known_months: HashSet::new(),
         }
     }
@@ -362,11 +411,12 @@ impl Worker {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             let client = self.shared.connect().await?;
             client.batch_execute(STAGING_TABLE).await?;
-            self.insert = Some(
-                client
-                    .prepare(&insert_sql(&format!("\"{}\"", self.shared.schema)))
-                    .await?,
-            );
+            let s = format!("\"{}\"", self.shared.schema);
+            self.statements = Some(Statements {
+                heads: chain::HeadStatements::prepare(&client, &s).await?,
+                claim: client.prepare(&claim_sql(&s)).await?,
+                insert: client.prepare(&insert_sql(&s)).await?,
+            });
             self.client = Some(client);
             self.known_months.clear();
         }
@@ -398,15 +448,15 @@ impl Worker {
         self.ensure_partitions(records).await?;
         let s = format!("\"{}\"", self.shared.schema);
         self.client().await?;
-        let insert = self.insert.clone().expect("prepared with the connection");
+        let statements = self
+            .statements
+            .clone()
+            .expect("prepared with the connection");
         let client = self.client.as_mut().expect("connected");
         let tx = client.transaction().await?;
-        stage(&tx, records).await?;
-        let fresh: HashSet<i64> = tx
-            .query(&insert, &[])
+        let fresh: HashSet<i64> = insert_chained(&tx, &statements, records)
             .await?
-            .iter()
-            .map(|r| r.get(0))
+            .into_iter()
             .collect();
         let mut outcomes = vec![Outcome::Inserted; records.len()];
         if fresh.len() < records.len() {
@@ -443,11 +493,13 @@ impl Worker {
         let conflicts = &shared.counters.conflicts;
         let s = format!("\"{}\"", self.shared.schema);
         self.client().await?;
-        let insert = self.insert.clone().expect("prepared with the connection");
+        let statements = self
+            .statements
+            .clone()
+            .expect("prepared with the connection");
         let client = self.client.as_mut().expect("connected");
         let tx = client.transaction().await?;
-        stage(&tx, records).await?;
-        let fresh = tx.query(&insert, &[]).await?.len();
+        let fresh = insert_chained(&tx, &statements, records).await?.len();
         if fresh < records.len() {
             let conflict = tx
                 .query(

@@ -19,6 +19,7 @@ pub use writer::{Counters, LogLevel, WriteJob, MAX_GROUP, QUEUE_CAPACITY};
 use crate::clock::Clock;
 use crate::error::{CoreError, CoreResult};
 use crate::ledger::buckets::{parse_tz, GroupBy};
+use crate::ledger::chain_source;
 use crate::ledger::chain_verify::{Checkpoint, PositionRange, Receipt, VerifyReport};
 use crate::ledger::cursor::Cursor;
 use crate::ledger::event::UsageEvent;
@@ -435,16 +436,19 @@ impl SqliteStore {
     ) -> CoreResult<VerifyReport> {
         range.validate()?;
         let now = self.now_us();
-        self.read(|c| chain::verify(c, namespace, range, anchors, now))
+        self.read(|c| {
+            let tx = c.unchecked_transaction()?;
+            chain_source::verify(&mut chain::SqliteChain(&tx), namespace, range, anchors, now)
+        })
     }
 
     pub fn receipt(&self, request_id: &str, namespace: &str) -> CoreResult<Receipt> {
-        self.read(|c| chain::receipt(c, namespace, request_id))
+        self.read(|c| chain_source::receipt(&mut chain::SqliteChain(c), namespace, request_id))
     }
 
     pub fn checkpoint(&self, namespace: &str) -> CoreResult<Checkpoint> {
         let now = self.now_us();
-        self.read(|c| chain::checkpoint(c, namespace, now))
+        self.read(|c| chain_source::checkpoint(&mut chain::SqliteChain(c), namespace, now))
     }
 
     /// Events queued but not yet committed.
