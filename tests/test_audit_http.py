@@ -2,10 +2,10 @@
 receipts checked with hashlib alone, the chain head, and verification in
 bounded, resumable requests that name a row altered with Python's sqlite3.
 
-The routes reach the ledger through the store protocol only. A backend that
-does not keep the chain yet answers 501 (``not_supported``): the tests that
-run on every backend assert exactly that for the backends not listed in
-``CHAIN_BACKENDS``.
+The routes reach the ledger through the store protocol only, and run here on
+both stores. A store that keeps no chain answers 501 (``not_supported``):
+the tests that run on every backend assert exactly that for a backend not
+listed in ``CHAIN_BACKENDS``.
 """
 
 from __future__ import annotations
@@ -42,8 +42,7 @@ from usagewarden.fastapi import (  # noqa: E402
 )
 
 #: Backends whose stores keep the hash chain; the others answer 501.
-#: PostgreSQL's chain is under way: add it here when it lands.
-CHAIN_BACKENDS = {"sqlite"}
+CHAIN_BACKENDS = {"sqlite", "postgres"}
 NS = "team-audit"
 OTHER_NS = "team-other"
 GENESIS = "0" * 64
