@@ -145,7 +145,13 @@ def test_an_unreachable_server_fails_fast_with_a_clear_error() -> None:
 
 def test_health_reports_the_connection(redis_url) -> None:
     health = limiter_on(redis_url).health()
-    assert health == {"ok": True, "url": redis_url, "cluster": False, "error": None}
+    assert health == {
+        "ok": True,
+        "local": False,
+        "url": redis_url,
+        "cluster": False,
+        "error": None,
+    }
 
 
 def test_a_password_never_appears_in_what_the_limiter_reports(redis_server) -> None:
