@@ -192,19 +192,27 @@ def cluster_url(tmp_path_factory: pytest.TempPathFactory):
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed (Debian: apt-get install -y redis-server)")
     directory = tmp_path_factory.mktemp("cluster")
-    port = free_port()
-    process = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(directory), "--cluster-enabled", "yes",
-         "--cluster-config-file", str(directory / "nodes.conf")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
+    log = directory / "redis.log"
+    for _attempt in range(3):  # a free port can be taken before the server binds it
+        port = free_port()
+        process = subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(directory), "--cluster-enabled", "yes",
+             "--cluster-config-file", str(directory / f"nodes-{port}.conf"),
+             "--logfile", str(log)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
         deadline = time.monotonic() + 10
-        while not ping(port):
-            assert time.monotonic() < deadline, "the cluster node did not start"
+        while not ping(port) and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)
+        if ping(port):
+            break
+        process.terminate()
+        process.wait(10)
+    else:
+        pytest.fail(f"the cluster node did not start: {log.read_text() if log.exists() else ''}")
+    try:
         node = RedisServer.__new__(RedisServer)
         node.port = port
         assert node.command("CLUSTER", "ADDSLOTSRANGE", "0", "16383").startswith(b"+OK")
