@@ -50,108 +50,202 @@ pub const GENESIS: Digest = [0; 32];
 /// The canonical encoding's version, written as `"v"`.
 pub const ENCODING_VERSION: u32 = 1;
 
-/// Writes `s` as a JSON string, escaping what Python's `json.dumps(...,
-/// ensure_ascii=False)` escapes and nothing else.
-fn push_str(out: &mut Vec<u8>, s: &str) {
+/// Bytes that a JSON string must escape (`"`, `\` and U+0000–U+001F).
+const ESCAPED: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = true;
+        b += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
+
+/// Writes `s` (UTF-8, or any bytes a tampered row holds) as a JSON string,
+/// escaping what Python's `json.dumps(..., ensure_ascii=False)` escapes and
+/// nothing else.
+fn push_str(out: &mut Vec<u8>, s: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
-    let bytes = s.as_bytes();
     let mut plain = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let short: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0x08 => b"\\b",
-            0x0c => b"\\f",
-            0x00..=0x1f => b"",
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[plain..i]);
-        if short.is_empty() {
-            out.extend_from_slice(b"\\u00");
-            out.push(HEX[usize::from(b >> 4)]);
-            out.push(HEX[usize::from(b & 15)]);
-        } else {
-            out.extend_from_slice(short);
+    for (i, &b) in s.iter().enumerate() {
+        if !ESCAPED[usize::from(b)] {
+            continue;
+        }
+        out.extend_from_slice(&s[plain..i]);
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            0x0c => out.extend_from_slice(b"\\f"),
+            _ => {
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[usize::from(b >> 4)]);
+                out.push(HEX[usize::from(b & 15)]);
+            }
         }
         plain = i + 1;
     }
-    out.extend_from_slice(&bytes[plain..]);
+    out.extend_from_slice(&s[plain..]);
     out.push(b'"');
 }
 
-fn push_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
+fn push_opt_str(out: &mut Vec<u8>, s: Option<&[u8]>) {
     match s {
         Some(s) => push_str(out, s),
         None => out.extend_from_slice(b"null"),
     }
 }
 
-fn push_int(out: &mut Vec<u8>, n: impl std::fmt::Display) {
-    use std::io::Write as _;
-    // Writing to a Vec cannot fail.
-    let _ = write!(out, "{n}");
+/// Decimal digits, without going through `fmt` (this runs for every
+/// integer of every event chained or verified).
+fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
+
+fn push_i64(out: &mut Vec<u8>, n: i64) {
+    if n < 0 {
+        out.push(b'-');
+    }
+    push_u64(out, n.unsigned_abs());
+}
+
+fn push_opt_u64(out: &mut Vec<u8>, n: Option<u64>) {
+    match n {
+        Some(n) => push_u64(out, n),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// The fields the encoding covers, borrowed from an event or straight from
+/// a stored row (so that `verify` builds no event per row). Text is bytes:
+/// a stored value that is not UTF-8 (tampered) encodes as it is and fails
+/// the digest rather than the read.
+#[derive(Clone, Copy, Debug)]
+pub struct Canonical<'a> {
+    pub agent_id: &'a [u8],
+    pub consumer_id: &'a [u8],
+    pub task_id: Option<&'a [u8]>,
+    pub namespace: &'a [u8],
+    pub action: &'a [u8],
+    pub model: Option<&'a [u8]>,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    pub cache_read_tokens: u64,
+    pub cache_write_tokens: u64,
+    pub duration_ms: u64,
+    pub api_calls: u64,
+    pub units: u64,
+    pub cost_nanos: Option<u64>,
+    pub timestamp_us: i64,
+    pub request_id: &'a [u8],
+    pub source: Option<&'a [u8]>,
+    pub metadata: Option<&'a [u8]>,
+    pub artifact_digest: Option<&'a [u8]>,
+}
+
+impl<'a> Canonical<'a> {
+    /// The fields of an event as the caller recorded it (`cost_nanos` is
+    /// the caller's cost: `None` for a cost the store's pricing filled in).
+    pub fn of(e: &'a UsageEvent) -> Canonical<'a> {
+        let opt = |s: &'a Option<String>| s.as_deref().map(str::as_bytes);
+        Canonical {
+            agent_id: e.agent_id.as_bytes(),
+            consumer_id: e.consumer_id.as_bytes(),
+            task_id: opt(&e.task_id),
+            namespace: e.namespace.as_bytes(),
+            action: e.action.as_bytes(),
+            model: opt(&e.model),
+            tokens_in: e.tokens_in,
+            tokens_out: e.tokens_out,
+            cache_read_tokens: e.cache_read_tokens,
+            cache_write_tokens: e.cache_write_tokens,
+            duration_ms: e.duration_ms,
+            api_calls: e.api_calls,
+            units: e.units,
+            cost_nanos: e.cost_nanos,
+            timestamp_us: e.timestamp_us,
+            request_id: e.request_id.as_bytes(),
+            source: opt(&e.source),
+            metadata: opt(&e.metadata),
+            artifact_digest: opt(&e.artifact_digest),
+        }
+    }
+
+    /// Appends the canonical bytes to `out`, keys in sorted order.
+    pub fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"action\":");
+        push_str(out, self.action);
+        out.extend_from_slice(b",\"agent_id\":");
+        push_str(out, self.agent_id);
+        out.extend_from_slice(b",\"api_calls\":");
+        push_u64(out, self.api_calls);
+        out.extend_from_slice(b",\"artifact_digest\":");
+        push_opt_str(out, self.artifact_digest);
+        out.extend_from_slice(b",\"cache_read_tokens\":");
+        push_u64(out, self.cache_read_tokens);
+        out.extend_from_slice(b",\"cache_write_tokens\":");
+        push_u64(out, self.cache_write_tokens);
+        out.extend_from_slice(b",\"consumer_id\":");
+        push_str(out, self.consumer_id);
+        out.extend_from_slice(b",\"cost_nanos\":");
+        push_opt_u64(out, self.cost_nanos);
+        out.extend_from_slice(b",\"duration_ms\":");
+        push_u64(out, self.duration_ms);
+        out.extend_from_slice(b",\"metadata\":");
+        push_opt_str(out, self.metadata);
+        out.extend_from_slice(b",\"model\":");
+        push_opt_str(out, self.model);
+        out.extend_from_slice(b",\"namespace\":");
+        push_str(out, self.namespace);
+        out.extend_from_slice(b",\"request_id\":");
+        push_str(out, self.request_id);
+        out.extend_from_slice(b",\"source\":");
+        push_opt_str(out, self.source);
+        out.extend_from_slice(b",\"task_id\":");
+        push_opt_str(out, self.task_id);
+        out.extend_from_slice(b",\"timestamp_us\":");
+        push_i64(out, self.timestamp_us);
+        out.extend_from_slice(b",\"tokens_in\":");
+        push_u64(out, self.tokens_in);
+        out.extend_from_slice(b",\"tokens_out\":");
+        push_u64(out, self.tokens_out);
+        out.extend_from_slice(b",\"units\":");
+        push_u64(out, self.units);
+        out.extend_from_slice(b",\"v\":");
+        push_u64(out, u64::from(ENCODING_VERSION));
+        out.push(b'}');
+    }
+
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(PAYLOAD_CAPACITY);
+        self.write(&mut out);
+        out
+    }
+}
+
+/// Room for a typical payload (about 400 bytes without metadata).
+pub const PAYLOAD_CAPACITY: usize = 512;
 
 /// The canonical bytes of an event as the caller recorded it (`cost_nanos`
 /// is the caller's cost: `None` for a cost the store's pricing filled in).
-/// Keys in sorted order.
 pub fn canonical(e: &UsageEvent) -> Vec<u8> {
-    let mut out = Vec::with_capacity(448);
-    let key = |out: &mut Vec<u8>, name: &str| {
-        out.push(if out.is_empty() { b'{' } else { b',' });
-        out.push(b'"');
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b"\":");
-    };
-    key(&mut out, "action");
-    push_str(&mut out, &e.action);
-    key(&mut out, "agent_id");
-    push_str(&mut out, &e.agent_id);
-    key(&mut out, "api_calls");
-    push_int(&mut out, e.api_calls);
-    key(&mut out, "artifact_digest");
-    push_opt_str(&mut out, e.artifact_digest.as_deref());
-    key(&mut out, "cache_read_tokens");
-    push_int(&mut out, e.cache_read_tokens);
-    key(&mut out, "cache_write_tokens");
-    push_int(&mut out, e.cache_write_tokens);
-    key(&mut out, "consumer_id");
-    push_str(&mut out, &e.consumer_id);
-    key(&mut out, "cost_nanos");
-    match e.cost_nanos {
-        Some(c) => push_int(&mut out, c),
-        None => out.extend_from_slice(b"null"),
-    }
-    key(&mut out, "duration_ms");
-    push_int(&mut out, e.duration_ms);
-    key(&mut out, "metadata");
-    push_opt_str(&mut out, e.metadata.as_deref());
-    key(&mut out, "model");
-    push_opt_str(&mut out, e.model.as_deref());
-    key(&mut out, "namespace");
-    push_str(&mut out, &e.namespace);
-    key(&mut out, "request_id");
-    push_str(&mut out, &e.request_id);
-    key(&mut out, "source");
-    push_opt_str(&mut out, e.source.as_deref());
-    key(&mut out, "task_id");
-    push_opt_str(&mut out, e.task_id.as_deref());
-    key(&mut out, "timestamp_us");
-    push_int(&mut out, e.timestamp_us);
-    key(&mut out, "tokens_in");
-    push_int(&mut out, e.tokens_in);
-    key(&mut out, "tokens_out");
-    push_int(&mut out, e.tokens_out);
-    key(&mut out, "units");
-    push_int(&mut out, e.units);
-    key(&mut out, "v");
-    push_int(&mut out, ENCODING_VERSION);
-    out.push(b'}');
-    out
+    Canonical::of(e).to_vec()
 }
 
 /// `SHA-256(previous ‖ payload)`.

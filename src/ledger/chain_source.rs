@@ -35,6 +35,8 @@ pub trait ChainSource {
     fn row(&mut self, namespace: &str, request_id: &str) -> CoreResult<Option<ChainRow>>;
     /// The request id of a row in `namespace` that has no chain position.
     fn unchained(&mut self, namespace: &str) -> CoreResult<Option<String>>;
+    /// Whether `namespace` has a row past position `head`.
+    fn beyond(&mut self, namespace: &str, head: i64) -> CoreResult<bool>;
 }
 
 /// A stored digest column that must be 32 bytes.
@@ -64,16 +66,7 @@ pub fn verify(
     now_us: i64,
 ) -> CoreResult<VerifyReport> {
     range.validate()?;
-    let names = match namespace {
-        Some(ns) => vec![ns.to_string()],
-        None => {
-            let mut names = src.namespaces()?;
-            names.extend(anchors.iter().map(|a| a.namespace.clone()));
-            names.sort();
-            names.dedup();
-            names
-        }
-    };
+    let names = namespaces_to_check(src, namespace, anchors)?;
     let mut report = VerifyReport::default();
     for name in &names {
         report.namespaces.push(name.clone());
@@ -114,6 +107,195 @@ pub fn verify(
         }
     }
     Ok(report)
+}
+
+/// Ledgers with fewer positions to check than this are walked on one thread.
+pub const PARALLEL_MIN_POSITIONS: i64 = 100_000;
+
+/// Positions `start..=end` of one namespace's chain, with what their walk
+/// must know (read from the coordinating snapshot).
+pub struct Segment<'a> {
+    pub chain: Chain<'a>,
+    pub start: i64,
+    pub end: i64,
+}
+
+/// Walks `parts` of the chain, each on its own thread and snapshot, and
+/// returns their outcomes in order; a backend provides it.
+pub type WalkParts<'p> = dyn for<'a> Fn(Vec<Segment<'a>>) -> CoreResult<Vec<Walked>> + Sync + 'p;
+
+/// `verify`, with the rows read and hashed on `workers` threads at once
+/// (see `Parts`); also says whether the parts answered (`false`: the
+/// one-thread walk did).
+///
+/// Every row's check needs only the digest stored before it, so the chains
+/// are cut into about equal parts, each seeded with the stored digest at
+/// its start and walked on its own snapshot by `walk_parts`. What the
+/// parts need besides rows (heads, purge boundaries, seeds, rows a writer
+/// never chained) is read from `src`'s snapshot, and every part stops at
+/// that snapshot's head, so events committed meanwhile change nothing. Only
+/// an intact ledger is answered from the parts: any problem (or a part
+/// that fails) is answered by the one-thread walk over `src`, so that the
+/// report is exactly `verify`'s.
+pub fn verify_in_parallel(
+    src: &mut dyn ChainSource,
+    namespace: Option<&str>,
+    range: PositionRange,
+    anchors: &[Checkpoint],
+    now_us: i64,
+    parts: &Parts<'_, '_>,
+) -> CoreResult<(VerifyReport, bool)> {
+    range.validate()?;
+    match parallel_report(src, namespace, range, anchors, parts)? {
+        Some(report) => Ok((report, true)),
+        None => Ok((verify(src, namespace, range, anchors, now_us)?, false)),
+    }
+}
+
+/// How a ledger is walked in parts: on up to `workers` threads, when it
+/// has `min_positions` or more to check, each part by `walk`.
+pub struct Parts<'w, 'p> {
+    pub workers: usize,
+    pub min_positions: i64,
+    pub walk: &'w WalkParts<'p>,
+}
+
+/// The report of an intact ledger walked in parts; `None` when the ledger
+/// is small, or anything is amiss (then the one-thread walk decides).
+fn parallel_report(
+    src: &mut dyn ChainSource,
+    namespace: Option<&str>,
+    range: PositionRange,
+    anchors: &[Checkpoint],
+    parts_of: &Parts<'_, '_>,
+) -> CoreResult<Option<VerifyReport>> {
+    let (workers, walk_parts) = (parts_of.workers, parts_of.walk);
+    if workers < 2 {
+        return Ok(None);
+    }
+    let names = namespaces_to_check(src, namespace, anchors)?;
+    // Each namespace's positions to walk, up to its head in this snapshot.
+    let mut spans = Vec::with_capacity(names.len());
+    for name in &names {
+        let Some((head, _)) = src.head(name)? else {
+            return Ok(None);
+        };
+        if src.unchained(name)?.is_some() || src.beyond(name, head)? {
+            return Ok(None);
+        }
+        let start = range.start.unwrap_or(1);
+        let end = range.end.map_or(head, |e| e.min(head));
+        spans.push((name, start, end.max(start - 1)));
+    }
+    let total: i64 = spans.iter().map(|(_, s, e)| e - s + 1).sum();
+    if total < parts_of.min_positions {
+        return Ok(None);
+    }
+    // Cut the spans into `workers` parts of about `share` positions each.
+    let share = (total + workers as i64 - 1) / workers as i64;
+    let mut parts: Vec<Vec<Segment<'_>>> = vec![Vec::new()];
+    let mut room = share;
+    for (name, start, end) in spans {
+        let purged = src.purged_runs(name)?;
+        let mut from = start;
+        loop {
+            let to = if end - from + 1 > room {
+                from + room - 1
+            } else {
+                end
+            };
+            let last = to == end;
+            let segment_range = PositionRange {
+                start: Some(from),
+                end: if last { range.end } else { Some(to) },
+            };
+            parts.last_mut().expect("a part").push(Segment {
+                chain: Chain {
+                    namespace: name,
+                    head: src.head(name)?,
+                    purged: purged.clone(),
+                    anchors: anchors.iter().filter(|a| a.namespace == *name).collect(),
+                    range: segment_range,
+                    seed: if from > 1 {
+                        src.digest_at(name, from - 1)?
+                    } else {
+                        None
+                    },
+                },
+                start: from,
+                end: to,
+            });
+            room -= to - from + 1;
+            if room <= 0 {
+                if parts.len() < workers {
+                    parts.push(Vec::new());
+                    room = share;
+                } else {
+                    room = i64::MAX;
+                }
+            }
+            if last {
+                break;
+            }
+            from = to + 1;
+        }
+    }
+    parts.retain(|p| !p.is_empty());
+    let walked = std::thread::scope(|scope| {
+        let handles: Vec<_> = parts
+            .into_iter()
+            .map(|part| scope.spawn(move || walk_parts(part)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(CoreError::Store("a verify thread panicked".into())))
+            })
+            .collect::<Vec<_>>()
+    });
+    let mut report = VerifyReport {
+        namespaces: names.clone(),
+        ..VerifyReport::default()
+    };
+    let mut heads: Vec<Checkpoint> = Vec::with_capacity(names.len());
+    for part in walked {
+        let Ok(part) = part else { return Ok(None) };
+        for w in part {
+            if w.problem.is_some() {
+                return Ok(None);
+            }
+            report.rows += w.rows;
+            match heads.last_mut() {
+                Some(h) if h.namespace == w.head.namespace => *h = w.head,
+                _ => heads.push(w.head),
+            }
+        }
+    }
+    if heads.len() != names.len() {
+        return Ok(None);
+    }
+    report.heads = heads;
+    Ok(Some(report))
+}
+
+/// The namespaces `verify` checks: the one asked for, or every one with a
+/// head or an event, and those the anchors name.
+fn namespaces_to_check(
+    src: &mut dyn ChainSource,
+    namespace: Option<&str>,
+    anchors: &[Checkpoint],
+) -> CoreResult<Vec<String>> {
+    Ok(match namespace {
+        Some(ns) => vec![ns.to_string()],
+        None => {
+            let mut names = src.namespaces()?;
+            names.extend(anchors.iter().map(|a| a.namespace.clone()));
+            names.sort();
+            names.dedup();
+            names
+        }
+    })
 }
 
 /// One committed event's payload, place in the chain and the digests around it.

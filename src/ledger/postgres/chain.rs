@@ -8,7 +8,7 @@
 
 use super::read::event_from_row;
 use crate::error::{CoreError, CoreResult};
-use crate::ledger::chain::{canonical, digest_from_slice, link, Digest, GENESIS};
+use crate::ledger::chain::{digest_from_slice, link, Canonical, Digest, GENESIS, PAYLOAD_CAPACITY};
 use crate::ledger::chain_source::{stored_digest, ChainSource, PurgedRuns, Rows};
 use crate::ledger::chain_verify::{ChainRow, PurgedRun, Walked};
 use crate::ledger::event::UsageEvent;
@@ -55,14 +55,43 @@ const CHAINED_COLUMNS: &str = "agent_id, consumer_id, task_id, namespace, action
 /// Rows fetched per round trip when a walk or the migration streams a chain.
 const CHUNK_ROWS: i32 = 10_000;
 
+/// The encoded fields of a row selected with `CHAINED_COLUMNS`, borrowed
+/// from the row (read as `event_from_row` reads them, without building one).
+fn chained_fields(row: &Row) -> Canonical<'_> {
+    let text = |i: usize| row.get::<_, &str>(i).as_bytes();
+    let opt_text = |i: usize| row.get::<_, Option<&str>>(i).map(str::as_bytes);
+    let n = |i: usize| row.get::<_, i64>(i).max(0) as u64;
+    Canonical {
+        agent_id: text(0),
+        consumer_id: text(1),
+        task_id: opt_text(2),
+        namespace: text(3),
+        action: text(4),
+        model: opt_text(5),
+        tokens_in: n(6),
+        tokens_out: n(7),
+        cache_read_tokens: n(8),
+        cache_write_tokens: n(9),
+        duration_ms: n(10),
+        api_calls: n(11),
+        units: n(12),
+        cost_nanos: row.get::<_, Option<i64>>(13).map(|c| c.max(0) as u64),
+        timestamp_us: row.get(14),
+        request_id: text(15),
+        source: opt_text(16),
+        metadata: opt_text(17),
+        artifact_digest: opt_text(18),
+    }
+}
+
 fn chain_row(row: &Row) -> ChainRow {
-    let event = event_from_row(row);
+    let fields = chained_fields(row);
     let digest: Option<&[u8]> = row.get(20);
     ChainRow {
         position: row.get::<_, Option<i64>>(19).unwrap_or(0),
-        payload: canonical(&event),
+        payload: fields.to_vec(),
         digest: digest.and_then(digest_from_slice),
-        request_id: event.request_id,
+        request_id: row.get(15),
     }
 }
 
@@ -104,6 +133,8 @@ impl HeadStatements {
 pub struct Heads {
     heads: HashMap<String, (i64, Digest)>,
     moved: bool,
+    /// The payload being chained, reused from one event to the next.
+    payload: Vec<u8>,
 }
 
 impl Heads {
@@ -135,13 +166,15 @@ impl Heads {
                 (row.get(1), digest_from_slice(digest).unwrap_or(GENESIS)),
             );
         }
-        Ok((
-            Heads {
-                heads,
-                moved: false,
-            },
-            out,
-        ))
+        Ok((Heads::new(heads), out))
+    }
+
+    fn new(heads: HashMap<String, (i64, Digest)>) -> Heads {
+        Heads {
+            heads,
+            moved: false,
+            payload: Vec::with_capacity(PAYLOAD_CAPACITY),
+        }
     }
 
     /// The position and digest of `e`, the next event of its namespace.
@@ -150,7 +183,9 @@ impl Heads {
             .heads
             .entry_ref(e.namespace.as_str())
             .or_insert((0, GENESIS));
-        *head = (head.0 + 1, link(&head.1, &canonical(e)));
+        self.payload.clear();
+        Canonical::of(e).write(&mut self.payload);
+        *head = (head.0 + 1, link(&head.1, &self.payload));
         self.moved = true;
         *head
     }
@@ -186,10 +221,7 @@ pub async fn chain_existing(tx: &Transaction<'_>, s: &str) -> CoreResult<()> {
          WHERE e.ts = u.ts AND e.id = u.id"
     );
     let portal = tx.bind(&select, &[]).await?;
-    let mut heads = Heads {
-        heads: HashMap::new(),
-        moved: false,
-    };
+    let mut heads = Heads::new(HashMap::new());
     loop {
         let rows = tx.query_portal(&portal, CHUNK_ROWS).await?;
         if rows.is_empty() {
@@ -421,5 +453,16 @@ impl ChainSource for PostgresChain<'_, '_> {
             &[&namespace],
         )?;
         Ok(rows.first().map(|r| r.get(0)))
+    }
+
+    fn beyond(&mut self, namespace: &str, head: i64) -> CoreResult<bool> {
+        let rows = self.query(
+            &format!(
+                "SELECT 1 FROM {}.usage_events WHERE namespace = $1 AND chain_position > $2 LIMIT 1",
+                self.schema
+            ),
+            &[&namespace, &head],
+        )?;
+        Ok(!rows.is_empty())
     }
 }

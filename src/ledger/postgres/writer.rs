@@ -199,9 +199,16 @@ async fn insert_chained(
         digests.push(digest);
     }
     let digests: Vec<&[u8]> = digests.iter().map(|d| &d[..]).collect();
-    tx.execute(&statements.insert, &[&fresh, &positions, &digests])
-        .await?;
-    heads.write(tx, &statements.heads).await?;
+    // Sent pipelined, in this order (`try_join` polls in order): one round trip.
+    futures_util::future::try_join(
+        async {
+            tx.execute(&statements.insert, &[&fresh, &positions, &digests])
+                .await
+                .map_err(CoreError::from)
+        },
+        heads.write(tx, &statements.heads),
+    )
+    .await?;
     Ok(fresh)
 }
 

@@ -4,10 +4,11 @@
 //! `chain_purges`.
 
 use crate::error::{CoreError, CoreResult};
-use crate::ledger::chain::{canonical, digest_from_slice, link, Digest, GENESIS};
-use crate::ledger::chain_source::{stored_digest, ChainSource, PurgedRuns, Rows};
-use crate::ledger::chain_verify::{ChainRow, PurgedRun, Walked};
+use crate::ledger::chain::{digest_from_slice, link, Canonical, Digest, GENESIS, PAYLOAD_CAPACITY};
+use crate::ledger::chain_source::{stored_digest, ChainSource, PurgedRuns, Rows, Segment};
+use crate::ledger::chain_verify::{walk, ChainRow, PurgedRun, Walked};
 use crate::ledger::event::UsageEvent;
+use rusqlite::types::Type;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use std::collections::HashMap;
 
@@ -47,14 +48,57 @@ fn chained_event(row: &Row<'_>) -> rusqlite::Result<UsageEvent> {
     super::read::event_from_row(row)
 }
 
+/// A text column's bytes, read in place.
+fn text<'r>(row: &'r Row<'_>, i: usize) -> rusqlite::Result<&'r [u8]> {
+    row.get_ref(i)?
+        .as_bytes()
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, Type::Text, Box::new(e)))
+}
+
+fn opt_text<'r>(row: &'r Row<'_>, i: usize) -> rusqlite::Result<Option<&'r [u8]>> {
+    row.get_ref(i)?
+        .as_bytes_or_null()
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, Type::Text, Box::new(e)))
+}
+
+fn count(row: &Row<'_>, i: usize) -> rusqlite::Result<u64> {
+    Ok(row.get::<_, i64>(i)? as u64)
+}
+
+/// The encoded fields of a row selected with `CHAINED_COLUMNS`, borrowed
+/// from SQLite's buffers (no event is built).
+fn chained_fields<'r>(row: &'r Row<'_>) -> rusqlite::Result<Canonical<'r>> {
+    Ok(Canonical {
+        agent_id: text(row, 0)?,
+        consumer_id: text(row, 1)?,
+        task_id: opt_text(row, 2)?,
+        namespace: text(row, 3)?,
+        action: text(row, 4)?,
+        model: opt_text(row, 5)?,
+        tokens_in: count(row, 6)?,
+        tokens_out: count(row, 7)?,
+        cache_read_tokens: count(row, 8)?,
+        cache_write_tokens: count(row, 9)?,
+        duration_ms: count(row, 10)?,
+        api_calls: count(row, 11)?,
+        units: count(row, 12)?,
+        cost_nanos: row.get::<_, Option<i64>>(13)?.map(|c| c as u64),
+        timestamp_us: row.get(14)?,
+        request_id: text(row, 15)?,
+        source: opt_text(row, 16)?,
+        metadata: opt_text(row, 17)?,
+        artifact_digest: opt_text(row, 18)?,
+    })
+}
+
 fn chain_row(row: &Row<'_>) -> rusqlite::Result<ChainRow> {
-    let event = chained_event(row)?;
-    let digest: Option<Vec<u8>> = row.get(20)?;
+    let fields = chained_fields(row)?;
+    let digest = opt_text(row, 20)?;
     Ok(ChainRow {
         position: row.get(19)?,
-        payload: canonical(&event),
-        digest: digest.as_deref().and_then(digest_from_slice),
-        request_id: event.request_id,
+        payload: fields.to_vec(),
+        digest: digest.and_then(digest_from_slice),
+        request_id: String::from_utf8_lossy(fields.request_id).into_owned(),
     })
 }
 
@@ -65,9 +109,19 @@ fn head(conn: &Connection, namespace: &str) -> rusqlite::Result<Option<(i64, Vec
 }
 
 /// The heads a transaction extends, read once per namespace and written back by `write`.
-#[derive(Default)]
 pub struct Heads {
     heads: HashMap<String, (i64, Digest, bool)>,
+    /// The payload being chained, reused from one event to the next.
+    payload: Vec<u8>,
+}
+
+impl Default for Heads {
+    fn default() -> Self {
+        Heads {
+            heads: HashMap::new(),
+            payload: Vec::with_capacity(PAYLOAD_CAPACITY),
+        }
+    }
 }
 
 impl Heads {
@@ -87,7 +141,9 @@ impl Heads {
                 (position, digest)
             }
         };
-        Ok((position + 1, link(&previous, &canonical(e))))
+        self.payload.clear();
+        Canonical::of(e).write(&mut self.payload);
+        Ok((position + 1, link(&previous, &self.payload)))
     }
 
     /// `e` was inserted at `position` with `digest`.
@@ -262,4 +318,36 @@ impl ChainSource for SqliteChain<'_> {
             .query_row([namespace], |r| r.get(0))
             .optional()?)
     }
+
+    fn beyond(&mut self, namespace: &str, head: i64) -> CoreResult<bool> {
+        Ok(self
+            .0
+            .prepare_cached(
+                "SELECT 1 FROM usage_events WHERE namespace = ?1 AND chain_position > ?2 LIMIT 1",
+            )?
+            .query_row(params![namespace, head], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+}
+
+/// Walks `segments` in one read snapshot of `conn`, in order.
+pub fn walk_segments(
+    conn: &Connection,
+    segments: Vec<Segment<'_>>,
+    now_us: i64,
+) -> CoreResult<Vec<Walked>> {
+    let tx = conn.unchecked_transaction()?;
+    let mut src = SqliteChain(&tx);
+    let mut walked = Vec::with_capacity(segments.len());
+    for segment in segments {
+        let namespace = segment.chain.namespace;
+        let mut chain = Some(segment.chain);
+        walked.push(
+            src.with_rows(namespace, segment.start, segment.end, &mut |rows| {
+                walk(chain.take().expect("walked once"), rows, now_us)
+            })?,
+        );
+    }
+    Ok(walked)
 }

@@ -90,6 +90,9 @@ pub struct StoreStats {
     pub size_bytes: u64,
 }
 
+/// Threads `verify` reads and hashes a large ledger on.
+const MAX_VERIFY_THREADS: usize = 4;
+
 pub struct SqliteStore {
     path: PathBuf,
     writer: Writer,
@@ -434,11 +437,46 @@ impl SqliteStore {
         range: PositionRange,
         anchors: &[Checkpoint],
     ) -> CoreResult<VerifyReport> {
+        let min = chain_source::PARALLEL_MIN_POSITIONS;
+        Ok(self.verify_in_parts(namespace, range, anchors, min)?.0)
+    }
+
+    /// `verify`, walked in parts on several readers at once when it has
+    /// `min_positions` or more to check; says whether the parts answered.
+    pub(crate) fn verify_in_parts(
+        &self,
+        namespace: Option<&str>,
+        range: PositionRange,
+        anchors: &[Checkpoint],
+        min_positions: i64,
+    ) -> CoreResult<(VerifyReport, bool)> {
         range.validate()?;
         let now = self.now_us();
+        let workers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(2, MAX_VERIFY_THREADS);
+        // Each part is walked on a reader of its own (not retried when busy:
+        // a part that fails leaves the answer to the one-thread walk).
+        let walk_parts = |segments: Vec<chain_source::Segment<'_>>| {
+            let mut segments = Some(segments);
+            self.read_with_retries(0, |c| {
+                chain::walk_segments(c, segments.take().unwrap_or_default(), now)
+            })
+        };
         self.read(|c| {
             let tx = c.unchecked_transaction()?;
-            chain_source::verify(&mut chain::SqliteChain(&tx), namespace, range, anchors, now)
+            chain_source::verify_in_parallel(
+                &mut chain::SqliteChain(&tx),
+                namespace,
+                range,
+                anchors,
+                now,
+                &chain_source::Parts {
+                    workers,
+                    min_positions,
+                    walk: &walk_parts,
+                },
+            )
         })
     }
 
@@ -562,5 +600,7 @@ impl Drop for SqliteStore {
     }
 }
 
+#[cfg(test)]
+mod chain_tests;
 #[cfg(test)]
 mod tests;

@@ -4,9 +4,9 @@ use crate::ledger::event::tests::event;
 use crate::ledger::export::Format;
 use rusqlite::Connection;
 
-const S_US: i64 = 1_000_000;
+pub(super) const S_US: i64 = 1_000_000;
 
-fn store_at(
+pub(super) fn store_at(
     dir: &std::path::Path,
     name: &str,
     durability: Durability,
@@ -24,7 +24,7 @@ fn store_at(
 }
 
 /// A scratch directory removed when the test ends.
-struct TempDir(PathBuf);
+pub(super) struct TempDir(PathBuf);
 
 impl std::ops::Deref for TempDir {
     type Target = Path;
@@ -39,13 +39,13 @@ impl Drop for TempDir {
     }
 }
 
-fn tempdir() -> TempDir {
+pub(super) fn tempdir() -> TempDir {
     let dir = std::env::temp_dir().join(format!("uw-test-{}", uuid::Uuid::now_v7()));
     std::fs::create_dir_all(&dir).unwrap();
     TempDir(dir)
 }
 
-fn manual_at(us: i64) -> Arc<ManualClock> {
+pub(super) fn manual_at(us: i64) -> Arc<ManualClock> {
     ManualClock::new(us as u64 * 1_000)
 }
 
@@ -349,7 +349,7 @@ fn pages_neither_skip_nor_repeat_while_events_arrive() {
 }
 
 /// Events over several namespaces and about two days, some unpriced.
-fn spread_events(n: u64) -> Vec<UsageEvent> {
+pub(super) fn spread_events(n: u64) -> Vec<UsageEvent> {
     (0..n)
         .map(|i| {
             let mut e = event(
