@@ -1,16 +1,23 @@
-"""What the ledger's hash chain costs, side by side in one run.
+"""What the ledger's hash chain costs, side by side in one run, on both stores.
 
-1. Insert throughput through the writer's own ``Inserter`` (10,000-event
-   transactions, the store's schema and pragmas) with the chain and without
-   it (no digest, no position, no head, no chain index), alternating runs
-   into fresh files; medians and the ratio.
-2. ``verify`` of a whole ledger of 1,000,000 chained events (4 namespaces).
+1. SQLite: insert throughput through the writer's own ``Inserter``
+   (10,000-event transactions, the store's schema and pragmas) with the
+   chain and without it (no digest, no position, no head, no chain index),
+   alternating runs into fresh files. Medians of wall time, and of the
+   process's CPU time (which another load on a shared machine stretches far
+   less), and their ratios.
+2. PostgreSQL (when its binaries are installed; a throwaway cluster):
+   ``PostgresStore.record`` one event at a time, batch durability, until all
+   are committed, with the chain and without it (no positions, digests,
+   head locks, chain index), alternating runs into fresh schemas.
+3. ``verify`` of a whole SQLite ledger of 1,000,000 chained events
+   (4 namespaces).
 
-Both run ``benchmarks/audit_raw.rs``, built once with
-``cargo build --release --example audit_raw`` (what ``cargo run --release
---example audit_raw -- ...`` runs)::
+They run ``benchmarks/audit_raw.rs`` and ``benchmarks/pg_chain_raw.rs``,
+built once with ``cargo build --release --example ...``::
 
-    python benchmarks/bench_audit.py [--events 200000] [--runs 5] [--verify-events 1000000]
+    python benchmarks/bench_audit.py [--events 200000] [--pg-events 50000] [--runs 5] \
+        [--verify-events 1000000]
 """
 
 from __future__ import annotations
@@ -22,17 +29,18 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def build() -> Path:
+def build(example: str) -> Path:
     if shutil.which("cargo") is None:
         sys.exit("cargo is not on PATH")
     done = subprocess.run(
-        ["cargo", "build", "--release", "--example", "audit_raw", "--message-format=json"],
+        ["cargo", "build", "--release", "--example", example, "--message-format=json"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -41,46 +49,111 @@ def build() -> Path:
         sys.exit("cargo build failed:\n" + done.stderr[-2_000:])
     for line in done.stdout.splitlines():
         message = json.loads(line)
-        if message.get("target", {}).get("name") == "audit_raw" and message.get("executable"):
+        if message.get("target", {}).get("name") == example and message.get("executable"):
             return Path(message["executable"])
-    sys.exit("cargo build did not report the audit_raw executable")
+    sys.exit(f"cargo build did not report the {example} executable")
 
 
 def run(exe: Path, *args: object) -> dict[str, Any]:
     done = subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"audit_raw {' '.join(map(str, args))}: {done.stderr.strip()}")
+        raise RuntimeError(f"{exe.name} {' '.join(map(str, args))}: {done.stderr.strip()}")
     report: dict[str, Any] = json.loads(done.stdout)
     return report
+
+
+def side_by_side(
+    measure: Callable[[bool, int], dict[str, Any]], runs: int, keys: tuple[str, ...]
+) -> dict[tuple[bool, str], float]:
+    """Medians of `keys` over `runs` alternating runs with the chain off and on."""
+    samples: dict[tuple[bool, str], list[float]] = {}
+    for i in range(runs):
+        for chained in (False, True) if i % 2 == 0 else (True, False):
+            report = measure(chained, i)
+            for key in keys:
+                samples.setdefault((chained, key), []).append(report[key])
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def print_costs(title: str, medians: dict[tuple[bool, str], float], unit: str) -> None:
+    print(title)
+    for key, label in (("rate", "wall"), ("cpu_rate", "CPU")):
+        if (False, key) not in medians:
+            continue
+        off, on = medians[(False, key)], medians[(True, key)]
+        print(
+            f"  {label:<5} chain off {off:>10,.0f}  on {on:>10,.0f} {unit}"
+            f"  on/off {on / off:.3f}  (cost {100 * (1 - on / off):.1f} %)"
+        )
+
+
+def postgres_costs(exe: Path, events: int, runs: int) -> None:
+    sys.path.insert(0, str(ROOT / "tests"))
+    try:
+        from postgres_cluster import _bin_dir, _start_cluster
+    except ImportError as e:  # pytest is in the test extra
+        print(f"PostgreSQL: skipped ({e})")
+        return
+    if _bin_dir() is None:
+        print("PostgreSQL: skipped (install the postgresql package)")
+        return
+    clusters = _start_cluster()
+    cluster = next(clusters)
+    try:
+        medians = side_by_side(
+            lambda chained, _: run(
+                exe, cluster.dsn(), events, "--chain", "on" if chained else "off"
+            ),
+            runs,
+            ("rate",),
+        )
+        print_costs(
+            f"PostgreSQL PostgresStore.record, {events:,} events x {runs} runs each (medians):",
+            medians,
+            "events/s",
+        )
+    finally:
+        for _ in clusters:
+            pass
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--pg-events", type=int, default=50_000)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--verify-events", type=int, default=1_000_000)
     args = parser.parse_args()
-    exe = build()
-    rates: dict[bool, list[float]] = {True: [], False: []}
+    exe = build("audit_raw")
     with tempfile.TemporaryDirectory() as tmp:
-        for i in range(args.runs):
-            for chained in (False, True) if i % 2 == 0 else (True, False):
-                path = Path(tmp) / f"insert-{i}-{chained}.db"
-                report = run(
-                    exe, "insert", path, args.events, "--chain", "on" if chained else "off"
-                )
-                rates[chained].append(report["rate"])
-        off, on = statistics.median(rates[False]), statistics.median(rates[True])
-        print(f"insert, {args.events:,} events x {args.runs} runs each (medians):")
-        print(f"  chain off  {off:>12,.0f} events/s")
-        print(f"  chain on   {on:>12,.0f} events/s")
-        print(f"  on / off   {on / off:>12.3f}  (cost {100 * (1 - on / off):.1f} %)")
+        medians = side_by_side(
+            lambda chained, i: run(
+                exe,
+                "insert",
+                Path(tmp) / f"insert-{i}-{chained}.db",
+                args.events,
+                "--chain",
+                "on" if chained else "off",
+            ),
+            args.runs,
+            ("rate", "cpu_rate"),
+        )
+        print_costs(
+            f"SQLite insert, {args.events:,} events x {args.runs} runs each (medians):",
+            medians,
+            "events/s",
+        )
+        postgres_costs(build("pg_chain_raw"), args.pg_events, args.runs)
         samples = []
         for i in range(3):
             report = run(exe, "verify", Path(tmp) / f"verify-{i}.db", args.verify_events)
-            samples.append(report["seconds"])
-        median = statistics.median(samples)
-        print(f"verify, {args.verify_events:,} events (median of 3): {median:.3f} s")
+            samples.append((report["seconds"], report["cpu_seconds"]))
+        wall = statistics.median(s for s, _ in samples)
+        cpu = statistics.median(c for _, c in samples)
+        print(
+            f"SQLite verify, {args.verify_events:,} events (median of 3):"
+            f" {wall:.3f} s wall, {cpu:.3f} s CPU"
+        )
 
 
 if __name__ == "__main__":

@@ -63,6 +63,28 @@ const ESCAPED: [bool; 256] = {
     table
 };
 
+/// How many leading bytes of `s`, in whole 8-byte words, need no escape
+/// (word at a time: most identifiers have nothing to escape). A word may be
+/// flagged that has nothing to escape; the byte loop after it decides.
+fn plain_prefix(s: &[u8]) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero_byte = |v: u64| v.wrapping_sub(ONES) & !v & HIGH != 0;
+    let mut at = 0;
+    for word in s.chunks_exact(8) {
+        let w = u64::from_le_bytes(word.try_into().expect("8 bytes"));
+        let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGH != 0;
+        if below_space
+            || has_zero_byte(w ^ (ONES * u64::from(b'"')))
+            || has_zero_byte(w ^ (ONES * u64::from(b'\\')))
+        {
+            break;
+        }
+        at += 8;
+    }
+    at
+}
+
 /// Writes `s` (UTF-8, or any bytes a tampered row holds) as a JSON string,
 /// escaping what Python's `json.dumps(..., ensure_ascii=False)` escapes and
 /// nothing else.
@@ -70,7 +92,8 @@ fn push_str(out: &mut Vec<u8>, s: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
     let mut plain = 0;
-    for (i, &b) in s.iter().enumerate() {
+    let start = plain_prefix(s);
+    for (i, &b) in s.iter().enumerate().skip(start) {
         if !ESCAPED[usize::from(b)] {
             continue;
         }
@@ -348,6 +371,37 @@ mod tests {
                 "{c:?}: {text}"
             );
             serde_json::from_str::<serde_json::Value>(&text).unwrap();
+        }
+    }
+
+    #[test]
+    fn escapes_are_found_at_every_offset_of_long_strings() {
+        for c in (0u8..0x20)
+            .map(char::from)
+            .chain(['"', '\\', '\u{7f}', 'é', '😀', ' ', '!', '#', '[', ']'])
+        {
+            for at in 0..24 {
+                let mut text = "abcdefghijklmnopqrstuvwx".to_string();
+                text.insert(at, c);
+                let mut out = Vec::new();
+                push_str(&mut out, text.as_bytes());
+                let expected = serde_json::Value::String(text.clone()).to_string();
+                assert_eq!(String::from_utf8(out).unwrap(), expected, "{c:?} at {at}");
+            }
+        }
+    }
+
+    #[test]
+    fn integers_are_written_in_decimal() {
+        for n in [0, 1, 9, 10, 99, 12_345, u64::MAX] {
+            let mut out = Vec::new();
+            push_u64(&mut out, n);
+            assert_eq!(out, n.to_string().into_bytes());
+        }
+        for n in [i64::MIN, -1, 0, 1_767_225_600_000_001, i64::MAX] {
+            let mut out = Vec::new();
+            push_i64(&mut out, n);
+            assert_eq!(out, n.to_string().into_bytes());
         }
     }
 

@@ -78,6 +78,9 @@ pub(crate) struct Shared {
     pub(crate) closing: AtomicBool,
     pub(crate) log: LogSink,
     pub(crate) pricing: Option<Arc<Pricing>>,
+    /// Events are written without the hash chain: only in the benchmark
+    /// that measures what the chain costs (`benchmarks/pg_chain_raw.rs`).
+    pub(crate) unchained: AtomicBool,
 }
 
 impl Shared {
@@ -124,6 +127,14 @@ fn describe(config: &Config) -> String {
 }
 
 impl PostgresStore {
+    /// Leaves the hash chain out of what is written from now on: only for
+    /// `benchmarks/pg_chain_raw.rs`, which measures what the chain costs. A
+    /// ledger written so fails `verify`.
+    #[doc(hidden)]
+    pub fn unchained_for_benchmark(&self) {
+        self.shared.unchained.store(true, Ordering::SeqCst);
+    }
+
     pub fn open(options: PostgresOptions) -> CoreResult<PostgresStore> {
         if let Some(r) = options.retention_us {
             if r <= 0 {
@@ -165,6 +176,7 @@ impl PostgresStore {
             closing: AtomicBool::new(false),
             log: options.log,
             pricing: options.pricing,
+            unchained: AtomicBool::new(false),
         });
         let now_us = (options.clock.now() / 1_000) as i64;
         let migrated = shared.clone();

@@ -8,9 +8,9 @@ use crate::ledger::chain::{digest_from_slice, link, Canonical, Digest, GENESIS, 
 use crate::ledger::chain_source::{stored_digest, ChainSource, PurgedRuns, Rows, Segment};
 use crate::ledger::chain_verify::{walk, ChainRow, PurgedRun, Walked};
 use crate::ledger::event::UsageEvent;
+use hashbrown::HashMap;
 use rusqlite::types::Type;
 use rusqlite::{params, Connection, OptionalExtension, Row};
-use std::collections::HashMap;
 
 /// The schema version whose migration adds the chain (`chain_existing` runs with it).
 pub const CHAIN_SCHEMA_VERSION: i64 = 4;
