@@ -328,3 +328,37 @@ def test_two_stores_racing_the_same_events_chain_each_once(db: AuditLedger) -> N
     report = verify(db)
     assert report.ok, report.problem
     assert report.checkpoints[0].position == len(expected)
+
+
+@pytest.mark.slow
+def test_a_large_ledger_verifies_and_names_one_altered_row_among_many(db: AuditLedger) -> None:
+    """Large enough (over 100,000 positions) for SQLite to walk the chains
+    in parts on several readers at once; the report is the same as a walk
+    on one thread: every row counted when intact, the one altered row named."""
+    n = 60_000
+    with db.store() as store:
+        for namespace in ("a", "b"):
+            for start in range(0, n, 10_000):
+                store.record_batch(events(10_000, start, namespace=namespace))
+        store.flush()
+        intact = store.verify()
+        assert intact.ok and intact.rows == 2 * n
+        assert [(c.namespace, c.position) for c in intact.checkpoints] == [("a", n), ("b", n)]
+        assert [c.digest for c in intact.checkpoints] == [
+            store.checkpoint("a").digest,
+            store.checkpoint("b").digest,
+        ]
+    for namespace, position in (("b", 45_001), ("a", 60_000), ("a", 8)):
+        request_id = f"req-{position - 1}"
+        edit = (
+            "UPDATE usage_events SET tokens_in = tokens_in + 1 "
+            f"WHERE namespace = '{namespace}' AND request_id = '{request_id}'"
+        )
+        assert db.tamper(edit) == 1
+        found = problem(verify(db))
+        assert (found.namespace, found.kind, found.request_id, found.position) == (
+            namespace,
+            "altered",
+            request_id,
+            position,
+        )
