@@ -2,6 +2,8 @@
 //! agent, consumer, model or workflow) and a period that resets on the
 //! calendar of a time zone.
 
+pub mod catalog;
+pub mod definition;
 pub mod engine;
 
 use crate::error::{CoreError, CoreResult};
@@ -146,6 +148,9 @@ pub struct Budget {
     /// A soft budget admits a call while spend is below the limit, even if
     /// the call may take it over; a hard one only if it stays within.
     pub soft: bool,
+    /// A budget kept in the ledger database belongs to one namespace and
+    /// covers only its calls; `None` (a budget given in code): every namespace.
+    pub namespace: Option<String>,
 }
 
 impl Budget {
@@ -223,6 +228,7 @@ impl Budget {
             thresholds,
             action,
             soft,
+            namespace: None,
         })
     }
 }
