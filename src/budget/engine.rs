@@ -3,7 +3,7 @@
 //! spend past a limit by more than what is in flight.
 
 use super::catalog::{Catalog, Entry, StoredSource};
-use super::{Action, Budget, CallScope, Period};
+use super::{Action, Budget, CallScope, Period, Scope};
 use crate::error::{CoreError, CoreResult};
 use hashbrown::HashMap;
 use parking_lot::{Mutex, RwLock};
@@ -61,6 +61,7 @@ pub struct Refusal {
 pub struct Status {
     pub budget: String,
     pub namespace: Option<String>,
+    pub scope: Scope,
     pub scope_value: String,
     pub spent_nanos: u64,
     pub reserved_nanos: u64,
@@ -399,6 +400,7 @@ impl Engine {
                 let status = Status {
                     budget: budget.name.clone(),
                     namespace: budget.namespace.clone(),
+                    scope: budget.scope,
                     scope_value: key.1.clone(),
                     spent_nanos: slot.spent,
                     reserved_nanos: slot.reserved,

@@ -449,13 +449,18 @@ def usage_router(
         spend includes other namespaces) need the `usage:all-namespaces` scope."""
         if budgets is None:
             return BudgetList(budgets=[])
-        scopes = {b.name: b.scope for b in budgets.budgets}
-        rows = [{**row, "scope": scopes[row["budget"]]} for row in budgets.status()]
+        rows = budgets.status()
         if not access.sees_all_namespaces:
+            # A stored budget covers only its own namespace's calls.
             rows = [
                 row
                 for row in rows
-                if row["scope"] == "namespace" and row["scope_value"] == access.namespace
+                if row["namespace"] == access.namespace
+                or (
+                    row["namespace"] is None
+                    and row["scope"] == "namespace"
+                    and row["scope_value"] == access.namespace
+                )
             ]
         return BudgetList.model_validate({"budgets": rows})
 
