@@ -26,10 +26,19 @@ pub struct Entry {
 
 impl Entry {
     /// The period holding `now_us` as `[start, next_reset)`, starting no
-    /// earlier than the last reset.
+    /// earlier than the last reset (nor later than now: a reset stamped by a
+    /// host whose clock runs ahead).
     pub fn bounds(&self, now_us: i64) -> (i64, Option<i64>) {
         let (start, next) = self.budget.period.bounds(now_us, self.budget.tz);
-        (start.max(self.counted_from_us.unwrap_or(i64::MIN)), next)
+        (counted_from(start, self.counted_from_us, now_us), next)
+    }
+}
+
+/// A period's start moved to a reset within it.
+pub fn counted_from(start_us: i64, reset_us: Option<i64>, now_us: i64) -> i64 {
+    match reset_us {
+        Some(reset) if reset > start_us => reset.min(now_us),
+        _ => start_us,
     }
 }
 

@@ -132,6 +132,9 @@ pub enum Action {
     Downgrade(String),
 }
 
+/// The most thresholds a budget may have.
+pub const MAX_THRESHOLDS: usize = 64;
+
 /// One budget, validated.
 #[derive(Clone, Debug)]
 pub struct Budget {
@@ -181,6 +184,13 @@ impl Budget {
             ));
         }
         let tz_parsed = parse_tz(tz)?;
+        // The engine keeps which thresholds fired in one 64-bit word.
+        if thresholds.len() > MAX_THRESHOLDS {
+            return Err(CoreError::InvalidArgument(
+                "thresholds",
+                format!("at most {MAX_THRESHOLDS}, got {}", thresholds.len()),
+            ));
+        }
         for (i, t) in thresholds.iter().enumerate() {
             if !(t.is_finite() && *t > 0.0 && *t <= 1.0) {
                 return Err(CoreError::InvalidArgument(

@@ -87,7 +87,7 @@ pub fn status(
 ) -> CoreResult<Vec<Status>> {
     let budget = stored_budget(row)?;
     let (start, next) = budget.period.bounds(now_us, budget.tz);
-    let start = start.max(row.reset_us.unwrap_or(i64::MIN));
+    let start = super::catalog::counted_from(start, row.reset_us, now_us);
     let mut out = Vec::new();
     for value in values(store, &budget, start, now_us)? {
         let spent = store

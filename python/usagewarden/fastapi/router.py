@@ -28,6 +28,7 @@ from ._errors import api_error
 from ._export_stream import open_export
 from ._requests import UsageRoute, field_errors, parse_json, read_body
 from .audit_routes import DEFAULT_MAX_VERIFY_ROWS, audit_routes
+from .budget_routes import budget_routes
 from .auth import SCOPE_ADMIN, SCOPE_ALL_NAMESPACES, SCOPE_READ, SCOPE_WRITE, Principal
 from .models import (
     MAX_BATCH,
@@ -187,6 +188,8 @@ def usage_router(
     resume. Mounting without authentication takes
     ``auth=None, allow_unauthenticated=True`` and logs a warning.
     ``rate_limiter`` admits each request under the principal's id.
+    Budgets kept in the ledger database are managed under
+    ``/budgets/managed`` (``usage:admin``; see ``budget_routes``).
     """
     if not isinstance(store, AsyncMeteringStore):
         raise TypeError(
@@ -503,6 +506,9 @@ def usage_router(
             },
         )
 
+    router.include_router(
+        budget_routes(store, admin=requires(SCOPE_ADMIN), max_body_bytes=max_body_bytes)
+    )
     router.include_router(
         audit_routes(
             store,
