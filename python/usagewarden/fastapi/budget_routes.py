@@ -7,8 +7,6 @@ managed at run time under ``{prefix}/budgets/managed``. Every route needs
 budgets included) is the usage router's own and needs only ``usage:read``.
 """
 
-from __future__ import annotations
-
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
@@ -56,7 +54,7 @@ def _body_schema(adapter: Any) -> dict[str, Any]:
 def _budget(name: str, definition: BudgetDefinition) -> Budget:
     """The ``Budget`` a body defines; its own checks (time zone, thresholds
     in order, ``downgrade_to`` with ``downgrade``) answer 422."""
-    fields = definition.model_dump()
+    fields = definition.model_dump(include=set(BudgetDefinition.model_fields))
     try:
         return Budget(name, fields.pop("limit_usd"), **fields)
     except (ValueError, TypeError) as exc:
