@@ -92,15 +92,20 @@ def load_budgets(path: Path) -> list[uw.Budget]:
 
 def _scope_values(budget: uw.Budget, store: Any) -> list[str]:
     """The values a budget has a spend for: its ``match``, or every value the
-    ledger holds for its scope (workflows cannot be listed)."""
+    ledger holds for its scope (workflows cannot be listed); a stored
+    budget's within its namespace."""
     if budget.match is not None:
         return [budget.match]
+    within = {"namespace": budget.namespace} if budget.namespace is not None else {}
+    if budget.scope == "namespace" and budget.namespace is not None:
+        return [budget.namespace]
     if budget.scope == "agent":
-        return [name for name, _ in store.agents()]
+        return [name for name, _ in store.agents(**within)]
     if budget.scope == "consumer":
-        return [name for name, _ in store.consumers()]
+        return [name for name, _ in store.consumers(**within)]
     if budget.scope in ("namespace", "model"):
-        return [row.group for row in store.aggregate(budget.scope) if row.group is not None]
+        rows = store.aggregate(budget.scope, **within)
+        return [row.group for row in rows if row.group is not None]
     return []
 
 
@@ -126,14 +131,16 @@ def observe(engine: uw.BudgetEngine, store: Any) -> set[tuple[str, str]]:
     defaults = {name: value for name, value in present.items() if value is not None}
     calls: list[dict[str, Any]] = []
     read: set[tuple[str, str]] = set()
-    for budget in engine.budgets:
+    for budget in engine.enforced():
+        # A stored budget covers only its namespace's calls.
+        own = {"namespace": budget.namespace} if budget.namespace is not None else {}
         if budget.scope == "global":
-            calls.append({})
+            calls.append(own)
             read.add((budget.name, ""))
             continue
         argument = _CALL_ARGUMENT[budget.scope]
         for value in _scope_values(budget, store):
-            calls.append({argument: value})
+            calls.append({**own, argument: value})
             read.add((budget.name, value))
     for call in calls:
         arguments = {**defaults, **call}
@@ -151,12 +158,14 @@ def status_rows(
 ) -> list[dict[str, Any]]:
     """``engine.status()`` with each budget's settings; only the (budget,
     value) pairs in ``only`` when given."""
-    by_name = {budget.name: budget for budget in engine.budgets}
+    by_name = {(budget.namespace, budget.name): budget for budget in engine.enforced()}
     rows = []
     for row in engine.status():
         if only is not None and (row["budget"], row["scope_value"]) not in only:
             continue
-        budget = by_name[row["budget"]]
+        budget = by_name.get((row["namespace"], row["budget"]))
+        if budget is None:  # deleted since
+            continue
         rows.append(
             {
                 **row,
@@ -212,7 +221,8 @@ def status(ctx: click.Context, db: str | None, config: Path, output_format: str)
     """Spend of each budget in its current period, its limit and next reset."""
     configured = load_budgets(config)
     with open_ledger(resolve_db(ctx, db)) as store:
-        engine = uw.BudgetEngine(configured, store, refresh_seconds=None)
+        # The file's budgets only: `budgets list` shows the stored ones.
+        engine = uw.BudgetEngine(configured, store, refresh_seconds=None, stored=False)
         rows = status_rows(engine, observe(engine, store))
     emit_rows(
         rows,
