@@ -73,7 +73,12 @@ async def close(store: uw.AsyncMeteringStore) -> None:
 
 
 def definition(**fields: Any) -> dict[str, Any]:
-    return {"name": "daily", "limit_usd": 10.0, "period": "daily", "thresholds": [0.5, 1.0]} | fields
+    return {
+        "name": "daily",
+        "limit_usd": 10.0,
+        "period": "daily",
+        "thresholds": [0.5, 1.0],
+    } | fields
 
 
 def record_spend(client: httpx.Client, usd: float, at: datetime, **fields: Any) -> None:
@@ -197,9 +202,7 @@ def test_unknown_budgets_are_404_and_bad_input_422(
                 client.post(BASE, json=body, headers=as_("admin")), 422, "invalid_request"
             )
             assert loc in [x[: len(loc)] for x in locs(detail)], (body, detail)
-        refused(
-            client.post(BASE, content=b"{nope", headers=as_("admin")), 400, "malformed_json"
-        )
+        refused(client.post(BASE, content=b"{nope", headers=as_("admin")), 400, "malformed_json")
         refused(client.get(f"{BASE}/bad%20name", headers=as_("admin")), 422, "invalid_request")
         # Nothing of the refused requests was stored.
         assert [b["name"] for b in client.get(BASE, headers=as_("admin")).json()["budgets"]] == [
@@ -240,9 +243,9 @@ def test_one_namespace_never_sees_or_changes_anothers_budgets(
         # The same name in namespace B is B's own budget.
         mine = client.post(BASE, json=definition(limit_usd=1.0), headers=as_("other"))
         assert mine.status_code == 201 and mine.json()["namespace"] == OTHER_NS
-        assert [b["limit_usd"] for b in client.get(BASE, headers=as_("other")).json()["budgets"]] == [
-            1.0
-        ]
+        assert [
+            b["limit_usd"] for b in client.get(BASE, headers=as_("other")).json()["budgets"]
+        ] == [1.0]
         # B can reach A's namespace neither by asking for it nor through its names.
         for method, path, body in [
             ("GET", f"{BASE}?namespace={NS}", None),

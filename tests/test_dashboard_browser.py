@@ -448,7 +448,9 @@ def test_budgets_are_created_edited_reset_and_deleted_in_the_page(tab: Page) -> 
     assert (record["thresholds"], record["tz"]) == ([0.5, 1.0], BROWSER_ZONE)
     # The page shows the API's figures for it.
     [row] = [
-        r for r in api(tab.base, f"{stored}/status", {})["budgets"] if r["budget"] == "browser-daily"
+        r
+        for r in api(tab.base, f"{stored}/status", {})["budgets"]
+        if r["budget"] == "browser-daily"
     ]
     same_cents(item().locator("[data-field=spent_usd]").inner_text(), row["spent_usd"])
     same_cents(item().locator("[data-field=limit_usd]").inner_text(), row["limit_usd"])

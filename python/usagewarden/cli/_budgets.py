@@ -25,6 +25,7 @@ import click
 
 import usagewarden as uw
 
+from ._budget_admin import STORED_BUDGET_COMMANDS
 from ._ledger_access import CommandError, open_ledger
 from ._options import db_option, resolve_db
 from ._output import Column, emit_rows, format_option, short_moment, text
@@ -203,7 +204,8 @@ _BRIEF = [
 
 @click.group()
 def budgets() -> None:
-    """Budgets defined in a TOML file, checked against the ledger."""
+    """Budgets: those of a TOML file checked against the ledger (status), and
+    those stored in the ledger (list, create, update, delete, reset)."""
 
 
 @budgets.command("status")
@@ -243,3 +245,7 @@ def status(ctx: click.Context, db: str | None, config: Path, output_format: str)
         document={"config": str(config), "budget_count": len(configured)},
         rows_key="budgets",
     )
+
+
+for _command in STORED_BUDGET_COMMANDS:
+    budgets.add_command(_command)

@@ -31,9 +31,7 @@ class BudgetDefinition(BaseModel):
         "monthly", description="A calendar period, or a rolling window in seconds."
     )
     tz: str = Field("UTC", min_length=1, max_length=64, description="The calendar's IANA zone.")
-    thresholds: list[float] = Field(
-        default_factory=lambda: [0.5, 0.75, 0.9, 1.0], max_length=64
-    )
+    thresholds: list[float] = Field(default_factory=lambda: [0.5, 0.75, 0.9, 1.0], max_length=64)
     action: Literal["alert", "block", "downgrade"] = "block"
     downgrade_to: str | None = Field(None, min_length=1, max_length=256)
     soft: bool = False

@@ -28,8 +28,8 @@ from ._errors import api_error
 from ._export_stream import open_export
 from ._requests import UsageRoute, field_errors, parse_json, read_body
 from .audit_routes import DEFAULT_MAX_VERIFY_ROWS, audit_routes
-from .budget_routes import budget_routes
 from .auth import SCOPE_ADMIN, SCOPE_ALL_NAMESPACES, SCOPE_READ, SCOPE_WRITE, Principal
+from .budget_routes import budget_routes
 from .models import (
     MAX_BATCH,
     AggregateOut,
