@@ -89,6 +89,23 @@ pub fn from_json(name: &str, json: &str) -> CoreResult<Budget> {
 mod tests {
     use super::*;
 
+    /// A global blocking budget of 1 nano-USD in UTC, without thresholds.
+    fn plain(period: Period) -> Budget {
+        Budget::new(
+            "c",
+            1,
+            Scope::Global,
+            None,
+            period,
+            "UTC",
+            vec![],
+            "block",
+            None,
+            false,
+        )
+        .unwrap()
+    }
+
     #[test]
     fn a_definition_reads_back_as_the_same_budget() {
         let budgets = [
@@ -105,19 +122,7 @@ mod tests {
                 true,
             )
             .unwrap(),
-            Budget::new(
-                "c",
-                1,
-                Scope::Global,
-                None,
-                Period::Weekly,
-                "UTC",
-                vec![],
-                "block",
-                None,
-                false,
-            )
-            .unwrap(),
+            plain(Period::Weekly),
         ];
         for budget in budgets {
             let json = to_json(&budget);
@@ -133,22 +138,7 @@ mod tests {
     fn a_bad_definition_names_what_is_wrong() {
         let err = from_json("b", "{\"limit_usd\": 1}").unwrap_err();
         assert!(err.to_string().starts_with("definition:"), "{err}");
-        let json = to_json(
-            &Budget::new(
-                "b",
-                1,
-                Scope::Global,
-                None,
-                Period::Daily,
-                "UTC",
-                vec![],
-                "block",
-                None,
-                false,
-            )
-            .unwrap(),
-        )
-        .replace("\"UTC\"", "\"Mars/Olympus\"");
+        let json = to_json(&plain(Period::Daily)).replace("\"UTC\"", "\"Mars/Olympus\"");
         assert!(from_json("b", &json).is_err());
     }
 }

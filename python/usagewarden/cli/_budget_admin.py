@@ -141,78 +141,67 @@ def list_budgets(
     _show(records, output_format, "Stored budgets")
 
 
-@click.command("create")
-@db_option
-@click.argument("name")
-@namespace_option
-@definition_options
-@format_option
-@click.pass_context
-def create(
-    ctx: click.Context,
-    /,
-    db: str | None,
-    name: str,
-    namespace: str,
-    output_format: str,
-    limit_usd: float,
-    **fields: Any,
-) -> None:
-    """Stores a new budget NAME (a deleted one of the name is replaced)."""
-    budget = _budget(name, limit_usd, **fields)
-    record = _change(ctx, db, lambda store: store.create_budget(budget, namespace=namespace))
-    _show([record], output_format, "Created")
+def _defining(verb: str, method: str, title: str, doc: str) -> click.Command:
+    """``create`` or ``update``: a budget NAME from the definition options."""
+
+    @click.pass_context
+    def command(
+        ctx: click.Context,
+        /,
+        db: str | None,
+        name: str,
+        namespace: str,
+        output_format: str,
+        limit_usd: float,
+        **fields: Any,
+    ) -> None:
+        budget = _budget(name, limit_usd, **fields)
+        record = _change(ctx, db, lambda store: getattr(store, method)(budget, namespace=namespace))
+        _show([record], output_format, title)
+
+    command.__doc__ = doc
+    for decorate in (format_option, definition_options, namespace_option, click.argument("name")):
+        command = decorate(command)
+    return click.command(verb)(db_option(command))
 
 
-@click.command("update")
-@db_option
-@click.argument("name")
-@namespace_option
-@definition_options
-@format_option
-@click.pass_context
-def update(
-    ctx: click.Context,
-    /,
-    db: str | None,
-    name: str,
-    namespace: str,
-    output_format: str,
-    limit_usd: float,
-    **fields: Any,
-) -> None:
-    """Replaces the definition of budget NAME (omitted options take their defaults)."""
-    budget = _budget(name, limit_usd, **fields)
-    record = _change(ctx, db, lambda store: store.update_budget(budget, namespace=namespace))
-    _show([record], output_format, "Updated")
+def _marking(verb: str, method: str, title: str, doc: str) -> click.Command:
+    """``delete`` or ``reset``: a change of budget NAME without a definition."""
+
+    @click.pass_context
+    def command(
+        ctx: click.Context, /, db: str | None, name: str, namespace: str, output_format: str
+    ) -> None:
+        record = _change(ctx, db, lambda store: getattr(store, method)(name, namespace=namespace))
+        _show([record], output_format, title)
+
+    command.__doc__ = doc
+    for decorate in (format_option, namespace_option, click.argument("name")):
+        command = decorate(command)
+    return click.command(verb)(db_option(command))
 
 
-@click.command("delete")
-@db_option
-@click.argument("name")
-@namespace_option
-@format_option
-@click.pass_context
-def delete(
-    ctx: click.Context, db: str | None, name: str, namespace: str, output_format: str
-) -> None:
-    """Soft-deletes budget NAME (listed with --include-deleted)."""
-    record = _change(ctx, db, lambda store: store.delete_budget(name, namespace=namespace))
-    _show([record], output_format, "Deleted")
-
-
-@click.command("reset")
-@db_option
-@click.argument("name")
-@namespace_option
-@format_option
-@click.pass_context
-def reset(
-    ctx: click.Context, db: str | None, name: str, namespace: str, output_format: str
-) -> None:
-    """Resets budget NAME's spend: it counts from now on."""
-    record = _change(ctx, db, lambda store: store.reset_budget(name, namespace=namespace))
-    _show([record], output_format, "Reset")
+create = _defining(
+    "create",
+    "create_budget",
+    "Created",
+    "Stores a new budget NAME (a deleted one of the name is replaced).",
+)
+update = _defining(
+    "update",
+    "update_budget",
+    "Updated",
+    "Replaces the definition of budget NAME (omitted options take their defaults).",
+)
+delete = _marking(
+    "delete",
+    "delete_budget",
+    "Deleted",
+    "Soft-deletes budget NAME (listed with --include-deleted).",
+)
+reset = _marking(
+    "reset", "reset_budget", "Reset", "Resets budget NAME's spend: it counts from now on."
+)
 
 
 STORED_BUDGET_COMMANDS = (list_budgets, create, update, delete, reset)

@@ -188,9 +188,11 @@ async function refresh() {
     renderTop($("top-agents"), agents.groups);
     renderTop($("top-consumers"), consumers.groups);
     renderTop($("top-models"), models.groups, { unnamed: "(no model)" });
-    const thresholds = new Map(settings.budgets.map((b) => [b.budget, b.thresholds]));
+    // A stored budget and one given in code may share a name: keyed by namespace too.
+    const key = (b) => `${b.namespace ?? ""}/${b.budget}`;
+    const thresholds = new Map(settings.budgets.map((b) => [key(b), b.thresholds]));
     renderBudgets($("budgets"), budgets.budgets.map((b) => ({ ...b,
-      thresholds: thresholds.get(b.budget) ?? b.thresholds_crossed })), zone);
+      thresholds: thresholds.get(key(b)) ?? b.thresholds_crossed })), zone);
     await Promise.all([loadEvents(base), loadLimiter(), editor.load(state.scopes)]);
     if (generation !== state.generation) return;
     $("updated").textContent = `Updated ${dateTime(new Date().toISOString(), zone)}`;
