@@ -6,6 +6,7 @@ on their refresh (a ManualClock moves time, nothing sleeps)."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -257,3 +258,32 @@ def test_alerts_of_a_stored_budget_are_recorded_in_its_namespace(backend: Ledger
         store.flush()
         [event] = store.query(action="budget.alert")
         assert (event.namespace, event.consumer_id) == ("team-a", "b")
+
+
+def test_racing_creates_of_one_name_store_exactly_one(backend: LedgerBackend) -> None:
+    """Eight stores (as eight hosts would) create the same budget at once:
+    one wins, the others get ConflictError, and the row is the winner's."""
+    stores = [backend.sync() for _ in range(8)]
+    barrier = threading.Barrier(len(stores))
+    outcomes: list[Any] = [None] * len(stores)
+
+    def create(i: int) -> None:
+        barrier.wait()
+        try:
+            outcomes[i] = stores[i].create_budget(uw.Budget("race", float(i)), namespace="team-a")
+        except uw.ConflictError as exc:
+            outcomes[i] = exc
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(len(stores))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        won = [o for o in outcomes if isinstance(o, uw.BudgetRecord)]
+        assert len(won) == 1, outcomes
+        assert all(isinstance(o, uw.ConflictError) for o in outcomes if o not in won)
+        assert stores[0].get_budget("race", namespace="team-a") == won[0]
+    finally:
+        for store in stores:
+            store.close()

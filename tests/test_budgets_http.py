@@ -293,3 +293,18 @@ def test_an_engine_on_the_same_ledger_enforces_what_the_api_stores(
         rows = client.get("/usage/budgets", headers=as_("read")).json()["budgets"]
         assert [(r["budget"], r["limit_usd"]) for r in rows] == [("daily", 100.0)]
         assert client.get("/usage/budgets", headers=as_("other")).json()["budgets"] == []
+
+
+def test_a_body_over_the_limit_is_413_and_stores_nothing(
+    backend: LedgerBackend, clock: uw.ManualClock
+) -> None:
+    store = backend.async_(clock=clock)
+    app = FastAPI()
+    app.include_router(usage_router(store, auth=AUTH, max_body_bytes=256))
+    try:
+        with serving(app) as (host, port), httpx.Client(base_url=f"http://{host}:{port}") as c:
+            padded = definition(name="big", match="x" * 250)
+            refused(c.post(BASE, json=padded, headers=as_("admin")), 413, "body_too_large")
+            assert c.get(BASE, headers=as_("admin")).json()["budgets"] == []
+    finally:
+        asyncio.run(close(store))
