@@ -497,3 +497,28 @@ def test_a_key_without_admin_sees_no_budget_editor(tab: Page) -> None:
     assert tab.page.locator("#managed").is_hidden()
     assert not any("/budgets/managed" in url for url in tab.requests)
     assert tab.console == []
+
+
+def test_editing_in_the_page_keeps_what_the_form_does_not_offer(tab: Page) -> None:
+    """A rolling, soft budget made through the API keeps its window and its
+    softness when its limit is changed in the page."""
+    stored = "/usage/budgets/managed"
+    body = {"name": "api-rolling", "limit_usd": 1.0, "period": 3600, "soft": True, "tz": "UTC"}
+    made = httpx.post(f"{tab.base}{stored}", json=body, headers={"X-API-Key": ADMIN_KEY})
+    assert made.status_code == 201, made.text
+    try:
+        tab.sign_in(ADMIN_KEY)
+        item = tab.page.locator('#managed-list .budget[data-budget="api-rolling"]')
+        item.locator("[data-action=edit]").click()
+        assert tab.page.input_value("#bf-period") == "3600"
+        assert tab.page.is_checked("#bf-soft")
+        tab.page.fill("#bf-limit", "3")
+        shown = tab.page.evaluate("Number(document.body.dataset.managed || 0)")
+        tab.page.click("#bf-submit")
+        tab.page.wait_for_function("n => Number(document.body.dataset.managed || 0) > n", arg=shown)
+        record = api(tab.base, f"{stored}/api-rolling", {})
+        assert (record["limit_usd"], record["period"], record["soft"]) == (3.0, 3600.0, True)
+        assert tab.console == []
+        assert tab.elsewhere == []
+    finally:
+        httpx.delete(f"{tab.base}{stored}/api-rolling", headers={"X-API-Key": ADMIN_KEY})

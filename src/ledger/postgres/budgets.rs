@@ -11,8 +11,10 @@ use crate::ledger::store::MeteringStore;
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
+/// Idempotent (`IF NOT EXISTS`), so running it again over a ledger that has the
+/// table, its recorded schema version set back, does no harm.
 pub const MIGRATION: &str = r#"
-CREATE TABLE {s}.budgets (
+CREATE TABLE IF NOT EXISTS {s}.budgets (
     namespace   TEXT   NOT NULL,
     name        TEXT   NOT NULL,
     definition  TEXT   NOT NULL,

@@ -10,8 +10,10 @@ use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use std::sync::Arc;
 
+/// Idempotent (`IF NOT EXISTS`), so running it again over a ledger that has the
+/// table, its recorded schema version set back, does no harm.
 pub const MIGRATION: &str = r#"
-CREATE TABLE budgets (
+CREATE TABLE IF NOT EXISTS budgets (
     namespace   TEXT    NOT NULL,
     name        TEXT    NOT NULL,
     definition  TEXT    NOT NULL,

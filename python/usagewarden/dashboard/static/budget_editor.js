@@ -12,15 +12,18 @@ function definition(form) {
   const thresholds = value("bf-thresholds")
     ? value("bf-thresholds").split(",").map((t) => Number(t.trim()))
     : [];
+  const period = value("bf-period");
   const body = {
     limit_usd: Number(value("bf-limit")),
-    period: value("bf-period"),
+    // A rolling window is its number of seconds.
+    period: /^[0-9.]+$/.test(period) ? Number(period) : period,
     scope: value("bf-scope"),
     match: value("bf-match") || null,
     thresholds,
     action: value("bf-action"),
     downgrade_to: value("bf-action") === "downgrade" ? value("bf-downgrade") || null : null,
     tz: value("bf-tz"),
+    soft: form.querySelector("#bf-soft").checked,
   };
   return body;
 }
@@ -29,7 +32,16 @@ function fill(form, budget) {
   const set = (id, v) => { form.querySelector(`#${id}`).value = v ?? ""; };
   set("bf-name", budget?.name);
   set("bf-limit", budget?.limit_usd);
-  set("bf-period", typeof budget?.period === "string" ? budget.period : "monthly");
+  const periods = form.querySelector("#bf-period");
+  for (const option of [...periods.options]) if (option.dataset.rolling) option.remove();
+  if (typeof budget?.period === "number") {
+    // A rolling window keeps its length when the budget is edited.
+    const option = new Option(`rolling ${budget.period} s`, String(budget.period));
+    option.dataset.rolling = "1";
+    periods.append(option);
+  }
+  set("bf-period", budget ? String(budget.period) : "monthly");
+  form.querySelector("#bf-soft").checked = Boolean(budget?.soft);
   set("bf-scope", budget?.scope ?? "global");
   set("bf-match", budget?.match);
   set("bf-thresholds", (budget?.thresholds ?? [0.5, 0.75, 0.9, 1]).join(", "));
