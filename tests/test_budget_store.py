@@ -225,6 +225,9 @@ def test_running_engines_pick_up_changes_on_their_refresh(backend: LedgerBackend
         engine.settle(engine.check(**call), 2.0)
         [row] = [r for r in engine.status() if r["namespace"] == "team-a"]
         assert row["spent_usd"] == pytest.approx(2.0)
+        assert engine.history("cap", 2, namespace="team-a") == [("2026-03-10", 2.5)]
+        with pytest.raises(ValueError, match="^name: no budget is named 'cap-b'"):
+            engine.history("cap-b")
         assert row["period_start"] == NOON + timedelta(seconds=20)
         # Deleted: the code budget is back in team-a.
         admin.delete_budget("cap", namespace="team-a")

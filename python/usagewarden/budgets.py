@@ -174,8 +174,14 @@ class BudgetEngine:
             row["next_reset"] = _utc(row.pop("next_reset_us"))
         return rows
 
-    def history(self, name: str, days: int = 30) -> list[tuple[str, float]]:
-        """Daily spend of budget ``name`` over the last ``days`` days, in its time zone."""
+    def history(
+        self, name: str, days: int = 30, *, namespace: str | None = None
+    ) -> list[tuple[str, float]]:
+        """Daily spend of budget ``name`` over the last ``days`` days, in its
+        time zone: a budget given in code, or with ``namespace`` the one stored
+        in that namespace (``store.budget_history``, 1 to 365 days)."""
+        if namespace is not None:
+            return self._sync_store.budget_history(name, days=days, namespace=namespace)
         budget = self._by_name.get(name)
         if budget is None:
             raise ValueError(f"name: no budget is named {name!r}")
