@@ -126,8 +126,8 @@ impl Catalog {
         self.by_id.get(&id).copied().unwrap_or(usize::MAX)
     }
 
-    /// The budgets covering a call, with the scope value each sees.
-    pub fn covering(&self, call: &CallScope) -> Vec<(Arc<Entry>, String)> {
+    /// The ids of the budgets covering a call, with the scope value each sees.
+    pub fn covering(&self, call: &CallScope) -> Vec<(u64, String)> {
         self.entries
             .iter()
             .filter(|e| match &e.budget.namespace {
@@ -143,7 +143,7 @@ impl Catalog {
                 let value = call.value(e.budget.scope)?;
                 match &e.budget.matches {
                     Some(m) if m != value => None,
-                    _ => Some((Arc::clone(e), value.to_string())),
+                    _ => Some((e.id, value.to_string())),
                 }
             })
             .collect()

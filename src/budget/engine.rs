@@ -290,18 +290,17 @@ impl Engine {
     ) -> CoreResult<Result<Admission, Refusal>> {
         self.sync_stored(now_us)?;
         let catalog = self.catalog();
-        let covering = catalog.covering(call);
-        let keys: Vec<SlotKey> = covering.iter().map(|(e, v)| (e.id, v.clone())).collect();
+        let keys = catalog.covering(call);
         let mut alerts = Vec::new();
         self.load(&catalog, &keys, now_us, &mut alerts)?;
         let mut state = self.state.lock();
         let mut downgrade_to = None;
-        for ((entry, _), key) in covering.iter().zip(&keys) {
-            let budget = &entry.budget;
+        for key in &keys {
             // A budget replaced meanwhile: its replacement counts from the next call.
-            let Some(slot) = state.slots.get_mut(key) else {
+            let (Some(entry), Some(slot)) = (catalog.get(key.0), state.slots.get_mut(key)) else {
                 continue;
             };
+            let budget = &entry.budget;
             roll(entry, &key.1, slot, now_us, &mut alerts);
             let committed = slot.spent.saturating_add(slot.reserved);
             let over = if budget.soft {
