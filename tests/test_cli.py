@@ -482,3 +482,102 @@ def test_keys_load_from_toml_json_and_the_environment(tmp_path: Path, monkeypatc
     assert load_keys(json_file) == from_toml
     monkeypatch.setenv("USAGEWARDEN_API_KEYS", json.dumps(document))
     assert load_keys(None) == from_toml
+
+
+# --- stored budgets -------------------------------------------------------------------------
+
+
+def stored_json(*args: str) -> Any:
+    return json.loads(ok("budgets", *args, "--format", "json"))["budgets"]
+
+
+def test_stored_budgets_are_created_listed_changed_and_deleted(tmp_path: Path) -> None:
+    db = str(tmp_path / "budgets.db")
+    uw.SQLiteStore(db).close()
+    [made] = stored_json(
+        "create", "team-daily", "--db", db, "--namespace", "team-a", "--limit-usd", "5",
+        "--period", "daily", "--thresholds", "0.5,1", "--tz", "Europe/Paris",
+    )  # fmt: skip
+    assert (made["namespace"], made["limit_usd"], made["period"], made["tz"]) == (
+        "team-a",
+        5.0,
+        "daily",
+        "Europe/Paris",
+    )
+    assert made["thresholds"] == [0.5, 1.0]
+    stored_json("create", "rolling", "--db", db, "--limit-usd", "1", "--period", "3600")
+    listed = stored_json("list", "--db", db)
+    assert [(b["namespace"], b["name"]) for b in listed] == [
+        ("default", "rolling"),
+        ("team-a", "team-daily"),
+    ]
+    assert [b["name"] for b in stored_json("list", "--db", db, "--namespace", "team-a")] == [
+        "team-daily"
+    ]
+    [updated] = stored_json(
+        "update", "team-daily", "--db", db, "--namespace", "team-a", "--limit-usd", "9",
+        "--scope", "agent", "--match", "bot", "--action", "downgrade", "--downgrade-to", "small",
+    )  # fmt: skip
+    # Every field is replaced: the period is the default again.
+    assert (updated["limit_usd"], updated["scope"], updated["downgrade_to"]) == (
+        9.0,
+        "agent",
+        "small",
+    )
+    assert (updated["period"], updated["tz"]) == ("monthly", "UTC")
+    [reset] = stored_json("reset", "team-daily", "--db", db, "--namespace", "team-a")
+    assert reset["reset_at"] is not None
+    [deleted] = stored_json("delete", "rolling", "--db", db)
+    assert deleted["deleted_at"] is not None
+    assert [b["name"] for b in stored_json("list", "--db", db)] == ["team-daily"]
+    assert [b["name"] for b in stored_json("list", "--db", db, "--include-deleted")] == [
+        "rolling",
+        "team-daily",
+    ]
+    # What the commands wrote is what the store holds.
+    with uw.SQLiteStore(db) as store:
+        record = store.get_budget("team-daily", namespace="team-a")
+        assert record.budget.limit_usd == 9.0 and record.budget.match == "bot"
+        assert record.to_dict()["reset_at"].isoformat() == reset["reset_at"]
+    table = ok("budgets", "list", "--db", db)
+    assert "team-daily" in table and "$9.00" in table
+    header, row = ok("budgets", "list", "--db", db, "--format", "csv").splitlines()
+    assert header.startswith("namespace,name,limit_usd,period")
+    assert row.startswith("team-a,team-daily,9.0,monthly,agent,bot,downgrade,")
+
+
+@pytest.mark.parametrize(
+    ("args", "message", "code"),
+    [
+        (
+            ["create", "b", "--limit-usd", "1"],
+            "already exists in namespace 'default'|\"default\"",
+            1,
+        ),
+        (["update", "nope", "--limit-usd", "1"], 'name: no budget "nope"', 1),
+        (["delete", "nope"], 'name: no budget "nope"', 1),
+        (["reset", "nope"], 'name: no budget "nope"', 1),
+        (["create", "bad name", "--limit-usd", "1"], "name: may hold only", 1),
+        (["create", "c", "--limit-usd", "1", "--tz", "Mars/Olympus"], "budget 'c': tz", 1),
+        (["create", "c", "--limit-usd", "1", "--period", "fortnight"], "--period", 2),
+        (["create", "c", "--limit-usd", "1", "--thresholds", "half"], "--thresholds", 2),
+        (["create", "c", "--limit-usd", "-1"], "budget 'c': limit_usd", 1),
+        (["create", "c"], "--limit-usd", 2),
+    ],
+)
+def test_stored_budget_errors_are_one_line(
+    tmp_path: Path, args: list[str], message: str, code: int
+) -> None:
+    db = str(tmp_path / "budgets.db")
+    with uw.SQLiteStore(db) as store:
+        store.create_budget(uw.Budget("b", 1.0))
+    line = failure("budgets", *args, "--db", db, code=code)
+    assert any(part in line for part in message.split("|")), line
+    with uw.SQLiteStore(db) as store:
+        assert [r.name for r in store.budgets(include_deleted=True)] == ["b"]
+
+
+def test_stored_budget_commands_need_an_existing_ledger(tmp_path: Path) -> None:
+    line = failure("budgets", "list", "--db", str(tmp_path / "missing.db"))
+    assert "no ledger at" in line
+    assert not (tmp_path / "missing.db").exists()

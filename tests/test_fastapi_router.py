@@ -131,6 +131,18 @@ ENDPOINTS: list[tuple[str, str, Any, str, int]] = [
 ]
 #: Operations that need an existing event, checked in test_audit_http.py.
 EVENT_OPERATIONS = {("get", "/usage/receipts/{request_id}")}
+#: The stored-budget operations, checked in test_budgets_http.py.
+BUDGET_OPERATIONS = {
+    ("get", "/usage/budgets/managed"),
+    ("post", "/usage/budgets/managed"),
+    ("get", "/usage/budgets/managed/status"),
+    ("get", "/usage/budgets/managed/{name}"),
+    ("put", "/usage/budgets/managed/{name}"),
+    ("delete", "/usage/budgets/managed/{name}"),
+    ("post", "/usage/budgets/managed/{name}/reset"),
+    ("get", "/usage/budgets/managed/{name}/status"),
+    ("get", "/usage/budgets/managed/{name}/history"),
+}
 ENDPOINT_IDS = [f"{method} {path}" for method, path, *_ in ENDPOINTS]
 #: Read operations that take the ledger filters.
 FILTERED_READS = [
@@ -1055,6 +1067,27 @@ OPERATIONS: dict[tuple[str, str], tuple[list[str], dict[str, str | set[str]]]] =
     ("get", "/usage/receipts/{request_id}"): (["request_id", "namespace"], {"200": "ReceiptOut"}),
     ("get", "/usage/checkpoint"): (["namespace"], {"200": "CheckpointOut"}),
     ("post", "/usage/verify"): ([], {"200": "VerifyOut"}),
+    ("get", "/usage/budgets/managed"): (
+        ["namespace", "include_deleted"],
+        {"200": "StoredBudgetList"},
+    ),
+    ("post", "/usage/budgets/managed"): (["namespace"], {"201": "BudgetOut"}),
+    ("get", "/usage/budgets/managed/status"): (["namespace"], {"200": "StatusSummary"}),
+    ("get", "/usage/budgets/managed/{name}"): (["name", "namespace"], {"200": "BudgetOut"}),
+    ("put", "/usage/budgets/managed/{name}"): (["name", "namespace"], {"200": "BudgetOut"}),
+    ("delete", "/usage/budgets/managed/{name}"): (["name", "namespace"], {"200": "BudgetOut"}),
+    ("post", "/usage/budgets/managed/{name}/reset"): (
+        ["name", "namespace"],
+        {"200": "BudgetOut"},
+    ),
+    ("get", "/usage/budgets/managed/{name}/status"): (
+        ["name", "namespace"],
+        {"200": "OneBudgetStatus"},
+    ),
+    ("get", "/usage/budgets/managed/{name}/history"): (
+        ["name", "days", "namespace"],
+        {"200": "BudgetHistory"},
+    ),
 }
 EVENT_FIELDS = {
     "agent_id", "consumer_id", "task_id", "namespace", "action", "model", "tokens_in",
@@ -1099,7 +1132,7 @@ def test_the_schema_has_exactly_the_documented_operations(openapi: dict[str, Any
     found = {(method, path) for path, ops in openapi["paths"].items() for method in ops}
     assert found == set(OPERATIONS)
     listed = {(m.lower(), p.split("?")[0]) for m, p, *_ in ENDPOINTS}
-    assert listed | EVENT_OPERATIONS == set(OPERATIONS)
+    assert listed | EVENT_OPERATIONS | BUDGET_OPERATIONS == set(OPERATIONS)
 
 
 @pytest.mark.parametrize(
@@ -1112,7 +1145,8 @@ def test_every_operation_is_fully_described(
     expected_params, successes = OPERATIONS[(method, path)]
     parameters = {p["name"]: p for p in operation.get("parameters", [])}
     assert set(parameters) == set(expected_params)
-    assert all(p["in"] == "query" for p in parameters.values() if p["name"] != "request_id")
+    path_params = {"request_id", "name"}
+    assert all(p["in"] == "query" for p in parameters.values() if p["name"] not in path_params)
     assert operation["security"] == [{"HTTPBearer": []}, {"APIKeyHeader": []}]
 
     responses = operation["responses"]

@@ -68,6 +68,16 @@ class BudgetEngine:
     it, so it survives a restart; it is read again every ``refresh_seconds``
     (``None``: never), so processes sharing the ledger file share the budget
     (what other processes have in flight is not seen, only what they recorded).
+
+    Budgets kept in the ledger database (``store.create_budget``, the usage
+    API's ``/budgets/managed`` routes, ``usagewarden budgets create``) are
+    enforced too, unless ``stored=False``: they are read at the first call and
+    again every ``refresh_seconds``, so budgets created, updated, deleted or
+    reset there take effect without a restart. A stored budget covers only
+    the calls of its namespace, and there it overrides a budget given in code
+    under the same name; in other namespaces the code budget still holds. An
+    update or a reset counts the budget's spend afresh from the ledger (from
+    the reset time on, after a reset).
     """
 
     def __init__(
@@ -79,13 +89,16 @@ class BudgetEngine:
         on_alert: AlertCallback | None = None,
         clock: ManualClock | None = None,
         refresh_seconds: float | None = 5.0,
+        stored: bool = True,
     ) -> None:
         if pricing is not None and not isinstance(pricing, Pricing):
             raise TypeError("pricing: must be a usagewarden.Pricing or None")
         if on_alert is not None and not callable(on_alert):
             raise TypeError("on_alert: must be a callable taking the alert dict")
         self.budgets = list(budgets)
-        self._core = _BudgetCore(self.budgets, store, clock, refresh_seconds)
+        if not isinstance(stored, bool):
+            raise TypeError("stored: must be a bool")
+        self._core = _BudgetCore(self.budgets, store, clock, refresh_seconds, stored)
         self.store = store
         # Alerts and history are read and written from sync code.
         self._sync_store = store.blocking() if isinstance(store, AsyncMeteringStore) else store
@@ -146,17 +159,29 @@ class BudgetEngine:
         """Releases a call that did not happen."""
         self.settle(check, 0.0)
 
+    def enforced(self) -> list[Budget]:
+        """Every budget enforced now: those given in code, then the stored
+        ones (each with its ``namespace``), read again when the refresh is due."""
+        return self._core.enforced()
+
     def status(self) -> list[dict[str, Any]]:
-        """Per budget and scope value: spend, limit, percent, period start,
-        next reset and the thresholds crossed."""
+        """Per budget and scope value seen so far: spend, limit, percent,
+        period start, next reset and the thresholds crossed; ``namespace`` is
+        a stored budget's namespace (``None`` for a budget given in code)."""
         rows = self._core.status()
         for row in rows:
             row["period_start"] = _utc(row.pop("period_start_us"))
             row["next_reset"] = _utc(row.pop("next_reset_us"))
         return rows
 
-    def history(self, name: str, days: int = 30) -> list[tuple[str, float]]:
-        """Daily spend of budget ``name`` over the last ``days`` days, in its time zone."""
+    def history(
+        self, name: str, days: int = 30, *, namespace: str | None = None
+    ) -> list[tuple[str, float]]:
+        """Daily spend of budget ``name`` over the last ``days`` days, in its
+        time zone: a budget given in code, or with ``namespace`` the one stored
+        in that namespace (``store.budget_history``, 1 to 365 days)."""
+        if namespace is not None:
+            return self._sync_store.budget_history(name, days=days, namespace=namespace)
         budget = self._by_name.get(name)
         if budget is None:
             raise ValueError(f"name: no budget is named {name!r}")
@@ -211,6 +236,7 @@ class BudgetEngine:
                 UsageEvent(
                     "usagewarden",
                     alert["budget"],
+                    namespace=alert["namespace"] or "default",
                     action="budget.alert",
                     timestamp=alert["at"],
                     source="usagewarden.budgets",

@@ -2,11 +2,14 @@
 //! actual cost after it, all under one lock, so concurrent calls can never
 //! spend past a limit by more than what is in flight.
 
-use super::{Action, Budget, CallScope, Period};
+use super::catalog::{Catalog, Entry, StoredSource};
+use super::{Action, Budget, CallScope, Period, Scope};
 use crate::error::{CoreError, CoreResult};
 use hashbrown::HashMap;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use std::collections::VecDeque;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
 /// Reads the spend a budget's scope value already has in the ledger for
 /// `[start_us, end_us]` (a restart, or another process, spent it).
@@ -23,6 +26,8 @@ pub enum AlertKind {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Alert {
     pub budget: String,
+    /// The namespace of a stored budget (`None` for one given in code).
+    pub namespace: Option<String>,
     /// The scope's value (`""` for a global budget).
     pub scope_value: String,
     pub kind: AlertKind,
@@ -55,6 +60,8 @@ pub struct Refusal {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Status {
     pub budget: String,
+    pub namespace: Option<String>,
+    pub scope: Scope,
     pub scope_value: String,
     pub spent_nanos: u64,
     pub reserved_nanos: u64,
@@ -64,7 +71,8 @@ pub struct Status {
     pub thresholds_crossed: Vec<f64>,
 }
 
-type SlotKey = (usize, String);
+/// A budget entry's id and the scope value.
+type SlotKey = (u64, String);
 
 struct Slot {
     period_start: i64,
@@ -94,10 +102,16 @@ struct State {
 pub struct Engine {
     budgets: Vec<Budget>,
     loader: SpendLoader,
-    /// How often a slot's spend is read again from the ledger, where other
-    /// processes record theirs; `None`: only when first needed.
+    /// How often a slot's spend (and the stored budgets) are read again from
+    /// the ledger, where other processes record theirs; `None`: only when
+    /// first needed.
     refresh_us: Option<i64>,
     state: Mutex<State>,
+    catalog: RwLock<Arc<Catalog>>,
+    stored: Option<StoredSource>,
+    /// When the stored budgets were last read.
+    stored_synced: Mutex<Option<i64>>,
+    ids: AtomicU64,
 }
 
 impl Engine {
@@ -114,37 +128,87 @@ impl Engine {
                 ));
             }
         }
+        let ids = AtomicU64::new(0);
+        let catalog = Catalog::of_code(budgets.clone(), &ids);
         Ok(Engine {
             budgets,
             loader,
             refresh_us,
             state: Mutex::new(State::default()),
+            catalog: RwLock::new(Arc::new(catalog)),
+            stored: None,
+            stored_synced: Mutex::new(None),
+            ids,
         })
     }
 
+    /// Also enforces the budgets `source` reads from the ledger database,
+    /// read at the first call and again every `refresh_us` (see `Catalog`
+    /// for how they combine with the budgets given in code).
+    pub fn with_stored(mut self, source: StoredSource) -> Engine {
+        self.stored = Some(source);
+        self
+    }
+
+    /// The budgets given in code.
     pub fn budgets(&self) -> &[Budget] {
         &self.budgets
     }
 
-    /// The budgets covering a call, with the scope value each sees.
-    fn covering(&self, call: &CallScope) -> Vec<SlotKey> {
-        self.budgets
-            .iter()
-            .enumerate()
-            .filter_map(|(i, b)| {
-                let value = call.value(b.scope)?;
-                match &b.matches {
-                    Some(m) if m != value => None,
-                    _ => Some((i, value.to_string())),
-                }
-            })
-            .collect()
+    /// Every budget enforced now: code budgets, then stored ones.
+    pub fn enforced(&self, now_us: i64) -> CoreResult<Vec<Budget>> {
+        self.sync_stored(now_us)?;
+        let catalog = self.catalog.read().clone();
+        Ok(catalog.entries.iter().map(|e| e.budget.clone()).collect())
+    }
+
+    /// Reads the stored budgets again when they are due; a budget that
+    /// changed gets a new entry, and the spend of the old one is dropped.
+    fn sync_stored(&self, now_us: i64) -> CoreResult<()> {
+        let Some(source) = &self.stored else {
+            return Ok(());
+        };
+        {
+            let mut synced = self.stored_synced.lock();
+            let due = match (*synced, self.refresh_us) {
+                (None, _) => true,
+                (Some(at), Some(every)) => now_us.saturating_sub(at) >= every,
+                (Some(_), None) => false,
+            };
+            if !due {
+                return Ok(());
+            }
+            *synced = Some(now_us);
+        }
+        let rows = match source() {
+            Ok(rows) => rows,
+            Err(e) => {
+                // Tried again at the next call rather than after a whole refresh.
+                *self.stored_synced.lock() = None;
+                return Err(e);
+            }
+        };
+        let next = Arc::new(self.catalog.read().with_stored(rows, &self.ids));
+        let mut state = self.state.lock();
+        state.slots.retain(|key, _| next.get(key.0).is_some());
+        *self.catalog.write() = next;
+        Ok(())
+    }
+
+    fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.read().clone()
     }
 
     /// Makes sure every slot exists, loading the spend of new ones from the
     /// ledger without holding the lock; and reads again the spend of slots
     /// last read more than `refresh_us` ago (other processes spend too).
-    fn load(&self, keys: &[SlotKey], now_us: i64, alerts: &mut Vec<Alert>) -> CoreResult<()> {
+    fn load(
+        &self,
+        catalog: &Catalog,
+        keys: &[SlotKey],
+        now_us: i64,
+        alerts: &mut Vec<Alert>,
+    ) -> CoreResult<()> {
         let (missing, stale): (Vec<&SlotKey>, Vec<&SlotKey>) = {
             let state = self.state.lock();
             let missing = keys
@@ -166,14 +230,17 @@ impl Engine {
             (missing, stale)
         };
         for key in stale {
-            let budget = &self.budgets[key.0];
-            let (start, _) = budget.period.bounds(now_us, budget.tz);
+            let Some(entry) = catalog.get(key.0) else {
+                continue;
+            };
+            let budget = &entry.budget;
+            let (start, _) = entry.bounds(now_us);
             let recorded = (self.loader)(budget, &key.1, start, now_us)?;
             let mut state = self.state.lock();
             let Some(slot) = state.slots.get_mut(key) else {
                 continue;
             };
-            roll(budget, &key.1, slot, now_us, alerts);
+            roll(entry, &key.1, slot, now_us, alerts);
             slot.synced_at = now_us;
             // What this process settled may not be recorded yet: the larger wins.
             if slot.period_start == start && recorded > slot.spent {
@@ -182,12 +249,15 @@ impl Engine {
                 if matches!(budget.period, Period::Rolling(_)) {
                     slot.recent.push_back((now_us, more));
                 }
-                fire_thresholds(budget, &key.1, slot, now_us, alerts);
+                fire_thresholds(entry, &key.1, slot, now_us, alerts);
             }
         }
         for key in missing {
-            let budget = &self.budgets[key.0];
-            let (start, next) = budget.period.bounds(now_us, budget.tz);
+            let Some(entry) = catalog.get(key.0) else {
+                continue;
+            };
+            let budget = &entry.budget;
+            let (start, next) = entry.bounds(now_us);
             let spent = (self.loader)(budget, &key.1, start, now_us)?;
             let mut recent = VecDeque::new();
             if matches!(budget.period, Period::Rolling(_)) && spent > 0 {
@@ -218,15 +288,20 @@ impl Engine {
         estimate_nanos: u64,
         now_us: i64,
     ) -> CoreResult<Result<Admission, Refusal>> {
-        let keys = self.covering(call);
+        self.sync_stored(now_us)?;
+        let catalog = self.catalog();
+        let keys = catalog.covering(call);
         let mut alerts = Vec::new();
-        self.load(&keys, now_us, &mut alerts)?;
+        self.load(&catalog, &keys, now_us, &mut alerts)?;
         let mut state = self.state.lock();
         let mut downgrade_to = None;
         for key in &keys {
-            let budget = &self.budgets[key.0];
-            let slot = state.slots.get_mut(key).expect("loaded above");
-            roll(budget, &key.1, slot, now_us, &mut alerts);
+            // A budget replaced meanwhile: its replacement counts from the next call.
+            let (Some(entry), Some(slot)) = (catalog.get(key.0), state.slots.get_mut(key)) else {
+                continue;
+            };
+            let budget = &entry.budget;
+            roll(entry, &key.1, slot, now_us, &mut alerts);
             let committed = slot.spent.saturating_add(slot.reserved);
             let over = if budget.soft {
                 committed >= budget.limit_nanos
@@ -257,7 +332,9 @@ impl Engine {
         }
         let mut held = Vec::with_capacity(keys.len());
         for key in keys {
-            let slot = state.slots.get_mut(&key).expect("loaded above");
+            let Some(slot) = state.slots.get_mut(&key) else {
+                continue;
+            };
             slot.reserved = slot.reserved.saturating_add(estimate_nanos);
             held.push(Held {
                 key,
@@ -287,12 +364,14 @@ impl Engine {
             CoreError::InvalidArgument("reservation", "is unknown or already settled".into())
         })?;
         let mut alerts = Vec::new();
+        let catalog = self.catalog();
         for h in held {
-            let budget = &self.budgets[h.key.0];
-            let Some(slot) = state.slots.get_mut(&h.key) else {
+            let (Some(entry), Some(slot)) = (catalog.get(h.key.0), state.slots.get_mut(&h.key))
+            else {
                 continue;
             };
-            roll(budget, &h.key.1, slot, now_us, &mut alerts);
+            let budget = &entry.budget;
+            roll(entry, &h.key.1, slot, now_us, &mut alerts);
             // In-flight calls stay reserved across a reset, and their cost lands
             // in the period they finish in.
             slot.reserved = slot.reserved.saturating_sub(h.estimate);
@@ -300,23 +379,27 @@ impl Engine {
             if matches!(budget.period, Period::Rolling(_)) && actual_nanos > 0 {
                 slot.recent.push_back((now_us, actual_nanos));
             }
-            fire_thresholds(budget, &h.key.1, slot, now_us, &mut alerts);
+            fire_thresholds(entry, &h.key.1, slot, now_us, &mut alerts);
         }
         Ok(alerts)
     }
 
     /// Every budget and scope value seen, oldest budget first.
     pub fn status(&self, now_us: i64) -> Vec<Status> {
+        let catalog = self.catalog();
         let mut state = self.state.lock();
         let mut ignored = Vec::new();
-        let mut out: Vec<Status> = state
+        let mut out: Vec<(usize, Status)> = state
             .slots
             .iter_mut()
-            .map(|(key, slot)| {
-                let budget = &self.budgets[key.0];
-                roll(budget, &key.1, slot, now_us, &mut ignored);
-                Status {
+            .filter_map(|(key, slot)| {
+                let entry = catalog.get(key.0)?;
+                let budget = &entry.budget;
+                roll(entry, &key.1, slot, now_us, &mut ignored);
+                let status = Status {
                     budget: budget.name.clone(),
+                    namespace: budget.namespace.clone(),
+                    scope: budget.scope,
                     scope_value: key.1.clone(),
                     spent_nanos: slot.spent,
                     reserved_nanos: slot.reserved,
@@ -330,31 +413,24 @@ impl Engine {
                         .filter(|(i, _)| slot.fired & (1 << i) != 0)
                         .map(|(_, t)| *t)
                         .collect(),
-                }
+                };
+                Some((catalog.position(key.0), status))
             })
             .collect();
-        let order: HashMap<&str, usize> = self
-            .budgets
-            .iter()
-            .enumerate()
-            .map(|(i, b)| (b.name.as_str(), i))
-            .collect();
-        out.sort_by(|a, b| {
-            (order[a.budget.as_str()], &a.scope_value)
-                .cmp(&(order[b.budget.as_str()], &b.scope_value))
-        });
-        out
+        out.sort_by(|a, b| (a.0, &a.1.scope_value).cmp(&(b.0, &b.1.scope_value)));
+        out.into_iter().map(|(_, status)| status).collect()
     }
 }
 
 /// Alerts for the thresholds the slot's spend reached that had not fired.
 fn fire_thresholds(
-    budget: &Budget,
+    entry: &Entry,
     value: &str,
     slot: &mut Slot,
     now_us: i64,
     alerts: &mut Vec<Alert>,
 ) {
+    let budget = &entry.budget;
     let now_crossed = crossed(budget, slot.spent);
     for (i, t) in budget.thresholds.iter().enumerate() {
         let bit = 1 << i;
@@ -362,6 +438,7 @@ fn fire_thresholds(
             slot.fired |= bit;
             alerts.push(Alert {
                 budget: budget.name.clone(),
+                namespace: budget.namespace.clone(),
                 scope_value: value.to_string(),
                 kind: AlertKind::Threshold(*t),
                 spent_nanos: slot.spent,
@@ -385,7 +462,8 @@ fn crossed(budget: &Budget, spent: u64) -> u64 {
 
 /// Moves a slot into the period holding `now_us`: a calendar period starts
 /// afresh (a "reset" alert); a rolling one drops what slid out.
-fn roll(budget: &Budget, value: &str, slot: &mut Slot, now_us: i64, alerts: &mut Vec<Alert>) {
+fn roll(entry: &Entry, value: &str, slot: &mut Slot, now_us: i64, alerts: &mut Vec<Alert>) {
+    let budget = &entry.budget;
     if let Period::Rolling(window) = budget.period {
         while let Some(&(at, cost)) = slot.recent.front() {
             if at > now_us - window {
@@ -394,7 +472,7 @@ fn roll(budget: &Budget, value: &str, slot: &mut Slot, now_us: i64, alerts: &mut
             slot.recent.pop_front();
             slot.spent = slot.spent.saturating_sub(cost);
         }
-        slot.period_start = now_us - window;
+        slot.period_start = entry.bounds(now_us).0;
         // Thresholds re-arm once spend slides back under them.
         slot.fired &= crossed(budget, slot.spent);
         return;
@@ -403,13 +481,14 @@ fn roll(budget: &Budget, value: &str, slot: &mut Slot, now_us: i64, alerts: &mut
         Some(next) if now_us >= next => {}
         _ => return,
     }
-    let (start, next) = budget.period.bounds(now_us, budget.tz);
+    let (start, next) = entry.bounds(now_us);
     slot.period_start = start;
     slot.next_reset = next;
     slot.spent = 0;
     slot.fired = 0;
     alerts.push(Alert {
         budget: budget.name.clone(),
+        namespace: budget.namespace.clone(),
         scope_value: value.to_string(),
         kind: AlertKind::Reset,
         spent_nanos: 0,

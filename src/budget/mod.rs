@@ -2,7 +2,10 @@
 //! agent, consumer, model or workflow) and a period that resets on the
 //! calendar of a time zone.
 
+pub mod catalog;
+pub mod definition;
 pub mod engine;
+pub mod report;
 
 use crate::error::{CoreError, CoreResult};
 use crate::ledger::buckets::{bucket_bounds, parse_tz, TimeUnit};
@@ -129,6 +132,9 @@ pub enum Action {
     Downgrade(String),
 }
 
+/// The most thresholds a budget may have.
+pub const MAX_THRESHOLDS: usize = 64;
+
 /// One budget, validated.
 #[derive(Clone, Debug)]
 pub struct Budget {
@@ -146,6 +152,9 @@ pub struct Budget {
     /// A soft budget admits a call while spend is below the limit, even if
     /// the call may take it over; a hard one only if it stays within.
     pub soft: bool,
+    /// A budget kept in the ledger database belongs to one namespace and
+    /// covers only its calls; `None` (a budget given in code): every namespace.
+    pub namespace: Option<String>,
 }
 
 impl Budget {
@@ -175,6 +184,13 @@ impl Budget {
             ));
         }
         let tz_parsed = parse_tz(tz)?;
+        // The engine keeps which thresholds fired in one 64-bit word.
+        if thresholds.len() > MAX_THRESHOLDS {
+            return Err(CoreError::InvalidArgument(
+                "thresholds",
+                format!("at most {MAX_THRESHOLDS}, got {}", thresholds.len()),
+            ));
+        }
         for (i, t) in thresholds.iter().enumerate() {
             if !(t.is_finite() && *t > 0.0 && *t <= 1.0) {
                 return Err(CoreError::InvalidArgument(
@@ -223,6 +239,7 @@ impl Budget {
             thresholds,
             action,
             soft,
+            namespace: None,
         })
     }
 }

@@ -1,6 +1,7 @@
 //! The usage ledger: one append-only event per billable action.
 
 pub mod buckets;
+pub mod budget_table;
 pub mod chain;
 pub mod chain_source;
 pub mod chain_verify;

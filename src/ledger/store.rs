@@ -2,6 +2,7 @@
 //! bindings, the budgets and the HTTP router work on any of them.
 
 use crate::error::CoreResult;
+use crate::ledger::budget_table::BudgetTable;
 use crate::ledger::chain_verify::{Checkpoint, PositionRange, Receipt, VerifyReport};
 use crate::ledger::event::UsageEvent;
 use crate::ledger::export::Format;
@@ -16,7 +17,8 @@ pub use crate::ledger::sqlite::{Aggregate, Durability, StoreStats};
 /// A usage ledger. Every method may block (the bindings call them with the
 /// interpreter released, or on the blocking pool) except `try_record_valid`
 /// and the accessors, which only touch memory.
-pub trait MeteringStore: Send + Sync {
+/// Every ledger keeps its budgets table too (`BudgetTable`).
+pub trait MeteringStore: BudgetTable + Send + Sync {
     /// Where the ledger lives, for reprs and logs (never a password).
     fn location(&self) -> String;
     fn durability(&self) -> Durability;

@@ -2,8 +2,8 @@
 //! Python class adds alert callbacks and the ledger record of alerts).
 
 use crate::budget::engine::{Alert, AlertKind, Engine, Status};
+use crate::budget::report::spend_filters;
 use crate::budget::{Action, Budget, CallScope, Period, Scope};
-use crate::ledger::filters::Filters;
 use crate::python::args;
 use crate::python::clock::ClockArg;
 use crate::python::errors::IntoPyResult;
@@ -126,6 +126,12 @@ impl PyBudget {
     fn soft(&self) -> bool {
         self.inner.soft
     }
+    /// The namespace of a budget read from the ledger database (it covers
+    /// only that namespace's calls); `None` for a budget made in code.
+    #[getter]
+    fn namespace(&self) -> Option<&str> {
+        self.inner.namespace.as_deref()
+    }
 
     fn __repr__(&self) -> String {
         format!(
@@ -146,27 +152,10 @@ pub struct PyBudgetCore {
     clock: ClockArg,
 }
 
-fn filters_for(budget: &Budget, value: &str, start_us: i64, end_us: i64) -> Filters {
-    let mut f = Filters {
-        start_us: (start_us > i64::MIN).then_some(start_us),
-        end_us: Some(end_us),
-        ..Filters::default()
-    };
-    let value = Some(value.to_string());
-    match budget.scope {
-        Scope::Global => {}
-        Scope::Namespace => f.namespace = value,
-        Scope::Agent => f.agent_id = value,
-        Scope::Consumer => f.consumer_id = value,
-        Scope::Model => f.model = value,
-        Scope::Workflow => f.task_id = value,
-    }
-    f
-}
-
 fn alert_dict<'py>(py: Python<'py>, a: &Alert) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     d.set_item("budget", &a.budget)?;
+    d.set_item("namespace", &a.namespace)?;
     d.set_item("scope_value", &a.scope_value)?;
     match a.kind {
         AlertKind::Threshold(t) => {
@@ -193,9 +182,11 @@ fn alerts_list<'py>(py: Python<'py>, alerts: &[Alert]) -> PyResult<Bound<'py, Py
     Ok(list)
 }
 
-fn status_dict<'py>(py: Python<'py>, s: &Status) -> PyResult<Bound<'py, PyDict>> {
+pub(crate) fn status_dict<'py>(py: Python<'py>, s: &Status) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     d.set_item("budget", &s.budget)?;
+    d.set_item("namespace", &s.namespace)?;
+    d.set_item("scope", s.scope.name())?;
     d.set_item("scope_value", &s.scope_value)?;
     d.set_item("spent_usd", nanos_to_usd(s.spent_nanos))?;
     d.set_item("reserved_usd", nanos_to_usd(s.reserved_nanos))?;
@@ -218,13 +209,14 @@ fn status_dict<'py>(py: Python<'py>, s: &Status) -> PyResult<Bound<'py, PyDict>>
 #[pymethods]
 impl PyBudgetCore {
     #[new]
-    #[pyo3(signature = (budgets, store, clock=None, refresh_seconds=None))]
+    #[pyo3(signature = (budgets, store, clock=None, refresh_seconds=None, stored=true))]
     fn new(
         py: Python<'_>,
         budgets: &Bound<'_, PyAny>,
         store: &Bound<'_, PyAny>,
         clock: Option<&Bound<'_, PyAny>>,
         refresh_seconds: Option<&Bound<'_, PyAny>>,
+        stored: bool,
     ) -> PyResult<Self> {
         let refresh_us = args::optional_seconds(refresh_seconds, "refresh_seconds", true)?
             .map(|ns| (ns / 1_000) as i64);
@@ -242,11 +234,15 @@ impl PyBudgetCore {
         let ledger = crate::python::ledger::metering_store(store).ok_or_else(|| {
             PyTypeError::new_err("store must be a usagewarden store (SQLiteStore, PostgresStore or their async twins)")
         })?;
+        let table = ledger.clone();
         let loader = Box::new(move |budget: &Budget, value: &str, start: i64, end: i64| {
-            let totals = ledger.summary(&filters_for(budget, value, start, end))?;
+            let totals = ledger.summary(&spend_filters(budget, value, start, end))?;
             Ok(totals.cost_nanos.unwrap_or(0))
         });
-        let engine = Engine::new(list, loader, refresh_us).py_err(py)?;
+        let mut engine = Engine::new(list, loader, refresh_us).py_err(py)?;
+        if stored {
+            engine = engine.with_stored(Box::new(move || table.list_budgets(None, false)));
+        }
         Ok(PyBudgetCore {
             engine: Arc::new(engine),
             clock: ClockArg::extract(clock)?,
@@ -318,6 +314,18 @@ impl PyBudgetCore {
             .settle(reservation, cost, self.now_us())
             .py_err(py)?;
         alerts_list(py, &alerts)
+    }
+
+    /// Every budget enforced now: the code budgets, then the stored ones
+    /// (read again when the refresh is due).
+    fn enforced(&self, py: Python<'_>) -> PyResult<Vec<PyBudget>> {
+        let now = self.now_us();
+        let engine = self.engine.clone();
+        let budgets = py.detach(|| engine.enforced(now)).py_err(py)?;
+        Ok(budgets
+            .into_iter()
+            .map(|inner| PyBudget { inner })
+            .collect())
     }
 
     fn status<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {

@@ -48,6 +48,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<pricing::PyPricing>()?;
     m.add_class::<budget::PyBudget>()?;
     m.add_class::<budget::PyBudgetCore>()?;
+    m.add_class::<ledger::PyBudgetRecord>()?;
     m.add_function(wrap_pyfunction!(ledger::_close_all_stores, m)?)?;
     m.add_function(wrap_pyfunction!(ledger::_events_from_json, m)?)?;
     m.add_function(wrap_pyfunction!(bridge::_quiesce, m)?)?;

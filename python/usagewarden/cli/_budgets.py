@@ -25,6 +25,7 @@ import click
 
 import usagewarden as uw
 
+from ._budget_admin import STORED_BUDGET_COMMANDS
 from ._ledger_access import CommandError, open_ledger
 from ._options import db_option, resolve_db
 from ._output import Column, emit_rows, format_option, short_moment, text
@@ -92,15 +93,20 @@ def load_budgets(path: Path) -> list[uw.Budget]:
 
 def _scope_values(budget: uw.Budget, store: Any) -> list[str]:
     """The values a budget has a spend for: its ``match``, or every value the
-    ledger holds for its scope (workflows cannot be listed)."""
+    ledger holds for its scope (workflows cannot be listed); a stored
+    budget's within its namespace."""
     if budget.match is not None:
         return [budget.match]
+    within = {"namespace": budget.namespace} if budget.namespace is not None else {}
+    if budget.scope == "namespace" and budget.namespace is not None:
+        return [budget.namespace]
     if budget.scope == "agent":
-        return [name for name, _ in store.agents()]
+        return [name for name, _ in store.agents(**within)]
     if budget.scope == "consumer":
-        return [name for name, _ in store.consumers()]
+        return [name for name, _ in store.consumers(**within)]
     if budget.scope in ("namespace", "model"):
-        return [row.group for row in store.aggregate(budget.scope) if row.group is not None]
+        rows = store.aggregate(budget.scope, **within)
+        return [row.group for row in rows if row.group is not None]
     return []
 
 
@@ -126,14 +132,16 @@ def observe(engine: uw.BudgetEngine, store: Any) -> set[tuple[str, str]]:
     defaults = {name: value for name, value in present.items() if value is not None}
     calls: list[dict[str, Any]] = []
     read: set[tuple[str, str]] = set()
-    for budget in engine.budgets:
+    for budget in engine.enforced():
+        # A stored budget covers only its namespace's calls.
+        own = {"namespace": budget.namespace} if budget.namespace is not None else {}
         if budget.scope == "global":
-            calls.append({})
+            calls.append(own)
             read.add((budget.name, ""))
             continue
         argument = _CALL_ARGUMENT[budget.scope]
         for value in _scope_values(budget, store):
-            calls.append({argument: value})
+            calls.append({**own, argument: value})
             read.add((budget.name, value))
     for call in calls:
         arguments = {**defaults, **call}
@@ -151,12 +159,14 @@ def status_rows(
 ) -> list[dict[str, Any]]:
     """``engine.status()`` with each budget's settings; only the (budget,
     value) pairs in ``only`` when given."""
-    by_name = {budget.name: budget for budget in engine.budgets}
+    by_name = {(budget.namespace, budget.name): budget for budget in engine.enforced()}
     rows = []
     for row in engine.status():
         if only is not None and (row["budget"], row["scope_value"]) not in only:
             continue
-        budget = by_name[row["budget"]]
+        budget = by_name.get((row["namespace"], row["budget"]))
+        if budget is None:  # deleted since
+            continue
         rows.append(
             {
                 **row,
@@ -194,7 +204,8 @@ _BRIEF = [
 
 @click.group()
 def budgets() -> None:
-    """Budgets defined in a TOML file, checked against the ledger."""
+    """Budgets: those of a TOML file checked against the ledger (status), and
+    those stored in the ledger (list, create, update, delete, reset)."""
 
 
 @budgets.command("status")
@@ -212,7 +223,8 @@ def status(ctx: click.Context, db: str | None, config: Path, output_format: str)
     """Spend of each budget in its current period, its limit and next reset."""
     configured = load_budgets(config)
     with open_ledger(resolve_db(ctx, db)) as store:
-        engine = uw.BudgetEngine(configured, store, refresh_seconds=None)
+        # The file's budgets only: `budgets list` shows the stored ones.
+        engine = uw.BudgetEngine(configured, store, refresh_seconds=None, stored=False)
         rows = status_rows(engine, observe(engine, store))
     emit_rows(
         rows,
@@ -233,3 +245,7 @@ def status(ctx: click.Context, db: str | None, config: Path, output_format: str)
         document={"config": str(config), "budget_count": len(configured)},
         rows_key="budgets",
     )
+
+
+for _command in STORED_BUDGET_COMMANDS:
+    budgets.add_command(_command)

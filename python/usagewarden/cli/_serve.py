@@ -128,7 +128,7 @@ async def _refresh_budgets(engine: uw.BudgetEngine, store: Any) -> None:
     "budgets_file",
     type=click.Path(dir_okay=False, path_type=Path),
     help="A budgets file (as for `budgets status`): GET /usage/budgets and the dashboard "
-    "show them.",
+    "show them, with the budgets stored in the ledger.",
 )
 @click.option(
     "--requests-per-minute",
@@ -181,7 +181,9 @@ def serve(
         )
     configured = load_budgets(budgets_file) if budgets_file is not None else None
     store = open_ledger(resolve_db(ctx, db), asynchronous=True)
-    budgets = uw.BudgetEngine(configured, store) if configured is not None else None
+    # Budgets stored in the ledger (managed under /usage/budgets/managed) are
+    # shown by GET /usage/budgets with those of the file.
+    budgets = uw.BudgetEngine(configured or [], store)
     app = build_app(store, keys=keys, budgets=budgets, requests_per_minute=requests_per_minute)
     who = f"{len(keys)} API key(s)" if keys else "NO authentication"
     click.echo(f"usagewarden: serving on http://{host}:{port}/ with {who}", err=True)

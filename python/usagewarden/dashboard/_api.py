@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
+from .._core import Budget
 from ..budgets import BudgetEngine
 from ..fastapi import SCOPE_ADMIN, SCOPE_ALL_NAMESPACES, SCOPE_READ, Principal
 from ..fastapi._errors import api_error
@@ -41,12 +42,15 @@ def key_state(limiter: Limiter, key: str) -> dict[str, Any]:
     return {"key": key, "limits": rows}
 
 
-def _budget_visible(scope: str, match: str | None, principal: Principal) -> bool:
+def _budget_visible(budget: Budget, principal: Principal) -> bool:
     """The rule of ``GET /budgets``: without ``usage:all-namespaces``, only the
-    budgets of the principal's own namespace."""
+    budgets of the principal's own namespace (a stored budget's namespace is
+    its own)."""
     if principal.has_scope(SCOPE_ALL_NAMESPACES):
         return True
-    return scope == "namespace" and match in (None, principal.namespace)
+    if budget.namespace is not None:
+        return budget.namespace == principal.namespace
+    return budget.scope == "namespace" and budget.match in (None, principal.namespace)
 
 
 def dashboard_api_router(
@@ -101,6 +105,7 @@ def dashboard_api_router(
         rows = [
             {
                 "budget": b.name,
+                "namespace": b.namespace,
                 "scope": b.scope,
                 "match": b.match,
                 "limit_usd": b.limit_usd,
@@ -111,8 +116,8 @@ def dashboard_api_router(
                 "downgrade_to": b.downgrade_to,
                 "soft": b.soft,
             }
-            for b in (budgets.budgets if budgets is not None else [])
-            if _budget_visible(b.scope, b.match, principal)
+            for b in (budgets.enforced() if budgets is not None else [])
+            if _budget_visible(b, principal)
         ]
         return JSONResponse({"budgets": rows})
 

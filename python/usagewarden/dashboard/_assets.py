@@ -38,6 +38,7 @@ _SECURITY_HEADERS = {
 #: The files the page loads, by the name it uses.
 _FILES = {
     "app.js": "text/javascript",
+    "budget_editor.js": "text/javascript",
     "charts.js": "text/javascript",
     "format.js": "text/javascript",
     "panels.js": "text/javascript",

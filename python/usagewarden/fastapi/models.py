@@ -204,6 +204,9 @@ class Validation(BaseModel):
 
 class BudgetStatus(BaseModel):
     budget: str
+    namespace: str | None = Field(
+        None, description="A stored budget's namespace; null for a budget given in code."
+    )
     scope: str
     scope_value: str = Field(description="The scope's value; empty for a global budget.")
     spent_usd: float

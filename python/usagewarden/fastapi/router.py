@@ -29,6 +29,7 @@ from ._export_stream import open_export
 from ._requests import UsageRoute, field_errors, parse_json, read_body
 from .audit_routes import DEFAULT_MAX_VERIFY_ROWS, audit_routes
 from .auth import SCOPE_ADMIN, SCOPE_ALL_NAMESPACES, SCOPE_READ, SCOPE_WRITE, Principal
+from .budget_routes import budget_routes
 from .models import (
     MAX_BATCH,
     AggregateOut,
@@ -187,6 +188,8 @@ def usage_router(
     resume. Mounting without authentication takes
     ``auth=None, allow_unauthenticated=True`` and logs a warning.
     ``rate_limiter`` admits each request under the principal's id.
+    Budgets kept in the ledger database are managed under
+    ``/budgets/managed`` (``usage:admin``; see ``budget_routes``).
     """
     if not isinstance(store, AsyncMeteringStore):
         raise TypeError(
@@ -449,13 +452,18 @@ def usage_router(
         spend includes other namespaces) need the `usage:all-namespaces` scope."""
         if budgets is None:
             return BudgetList(budgets=[])
-        scopes = {b.name: b.scope for b in budgets.budgets}
-        rows = [{**row, "scope": scopes[row["budget"]]} for row in budgets.status()]
+        rows = budgets.status()
         if not access.sees_all_namespaces:
+            # A stored budget covers only its own namespace's calls.
             rows = [
                 row
                 for row in rows
-                if row["scope"] == "namespace" and row["scope_value"] == access.namespace
+                if row["namespace"] == access.namespace
+                or (
+                    row["namespace"] is None
+                    and row["scope"] == "namespace"
+                    and row["scope_value"] == access.namespace
+                )
             ]
         return BudgetList.model_validate({"budgets": rows})
 
@@ -498,6 +506,9 @@ def usage_router(
             },
         )
 
+    router.include_router(
+        budget_routes(store, admin=requires(SCOPE_ADMIN), max_body_bytes=max_body_bytes)
+    )
     router.include_router(
         audit_routes(
             store,

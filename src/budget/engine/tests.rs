@@ -266,3 +266,92 @@ fn spend_recorded_elsewhere_is_read_again_every_refresh() {
     let refused = e.check(&call(), 2 * USD, later).unwrap().unwrap_err();
     assert_eq!(refused.spent_nanos, 9 * USD);
 }
+
+fn stored(namespace: &str, budget: &Budget, reset_us: Option<i64>) -> StoredBudget {
+    StoredBudget {
+        namespace: namespace.into(),
+        name: budget.name.clone(),
+        definition: crate::budget::definition::to_json(budget),
+        created_us: 0,
+        updated_us: 0,
+        deleted_us: None,
+        reset_us,
+    }
+}
+
+use crate::ledger::budget_table::StoredBudget;
+
+#[test]
+fn stored_budgets_are_picked_up_on_refresh_and_confined_to_their_namespace() {
+    let rows: Arc<parking_lot::Mutex<Vec<StoredBudget>>> = Arc::default();
+    let source = rows.clone();
+    let e = Engine::new(
+        vec![budget("shared", 100, Period::Monthly, "block")],
+        Box::new(|_, _, _, _| Ok(0)),
+        Some(1_000_000),
+    )
+    .unwrap()
+    .with_stored(Box::new(move || Ok(source.lock().clone())));
+    let mut t = JAN_31_NOON;
+    assert!(e.check(&call(), 2 * USD, t).unwrap().is_ok());
+    // The stored "shared" replaces the code one in namespace "default" only.
+    rows.lock().push(stored(
+        "default",
+        &budget("shared", 1, Period::Monthly, "block"),
+        None,
+    ));
+    assert!(
+        e.check(&call(), 2 * USD, t).unwrap().is_ok(),
+        "not before the refresh"
+    );
+    t += 1_000_000;
+    assert!(
+        e.check(&call(), 2 * USD, t).unwrap().is_err(),
+        "after the refresh"
+    );
+    let other = CallScope {
+        namespace: "other".into(),
+        ..call()
+    };
+    assert!(
+        e.check(&other, 2 * USD, t).unwrap().is_ok(),
+        "the code budget still holds there"
+    );
+    rows.lock().clear();
+    t += 1_000_000;
+    assert!(
+        e.check(&call(), 2 * USD, t).unwrap().is_ok(),
+        "deleted: the code budget is back"
+    );
+}
+
+#[test]
+fn a_reset_counts_spend_from_the_reset_on() {
+    let rows: Arc<parking_lot::Mutex<Vec<StoredBudget>>> = Arc::default();
+    let source = rows.clone();
+    let starts: Arc<parking_lot::Mutex<Vec<i64>>> = Arc::default();
+    let seen = starts.clone();
+    let e = Engine::new(
+        vec![],
+        Box::new(move |_, _, start, _| {
+            seen.lock().push(start);
+            Ok(if start > JAN_31_NOON { 0 } else { 5 * USD })
+        }),
+        Some(1_000_000),
+    )
+    .unwrap()
+    .with_stored(Box::new(move || Ok(source.lock().clone())));
+    let b = budget("b", 5, Period::Monthly, "block");
+    rows.lock().push(stored("default", &b, None));
+    assert!(
+        e.check(&call(), USD, JAN_31_NOON).unwrap().is_err(),
+        "spent up"
+    );
+    rows.lock()[0] = stored("default", &b, Some(JAN_31_NOON + 1));
+    let later = JAN_31_NOON + 2_000_000;
+    assert!(e.check(&call(), USD, later).unwrap().is_ok(), "reset");
+    assert_eq!(*starts.lock().last().unwrap(), JAN_31_NOON + 1);
+    let [status] = e.status(later).try_into().unwrap();
+    assert_eq!(status.period_start_us, JAN_31_NOON + 1);
+    assert_eq!(status.namespace.as_deref(), Some("default"));
+}

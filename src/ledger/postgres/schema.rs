@@ -71,6 +71,8 @@ ALTER TABLE {s}.usage_events ADD COLUMN artifact_digest TEXT;
 "#,
     // The hash chain (`super::chain`).
     super::chain::MIGRATION,
+    // Budgets managed at run time (`super::budgets`).
+    super::budgets::MIGRATION,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -1,5 +1,6 @@
 //! The embedded SQLite ledger: one background writer, pooled readers.
 
+mod budgets;
 mod chain;
 mod faults;
 mod insert;

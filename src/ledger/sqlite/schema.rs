@@ -50,6 +50,8 @@ CREATE INDEX usage_events_action      ON usage_events (action, ts);
     "ALTER TABLE usage_events ADD COLUMN cost_priced INTEGER NOT NULL DEFAULT 0;",
     // The hash chain and artifact digests (`super::chain`).
     super::chain::MIGRATION,
+    // Budgets managed at run time (`super::budgets`).
+    super::budgets::MIGRATION,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

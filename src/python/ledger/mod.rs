@@ -1,6 +1,7 @@
 //! Bindings for the usage ledger.
 
 mod audit;
+mod budgets;
 mod event;
 mod filters;
 pub(crate) mod jobs;
@@ -11,6 +12,7 @@ mod sink;
 pub(crate) mod store;
 
 pub(crate) use audit::{PyCheckpoint, PyReceipt, PyVerifyProblem, PyVerifyReport};
+pub(crate) use budgets::PyBudgetRecord;
 pub(crate) use event::{_events_from_json, PyUsageEvent};
 pub(crate) use postgres::{PyAsyncPostgresStore, PyPostgresStore};
 pub(crate) use results::{PyAggregate, PyStoreStats};

@@ -37,7 +37,7 @@ pub(crate) fn timeout_arg(timeout: Option<&Bound<'_, PyAny>>) -> PyResult<Option
 }
 
 /// `namespace=`: a str, or `None` for the default namespace.
-fn namespace_arg(namespace: Option<&Bound<'_, PyAny>>) -> PyResult<String> {
+pub(crate) fn namespace_arg(namespace: Option<&Bound<'_, PyAny>>) -> PyResult<String> {
     Ok(args::optional_text(namespace, "namespace")?.unwrap_or_else(|| DEFAULT_NAMESPACE.into()))
 }
 
@@ -729,6 +729,60 @@ macro_rules! store_class {
             #[pyo3(signature = (namespace=None), text_signature = "(self, namespace='default')")]
             fn checkpoint<'py>(&self, py: Python<'py>, namespace: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
                 $run(py, self.core.checkpoint(namespace)?)
+            }
+
+            /// Stores `budget` in `namespace`; `ConflictError` when a live budget
+            /// there has its name (a deleted one is replaced). Running
+            /// `BudgetEngine`s on this ledger pick it up on their refresh.
+            #[pyo3(signature = (budget, *, namespace=None), text_signature = "(self, budget, *, namespace='default')")]
+            fn create_budget<'py>(&self, py: Python<'py>, budget: &Bound<'py, PyAny>, namespace: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
+                $run(py, self.core.put_budget(budget, namespace, true)?)
+            }
+
+            /// Replaces the definition of the live budget named `budget.name`.
+            #[pyo3(signature = (budget, *, namespace=None), text_signature = "(self, budget, *, namespace='default')")]
+            fn update_budget<'py>(&self, py: Python<'py>, budget: &Bound<'py, PyAny>, namespace: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
+                $run(py, self.core.put_budget(budget, namespace, false)?)
+            }
+
+            /// Soft-deletes a live budget (its row stays, marked deleted).
+            #[pyo3(signature = (name, *, namespace=None), text_signature = "(self, name, *, namespace='default')")]
+            fn delete_budget<'py>(&self, py: Python<'py>, name: &Bound<'py, PyAny>, namespace: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
+                $run(py, self.core.mark_budget(name, namespace, true)?)
+            }
+
+            /// Resets a live budget's spend: it counts from now on.
+            #[pyo3(signature = (name, *, namespace=None), text_signature = "(self, name, *, namespace='default')")]
+            fn reset_budget<'py>(&self, py: Python<'py>, name: &Bound<'py, PyAny>, namespace: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
+                $run(py, self.core.mark_budget(name, namespace, false)?)
+            }
+
+            /// The live budget `name`; `ValueError` when there is none.
+            #[pyo3(signature = (name, *, namespace=None), text_signature = "(self, name, *, namespace='default')")]
+            fn get_budget<'py>(&self, py: Python<'py>, name: &Bound<'py, PyAny>, namespace: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
+                $run(py, self.core.get_budget(name, namespace)?)
+            }
+
+            /// The stored budgets of `namespace` (every namespace when `None`),
+            /// by namespace and name; deleted ones too with `include_deleted`.
+            #[pyo3(signature = (namespace=None, *, include_deleted=false))]
+            fn budgets<'py>(&self, py: Python<'py>, namespace: Option<&Bound<'py, PyAny>>, include_deleted: bool) -> PyResult<Bound<'py, PyAny>> {
+                $run(py, self.core.list_budgets(namespace, include_deleted)?)
+            }
+
+            /// The spend of stored budgets over their current period, read from
+            /// the ledger (in-flight reservations are an engine's): one dict per
+            /// budget and scope value, for `name` or every live budget of `namespace`.
+            #[pyo3(signature = (name=None, *, namespace=None), text_signature = "(self, name=None, *, namespace='default')")]
+            fn budget_status<'py>(&self, py: Python<'py>, name: Option<&Bound<'py, PyAny>>, namespace: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
+                $run(py, self.core.budget_status(name, namespace)?)
+            }
+
+            /// `(day, spend_usd)` of a stored budget over the last `days` days
+            /// (1 to 365), in the budget's time zone; days without spend are left out.
+            #[pyo3(signature = (name, *, days=None, namespace=None), text_signature = "(self, name, *, days=30, namespace='default')")]
+            fn budget_history<'py>(&self, py: Python<'py>, name: &Bound<'py, PyAny>, days: Option<&Bound<'py, PyAny>>, namespace: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
+                $run(py, self.core.budget_history(name, days, namespace)?)
             }
 
             fn __repr__(&self) -> String {

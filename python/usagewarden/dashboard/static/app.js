@@ -1,5 +1,6 @@
 // The dashboard: reads the usage API with the key the person enters (kept
 // in this tab's sessionStorage at most) and draws what it answers.
+import { BudgetEditor } from "./budget_editor.js";
 import { drawStacked } from "./charts.js";
 import { browserZone, dateTime, zones } from "./format.js";
 import { renderBudgets, renderEvents, renderKpis, renderLimiter, renderTop } from "./panels.js";
@@ -25,32 +26,43 @@ const state = {
   total: 0,
   // The filters of what is shown: pages follow them (a cursor is made for them).
   base: null,
+  // What the key may do (from /me): budgets are managed with usage:admin.
+  scopes: [],
 };
 
 class ApiError extends Error {
-  constructor(status, message) {
+  constructor(status, message, detail = null) {
     super(message);
     this.status = status;
+    this.detail = detail;
   }
 }
 
-async function api(path, params = {}) {
+/** One request to the usage API with the key; a JSON `body` for writes. */
+async function call(method, path, params = {}, body = undefined) {
   const url = new URL(API + path, window.location.origin);
   for (const [name, value] of Object.entries(params)) {
     if (value !== undefined && value !== null && value !== "") url.searchParams.set(name, value);
   }
   const headers = state.key ? { Authorization: `Bearer ${state.key}` } : {};
-  const response = await fetch(url, { headers, cache: "no-store", credentials: "omit" });
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(url, {
+    method, headers, cache: "no-store", credentials: "omit",
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
   if (!response.ok) {
     let message = response.statusText;
+    let detail = null;
     try {
-      const body = await response.json();
-      message = body?.detail?.message ?? message;
+      detail = (await response.json())?.detail ?? null;
+      message = detail?.message ?? message;
     } catch { /* not JSON */ }
-    throw new ApiError(response.status, message);
+    throw new ApiError(response.status, message, detail);
   }
   return response.json();
 }
+
+const api = (path, params = {}) => call("GET", path, params);
 
 // --- what is asked: namespace, range and zone --------------------------------------------
 
@@ -109,6 +121,7 @@ async function loadNamespaces() {
   const select = $("namespace");
   const previous = select.value;
   const me = await api("/me");
+  state.scopes = me.scopes;
   $("whoami").textContent = me.namespace ? `${me.id} · ${me.namespace}` : "no authentication";
   let names = [me.namespace];
   if (me.namespace === null) {
@@ -175,10 +188,12 @@ async function refresh() {
     renderTop($("top-agents"), agents.groups);
     renderTop($("top-consumers"), consumers.groups);
     renderTop($("top-models"), models.groups, { unnamed: "(no model)" });
-    const thresholds = new Map(settings.budgets.map((b) => [b.budget, b.thresholds]));
+    // A stored budget and one given in code may share a name: keyed by namespace too.
+    const key = (b) => `${b.namespace ?? ""}/${b.budget}`;
+    const thresholds = new Map(settings.budgets.map((b) => [key(b), b.thresholds]));
     renderBudgets($("budgets"), budgets.budgets.map((b) => ({ ...b,
-      thresholds: thresholds.get(b.budget) ?? b.thresholds_crossed })), zone);
-    await Promise.all([loadEvents(base), loadLimiter()]);
+      thresholds: thresholds.get(key(b)) ?? b.thresholds_crossed })), zone);
+    await Promise.all([loadEvents(base), loadLimiter(), editor.load(state.scopes)]);
     if (generation !== state.generation) return;
     $("updated").textContent = `Updated ${dateTime(new Date().toISOString(), zone)}`;
     $("banner").hidden = true;
@@ -303,6 +318,13 @@ function loadCharts() {
     document.head.append(script);
   });
 }
+
+const editor = new BudgetEditor({
+  call,
+  changed: () => refresh(),
+  zone: tz,
+  namespace: () => $("namespace").value,
+});
 
 wire();
 await loadCharts();
