@@ -17,6 +17,8 @@ pub(crate) enum Op {
     Reset,
     Pause,
     Observe,
+    /// Admits like `Acquire`, and grants each key a slice to admit from locally.
+    Lease,
 }
 
 impl Op {
@@ -30,6 +32,7 @@ impl Op {
             Op::Reset => "reset",
             Op::Pause => "pause",
             Op::Observe => "observe",
+            Op::Lease => "lease",
         }
     }
 }
@@ -80,6 +83,8 @@ pub(crate) struct Call {
     pub(crate) observations: Vec<Observation>,
     /// Where refunds and resets are published.
     pub(crate) channel: Arc<str>,
+    /// For a lease: the fraction of each limit a slice takes, in millionths.
+    pub(crate) fraction_ppm: u64,
 }
 
 fn push_usage(cmd: &mut Cmd, u: &Usage) {
@@ -135,6 +140,9 @@ impl Call {
                 };
             }
         }
+        if self.op == Op::Lease {
+            cmd.arg(self.fraction_ppm);
+        }
         cmd
     }
 }
@@ -166,6 +174,7 @@ impl Call {
             keys,
             observations: Vec::new(),
             channel: self.channel.clone(),
+            fraction_ppm: 0,
         })
     }
 
@@ -234,4 +243,18 @@ pub(crate) fn verdict(reply: &[i64], limits: &[Arc<Limits>]) -> Option<Verdict> 
             .map(|g| *g as u64)
             .collect(),
     })
+}
+
+/// The slice granted on each key by a lease's reply (`None` when refused).
+pub(crate) fn slices(reply: &[i64], keys: usize) -> Option<Vec<Usage>> {
+    let start = 13 + keys;
+    if reply.first() != Some(&1) || reply.len() < start + 6 * keys {
+        return None;
+    }
+    Some(
+        reply[start..start + 6 * keys]
+            .chunks(6)
+            .map(usage_from)
+            .collect(),
+    )
 }

@@ -12,6 +12,7 @@
 
 mod call;
 pub mod fallback;
+pub mod lease;
 mod pipe;
 mod slot;
 mod waiting;
@@ -240,6 +241,7 @@ impl RedisInner {
             keys,
             observations: Vec::new(),
             channel: self.channel.clone(),
+            fraction_ppm: 0,
         }
     }
 
