@@ -5,6 +5,7 @@ use super::super::holds::{pause_spec, Observation};
 use crate::limits::{LimitOrigin, LimitSpec, Limits, Unit};
 use crate::usage::{Dimension, Usage, MAX_COUNT};
 use redis::Cmd;
+use smallvec::SmallVec;
 use std::sync::Arc;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,6 +20,8 @@ pub(crate) enum Op {
     Observe,
     /// Admits like `Acquire`, and grants each key a slice to admit from locally.
     Lease,
+    /// Gives back the unused part of a slice (to observed ceilings too).
+    Return,
 }
 
 impl Op {
@@ -33,6 +36,7 @@ impl Op {
             Op::Pause => "pause",
             Op::Observe => "observe",
             Op::Lease => "lease",
+            Op::Return => "return",
         }
     }
 }
@@ -245,16 +249,28 @@ pub(crate) fn verdict(reply: &[i64], limits: &[Arc<Limits>]) -> Option<Verdict> 
     })
 }
 
+/// A slice granted on one key: its usage, and the dimensions it bounds.
+pub(crate) struct Granted {
+    pub(crate) usage: Usage,
+    pub(crate) dimensions: SmallVec<[Dimension; 5]>,
+}
+
 /// The slice granted on each key by a lease's reply (`None` when refused).
-pub(crate) fn slices(reply: &[i64], keys: usize) -> Option<Vec<Usage>> {
+pub(crate) fn slices(reply: &[i64], keys: usize) -> Option<Vec<Granted>> {
     let start = 13 + keys;
-    if reply.first() != Some(&1) || reply.len() < start + 6 * keys {
+    if reply.first() != Some(&1) || reply.len() < start + 7 * keys {
         return None;
     }
     Some(
-        reply[start..start + 6 * keys]
-            .chunks(6)
-            .map(usage_from)
+        reply[start..start + 7 * keys]
+            .chunks(7)
+            .map(|c| Granted {
+                usage: usage_from(&c[..6]),
+                dimensions: Dimension::ALL
+                    .into_iter()
+                    .filter(|d| c[6] & (1 << code(*d)) != 0)
+                    .collect(),
+            })
             .collect(),
     )
 }

@@ -76,6 +76,8 @@ impl Lease {
 
 /// A slice held by this process on one key.
 struct Slice {
+    /// The dimensions it bounds (the key's limits and observed ceilings).
+    dims: SmallVec<[Dimension; 5]>,
     granted: Usage,
     consumed: Usage,
     /// When it ends, on the local time line (see `Leases::local_now`).
@@ -101,7 +103,6 @@ struct SliceHold {
 /// One key's slice (none between slices).
 struct Slot {
     key: Arc<str>,
-    dims: SmallVec<[Dimension; 5]>,
     specs: Arc<Limits>,
     current: Mutex<Option<Slice>>,
 }
@@ -152,70 +153,37 @@ fn leftover(dims: &[Dimension], granted: &Usage, consumed: &Usage) -> Usage {
     out
 }
 
-/// What Redis must count of a slice that used `consumed`: at least that on
-/// every limited dimension, never more than was granted there; fields no
-/// limit bounds (cache tokens, say) exactly as used, for `usage`.
-fn kept(dims: &[Dimension], granted: &Usage, consumed: &Usage) -> Usage {
-    let mut keep = granted.min(*consumed);
-    let bounded = |d: &[Dimension]| dims.iter().any(|x| d.contains(x));
-    keep.cache_read_tokens = consumed.cache_read_tokens;
-    keep.cache_write_tokens = consumed.cache_write_tokens;
-    if !bounded(&[Dimension::Requests]) {
-        keep.requests = consumed.requests;
-    }
-    if !bounded(&[Dimension::Cost]) {
-        keep.cost_nanos = consumed.cost_nanos;
-    }
-    if !bounded(&[Dimension::InputTokens, Dimension::TotalTokens]) {
-        keep.input_tokens = consumed.input_tokens;
-    }
-    if !bounded(&[Dimension::OutputTokens, Dimension::TotalTokens]) {
-        keep.output_tokens = consumed.output_tokens;
-    }
-    if dims.contains(&Dimension::TotalTokens) {
-        // Tokens of a total-token slice may be pooled in one field.
-        let mut deficit = consumed.total_tokens().saturating_sub(keep.total_tokens());
-        for (field, cap) in [
-            (&mut keep.input_tokens, granted.input_tokens),
-            (&mut keep.output_tokens, granted.output_tokens),
-        ] {
-            let more = deficit.min(cap - *field);
-            *field += more;
-            deficit -= more;
-        }
-    }
-    keep
-}
-
 impl Slice {
-    /// What returning the slice adds to and takes from Redis's count.
-    fn settlement(&self, dims: &[Dimension]) -> (Usage, Usage) {
-        let keep = kept(dims, &self.granted, &self.consumed);
+    /// What returning the slice adds to and takes from Redis's count, so
+    /// that Redis counts what it admitted, field by field. On every bounded
+    /// dimension that is at most what was granted, so nothing gets tighter.
+    fn settlement(&self) -> (Usage, Usage) {
         (
-            keep.saturating_sub(self.granted),
-            self.granted.saturating_sub(keep),
+            self.consumed.saturating_sub(self.granted),
+            self.granted.saturating_sub(self.consumed),
         )
     }
 }
 
-impl Slot {
-    fn fits(&self, slice: &Slice, usage: &Usage, now: u64) -> bool {
-        now < slice.deadline
+impl Slice {
+    fn fits(&self, usage: &Usage, now: u64) -> bool {
+        now < self.deadline
             && within(
                 &self.dims,
-                &slice.granted,
-                &slice.consumed.saturating_add(*usage),
+                &self.granted,
+                &self.consumed.saturating_add(*usage),
             )
     }
+}
 
+impl Slot {
     /// The limit with the smallest share left in the slice.
-    fn binding(&self, slice: &Slice) -> (f64, LimitSpec) {
+    fn binding(&self, granted: &Usage, consumed: &Usage) -> (f64, LimitSpec) {
         let mut best: Option<(f64, LimitSpec)> = None;
         for spec in self.specs.specs() {
-            let left = slice
-                .granted
+            let left = granted
                 .get(spec.dimension)
-                .saturating_sub(slice.consumed.get(spec.dimension));
+                .saturating_sub(consumed.get(spec.dimension));
             let share = left as f64 / spec.amount.max(1) as f64;
             if best.is_none_or(|(s, _)| share < s) {
                 best = Some((share, *spec));
@@ -263,14 +231,14 @@ impl Adjust for SliceHold {
             let mut current = slot.current.lock();
             if let Some(slice) = current.as_mut().filter(|s| s.hold.id == self.id) {
                 slice.consumed = slice.consumed.saturating_sub(sub).saturating_add(add);
-                if !within(&slot.dims, &slice.granted, &slice.consumed) {
+                if !within(&slice.dims, &slice.granted, &slice.consumed) {
                     slice.granted = slice.granted.saturating_add(add);
-                    leases.redis_adjust(self, add, Usage::ZERO);
+                    leases.redis_adjust(Op::Adjust, self, add, Usage::ZERO);
                 }
                 return;
             }
         }
-        leases.redis_adjust(self, add, sub);
+        leases.redis_adjust(Op::Adjust, self, add, sub);
     }
 }
 
@@ -312,8 +280,9 @@ impl Leases {
         }
     }
 
-    fn redis_adjust(&self, hold: &SliceHold, add: Usage, sub: Usage) {
-        self.redis.adjust(
+    fn redis_adjust(&self, op: Op, hold: &SliceHold, add: Usage, sub: Usage) {
+        self.redis.send_adjust(
+            op,
             &[(hold.key.clone(), hold.redis_generation)],
             hold.at_end_ns,
             add,
@@ -327,16 +296,9 @@ impl Leases {
             return slot.clone();
         }
         let specs = self.redis.limits_for(key);
-        let mut dims: SmallVec<[Dimension; 5]> = SmallVec::new();
-        for spec in specs.specs() {
-            if !dims.contains(&spec.dimension) {
-                dims.push(spec.dimension);
-            }
-        }
         let key: Arc<str> = Arc::from(key);
         let slot = Arc::new(Slot {
             key: key.clone(),
-            dims,
             specs,
             current: Mutex::new(None),
         });
@@ -350,17 +312,17 @@ impl Leases {
 
     /// Sends back what a slice did not use (and what it used of fields no
     /// limit bounds, which the slice did not count).
-    fn retire(&self, slot: &Slot, slice: Slice) {
-        let (add, sub) = slice.settlement(&slot.dims);
+    fn retire(&self, slice: Slice) {
+        let (add, sub) = slice.settlement();
         if !add.is_zero() || !sub.is_zero() {
-            self.redis_adjust(&slice.hold, add, sub);
+            self.redis_adjust(Op::Return, &slice.hold, add, sub);
         }
     }
 
     fn retire_keys(&self, keys: &[&str]) {
         for slot in self.slots_of(keys) {
             if let Some(slice) = slot.current.lock().take() {
-                self.retire(&slot, slice);
+                self.retire(slice);
             }
         }
     }
@@ -371,7 +333,7 @@ impl Leases {
         for slot in slots {
             if let Some(slice) = slot.current.lock().take() {
                 if refund {
-                    self.retire(&slot, slice);
+                    self.retire(slice);
                 }
             }
         }
@@ -390,12 +352,11 @@ impl Leases {
         let now = self.local_now();
         let fits = guards
             .iter()
-            .zip(&slots)
-            .all(|(g, slot)| g.as_ref().is_some_and(|s| slot.fits(s, &usage, now)));
+            .all(|g| g.as_ref().is_some_and(|s| s.fits(&usage, now)));
         if !fits {
-            for (guard, slot) in guards.iter_mut().zip(&slots) {
+            for guard in guards.iter_mut() {
                 if let Some(slice) = guard.take() {
-                    self.retire(slot, slice);
+                    self.retire(slice);
                 }
             }
             return None;
@@ -414,14 +375,8 @@ impl Leases {
             } else {
                 slice.consumed.saturating_add(usage)
             };
-            remaining = remaining.min(leftover(&slot.dims, &slice.granted, &after));
-            let probe = Slice {
-                granted: slice.granted,
-                consumed: after,
-                deadline: slice.deadline,
-                hold: slice.hold.clone(),
-            };
-            let (share, spec) = slot.binding(&probe);
+            remaining = remaining.min(leftover(&slice.dims, &slice.granted, &after));
+            let (share, spec) = slot.binding(&slice.granted, &after);
             if binding.is_none_or(|(s, _)| share < s) {
                 binding = Some((share, (i, spec)));
             }
@@ -530,7 +485,7 @@ impl Leases {
             for (i, (guard, slot)) in guards.iter_mut().zip(&slots).enumerate() {
                 if let Some(old) = guard.take() {
                     // Another thread took one meanwhile: the newer one stays.
-                    self.retire(slot, old);
+                    self.retire(old);
                 }
                 let hold = Arc::new(SliceHold {
                     leases: Arc::downgrade(self),
@@ -543,7 +498,8 @@ impl Leases {
                     sent_local,
                 });
                 **guard = Some(Slice {
-                    granted: granted[i],
+                    dims: granted[i].dimensions.clone(),
+                    granted: granted[i].usage,
                     consumed: Usage::ZERO,
                     deadline,
                     hold: hold.clone(),
@@ -578,7 +534,7 @@ impl Leases {
                 let mut current = slot.current.lock();
                 if current.as_ref().is_some_and(|s| s.hold.id == id) {
                     let slice = current.take().expect("checked");
-                    leases.retire(&slot, slice);
+                    leases.retire(slice);
                 }
             }
         });
@@ -591,7 +547,7 @@ impl Leases {
             let mut current = slot.current.lock();
             if current.as_ref().is_some_and(|s| s.deadline <= now) {
                 let slice = current.take().expect("checked");
-                self.retire(&slot, slice);
+                self.retire(slice);
             }
         }
     }
@@ -773,7 +729,7 @@ impl Limiter for LeasedLimiter {
         };
         let slot = leases.slot(key);
         let (add, sub) = match &*slot.current.lock() {
-            Some(s) => s.settlement(&slot.dims),
+            Some(s) => s.settlement(),
             None => (Usage::ZERO, Usage::ZERO),
         };
         Ok(counted.saturating_sub(sub).saturating_add(add))
@@ -791,7 +747,7 @@ impl Limiter for LeasedLimiter {
             let shared = self.exact.remaining(&[key])?;
             let slot = leases.slot(key);
             let local = match &*slot.current.lock() {
-                Some(s) if now < s.deadline => leftover(&slot.dims, &s.granted, &s.consumed),
+                Some(s) if now < s.deadline => leftover(&s.dims, &s.granted, &s.consumed),
                 _ => Usage::ZERO,
             };
             out = out.min(shared.saturating_add(local));
@@ -837,18 +793,6 @@ mod tests {
             output_tokens: output,
             ..Usage::ZERO
         }
-    }
-
-    #[test]
-    fn a_pooled_token_slice_keeps_every_token_it_admitted() {
-        let dims = [Dimension::Requests, Dimension::TotalTokens];
-        let granted = u(10, 1_000, 0);
-        let consumed = u(3, 200, 300);
-        let keep = kept(&dims, &granted, &consumed);
-        assert_eq!(keep.requests, 3);
-        assert_eq!(keep.total_tokens(), 500);
-        assert!(keep.input_tokens <= granted.input_tokens);
-        assert_eq!(granted.saturating_sub(keep), u(7, 500, 0));
     }
 
     #[test]

@@ -27,8 +27,11 @@
 --
 -- lease: like acquire of the usage (all keys or none, the same refusal), but each key is
 -- granted a slice (6 values appended to the reply per key): the fraction of its smallest
--- limit on each dimension, at least the usage, at most what is left. The slice is recorded
--- at now + extra (the slice's end), so it counts from now until one window after its end.
+-- limit on each dimension, at least the usage, at most what is left, then a bit mask of the
+-- dimensions it bounds (limits and observed ceilings). The slice is recorded at now + extra
+-- (the slice's end), so it counts from now until one window after its end.
+-- return: an adjust that also gives back to observed ceilings what it takes away (the
+-- unused part of a slice never reached the provider).
 
 local op = ARGV[1]
 local now
@@ -449,10 +452,14 @@ if op == 'acquire' or op == 'check' or op == 'lease' then
   if op == 'lease' and status == 1 then
     for _, st in ipairs(states) do
       for i = 1, 6 do reply[#reply + 1] = st.slice[i] end
+      local mask = 0
+      for _, spec in ipairs(st.key.specs) do mask = bit.bor(mask, bit.lshift(1, spec.d)) end
+      for d, _ in pairs(st.c) do mask = bit.bor(mask, bit.lshift(1, d)) end
+      reply[#reply + 1] = mask
     end
   end
   return reply
-elseif op == 'adjust' then
+elseif op == 'adjust' or op == 'return' then
   local at = extra
   for k, st in ipairs(states) do
     if st.exists and st.g == keys[k].gen then
@@ -476,6 +483,7 @@ elseif op == 'adjust' then
         end
       end
       for d, c in pairs(st.c) do
+        if op == 'return' then c.left = math.min(c.observed, c.left + dimval(V, 0, d)) end
         c.left = math.max(0, c.left - dimval(U, 0, d))
         st.out['c' .. d] = fmt(c.left) .. ' ' .. fmt(c.observed) .. ' ' .. fmt(c.untl)
         st.changed = true
