@@ -221,8 +221,8 @@ impl Adjust for TupleHold {
 }
 
 impl Adjust for SliceHold {
-    /// Into the slice while it is out; an extra charge the slice cannot hold
-    /// is sent to Redis at once (and widens the slice by as much).
+    /// Into the slice while it is out; what an extra charge takes beyond the
+    /// slice is sent to Redis at once (and widens the slice by as much).
     fn adjust(&self, _held: &[(Arc<str>, u64)], _at: u64, add: Usage, sub: Usage) {
         let Some(leases) = self.leases.upgrade() else {
             return;
@@ -232,8 +232,9 @@ impl Adjust for SliceHold {
             if let Some(slice) = current.as_mut().filter(|s| s.hold.id == self.id) {
                 slice.consumed = slice.consumed.saturating_sub(sub).saturating_add(add);
                 if !within(&slice.dims, &slice.granted, &slice.consumed) {
-                    slice.granted = slice.granted.saturating_add(add);
-                    leases.redis_adjust(Op::Adjust, self, add, Usage::ZERO);
+                    let over = slice.consumed.saturating_sub(slice.granted);
+                    slice.granted = slice.granted.saturating_add(over);
+                    leases.redis_adjust(Op::Adjust, self, over, Usage::ZERO);
                 }
                 return;
             }
