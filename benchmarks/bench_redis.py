@@ -29,6 +29,7 @@ Run from the repository root, after ``pip install -e '.[bench]'`` and a release 
 
     python benchmarks/bench_redis.py            # a few minutes
     python benchmarks/bench_redis.py --quick
+    python benchmarks/bench_redis.py --lease    # only the lease-mode cases
 """
 
 from __future__ import annotations
@@ -300,9 +301,31 @@ def parallel_case(url: str, seconds: float) -> dict[str, float]:
     return rates
 
 
+def lease_cases(url: str, calls: int, samples: int, seconds: float) -> None:
+    lease_calls = calls * 100
+    lease = {n: median_us(m, url, ["k"], calls if n == "usagewarden" else lease_calls,
+                          samples)
+             for n, m in LEASE_CONTENDERS.items()}  # fmt: skip
+    report(f"Lease mode: try_acquire, RPM + TPM, 1 key, amortised over {lease_calls:,} "
+           f"calls (a slice of 1,000 requests; exact mode: {calls:,} calls)",
+           lease)  # fmt: skip
+    leased = lease_parallel_case(url, seconds)
+    print(f"\n4 processes in parallel on one key, {seconds:g} s each: lease mode vs exact "
+          "(admissions/s, all; CPU: each process's share of a core)")  # fmt: skip
+    for name, (rate, cpu) in leased.items():
+        print(f"  {name:<26} {rate:12,.0f}/s  CPU {cpu:4.0%}")
+    lease_us = lease["usagewarden lease"]
+    lease_speedup = leased["usagewarden lease"][0] / leased["usagewarden"][0]
+    print(f"\nTargets: lease <= {TARGET_LEASE_US:g} us/call: {lease_us:.2f} us "
+          f"({'met' if lease_us <= TARGET_LEASE_US else 'missed'}); 4 processes "
+          f">= {TARGET_LEASE_PARALLEL:g}x exact: {lease_speedup:.1f}x "
+          f"({'met' if lease_speedup >= TARGET_LEASE_PARALLEL else 'missed'})")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer calls and samples")
+    parser.add_argument("--lease", action="store_true", help="only the lease-mode cases")
     options = parser.parse_args()
     calls, samples, fill, seconds = (
         (500, 3, 3_000, 2.0) if options.quick else (3_000, 5, 9_000, 5.0)
@@ -317,6 +340,9 @@ def main() -> None:
         server, url = start_redis(directory)
         try:
             print(f"redis-server at {url}")
+            if options.lease:
+                lease_cases(url, calls, samples, seconds)
+                return
             one = {n: median_us(m, url, ["k"], calls, samples) for n, m in CONTENDERS.items()}
             report("try_acquire, RPM + TPM, 1 key", one)
             keys = [f"key{i}" for i in range(N_KEYS)]
@@ -331,22 +357,7 @@ def main() -> None:
             print(f"\n4 processes in parallel on one key, {seconds:g} s each (admissions/s, all)")
             for name, rate in rates.items():
                 print(f"  {name:<26} {rate:10,.0f}/s  {rates['usagewarden'] / rate:5.2f}x ours")
-            lease_calls = calls * 100
-            lease = {n: median_us(m, url, ["k"], lease_calls, samples)
-                     for n, m in LEASE_CONTENDERS.items()}  # fmt: skip
-            report(f"Lease mode: try_acquire, RPM + TPM, 1 key, amortised over {lease_calls:,} "
-                   "calls (a slice of 1,000 requests)", lease)  # fmt: skip
-            leased = lease_parallel_case(url, seconds)
-            print(f"\n4 processes in parallel on one key, {seconds:g} s each: lease mode vs exact "
-                  "(admissions/s, all; CPU: each process's share of a core)")  # fmt: skip
-            for name, (rate, cpu) in leased.items():
-                print(f"  {name:<26} {rate:12,.0f}/s  CPU {cpu:4.0%}")
-            lease_us = lease["usagewarden lease"]
-            lease_speedup = leased["usagewarden lease"][0] / leased["usagewarden"][0]
-            print(f"\nTargets: lease <= {TARGET_LEASE_US:g} us/call: {lease_us:.2f} us "
-                  f"({'met' if lease_us <= TARGET_LEASE_US else 'missed'}); 4 processes "
-                  f">= {TARGET_LEASE_PARALLEL:g}x exact: {lease_speedup:.1f}x "
-                  f"({'met' if lease_speedup >= TARGET_LEASE_PARALLEL else 'missed'})")  # fmt: skip
+            lease_cases(url, calls, samples, seconds)
             peers = [v for k, v in one.items() if not k.startswith(("PING", "usagewarden"))]
             ping_ratio = one["usagewarden"] / one["PING (floor)"]
             speedup = min(peers) / one["usagewarden"]

@@ -25,9 +25,9 @@ use crate::limiter::state::unlimited;
 use crate::limiter::{check_keys, Decision, Limiter, Observation, Reservation, Started};
 use crate::limits::{LimitSpec, Limits};
 use crate::usage::{Dimension, Usage, MAX_COUNT};
+use hashbrown::HashMap;
 use parking_lot::{Mutex, MutexGuard};
 use smallvec::SmallVec;
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -195,10 +195,13 @@ impl Slot {
 
 /// Locks the slots of a request's keys (in address order, so two requests
 /// never deadlock); the guards come back in key order.
-fn lock_all(slots: &[Arc<Slot>]) -> Vec<MutexGuard<'_, Option<Slice>>> {
+fn lock_all(slots: &[Arc<Slot>]) -> Guards<'_> {
+    if let [slot] = slots {
+        return smallvec::smallvec![slot.current.lock()];
+    }
     let mut order: SmallVec<[usize; 4]> = (0..slots.len()).collect();
     order.sort_by_key(|i| Arc::as_ptr(&slots[*i]) as usize);
-    let mut guards: Vec<Option<MutexGuard<'_, Option<Slice>>>> =
+    let mut guards: SmallVec<[Option<MutexGuard<'_, Option<Slice>>>; 4]> =
         (0..slots.len()).map(|_| None).collect();
     for i in order {
         guards[i] = Some(slots[i].current.lock());
@@ -208,6 +211,8 @@ fn lock_all(slots: &[Arc<Slot>]) -> Vec<MutexGuard<'_, Option<Slice>>> {
         .map(|g| g.expect("every slot is locked"))
         .collect()
 }
+
+type Guards<'a> = SmallVec<[MutexGuard<'a, Option<Slice>>; 2]>;
 
 /// Several slices behind one reservation (a tuple of keys).
 struct TupleHold(SmallVec<[Arc<SliceHold>; 2]>);
@@ -620,6 +625,10 @@ impl Limiter for LeasedLimiter {
         if let Some(decision) = leases.admit_local(keys, usage, true) {
             return Ok(decision);
         }
+        if self.exact.is_local() {
+            // Redis is away: the local share decides without a timeout.
+            return self.exact.try_acquire(keys, usage);
+        }
         let taken = leases.take(keys, usage);
         if self.falls_back(&taken) {
             return self.exact.try_acquire(keys, usage);
@@ -627,6 +636,22 @@ impl Limiter for LeasedLimiter {
         Ok(match taken? {
             Taken::Granted(decision) | Taken::Refused(decision) => decision,
         })
+    }
+
+    fn decide_without_io(
+        &self,
+        keys: &[&str],
+        usage: Usage,
+        record: bool,
+    ) -> Option<CoreResult<Decision>> {
+        let leases = self.leases.as_ref()?;
+        if let Err(e) = check_keys(keys) {
+            return Some(Err(e));
+        }
+        if leases.queued(keys) {
+            return None;
+        }
+        leases.admit_local(keys, usage, record).map(Ok)
     }
 
     fn check(&self, keys: &[&str], usage: Usage) -> CoreResult<Decision> {
@@ -702,7 +727,7 @@ impl Limiter for LeasedLimiter {
             if let Some(mut decision) = leases.admit_local(keys, usage, true) {
                 return Ok(decision.reservation.take().expect("recorded"));
             }
-            if waiting::too_large(&leases.redis, keys, &usage).is_none() {
+            if !self.exact.is_local() && waiting::too_large(&leases.redis, keys, &usage).is_none() {
                 let taken = leases.take(keys, usage);
                 if !self.falls_back(&taken) {
                     if let Some(reservation) = taken?.reservation() {
