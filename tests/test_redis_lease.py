@@ -291,3 +291,29 @@ def test_a_process_that_exits_returns_its_slices(redis_url) -> None:
     survivor = exact(redis_url, None)
     assert survivor.remaining("k").requests == 8
     assert survivor.usage("k") == uw.Usage(requests=2, input_tokens=200)
+
+
+# --- Redis away -----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_with_redis_away_lease_mode_falls_back_on_the_local_share(tmp_path) -> None:
+    server = RedisServer(tmp_path)
+    try:
+        limiter = uw.RedisRateLimiter(
+            LIMITS,
+            server.url,
+            lease=uw.Lease(fraction=0.2, seconds=30),
+            on_unavailable="local",
+            local_processes=2,
+            timeout=0.2,
+        )
+        assert limiter.try_acquire("k")  # a slice of 2 requests
+        assert limiter.try_acquire("k")
+        server.stop()
+        # The slice is spent; Redis cannot give another: half of each limit, locally.
+        admitted = sum(bool(limiter.try_acquire("k")) for _ in range(10))
+        assert admitted == 5
+        assert limiter.health()["local"] is True
+    finally:
+        server.stop()
