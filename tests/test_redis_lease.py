@@ -293,6 +293,22 @@ def test_a_process_that_exits_returns_its_slices(redis_url) -> None:
     assert survivor.usage("k") == uw.Usage(requests=2, input_tokens=200)
 
 
+def test_many_keys_keep_their_slices_until_close(redis_url, clock) -> None:
+    # More keys than the slot map holds before its first sweep of idle slots:
+    # no slice out is lost, every one comes back at close.
+    limiter = leased(redis_url, clock, fraction=0.5)
+    keys = [f"key{i}" for i in range(1_500)]
+    for key in keys:
+        assert limiter.try_acquire(key, input_tokens=10)
+    for key in keys[::100]:
+        limiter.reset(key)  # idle slots, for the sweep to drop
+        assert limiter.try_acquire(key, input_tokens=10)
+    limiter.close()
+    other = exact(redis_url, clock)
+    for key in keys[::7]:
+        assert other.usage(key) == uw.Usage(requests=1, input_tokens=10), key
+
+
 # --- Redis away -----------------------------------------------------------------------
 
 

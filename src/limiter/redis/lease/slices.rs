@@ -22,9 +22,36 @@ use std::time::{Duration, Instant};
 pub(crate) struct Leases {
     pub(super) redis: Arc<RedisInner>,
     pub(super) lease: Lease,
-    pub(super) slots: Mutex<HashMap<Arc<str>, Arc<Slot>>>,
+    pub(super) slots: Mutex<SlotMap>,
     pub(super) next_id: AtomicU64,
     pub(super) origin: Instant,
+}
+
+/// The keys' slots, swept of idle ones as the map doubles, so memory follows
+/// the keys with slices out rather than every key ever seen.
+#[derive(Default)]
+pub(super) struct SlotMap {
+    by_key: HashMap<Arc<str>, Arc<Slot>>,
+    sweep_at: usize,
+}
+
+impl SlotMap {
+    const FIRST_SWEEP: usize = 1_024;
+
+    fn insert(&mut self, key: Arc<str>, slot: Arc<Slot>) {
+        if self.by_key.len() >= self.sweep_at.max(Self::FIRST_SWEEP) {
+            // Kept: a slot with a slice out, or in use by a call now.
+            self.by_key.retain(|_, s| {
+                Arc::strong_count(s) > 1 || s.current.try_lock().is_none_or(|c| c.is_some())
+            });
+            self.sweep_at = 2 * self.by_key.len();
+        }
+        self.by_key.insert(key, slot);
+    }
+
+    pub(super) fn values(&self) -> impl Iterator<Item = &Arc<Slot>> {
+        self.by_key.values()
+    }
 }
 
 /// A lease call's outcome: admitted from the new slices, or Redis's refusal.
@@ -47,7 +74,7 @@ impl Leases {
         let leases = Arc::new(Leases {
             redis: redis.inner.clone(),
             lease,
-            slots: Mutex::new(HashMap::new()),
+            slots: Mutex::new(SlotMap::default()),
             next_id: AtomicU64::new(1),
             origin: Instant::now(),
         });
@@ -77,7 +104,7 @@ impl Leases {
 
     pub(super) fn slot(&self, key: &str) -> Arc<Slot> {
         let mut slots = self.slots.lock();
-        if let Some(slot) = slots.get(key) {
+        if let Some(slot) = slots.by_key.get(key) {
             return slot.clone();
         }
         let specs = self.redis.limits_for(key);
