@@ -19,11 +19,17 @@ Cases: 1 key; 10,000 keys in turn; ``await acquire`` (ours: admitted at once); t
 filling at 2,000,000 TPM (200 tokens a call, 9,000 calls within a minute, per block of
 1,000 calls); 4 processes in parallel on one key (aggregate admissions per second).
 
+Lease mode (``lease=uw.Lease(fraction=1e-6, seconds=1)`` on the same huge limits: a slice
+holds 1,000 requests, so one round trip in 1,000 calls takes the next): ``try_acquire``
+RPM + TPM amortised per call beside exact mode and the in-process ``RateLimiter``; and
+4 processes in parallel on one key, lease mode against exact mode (admissions per second).
+
 Run from the repository root, after ``pip install -e '.[bench]'`` and a release build
 (``maturin develop --release``)::
 
     python benchmarks/bench_redis.py            # a few minutes
     python benchmarks/bench_redis.py --quick
+    python benchmarks/bench_redis.py --lease    # only the lease-mode cases
 """
 
 from __future__ import annotations
@@ -51,6 +57,9 @@ FILL_TPM = 2_000_000
 N_KEYS = 10_000
 TARGET_PING_RATIO = 1.3
 TARGET_SPEEDUP = 4.0
+LEASE_FRACTION = 1e-6
+TARGET_LEASE_US = 1.0
+TARGET_LEASE_PARALLEL = 10.0
 
 Op = Callable[[str], Any]
 
@@ -99,6 +108,32 @@ def ours(url: str, rpm: int, tpm: int, prefix: str) -> Op:
         uw.RateLimits(requests_per_minute=rpm, total_tokens_per_minute=tpm), url, prefix=prefix
     )
     return lambda key: limiter.try_acquire(key, input_tokens=TOKENS)
+
+
+def ours_leased(url: str, rpm: int, tpm: int, prefix: str) -> Op:
+    import usagewarden as uw
+
+    limiter = uw.RedisRateLimiter(
+        uw.RateLimits(requests_per_minute=rpm, total_tokens_per_minute=tpm),
+        url,
+        prefix=prefix,
+        lease=uw.Lease(fraction=LEASE_FRACTION, seconds=1.0),
+    )
+    return lambda key: limiter.try_acquire(key, input_tokens=TOKENS)
+
+
+def in_process(url: str, rpm: int, tpm: int, prefix: str) -> Op:
+    import usagewarden as uw
+
+    limiter = uw.RateLimiter(uw.RateLimits(requests_per_minute=rpm, total_tokens_per_minute=tpm))
+    return lambda key: limiter.try_acquire(key, input_tokens=TOKENS)
+
+
+LEASE_CONTENDERS: dict[str, Callable[[str, int, int, str], Op]] = {
+    "usagewarden": ours,
+    "usagewarden lease": ours_leased,
+    "in-process RateLimiter": in_process,
+}
 
 
 def ping(url: str, rpm: int, tpm: int, prefix: str) -> Op:
@@ -230,6 +265,33 @@ def parallel_worker(args: tuple[str, str, float]) -> int:
     return done
 
 
+def lease_parallel_worker(args: tuple[str, str, float]) -> tuple[int, float]:
+    """Admissions in `seconds`, and the CPU seconds this process used."""
+    name, url, seconds = args
+    warnings.simplefilter("ignore")
+    op = LEASE_CONTENDERS[name](url, HUGE_RPM, HUGE_TPM, "leaseparallel")
+    op("shared")
+    admitted = 0
+    cpu = time.process_time()
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        for _ in range(100):
+            if op("shared"):
+                admitted += 1
+    return admitted, time.process_time() - cpu
+
+
+def lease_parallel_case(url: str, seconds: float) -> dict[str, tuple[float, float]]:
+    """Aggregate admissions per second, and the share of a core each process had."""
+    rates = {}
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        for name in ("usagewarden", "usagewarden lease"):
+            results = pool.map(lease_parallel_worker, [(name, url, seconds)] * 4)
+            cpu = sum(c for _, c in results) / 4 / seconds
+            rates[name] = (sum(a for a, _ in results) / seconds, cpu)
+    return rates
+
+
 def parallel_case(url: str, seconds: float) -> dict[str, float]:
     rates = {}
     with multiprocessing.get_context("spawn").Pool(4) as pool:
@@ -239,9 +301,31 @@ def parallel_case(url: str, seconds: float) -> dict[str, float]:
     return rates
 
 
+def lease_cases(url: str, calls: int, samples: int, seconds: float) -> None:
+    lease_calls = calls * 100
+    lease = {n: median_us(m, url, ["k"], calls if n == "usagewarden" else lease_calls,
+                          samples)
+             for n, m in LEASE_CONTENDERS.items()}  # fmt: skip
+    report(f"Lease mode: try_acquire, RPM + TPM, 1 key, amortised over {lease_calls:,} "
+           f"calls (a slice of 1,000 requests; exact mode: {calls:,} calls)",
+           lease)  # fmt: skip
+    leased = lease_parallel_case(url, seconds)
+    print(f"\n4 processes in parallel on one key, {seconds:g} s each: lease mode vs exact "
+          "(admissions/s, all; CPU: each process's share of a core)")  # fmt: skip
+    for name, (rate, cpu) in leased.items():
+        print(f"  {name:<26} {rate:12,.0f}/s  CPU {cpu:4.0%}")
+    lease_us = lease["usagewarden lease"]
+    lease_speedup = leased["usagewarden lease"][0] / leased["usagewarden"][0]
+    print(f"\nTargets: lease <= {TARGET_LEASE_US:g} us/call: {lease_us:.2f} us "
+          f"({'met' if lease_us <= TARGET_LEASE_US else 'missed'}); 4 processes "
+          f">= {TARGET_LEASE_PARALLEL:g}x exact: {lease_speedup:.1f}x "
+          f"({'met' if lease_speedup >= TARGET_LEASE_PARALLEL else 'missed'})")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer calls and samples")
+    parser.add_argument("--lease", action="store_true", help="only the lease-mode cases")
     options = parser.parse_args()
     calls, samples, fill, seconds = (
         (500, 3, 3_000, 2.0) if options.quick else (3_000, 5, 9_000, 5.0)
@@ -256,6 +340,9 @@ def main() -> None:
         server, url = start_redis(directory)
         try:
             print(f"redis-server at {url}")
+            if options.lease:
+                lease_cases(url, calls, samples, seconds)
+                return
             one = {n: median_us(m, url, ["k"], calls, samples) for n, m in CONTENDERS.items()}
             report("try_acquire, RPM + TPM, 1 key", one)
             keys = [f"key{i}" for i in range(N_KEYS)]
@@ -270,6 +357,7 @@ def main() -> None:
             print(f"\n4 processes in parallel on one key, {seconds:g} s each (admissions/s, all)")
             for name, rate in rates.items():
                 print(f"  {name:<26} {rate:10,.0f}/s  {rates['usagewarden'] / rate:5.2f}x ours")
+            lease_cases(url, calls, samples, seconds)
             peers = [v for k, v in one.items() if not k.startswith(("PING", "usagewarden"))]
             ping_ratio = one["usagewarden"] / one["PING (floor)"]
             speedup = min(peers) / one["usagewarden"]

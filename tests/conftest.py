@@ -51,24 +51,40 @@ def clock() -> uw.ManualClock:
 
 
 #: The limiter backends every limiter contract test runs on.
-BACKENDS = ("memory", "redis")
+BACKENDS = ("memory", "redis", "redis-lease")
+
+#: The lease of the "redis-lease" backend: the whole limit in one slice, so one
+#: process admits what an exact limiter would, from its slice.
+CONTRACT_LEASE = uw.Lease(fraction=1.0, seconds=1.0)
+
+#: Why a test of exact timings skips lease mode.
+SLICE_ENDS_LATER = (
+    "a slice counts until one window after its end, the lease's seconds after an exact entry"
+)
 
 
 @pytest.fixture(params=BACKENDS)
 def make_limiter(request: pytest.FixtureRequest, clock: uw.ManualClock) -> Any:
     """``make_limiter(requests_per_minute=3, per_key={...})`` on the test's clock,
     once in-process and once on a real redis-server (one suite, two backends).
-    A test marked ``in_process("why")`` runs on the in-process limiter only."""
+    A test marked ``in_process("why")`` runs on the in-process limiter only;
+    one marked ``exact("why")`` skips lease mode, whose slices count as used."""
     backend = request.param
     marker = request.node.get_closest_marker("in_process")
     if backend != "memory" and marker is not None:
         pytest.skip(f"in-process only: {marker.args[0]}")
-    url = request.getfixturevalue("redis_url") if backend == "redis" else None
+    marker = request.node.get_closest_marker("exact")
+    if backend == "redis-lease" and marker is not None:
+        pytest.skip(f"exact limiters only: {marker.args[0]}")
+    url = request.getfixturevalue("redis_url") if backend != "memory" else None
+    lease = CONTRACT_LEASE if backend == "redis-lease" else None
 
     def make(*, per_key: dict[str, uw.RateLimits] | None = None, **limits: Any) -> uw.Limiter:
         if url is None:
             return uw.RateLimiter(uw.RateLimits(**limits), per_key=per_key, clock=clock)
-        return uw.RedisRateLimiter(uw.RateLimits(**limits), url, per_key=per_key, clock=clock)
+        return uw.RedisRateLimiter(
+            uw.RateLimits(**limits), url, per_key=per_key, clock=clock, lease=lease
+        )
 
     return make
 

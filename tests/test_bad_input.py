@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import usagewarden as uw
-from conftest import is_queued
+from conftest import SLICE_ENDS_LATER, is_queued
 
 COUNT_FIELDS = (
     "requests",
@@ -270,6 +270,7 @@ def test_bad_tuple_key_records_nothing_on_its_good_keys(limiter) -> None:
     assert_nothing_recorded(limiter, "other")
 
 
+@pytest.mark.exact(SLICE_ENDS_LATER)
 def test_bad_argument_does_not_disturb_waiters(limiter, clock) -> None:
     async def scenario() -> None:
         limiter.try_acquire(requests=100)

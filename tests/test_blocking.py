@@ -6,7 +6,7 @@ import threading
 
 import pytest
 import usagewarden as uw
-from conftest import Worker, is_queued, wait_until
+from conftest import SLICE_ENDS_LATER, Worker, is_queued, wait_until
 
 
 @pytest.fixture
@@ -22,6 +22,7 @@ def test_admitted_at_once_when_it_fits(limiter, clock) -> None:
     assert limiter.usage("k") == r.usage
 
 
+@pytest.mark.exact(SLICE_ENDS_LATER)
 def test_blocks_until_the_clock_makes_room(limiter, clock) -> None:
     limiter.acquire_blocking(input_tokens=80)
     worker = Worker(lambda: limiter.acquire_blocking(input_tokens=50, timeout=600))
@@ -38,6 +39,7 @@ def test_blocks_until_the_clock_makes_room(limiter, clock) -> None:
     assert limiter.usage() == uw.Usage(requests=1, input_tokens=50)
 
 
+@pytest.mark.exact(SLICE_ENDS_LATER)
 def test_timeout_raises_and_records_nothing(limiter, clock) -> None:
     limiter.acquire_blocking(input_tokens=80)
     worker = Worker(lambda: limiter.acquire_blocking("default", input_tokens=50, timeout=5))
@@ -53,6 +55,7 @@ def test_timeout_raises_and_records_nothing(limiter, clock) -> None:
     assert limiter.usage().input_tokens == 80
 
 
+@pytest.mark.exact(SLICE_ENDS_LATER)
 def test_zero_timeout_does_not_wait(limiter) -> None:
     limiter.acquire_blocking(input_tokens=80)
     with pytest.raises(uw.RateLimitExceeded) as info:
@@ -70,6 +73,7 @@ def test_larger_than_a_limit_raises_at_once(limiter) -> None:
     assert limiter.usage() == uw.Usage()
 
 
+@pytest.mark.exact(SLICE_ENDS_LATER)
 def test_blocking_waiters_are_fifo(make_limiter, clock) -> None:
     limiter = make_limiter(total_tokens_per_minute=100)
     limiter.acquire_blocking(input_tokens=90)
@@ -98,6 +102,7 @@ def test_blocking_waiters_are_fifo(make_limiter, clock) -> None:
     assert order == ["big", "small"]
 
 
+@pytest.mark.exact(SLICE_ENDS_LATER)
 def test_blocking_and_async_waiters_share_one_queue(make_limiter, clock) -> None:
     import asyncio
 
@@ -121,6 +126,7 @@ def test_blocking_and_async_waiters_share_one_queue(make_limiter, clock) -> None
     assert asyncio.run(later()).at == 2.0
 
 
+@pytest.mark.exact(SLICE_ENDS_LATER)
 def test_many_threads_block_and_are_all_admitted(make_limiter, clock) -> None:
     limiter = make_limiter(requests_per_second=3)
     workers = [Worker(lambda: limiter.acquire_blocking(timeout=1000)) for _ in range(12)]

@@ -6,7 +6,7 @@ import gc
 
 import pytest
 import usagewarden as uw
-from conftest import MAX_COST, MAX_COUNT
+from conftest import MAX_COST, MAX_COUNT, SLICE_ENDS_LATER
 
 
 def test_properties(clock: uw.ManualClock) -> None:
@@ -33,6 +33,7 @@ def test_system_clock_by_default() -> None:
     assert 86_399 < decision.retry_after <= 86_400
 
 
+@pytest.mark.exact(SLICE_ENDS_LATER)
 def test_admits_until_the_limit_then_refuses(make_limiter, clock) -> None:
     limiter = make_limiter(requests_per_minute=3)
     for _ in range(3):
@@ -51,6 +52,7 @@ def test_admits_until_the_limit_then_refuses(make_limiter, clock) -> None:
     assert limiter.usage().requests == 3
 
 
+@pytest.mark.exact(SLICE_ENDS_LATER)
 def test_refused_exactly_until_the_oldest_entry_leaves(make_limiter, clock) -> None:
     limiter = make_limiter(requests_per_minute=1)
     assert limiter.try_acquire()
@@ -135,6 +137,7 @@ def test_input_limit_does_not_limit_output(make_limiter) -> None:
     assert not limiter.try_acquire(input_tokens=1)
 
 
+@pytest.mark.exact(SLICE_ENDS_LATER)
 def test_all_limits_apply_at_once(make_limiter, clock) -> None:
     limiter = make_limiter(requests_per_second=2, requests_per_minute=3)
     assert limiter.try_acquire()
@@ -221,6 +224,7 @@ def test_total_tokens_limit_caps_input_and_output(make_limiter) -> None:
     assert remaining.requests == MAX_COUNT
 
 
+@pytest.mark.exact(SLICE_ENDS_LATER)
 def test_remaining_is_the_minimum_over_windows(make_limiter, clock) -> None:
     limiter = make_limiter(requests_per_second=5, requests_per_minute=7)
     limiter.try_acquire(requests=4)
@@ -229,6 +233,7 @@ def test_remaining_is_the_minimum_over_windows(make_limiter, clock) -> None:
     assert limiter.remaining().requests == 3
 
 
+@pytest.mark.exact(SLICE_ENDS_LATER)
 def test_usage_defaults_to_the_longest_window(make_limiter, clock) -> None:
     limiter = make_limiter(requests_per_second=100, requests_per_hour=1000)
     limiter.try_acquire(requests=5)

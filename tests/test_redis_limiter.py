@@ -123,7 +123,8 @@ def test_a_reset_clears_every_key_of_this_prefix_only(redis_url) -> None:
         ({"on_unavailable": "retry"}, ValueError, "on_unavailable"),
         ({"timeout": 0}, ValueError, "timeout"),
         ({"timeout": "1"}, TypeError, "timeout"),
-        ({"lease": object()}, NotImplementedError, "lease"),
+        ({"lease": object()}, TypeError, "lease"),
+        ({"lease": 0.5}, TypeError, "lease"),
     ],
 )
 def test_bad_options_name_the_argument(redis_url, options, error, argument) -> None:

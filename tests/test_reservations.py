@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import usagewarden as uw
+from conftest import SLICE_ENDS_LATER
 
 
 @pytest.fixture
@@ -71,6 +72,7 @@ def test_settle_to_zero_keeps_the_request(limiter) -> None:
     assert limiter.usage() == uw.Usage(requests=2)
 
 
+@pytest.mark.exact(SLICE_ENDS_LATER)
 def test_settled_usage_leaves_with_the_original_entry(limiter, clock) -> None:
     clock.set(0)
     r = reserve(limiter, input_tokens=10)
@@ -84,6 +86,7 @@ def test_settled_usage_leaves_with_the_original_entry(limiter, clock) -> None:
     assert limiter.usage() == uw.Usage()
 
 
+@pytest.mark.exact(SLICE_ENDS_LATER)
 def test_refund_after_the_entry_left_the_window_changes_nothing(limiter, clock) -> None:
     r = reserve(limiter, input_tokens=60)
     clock.set(60)
@@ -110,6 +113,7 @@ def test_settle_in_a_merged_entry_only_changes_its_own_share(limiter, clock) -> 
     assert limiter.usage() == uw.Usage(requests=1, input_tokens=5)
 
 
+@pytest.mark.exact(SLICE_ENDS_LATER)
 def test_a_zero_estimate_can_be_settled_at_its_original_time(limiter, clock) -> None:
     r = reserve(limiter, requests=0)
     assert limiter.usage() == uw.Usage()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import usagewarden as uw
+from conftest import SLICE_ENDS_LATER
 
 
 def exactly(seconds: float) -> object:
@@ -17,6 +18,7 @@ def at(limiter: uw.RateLimiter, clock: uw.ManualClock, t: float, **request: obje
     return decision
 
 
+@pytest.mark.exact(SLICE_ENDS_LATER)
 def test_requests_per_minute_by_hand(make_limiter, clock) -> None:
     limiter = make_limiter(requests_per_minute=2)
     at(limiter, clock, 0)
@@ -32,6 +34,7 @@ def test_requests_per_minute_by_hand(make_limiter, clock) -> None:
     assert limiter.check().retry_after == 0.0
 
 
+@pytest.mark.exact(SLICE_ENDS_LATER)
 def test_tokens_wait_until_enough_have_left(make_limiter, clock) -> None:
     limiter = make_limiter(total_tokens_per_minute=100)
     at(limiter, clock, 0, input_tokens=60)
@@ -50,6 +53,7 @@ def test_tokens_wait_until_enough_have_left(make_limiter, clock) -> None:
     assert limiter.check(output_tokens=101).retry_after is None
 
 
+@pytest.mark.exact(SLICE_ENDS_LATER)
 def test_cost_wait(make_limiter, clock) -> None:
     limiter = make_limiter(cost_per_hour=1.0)
     at(limiter, clock, 0, cost=0.6)
@@ -60,6 +64,7 @@ def test_cost_wait(make_limiter, clock) -> None:
     assert limiter.check(cost=0.8).retry_after == exactly(3500)
 
 
+@pytest.mark.exact(SLICE_ENDS_LATER)
 def test_the_limit_that_frees_last_is_reported(make_limiter, clock) -> None:
     limiter = make_limiter(
         requests_per_second=1, requests_per_minute=2, total_tokens_per_minute=1000
@@ -81,6 +86,7 @@ def test_the_limit_that_frees_last_is_reported(make_limiter, clock) -> None:
     assert decision.limit.name == "requests_per_second"
 
 
+@pytest.mark.exact(SLICE_ENDS_LATER)
 def test_the_longest_wait_over_dimensions(make_limiter, clock) -> None:
     limiter = make_limiter(requests_per_minute=5, input_tokens_per_minute=100)
     at(limiter, clock, 0, input_tokens=90)
@@ -95,6 +101,7 @@ def test_the_longest_wait_over_dimensions(make_limiter, clock) -> None:
     assert decision.limit.name == "requests_per_minute"
 
 
+@pytest.mark.exact(SLICE_ENDS_LATER)
 def test_merged_entries_wait_for_the_latest(make_limiter, clock) -> None:
     # One minute window: entries within 60 ms merge and leave with the latest.
     limiter = make_limiter(requests_per_minute=2)

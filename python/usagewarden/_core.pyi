@@ -24,6 +24,7 @@ __all__ = [
     "Pricing",
     "RateLimiter",
     "RateLimits",
+    "Lease",
     "RedisRateLimiter",
     "Reservation",
     "PostgresStore",
@@ -310,6 +311,19 @@ class RateLimiter:
     def __reduce__(self) -> tuple[Any, ...]: ...
 
 @final
+class Lease:
+    """A slice of each limit a leased ``RedisRateLimiter`` takes at a time:
+    ``fraction`` (0 < fraction <= 1) of each limit, for ``seconds`` (> 0)."""
+
+    def __new__(cls, *, fraction: float, seconds: float) -> Lease: ...
+    @property
+    def fraction(self) -> float: ...
+    @property
+    def seconds(self) -> float: ...
+    def __eq__(self, other: object) -> bool: ...
+    def __hash__(self) -> int: ...
+
+@final
 class RedisRateLimiter:
     """Rate limits shared by every process and host on one Redis server."""
 
@@ -321,7 +335,7 @@ class RedisRateLimiter:
         per_key: dict[str, RateLimits] | None = None,
         prefix: str = "usagewarden",
         clock: ManualClock | None = None,
-        lease: None = None,
+        lease: Lease | None = None,
         on_unavailable: Literal["deny", "local"] = "deny",
         timeout: float = 1.0,
         local_processes: int | None = None,
@@ -336,6 +350,8 @@ class RedisRateLimiter:
     def url(self) -> str: ...
     @property
     def prefix(self) -> str: ...
+    @property
+    def lease(self) -> Lease | None: ...
     def try_acquire(
         self,
         key: _Key = "default",

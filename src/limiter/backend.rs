@@ -48,6 +48,17 @@ pub trait Limiter: Send + Sync + 'static {
     fn reset(&self, key: Option<&str>) -> CoreResult<()>;
     fn pause(&self, keys: &[&str], duration_ns: u64) -> CoreResult<()>;
     fn observe(&self, keys: &[&str], observations: &[Observation]) -> CoreResult<()>;
+    /// `try_acquire` (or `check` when not `record`) when it can be decided
+    /// without I/O, such as from a lease's slice; `None` sends the call down
+    /// the path that may wait on the network (the bindings then release the GIL).
+    fn decide_without_io(
+        &self,
+        _keys: &[&str],
+        _usage: Usage,
+        _record: bool,
+    ) -> Option<CoreResult<Decision>> {
+        None
+    }
 }
 
 impl Limiter for RateLimiter {

@@ -64,7 +64,7 @@ pub(crate) fn optional_count(obj: Option<&Bound<'_, PyAny>>, name: &str) -> PyRe
     }
 }
 
-fn number(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<f64> {
+pub(crate) fn number(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<f64> {
     if obj.is_instance_of::<PyBool>()
         || !(obj.is_instance_of::<PyFloat>() || obj.is_instance_of::<PyInt>())
     {

@@ -35,6 +35,15 @@ pub(crate) fn decide<L: Limiter>(
 ) -> PyResult<PyDecision> {
     let keys = args::keys(py, key)?;
     let usage = usage.to_usage(1)?;
+    if waits_on_io {
+        if let Some(decided) = core.decide_without_io(&names(&keys), usage, record) {
+            return Ok(into_py_decision(
+                py,
+                decided.py_err(py)?,
+                key_object(py, key),
+            ));
+        }
+    }
     let decision = run(py, waits_on_io, || {
         let names = names(&keys);
         if record {

@@ -8,6 +8,7 @@ mod budget;
 mod clock;
 mod errors;
 mod history;
+mod lease;
 mod ledger;
 mod limiter;
 mod limiter_methods;
@@ -52,6 +53,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(ledger::_close_all_stores, m)?)?;
     m.add_function(wrap_pyfunction!(ledger::_events_from_json, m)?)?;
     m.add_function(wrap_pyfunction!(bridge::_quiesce, m)?)?;
+    m.add_class::<lease::PyLease>()?;
     m.add_class::<redis_limiter::PyRedisRateLimiter>()?;
     m.add_function(wrap_pyfunction!(redis_limiter::_flush_redis_limiters, m)?)?;
     Ok(())

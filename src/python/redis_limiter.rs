@@ -5,32 +5,38 @@
 use super::args;
 use super::clock::ClockArg;
 use super::errors::IntoPyResult;
+use super::lease::PyLease;
 use super::limiter::parse_limits;
 use super::limiter_methods::limiter_methods;
 use super::limits::PyRateLimits;
 use crate::clock::{Clock, SystemClock};
 use crate::ledger::sqlite::LogLevel;
 use crate::limiter::redis::fallback::SharedLimiter;
+use crate::limiter::redis::lease::LeasedLimiter;
 use crate::limiter::redis::{RedisConfig, RedisLimiter};
 use parking_lot::Mutex;
-use pyo3::exceptions::{PyNotImplementedError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-/// Every open Redis limiter, so that exit can flush their settles.
-static OPEN: Mutex<Vec<Weak<RedisLimiter>>> = Mutex::new(Vec::new());
+/// Every open Redis limiter, so that exit can return their slices and flush
+/// their settles.
+static OPEN: Mutex<Vec<Weak<LeasedLimiter>>> = Mutex::new(Vec::new());
 
 /// Rate limits shared by every process and host using one Redis server:
 /// each call is one atomic script on the server, on the server's clock
 /// (`clock=` replaces it, e.g. a `ManualClock` in tests). `key` is a str, or
 /// a tuple of str acquired on all keys or none (on a cluster, the keys of a
-/// tuple must share a hash tag, such as `"{tenant}:alice"`).
+/// tuple must share a hash tag, such as `"{tenant}:alice"`). With
+/// `lease=Lease(...)`, the process takes a slice of each limit at a time and
+/// admits from it locally (see `Lease`).
 #[pyclass(frozen, name = "RedisRateLimiter", module = "usagewarden")]
 pub struct PyRedisRateLimiter {
-    core: SharedLimiter,
-    handle: Arc<RedisLimiter>,
+    core: LeasedLimiter,
+    handle: Arc<LeasedLimiter>,
+    lease: Option<Py<PyLease>>,
     limits: Py<PyRateLimits>,
     per_key: Py<PyDict>,
     clock: Option<ClockArg>,
@@ -62,11 +68,23 @@ limiter_methods!(PyRedisRateLimiter, waits_on_io = true, {
                 "prefix must be a non-empty str without { or } (hash tags belong in keys)",
             ));
         }
-        if lease.is_some_and(|l| !l.is_none()) {
-            return Err(PyNotImplementedError::new_err(
-                "lease: lease mode is not available yet; leave lease=None",
-            ));
-        }
+        let lease = match lease.filter(|l| !l.is_none()) {
+            None => None,
+            Some(l) => Some(
+                l.cast::<PyLease>()
+                    .map_err(|_| {
+                        PyTypeError::new_err(format!(
+                            "lease must be a usagewarden.Lease or None, not {}",
+                            l.get_type()
+                                .name()
+                                .map(|n| n.to_string())
+                                .unwrap_or_default()
+                        ))
+                    })?
+                    .clone()
+                    .unbind(),
+            ),
+        };
         let local_processes = match local_processes.filter(|p| !p.is_none()) {
             None => None,
             Some(p) => match p.extract::<u64>() {
@@ -125,8 +143,7 @@ limiter_methods!(PyRedisRateLimiter, waits_on_io = true, {
                 )
             })
             .py_err(py)?;
-        let handle = Arc::new(redis.clone());
-        let core = match fall_back {
+        let shared = match fall_back {
             None => SharedLimiter::deny(redis),
             Some(processes) => {
                 let log = crate::python::ledger::store::python_log();
@@ -141,10 +158,16 @@ limiter_methods!(PyRedisRateLimiter, waits_on_io = true, {
                 .py_err(py)?
             }
         };
+        let core = match &lease {
+            Some(l) => LeasedLimiter::leased(shared, l.get().core),
+            None => LeasedLimiter::exact(shared),
+        };
+        let handle = Arc::new(core.clone());
         OPEN.lock().push(Arc::downgrade(&handle));
         Ok(PyRedisRateLimiter {
             core,
             handle,
+            lease,
             limits: limits.unbind(),
             per_key: per_key_copy.unbind(),
             clock,
@@ -169,6 +192,12 @@ limiter_methods!(PyRedisRateLimiter, waits_on_io = true, {
         }
     }
 
+    /// The lease mode's slice size and duration (`None`: exact mode).
+    #[getter]
+    fn lease(&self, py: Python<'_>) -> Option<Py<PyLease>> {
+        self.lease.as_ref().map(|l| l.clone_ref(py))
+    }
+
     /// The server's URL (without its password).
     #[getter]
     fn url(&self) -> String {
@@ -186,9 +215,11 @@ limiter_methods!(PyRedisRateLimiter, waits_on_io = true, {
         py.detach(|| core.flush()).py_err(py)
     }
 
-    /// Flushes; the limiter stays usable (its connection closes when it is dropped).
+    /// Returns the slices of lease mode and flushes; the limiter stays
+    /// usable (its connection closes when it is dropped).
     fn close(&self, py: Python<'_>) -> PyResult<()> {
-        self.flush(py)
+        let core = &self.core;
+        py.detach(|| core.close()).py_err(py)
     }
 
     /// The state of the connection: `{"ok": bool, "local": bool, "url": str,
@@ -198,11 +229,11 @@ limiter_methods!(PyRedisRateLimiter, waits_on_io = true, {
         let core = self.core.redis();
         let result = py.detach(|| core.ping());
         if result.is_ok() {
-            self.core.back();
+            self.core.shared().back();
         }
         let out = PyDict::new(py);
         out.set_item("ok", result.is_ok())?;
-        out.set_item("local", self.core.is_local())?;
+        out.set_item("local", self.core.shared().is_local())?;
         out.set_item("url", &core.config().url)?;
         out.set_item("cluster", core.is_cluster())?;
         out.set_item("error", result.err().map(|e| e.to_string()))?;
@@ -226,8 +257,12 @@ limiter_methods!(PyRedisRateLimiter, waits_on_io = true, {
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        let lease = match &self.lease {
+            Some(l) => format!(", lease={}", l.bind(py).repr()?),
+            None => String::new(),
+        };
         Ok(format!(
-            "RedisRateLimiter({}, url={:?}, prefix={:?})",
+            "RedisRateLimiter({}, url={:?}, prefix={:?}{lease})",
             self.limits.bind(py).repr()?,
             self.core.redis().config().url,
             self.core.redis().config().prefix
@@ -242,19 +277,20 @@ impl Drop for PyRedisRateLimiter {
         let handle = &self.handle;
         Python::attach(|py| {
             py.detach(|| {
-                let _ = handle.flush();
+                let _ = handle.close();
             })
         });
     }
 }
 
-/// Exit hook: every open Redis limiter sends what it has not sent yet.
+/// Exit hook: every open Redis limiter returns its slices and sends what it
+/// has not sent yet.
 #[pyfunction]
 pub(crate) fn _flush_redis_limiters(py: Python<'_>) {
-    let open: Vec<Arc<RedisLimiter>> = OPEN.lock().iter().filter_map(Weak::upgrade).collect();
+    let open: Vec<Arc<LeasedLimiter>> = OPEN.lock().iter().filter_map(Weak::upgrade).collect();
     py.detach(|| {
         for limiter in open {
-            let _ = limiter.flush();
+            let _ = limiter.close();
         }
     });
     OPEN.lock().retain(|w| w.strong_count() > 0);

@@ -5,6 +5,7 @@ use super::super::holds::{pause_spec, Observation};
 use crate::limits::{LimitOrigin, LimitSpec, Limits, Unit};
 use crate::usage::{Dimension, Usage, MAX_COUNT};
 use redis::Cmd;
+use smallvec::SmallVec;
 use std::sync::Arc;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,6 +18,10 @@ pub(crate) enum Op {
     Reset,
     Pause,
     Observe,
+    /// Admits like `Acquire`, and grants each key a slice to admit from locally.
+    Lease,
+    /// Gives back the unused part of a slice (to observed ceilings too).
+    Return,
 }
 
 impl Op {
@@ -30,6 +35,8 @@ impl Op {
             Op::Reset => "reset",
             Op::Pause => "pause",
             Op::Observe => "observe",
+            Op::Lease => "lease",
+            Op::Return => "return",
         }
     }
 }
@@ -80,6 +87,8 @@ pub(crate) struct Call {
     pub(crate) observations: Vec<Observation>,
     /// Where refunds and resets are published.
     pub(crate) channel: Arc<str>,
+    /// For a lease: the fraction of each limit a slice takes, in millionths.
+    pub(crate) fraction_ppm: u64,
 }
 
 fn push_usage(cmd: &mut Cmd, u: &Usage) {
@@ -135,6 +144,9 @@ impl Call {
                 };
             }
         }
+        if self.op == Op::Lease {
+            cmd.arg(self.fraction_ppm);
+        }
         cmd
     }
 }
@@ -166,6 +178,7 @@ impl Call {
             keys,
             observations: Vec::new(),
             channel: self.channel.clone(),
+            fraction_ppm: 0,
         })
     }
 
@@ -234,4 +247,30 @@ pub(crate) fn verdict(reply: &[i64], limits: &[Arc<Limits>]) -> Option<Verdict> 
             .map(|g| *g as u64)
             .collect(),
     })
+}
+
+/// A slice granted on one key: its usage, and the dimensions it bounds.
+pub(crate) struct Granted {
+    pub(crate) usage: Usage,
+    pub(crate) dimensions: SmallVec<[Dimension; 5]>,
+}
+
+/// The slice granted on each key by a lease's reply (`None` when refused).
+pub(crate) fn slices(reply: &[i64], keys: usize) -> Option<Vec<Granted>> {
+    let start = 13 + keys;
+    if reply.first() != Some(&1) || reply.len() < start + 7 * keys {
+        return None;
+    }
+    Some(
+        reply[start..start + 7 * keys]
+            .chunks(7)
+            .map(|c| Granted {
+                usage: usage_from(&c[..6]),
+                dimensions: Dimension::ALL
+                    .into_iter()
+                    .filter(|d| c[6] & (1 << code(*d)) != 0)
+                    .collect(),
+            })
+            .collect(),
+    )
 }

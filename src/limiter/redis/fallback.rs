@@ -86,6 +86,11 @@ impl SharedLimiter {
         &self.redis
     }
 
+    /// Whether a local limiter takes over while Redis is unreachable.
+    pub fn falls_back(&self) -> bool {
+        self.local.is_some()
+    }
+
     /// Whether calls go to the local limiter now.
     pub fn is_local(&self) -> bool {
         self.local

@@ -21,8 +21,17 @@
 -- ARGV: op, now (us; '' = the server's TIME), usage (6), second usage (6), extra, the
 -- channel told of refunds and resets (its waiters wake), then per key: generation, window
 -- count, windows..., limit count, (dimension, window, amount)...;
--- for observe, then: count, (dimension, remaining, reset us or -1)...
+-- for observe, then: count, (dimension, remaining, reset us or -1)...;
+-- for lease, then: the fraction of each limit a slice takes, in millionths.
 -- Dimensions: 1 requests, 2 input tokens, 3 output tokens, 4 total tokens, 5 cost.
+--
+-- lease: like acquire of the usage (all keys or none, the same refusal), but each key is
+-- granted a slice (6 values appended to the reply per key): the fraction of its smallest
+-- limit on each dimension, at least the usage, at most what is left, then a bit mask of the
+-- dimensions it bounds (limits and observed ceilings). The slice is recorded at now + extra
+-- (the slice's end), so it counts from now until one window after its end.
+-- return: an adjust that also gives back to observed ceilings what it takes away (the
+-- unused part of a slice never reached the provider).
 
 local op = ARGV[1]
 local now
@@ -284,6 +293,10 @@ end
 local function ttl_ms(st)
   local longest = 0
   for _, W in ipairs(st.key.wins) do longest = math.max(longest, W) end
+  -- A slice is recorded ahead of now: it counts until its end plus the window.
+  for _, w in pairs(st.w) do
+    if w.head >= 0 then longest = math.max(longest, w.nlast + w.W - now) end
+  end
   if st.p > now then longest = math.max(longest, st.p - now) end
   for _, c in pairs(st.c) do longest = math.max(longest, c.untl - now) end
   return math.floor(longest / 1000) + 1000
@@ -336,13 +349,55 @@ local function out(rem)
   return r
 end
 
+-- The fields of usage a limit on dimension d counts.
+local FIELDS = {{1}, {2}, {3}, {2, 3}, {6}}
+
+-- The slice granted on one key for usage `need` (which fits): `f` millionths of the
+-- smallest limit on each dimension, at least `need`, within what is left on every limit.
+local function slice_of(st, need, f)
+  local want = {}
+  for _, spec in ipairs(st.key.specs) do
+    local a = math.max(1, math.floor(spec.amount * f / 1000000))
+    if not want[spec.d] or a < want[spec.d] then want[spec.d] = a end
+  end
+  local g = zeros()
+  g[1] = want[1] or 0
+  g[2] = want[2] or 0
+  g[3] = want[3] or 0
+  g[6] = want[5] or 0
+  if want[4] then
+    -- A total-token limit alone: the slice's tokens are pooled in the input field
+    -- (the process admits any mix of input and output within their sum).
+    if not want[2] and not want[3] then g[2] = want[4]
+    elseif not want[3] then g[3] = math.max(0, want[4] - g[2])
+    elseif not want[2] then g[2] = math.max(0, want[4] - g[3]) end
+  end
+  for _, i in ipairs({1, 2, 3, 6}) do g[i] = math.max(g[i], need[i]) end
+  local function shrink(d, avail)
+    local excess = dimval(g, 0, d) - avail
+    for _, i in ipairs(FIELDS[d]) do
+      if excess <= 0 then return end
+      local cut = math.min(excess, g[i] - need[i])
+      if cut > 0 then
+        g[i] = g[i] - cut
+        excess = excess - cut
+      end
+    end
+  end
+  for _, spec in ipairs(st.key.specs) do
+    shrink(spec.d, spec.amount - dimval(st.w[spec.W].sum, 0, spec.d))
+  end
+  for d, c in pairs(st.c) do shrink(d, c.left) end
+  return g
+end
+
 local states = {}
 for k, key in ipairs(keys) do
   states[k] = load(key)
   evict_all(states[k])
 end
 
-if op == 'acquire' or op == 'check' then
+if op == 'acquire' or op == 'check' or op == 'lease' then
   local verdict = {status = 'fits', rem = {HUGE, HUGE, HUGE, HUGE, HUGE, HUGE}, binding = nil,
                    share = HUGE}
   for k, st in ipairs(states) do
@@ -367,6 +422,17 @@ if op == 'acquire' or op == 'check' then
       local r = remaining_of(st)
       for i = 1, 6 do rem[i] = math.min(rem[i], r[i]) end
     end
+  elseif op == 'lease' then
+    local fraction = num()
+    for k, st in ipairs(states) do
+      local g = slice_of(st, U, fraction)
+      st.slice = g
+      for _, w in pairs(st.w) do record(st, w, now + extra, g) end
+      for d, c in pairs(st.c) do
+        c.left = c.left - dimval(g, 0, d)
+        st.out['c' .. d] = fmt(math.max(0, c.left)) .. ' ' .. fmt(c.observed) .. ' ' .. fmt(c.untl)
+      end
+    end
   elseif op == 'acquire' then
     for _, st in ipairs(states) do
       for _, w in pairs(st.w) do record(st, w, now, U) end
@@ -383,8 +449,17 @@ if op == 'acquire' or op == 'check' then
     reply[#reply + 1] = st.g
     save(st)
   end
+  if op == 'lease' and status == 1 then
+    for _, st in ipairs(states) do
+      for i = 1, 6 do reply[#reply + 1] = st.slice[i] end
+      local mask = 0
+      for _, spec in ipairs(st.key.specs) do mask = bit.bor(mask, bit.lshift(1, spec.d)) end
+      for d, _ in pairs(st.c) do mask = bit.bor(mask, bit.lshift(1, d)) end
+      reply[#reply + 1] = mask
+    end
+  end
   return reply
-elseif op == 'adjust' then
+elseif op == 'adjust' or op == 'return' then
   local at = extra
   for k, st in ipairs(states) do
     if st.exists and st.g == keys[k].gen then
@@ -408,6 +483,7 @@ elseif op == 'adjust' then
         end
       end
       for d, c in pairs(st.c) do
+        if op == 'return' then c.left = math.min(c.observed, c.left + dimval(V, 0, d)) end
         c.left = math.max(0, c.left - dimval(U, 0, d))
         st.out['c' .. d] = fmt(c.left) .. ' ' .. fmt(c.observed) .. ' ' .. fmt(c.untl)
         st.changed = true

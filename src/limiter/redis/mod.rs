@@ -12,6 +12,7 @@
 
 mod call;
 pub mod fallback;
+pub mod lease;
 mod pipe;
 mod slot;
 mod waiting;
@@ -240,6 +241,7 @@ impl RedisInner {
             keys,
             observations: Vec::new(),
             channel: self.channel.clone(),
+            fraction_ppm: 0,
         }
     }
 
@@ -348,8 +350,15 @@ impl ClockListener for RedisInner {
 impl super::reservation::Adjust for RedisInner {
     /// Queued for the background writer; the caller does not wait.
     fn adjust(&self, held: &[(Arc<str>, u64)], at: u64, add: Usage, sub: Usage) {
+        self.send_adjust(Op::Adjust, held, at, add, sub);
+    }
+}
+
+impl RedisInner {
+    /// A settle, refund or slice return (`op`), sent without waiting.
+    fn send_adjust(&self, op: Op, held: &[(Arc<str>, u64)], at: u64, add: Usage, sub: Usage) {
         let keys = held.iter().map(|(k, g)| self.call_key(k, *g)).collect();
-        let mut call = self.call(Op::Adjust, keys);
+        let mut call = self.call(op, keys);
         call.usage = add;
         call.sub = sub;
         call.extra_ns = Some(at);

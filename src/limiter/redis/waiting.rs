@@ -137,7 +137,11 @@ impl Drop for Place {
 }
 
 /// The limit `usage` can never fit in, on any of `keys`.
-fn too_large(inner: &RedisInner, keys: &[&str], usage: &Usage) -> Option<(usize, LimitSpec)> {
+pub(crate) fn too_large(
+    inner: &RedisInner,
+    keys: &[&str],
+    usage: &Usage,
+) -> Option<(usize, LimitSpec)> {
     keys.iter().enumerate().find_map(|(i, key)| {
         inner
             .limits_for(key)
