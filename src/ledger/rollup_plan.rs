@@ -39,40 +39,75 @@ pub struct Plan {
 /// hour cut, as hourly buckets in a +05:45 zone are).
 const MAX_PIECES: usize = 128;
 
+/// Past this many hours a range's cut hours are looked for only among the
+/// hours that hold events (`plan_among`), not hour by hour.
+pub const MAX_SCANNED_HOURS: i64 = 20_000;
+
 /// Splits `start..=end`. With `buckets`, the hours that a bucket edge cuts
 /// are read from the events. `None` when the pieces would be too many.
 pub fn plan(start: i64, end: i64, buckets: Option<(TimeUnit, Tz)>) -> Option<Plan> {
+    let (first, past) = whole_hours(start, end);
+    let cut = match buckets {
+        Some((unit, tz)) if first < past => {
+            let hours = (first..past).step_by(HOUR_US as usize);
+            cut_hours(hours, unit, tz)?
+        }
+        _ => Vec::new(),
+    };
+    Some(split(start, end, &cut))
+}
+
+/// `plan` for a range whose events lie only in the hours `occupied`
+/// (ascending): only those are checked for a bucket edge.
+pub fn plan_among(start: i64, end: i64, unit: TimeUnit, tz: Tz, occupied: &[i64]) -> Option<Plan> {
+    let (first, past) = whole_hours(start, end);
+    let inside = occupied
+        .iter()
+        .copied()
+        .filter(|h| (first..past).contains(h));
+    Some(split(start, end, &cut_hours(inside, unit, tz)?))
+}
+
+/// The whole hours of `start..=end`, as `[first, past)` hour starts.
+pub fn whole_hours(start: i64, end: i64) -> (i64, i64) {
+    (
+        hour_of(start.saturating_add(HOUR_US - 1)),
+        hour_of(end.saturating_add(1)),
+    )
+}
+
+/// The hours among `hours` that a bucket edge cuts; `None` past `MAX_PIECES`.
+fn cut_hours(hours: impl Iterator<Item = i64>, unit: TimeUnit, tz: Tz) -> Option<Vec<i64>> {
+    let mut cut = Vec::new();
+    for h in hours {
+        if is_cut(h, unit, tz) {
+            cut.push(h);
+            if cut.len() > MAX_PIECES {
+                return None;
+            }
+        }
+    }
+    Some(cut)
+}
+
+/// The range as whole hours (but the `cut` ones, ascending) and events.
+fn split(start: i64, end: i64, cut: &[i64]) -> Plan {
     let mut plan = Plan::default();
-    let first = hour_of(start.saturating_add(HOUR_US - 1));
-    let past = hour_of(end.saturating_add(1));
+    let (first, past) = whole_hours(start, end);
     if past <= first {
         plan.events.push((start, end));
-        return Some(plan);
+        return plan;
     }
     if start < first {
         plan.events.push((start, first - 1));
     }
-    let Some((unit, tz)) = buckets else {
-        plan.hours.push((first, past));
-        if past <= end {
-            plan.events.push((past, end));
-        }
-        return Some(plan);
-    };
     let mut run = first;
-    let mut h = first;
-    while h < past {
-        if is_cut(h, unit, tz) {
-            if run < h {
-                plan.hours.push((run, h));
-            }
-            push_events(&mut plan.events, h, h + HOUR_US - 1);
-            run = h + HOUR_US;
-            if plan.hours.len() + plan.events.len() > MAX_PIECES {
-                return None;
-            }
+    for &h in cut {
+        if run < h {
+            plan.hours.push((run, h));
         }
-        h += HOUR_US;
+        push_events(&mut plan.events, h, h + HOUR_US - 1);
+        run = h + HOUR_US;
     }
     if run < past {
         plan.hours.push((run, past));
@@ -80,7 +115,7 @@ pub fn plan(start: i64, end: i64, buckets: Option<(TimeUnit, Tz)>) -> Option<Pla
     if past <= end {
         push_events(&mut plan.events, past, end);
     }
-    Some(plan)
+    plan
 }
 
 /// Adds `[start, end]`, merged with the previous range when they touch.
