@@ -9,7 +9,7 @@
 //! ROW EXCLUSIVE mode first: writers wait until it commits, and every event
 //! committed before it is in what it counts.
 
-use super::read::Param;
+use super::read::{where_clause, Param};
 use super::writer::{saturate, COUNTERS};
 use crate::error::CoreResult;
 use crate::ledger::filters::Filters;
@@ -153,20 +153,21 @@ pub fn source(s: &str, filters: &Filters, plan: &Plan, params: &mut Vec<Param>) 
         if ranges.is_empty() {
             return;
         }
-        let mut terms = Vec::new();
-        for (column, value) in [
-            ("namespace", &filters.namespace),
-            ("agent_id", &filters.agent_id),
-            ("consumer_id", &filters.consumer_id),
-            ("model", &filters.model),
-            ("action", &filters.action),
-            ("task_id", if with_task { &filters.task_id } else { &None }),
-        ] {
-            if let Some(v) = value {
-                params.push(Box::new(v.clone()));
-                terms.push(format!("{column} = ${}", params.len()));
-            }
-        }
+        let keys = Filters {
+            task_id: if with_task {
+                filters.task_id.clone()
+            } else {
+                None
+            },
+            start_us: None,
+            end_us: None,
+            ..filters.clone()
+        };
+        let clause = where_clause(&keys, params);
+        let mut terms: Vec<String> = clause
+            .strip_prefix("WHERE ")
+            .map(|t| vec![t.to_string()])
+            .unwrap_or_default();
         let spans: Vec<String> = ranges
             .iter()
             .map(|&(a, b)| {

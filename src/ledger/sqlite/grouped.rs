@@ -33,22 +33,20 @@ fn plan_of(filters: &Filters) -> Option<Plan> {
     rollup_plan::plan(start, end, None)
 }
 
-/// `key = ?` for each filtered key column.
+/// `key = ?` for each filtered key column (every filter but time and task).
 fn key_terms(filters: &Filters, params: &mut Vec<Value>) -> Vec<String> {
-    let mut terms = Vec::new();
-    for (column, value) in [
-        ("namespace", &filters.namespace),
-        ("agent_id", &filters.agent_id),
-        ("consumer_id", &filters.consumer_id),
-        ("model", &filters.model),
-        ("action", &filters.action),
-    ] {
-        if let Some(v) = value {
-            terms.push(format!("{column} = ?"));
-            params.push(Value::Text(v.clone()));
-        }
-    }
-    terms
+    let keys = Filters {
+        task_id: None,
+        start_us: None,
+        end_us: None,
+        ..filters.clone()
+    };
+    let (clause, values) = keys.where_clause();
+    params.extend(values);
+    clause
+        .strip_prefix("WHERE ")
+        .map(|terms| vec![terms.to_string()])
+        .unwrap_or_default()
 }
 
 /// Rows of one shape — `ts, namespace, agent_id, consumer_id, model,

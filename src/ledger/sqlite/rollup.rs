@@ -14,7 +14,7 @@ use crate::ledger::event::UsageEvent;
 use crate::ledger::filters::Filters;
 use hashbrown::HashMap;
 use rusqlite::types::Value;
-use rusqlite::{params, params_from_iter, Connection};
+use rusqlite::{params_from_iter, Connection};
 
 pub use crate::ledger::rollup_plan::{hour_of, HOUR_US};
 
@@ -165,47 +165,42 @@ impl Pending {
         if self.hours.is_empty() && self.groups.is_empty() {
             return Ok(());
         }
-        let n = |v: u64| v.min(i64::MAX as u64) as i64;
         let mut stmt = conn.prepare_cached(&upsert_sql("usage_hourly", "namespace, hour"))?;
         for ((namespace, hour), t) in self.hours.drain() {
-            stmt.execute(params![
-                namespace,
-                hour,
-                n(t.events),
-                n(t.tokens_in),
-                n(t.tokens_out),
-                n(t.cache_read_tokens),
-                n(t.cache_write_tokens),
-                n(t.duration_ms),
-                n(t.api_calls),
-                n(t.units),
-                t.cost_nanos.map(n),
-                n(t.unpriced_events),
-            ])?;
+            let keys = [Value::Text(namespace), Value::Integer(hour)];
+            stmt.execute(params_from_iter(keys.into_iter().chain(sums(&t))))?;
         }
         let mut stmt = conn.prepare_cached(&upsert_sql("usage_rollup", GROUP_KEYS))?;
         for ((hour, namespace, agent, consumer, model, action), t) in self.groups.drain() {
-            stmt.execute(params![
-                hour,
-                namespace,
-                agent,
-                consumer,
-                model,
-                action,
-                n(t.events),
-                n(t.tokens_in),
-                n(t.tokens_out),
-                n(t.cache_read_tokens),
-                n(t.cache_write_tokens),
-                n(t.duration_ms),
-                n(t.api_calls),
-                n(t.units),
-                t.cost_nanos.map(n),
-                n(t.unpriced_events),
-            ])?;
+            let keys = [
+                Value::Integer(hour),
+                Value::Text(namespace),
+                Value::Text(agent),
+                Value::Text(consumer),
+                Value::Text(model),
+                Value::Text(action),
+            ];
+            stmt.execute(params_from_iter(keys.into_iter().chain(sums(&t))))?;
         }
         Ok(())
     }
+}
+
+/// A row's totals, in the tables' column order after the key.
+fn sums(t: &Aggregate) -> [Value; 10] {
+    let n = |v: u64| Value::Integer(v.min(i64::MAX as u64) as i64);
+    [
+        n(t.events),
+        n(t.tokens_in),
+        n(t.tokens_out),
+        n(t.cache_read_tokens),
+        n(t.cache_write_tokens),
+        n(t.duration_ms),
+        n(t.api_calls),
+        n(t.units),
+        t.cost_nanos.map_or(Value::Null, n),
+        n(t.unpriced_events),
+    ]
 }
 
 /// After deleting every event before `cutoff_us`: drops the hours that are
