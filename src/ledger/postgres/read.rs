@@ -359,16 +359,32 @@ pub async fn aggregate(
     );
     sums.push(saturate("SUM(cost_nanos)"));
     sums.push("(SUM(events) - SUM(priced))::int8".into());
+    // Read only from the events, the rows are folded first; the grouped
+    // totals are already folded per hour, so their rows are grouped as they are.
+    let partial = if plan.hours.is_empty() {
+        format!(
+            "SELECT {part} AS part, agent_id, consumer_id, MIN(ts) AS first_ts, \
+                    SUM(events) AS events, {partial_sums}, \
+                    SUM(cost_nanos) AS cost_nanos, SUM(events - unpriced_events) AS priced \
+             FROM ({source}) src GROUP BY 1, 2, 3",
+            partial_sums = partial_sums.join(", "),
+        )
+    } else {
+        let part = match group_by {
+            GroupBy::Time(_) => "ts".to_string(),
+            _ => part,
+        };
+        format!(
+            "SELECT {part} AS part, agent_id, consumer_id, ts AS first_ts, events, {counters}, \
+                    cost_nanos, events - unpriced_events AS priced FROM ({source}) src",
+            counters = COUNTERS.join(", "),
+        )
+    };
     let sql = format!(
         "SELECT {keys}, MIN(first_ts), {sums}, \
                 COUNT(DISTINCT agent_id)::int8, COUNT(DISTINCT consumer_id)::int8 \
-         FROM (SELECT {part} AS part, agent_id, consumer_id, MIN(ts) AS first_ts, \
-                      SUM(events) AS events, {partial_sums}, \
-                      SUM(cost_nanos) AS cost_nanos, SUM(events - unpriced_events) AS priced \
-               FROM ({source}) src GROUP BY 1, 2, 3) p \
-         GROUP BY 1, 2 ORDER BY {order}",
+         FROM ({partial}) p GROUP BY 1, 2 ORDER BY {order}",
         sums = sums.join(", "),
-        partial_sums = partial_sums.join(", "),
     );
     // The partial totals are hashed in memory: at the default 4 MB they
     // would spill to disk for a ledger of a few hundred thousand events.
