@@ -359,9 +359,11 @@ pub async fn aggregate(
     );
     sums.push(saturate("SUM(cost_nanos)"));
     sums.push("(SUM(events) - SUM(priced))::int8".into());
-    // Read only from the events, the rows are folded first; the grouped
-    // totals are already folded per hour, so their rows are grouped as they are.
-    let partial = if plan.hours.is_empty() {
+    // Rows are folded per (slot or key, agent, consumer) first, but for
+    // calendar buckets over pre-aggregated hours, which are folded per hour
+    // already: those are grouped as they are (in half the time).
+    let fold = plan.hours.is_empty() || !matches!(group_by, GroupBy::Time(_));
+    let partial = if fold {
         format!(
             "SELECT {part} AS part, agent_id, consumer_id, MIN(ts) AS first_ts, \
                     SUM(events) AS events, {partial_sums}, \
@@ -370,12 +372,8 @@ pub async fn aggregate(
             partial_sums = partial_sums.join(", "),
         )
     } else {
-        let part = match group_by {
-            GroupBy::Time(_) => "ts".to_string(),
-            _ => part,
-        };
         format!(
-            "SELECT {part} AS part, agent_id, consumer_id, ts AS first_ts, events, {counters}, \
+            "SELECT ts AS part, agent_id, consumer_id, ts AS first_ts, events, {counters}, \
                     cost_nanos, events - unpriced_events AS priced FROM ({source}) src",
             counters = COUNTERS.join(", "),
         )
