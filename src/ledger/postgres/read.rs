@@ -407,7 +407,19 @@ pub async fn summary(c: &impl GenericClient, s: &str, filters: &Filters) -> Core
     let mut params = Vec::new();
     let plan = plan_of(c, s, filters, None).await?;
     let source = grouped::source(s, filters, &plan, &mut params);
-    let sql = format!("SELECT {} FROM ({source}) src", totals());
+    // Folded per (agent, consumer) first: the distinct counts then sort a
+    // few rows, not every pre-aggregated one.
+    let folded: Vec<String> = ["events"]
+        .into_iter()
+        .chain(COUNTERS)
+        .chain(["cost_nanos", "unpriced_events"])
+        .map(|c| format!("SUM({c}) AS {c}"))
+        .collect();
+    let sql = format!(
+        "SELECT {} FROM (SELECT agent_id, consumer_id, {} FROM ({source}) src GROUP BY 1, 2) p",
+        totals(),
+        folded.join(", ")
+    );
     let row = c.query_one(&sql, &refs(&params)).await?;
     Ok(aggregate_from_row(&row, Some("all".into()), 0))
 }
