@@ -100,6 +100,7 @@ def old_ledger(db: Path) -> None:
         store.record_batch([event(i, timestamp=T0 - dt.timedelta(seconds=i)) for i in range(5)])
         store.record(event(5, namespace="other"))
     for sql in [
+        "DROP TABLE usage_rollup",
         "DROP INDEX usage_events_chain",
         "DROP TABLE chain_heads",
         "DROP TABLE chain_purges",
@@ -132,7 +133,7 @@ def test_the_migration_chains_an_existing_ledger_once_in_time_order(tmp_path: Pa
     with uw.SQLiteStore(db) as store:
         assert store.verify().ok
     assert rows(db, "SELECT chain_digest FROM usage_events ORDER BY id") == digests
-    assert max(r[0] for r in rows(db, "SELECT version FROM schema_version")) == 4
+    assert max(r[0] for r in rows(db, "SELECT version FROM schema_version")) == 5
 
 
 def test_the_postgres_migration_chains_an_existing_ledger_once_in_insertion_order(
@@ -146,6 +147,7 @@ def test_the_postgres_migration_chains_an_existing_ledger_once_in_insertion_orde
         store.record(event(5, namespace="other"))
     # As the version before the chain wrote it (schema version 2).
     for sql in [
+        "DROP TABLE usage_rollup",
         "DROP TABLE chain_heads",
         "DROP TABLE chain_purges",
         "ALTER TABLE usage_events DROP COLUMN chain_position",
@@ -170,7 +172,7 @@ def test_the_postgres_migration_chains_an_existing_ledger_once_in_insertion_orde
     with db.store() as store:
         assert store.verify().ok
     assert db.rows("SELECT chain_digest FROM usage_events ORDER BY id") == digests
-    assert db.rows("SELECT MAX(version) FROM schema_version") == [(3,)]
+    assert db.rows("SELECT MAX(version) FROM schema_version") == [(4,)]
 
 
 def test_a_purge_that_drops_whole_months_keeps_the_chain(db: AuditLedger) -> None:

@@ -38,7 +38,7 @@ CREATE TABLE {s}.usage_rollup (
     unpriced_events    BIGINT NOT NULL,
     PRIMARY KEY (hour, namespace, agent_id, consumer_id, model, action)
 );
-DROP TABLE {s}.usage_hourly;
+DROP TABLE IF EXISTS {s}.usage_hourly;
 "#;
 
 /// The hour (UTC µs) an event's timestamp falls in, in SQL.
