@@ -1,4 +1,4 @@
-"""Benchmark the requests the dashboard makes, over a 1,000,000-event SQLite ledger.
+"""Benchmark the requests the dashboard makes, over a 1,000,000-event ledger (SQLite or PostgreSQL).
 
 The server is ``usagewarden serve``'s own app (``usagewarden.cli._serve.build_app``: the usage
 API, the dashboard's routes, one API key, a budget engine with a global and a per-agent
@@ -24,6 +24,11 @@ Run it from the repository root, after a release build of the extension::
     maturin develop --release && pip install -e '.[dashboard,test]'
     python benchmarks/bench_dashboard.py              # full run
     python benchmarks/bench_dashboard.py --quick      # 3 rounds instead of 7
+    python benchmarks/bench_dashboard.py --store postgres   # the same events in PostgreSQL
+
+With ``--store postgres`` the same events are loaded with ``record_batch`` into a schema of a
+throwaway PostgreSQL cluster (``tests/postgres_cluster.py``: loopback, fsync off) and the
+server reads them through ``AsyncPostgresStore``.
 """
 
 from __future__ import annotations
@@ -72,14 +77,29 @@ def free_port() -> int:
         return port
 
 
-def serve(db_path: str, port: int, ready: Connection) -> None:
+@dataclass(frozen=True)
+class Ledger:
+    """Where the 1,000,000 events are: a SQLite file, or a PostgreSQL schema."""
+
+    path: str | None = None
+    dsn: str | None = None
+    schema: str | None = None
+
+    def open(self) -> uw.AsyncMeteringStore:
+        if self.dsn is not None:
+            return uw.AsyncPostgresStore(self.dsn, schema=self.schema or "usagewarden")
+        assert self.path is not None
+        return uw.AsyncSQLiteStore(self.path)
+
+
+def serve(ledger: Ledger, port: int, ready: Connection) -> None:
     """The server process: ``serve``'s app on ``port``."""
     warnings.filterwarnings("ignore")
     import uvicorn
     from usagewarden.cli._serve import build_app
     from usagewarden.fastapi import SCOPE_ADMIN, SCOPE_READ, Principal
 
-    store = uw.AsyncSQLiteStore(db_path)
+    store = ledger.open()
     budgets = uw.BudgetEngine(
         [uw.Budget("org", 5_000.0), uw.Budget("per-agent", 50.0, scope="agent", period="daily")],
         store,
@@ -91,11 +111,11 @@ def serve(db_path: str, port: int, ready: Connection) -> None:
 
 
 @contextmanager
-def running_server(db_path: Path) -> Iterator[str]:
+def running_server(ledger: Ledger) -> Iterator[str]:
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe(duplex=False)
     port = free_port()
-    proc = ctx.Process(target=serve, args=(str(db_path), port, child), daemon=True)
+    proc = ctx.Process(target=serve, args=(ledger, port, child), daemon=True)
     proc.start()
     child.close()
     base = f"http://127.0.0.1:{port}"
@@ -235,17 +255,57 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 rounds instead of 7")
     parser.add_argument("--rebuild", action="store_true", help="rebuild the cached 1M store")
+    parser.add_argument(
+        "--store",
+        choices=["sqlite", "postgres"],
+        default="sqlite",
+        help="the ledger the server reads (postgres: a throwaway cluster, loaded in the run)",
+    )
     args = parser.parse_args(argv)
     rounds = 3 if args.quick else 7
 
     print("\n".join(bench_ledger.describe_build()))
     print(f"cores: {os.cpu_count()}, rounds: {rounds}, python {sys.version.split()[0]}")
-    read_path = Path(tempfile.gettempdir()) / "usagewarden-bench-1m.db"
-    store, how = bench_ledger.open_read_store(read_path, READ_EVENTS, args.rebuild)
-    store.close()
-    print(f"ledger: {how}")
-    bench_ledger.warm_page_cache(read_path)
+    with ledger_for(args.store, args.rebuild) as ledger:
+        return run(ledger, rounds)
 
+
+@contextmanager
+def ledger_for(kind: str, rebuild: bool) -> Iterator[Ledger]:
+    """The cached SQLite file, or the same events loaded into a throwaway PostgreSQL."""
+    if kind == "sqlite":
+        read_path = Path(tempfile.gettempdir()) / "usagewarden-bench-1m.db"
+        store, how = bench_ledger.open_read_store(read_path, READ_EVENTS, rebuild)
+        store.close()
+        print(f"ledger: {how}")
+        bench_ledger.warm_page_cache(read_path)
+        yield Ledger(path=str(read_path))
+        return
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    import psycopg
+    from postgres_cluster import _start_cluster
+
+    clusters = _start_cluster()
+    cluster = next(clusters)
+    try:
+        schema = cluster.new_schema()
+        started = time.perf_counter()
+        with uw.PostgresStore(cluster.dsn(), schema=schema) as pg:
+            loaded = sum(pg.record_batch(b) for b in bench_ledger.dataset_events(READ_EVENTS))
+        with psycopg.connect(cluster.dsn(), autocommit=True) as c:
+            c.execute(f"VACUUM ANALYZE {schema}.usage_events")
+            c.execute(f"VACUUM ANALYZE {schema}.usage_rollup")
+        print(
+            f"ledger: PostgreSQL {cluster.sql('SHOW server_version')} (loopback, fsync off), "
+            f"{loaded:,} events loaded in {time.perf_counter() - started:.0f} s"
+        )
+        yield Ledger(dsn=cluster.dsn(), schema=schema)
+    finally:
+        for _ in clusters:
+            pass
+
+
+def run(ledger: Ledger, rounds: int) -> int:
     start = bench_ledger.READ_START
     data_end = start + timedelta(days=bench_ledger.READ_DAYS) - timedelta(microseconds=1)
     ranges = [
@@ -254,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("24 hours", start + timedelta(days=20), start + timedelta(days=21)),
     ]
     missed: list[str] = []
-    with running_server(read_path) as base:
+    with running_server(ledger) as base:
         headers = {"X-API-Key": KEY}
         with httpx.Client(base_url=base, headers=headers, timeout=120) as client:
             # Only a page served without authentication also lists every namespace.

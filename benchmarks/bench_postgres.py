@@ -11,8 +11,9 @@ Writes (events/s, each run into a fresh schema, median of the runs):
    ``copy`` (text rows), and asyncpg ``copy_records_to_table``.
 
 Reads, over 1,000,000 events (50 agents, 30 days) recorded with ``record_batch``: ``summary``
-of one agent-day and ``aggregate("day")`` (UTC and America/New_York), median of 5 calls after
-one warm-up.
+of one agent-day and of the whole ledger, ``aggregate("day")`` (UTC, America/New_York, and
+Asia/Kathmandu, whose midnight cuts an hour), ``aggregate("agent")`` and ``("model")``, median
+of 5 calls after one warm-up. ``--reads-only`` skips the writes.
 
 Run from the repository root after ``maturin develop --release`` and
 ``pip install -e '.[bench]'``::
@@ -217,6 +218,12 @@ def reads(cluster: Any, n: int) -> list[tuple[str, float]]:
             lambda: store.aggregate("day", tz="America/New_York"),
         ),
         ('aggregate("agent")', lambda: store.aggregate("agent")),
+        ('aggregate("model")', lambda: store.aggregate("model")),
+        ("summary() of the whole ledger", lambda: store.summary()),
+        (
+            'aggregate("day", tz="Asia/Kathmandu") (a cut hour a day)',
+            lambda: store.aggregate("day", tz="Asia/Kathmandu"),
+        ),
     ]
     out = []
     for name, call in calls:
@@ -233,6 +240,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--read-events", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--reads-only", action="store_true", help="skip the write runs")
     args = parser.parse_args()
     if uw.DEBUG_BUILD:
         print("warning: a debug build of the extension; build with maturin develop --release")
@@ -245,19 +253,24 @@ def main() -> None:
             f"{args.events:,} events per run, median of {args.runs}"
         )
         b = Bench(cluster, args.events, args.runs)
-        results = [
-            ("binary COPY into usage_events (psycopg; the floor)", b.rate(b.copy_binary)),
-            ("PostgresStore.record (batch durability)", b.rate(b.store_record)),
-            ("PostgresStore.record_batch(1000)", b.rate(b.store_batch)),
-            ("psycopg 3 executemany", b.rate(b.executemany)),
-            ("psycopg 3 copy (text)", b.rate(b.copy_text)),
-            ("asyncpg copy_records_to_table", b.rate(b.asyncpg_copy)),
-        ]
-        floor = results[0][1]
-        peers = max(r for name, r in results if name.startswith(("psycopg", "asyncpg")))
-        print(f"\n{'writes':<52} {'events/s':>12} {'vs floor':>9} {'vs best peer':>13}")
-        for name, rate in results:
-            print(f"{name:<52} {rate:>12,.0f} {rate / floor:>8.0%} {rate / peers:>12.2f}x")
+        results = (
+            []
+            if args.reads_only
+            else [
+                ("binary COPY into usage_events (psycopg; the floor)", b.rate(b.copy_binary)),
+                ("PostgresStore.record (batch durability)", b.rate(b.store_record)),
+                ("PostgresStore.record_batch(1000)", b.rate(b.store_batch)),
+                ("psycopg 3 executemany", b.rate(b.executemany)),
+                ("psycopg 3 copy (text)", b.rate(b.copy_text)),
+                ("asyncpg copy_records_to_table", b.rate(b.asyncpg_copy)),
+            ]
+        )
+        if results:
+            floor = results[0][1]
+            peers = max(r for name, r in results if name.startswith(("psycopg", "asyncpg")))
+            print(f"\n{'writes':<52} {'events/s':>12} {'vs floor':>9} {'vs best peer':>13}")
+            for name, rate in results:
+                print(f"{name:<52} {rate:>12,.0f} {rate / floor:>8.0%} {rate / peers:>12.2f}x")
         print(f"\nreads over {args.read_events:,} events (median of 5, warm)")
         for name, seconds in reads(cluster, args.read_events):
             print(f"{name:<52} {seconds * 1000:>10.1f} ms")

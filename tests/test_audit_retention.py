@@ -100,6 +100,7 @@ def old_ledger(db: Path) -> None:
         store.record_batch([event(i, timestamp=T0 - dt.timedelta(seconds=i)) for i in range(5)])
         store.record(event(5, namespace="other"))
     for sql in [
+        "DROP TABLE usage_rollup",
         "DROP INDEX usage_events_chain",
         "DROP TABLE chain_heads",
         "DROP TABLE chain_purges",
@@ -152,6 +153,7 @@ def test_the_postgres_migration_chains_an_existing_ledger_once_in_insertion_orde
         store.record(event(5, namespace="other"))
     # As the version before the chain wrote it (schema version 2).
     for sql in [
+        "DROP TABLE usage_rollup",
         "DROP TABLE chain_heads",
         "DROP TABLE chain_purges",
         "ALTER TABLE usage_events DROP COLUMN chain_position",

@@ -12,5 +12,6 @@ pub mod export;
 pub mod filters;
 pub mod postgres;
 pub mod redact;
+pub mod rollup_plan;
 pub mod sqlite;
 pub mod store;

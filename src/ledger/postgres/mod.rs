@@ -4,6 +4,7 @@
 
 mod budgets;
 mod chain;
+mod grouped;
 mod read;
 mod schema;
 mod writer;
@@ -305,6 +306,8 @@ impl PostgresStore {
             )
             .await?;
             chain::record_purges(&tx, &s, cutoff_us, self.now_us()).await?;
+            // Before the partitions: a writer holding the totals never waits on them.
+            grouped::lock(&tx, &s).await?;
             let mut purged: u64 = 0;
             for (name, _, upper) in schema::partitions(&tx, &schema_name).await? {
                 if upper <= cutoff_us {
@@ -327,13 +330,7 @@ impl PostgresStore {
                 &[&cutoff_us],
             )
             .await?;
-            let edge = cutoff_us - cutoff_us.rem_euclid(3_600_000_000);
-            tx.execute(
-                &format!("DELETE FROM {s}.usage_hourly WHERE hour < $1"),
-                &[&edge],
-            )
-            .await?;
-            read::recount_hours(&tx, &s, &[edge]).await?;
+            grouped::after_purge(&tx, &s, cutoff_us).await?;
             tx.commit().await?;
             Ok(purged as usize)
         })

@@ -1,12 +1,15 @@
 //! Reads, aggregates and maintenance in SQL on pooled connections; every
 //! value is a bound parameter.
 
-use super::writer::{hourly_sums, saturate, sum_columns, COUNTERS, HOUR_OF_TS};
+use super::grouped;
+use super::writer::{saturate, COUNTERS};
 use crate::error::CoreResult;
-use crate::ledger::buckets::{GroupBy, TimeUnit};
+use crate::ledger::buckets::{parse_tz, GroupBy, TimeUnit};
 use crate::ledger::cursor::Cursor;
 use crate::ledger::event::UsageEvent;
+use crate::ledger::event::{MAX_TIMESTAMP_US, MIN_TIMESTAMP_US};
 use crate::ledger::filters::Filters;
+use crate::ledger::rollup_plan::{self, Plan};
 use crate::ledger::sqlite::Aggregate;
 use crate::pricing::{Pricing, Tokens};
 use chrono::{Datelike, FixedOffset, NaiveDateTime, TimeZone};
@@ -166,12 +169,81 @@ pub async fn page(
     Ok((rows.into_iter().map(|(e, _)| e).collect(), next))
 }
 
-/// The totals columns, exact (numeric) and saturating at 2**63 - 1.
+/// The totals of `grouped::source` rows, exact (numeric) and saturating at
+/// 2**63 - 1, then the distinct agents and consumers.
 fn totals() -> String {
-    let mut cols = sum_columns(true);
+    let mut cols = vec!["COALESCE(SUM(events), 0)::int8".to_string()];
+    cols.extend(
+        COUNTERS
+            .iter()
+            .map(|c| saturate(&format!("COALESCE(SUM({c}), 0)"))),
+    );
+    cols.push(saturate("SUM(cost_nanos)"));
+    cols.push("COALESCE(SUM(unpriced_events), 0)::int8".into());
     cols.push("COUNT(DISTINCT agent_id)::int8".into());
     cols.push("COUNT(DISTINCT consumer_id)::int8".into());
     cols.join(", ")
+}
+
+/// How `filters`' range is read: its whole hours from the grouped totals
+/// (those a bucket edge of `buckets` cuts excepted), the rest from the
+/// events; only from the events for filters the totals do not keep.
+async fn plan_of(
+    c: &impl GenericClient,
+    s: &str,
+    filters: &Filters,
+    buckets: Option<(TimeUnit, chrono_tz::Tz)>,
+) -> CoreResult<Plan> {
+    let mut start = filters.start_us.unwrap_or(MIN_TIMESTAMP_US);
+    let mut end = filters.end_us.unwrap_or(MAX_TIMESTAMP_US);
+    let all_events = |start, end| Plan {
+        hours: Vec::new(),
+        events: vec![(start, end)],
+    };
+    if !rollup_plan::answers(filters) {
+        return Ok(all_events(start, end));
+    }
+    let Some((unit, tz)) = buckets else {
+        return Ok(rollup_plan::plan(start, end, None).unwrap_or_else(|| all_events(start, end)));
+    };
+    // Cut hours are looked for only where the matching events are.
+    let mut params = Vec::new();
+    let clause = where_clause(filters, &mut params);
+    let row = c
+        .query_one(
+            &format!("SELECT MIN(ts), MAX(ts) FROM {s}.usage_events {clause}"),
+            &refs(&params),
+        )
+        .await?;
+    match (row.get::<_, Option<i64>>(0), row.get::<_, Option<i64>>(1)) {
+        (Some(oldest), Some(newest)) => {
+            start = start.max(oldest);
+            end = end.min(newest);
+        }
+        _ => return Ok(Plan::default()),
+    }
+    let (first, past) = rollup_plan::whole_hours(start, end);
+    let planned = if (past - first) / rollup_plan::HOUR_US <= rollup_plan::MAX_SCANNED_HOURS {
+        rollup_plan::plan(start, end, buckets)
+    } else {
+        // A long, sparse range: check only the hours that hold totals.
+        let mut params: Vec<Param> = vec![Box::new(first), Box::new(past)];
+        let mut sql =
+            format!("SELECT DISTINCT hour FROM {s}.usage_rollup WHERE hour >= $1 AND hour < $2");
+        if let Some(ns) = &filters.namespace {
+            params.push(Box::new(ns.clone()));
+            sql.push_str(" AND namespace = $3");
+        }
+        sql.push_str(" ORDER BY hour");
+        let hours: Vec<i64> = c
+            .query(&sql, &refs(&params))
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        rollup_plan::plan_among(start, end, unit, tz, &hours)
+    };
+    Ok(planned.unwrap_or_else(|| all_events(start, end)))
 }
 
 fn aggregate_from_row(row: &Row, group: Option<String>, at: usize) -> Aggregate {
@@ -269,7 +341,12 @@ pub async fn aggregate(
             "part COLLATE \"C\" NULLS FIRST",
         ),
     };
-    let clause = where_clause(filters, &mut params);
+    let buckets = match group_by {
+        GroupBy::Time(unit) => Some((unit, parse_tz(tz)?)),
+        _ => None,
+    };
+    let plan = plan_of(c, s, filters, buckets).await?;
+    let source = grouped::source(s, filters, &plan, &mut params);
     let partial_sums: Vec<String> = COUNTERS
         .iter()
         .map(|c| format!("SUM({c}) AS {c}"))
@@ -282,16 +359,30 @@ pub async fn aggregate(
     );
     sums.push(saturate("SUM(cost_nanos)"));
     sums.push("(SUM(events) - SUM(priced))::int8".into());
+    // Rows are folded per (slot or key, agent, consumer) first, but for
+    // calendar buckets over pre-aggregated hours, which are folded per hour
+    // already: those are grouped as they are (in half the time).
+    let fold = plan.hours.is_empty() || !matches!(group_by, GroupBy::Time(_));
+    let partial = if fold {
+        format!(
+            "SELECT {part} AS part, agent_id, consumer_id, MIN(ts) AS first_ts, \
+                    SUM(events) AS events, {partial_sums}, \
+                    SUM(cost_nanos) AS cost_nanos, SUM(events - unpriced_events) AS priced \
+             FROM ({source}) src GROUP BY 1, 2, 3",
+            partial_sums = partial_sums.join(", "),
+        )
+    } else {
+        format!(
+            "SELECT ts AS part, agent_id, consumer_id, ts AS first_ts, events, {counters}, \
+                    cost_nanos, events - unpriced_events AS priced FROM ({source}) src",
+            counters = COUNTERS.join(", "),
+        )
+    };
     let sql = format!(
         "SELECT {keys}, MIN(first_ts), {sums}, \
                 COUNT(DISTINCT agent_id)::int8, COUNT(DISTINCT consumer_id)::int8 \
-         FROM (SELECT {part} AS part, agent_id, consumer_id, MIN(ts) AS first_ts, \
-                      COUNT(*) AS events, {partial_sums}, \
-                      SUM(cost_nanos) AS cost_nanos, COUNT(cost_nanos) AS priced \
-               FROM {s}.usage_events {clause} GROUP BY 1, 2, 3) p \
-         GROUP BY 1, 2 ORDER BY {order}",
+         FROM ({partial}) p GROUP BY 1, 2 ORDER BY {order}",
         sums = sums.join(", "),
-        partial_sums = partial_sums.join(", "),
     );
     // The partial totals are hashed in memory: at the default 4 MB they
     // would spill to disk for a ledger of a few hundred thousand events.
@@ -314,8 +405,21 @@ pub async fn aggregate(
 
 pub async fn summary(c: &impl GenericClient, s: &str, filters: &Filters) -> CoreResult<Aggregate> {
     let mut params = Vec::new();
-    let clause = where_clause(filters, &mut params);
-    let sql = format!("SELECT {} FROM {s}.usage_events {clause}", totals());
+    let plan = plan_of(c, s, filters, None).await?;
+    let source = grouped::source(s, filters, &plan, &mut params);
+    // Folded per (agent, consumer) first: the distinct counts then sort a
+    // few rows, not every pre-aggregated one.
+    let folded: Vec<String> = ["events"]
+        .into_iter()
+        .chain(COUNTERS)
+        .chain(["cost_nanos", "unpriced_events"])
+        .map(|c| format!("SUM({c}) AS {c}"))
+        .collect();
+    let sql = format!(
+        "SELECT {} FROM (SELECT agent_id, consumer_id, {} FROM ({source}) src GROUP BY 1, 2) p",
+        totals(),
+        folded.join(", ")
+    );
     let row = c.query_one(&sql, &refs(&params)).await?;
     Ok(aggregate_from_row(&row, Some("all".into()), 0))
 }
@@ -331,9 +435,10 @@ pub async fn distinct(
         _ => return Ok(Vec::new()),
     };
     let mut params = Vec::new();
-    let clause = where_clause(filters, &mut params);
+    let plan = plan_of(c, s, filters, None).await?;
+    let source = grouped::source(s, filters, &plan, &mut params);
     let sql = format!(
-        "SELECT {column}, COUNT(*)::int8 FROM {s}.usage_events {clause} GROUP BY 1 ORDER BY {column} COLLATE \"C\""
+        "SELECT {column}, SUM(events)::int8 FROM ({source}) src GROUP BY 1 ORDER BY {column} COLLATE \"C\""
     );
     let rows = c.query(&sql, &refs(&params)).await?;
     Ok(rows
@@ -369,28 +474,6 @@ pub async fn extent(
     ))
 }
 
-/// Recomputes the hourly totals of the given hours from their events.
-pub async fn recount_hours(c: &impl GenericClient, s: &str, hours: &[i64]) -> CoreResult<()> {
-    if hours.is_empty() {
-        return Ok(());
-    }
-    c.execute(
-        &format!("DELETE FROM {s}.usage_hourly WHERE hour = ANY($1)"),
-        &[&hours],
-    )
-    .await?;
-    c.execute(
-        &format!(
-            "INSERT INTO {s}.usage_hourly SELECT namespace, {HOUR_OF_TS}, {sums} \
-             FROM {s}.usage_events WHERE {HOUR_OF_TS} = ANY($1) GROUP BY 1, 2",
-            sums = hourly_sums()
-        ),
-        &[&hours],
-    )
-    .await?;
-    Ok(())
-}
-
 /// `reprice` inside the caller's transaction.
 pub async fn reprice(
     c: &impl GenericClient,
@@ -398,6 +481,8 @@ pub async fn reprice(
     pricing: &Pricing,
     filters: &Filters,
 ) -> CoreResult<usize> {
+    // Before reading: what the recount below sees is what writers committed.
+    grouped::lock(c, s).await?;
     let mut params = Vec::new();
     let clause = where_clause(filters, &mut params);
     let joiner = if clause.is_empty() { "WHERE" } else { "AND" };
@@ -439,7 +524,7 @@ pub async fn reprice(
         &[&ids, &tss, &costs],
     )
     .await?;
-    recount_hours(c, s, &hours.into_iter().collect::<Vec<_>>()).await?;
+    grouped::recount_hours(c, s, &hours.into_iter().collect::<Vec<_>>()).await?;
     Ok(ids.len())
 }
 

@@ -73,6 +73,9 @@ ALTER TABLE {s}.usage_events ADD COLUMN artifact_digest TEXT;
     super::chain::MIGRATION,
     // Budgets managed at run time (`super::budgets`).
     super::budgets::MIGRATION,
+    // Totals per hour × namespace × agent × consumer × model × action, in
+    // place of the totals per namespace and hour.
+    super::grouped::MIGRATION,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -131,6 +134,9 @@ pub async fn migrate(client: &mut Client, schema: &str) -> CoreResult<()> {
         tx.batch_execute(&sql.replace("{s}", &quoted)).await?;
         if i as i64 + 1 == super::chain::CHAIN_SCHEMA_VERSION {
             super::chain::chain_existing(&tx, &quoted).await?;
+        }
+        if *sql == super::grouped::MIGRATION {
+            super::grouped::fill(&tx, &quoted).await?;
         }
         tx.execute(
             &format!("INSERT INTO \"{schema}\".schema_version VALUES ($1)"),

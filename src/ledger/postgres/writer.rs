@@ -1,7 +1,7 @@
 //! The PostgreSQL writer: one tokio task that commits whatever is queued in
 //! one transaction per batch — binary `COPY` into a temporary staging table,
 //! then one statement that claims the request ids, inserts the new events
-//! and adds them to the hourly totals.
+//! and adds them to the grouped totals (`super::grouped`).
 
 use super::chain;
 use super::schema;
@@ -87,31 +87,6 @@ pub(crate) const COUNTERS: [&str; 7] = [
     "units",
 ];
 
-/// Event count, the counters' sums, the cost (NULL when none is known) and
-/// the unpriced events, in `usage_hourly`'s column order after `namespace,
-/// hour`. With `zero_when_empty`, sums over no rows are 0 rather than NULL.
-pub(crate) fn sum_columns(zero_when_empty: bool) -> Vec<String> {
-    let mut cols = vec!["COUNT(*)::int8".to_string()];
-    for c in COUNTERS {
-        cols.push(saturate(&if zero_when_empty {
-            format!("COALESCE(SUM({c}), 0)")
-        } else {
-            format!("SUM({c})")
-        }));
-    }
-    cols.push(saturate("SUM(cost_nanos)"));
-    cols.push("(COUNT(*) - COUNT(cost_nanos))::int8".into());
-    cols
-}
-
-/// The hourly totals of a set of events.
-pub(crate) fn hourly_sums() -> String {
-    sum_columns(false).join(", ")
-}
-
-/// The hour (UTC µs) an event's timestamp falls in, in SQL.
-pub(crate) const HOUR_OF_TS: &str = "(ts - (((ts % 3600000000) + 3600000000) % 3600000000))";
-
 /// Claims the staged request ids (the first of each, in staging order);
 /// returns the `seq` of each new event, in order.
 fn claim_sql(s: &str) -> String {
@@ -129,19 +104,8 @@ fn claim_sql(s: &str) -> String {
 }
 
 /// Inserts the claimed events (`$1` their seqs, `$2` and `$3` their chain
-/// positions and digests) and adds them to the hourly totals.
+/// positions and digests) and adds them to the grouped totals.
 fn insert_sql(s: &str) -> String {
-    let add = |c: &str| {
-        format!(
-            "{c} = LEAST(COALESCE(h.{c}, 0)::numeric + COALESCE(excluded.{c}, 0), 9223372036854775807)::int8"
-        )
-    };
-    let updates: Vec<String> = ["events"]
-        .into_iter()
-        .chain(COUNTERS)
-        .chain(["unpriced_events"])
-        .map(add)
-        .collect();
     format!(
         "WITH chained AS ( \
              SELECT * FROM unnest($1::int8[], $2::int8[], $3::bytea[]) AS c(seq, chain_position, chain_digest) \
@@ -150,13 +114,8 @@ fn insert_sql(s: &str) -> String {
          ), inserted AS ( \
              INSERT INTO {s}.usage_events ({EVENT_COLUMNS}, chain_position, chain_digest) \
              SELECT {EVENT_COLUMNS}, chain_position, chain_digest FROM fresh ORDER BY seq \
-         ) INSERT INTO {s}.usage_hourly AS h \
-             SELECT namespace, {HOUR_OF_TS}, {sums} FROM fresh GROUP BY 1, 2 \
-             ON CONFLICT (namespace, hour) DO UPDATE SET {updates}, \
-             cost_nanos = CASE WHEN h.cost_nanos IS NULL AND excluded.cost_nanos IS NULL THEN NULL \
-                 ELSE LEAST(COALESCE(h.cost_nanos, 0)::numeric + COALESCE(excluded.cost_nanos, 0), 9223372036854775807)::int8 END",
-        sums = hourly_sums(),
-        updates = updates.join(", "),
+         ) {}",
+        super::grouped::upsert_sql(s, "fresh")
     )
 }
 

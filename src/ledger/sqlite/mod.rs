@@ -3,6 +3,7 @@
 mod budgets;
 mod chain;
 mod faults;
+mod grouped;
 mod insert;
 mod read;
 mod reprice;
@@ -354,28 +355,30 @@ impl SqliteStore {
         self.read(|c| read::aggregate(c, group_by, tz, filters))
     }
 
-    /// Totals over the matching events. Filtered on namespace and time only,
-    /// the whole hours come from the hourly totals, so a summary of a whole
-    /// ledger costs the same at a million events as at a thousand.
+    /// Totals over the matching events: the whole hours of the range from
+    /// the pre-aggregated totals (per namespace and hour, or per group for
+    /// filters on agent, consumer, model or action), so that a summary costs
+    /// about the same at a million events as at a thousand.
     pub fn summary(&self, filters: &Filters) -> CoreResult<Aggregate> {
         filters.validate()?;
-        self.read(|c| match rollup::totals(c, filters)? {
-            Some(mut totals) => {
-                if totals.events > 0 {
-                    let (agents, consumers) = timeline::distinct_counts(c, filters)?;
-                    totals.unique_agents = agents;
-                    totals.unique_consumers = consumers;
-                }
-                Ok(totals)
+        self.read(|c| {
+            if !crate::ledger::rollup_plan::answers(filters) {
+                return read::summary(c, filters);
             }
-            None => read::summary(c, filters),
+            let mut totals = grouped::totals_without_distinct(c, filters)?;
+            if totals.events > 0 {
+                let (agents, consumers) = timeline::distinct_counts(c, filters)?;
+                totals.unique_agents = agents;
+                totals.unique_consumers = consumers;
+            }
+            Ok(totals)
         })
     }
 
     /// Distinct agents (`"agent_id"`) or consumers (`"consumer_id"`) with their event counts.
     pub fn distinct(&self, column: &str, filters: &Filters) -> CoreResult<Vec<(String, u64)>> {
         filters.validate()?;
-        self.read(|c| read::distinct(c, column, filters))
+        self.read(|c| grouped::distinct(c, column, filters))
     }
 
     pub fn stats(&self) -> CoreResult<StoreStats> {

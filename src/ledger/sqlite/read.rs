@@ -193,7 +193,8 @@ fn saturating(sql: &str) -> String {
 }
 
 /// Totals per group, computed by SQLite: calendar buckets as one range query
-/// each (see `timeline`), other groups with `GROUP BY` over the indexes.
+/// each (see `timeline`), other groups with `GROUP BY` over the grouped
+/// totals and the events of the partial hours (see `grouped`).
 pub fn aggregate(
     conn: &Connection,
     group_by: GroupBy,
@@ -204,7 +205,7 @@ pub fn aggregate(
         GroupBy::Time(unit) => {
             super::timeline::aggregate_by_time(conn, unit, tz, parse_tz(tz)?, filters)
         }
-        _ => aggregate_rows(conn, group_by, tz, filters),
+        _ => super::grouped::aggregate_by_key(conn, group_by, tz, filters),
     }
 }
 

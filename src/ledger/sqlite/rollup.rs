@@ -1,11 +1,12 @@
-//! Hourly totals per namespace, kept in step with `usage_events` inside the
-//! same transactions, so that a summary over a whole ledger (or any range of
-//! whole hours) reads a few thousand small rows instead of every event.
+//! Totals kept in step with `usage_events` inside the same transactions:
+//! per namespace × hour (`usage_hourly`: a summary over a whole ledger, or
+//! any range of whole hours, reads a few thousand small rows), and per
+//! hour × namespace × agent × consumer × model × action (`usage_rollup`:
+//! grouped totals and filters on those columns, read by `super::grouped`).
 //!
-//! Inserts add to the hour of each new event (one upsert per hour touched by
+//! Inserts add to the rows of each new event (one upsert per row touched by
 //! a transaction); a purge deletes the hours it emptied and recounts the one
-//! hour it cut through. Summaries that filter on anything but namespace and
-//! time read the events themselves.
+//! hour it cut through; a reprice recounts the hours it changed.
 
 use super::read::{self, Aggregate};
 use crate::error::CoreResult;
@@ -13,9 +14,9 @@ use crate::ledger::event::UsageEvent;
 use crate::ledger::filters::Filters;
 use hashbrown::HashMap;
 use rusqlite::types::Value;
-use rusqlite::{params, params_from_iter, Connection};
+use rusqlite::{params_from_iter, Connection};
 
-pub const HOUR_US: i64 = 3_600_000_000;
+pub use crate::ledger::rollup_plan::{hour_of, HOUR_US};
 
 /// An hour's totals from its events (exact up to 2**53, saturating beyond),
 /// in the column order of `usage_hourly` after `namespace, hour`.
@@ -53,8 +54,34 @@ SELECT namespace, ts - (((ts % 3600000000) + 3600000000) % 3600000000) AS h, "#,
     " FROM usage_events GROUP BY namespace, h;"
 );
 
-/// Adds to an hour, saturating at 2**63 - 1 (one event may count that much).
-fn upsert_sql() -> String {
+/// The grouped totals: no model is stored as `''` (a model is never empty),
+/// since a key column cannot be NULL.
+pub const GROUPED_MIGRATION: &str = r#"
+CREATE TABLE usage_rollup (
+    hour               INTEGER NOT NULL,
+    namespace          TEXT    NOT NULL,
+    agent_id           TEXT    NOT NULL,
+    consumer_id        TEXT    NOT NULL,
+    model              TEXT    NOT NULL,
+    action             TEXT    NOT NULL,
+    events             INTEGER NOT NULL,
+    tokens_in          INTEGER NOT NULL,
+    tokens_out         INTEGER NOT NULL,
+    cache_read_tokens  INTEGER NOT NULL,
+    cache_write_tokens INTEGER NOT NULL,
+    duration_ms        INTEGER NOT NULL,
+    api_calls          INTEGER NOT NULL,
+    units              INTEGER NOT NULL,
+    cost_nanos         INTEGER,
+    unpriced_events    INTEGER NOT NULL,
+    PRIMARY KEY (hour, namespace, agent_id, consumer_id, model, action)
+) WITHOUT ROWID;
+"#;
+
+const GROUP_KEYS: &str = "hour, namespace, agent_id, consumer_id, model, action";
+
+/// Adds to a row, saturating at 2**63 - 1 (one event may count that much).
+fn upsert_sql(table: &str, keys: &str) -> String {
     let add = |c: &str| {
         format!(
             "CASE WHEN COALESCE({c}, 0) > 9223372036854775807 - excluded.{c} \
@@ -75,29 +102,34 @@ fn upsert_sql() -> String {
     .iter()
     .map(|c| format!("{c} = {}", add(c)))
     .collect();
+    let key_count = keys.split(',').count();
+    let placeholders: Vec<String> = (1..=key_count + 10).map(|i| format!("?{i}")).collect();
     format!(
-        "INSERT INTO usage_hourly VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
-         ON CONFLICT (namespace, hour) DO UPDATE SET {}, \
+        "INSERT INTO {table} ({keys}, events, tokens_in, tokens_out, cache_read_tokens, \
+         cache_write_tokens, duration_ms, api_calls, units, cost_nanos, unpriced_events) \
+         VALUES ({}) ON CONFLICT ({keys}) DO UPDATE SET {}, \
          cost_nanos = CASE WHEN excluded.cost_nanos IS NULL THEN cost_nanos ELSE {} END",
+        placeholders.join(", "),
         sums.join(", "),
         add("cost_nanos")
     )
 }
 
-pub fn hour_of(ts_us: i64) -> i64 {
-    ts_us - ts_us.rem_euclid(HOUR_US)
-}
+/// A row of `usage_rollup`: hour, namespace, agent, consumer, model (`''`
+/// for none) and action.
+type GroupKey = (i64, String, String, String, String, String);
 
-/// What one transaction adds, per (namespace, hour).
+/// What one transaction adds, per (namespace, hour) and per group.
 #[derive(Default)]
 pub struct Pending {
     hours: HashMap<(String, i64), Aggregate>,
+    groups: HashMap<GroupKey, Aggregate>,
 }
 
 impl Pending {
     /// Adds an inserted event, with the cost it was stored with.
     pub fn add(&mut self, e: &UsageEvent, cost_nanos: Option<u64>) {
-        let key = (e.namespace.clone(), hour_of(e.timestamp_us));
+        let hour = hour_of(e.timestamp_us);
         let one = Aggregate {
             events: 1,
             tokens_in: e.tokens_in,
@@ -111,56 +143,119 @@ impl Pending {
             unpriced_events: u64::from(cost_nanos.is_none()),
             ..Aggregate::default()
         };
-        add(self.hours.entry(key).or_default(), &one);
+        match self.hours.get_mut(&(e.namespace.clone(), hour)) {
+            Some(t) => add(t, &one),
+            None => {
+                self.hours.insert((e.namespace.clone(), hour), one.clone());
+            }
+        }
+        let key = (
+            hour,
+            e.namespace.clone(),
+            e.agent_id.clone(),
+            e.consumer_id.clone(),
+            e.model.clone().unwrap_or_default(),
+            e.action.clone(),
+        );
+        add(self.groups.entry(key).or_default(), &one);
     }
 
-    /// Adds what was gathered to the table (inside the caller's transaction).
+    /// Adds what was gathered to the tables (inside the caller's transaction).
     pub fn write(&mut self, conn: &Connection) -> rusqlite::Result<()> {
-        if self.hours.is_empty() {
+        if self.hours.is_empty() && self.groups.is_empty() {
             return Ok(());
         }
-        let mut stmt = conn.prepare_cached(&upsert_sql())?;
+        let mut stmt = conn.prepare_cached(&upsert_sql("usage_hourly", "namespace, hour"))?;
         for ((namespace, hour), t) in self.hours.drain() {
-            let n = |v: u64| v.min(i64::MAX as u64) as i64;
-            stmt.execute(params![
-                namespace,
-                hour,
-                n(t.events),
-                n(t.tokens_in),
-                n(t.tokens_out),
-                n(t.cache_read_tokens),
-                n(t.cache_write_tokens),
-                n(t.duration_ms),
-                n(t.api_calls),
-                n(t.units),
-                t.cost_nanos.map(n),
-                n(t.unpriced_events),
-            ])?;
+            let keys = [Value::Text(namespace), Value::Integer(hour)];
+            stmt.execute(params_from_iter(keys.into_iter().chain(sums(&t))))?;
+        }
+        let mut stmt = conn.prepare_cached(&upsert_sql("usage_rollup", GROUP_KEYS))?;
+        for ((hour, namespace, agent, consumer, model, action), t) in self.groups.drain() {
+            let keys = [
+                Value::Integer(hour),
+                Value::Text(namespace),
+                Value::Text(agent),
+                Value::Text(consumer),
+                Value::Text(model),
+                Value::Text(action),
+            ];
+            stmt.execute(params_from_iter(keys.into_iter().chain(sums(&t))))?;
         }
         Ok(())
     }
+}
+
+/// A row's totals, in the tables' column order after the key.
+fn sums(t: &Aggregate) -> [Value; 10] {
+    let n = |v: u64| Value::Integer(v.min(i64::MAX as u64) as i64);
+    [
+        n(t.events),
+        n(t.tokens_in),
+        n(t.tokens_out),
+        n(t.cache_read_tokens),
+        n(t.cache_write_tokens),
+        n(t.duration_ms),
+        n(t.api_calls),
+        n(t.units),
+        t.cost_nanos.map_or(Value::Null, n),
+        n(t.unpriced_events),
+    ]
 }
 
 /// After deleting every event before `cutoff_us`: drops the hours that are
 /// now empty and recounts the hour the cutoff falls in.
 pub fn after_purge(conn: &Connection, cutoff_us: i64) -> rusqlite::Result<()> {
     let hour = hour_of(cutoff_us);
-    conn.prepare_cached("DELETE FROM usage_hourly WHERE hour < ?1")?
-        .execute([hour])?;
+    for table in ["usage_hourly", "usage_rollup"] {
+        conn.prepare_cached(&format!("DELETE FROM {table} WHERE hour < ?1"))?
+            .execute([hour])?;
+    }
     recount_hour(conn, hour)
 }
 
-/// Recomputes one hour's totals from its events.
+/// Recomputes one hour's totals from its events, with the writer's exact
+/// saturating sums.
 pub(super) fn recount_hour(conn: &Connection, hour: i64) -> rusqlite::Result<()> {
-    conn.prepare_cached("DELETE FROM usage_hourly WHERE hour = ?1")?
-        .execute([hour])?;
-    conn.prepare_cached(concat!(
-        "INSERT INTO usage_hourly SELECT namespace, ?1, ",
-        hourly_sums!(),
-        " FROM usage_events WHERE ts >= ?1 AND ts < ?2 GROUP BY namespace"
-    ))?
-    .execute([hour, hour + HOUR_US])?;
-    Ok(())
+    for table in ["usage_hourly", "usage_rollup"] {
+        conn.prepare_cached(&format!("DELETE FROM {table} WHERE hour = ?1"))?
+            .execute([hour])?;
+    }
+    let mut pending = Pending::default();
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {} FROM usage_events WHERE ts >= ?1 AND ts < ?2",
+        read::EVENT_COLUMNS
+    ))?;
+    let mut rows = stmt.query([hour, hour + HOUR_US])?;
+    while let Some(row) = rows.next()? {
+        let e = read::event_from_row(row)?;
+        pending.add(&e, e.cost_nanos);
+    }
+    pending.write(conn)
+}
+
+/// Fills `usage_rollup` from the events of a ledger created before it
+/// existed, an hour at a time.
+pub(super) fn fill_grouped(conn: &Connection) -> rusqlite::Result<()> {
+    let mut pending = Pending::default();
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {} FROM usage_events ORDER BY ts",
+        read::EVENT_COLUMNS
+    ))?;
+    let mut rows = stmt.query([])?;
+    let mut current = None;
+    while let Some(row) = rows.next()? {
+        let e = read::event_from_row(row)?;
+        let hour = hour_of(e.timestamp_us);
+        if current.is_some_and(|c| c != hour) {
+            pending.hours.clear(); // `usage_hourly` is filled by its own migration
+            pending.write(conn)?;
+        }
+        current = Some(hour);
+        pending.add(&e, e.cost_nanos);
+    }
+    pending.hours.clear();
+    pending.write(conn)
 }
 
 /// Totals (without distinct counts) for filters on namespace and time only,
@@ -243,7 +338,7 @@ fn whole_hours(
 }
 
 /// Adds `part` to `total`, saturating at 2**63 - 1 like the totals queries.
-fn add(total: &mut Aggregate, part: &Aggregate) {
+pub(super) fn add(total: &mut Aggregate, part: &Aggregate) {
     let most = i64::MAX as u64;
     for (t, p) in [
         (&mut total.events, part.events),

@@ -52,6 +52,8 @@ CREATE INDEX usage_events_action      ON usage_events (action, ts);
     super::chain::MIGRATION,
     // Budgets managed at run time (`super::budgets`).
     super::budgets::MIGRATION,
+    // Totals per hour × namespace × agent × consumer × model × action.
+    super::rollup::GROUPED_MIGRATION,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -84,6 +86,9 @@ pub fn migrate(conn: &mut Connection) -> CoreResult<()> {
         )?;
         if i as i64 + 1 == super::chain::CHAIN_SCHEMA_VERSION {
             super::chain::chain_existing(&tx)?;
+        }
+        if *migration == super::rollup::GROUPED_MIGRATION {
+            super::rollup::fill_grouped(&tx)?;
         }
     }
     tx.commit()?;

@@ -3,7 +3,8 @@
 //! Grouping a whole table by a computed label makes SQLite evaluate a
 //! function per row and sort every row; instead the bucket boundaries are
 //! computed in Rust (in the IANA zone, so DST is respected) and each bucket
-//! is summed over its `ts` range. Empty stretches are skipped by asking for
+//! is summed over its `ts` range: its whole hours from the pre-aggregated
+//! totals, the hours its edges cut (zones off the hour) from the events. Empty stretches are skipped by asking for
 //! the next event's time, so the cost follows the buckets that hold events.
 //! A bucket whose two ends carry different labels (a clock change inside it
 //! in an unusual place) is grouped row by row with the `uw_bucket` function.
@@ -13,6 +14,7 @@
 //! when the ledger holds few enough values for that to beat counting them
 //! in the scan (`COUNT(DISTINCT …)` costs about a third of a large scan).
 
+use super::grouped;
 use super::read::{self, Aggregate};
 use crate::error::CoreResult;
 use crate::ledger::buckets::{bucket_bounds, label, GroupBy, TimeUnit};
@@ -162,13 +164,13 @@ pub fn aggregate_by_time(
         if label(start, unit, tz) == here && label(end - 1, unit, tz) == here {
             let mut totals = match &probes {
                 Some((agents, consumers)) => {
-                    let mut totals = read::summary_without_distinct(conn, &range)?;
+                    let mut totals = grouped::totals_without_distinct(conn, &range)?;
                     totals.unique_agents = count_present(conn, "agent_id", agents, &range)?;
                     totals.unique_consumers =
                         count_present(conn, "consumer_id", consumers, &range)?;
                     totals
                 }
-                None => read::summary(conn, &range)?,
+                None => grouped::summary(conn, &range)?,
             };
             totals.group = Some(here);
             out.push(totals);

@@ -1,0 +1,246 @@
+//! Which part of a time range the pre-aggregated hours answer, and which
+//! part must be read from the events themselves.
+//!
+//! The totals are kept per UTC hour. A range is read as its whole hours
+//! from the totals and its partial hours at either end from the events.
+//! Calendar buckets in a zone whose bucket edges are not on the UTC hour
+//! (Kathmandu's +05:45, Chatham's +12:45, Lord Howe's half-hour DST,
+//! Monrovia's −00:44:30 of 1970) cut some hours in two: those hours are read
+//! from the events too, so that each row of totals lies in one bucket.
+
+use crate::ledger::buckets::{label, TimeUnit};
+use crate::ledger::filters::Filters;
+use chrono::{DateTime, Offset, TimeZone};
+use chrono_tz::Tz;
+
+pub const HOUR_US: i64 = 3_600_000_000;
+
+/// The start (UTC µs) of the hour holding `ts_us`.
+pub fn hour_of(ts_us: i64) -> i64 {
+    ts_us - ts_us.rem_euclid(HOUR_US)
+}
+
+/// Whether the grouped totals can answer `filters`: they keep every
+/// filtered column but the task.
+pub fn answers(filters: &Filters) -> bool {
+    filters.task_id.is_none()
+}
+
+/// A time range split for reading.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Hours read from the totals, as `[first, past)` hour starts.
+    pub hours: Vec<(i64, i64)>,
+    /// Timestamps read from the events, as inclusive `[start, end]`.
+    pub events: Vec<(i64, i64)>,
+}
+
+/// Past this many pieces a read is cheaper over the events alone (every
+/// hour cut, as hourly buckets in a +05:45 zone are).
+const MAX_PIECES: usize = 128;
+
+/// Past this many hours a range's cut hours are looked for only among the
+/// hours that hold events (`plan_among`), not hour by hour.
+pub const MAX_SCANNED_HOURS: i64 = 20_000;
+
+/// Splits `start..=end`. With `buckets`, the hours that a bucket edge cuts
+/// are read from the events. `None` when the pieces would be too many.
+pub fn plan(start: i64, end: i64, buckets: Option<(TimeUnit, Tz)>) -> Option<Plan> {
+    let (first, past) = whole_hours(start, end);
+    let cut = match buckets {
+        Some((unit, tz)) if first < past => {
+            let hours = (first..past).step_by(HOUR_US as usize);
+            cut_hours(hours, unit, tz)?
+        }
+        _ => Vec::new(),
+    };
+    Some(split(start, end, &cut))
+}
+
+/// `plan` for a range whose events lie only in the hours `occupied`
+/// (ascending): only those are checked for a bucket edge.
+pub fn plan_among(start: i64, end: i64, unit: TimeUnit, tz: Tz, occupied: &[i64]) -> Option<Plan> {
+    let (first, past) = whole_hours(start, end);
+    let inside = occupied
+        .iter()
+        .copied()
+        .filter(|h| (first..past).contains(h));
+    Some(split(start, end, &cut_hours(inside, unit, tz)?))
+}
+
+/// The whole hours of `start..=end`, as `[first, past)` hour starts.
+pub fn whole_hours(start: i64, end: i64) -> (i64, i64) {
+    (
+        hour_of(start.saturating_add(HOUR_US - 1)),
+        hour_of(end.saturating_add(1)),
+    )
+}
+
+/// The hours among `hours` that a bucket edge cuts; `None` past `MAX_PIECES`.
+fn cut_hours(hours: impl Iterator<Item = i64>, unit: TimeUnit, tz: Tz) -> Option<Vec<i64>> {
+    let mut cut = Vec::new();
+    for h in hours {
+        if is_cut(h, unit, tz) {
+            cut.push(h);
+            if cut.len() > MAX_PIECES {
+                return None;
+            }
+        }
+    }
+    Some(cut)
+}
+
+/// The range as whole hours (but the `cut` ones, ascending) and events.
+fn split(start: i64, end: i64, cut: &[i64]) -> Plan {
+    let mut plan = Plan::default();
+    let (first, past) = whole_hours(start, end);
+    if past <= first {
+        plan.events.push((start, end));
+        return plan;
+    }
+    if start < first {
+        plan.events.push((start, first - 1));
+    }
+    let mut run = first;
+    for &h in cut {
+        if run < h {
+            plan.hours.push((run, h));
+        }
+        push_events(&mut plan.events, h, h + HOUR_US - 1);
+        run = h + HOUR_US;
+    }
+    if run < past {
+        plan.hours.push((run, past));
+    }
+    if past <= end {
+        push_events(&mut plan.events, past, end);
+    }
+    plan
+}
+
+/// Adds `[start, end]`, merged with the previous range when they touch.
+fn push_events(events: &mut Vec<(i64, i64)>, start: i64, end: i64) {
+    match events.last_mut() {
+        Some(last) if last.1 + 1 == start => last.1 = end,
+        _ => events.push((start, end)),
+    }
+}
+
+/// The zone's UTC offset at `ts_us`, in seconds.
+fn offset_at(ts_us: i64, tz: Tz) -> Option<i32> {
+    let utc = DateTime::from_timestamp_micros(ts_us)?.naive_utc();
+    Some(tz.offset_from_utc_datetime(&utc).fix().local_minus_utc())
+}
+
+/// Whether the hour starting at `h` holds more than one bucket of `unit`.
+/// Without a clock change inside it (offsets equal at both ends; zones
+/// change at most once an hour), a whole-hour offset puts every local
+/// midnight and hour on a UTC hour, so it is whole; any other offset puts
+/// a bucket edge in it exactly when its two ends carry different labels.
+fn is_cut(h: i64, unit: TimeUnit, tz: Tz) -> bool {
+    let last = h + HOUR_US - 1;
+    match (offset_at(h, tz), offset_at(last, tz)) {
+        (Some(a), Some(b)) if a == b => {
+            a % 3600 != 0 && label(h, unit, tz) != label(last, unit, tz)
+        }
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::buckets::parse_tz;
+
+    fn us(rfc3339: &str) -> i64 {
+        DateTime::parse_from_rfc3339(rfc3339)
+            .unwrap()
+            .timestamp_micros()
+    }
+
+    /// Every timestamp of the range is read exactly once, from one source.
+    fn covers(plan: &Plan, start: i64, end: i64) {
+        let mut pieces: Vec<(i64, i64)> = plan
+            .hours
+            .iter()
+            .map(|&(a, b)| (a, b - 1))
+            .chain(plan.events.iter().copied())
+            .collect();
+        pieces.sort();
+        let mut next = start;
+        for (a, b) in pieces {
+            assert_eq!(a, next, "{plan:?}");
+            assert!(b >= a);
+            next = b + 1;
+        }
+        assert_eq!(next, end + 1, "{plan:?}");
+    }
+
+    #[test]
+    fn whole_hours_inside_partial_hours_at_the_ends() {
+        let start = us("2026-03-01T00:20:00Z");
+        let end = us("2026-03-01T05:10:00Z");
+        let plan = plan(start, end, None).unwrap();
+        assert_eq!(
+            plan.hours,
+            vec![(us("2026-03-01T01:00:00Z"), us("2026-03-01T05:00:00Z"))]
+        );
+        assert_eq!(plan.events.len(), 2);
+        covers(&plan, start, end);
+        let short = super::plan(start, start + 1_000, None).unwrap();
+        assert!(short.hours.is_empty());
+        covers(&short, start, start + 1_000);
+    }
+
+    #[test]
+    fn bucket_edges_off_the_hour_are_read_from_the_events() {
+        let start = us("2026-06-01T00:00:00Z");
+        let end = us("2026-06-05T00:00:00Z") - 1;
+        for zone in ["Asia/Kathmandu", "Pacific/Chatham", "Australia/Lord_Howe"] {
+            let tz = parse_tz(zone).unwrap();
+            let plan = plan(start, end, Some((TimeUnit::Day, tz))).unwrap();
+            covers(&plan, start, end);
+            assert_eq!(plan.events.len(), 4, "{zone}: one cut hour a day");
+            for &(a, b) in &plan.events {
+                assert_ne!(label(a, TimeUnit::Day, tz), label(b, TimeUnit::Day, tz));
+            }
+            for &(a, b) in &plan.hours {
+                let mut h = a;
+                while h < b {
+                    assert_eq!(
+                        label(h, TimeUnit::Day, tz),
+                        label(h + HOUR_US - 1, TimeUnit::Day, tz)
+                    );
+                    h += HOUR_US;
+                }
+            }
+        }
+        let paris = parse_tz("Europe/Paris").unwrap();
+        let whole = plan(start, end, Some((TimeUnit::Day, paris))).unwrap();
+        assert_eq!(whole.hours, vec![(start, end + 1)]);
+        assert!(whole.events.is_empty());
+        let kathmandu = parse_tz("Asia/Kathmandu").unwrap();
+        let hourly = plan(start, end, Some((TimeUnit::Hour, kathmandu))).unwrap();
+        assert!(hourly.hours.is_empty(), "every hour is cut");
+        covers(&hourly, start, end);
+    }
+
+    #[test]
+    fn odd_historic_offsets_and_clock_changes_cut_their_hours() {
+        let monrovia = parse_tz("Africa/Monrovia").unwrap();
+        let start = us("1970-06-01T00:00:00Z");
+        let end = us("1970-06-03T00:00:00Z") - 1;
+        let plan1 = plan(start, end, Some((TimeUnit::Day, monrovia))).unwrap();
+        covers(&plan1, start, end);
+        assert_eq!(plan1.events.len(), 2);
+        // Lord Howe falls back half an hour: the hour of the change is cut.
+        let lord_howe = parse_tz("Australia/Lord_Howe").unwrap();
+        let change = us("2026-04-04T15:00:00Z");
+        assert!(
+            is_cut(change - HOUR_US, TimeUnit::Hour, lord_howe)
+                || is_cut(change, TimeUnit::Hour, lord_howe)
+        );
+        let ny = parse_tz("America/New_York").unwrap();
+        assert!(!is_cut(us("2026-03-08T07:00:00Z"), TimeUnit::Day, ny));
+    }
+}

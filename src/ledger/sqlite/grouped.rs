@@ -1,0 +1,196 @@
+//! Reads answered by the grouped totals (`usage_rollup`, kept by
+//! `super::rollup`): the whole hours of a range come from its rows, the
+//! partial hours at the edges from the events, both in one shape and summed
+//! by one query, so that totals and distinct counts are those of the events.
+
+use super::read::{self, Aggregate};
+use super::rollup;
+use crate::error::CoreResult;
+use crate::ledger::buckets::GroupBy;
+use crate::ledger::event::{MAX_TIMESTAMP_US, MIN_TIMESTAMP_US};
+use crate::ledger::filters::Filters;
+use crate::ledger::rollup_plan::{self, Plan};
+use rusqlite::types::Value;
+use rusqlite::{params_from_iter, Connection};
+
+/// The counted columns, after the key columns, in both parts of `source`.
+const COUNTED: &str = "tokens_in, tokens_out, cache_read_tokens, cache_write_tokens, duration_ms, \
+     api_calls, units, cost_nanos";
+
+/// Sums over `source` rows (as `read`'s totals over events), then the
+/// distinct counts.
+const TOTALS: &str = "COALESCE(SUM(events), 0), COALESCE(SUM(tokens_in), 0), COALESCE(SUM(tokens_out), 0), \
+     COALESCE(SUM(cache_read_tokens), 0), COALESCE(SUM(cache_write_tokens), 0), COALESCE(SUM(duration_ms), 0), \
+     COALESCE(SUM(api_calls), 0), COALESCE(SUM(units), 0), SUM(cost_nanos), COALESCE(SUM(unpriced_events), 0)";
+
+/// The plan of `filters`' range, if the grouped totals answer the filters.
+fn plan_of(filters: &Filters) -> Option<Plan> {
+    if !rollup_plan::answers(filters) {
+        return None;
+    }
+    let start = filters.start_us.unwrap_or(MIN_TIMESTAMP_US);
+    let end = filters.end_us.unwrap_or(MAX_TIMESTAMP_US);
+    rollup_plan::plan(start, end, None)
+}
+
+/// `key = ?` for each filtered key column (every filter but time and task).
+fn key_terms(filters: &Filters, params: &mut Vec<Value>) -> Vec<String> {
+    let keys = Filters {
+        task_id: None,
+        start_us: None,
+        end_us: None,
+        ..filters.clone()
+    };
+    let (clause, values) = keys.where_clause();
+    params.extend(values);
+    clause
+        .strip_prefix("WHERE ")
+        .map(|terms| vec![terms.to_string()])
+        .unwrap_or_default()
+}
+
+/// Rows of one shape — `ts, namespace, agent_id, consumer_id, model,
+/// action, events, …counted, unpriced_events` — from the totals of the
+/// planned hours and from the events of the rest.
+fn source(filters: &Filters, plan: &Plan) -> (String, Vec<Value>) {
+    let mut params = Vec::new();
+    let mut parts = Vec::new();
+    let mut part = |table: &str,
+                    time: &str,
+                    ranges: &[(i64, i64)],
+                    upper: &str,
+                    columns: &str,
+                    params: &mut Vec<Value>| {
+        if ranges.is_empty() {
+            return;
+        }
+        let mut terms = key_terms(filters, params);
+        let spans: Vec<String> = ranges
+            .iter()
+            .map(|&(a, b)| {
+                params.push(Value::Integer(a));
+                params.push(Value::Integer(b));
+                format!("({time} >= ? AND {time} {upper} ?)")
+            })
+            .collect();
+        terms.push(format!("({})", spans.join(" OR ")));
+        parts.push(format!(
+            "SELECT {columns} FROM {table} WHERE {}",
+            terms.join(" AND ")
+        ));
+    };
+    part(
+        "usage_rollup",
+        "hour",
+        &plan.hours,
+        "<",
+        &format!(
+            "hour AS ts, namespace, agent_id, consumer_id, NULLIF(model, '') AS model, action, \
+             events AS events, {COUNTED}, unpriced_events AS unpriced_events"
+        ),
+        &mut params,
+    );
+    part(
+        "usage_events",
+        "ts",
+        &plan.events,
+        "<=",
+        &format!(
+            "ts, namespace, agent_id, consumer_id, model, action, 1 AS events, {COUNTED}, \
+             cost_nanos IS NULL AS unpriced_events"
+        ),
+        &mut params,
+    );
+    (parts.join(" UNION ALL "), params)
+}
+
+/// Totals of `filters` without the distinct counts: from the hourly totals
+/// for filters on namespace and time, from the grouped totals for other
+/// filters they keep, else from the events.
+pub fn totals_without_distinct(conn: &Connection, filters: &Filters) -> CoreResult<Aggregate> {
+    if let Some(totals) = rollup::totals(conn, filters)? {
+        return Ok(totals);
+    }
+    match plan_of(filters) {
+        Some(plan) => summed(conn, filters, &plan, "0, 0"),
+        None => read::summary_without_distinct(conn, filters),
+    }
+}
+
+/// Totals with distinct agents and consumers counted over the same rows.
+pub fn summary(conn: &Connection, filters: &Filters) -> CoreResult<Aggregate> {
+    match plan_of(filters) {
+        Some(plan) => summed(
+            conn,
+            filters,
+            &plan,
+            "COUNT(DISTINCT agent_id), COUNT(DISTINCT consumer_id)",
+        ),
+        None => read::summary(conn, filters),
+    }
+}
+
+fn summed(
+    conn: &Connection,
+    filters: &Filters,
+    plan: &Plan,
+    distinct: &str,
+) -> CoreResult<Aggregate> {
+    let (source, params) = source(filters, plan);
+    let sql = format!("SELECT {TOTALS}, {distinct} FROM ({source})");
+    read::totals_query(&sql, |sql| {
+        conn.prepare_cached(sql)?
+            .query_row(params_from_iter(params.iter()), |row| {
+                read::aggregate_from_row(row, Some("all".into()), 0)
+            })
+    })
+}
+
+/// Totals per agent, consumer, model, action or namespace (keys in byte
+/// order, no value first, as the query over the events orders them).
+pub fn aggregate_by_key(
+    conn: &Connection,
+    group_by: GroupBy,
+    tz: &str,
+    filters: &Filters,
+) -> CoreResult<Vec<Aggregate>> {
+    let Some(plan) = plan_of(filters).filter(|_| !matches!(group_by, GroupBy::Time(_))) else {
+        return read::aggregate_rows(conn, group_by, tz, filters);
+    };
+    let (source, params) = source(filters, &plan);
+    let sql = format!(
+        "SELECT {key} AS grp, {TOTALS}, COUNT(DISTINCT agent_id), COUNT(DISTINCT consumer_id) \
+         FROM ({source}) GROUP BY grp ORDER BY grp",
+        key = group_by.sql()
+    );
+    read::totals_query(&sql, |sql| {
+        let mut stmt = conn.prepare_cached(sql)?;
+        let rows = stmt.query_map(params_from_iter(params.iter()), |row| {
+            read::aggregate_from_row(row, row.get::<_, Option<String>>(0)?, 1)
+        })?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+    })
+}
+
+/// Distinct agents or consumers with their event counts.
+pub fn distinct(
+    conn: &Connection,
+    column: &str,
+    filters: &Filters,
+) -> CoreResult<Vec<(String, u64)>> {
+    let column = match column {
+        "agent_id" | "consumer_id" => column,
+        _ => return Ok(Vec::new()),
+    };
+    let Some(plan) = plan_of(filters) else {
+        return read::distinct(conn, column, filters);
+    };
+    let (source, params) = source(filters, &plan);
+    let sql =
+        format!("SELECT {column}, SUM(events) FROM ({source}) GROUP BY {column} ORDER BY {column}");
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(params_from_iter(params), |r| {
+        Ok((r.get(0)?, r.get::<_, i64>(1)? as u64))
+    })?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
