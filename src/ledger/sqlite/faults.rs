@@ -51,7 +51,10 @@ pub fn spill_path(db: &Path) -> PathBuf {
     sidecar(db, "-spill.ndjson")
 }
 
-/// Appends events to the spill file and syncs it before returning.
+/// Appends events to the spill file and syncs it before returning. All or
+/// nothing: a write that fails part way (a full disk) is cut back off, so
+/// that events reported lost are not recorded after all on the next open,
+/// and no torn line is left behind.
 pub fn spill(db: &Path, events: &[Arc<UsageEvent>]) -> io::Result<PathBuf> {
     let path = spill_path(db);
     if events.is_empty() {
@@ -63,8 +66,12 @@ pub fn spill(db: &Path, events: &[Arc<UsageEvent>]) -> io::Result<PathBuf> {
         out.push(b'\n');
     }
     let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
-    file.write_all(&out)?;
-    file.sync_all()?;
+    let before = file.metadata()?.len();
+    if let Err(e) = file.write_all(&out).and_then(|()| file.sync_all()) {
+        // Shrinking needs no space; if even that fails, `read_spill` skips a torn line.
+        let _ = file.set_len(before).and_then(|()| file.sync_all());
+        return Err(e);
+    }
     Ok(path)
 }
 
