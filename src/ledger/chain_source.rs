@@ -177,17 +177,18 @@ fn parallel_report(
     // Each namespace's positions to walk, up to its head in this snapshot.
     let mut spans = Vec::with_capacity(names.len());
     for name in &names {
-        let Some((head, _)) = src.head(name)? else {
+        let Some(recorded) = src.head(name)? else {
             return Ok(None);
         };
+        let head = recorded.0;
         if src.unchained(name)?.is_some() || src.beyond(name, head)? {
             return Ok(None);
         }
         let start = range.start.unwrap_or(1);
         let end = range.end.map_or(head, |e| e.min(head));
-        spans.push((name, start, end.max(start - 1)));
+        spans.push((name, recorded, start, end.max(start - 1)));
     }
-    let total: i64 = spans.iter().map(|(_, s, e)| e - s + 1).sum();
+    let total: i64 = spans.iter().map(|(_, _, s, e)| e - s + 1).sum();
     if total < parts_of.min_positions {
         return Ok(None);
     }
@@ -195,7 +196,7 @@ fn parallel_report(
     let share = (total + workers as i64 - 1) / workers as i64;
     let mut parts: Vec<Vec<Segment<'_>>> = vec![Vec::new()];
     let mut room = share;
-    for (name, start, end) in spans {
+    for (name, recorded, start, end) in spans {
         let purged = src.purged_runs(name)?;
         let mut from = start;
         loop {
@@ -212,7 +213,7 @@ fn parallel_report(
             parts.last_mut().expect("a part").push(Segment {
                 chain: Chain {
                     namespace: name,
-                    head: src.head(name)?,
+                    head: Some(recorded),
                     purged: purged.clone(),
                     anchors: anchors.iter().filter(|a| a.namespace == *name).collect(),
                     range: segment_range,
