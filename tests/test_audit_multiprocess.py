@@ -21,10 +21,20 @@ with uw.open_store(url, durability="commit", **options) as store:
     print("ready", flush=True)
     sys.stdin.readline()  # all start together
     for i in range(each):
+        if i == each // 2:  # all halfway before any goes on: the writers must interleave
+            print("half", flush=True)
+            sys.stdin.readline()
         store.record(uw.UsageEvent(f"agent-{writer}", "c", namespace="shared",
                                    request_id=f"w{writer}-{i}", tokens_in=i,
                                    timestamp=T0 + dt.timedelta(microseconds=i)))
 """
+
+
+def release(children: list[subprocess.Popen[str]]) -> None:
+    for child in children:
+        assert child.stdin is not None
+        child.stdin.write("go\n")
+        child.stdin.flush()
 
 
 @pytest.mark.slow
@@ -39,10 +49,11 @@ def test_four_processes_make_one_unbroken_chain(backend: Any) -> None:
     for child in children:
         assert child.stdout is not None
         assert child.stdout.readline().strip() == "ready"
+    release(children)
     for child in children:
-        assert child.stdin is not None
-        child.stdin.write("go\n")
-        child.stdin.flush()
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "half"
+    release(children)
     for child in children:
         _, err = child.communicate(timeout=120)
         assert child.returncode == 0, err
@@ -70,6 +81,7 @@ def test_four_processes_make_one_unbroken_chain(backend: Any) -> None:
     for w in range(WRITERS):
         mine = [int(r.split("-")[1]) for _, r in chained if r.startswith(f"w{w}-")]
         assert mine == list(range(EACH))
-    # The writers really interleaved (otherwise this proves little).
+    # The writers really interleaved: the halfway barrier alone forces at least
+    # 2 × (WRITERS - 1) switches; sequential writers would make WRITERS - 1.
     switches = sum(1 for a, b in zip(chained, chained[1:], strict=False) if a[1][:2] != b[1][:2])
-    assert switches > WRITERS
+    assert switches >= 2 * (WRITERS - 1)

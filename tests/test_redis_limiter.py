@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import usagewarden as uw
-from redis_server import RedisServer, free_port, ping
+from redis_server import RedisServer, free_cluster_port, free_port, ping
 
 
 def limiter_on(url: str, **options: object) -> uw.RedisRateLimiter:
@@ -195,7 +195,7 @@ def cluster_url(tmp_path_factory: pytest.TempPathFactory):
     directory = tmp_path_factory.mktemp("cluster")
     log = directory / "redis.log"
     for _attempt in range(3):  # a free port can be taken before the server binds it
-        port = free_port()
+        port = free_cluster_port()
         process = subprocess.Popen(
             ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", str(directory), "--cluster-enabled", "yes",
