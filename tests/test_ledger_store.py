@@ -116,6 +116,41 @@ def test_limit_and_offset_page_through_the_events(store: uw.SQLiteStore) -> None
     )
 
 
+def test_pages_far_from_the_start_equal_the_slices_of_the_events(store: uw.SQLiteStore) -> None:
+    # Past 1,000 events of offset a page is read from the nearer end, counted from the
+    # pre-aggregated totals: over whole hours, partial hours and filters they do not keep.
+    n = 3_000
+    store.record_batch(
+        event(i, timestamp=T0 + dt.timedelta(seconds=5 * i), task_id=("t1", "t2")[i % 2])
+        for i in range(n)
+    )
+    store.flush()
+    everything = ids(store.query())
+    ranged = {
+        "start": T0 + dt.timedelta(seconds=1_234),
+        "end": T0 + dt.timedelta(hours=3, seconds=7),
+    }
+    in_range = ids(store.query(**ranged))  # type: ignore[arg-type]
+    for filters, expected in [
+        ({}, everything),
+        (ranged, in_range),
+        ({"agent_id": "agent-1"}, ids(store.query(agent_id="agent-1"))),
+        ({"task_id": "t2"}, ids(store.query(task_id="t2"))),
+    ]:
+        total = len(expected)
+        for offset in (999, 1_000, total // 2, total - 26, total - 25, total - 1, total, total + 5):
+            if offset < 0:
+                continue
+            page, cursor = store.page(limit=25, offset=offset, **filters)  # type: ignore[arg-type]
+            assert ids(page) == expected[offset : offset + 25], (filters, offset)
+            if offset + 25 < total:
+                assert cursor is not None, (filters, offset)
+                following, _ = store.page(limit=25, cursor=cursor, **filters)  # type: ignore[arg-type]
+                assert ids(following) == expected[offset + 25 : offset + 50]
+            else:
+                assert cursor is None, (filters, offset)
+
+
 @pytest.fixture
 def mixed(store: uw.SQLiteStore) -> list[uw.UsageEvent]:
     evs = [

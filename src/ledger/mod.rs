@@ -10,6 +10,7 @@ pub mod event;
 pub mod event_json;
 pub mod export;
 pub mod filters;
+pub mod page_end;
 pub mod postgres;
 pub mod redact;
 pub mod rollup_plan;

@@ -20,6 +20,7 @@ use crate::ledger::cursor::Cursor;
 use crate::ledger::event::UsageEvent;
 use crate::ledger::export::{write_events, Format};
 use crate::ledger::filters::Filters;
+use crate::ledger::page_end::COUNT_PAST_OFFSET;
 use crate::ledger::sqlite::{
     Aggregate, Counters, Durability, LogSink, Outcome, StoreStats, QUEUE_CAPACITY,
 };
@@ -428,8 +429,20 @@ impl MeteringStore for PostgresStore {
         cursor: Option<&str>,
     ) -> CoreResult<(Vec<UsageEvent>, Option<String>)> {
         let after = Cursor::for_page(filters, limit, cursor)?;
-        let (events, next) =
-            self.read(async |c, s| read::page(c, s, filters, after, limit, offset).await)?;
+        let (events, next) = if after.is_none() && offset >= COUNT_PAST_OFFSET {
+            self.read(async |c, s| {
+                c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    .await?;
+                let page = read::page_from_nearer_end(c, s, filters, limit, offset).await;
+                let end = if page.is_ok() { "COMMIT" } else { "ROLLBACK" };
+                let ended = c.batch_execute(end).await;
+                let page = page?;
+                ended?;
+                Ok(page)
+            })?
+        } else {
+            self.read(async |c, s| read::page(c, s, filters, after, limit, offset).await)?
+        };
         Ok((events, next.map(|n| n.encode())))
     }
 

@@ -9,6 +9,7 @@ use crate::ledger::cursor::Cursor;
 use crate::ledger::event::UsageEvent;
 use crate::ledger::event::{MAX_TIMESTAMP_US, MIN_TIMESTAMP_US};
 use crate::ledger::filters::Filters;
+use crate::ledger::page_end::{self, PageRead};
 use crate::ledger::rollup_plan::{self, Plan};
 use crate::ledger::sqlite::Aggregate;
 use crate::pricing::{Pricing, Tokens};
@@ -129,10 +130,22 @@ pub async fn after(
             params.len()
         ));
     }
+    sql.push_str(" ORDER BY ts, id");
+    paged_rows(c, sql, params, limit, offset).await
+}
+
+/// `sql` with `LIMIT limit OFFSET offset` bound, as (event, id) rows.
+async fn paged_rows(
+    c: &impl GenericClient,
+    mut sql: String,
+    mut params: Vec<Param>,
+    limit: u64,
+    offset: u64,
+) -> CoreResult<Vec<(UsageEvent, i64)>> {
     params.push(Box::new(limit.min(i64::MAX as u64) as i64));
     params.push(Box::new(offset.min(i64::MAX as u64) as i64));
     sql.push_str(&format!(
-        " ORDER BY ts, id LIMIT ${} OFFSET ${}",
+        " LIMIT ${} OFFSET ${}",
         params.len() - 1,
         params.len()
     ));
@@ -151,22 +164,59 @@ pub async fn page(
     limit: u64,
     offset: u64,
 ) -> CoreResult<(Vec<UsageEvent>, Option<Cursor>)> {
-    let mut rows = after(
-        c,
-        s,
-        filters,
-        cursor.map(|c| (c.ts_us, c.id)),
-        limit.saturating_add(1),
-        offset,
-    )
-    .await?;
+    let after_cursor = cursor.map(|c| (c.ts_us, c.id));
+    let mut rows = after(c, s, filters, after_cursor, limit.saturating_add(1), offset).await?;
     let more = rows.len() as u64 > limit;
     rows.truncate(limit as usize);
+    Ok(with_next(rows, more, filters))
+}
+
+/// A page with a large offset, from whichever end of the matching events is
+/// nearer (`page_end`); run it in one snapshot, so the count holds for the read.
+pub async fn page_from_nearer_end(
+    c: &impl GenericClient,
+    s: &str,
+    filters: &Filters,
+    limit: u64,
+    offset: u64,
+) -> CoreResult<(Vec<UsageEvent>, Option<Cursor>)> {
+    match page_end::choose(count(c, s, filters).await?, offset, limit) {
+        PageRead::Empty => Ok((Vec::new(), None)),
+        PageRead::FromStart => page(c, s, filters, None, limit, offset).await,
+        PageRead::FromEnd { skip, take, more } => {
+            let mut params = Vec::new();
+            let clause = where_clause(filters, &mut params);
+            let sql = format!(
+                "SELECT {EVENT_COLUMNS}, id FROM {s}.usage_events {clause} ORDER BY ts DESC, id DESC"
+            );
+            let mut rows = paged_rows(c, sql, params, take, skip).await?;
+            rows.reverse();
+            Ok(with_next(rows, more, filters))
+        }
+    }
+}
+
+/// The page's events and, when `more`, the cursor after its last one.
+fn with_next(
+    rows: Vec<(UsageEvent, i64)>,
+    more: bool,
+    filters: &Filters,
+) -> (Vec<UsageEvent>, Option<Cursor>) {
     let next = match rows.last() {
         Some((event, id)) if more => Some(Cursor::after(event.timestamp_us, *id, filters)),
         _ => None,
     };
-    Ok((rows.into_iter().map(|(e, _)| e).collect(), next))
+    (rows.into_iter().map(|(e, _)| e).collect(), next)
+}
+
+/// How many events match `filters`, from the grouped totals where they answer.
+async fn count(c: &impl GenericClient, s: &str, filters: &Filters) -> CoreResult<u64> {
+    let mut params = Vec::new();
+    let plan = plan_of(c, s, filters, None).await?;
+    let source = grouped::source(s, filters, &plan, &mut params);
+    let sql = format!("SELECT COALESCE(SUM(events), 0)::int8 FROM ({source}) src");
+    let row = c.query_one(&sql, &refs(&params)).await?;
+    Ok(row.get::<_, i64>(0) as u64)
 }
 
 /// The totals of `grouped::source` rows, exact (numeric) and saturating at

@@ -27,6 +27,7 @@ use crate::ledger::cursor::Cursor;
 use crate::ledger::event::UsageEvent;
 use crate::ledger::export::{write_events, Format};
 use crate::ledger::filters::Filters;
+use crate::ledger::page_end::{self, PageRead, COUNT_PAST_OFFSET};
 use crate::pricing::Pricing;
 use parking_lot::Mutex;
 use rusqlite::{params_from_iter, Connection};
@@ -327,7 +328,22 @@ impl SqliteStore {
         cursor: Option<&str>,
     ) -> CoreResult<(Vec<UsageEvent>, Option<String>)> {
         let after = Cursor::for_page(filters, limit, cursor)?;
-        let (events, next) = self.read(|c| read::page(c, filters, after, limit, offset))?;
+        let (events, next) = if after.is_none() && offset >= COUNT_PAST_OFFSET {
+            self.read(|c| {
+                // The count and the page from one snapshot.
+                let snapshot = c.unchecked_transaction()?;
+                let total = grouped::totals_without_distinct(&snapshot, filters)?.events;
+                match page_end::choose(total, offset, limit) {
+                    PageRead::Empty => Ok((Vec::new(), None)),
+                    PageRead::FromStart => read::page(&snapshot, filters, None, limit, offset),
+                    PageRead::FromEnd { skip, take, more } => {
+                        read::page_from_end(&snapshot, filters, skip, take, more)
+                    }
+                }
+            })?
+        } else {
+            self.read(|c| read::page(c, filters, after, limit, offset))?
+        };
         Ok((events, next.map(|n| n.encode())))
     }
 

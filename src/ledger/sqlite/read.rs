@@ -70,23 +70,64 @@ pub fn page(
         params.push(Value::Integer(after.id));
     }
     sql.push_str(" ORDER BY ts, id LIMIT ? OFFSET ?");
-    params.push(Value::Integer(
-        limit.saturating_add(1).min(i64::MAX as u64) as i64
-    ));
-    params.push(Value::Integer(offset.min(i64::MAX as u64) as i64));
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let mut rows = stmt
+    params.push(bound(limit.saturating_add(1)));
+    params.push(bound(offset));
+    let mut rows = paged_rows(conn, &sql, params)?;
+    let more = rows.len() as u64 > limit;
+    rows.truncate(limit as usize);
+    Ok(with_next(rows, more, filters))
+}
+
+/// The page that `skip` events newest first end, of `take` events, in
+/// ledger order (`page_end::PageRead::FromEnd`).
+pub fn page_from_end(
+    conn: &Connection,
+    filters: &Filters,
+    skip: u64,
+    take: u64,
+    more: bool,
+) -> CoreResult<(Vec<UsageEvent>, Option<Cursor>)> {
+    let (clause, mut params) = filters.where_clause();
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS}, id FROM usage_events {clause} \
+         ORDER BY ts DESC, id DESC LIMIT ? OFFSET ?"
+    );
+    params.push(bound(take));
+    params.push(bound(skip));
+    let mut rows = paged_rows(conn, &sql, params)?;
+    rows.reverse();
+    Ok(with_next(rows, more, filters))
+}
+
+fn bound(n: u64) -> Value {
+    Value::Integer(n.min(i64::MAX as u64) as i64)
+}
+
+fn paged_rows(
+    conn: &Connection,
+    sql: &str,
+    params: Vec<Value>,
+) -> CoreResult<Vec<(UsageEvent, i64)>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt
         .query_map(params_from_iter(params), |row| {
             Ok((event_from_row(row)?, row.get::<_, i64>(19)?))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    let more = rows.len() as u64 > limit;
-    rows.truncate(limit as usize);
+    Ok(rows)
+}
+
+/// The page's events and, when `more`, the cursor after its last one.
+fn with_next(
+    rows: Vec<(UsageEvent, i64)>,
+    more: bool,
+    filters: &Filters,
+) -> (Vec<UsageEvent>, Option<Cursor>) {
     let next = match rows.last() {
         Some((event, id)) if more => Some(Cursor::after(event.timestamp_us, *id, filters)),
         _ => None,
     };
-    Ok((rows.into_iter().map(|(event, _)| event).collect(), next))
+    (rows.into_iter().map(|(event, _)| event).collect(), next)
 }
 
 pub fn query(
