@@ -47,6 +47,7 @@ fn run(args: &[String]) -> Result<serde_json::Value, String> {
         log: Arc::new(|_, message| eprintln!("{message}")),
         pricing: None,
         runtime: runtime.handle().clone(),
+        row_security: false,
     })
     .map_err(|e| e.to_string())?;
     let (client, connection) = runtime

@@ -139,8 +139,6 @@ def test_pages_far_from_the_start_equal_the_slices_of_the_events(store: uw.SQLit
     ]:
         total = len(expected)
         for offset in (999, 1_000, total // 2, total - 26, total - 25, total - 1, total, total + 5):
-            if offset < 0:
-                continue
             page, cursor = store.page(limit=25, offset=offset, **filters)  # type: ignore[arg-type]
             assert ids(page) == expected[offset : offset + 25], (filters, offset)
             if offset + 25 < total:

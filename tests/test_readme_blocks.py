@@ -75,12 +75,23 @@ BEFORE_BLOCK = {
 
 
 def test_every_readme_python_block_runs(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_url: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_url: str, postgres_cluster: Any
 ) -> None:
     pytest.importorskip("fastapi")
     monkeypatch.chdir(tmp_path)
     # The Redis block reads its URL from REDIS_URL: the test's throwaway redis-server.
     monkeypatch.setenv("REDIS_URL", redis_url)
+    # The row-security block: a database of its own and the reader role it names.
+    database = postgres_cluster.new_schema()
+    postgres_cluster.sql(f"CREATE DATABASE {database}")
+    postgres_cluster.sql(
+        "DO $$ BEGIN CREATE ROLE team_a_reader LOGIN; "
+        "EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+    )
+    monkeypatch.setenv("POSTGRES_URL", postgres_cluster.dsn(database))
+    monkeypatch.setenv(
+        "TEAM_A_READER_URL", postgres_cluster.dsn(database).replace("postgres@", "team_a_reader@")
+    )
     for name in ("API_KEY", "INGEST_KEY", "DASHBOARD_KEY"):
         monkeypatch.setenv(name, f"{name.lower()}-0123456789abcdef")
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key-0123456789")

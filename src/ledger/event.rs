@@ -42,7 +42,7 @@ pub struct UsageEvent {
     pub artifact_digest: Option<String>,
 }
 
-fn check_id(field: &'static str, value: &str) -> CoreResult<()> {
+pub(crate) fn check_id(field: &'static str, value: &str) -> CoreResult<()> {
     if value.is_empty() {
         return Err(CoreError::InvalidArgument(
             field,

@@ -93,4 +93,21 @@ pub trait MeteringStore: BudgetTable + Send + Sync {
     fn receipt(&self, request_id: &str, namespace: &str) -> CoreResult<Receipt>;
     /// The head of `namespace`'s chain over the committed events.
     fn checkpoint(&self, namespace: &str) -> CoreResult<Checkpoint>;
+
+    /// The database's own bound on which namespaces a role reads, where
+    /// the backend has one (PostgreSQL's row-level security).
+    fn namespace_grants(&self) -> Option<&dyn NamespaceGrants> {
+        None
+    }
+}
+
+/// Which database roles may read which namespaces, enforced by the
+/// database for every connection of the role, raw SQL included.
+pub trait NamespaceGrants {
+    /// Lets `role` (an existing database role) read `namespace`.
+    fn grant_namespace(&self, role: &str, namespace: &str) -> CoreResult<()>;
+    /// Takes `namespace` back from `role`; `false` when it was not granted.
+    fn revoke_namespace(&self, role: &str, namespace: &str) -> CoreResult<bool>;
+    /// Every `(role, namespace)` granted, in order.
+    fn granted(&self) -> CoreResult<Vec<(String, String)>>;
 }

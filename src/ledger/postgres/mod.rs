@@ -6,6 +6,7 @@ mod budgets;
 mod chain;
 mod grouped;
 mod read;
+mod row_security;
 mod schema;
 mod writer;
 
@@ -24,7 +25,7 @@ use crate::ledger::page_end::COUNT_PAST_OFFSET;
 use crate::ledger::sqlite::{
     Aggregate, Counters, Durability, LogSink, Outcome, StoreStats, QUEUE_CAPACITY,
 };
-use crate::ledger::store::MeteringStore;
+use crate::ledger::store::{MeteringStore, NamespaceGrants};
 use crate::pricing::Pricing;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use parking_lot::Mutex;
@@ -71,6 +72,9 @@ pub struct PostgresOptions {
     pub pricing: Option<Arc<Pricing>>,
     /// The runtime the writer task and every query run on.
     pub runtime: Handle,
+    /// Every read sets `usagewarden.namespace` to its namespace, for the
+    /// row-level security policies (`row_security`).
+    pub row_security: bool,
 }
 
 /// What the store and its writer task share.
@@ -84,6 +88,7 @@ pub(crate) struct Shared {
     /// Events are written without the hash chain: only in the benchmark
     /// that measures what the chain costs (`benchmarks/pg_chain_raw.rs`).
     pub(crate) unchained: AtomicBool,
+    row_security: bool,
 }
 
 impl Shared {
@@ -180,6 +185,7 @@ impl PostgresStore {
             log: options.log,
             pricing: options.pricing,
             unchained: AtomicBool::new(false),
+            row_security: options.row_security,
         });
         let now_us = (options.clock.now() / 1_000) as i64;
         let migrated = shared.clone();
@@ -225,13 +231,49 @@ impl PostgresStore {
         &self,
         f: impl AsyncFnOnce(&deadpool_postgres::Client, &str) -> CoreResult<T>,
     ) -> CoreResult<T> {
+        self.read_in(None, false, f)
+    }
+
+    /// A read of `namespace` (`None`: of every namespace the role may read),
+    /// in one REPEATABLE READ snapshot with `snapshot`. With row security the
+    /// read runs in a transaction that sets `usagewarden.namespace`.
+    fn read_in<T: Send>(
+        &self,
+        namespace: Option<&str>,
+        snapshot: bool,
+        f: impl AsyncFnOnce(&deadpool_postgres::Client, &str) -> CoreResult<T>,
+    ) -> CoreResult<T> {
         if MeteringStore::is_closed(self) {
             return Err(CoreError::Store("the store is closed".into()));
         }
         let s = self.schema_sql();
+        let secured = self.shared.row_security;
         self.runtime.block_on(async {
             let client = self.pool.get().await?;
-            f(&client, &s).await
+            if !(snapshot || secured) {
+                return f(&client, &s).await;
+            }
+            let begin = if snapshot {
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+            } else {
+                "BEGIN READ ONLY"
+            };
+            client.batch_execute(begin).await?;
+            if secured {
+                client
+                    .execute(
+                        &format!("SELECT set_config('{}', $1, true)", row_security::SETTING),
+                        &[&namespace.unwrap_or("")],
+                    )
+                    .await?;
+            }
+            let out = f(&client, &s).await;
+            let ended = client
+                .batch_execute(if out.is_ok() { "COMMIT" } else { "ROLLBACK" })
+                .await;
+            let out = out?;
+            ended?;
+            Ok(out)
         })
     }
 
@@ -338,7 +380,49 @@ impl PostgresStore {
     }
 }
 
+impl NamespaceGrants for PostgresStore {
+    fn grant_namespace(&self, role: &str, namespace: &str) -> CoreResult<()> {
+        let s = self.schema_sql();
+        let schema_name = self.shared.schema.clone();
+        self.runtime.block_on(async {
+            let mut client = self.pool.get().await?;
+            let tx = client.transaction().await?;
+            // Under the migrations' lock: a host migrating re-protects the tables after.
+            schema::lock_migrations(&tx, &schema_name).await?;
+            row_security::grant(&tx, &s, &schema_name, role, namespace).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn revoke_namespace(&self, role: &str, namespace: &str) -> CoreResult<bool> {
+        self.read_owner(async |c, s| row_security::revoke(&***c, s, role, namespace).await)
+    }
+
+    fn granted(&self) -> CoreResult<Vec<(String, String)>> {
+        self.read_owner(async |c, s| row_security::grants(&***c, s).await)
+    }
+}
+
+impl PostgresStore {
+    /// Runs `f` on a pooled connection outside any row-security transaction.
+    fn read_owner<T: Send>(
+        &self,
+        f: impl AsyncFnOnce(&deadpool_postgres::Client, &str) -> CoreResult<T>,
+    ) -> CoreResult<T> {
+        let s = self.schema_sql();
+        self.runtime.block_on(async {
+            let client = self.pool.get().await?;
+            f(&client, &s).await
+        })
+    }
+}
+
 impl MeteringStore for PostgresStore {
+    fn namespace_grants(&self) -> Option<&dyn NamespaceGrants> {
+        Some(self)
+    }
+
     fn location(&self) -> String {
         self.location.clone()
     }
@@ -418,7 +502,9 @@ impl MeteringStore for PostgresStore {
         offset: u64,
     ) -> CoreResult<Vec<UsageEvent>> {
         filters.validate()?;
-        self.read(async |c, s| read::query(c, s, filters, limit, offset).await)
+        self.read_in(filters.namespace.as_deref(), false, async |c, s| {
+            read::query(c, s, filters, limit, offset).await
+        })
     }
 
     fn page(
@@ -429,19 +515,15 @@ impl MeteringStore for PostgresStore {
         cursor: Option<&str>,
     ) -> CoreResult<(Vec<UsageEvent>, Option<String>)> {
         let after = Cursor::for_page(filters, limit, cursor)?;
+        let namespace = filters.namespace.as_deref();
         let (events, next) = if after.is_none() && offset >= COUNT_PAST_OFFSET {
-            self.read(async |c, s| {
-                c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                    .await?;
-                let page = read::page_from_nearer_end(c, s, filters, limit, offset).await;
-                let end = if page.is_ok() { "COMMIT" } else { "ROLLBACK" };
-                let ended = c.batch_execute(end).await;
-                let page = page?;
-                ended?;
-                Ok(page)
+            self.read_in(namespace, true, async |c, s| {
+                read::page_from_nearer_end(c, s, filters, limit, offset).await
             })?
         } else {
-            self.read(async |c, s| read::page(c, s, filters, after, limit, offset).await)?
+            self.read_in(namespace, false, async |c, s| {
+                read::page(c, s, filters, after, limit, offset).await
+            })?
         };
         Ok((events, next.map(|n| n.encode())))
     }
@@ -450,17 +532,23 @@ impl MeteringStore for PostgresStore {
         let group_by = GroupBy::parse(group_by)?;
         parse_tz(tz)?;
         filters.validate()?;
-        self.read(async |c, s| read::aggregate(c, s, group_by, tz, filters).await)
+        self.read_in(filters.namespace.as_deref(), false, async |c, s| {
+            read::aggregate(c, s, group_by, tz, filters).await
+        })
     }
 
     fn summary(&self, filters: &Filters) -> CoreResult<Aggregate> {
         filters.validate()?;
-        self.read(async |c, s| read::summary(c, s, filters).await)
+        self.read_in(filters.namespace.as_deref(), false, async |c, s| {
+            read::summary(c, s, filters).await
+        })
     }
 
     fn distinct(&self, column: &str, filters: &Filters) -> CoreResult<Vec<(String, u64)>> {
         filters.validate()?;
-        self.read(async |c, s| read::distinct(c, s, column, filters).await)
+        self.read_in(filters.namespace.as_deref(), false, async |c, s| {
+            read::distinct(c, s, column, filters).await
+        })
     }
 
     fn stats(&self) -> CoreResult<StoreStats> {

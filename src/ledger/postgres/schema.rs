@@ -106,12 +106,12 @@ pub fn validate_schema(name: &str) -> CoreResult<()> {
 /// on one advisory lock, so each migration runs once; a schema written by a
 /// newer version is refused.
 pub async fn migrate(client: &mut Client, schema: &str) -> CoreResult<()> {
+    if up_to_date(client, schema).await? {
+        // No DDL and no lock: a role that may only read opens the store too.
+        return Ok(());
+    }
     let tx = client.transaction().await?;
-    tx.execute(
-        "SELECT pg_advisory_xact_lock(hashtext($1))",
-        &[&format!("usagewarden.migrate:{schema}")],
-    )
-    .await?;
+    lock_migrations(&tx, schema).await?;
     tx.batch_execute(&format!(
         "CREATE SCHEMA IF NOT EXISTS \"{schema}\"; \
          CREATE TABLE IF NOT EXISTS \"{schema}\".schema_version (version INTEGER NOT NULL)"
@@ -144,8 +144,37 @@ pub async fn migrate(client: &mut Client, schema: &str) -> CoreResult<()> {
         )
         .await?;
     }
+    if current < SCHEMA_VERSION && super::row_security::enabled(&tx, &quoted).await? {
+        super::row_security::protect(&tx, &quoted, schema).await?;
+    }
     tx.commit().await?;
     Ok(())
+}
+
+/// Holds the schema's migration lock until `tx` ends.
+pub async fn lock_migrations(tx: &tokio_postgres::Transaction<'_>, schema: &str) -> CoreResult<()> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext($1))",
+        &[&format!("usagewarden.migrate:{schema}")],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Whether the schema exists at this version, read without writing.
+async fn up_to_date(client: &Client, schema: &str) -> CoreResult<bool> {
+    let table = format!("\"{schema}\".schema_version");
+    let exists: bool = client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(false);
+    }
+    let row = client
+        .query_one(&format!("SELECT MAX(version) FROM {table}"), &[])
+        .await?;
+    Ok(i64::from(row.get::<_, Option<i32>>(0).unwrap_or(0)) == SCHEMA_VERSION)
 }
 
 /// The UTC month holding `ts_us`: `(first µs, first µs of the next, "YYYYMM")`.
@@ -172,7 +201,19 @@ pub async fn create_partitions(
     schema: &str,
     months: &[(i64, i64, String)],
 ) -> CoreResult<()> {
-    if months.is_empty() {
+    let mut missing = Vec::new();
+    for month in months {
+        let table = format!("\"{schema}\".usage_events_p{}", month.2);
+        let exists: bool = client
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+            .await?
+            .get(0);
+        if !exists {
+            missing.push(month);
+        }
+    }
+    if missing.is_empty() {
+        // Nothing to create: no lock and no DDL (a reading role opens the store too).
         return Ok(());
     }
     let tx = client.transaction().await?;
@@ -181,7 +222,7 @@ pub async fn create_partitions(
         &[&format!("usagewarden.partitions:{schema}")],
     )
     .await?;
-    for (start, end, suffix) in months {
+    for (start, end, suffix) in missing {
         // Bounds are integers we computed; DDL takes no parameters.
         tx.batch_execute(&format!(
             "CREATE TABLE IF NOT EXISTS \"{schema}\".usage_events_p{suffix} \
