@@ -8,10 +8,13 @@ import json
 import pickle
 import time
 import uuid
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 import usagewarden as uw
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from ledger_helpers import MAX_COUNT, T0, UTC, event
 
 
@@ -249,3 +252,44 @@ def test_equality_hash_pickle_and_copy() -> None:
         assert clone == a
         assert clone.to_dict() == a.to_dict()
     assert "agent-1" in repr(a)
+
+
+_JSON_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=8)
+)
+_JSON_KEYS = (
+    st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=6)
+    | st.integers(-1000, 1000)
+    | st.booleans()
+    | st.none()
+    | st.floats(allow_nan=False, allow_infinity=False)
+)
+_JSON_VALUES = st.recursive(
+    _JSON_SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.tuples(inner, inner)
+        | st.dictionaries(st.text(max_size=4).filter(lambda k: "\x00" not in k), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(_JSON_KEYS, _JSON_VALUES, max_size=6))
+def test_metadata_is_stored_as_its_json_text_would_be(metadata: dict[Any, Any]) -> None:
+    """A dict given to ``UsageEvent`` is stored exactly as the same metadata
+    sent as JSON text to the usage API is (keys converted as ``json.dumps``
+    converts them, sorted, secrets redacted)."""
+    try:
+        text = json.dumps({"agent_id": "a", "consumer_id": "c", "metadata": metadata})
+    except (TypeError, ValueError):
+        return  # keys json.dumps cannot write together
+    from_text = uw._core._events_from_json(text.encode(), many=False, namespace="default")
+    assert from_text is not None
+    stored = uw.UsageEvent("a", "c", metadata=metadata).metadata
+    assert stored == from_text[0].metadata

@@ -119,8 +119,13 @@ fn contains_nul(value: &serde_json::Value) -> bool {
 /// Parses metadata JSON, checks it is an object, redacts secrets and
 /// returns it canonical (sorted keys, compact).
 pub fn canonical_metadata(json: &str) -> CoreResult<String> {
-    let mut value: serde_json::Value = serde_json::from_str(json)
+    let value: serde_json::Value = serde_json::from_str(json)
         .map_err(|e| CoreError::InvalidArgument("metadata", format!("is not valid JSON: {e}")))?;
+    canonical_metadata_value(value)
+}
+
+/// `canonical_metadata` of a value already parsed.
+pub fn canonical_metadata_value(mut value: serde_json::Value) -> CoreResult<String> {
     if !value.is_object() {
         return Err(CoreError::InvalidArgument(
             "metadata",

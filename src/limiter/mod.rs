@@ -6,6 +6,7 @@
 //! their shards in ascending index order, which rules out deadlock.
 
 mod backend;
+pub mod headers;
 mod holds;
 mod keymap;
 pub mod redis;

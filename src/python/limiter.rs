@@ -6,6 +6,7 @@ use super::limits::{PyLimit, PyRateLimits};
 use super::reservation::PyReservation;
 use super::usage::PyUsage;
 use crate::clock::ns_to_seconds;
+use crate::limiter::headers::{rate_limit_headers, HeaderSource};
 use crate::limiter::{Decision, LimiterSnapshot, RateLimiter, Reservation};
 use crate::limits::LimitSpec;
 use crate::usage::Usage;
@@ -13,7 +14,7 @@ use parking_lot::Mutex;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 pub(crate) fn key_object(py: Python<'_>, key: Option<&Bound<'_, PyAny>>) -> Py<PyAny> {
     match key {
@@ -37,6 +38,17 @@ pub struct PyDecision {
     remaining: Usage,
     key: Py<PyAny>,
     reservation: Mutex<Slot>,
+}
+
+impl PyDecision {
+    fn header_source(&self) -> HeaderSource<'_> {
+        HeaderSource {
+            allowed: self.allowed,
+            retry_after_ns: self.retry_after_ns,
+            limit: self.limit.as_ref(),
+            remaining: &self.remaining,
+        }
+    }
 }
 
 #[pymethods]
@@ -97,6 +109,32 @@ impl PyDecision {
 
     fn __bool__(&self) -> bool {
         self.allowed
+    }
+
+    /// The HTTP headers of this decision for the limit that binds, names
+    /// in their usual case: `RateLimit-Policy`, `RateLimit`, the older
+    /// `RateLimit-Limit`/`-Remaining`/`-Reset` and `X-RateLimit-*`, and
+    /// `Retry-After` when refused.
+    fn rate_limit_headers<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let headers = PyDict::new(py);
+        for (name, value) in rate_limit_headers(&self.header_source()) {
+            headers.set_item(name, value)?;
+        }
+        Ok(headers)
+    }
+
+    /// The same headers for an ASGI response: `(name, value)` byte pairs,
+    /// names in lower case.
+    fn asgi_rate_limit_headers<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let pairs = rate_limit_headers(&self.header_source())
+            .into_iter()
+            .map(|(name, value)| {
+                (
+                    PyBytes::new(py, name.to_ascii_lowercase().as_bytes()),
+                    PyBytes::new(py, value.as_bytes()),
+                )
+            });
+        PyList::new(py, pairs)
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {

@@ -8,6 +8,7 @@ mod budget;
 mod clock;
 mod errors;
 mod history;
+mod json_value;
 mod lease;
 mod ledger;
 mod limiter;

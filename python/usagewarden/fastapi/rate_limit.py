@@ -26,26 +26,6 @@ def client_ip(request: Request) -> str:
     return request.client.host if request.client is not None else "unknown"
 
 
-def _remaining(decision: Decision, dimension: str) -> float:
-    left = decision.remaining
-    values: dict[str, float] = {
-        "requests": left.requests,
-        "input_tokens": left.input_tokens,
-        "output_tokens": left.output_tokens,
-        "total_tokens": min(left.input_tokens, left.output_tokens),
-        "cost": left.cost,
-    }
-    return values[dimension]
-
-
-#: The draft-11 quota unit of each dimension (``requests`` is the default).
-_QUOTA_UNITS = {
-    "requests": None,
-    "input_tokens": "tokens",
-    "output_tokens": "tokens",
-    "total_tokens": "tokens",
-    "cost": "usd-micros",
-}
 #: Every rate-limit header this module writes, lower-case.
 RATE_LIMIT_HEADER_NAMES = frozenset(
     {
@@ -59,16 +39,7 @@ RATE_LIMIT_HEADER_NAMES = frozenset(
         "ratelimit",
     }
 )
-
-
-def _sf_string(value: str) -> str:
-    """An RFC 8941 structured-field String."""
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _quota(dimension: str, amount: float) -> int:
-    """Draft-11 quotas are integers: cost is given in millionths of a USD."""
-    return math.floor(amount * 1_000_000) if dimension == "cost" else math.floor(amount)
+_RATE_LIMIT_HEADER_BYTES = frozenset(name.encode("latin-1") for name in RATE_LIMIT_HEADER_NAMES)
 
 
 def rate_limit_headers(decision: Decision) -> dict[str, str]:
@@ -78,72 +49,34 @@ def rate_limit_headers(decision: Decision) -> dict[str, str]:
     ``RateLimit-Limit``/``-Remaining``/``-Reset`` (and ``X-RateLimit-*``), and
     ``Retry-After`` on every refusal. Reset is in seconds: until the request
     fits when refused, else the limit's window. A request that can never fit
-    gets the window as its ``Retry-After``."""
-    headers: dict[str, str] = {}
-    limit = decision.limit
-    if limit is not None:
-        if decision.allowed or decision.retry_after is None:
-            reset = limit.window
-        else:
-            reset = decision.retry_after
-        remaining = _remaining(decision, limit.dimension)
-        values = {
-            "Limit": f"{limit.amount:g}" if isinstance(limit.amount, float) else str(limit.amount),
-            "Remaining": f"{remaining:g}",
-            "Reset": str(math.ceil(reset)),
-        }
-        for name, value in values.items():
-            headers[f"RateLimit-{name}"] = value
-            headers[f"X-RateLimit-{name}"] = value
-        policy = f"{_sf_string(limit.name)};q={_quota(limit.dimension, limit.amount)}"
-        policy += f";w={math.ceil(limit.window)}"
-        unit = _QUOTA_UNITS.get(limit.dimension)
-        if unit is not None:
-            policy += f";qu={_sf_string(unit)}"
-        headers["RateLimit-Policy"] = policy
-        headers["RateLimit"] = (
-            f"{_sf_string(limit.name)};r={max(0, _quota(limit.dimension, remaining))}"
-            f";t={math.ceil(reset)}"
-        )
-    if not decision.allowed:
-        wait = decision.retry_after
-        if wait is None:
-            wait = limit.window if limit is not None else 1.0
-        headers["Retry-After"] = str(max(1, math.ceil(wait)))
-    return headers
+    gets the window as its ``Retry-After``. (``Decision.rate_limit_headers``.)"""
+    return decision.rate_limit_headers()
 
 
-def _pressure(headers: Mapping[str, str]) -> float:
+def _pressure(headers: Mapping[bytes, bytes]) -> float:
     """How close a limit is to refusing: remaining / limit (lower binds more)."""
     try:
-        limit = float(headers["ratelimit-limit"])
-        return float(headers["ratelimit-remaining"]) / limit if limit > 0 else 0.0
+        limit = float(headers[b"ratelimit-limit"])
+        return float(headers[b"ratelimit-remaining"]) / limit if limit > 0 else 0.0
     except (KeyError, ValueError):
         return math.inf
 
 
 def _merge_rate_limit_headers(
-    existing: list[tuple[bytes, bytes]], status: int, ours: dict[str, str], refused: bool
+    existing: list[tuple[bytes, bytes]], status: int, ours: list[tuple[bytes, bytes]]
 ) -> list[tuple[bytes, bytes]]:
     """One set of rate-limit headers on a response: the middleware's unless
     the app's own (a ``rate_limit`` dependency) bind more: a refusal of the
     app's, or less remaining of its limit."""
     theirs = {
-        name.decode("latin-1").lower(): value.decode("latin-1")
-        for name, value in existing
-        if name.decode("latin-1").lower() in RATE_LIMIT_HEADER_NAMES
+        name.lower(): value for name, value in existing if name.lower() in _RATE_LIMIT_HEADER_BYTES
     }
-    raw = [(n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in ours.items()]
     if not theirs:
-        return [*existing, *raw]
-    lowered = {n.lower(): v for n, v in ours.items()}
-    theirs_bind = status == 429 or (not refused and _pressure(theirs) <= _pressure(lowered))
-    if theirs_bind:
+        return [*existing, *ours]
+    if status == 429 or _pressure(theirs) <= _pressure(dict(ours)):
         return existing
-    kept = [
-        (n, v) for n, v in existing if n.decode("latin-1").lower() not in RATE_LIMIT_HEADER_NAMES
-    ]
-    return [*kept, *raw]
+    kept = [(n, v) for n, v in existing if n.lower() not in _RATE_LIMIT_HEADER_BYTES]
+    return [*kept, *ours]
 
 
 def refusal_detail(decision: Decision) -> dict[str, Any]:
@@ -220,21 +153,29 @@ class RateLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request = Request(scope)
-        usage = dict(self.cost_func(request)) if self.cost_func is not None else {}
-        decision = self.limiter.try_acquire(self.key_func(request), **usage)
-        headers = rate_limit_headers(decision)
+        if self.key_func is client_ip and self.cost_func is None:
+            # The default key, read from the scope without building a Request.
+            client = scope.get("client")
+            host = client[0] if client else None
+            decision = self.limiter.try_acquire(host if host is not None else "unknown")
+        else:
+            request = Request(scope)
+            usage = dict(self.cost_func(request)) if self.cost_func is not None else {}
+            decision = self.limiter.try_acquire(self.key_func(request), **usage)
         if not decision.allowed:
             refusal = JSONResponse(
-                {"detail": refusal_detail(decision)}, status_code=429, headers=headers
+                {"detail": refusal_detail(decision)},
+                status_code=429,
+                headers=decision.rate_limit_headers(),
             )
             await refusal(scope, receive, send)
             return
+        ours = decision.asgi_rate_limit_headers()
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 merged = _merge_rate_limit_headers(
-                    list(message.get("headers", [])), message["status"], headers, refused=False
+                    list(message.get("headers", [])), message["status"], ours
                 )
                 message = {**message, "headers": merged}
             await send(message)

@@ -2,11 +2,12 @@
 
 use super::pytime;
 use crate::ledger::event::{
-    canonical_metadata, new_request_id, UsageEvent, DEFAULT_ACTION, DEFAULT_NAMESPACE,
+    canonical_metadata_value, new_request_id, UsageEvent, DEFAULT_ACTION, DEFAULT_NAMESPACE,
 };
 use crate::ledger::export::iso_utc;
 use crate::python::args;
 use crate::python::errors::IntoPyResult;
+use crate::python::json_value;
 use crate::usage::nanos_to_usd;
 use pyo3::basic::CompareOp;
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -99,15 +100,10 @@ impl PyUsageEvent {
                         m.get_type().name()?
                     )));
                 }
-                let kwargs = PyDict::new(py);
-                kwargs.set_item("allow_nan", false)?;
-                kwargs.set_item("sort_keys", true)?;
-                let dumped = json(py)?
-                    .call_method("dumps", (m,), Some(&kwargs))
-                    .map_err(|e| {
-                        PyTypeError::new_err(format!("metadata must be JSON-serialisable: {e}"))
-                    })?;
-                Some(canonical_metadata(&dumped.extract::<String>()?).py_err(py)?)
+                let value = json_value::to_json(m).map_err(|e| {
+                    PyTypeError::new_err(format!("metadata must be JSON-serialisable: {e}"))
+                })?;
+                Some(canonical_metadata_value(value).py_err(py)?)
             }
             _ => None,
         };
