@@ -357,7 +357,9 @@ def test_version() -> None:
 
 def test_no_command_prints_the_help() -> None:
     text = ok()
-    for command in ("report", "export", "purge", "stats", "budgets", "serve", "migrate", "demo"):
+    for command in (
+        "report", "export", "purge", "stats", "budgets", "grants", "serve", "migrate", "demo"
+    ):  # fmt: skip
         assert command in text
 
 
@@ -581,3 +583,36 @@ def test_stored_budget_commands_need_an_existing_ledger(tmp_path: Path) -> None:
     line = failure("budgets", "list", "--db", str(tmp_path / "missing.db"))
     assert "no ledger at" in line
     assert not (tmp_path / "missing.db").exists()
+
+
+# --- grants (PostgreSQL row-level security) ---------------------------------------------------
+
+
+def test_grants_add_list_and_remove_on_postgres(postgres_cluster: Any) -> None:
+    database = postgres_cluster.new_schema()
+    postgres_cluster.sql(f"CREATE DATABASE {database}")
+    role = f"cli_{database}"
+    postgres_cluster.sql(f'CREATE ROLE "{role}" LOGIN')
+    db = postgres_cluster.dsn(database)
+    assert json.loads(ok("grants", "list", "--db", db, "--format", "json")) == {"grants": []}
+    assert ok("grants", "add", role, "team-a", "--db", db).strip() == f"{role} may read team-a"
+    ok("grants", "add", role, "team-b", "--db", db)
+    listed = json.loads(ok("grants", "list", "--db", db, "--format", "json"))
+    assert listed == {
+        "grants": [{"role": role, "namespace": "team-a"}, {"role": role, "namespace": "team-b"}]
+    }
+    with uw.PostgresStore(db) as owner:
+        assert owner.namespace_grants() == [(role, "team-a"), (role, "team-b")]
+    assert "may no longer read team-b" in ok("grants", "remove", role, "team-b", "--db", db)
+    line = failure("grants", "remove", role, "team-b", "--db", db)
+    assert f"{role} had no grant on team-b" in line
+    line = failure("grants", "add", "nobody_has_this_role", "team-a", "--db", db)
+    assert "role" in line and "nobody_has_this_role" in line
+    assert "team-a" in ok("grants", "list", "--db", db)
+
+
+def test_grants_on_sqlite_say_they_need_postgres(tmp_path: Path) -> None:
+    path = tmp_path / "usage.db"
+    uw.SQLiteStore(path).close()
+    line = failure("grants", "list", "--db", str(path))
+    assert "not PostgreSQL" in line

@@ -18,6 +18,7 @@ from ..errors import UsageWardenError
 from ._budgets import budgets
 from ._demo import demo
 from ._export import export
+from ._grants import grants
 from ._ledger_access import DB_ENV
 from ._maintenance import migrate, purge, stats
 from ._report import report
@@ -51,7 +52,7 @@ def cli(ctx: click.Context, db: str | None) -> None:
         click.echo(ctx.get_help())
 
 
-for command in (report, export, purge, stats, budgets, serve, migrate, demo):
+for command in (report, export, purge, stats, budgets, grants, serve, migrate, demo):
     cli.add_command(command)
 
 
