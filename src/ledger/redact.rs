@@ -285,8 +285,15 @@ fn has_named_secret(text: &str) -> bool {
     false
 }
 
+/// The shortest text any check below can find a credential in (`?sig=x`):
+/// shorter ones, the bulk of metadata values, are passed without a scan.
+const SHORTEST_SECRET: usize = 6;
+
 /// Does this text carry a credential anywhere?
 pub fn looks_secret(text: &str) -> bool {
+    if text.len() < SHORTEST_SECRET {
+        return false;
+    }
     (text.contains("-----BEGIN") && text.contains("PRIVATE KEY"))
         || has_scheme_credential(text)
         || has_url_userinfo(text)
@@ -361,6 +368,17 @@ fn redact_object(map: &mut Map<String, Value>) -> usize {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_shortest_secrets_are_found_and_shorter_texts_skip_the_scan() {
+        for shortest in ["?sig=x", "&pwd=1", ";jwt=a"] {
+            assert_eq!(shortest.len(), SHORTEST_SECRET);
+            assert!(looks_secret(shortest), "{shortest}");
+            for cut in 0..shortest.len() {
+                assert!(!looks_secret(&shortest[..cut]));
+            }
+        }
+    }
 
     #[test]
     fn keys_are_normalised_before_matching() {
