@@ -60,7 +60,7 @@ fn concurrent_calls_never_commit_past_the_limit() {
     for id in admitted {
         e.settle(id, USD, JAN_31_NOON).unwrap();
     }
-    let [status] = e.status(JAN_31_NOON).try_into().unwrap();
+    let [status] = e.status(JAN_31_NOON).unwrap().try_into().unwrap();
     assert_eq!((status.spent_nanos, status.reserved_nanos), (50 * USD, 0));
     assert!(e.check(&call(), 1, JAN_31_NOON).unwrap().is_err());
 }
@@ -93,7 +93,7 @@ fn each_threshold_fires_once_per_period_and_a_new_month_resets() {
             ..
         }]
     ));
-    let [status] = e.status(feb).try_into().unwrap();
+    let [status] = e.status(feb).unwrap().try_into().unwrap();
     assert_eq!(status.spent_nanos, 0);
     assert_eq!(status.period_start_us, feb);
 }
@@ -112,10 +112,10 @@ fn daily_periods_follow_the_time_zone_across_a_dst_change() {
         .unwrap();
     e.settle(a.reservation, USD, mar_8_local_midnight + 1)
         .unwrap();
-    let [before] = e.status(mar_9_local_midnight - 1).try_into().unwrap();
+    let [before] = e.status(mar_9_local_midnight - 1).unwrap().try_into().unwrap();
     assert_eq!(before.next_reset_us, Some(mar_9_local_midnight));
     assert_eq!(before.spent_nanos, USD);
-    let [after] = e.status(mar_9_local_midnight).try_into().unwrap();
+    let [after] = e.status(mar_9_local_midnight).unwrap().try_into().unwrap();
     assert_eq!(
         (after.spent_nanos, after.period_start_us),
         (0, mar_9_local_midnight)
@@ -135,7 +135,7 @@ fn downgrade_names_the_cheaper_model_and_blocking_reserves_nothing() {
     assert_eq!(second.downgrade_to.as_deref(), Some("small-model"));
     let refused = e.check(&call(), USD, 0).unwrap().unwrap_err();
     assert_eq!(refused.budget, "hard-cap");
-    let reserved: Vec<u64> = e.status(0).iter().map(|s| s.reserved_nanos).collect();
+    let reserved: Vec<u64> = e.status(0).unwrap().iter().map(|s| s.reserved_nanos).collect();
     assert_eq!(
         reserved,
         [USD / 2, USD / 2],
@@ -166,6 +166,7 @@ fn spend_is_rebuilt_from_the_ledger_per_scope_value() {
     assert!(e.check(&other, 2 * USD, JAN_31_NOON).unwrap().is_ok());
     let crossed: Vec<Vec<f64>> = e
         .status(JAN_31_NOON)
+        .unwrap()
         .into_iter()
         .map(|s| s.thresholds_crossed)
         .collect();
@@ -351,7 +352,7 @@ fn a_reset_counts_spend_from_the_reset_on() {
     let later = JAN_31_NOON + 2_000_000;
     assert!(e.check(&call(), USD, later).unwrap().is_ok(), "reset");
     assert_eq!(*starts.lock().last().unwrap(), JAN_31_NOON + 1);
-    let [status] = e.status(later).try_into().unwrap();
+    let [status] = e.status(later).unwrap().try_into().unwrap();
     assert_eq!(status.period_start_us, JAN_31_NOON + 1);
     assert_eq!(status.namespace.as_deref(), Some("default"));
 }
