@@ -142,7 +142,14 @@ fn slot_spec(entry: &Entry, value: &str, now_us: i64) -> SlotSpec {
     }
 }
 
-fn alert(entry: &Entry, value: &str, kind: AlertKind, spent: u64, start: i64, now_us: i64) -> Alert {
+fn alert(
+    entry: &Entry,
+    value: &str,
+    kind: AlertKind,
+    spent: u64,
+    start: i64,
+    now_us: i64,
+) -> Alert {
     Alert {
         budget: entry.budget.name.clone(),
         namespace: entry.budget.namespace.clone(),
@@ -166,7 +173,14 @@ fn alerts_of(
     out: &mut Vec<Alert>,
 ) {
     if f.rolled {
-        out.push(alert(entry, value, AlertKind::Reset, 0, spec.period_start, now_us));
+        out.push(alert(
+            entry,
+            value,
+            AlertKind::Reset,
+            0,
+            spec.period_start,
+            now_us,
+        ));
     }
     let fired = f.fired.min(entry.budget.thresholds.len());
     for t in &entry.budget.thresholds[f.fired_before.min(fired)..fired] {

@@ -94,7 +94,8 @@ pub trait BudgetState: Send + Sync {
     ) -> CoreResult<Reserved>;
 
     /// Releases reservation `id` on each slot and adds `actual` to its spend
-    /// (a slot whose spend was lost meanwhile is left to be seeded again).
+    /// (a slot whose spend was lost meanwhile is left to be seeded again from
+    /// the ledger, and its figures are all zero); one figure per slot.
     fn settle(
         &self,
         slots: &[SlotSpec],
@@ -107,8 +108,7 @@ pub trait BudgetState: Send + Sync {
     /// per slot): an unknown slot starts from it (its thresholds already
     /// passed stay quiet), a known one takes it if larger; so two processes
     /// seeding the same slot never count it twice.
-    fn merge(&self, slots: &[SlotSpec], recorded: &[u64], now_us: i64)
-        -> CoreResult<Vec<Figures>>;
+    fn merge(&self, slots: &[SlotSpec], recorded: &[u64], now_us: i64) -> CoreResult<Vec<Figures>>;
 
     /// Each slot's figures as of now (`None`: unknown), changing nothing
     /// that an alert depends on.

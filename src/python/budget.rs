@@ -3,16 +3,16 @@
 
 use crate::budget::engine::{Alert, AlertKind, Engine, Status};
 use crate::budget::report::spend_filters;
-use crate::budget::{Action, Budget, CallScope, Period, Scope};
-use crate::python::args;
-use crate::python::clock::ClockArg;
-use crate::python::errors::IntoPyResult;
-use crate::usage::nanos_to_usd;
 use crate::budget::state::fallback::FallbackState;
 use crate::budget::state::redis::RedisState;
 use crate::budget::state::BudgetState;
+use crate::budget::{Action, Budget, CallScope, Period, Scope};
 use crate::ledger::sqlite::LogLevel;
+use crate::python::args;
+use crate::python::clock::ClockArg;
+use crate::python::errors::IntoPyResult;
 use crate::python::redis_limiter::PyRedisRateLimiter;
+use crate::usage::nanos_to_usd;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString};
@@ -244,13 +244,15 @@ fn shared_state(
     let limiter = shared.cast::<PyRedisRateLimiter>().map_err(|_| {
         PyTypeError::new_err(format!(
             "shared must be a usagewarden.RedisRateLimiter, a Redis URL (str) or None, not {}",
-            shared.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+            shared
+                .get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default()
         ))
     })?;
     let limiter = limiter.get().shared().clone();
-    let state = py
-        .detach(|| RedisState::on(limiter.redis()))
-        .py_err(py)?;
+    let state = py.detach(|| RedisState::on(limiter.redis())).py_err(py)?;
     if !limiter.falls_back() {
         return Ok(Some(Arc::new(state)));
     }

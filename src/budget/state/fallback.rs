@@ -39,7 +39,7 @@ impl FallbackState {
     fn route<T>(
         &self,
         op: impl Fn(&dyn BudgetState) -> CoreResult<T>,
-        on_local: impl FnOnce(),
+        on_local: impl Fn(),
     ) -> CoreResult<T> {
         let was_down = *self.down_until.lock();
         if was_down.is_some_and(|until| Instant::now() < until) {
@@ -78,12 +78,15 @@ impl BudgetState for FallbackState {
         estimate: u64,
         now_us: i64,
     ) -> CoreResult<Reserved> {
-        self.route(
+        let local = std::cell::Cell::new(false);
+        let reserved = self.route(
             |s| s.reserve(slots, id, estimate, now_us),
-            || {
-                self.local_ids.lock().insert(id);
-            },
-        )
+            || local.set(true),
+        )?;
+        if local.get() && matches!(reserved, Reserved::Admitted(_)) {
+            self.local_ids.lock().insert(id);
+        }
+        Ok(reserved)
     }
 
     fn settle(
@@ -99,12 +102,7 @@ impl BudgetState for FallbackState {
         self.route(|s| s.settle(slots, id, actual, now_us), || {})
     }
 
-    fn merge(
-        &self,
-        slots: &[SlotSpec],
-        recorded: &[u64],
-        now_us: i64,
-    ) -> CoreResult<Vec<Figures>> {
+    fn merge(&self, slots: &[SlotSpec], recorded: &[u64], now_us: i64) -> CoreResult<Vec<Figures>> {
         self.route(|s| s.merge(slots, recorded, now_us), || {})
     }
 

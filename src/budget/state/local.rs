@@ -145,12 +145,7 @@ impl BudgetState for LocalState {
             .collect())
     }
 
-    fn merge(
-        &self,
-        slots: &[SlotSpec],
-        recorded: &[u64],
-        now_us: i64,
-    ) -> CoreResult<Vec<Figures>> {
+    fn merge(&self, slots: &[SlotSpec], recorded: &[u64], now_us: i64) -> CoreResult<Vec<Figures>> {
         let mut inner = self.inner.lock();
         Ok(slots
             .iter()

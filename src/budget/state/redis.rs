@@ -211,12 +211,7 @@ impl BudgetState for RedisState {
         Ok(known(figures))
     }
 
-    fn merge(
-        &self,
-        slots: &[SlotSpec],
-        recorded: &[u64],
-        now_us: i64,
-    ) -> CoreResult<Vec<Figures>> {
+    fn merge(&self, slots: &[SlotSpec], recorded: &[u64], now_us: i64) -> CoreResult<Vec<Figures>> {
         let (_, _, figures) = self.run("merge", slots, 0, 0, Some(recorded), now_us)?;
         Ok(known(figures))
     }
