@@ -84,6 +84,36 @@ type SlotKey = (u64, String);
 struct Local {
     synced: HashMap<SlotKey, i64>,
     reservations: HashMap<u64, Vec<SlotKey>>,
+    /// Each slot's spec, kept until its period ends (a calendar in a time
+    /// zone is not worked out again on every call).
+    specs: HashMap<SlotKey, SlotSpec>,
+}
+
+impl Local {
+    /// The spec of slot `key` of `entry` at `now_us`.
+    fn spec(&mut self, entry: &Entry, key: &SlotKey, now_us: i64) -> SlotSpec {
+        // A reset stamped ahead of this clock moves the start until then: not kept.
+        let steady = entry.counted_from_us.is_none_or(|reset| reset <= now_us);
+        if let Some(kept) = self.specs.get(key).filter(|_| steady) {
+            match (entry.budget.period, kept.next_reset) {
+                (Period::Rolling(window), _) if entry.counted_from_us.is_none() => {
+                    let mut spec = kept.clone();
+                    spec.period_start = now_us.saturating_sub(window);
+                    return spec;
+                }
+                (Period::Total, _) => return kept.clone(),
+                (_, Some(next)) if now_us >= kept.period_start && now_us < next => {
+                    return kept.clone()
+                }
+                _ => {}
+            }
+        }
+        let spec = slot_spec(entry, &key.1, now_us);
+        if steady {
+            self.specs.insert(key.clone(), spec.clone());
+        }
+        spec
+    }
 }
 
 /// How long a slot's state is kept past the end of its period (or, for
@@ -135,10 +165,12 @@ fn slot_spec(entry: &Entry, value: &str, now_us: i64) -> SlotSpec {
             .thresholds
             .iter()
             .map(|t| (t * budget.limit_nanos as f64).ceil() as u64)
-            .collect(),
+            .collect::<Vec<_>>()
+            .into(),
         keep_us: lasts
             .saturating_add(KEEP_US)
             .max(RESERVATION_DEADLINE_US + 60_000_000),
+        next_reset: next,
     }
 }
 
@@ -281,7 +313,9 @@ impl Engine {
         let old = self.catalog();
         let next = Arc::new(old.with_stored(rows, &self.ids));
         let mut gone = Vec::new();
-        self.local.lock().synced.retain(|key, _| {
+        let mut local = self.local.lock();
+        local.specs.retain(|key, _| next.get(key.0).is_some());
+        local.synced.retain(|key, _| {
             let kept = next.get(key.0).is_some();
             if !kept {
                 if let Some(entry) = old.get(key.0) {
@@ -290,6 +324,7 @@ impl Engine {
             }
             kept
         });
+        drop(local);
         self.state.forget(&gone);
         *self.catalog.write() = next;
         Ok(())
@@ -340,7 +375,7 @@ impl Engine {
             let Some(entry) = catalog.get(keys[i].0) else {
                 continue;
             };
-            let spec = slot_spec(entry, &keys[i].1, now_us);
+            let spec = self.local.lock().spec(entry, &keys[i], now_us);
             let recorded = (self.loader)(&entry.budget, &keys[i].1, spec.period_start, now_us)?;
             read.push((i, entry, spec, recorded));
         }
@@ -377,11 +412,14 @@ impl Engine {
         let mut alerts = Vec::new();
         self.refresh(&catalog, &keys, now_us, &mut alerts)?;
         let entries: Vec<&Arc<Entry>> = keys.iter().filter_map(|k| catalog.get(k.0)).collect();
-        let specs: Vec<SlotSpec> = entries
-            .iter()
-            .zip(&keys)
-            .map(|(e, k)| slot_spec(e, &k.1, now_us))
-            .collect();
+        let specs: Vec<SlotSpec> = {
+            let mut local = self.local.lock();
+            entries
+                .iter()
+                .zip(&keys)
+                .map(|(e, k)| local.spec(e, k, now_us))
+                .collect()
+        };
         let id = self.next_reservation.fetch_add(1, Ordering::Relaxed);
         for _ in 0..SEED_TRIES {
             let figures = if specs.is_empty() {
@@ -402,7 +440,7 @@ impl Engine {
                             spent_nanos: f.spent,
                             reserved_nanos: f.reserved,
                             limit_nanos: budget.limit_nanos,
-                            next_reset_us: entries[index].bounds(now_us).1,
+                            next_reset_us: specs[index].next_reset,
                         }));
                     }
                 }
@@ -459,10 +497,10 @@ impl Engine {
         if held.is_empty() {
             return Ok(alerts);
         }
-        let specs: Vec<SlotSpec> = held
-            .iter()
-            .map(|(e, k)| slot_spec(e, &k.1, now_us))
-            .collect();
+        let specs: Vec<SlotSpec> = {
+            let mut local = self.local.lock();
+            held.iter().map(|(e, k)| local.spec(e, k, now_us)).collect()
+        };
         let figures = self
             .state
             .settle(&specs, reservation, actual_nanos, now_us)?;
@@ -480,10 +518,10 @@ impl Engine {
             .into_iter()
             .filter_map(|k| Some((catalog.get(k.0)?, k)))
             .collect();
-        let specs: Vec<SlotSpec> = seen
-            .iter()
-            .map(|(e, k)| slot_spec(e, &k.1, now_us))
-            .collect();
+        let specs: Vec<SlotSpec> = {
+            let mut local = self.local.lock();
+            seen.iter().map(|(e, k)| local.spec(e, k, now_us)).collect()
+        };
         let figures = self.state.figures(&specs, now_us)?;
         let mut out: Vec<(usize, Status)> = seen
             .iter()
@@ -501,7 +539,7 @@ impl Engine {
                     reserved_nanos: f.reserved,
                     limit_nanos: budget.limit_nanos,
                     period_start_us: spec.period_start,
-                    next_reset_us: entry.bounds(now_us).1,
+                    next_reset_us: spec.next_reset,
                     thresholds_crossed: budget.thresholds[..f.fired.min(budget.thresholds.len())]
                         .to_vec(),
                 };

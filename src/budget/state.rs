@@ -28,10 +28,12 @@ pub struct SlotSpec {
     pub blocks: bool,
     /// The start of the period holding now (`i64::MIN`: never resets).
     pub period_start: i64,
+    /// When the period ends (`None`: it never does, or it slides).
+    pub next_reset: Option<i64>,
     /// Rolling periods: the window in µs (spend older than it is forgotten).
     pub window_us: Option<i64>,
     /// Each threshold as an amount (nano-USD), ascending.
-    pub thresholds: Vec<u64>,
+    pub thresholds: Arc<[u64]>,
     /// How long the slot's state must outlive now: past the period's end.
     pub keep_us: i64,
 }

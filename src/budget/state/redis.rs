@@ -137,7 +137,7 @@ impl RedisState {
                 .arg((slot.keep_us / 1_000).max(1))
                 .arg(values.map_or(0, |v| v[i]))
                 .arg(slot.thresholds.len());
-            for t in &slot.thresholds {
+            for t in slot.thresholds.iter() {
                 invocation.arg(*t);
             }
         }
