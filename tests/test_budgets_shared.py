@@ -98,9 +98,7 @@ def test_a_dead_process_estimate_is_released_at_its_deadline(
     dying = uw.BudgetEngine(budgets, ledger(tmp_path, "a", clock), clock=clock, shared=redis_url)
     dying.check(estimated_cost=9.0)  # never settled: its process dies
     del dying
-    survivor = uw.BudgetEngine(
-        budgets, ledger(tmp_path, "b", clock), clock=clock, shared=redis_url
-    )
+    survivor = uw.BudgetEngine(budgets, ledger(tmp_path, "b", clock), clock=clock, shared=redis_url)
     with pytest.raises(uw.BudgetExceeded):
         survivor.check(estimated_cost=2.0)
     clock.advance(9 * 60)
@@ -192,9 +190,7 @@ def estimate_of(worker: int, i: int) -> float:
     return 0.5 + ((worker * 7 + i) % 3) * 0.25
 
 
-def budget_worker(
-    url: str, directory: str, worker: int, start: Any, results: Any
-) -> None:
+def budget_worker(url: str, directory: str, worker: int, start: Any, results: Any) -> None:
     """One process: 50 concurrent calls; each admitted one settles at its estimate."""
     store = uw.SQLiteStore(Path(directory) / f"w{worker}.db", durability="commit")
     engine = uw.BudgetEngine([uw.Budget("org", LIMIT)], store, shared=url)

@@ -84,16 +84,20 @@ local function expire(s)
   end
 end
 
-local function known(s)
-  return redis.call('HEXISTS', s.hash, 'spent') == 1
+-- Reads the slot's fields in one command; false when its spend is unknown.
+local function read(s)
+  local f = redis.call('HMGET', s.hash, 'spent', 'period', 'reserved', 'fired')
+  s.stored_spent = f[1] and tonumber(f[1])
+  s.stored_period = f[2] and tonumber(f[2])
+  s.reserved = tonumber(f[3] or '0')
+  s.fired = tonumber(f[4] or '0')
+  return f[1] ~= false and f[1] ~= nil
 end
 
--- Moves a slot into its current period and reads its figures; `write`
--- false only looks (a status). A rolling slot forgets the buckets that slid
--- out of its window, a bucket as a whole once its end has.
+-- Moves a slot just read into its current period and sets its figures;
+-- `write` false only looks (a status). A rolling slot forgets the buckets
+-- that slid out of its window, a bucket as a whole once its end has.
 local function roll(s, write)
-  s.reserved = tonumber(redis.call('HGET', s.hash, 'reserved') or '0')
-  s.fired = tonumber(redis.call('HGET', s.hash, 'fired') or '0')
   if s.window > 0 then
     local w = bucket_width(s)
     local all = redis.call('HGETALL', s.hash)
@@ -116,18 +120,15 @@ local function roll(s, write)
       s.fired = c
       if write then redis.call('HSET', s.hash, 'fired', c) end
     end
-  else
-    local period = tonumber(redis.call('HGET', s.hash, 'period') or s.start_raw)
-    if period < s.start then
-      s.spent = 0
-      s.fired = 0
-      s.rolled = 1
-      if write then
-        redis.call('HSET', s.hash, 'period', s.start_raw, 'spent', '0', 'fired', '0')
-      end
-    else
-      s.spent = tonumber(redis.call('HGET', s.hash, 'spent'))
+  elseif (s.stored_period or s.start) < s.start then
+    s.spent = 0
+    s.fired = 0
+    s.rolled = 1
+    if write then
+      redis.call('HSET', s.hash, 'period', s.start_raw, 'spent', '0', 'fired', '0')
     end
+  else
+    s.spent = s.stored_spent
   end
   s.fired_before = s.fired
 end
@@ -152,11 +153,10 @@ local function fire(s)
   end
 end
 
+-- (PEXPIRE leaves a missing key missing.)
 local function keep(s)
   redis.call('PEXPIRE', s.hash, s.keep)
-  if redis.call('EXISTS', s.held) == 1 then
-    redis.call('PEXPIRE', s.held, s.keep)
-  end
+  redis.call('PEXPIRE', s.held, s.keep)
 end
 
 local function reply(status, index)
@@ -176,11 +176,12 @@ if op == 'reserve' then
   local unknown = false
   for _, s in ipairs(slots) do
     expire(s)
-    if not known(s) then unknown = true end
+    s.known = read(s)
+    if not s.known then unknown = true end
   end
   if unknown then
     for _, s in ipairs(slots) do
-      if known(s) then s.spent = 0 end
+      if s.known then s.spent = 0 end
     end
     return reply(2, 0)
   end
@@ -217,7 +218,7 @@ if op == 'settle' then
       redis.call('ZREM', s.held, rid)
     end
     -- A slot lost meanwhile is seeded from the ledger again by the next call.
-    if known(s) then
+    if read(s) then
       roll(s, true)
       add(s, amount_raw)
       fire(s)
@@ -230,7 +231,7 @@ end
 if op == 'merge' then
   for _, s in ipairs(slots) do
     expire(s)
-    if known(s) then
+    if read(s) then
       roll(s, true)
       if s.value > s.spent then
         add(s, string.format('%d', s.value - s.spent))
@@ -239,7 +240,6 @@ if op == 'merge' then
     else
       redis.call('HSET', s.hash, 'period', s.start_raw, 'spent', '0')
       s.spent = 0
-      s.reserved = tonumber(redis.call('HGET', s.hash, 'reserved') or '0')
       add(s, s.value_raw)
       -- Thresholds passed before the slot was known stay quiet.
       s.fired = crossed(s, s.spent)
@@ -254,7 +254,7 @@ end
 if op == 'figures' then
   for _, s in ipairs(slots) do
     expire(s)
-    if known(s) then roll(s, false) end
+    if read(s) then roll(s, false) end
   end
   return reply(1, 0)
 end
