@@ -35,22 +35,18 @@ def ledger(tmp_path: Path, name: str, clock: uw.ManualClock | None) -> uw.SQLite
 def test_two_hosts_see_each_others_calls_in_flight(
     tmp_path: Path, clock: uw.ManualClock, redis_url: str
 ) -> None:
-    budgets = [uw.Budget("org", 10.0)]
     alerts: list[tuple[str, Any]] = []
-    here = uw.BudgetEngine(
-        budgets,
-        ledger(tmp_path, "here", clock),
-        clock=clock,
-        shared=redis_url,
-        on_alert=lambda a: alerts.append(("here", a["threshold"])),
-    )
-    there = uw.BudgetEngine(
-        budgets,
-        ledger(tmp_path, "there", clock),
-        clock=clock,
-        shared=redis_url,
-        on_alert=lambda a: alerts.append(("there", a["threshold"])),
-    )
+
+    def host(name: str) -> uw.BudgetEngine:
+        return uw.BudgetEngine(
+            [uw.Budget("org", 10.0)],
+            ledger(tmp_path, name, clock),
+            clock=clock,
+            shared=redis_url,
+            on_alert=lambda a: alerts.append((name, a["threshold"])),
+        )
+
+    here, there = host("here"), host("there")
     in_flight = here.check(estimated_cost=8.0)
     with pytest.raises(uw.BudgetExceeded) as refused:
         there.check(estimated_cost=3.0)
