@@ -23,6 +23,15 @@ def clock() -> uw.ManualClock:
     return uw.ManualClock(JAN_31_NOON)
 
 
+@pytest.fixture(params=["local", "redis"])
+def shared(request: pytest.FixtureRequest) -> str | None:
+    """Where the engine keeps budgets: in the process, or on a real
+    redis-server shared by processes (one suite, both states)."""
+    if request.param == "local":
+        return None
+    return str(request.getfixturevalue("redis_url"))
+
+
 @pytest.fixture
 def store(tmp_path: Path, clock: uw.ManualClock) -> Any:
     s = uw.SQLiteStore(tmp_path / "b.db", durability="commit", clock=clock)
@@ -30,8 +39,10 @@ def store(tmp_path: Path, clock: uw.ManualClock) -> Any:
     s.close()
 
 
-def test_a_hundred_concurrent_calls_cannot_overspend(store: uw.SQLiteStore) -> None:
-    engine = uw.BudgetEngine([uw.Budget("team", 50.0)], store)
+def test_a_hundred_concurrent_calls_cannot_overspend(
+    store: uw.SQLiteStore, shared: str | None
+) -> None:
+    engine = uw.BudgetEngine([uw.Budget("team", 50.0)], store, shared=shared)
     admitted: list[uw.BudgetCheck] = []
     refused: list[uw.BudgetExceeded] = []
     lock = threading.Lock()
@@ -67,11 +78,15 @@ def test_a_hundred_concurrent_calls_cannot_overspend(store: uw.SQLiteStore) -> N
 
 
 def test_each_threshold_fires_once_per_period_and_is_recorded(
-    store: uw.SQLiteStore, clock: uw.ManualClock
+    store: uw.SQLiteStore, clock: uw.ManualClock, shared: str | None
 ) -> None:
     alerts: list[dict[str, Any]] = []
     engine = uw.BudgetEngine(
-        [uw.Budget("monthly", 10.0, action="alert")], store, on_alert=alerts.append, clock=clock
+        [uw.Budget("monthly", 10.0, action="alert")],
+        store,
+        on_alert=alerts.append,
+        clock=clock,
+        shared=shared,
     )
     for _ in range(15):
         engine.settle(engine.check(estimated_cost=1.0), 1.0)
@@ -95,13 +110,16 @@ def test_each_threshold_fires_once_per_period_and_is_recorded(
 
 
 def test_a_daily_budget_resets_at_local_midnight_across_a_dst_change(
-    tmp_path: Path,
+    tmp_path: Path, shared: str | None
 ) -> None:
     new_york = dt.timezone(dt.timedelta(hours=-5))
     clock = uw.ManualClock(dt.datetime(2026, 3, 8, 0, 30, tzinfo=new_york).timestamp())
     store = uw.SQLiteStore(tmp_path / "dst.db", clock=clock)
     engine = uw.BudgetEngine(
-        [uw.Budget("day", 1.0, period="daily", tz="America/New_York")], store, clock=clock
+        [uw.Budget("day", 1.0, period="daily", tz="America/New_York")],
+        store,
+        clock=clock,
+        shared=shared,
     )
     engine.settle(engine.check(estimated_cost=1.0), 1.0)
     with pytest.raises(uw.BudgetExceeded) as refused:
@@ -116,7 +134,9 @@ def test_a_daily_budget_resets_at_local_midnight_across_a_dst_change(
     store.close()
 
 
-def test_spend_survives_a_restart(store: uw.SQLiteStore, clock: uw.ManualClock) -> None:
+def test_spend_survives_a_restart(
+    store: uw.SQLiteStore, clock: uw.ManualClock, shared: str | None
+) -> None:
     now = dt.datetime.fromtimestamp(clock.now(), UTC)
     store.record_batch(
         [
@@ -126,7 +146,7 @@ def test_spend_survives_a_restart(store: uw.SQLiteStore, clock: uw.ManualClock) 
         ]
     )
     budgets = [uw.Budget("per-agent", 10.0, scope="agent", match="bot")]
-    engine = uw.BudgetEngine(budgets, store, clock=clock)  # a fresh process
+    engine = uw.BudgetEngine(budgets, store, clock=clock, shared=shared)  # a fresh process
     with pytest.raises(uw.BudgetExceeded) as refused:
         engine.check(agent_id="bot", estimated_cost=3.5)
     assert refused.value.spent == 7.0  # this month only, this agent only
@@ -134,12 +154,15 @@ def test_spend_survives_a_restart(store: uw.SQLiteStore, clock: uw.ManualClock) 
     assert engine.check(agent_id="other", estimated_cost=50.0).reservation > 0  # not covered
 
 
-def test_downgrade_returns_the_cheaper_model(store: uw.SQLiteStore) -> None:
+def test_downgrade_returns_the_cheaper_model(store: uw.SQLiteStore, shared: str | None) -> None:
     pricing = uw.Pricing.from_dict(
         {"big": {"input": 10.0, "output": 30.0}, "small": {"input": 0.5, "output": 1.5}}
     )
     engine = uw.BudgetEngine(
-        [uw.Budget("cap", 1.0, action="downgrade", downgrade_to="small")], store, pricing
+        [uw.Budget("cap", 1.0, action="downgrade", downgrade_to="small")],
+        store,
+        pricing,
+        shared=shared,
     )
     first = engine.check("big", input_tokens=50_000, max_output_tokens=10_000)
     assert (first.model, first.downgraded) == ("big", False)

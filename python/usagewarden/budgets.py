@@ -22,11 +22,12 @@ from ._core import (
     Budget,
     ManualClock,
     Pricing,
+    RedisRateLimiter,
     Usage,
     UsageEvent,
     _BudgetCore,
 )
-from .errors import BudgetExceeded
+from .errors import BudgetExceeded, StoreError
 from .store_protocol import AsyncMeteringStore, MeteringStore
 
 __all__ = ["BudgetCheck", "BudgetEngine"]
@@ -78,6 +79,19 @@ class BudgetEngine:
     under the same name; in other namespaces the code budget still holds. An
     update or a reset counts the budget's spend afresh from the ledger (from
     the reset time on, after a reset).
+
+    With ``shared=`` (a ``RedisRateLimiter``, or a Redis URL), every budget's
+    settled spend and in-flight estimates of the current period live in
+    Redis, checked and reserved in one atomic script over every budget of a
+    call, so processes and hosts see each other's calls in flight. Spend is
+    seeded from the ledger when Redis has none for the period (first use, a
+    restart or an eviction; two processes seeding never count it twice) and
+    still read again every ``refresh_seconds``. A reservation that is never
+    settled (its process died) is released 10 minutes after it was made.
+    While Redis is unreachable, calls fail with ``StoreError`` naming Redis, or,
+    with a limiter made with ``on_unavailable="local"``, the budgets are kept
+    in the process (as without ``shared=``) with a warning. Alerts fire once
+    per budget and period across all the processes sharing it.
     """
 
     def __init__(
@@ -90,6 +104,7 @@ class BudgetEngine:
         clock: ManualClock | None = None,
         refresh_seconds: float | None = 5.0,
         stored: bool = True,
+        shared: RedisRateLimiter | str | None = None,
     ) -> None:
         if pricing is not None and not isinstance(pricing, Pricing):
             raise TypeError("pricing: must be a usagewarden.Pricing or None")
@@ -98,7 +113,8 @@ class BudgetEngine:
         self.budgets = list(budgets)
         if not isinstance(stored, bool):
             raise TypeError("stored: must be a bool")
-        self._core = _BudgetCore(self.budgets, store, clock, refresh_seconds, stored)
+        self._core = _BudgetCore(self.budgets, store, clock, refresh_seconds, stored, shared)
+        self.shared = shared
         self.store = store
         # Alerts and history are read and written from sync code.
         self._sync_store = store.blocking() if isinstance(store, AsyncMeteringStore) else store
@@ -153,7 +169,14 @@ class BudgetEngine:
         """Replaces the call's estimate with its actual cost (USD)."""
         if not isinstance(check, BudgetCheck):
             raise TypeError("check: must be the BudgetCheck that check() returned")
-        self._dispatch(self._core.settle(check.reservation, cost))
+        try:
+            alerts = self._core.settle(check.reservation, cost)
+        except StoreError:
+            # The call happened: its cost reaches the shared state through the
+            # ledger at the next refresh, and its estimate is released at its deadline.
+            logger.warning("usagewarden: could not settle a budget reservation", exc_info=True)
+            return
+        self._dispatch(alerts)
 
     def cancel(self, check: BudgetCheck) -> None:
         """Releases a call that did not happen."""

@@ -22,6 +22,31 @@ pub struct Entry {
     pub counted_from_us: Option<i64>,
     /// What the row said, to tell an unchanged stored budget from a new one.
     origin: Option<(String, Option<i64>)>,
+    /// The same in every process enforcing the same budget (its namespace,
+    /// name, definition and last reset): what a shared state names it by.
+    pub identity: Arc<str>,
+}
+
+/// A digest of what makes a budget the same budget in every process.
+fn identity_of(budget: &Budget, counted_from_us: Option<i64>) -> Arc<str> {
+    use sha2::{Digest as _, Sha256};
+    let mut hasher = Sha256::new();
+    for part in [
+        budget.namespace.as_deref().unwrap_or(""),
+        &budget.name,
+        &definition::to_json(budget),
+    ] {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part.as_bytes());
+    }
+    hasher.update(counted_from_us.unwrap_or(i64::MIN).to_le_bytes());
+    let digest = hasher.finalize();
+    Arc::from(
+        digest[..12]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>(),
+    )
 }
 
 impl Entry {
@@ -58,6 +83,7 @@ impl Catalog {
             .map(|budget| {
                 Arc::new(Entry {
                     id: ids.fetch_add(1, Ordering::Relaxed),
+                    identity: identity_of(&budget, None),
                     budget,
                     counted_from_us: None,
                     origin: None,
@@ -109,6 +135,7 @@ impl Catalog {
             budget.namespace = Some(row.namespace);
             entries.push(Arc::new(Entry {
                 id: ids.fetch_add(1, Ordering::Relaxed),
+                identity: identity_of(&budget, row.reset_us),
                 budget,
                 counted_from_us: row.reset_us,
                 origin,

@@ -1,14 +1,18 @@
 //! The budget engine: reserve the estimated cost before a call, settle the
-//! actual cost after it, all under one lock, so concurrent calls can never
-//! spend past a limit by more than what is in flight.
+//! actual cost after it, each atomic over every budget of the call in the
+//! engine's state (this process's, or one shared through Redis), so
+//! concurrent calls can never spend past a limit by more than what is in
+//! flight.
 
 use super::catalog::{Catalog, Entry, StoredSource};
+use super::state::local::LocalState;
+use super::state::redis::RESERVATION_DEADLINE_US;
+use super::state::{BudgetState, Figures, Reserved, SlotSpec};
 use super::{Action, Budget, CallScope, Period, Scope};
 use crate::error::{CoreError, CoreResult};
 use hashbrown::HashMap;
 use parking_lot::{Mutex, RwLock};
-use std::collections::VecDeque;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Reads the spend a budget's scope value already has in the ledger for
@@ -74,30 +78,51 @@ pub struct Status {
 /// A budget entry's id and the scope value.
 type SlotKey = (u64, String);
 
-struct Slot {
-    period_start: i64,
-    next_reset: Option<i64>,
-    spent: u64,
-    reserved: u64,
-    /// Bit i: threshold i fired this period.
-    fired: u64,
-    /// Rolling periods: what was spent when, oldest first.
-    recent: VecDeque<(i64, u64)>,
-    /// When the spend was last read from the ledger.
-    synced_at: i64,
-}
-
-struct Held {
-    key: SlotKey,
-    estimate: u64,
-}
-
+/// What the engine itself keeps: the slots it has seen (and when it last
+/// read their spend from the ledger), and its reservations in flight.
 #[derive(Default)]
-struct State {
-    slots: HashMap<SlotKey, Slot>,
-    reservations: HashMap<u64, Vec<Held>>,
-    next_id: u64,
+struct Local {
+    synced: HashMap<SlotKey, i64>,
+    reservations: HashMap<u64, Vec<SlotKey>>,
+    /// Each slot's spec, kept until its period ends (a calendar in a time
+    /// zone is not worked out again on every call).
+    specs: HashMap<SlotKey, SlotSpec>,
 }
+
+impl Local {
+    /// The spec of slot `key` of `entry` at `now_us`.
+    fn spec(&mut self, entry: &Entry, key: &SlotKey, now_us: i64) -> SlotSpec {
+        // A reset stamped ahead of this clock moves the start until then: not kept.
+        let steady = entry.counted_from_us.is_none_or(|reset| reset <= now_us);
+        if let Some(kept) = self.specs.get(key).filter(|_| steady) {
+            match (entry.budget.period, kept.next_reset) {
+                (Period::Rolling(window), _) if entry.counted_from_us.is_none() => {
+                    let mut spec = kept.clone();
+                    spec.period_start = now_us.saturating_sub(window);
+                    return spec;
+                }
+                (Period::Total, _) => return kept.clone(),
+                (_, Some(next)) if now_us >= kept.period_start && now_us < next => {
+                    return kept.clone()
+                }
+                _ => {}
+            }
+        }
+        let spec = slot_spec(entry, &key.1, now_us);
+        if steady {
+            self.specs.insert(key.clone(), spec.clone());
+        }
+        spec
+    }
+}
+
+/// How long a slot's state is kept past the end of its period (or, for
+/// periods that do not end, after its last use).
+const KEEP_US: i64 = 86_400_000_000;
+
+/// How many times a call is tried again when its spend keeps being lost
+/// between seeding it and reserving (an evicting Redis).
+const SEED_TRIES: usize = 3;
 
 pub struct Engine {
     budgets: Vec<Budget>,
@@ -106,12 +131,100 @@ pub struct Engine {
     /// the ledger, where other processes record theirs; `None`: only when
     /// first needed.
     refresh_us: Option<i64>,
-    state: Mutex<State>,
+    state: Arc<dyn BudgetState>,
+    local: Mutex<Local>,
+    next_reservation: AtomicU64,
     catalog: RwLock<Arc<Catalog>>,
     stored: Option<StoredSource>,
     /// When the stored budgets were last read.
     stored_synced: Mutex<Option<i64>>,
     ids: AtomicU64,
+}
+
+/// The state's view of one slot of `entry` at `now_us`.
+fn slot_spec(entry: &Entry, value: &str, now_us: i64) -> SlotSpec {
+    let budget = &entry.budget;
+    let (start, next) = entry.bounds(now_us);
+    let window_us = match budget.period {
+        Period::Rolling(window) => Some(window),
+        _ => None,
+    };
+    let lasts = match (next, window_us) {
+        (Some(next), _) => next.saturating_sub(now_us),
+        (None, Some(window)) => window,
+        (None, None) => 0,
+    };
+    SlotSpec {
+        id: Arc::from(format!("{}:{value}", entry.identity)),
+        limit: budget.limit_nanos,
+        soft: budget.soft,
+        blocks: budget.action == Action::Block,
+        period_start: start,
+        window_us,
+        thresholds: budget
+            .thresholds
+            .iter()
+            .map(|t| (t * budget.limit_nanos as f64).ceil() as u64)
+            .collect::<Vec<_>>()
+            .into(),
+        keep_us: lasts
+            .saturating_add(KEEP_US)
+            .max(RESERVATION_DEADLINE_US + 60_000_000),
+        next_reset: next,
+    }
+}
+
+fn alert(
+    entry: &Entry,
+    value: &str,
+    kind: AlertKind,
+    spent: u64,
+    start: i64,
+    now_us: i64,
+) -> Alert {
+    Alert {
+        budget: entry.budget.name.clone(),
+        namespace: entry.budget.namespace.clone(),
+        scope_value: value.to_string(),
+        kind,
+        spent_nanos: spent,
+        limit_nanos: entry.budget.limit_nanos,
+        period_start_us: start,
+        at_us: now_us,
+    }
+}
+
+/// The alerts an operation's figures call for: a new period, and the
+/// thresholds that fired with it.
+fn alerts_of(
+    entry: &Entry,
+    spec: &SlotSpec,
+    value: &str,
+    f: &Figures,
+    now_us: i64,
+    out: &mut Vec<Alert>,
+) {
+    if f.rolled {
+        out.push(alert(
+            entry,
+            value,
+            AlertKind::Reset,
+            0,
+            spec.period_start,
+            now_us,
+        ));
+    }
+    let fired = f.fired.min(entry.budget.thresholds.len());
+    for t in &entry.budget.thresholds[f.fired_before.min(fired)..fired] {
+        out.push(alert(
+            entry,
+            value,
+            AlertKind::Threshold(*t),
+            f.spent,
+            spec.period_start,
+            now_us,
+        ));
+    }
 }
 
 impl Engine {
@@ -134,7 +247,9 @@ impl Engine {
             budgets,
             loader,
             refresh_us,
-            state: Mutex::new(State::default()),
+            state: Arc::new(LocalState::default()),
+            local: Mutex::new(Local::default()),
+            next_reservation: AtomicU64::new(1),
             catalog: RwLock::new(Arc::new(catalog)),
             stored: None,
             stored_synced: Mutex::new(None),
@@ -147,6 +262,13 @@ impl Engine {
     /// for how they combine with the budgets given in code).
     pub fn with_stored(mut self, source: StoredSource) -> Engine {
         self.stored = Some(source);
+        self
+    }
+
+    /// Keeps spend and reservations in `state` (shared by processes, say)
+    /// instead of in this process.
+    pub fn with_state(mut self, state: Arc<dyn BudgetState>) -> Engine {
+        self.state = state;
         self
     }
 
@@ -188,9 +310,22 @@ impl Engine {
                 return Err(e);
             }
         };
-        let next = Arc::new(self.catalog.read().with_stored(rows, &self.ids));
-        let mut state = self.state.lock();
-        state.slots.retain(|key, _| next.get(key.0).is_some());
+        let old = self.catalog();
+        let next = Arc::new(old.with_stored(rows, &self.ids));
+        let mut gone = Vec::new();
+        let mut local = self.local.lock();
+        local.specs.retain(|key, _| next.get(key.0).is_some());
+        local.synced.retain(|key, _| {
+            let kept = next.get(key.0).is_some();
+            if !kept {
+                if let Some(entry) = old.get(key.0) {
+                    gone.push(slot_spec(entry, &key.1, now_us).id);
+                }
+            }
+            kept
+        });
+        drop(local);
+        self.state.forget(&gone);
         *self.catalog.write() = next;
         Ok(())
     }
@@ -199,83 +334,61 @@ impl Engine {
         self.catalog.read().clone()
     }
 
-    /// Makes sure every slot exists, loading the spend of new ones from the
-    /// ledger without holding the lock; and reads again the spend of slots
-    /// last read more than `refresh_us` ago (other processes spend too).
-    fn load(
+    /// Reads again from the ledger the spend of slots last read more than
+    /// `refresh_us` ago (other processes spend too), without holding a lock.
+    fn refresh(
         &self,
         catalog: &Catalog,
         keys: &[SlotKey],
         now_us: i64,
         alerts: &mut Vec<Alert>,
     ) -> CoreResult<()> {
-        let (missing, stale): (Vec<&SlotKey>, Vec<&SlotKey>) = {
-            let state = self.state.lock();
-            let missing = keys
-                .iter()
-                .filter(|k| !state.slots.contains_key(*k))
-                .collect();
-            let stale = match self.refresh_us {
-                Some(every) => keys
-                    .iter()
-                    .filter(|k| {
-                        state
-                            .slots
-                            .get(*k)
-                            .is_some_and(|s| now_us.saturating_sub(s.synced_at) >= every)
-                    })
-                    .collect(),
-                None => Vec::new(),
-            };
-            (missing, stale)
+        let Some(every) = self.refresh_us else {
+            return Ok(());
         };
-        for key in stale {
-            let Some(entry) = catalog.get(key.0) else {
+        let stale: Vec<usize> = {
+            let local = self.local.lock();
+            (0..keys.len())
+                .filter(|i| {
+                    local
+                        .synced
+                        .get(&keys[*i])
+                        .is_some_and(|at| now_us.saturating_sub(*at) >= every)
+                })
+                .collect()
+        };
+        self.read_ledger(catalog, keys, &stale, now_us, alerts)
+    }
+
+    /// Merges what the ledger says slots `which` of `keys` spent this period
+    /// into the state (a new slot starts from it).
+    fn read_ledger(
+        &self,
+        catalog: &Catalog,
+        keys: &[SlotKey],
+        which: &[usize],
+        now_us: i64,
+        alerts: &mut Vec<Alert>,
+    ) -> CoreResult<()> {
+        let mut read = Vec::with_capacity(which.len());
+        for &i in which {
+            let Some(entry) = catalog.get(keys[i].0) else {
                 continue;
             };
-            let budget = &entry.budget;
-            let (start, _) = entry.bounds(now_us);
-            let recorded = (self.loader)(budget, &key.1, start, now_us)?;
-            let mut state = self.state.lock();
-            let Some(slot) = state.slots.get_mut(key) else {
-                continue;
-            };
-            roll(entry, &key.1, slot, now_us, alerts);
-            slot.synced_at = now_us;
-            // What this process settled may not be recorded yet: the larger wins.
-            if slot.period_start == start && recorded > slot.spent {
-                let more = recorded - slot.spent;
-                slot.spent = recorded;
-                if matches!(budget.period, Period::Rolling(_)) {
-                    slot.recent.push_back((now_us, more));
-                }
-                fire_thresholds(entry, &key.1, slot, now_us, alerts);
-            }
+            let spec = self.local.lock().spec(entry, &keys[i], now_us);
+            let recorded = (self.loader)(&entry.budget, &keys[i].1, spec.period_start, now_us)?;
+            read.push((i, entry, spec, recorded));
         }
-        for key in missing {
-            let Some(entry) = catalog.get(key.0) else {
-                continue;
-            };
-            let budget = &entry.budget;
-            let (start, next) = entry.bounds(now_us);
-            let spent = (self.loader)(budget, &key.1, start, now_us)?;
-            let mut recent = VecDeque::new();
-            if matches!(budget.period, Period::Rolling(_)) && spent > 0 {
-                // Spent at unknown times within the window: counted as of now.
-                recent.push_back((now_us, spent));
-            }
-            let mut slot = Slot {
-                period_start: start,
-                next_reset: next,
-                spent,
-                reserved: 0,
-                fired: 0,
-                recent,
-                synced_at: now_us,
-            };
-            // Thresholds already passed before this process saw them stay quiet.
-            slot.fired = crossed(budget, slot.spent);
-            self.state.lock().slots.entry(key.clone()).or_insert(slot);
+        if read.is_empty() {
+            return Ok(());
+        }
+        let specs: Vec<SlotSpec> = read.iter().map(|r| r.2.clone()).collect();
+        let recorded: Vec<u64> = read.iter().map(|r| r.3).collect();
+        let figures = self.state.merge(&specs, &recorded, now_us)?;
+        let mut local = self.local.lock();
+        for ((i, entry, spec, _), f) in read.iter().zip(&figures) {
+            alerts_of(entry, spec, &keys[*i].1, f, now_us, alerts);
+            local.synced.insert(keys[*i].clone(), now_us);
         }
         Ok(())
     }
@@ -290,65 +403,73 @@ impl Engine {
     ) -> CoreResult<Result<Admission, Refusal>> {
         self.sync_stored(now_us)?;
         let catalog = self.catalog();
-        let keys = catalog.covering(call);
+        // A budget replaced meanwhile: its replacement counts from the next call.
+        let keys: Vec<SlotKey> = catalog
+            .covering(call)
+            .into_iter()
+            .filter(|k| catalog.get(k.0).is_some())
+            .collect();
         let mut alerts = Vec::new();
-        self.load(&catalog, &keys, now_us, &mut alerts)?;
-        let mut state = self.state.lock();
-        let mut downgrade_to = None;
-        for key in &keys {
-            // A budget replaced meanwhile: its replacement counts from the next call.
-            let (Some(entry), Some(slot)) = (catalog.get(key.0), state.slots.get_mut(key)) else {
-                continue;
-            };
-            let budget = &entry.budget;
-            roll(entry, &key.1, slot, now_us, &mut alerts);
-            let committed = slot.spent.saturating_add(slot.reserved);
-            let over = if budget.soft {
-                committed >= budget.limit_nanos
+        self.refresh(&catalog, &keys, now_us, &mut alerts)?;
+        let entries: Vec<&Arc<Entry>> = keys.iter().filter_map(|k| catalog.get(k.0)).collect();
+        let specs: Vec<SlotSpec> = {
+            let mut local = self.local.lock();
+            entries
+                .iter()
+                .zip(&keys)
+                .map(|(e, k)| local.spec(e, k, now_us))
+                .collect()
+        };
+        let id = self.next_reservation.fetch_add(1, Ordering::Relaxed);
+        for _ in 0..SEED_TRIES {
+            let figures = if specs.is_empty() {
+                Vec::new()
             } else {
-                committed.saturating_add(estimate_nanos) > budget.limit_nanos
-            };
-            if !over {
-                continue;
-            }
-            match &budget.action {
-                Action::Alert => {}
-                Action::Block => {
-                    return Ok(Err(Refusal {
-                        budget: budget.name.clone(),
-                        scope_value: key.1.clone(),
-                        spent_nanos: slot.spent,
-                        reserved_nanos: slot.reserved,
-                        limit_nanos: budget.limit_nanos,
-                        next_reset_us: slot.next_reset,
-                    }));
+                match self.state.reserve(&specs, id, estimate_nanos, now_us)? {
+                    Reserved::Admitted(figures) => figures,
+                    Reserved::Unknown(unknown) => {
+                        self.read_ledger(&catalog, &keys, &unknown, now_us, &mut alerts)?;
+                        continue;
+                    }
+                    Reserved::Refused { index, figures } => {
+                        let budget = &entries[index].budget;
+                        let f = &figures[index];
+                        return Ok(Err(Refusal {
+                            budget: budget.name.clone(),
+                            scope_value: keys[index].1.clone(),
+                            spent_nanos: f.spent,
+                            reserved_nanos: f.reserved,
+                            limit_nanos: budget.limit_nanos,
+                            next_reset_us: specs[index].next_reset,
+                        }));
+                    }
                 }
-                Action::Downgrade(model) => {
+            };
+            let mut downgrade_to = None;
+            for (((entry, spec), key), f) in entries.iter().zip(&specs).zip(&keys).zip(&figures) {
+                alerts_of(entry, spec, &key.1, f, now_us, &mut alerts);
+                if let (true, Action::Downgrade(model)) = (f.over, &entry.budget.action) {
                     if downgrade_to.is_none() && call.model.as_deref() != Some(model) {
                         downgrade_to = Some(model.clone());
                     }
                 }
             }
+            let mut local = self.local.lock();
+            for key in &keys {
+                local.synced.entry(key.clone()).or_insert(now_us);
+            }
+            local.reservations.insert(id, keys);
+            return Ok(Ok(Admission {
+                reservation: id,
+                downgrade_to,
+                alerts,
+            }));
         }
-        let mut held = Vec::with_capacity(keys.len());
-        for key in keys {
-            let Some(slot) = state.slots.get_mut(&key) else {
-                continue;
-            };
-            slot.reserved = slot.reserved.saturating_add(estimate_nanos);
-            held.push(Held {
-                key,
-                estimate: estimate_nanos,
-            });
-        }
-        state.next_id += 1;
-        let id = state.next_id;
-        state.reservations.insert(id, held);
-        Ok(Ok(Admission {
-            reservation: id,
-            downgrade_to,
-            alerts,
-        }))
+        Err(CoreError::Unavailable(
+            "the shared budget state kept losing the spend seeded from the ledger \
+             (is Redis evicting keys?)"
+                .into(),
+        ))
     }
 
     /// Replaces a reservation's estimate with the actual cost; returns the
@@ -359,143 +480,75 @@ impl Engine {
         actual_nanos: u64,
         now_us: i64,
     ) -> CoreResult<Vec<Alert>> {
-        let mut state = self.state.lock();
-        let held = state.reservations.remove(&reservation).ok_or_else(|| {
-            CoreError::InvalidArgument("reservation", "is unknown or already settled".into())
-        })?;
-        let mut alerts = Vec::new();
+        let keys = self
+            .local
+            .lock()
+            .reservations
+            .remove(&reservation)
+            .ok_or_else(|| {
+                CoreError::InvalidArgument("reservation", "is unknown or already settled".into())
+            })?;
         let catalog = self.catalog();
-        for h in held {
-            let (Some(entry), Some(slot)) = (catalog.get(h.key.0), state.slots.get_mut(&h.key))
-            else {
-                continue;
-            };
-            let budget = &entry.budget;
-            roll(entry, &h.key.1, slot, now_us, &mut alerts);
-            // In-flight calls stay reserved across a reset, and their cost lands
-            // in the period they finish in.
-            slot.reserved = slot.reserved.saturating_sub(h.estimate);
-            slot.spent = slot.spent.saturating_add(actual_nanos);
-            if matches!(budget.period, Period::Rolling(_)) && actual_nanos > 0 {
-                slot.recent.push_back((now_us, actual_nanos));
-            }
-            fire_thresholds(entry, &h.key.1, slot, now_us, &mut alerts);
+        let held: Vec<(&Arc<Entry>, &SlotKey)> = keys
+            .iter()
+            .filter_map(|k| Some((catalog.get(k.0)?, k)))
+            .collect();
+        let mut alerts = Vec::new();
+        if held.is_empty() {
+            return Ok(alerts);
+        }
+        let specs: Vec<SlotSpec> = {
+            let mut local = self.local.lock();
+            held.iter().map(|(e, k)| local.spec(e, k, now_us)).collect()
+        };
+        let figures = self
+            .state
+            .settle(&specs, reservation, actual_nanos, now_us)?;
+        for (((entry, key), spec), f) in held.iter().zip(&specs).zip(&figures) {
+            alerts_of(entry, spec, &key.1, f, now_us, &mut alerts);
         }
         Ok(alerts)
     }
 
     /// Every budget and scope value seen, oldest budget first.
-    pub fn status(&self, now_us: i64) -> Vec<Status> {
+    pub fn status(&self, now_us: i64) -> CoreResult<Vec<Status>> {
         let catalog = self.catalog();
-        let mut state = self.state.lock();
-        let mut ignored = Vec::new();
-        let mut out: Vec<(usize, Status)> = state
-            .slots
-            .iter_mut()
-            .filter_map(|(key, slot)| {
-                let entry = catalog.get(key.0)?;
+        let keys: Vec<SlotKey> = self.local.lock().synced.keys().cloned().collect();
+        let seen: Vec<(&Arc<Entry>, SlotKey)> = keys
+            .into_iter()
+            .filter_map(|k| Some((catalog.get(k.0)?, k)))
+            .collect();
+        let specs: Vec<SlotSpec> = {
+            let mut local = self.local.lock();
+            seen.iter().map(|(e, k)| local.spec(e, k, now_us)).collect()
+        };
+        let figures = self.state.figures(&specs, now_us)?;
+        let mut out: Vec<(usize, Status)> = seen
+            .iter()
+            .zip(&specs)
+            .zip(figures)
+            .map(|(((entry, key), spec), f)| {
                 let budget = &entry.budget;
-                roll(entry, &key.1, slot, now_us, &mut ignored);
+                let f = f.unwrap_or_default();
                 let status = Status {
                     budget: budget.name.clone(),
                     namespace: budget.namespace.clone(),
                     scope: budget.scope,
                     scope_value: key.1.clone(),
-                    spent_nanos: slot.spent,
-                    reserved_nanos: slot.reserved,
+                    spent_nanos: f.spent,
+                    reserved_nanos: f.reserved,
                     limit_nanos: budget.limit_nanos,
-                    period_start_us: slot.period_start,
-                    next_reset_us: slot.next_reset,
-                    thresholds_crossed: budget
-                        .thresholds
-                        .iter()
-                        .enumerate()
-                        .filter(|(i, _)| slot.fired & (1 << i) != 0)
-                        .map(|(_, t)| *t)
-                        .collect(),
+                    period_start_us: spec.period_start,
+                    next_reset_us: spec.next_reset,
+                    thresholds_crossed: budget.thresholds[..f.fired.min(budget.thresholds.len())]
+                        .to_vec(),
                 };
-                Some((catalog.position(key.0), status))
+                (catalog.position(key.0), status)
             })
             .collect();
         out.sort_by(|a, b| (a.0, &a.1.scope_value).cmp(&(b.0, &b.1.scope_value)));
-        out.into_iter().map(|(_, status)| status).collect()
+        Ok(out.into_iter().map(|(_, status)| status).collect())
     }
-}
-
-/// Alerts for the thresholds the slot's spend reached that had not fired.
-fn fire_thresholds(
-    entry: &Entry,
-    value: &str,
-    slot: &mut Slot,
-    now_us: i64,
-    alerts: &mut Vec<Alert>,
-) {
-    let budget = &entry.budget;
-    let now_crossed = crossed(budget, slot.spent);
-    for (i, t) in budget.thresholds.iter().enumerate() {
-        let bit = 1 << i;
-        if now_crossed & bit != 0 && slot.fired & bit == 0 {
-            slot.fired |= bit;
-            alerts.push(Alert {
-                budget: budget.name.clone(),
-                namespace: budget.namespace.clone(),
-                scope_value: value.to_string(),
-                kind: AlertKind::Threshold(*t),
-                spent_nanos: slot.spent,
-                limit_nanos: budget.limit_nanos,
-                period_start_us: slot.period_start,
-                at_us: now_us,
-            });
-        }
-    }
-}
-
-/// Threshold bits reached by `spent`.
-fn crossed(budget: &Budget, spent: u64) -> u64 {
-    budget
-        .thresholds
-        .iter()
-        .enumerate()
-        .filter(|(_, t)| spent as f64 >= **t * budget.limit_nanos as f64)
-        .fold(0, |bits, (i, _)| bits | (1 << i))
-}
-
-/// Moves a slot into the period holding `now_us`: a calendar period starts
-/// afresh (a "reset" alert); a rolling one drops what slid out.
-fn roll(entry: &Entry, value: &str, slot: &mut Slot, now_us: i64, alerts: &mut Vec<Alert>) {
-    let budget = &entry.budget;
-    if let Period::Rolling(window) = budget.period {
-        while let Some(&(at, cost)) = slot.recent.front() {
-            if at > now_us - window {
-                break;
-            }
-            slot.recent.pop_front();
-            slot.spent = slot.spent.saturating_sub(cost);
-        }
-        slot.period_start = entry.bounds(now_us).0;
-        // Thresholds re-arm once spend slides back under them.
-        slot.fired &= crossed(budget, slot.spent);
-        return;
-    }
-    match slot.next_reset {
-        Some(next) if now_us >= next => {}
-        _ => return,
-    }
-    let (start, next) = entry.bounds(now_us);
-    slot.period_start = start;
-    slot.next_reset = next;
-    slot.spent = 0;
-    slot.fired = 0;
-    alerts.push(Alert {
-        budget: budget.name.clone(),
-        namespace: budget.namespace.clone(),
-        scope_value: value.to_string(),
-        kind: AlertKind::Reset,
-        spent_nanos: 0,
-        limit_nanos: budget.limit_nanos,
-        period_start_us: start,
-        at_us: now_us,
-    });
 }
 
 #[cfg(test)]

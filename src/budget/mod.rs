@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod definition;
 pub mod engine;
 pub mod report;
+pub mod state;
 
 use crate::error::{CoreError, CoreResult};
 use crate::ledger::buckets::{bucket_bounds, parse_tz, TimeUnit};

@@ -3,15 +3,21 @@
 
 use crate::budget::engine::{Alert, AlertKind, Engine, Status};
 use crate::budget::report::spend_filters;
+use crate::budget::state::fallback::FallbackState;
+use crate::budget::state::redis::RedisState;
+use crate::budget::state::BudgetState;
 use crate::budget::{Action, Budget, CallScope, Period, Scope};
+use crate::ledger::sqlite::LogLevel;
 use crate::python::args;
 use crate::python::clock::ClockArg;
 use crate::python::errors::IntoPyResult;
+use crate::python::redis_limiter::PyRedisRateLimiter;
 use crate::usage::nanos_to_usd;
-use pyo3::exceptions::PyTypeError;
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList};
+use pyo3::types::{PyDict, PyList, PyString};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// A spending limit over a scope and a period (see `BudgetEngine`).
 #[pyclass(frozen, name = "Budget", module = "usagewarden")]
@@ -206,10 +212,59 @@ pub(crate) fn status_dict<'py>(py: Python<'py>, s: &Status) -> PyResult<Bound<'p
     Ok(d)
 }
 
+/// How long a round trip to Redis given by URL may take.
+const SHARED_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The state `shared=` names: a `RedisRateLimiter` (its connection, prefix,
+/// timeout and `on_unavailable` policy), a Redis URL (refusing calls while
+/// Redis is down), or `None` (this process).
+fn shared_state(
+    py: Python<'_>,
+    shared: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Option<Arc<dyn BudgetState>>> {
+    let Some(shared) = shared.filter(|s| !s.is_none()) else {
+        return Ok(None);
+    };
+    if let Ok(url) = shared.cast::<PyString>() {
+        let url = url.to_str()?.to_string();
+        if !["redis://", "rediss://", "unix://", "redis+unix://"]
+            .iter()
+            .any(|scheme| url.starts_with(scheme))
+        {
+            return Err(PyValueError::new_err(format!(
+                "shared: a Redis URL must start with redis://, rediss:// or unix://, got {url:?}"
+            )));
+        }
+        let runtime = pyo3_async_runtimes::tokio::get_runtime().handle().clone();
+        let state = py
+            .detach(|| RedisState::connect(&url, "usagewarden", SHARED_TIMEOUT, runtime))
+            .py_err(py)?;
+        return Ok(Some(Arc::new(state)));
+    }
+    let limiter = shared.cast::<PyRedisRateLimiter>().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "shared must be a usagewarden.RedisRateLimiter, a Redis URL (str) or None, not {}",
+            shared
+                .get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default()
+        ))
+    })?;
+    let limiter = limiter.get().shared().clone();
+    let state = py.detach(|| RedisState::on(limiter.redis())).py_err(py)?;
+    if !limiter.falls_back() {
+        return Ok(Some(Arc::new(state)));
+    }
+    let log = crate::python::ledger::store::python_log();
+    let warn = Arc::new(move |message: &str| log(LogLevel::Warning, message));
+    Ok(Some(Arc::new(FallbackState::new(state, warn))))
+}
+
 #[pymethods]
 impl PyBudgetCore {
     #[new]
-    #[pyo3(signature = (budgets, store, clock=None, refresh_seconds=None, stored=true))]
+    #[pyo3(signature = (budgets, store, clock=None, refresh_seconds=None, stored=true, shared=None))]
     fn new(
         py: Python<'_>,
         budgets: &Bound<'_, PyAny>,
@@ -217,6 +272,7 @@ impl PyBudgetCore {
         clock: Option<&Bound<'_, PyAny>>,
         refresh_seconds: Option<&Bound<'_, PyAny>>,
         stored: bool,
+        shared: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let refresh_us = args::optional_seconds(refresh_seconds, "refresh_seconds", true)?
             .map(|ns| (ns / 1_000) as i64);
@@ -242,6 +298,9 @@ impl PyBudgetCore {
         let mut engine = Engine::new(list, loader, refresh_us).py_err(py)?;
         if stored {
             engine = engine.with_stored(Box::new(move || table.list_budgets(None, false)));
+        }
+        if let Some(state) = shared_state(py, shared)? {
+            engine = engine.with_state(state);
         }
         Ok(PyBudgetCore {
             engine: Arc::new(engine),
@@ -309,9 +368,10 @@ impl PyBudgetCore {
         cost_usd: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyList>> {
         let cost = args::cost(Some(cost_usd), "cost")?;
-        let alerts = self
-            .engine
-            .settle(reservation, cost, self.now_us())
+        let now = self.now_us();
+        let engine = self.engine.clone();
+        let alerts = py
+            .detach(|| engine.settle(reservation, cost, now))
             .py_err(py)?;
         alerts_list(py, &alerts)
     }
@@ -329,8 +389,11 @@ impl PyBudgetCore {
     }
 
     fn status<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let now = self.now_us();
+        let engine = self.engine.clone();
+        let statuses = py.detach(|| engine.status(now)).py_err(py)?;
         let list = PyList::empty(py);
-        for s in self.engine.status(self.now_us()) {
+        for s in statuses {
             list.append(status_dict(py, &s)?)?;
         }
         Ok(list)

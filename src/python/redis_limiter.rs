@@ -42,6 +42,14 @@ pub struct PyRedisRateLimiter {
     clock: Option<ClockArg>,
 }
 
+impl PyRedisRateLimiter {
+    /// The limiter behind it (its connection and `on_unavailable` policy),
+    /// for budgets kept on the same server.
+    pub(crate) fn shared(&self) -> &SharedLimiter {
+        self.core.shared()
+    }
+}
+
 limiter_methods!(PyRedisRateLimiter, waits_on_io = true, {
     #[new]
     #[pyo3(signature = (limits, url=None, *, per_key=None, prefix=None, clock=None, lease=None, on_unavailable=None, timeout=None, local_processes=None),

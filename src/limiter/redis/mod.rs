@@ -84,7 +84,52 @@ fn redacted(url: &str) -> String {
     }
 }
 
+/// How every connection to Redis behaves: a timeout on connecting and on
+/// each reply, and reconnection with backoff.
+fn manager_config(timeout: Duration) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_secs(2))
+}
+
+/// A connection to `url` made as a limiter's is, for other state kept on
+/// Redis (shared budgets); `argument` names the URL in errors. Returns it
+/// with the URL shown in messages (without its password).
+pub(crate) fn open(
+    url: &str,
+    timeout: Duration,
+    runtime: &Handle,
+    argument: &'static str,
+) -> CoreResult<(ConnectionManager, String)> {
+    let shown = redacted(url);
+    let client = redis::Client::open(url)
+        .map_err(|e| CoreError::InvalidArgument(argument, format!("{shown}: {e}")))?;
+    let conn = runtime
+        .block_on(async {
+            tokio::time::timeout(
+                timeout * 3,
+                ConnectionManager::new_with_config(client, manager_config(timeout)),
+            )
+            .await
+        })
+        .map_err(|_| unavailable(&shown, "timed out connecting"))?
+        .map_err(|e| unavailable(&shown, e))?;
+    Ok((conn, shown))
+}
+
 impl RedisLimiter {
+    /// The limiter's connection, for other state kept on the same server.
+    pub fn connection(&self) -> ConnectionManager {
+        self.inner.conn.clone()
+    }
+
+    /// The runtime its round trips run on.
+    pub fn runtime(&self) -> &Handle {
+        &self.inner.runtime
+    }
+
     /// Connects (within the timeout) on `runtime`, and loads the script.
     pub fn connect(
         config: RedisConfig,
@@ -100,13 +145,8 @@ impl RedisLimiter {
         let timeout = config.timeout;
         let script = Script::new(SCRIPT);
         let setup = async {
-            let manager_config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(timeout))
-                .set_response_timeout(Some(timeout))
-                .set_number_of_retries(2)
-                .set_max_delay(Duration::from_secs(2));
             let mut conn =
-                ConnectionManager::new_with_config(manager_client, manager_config).await?;
+                ConnectionManager::new_with_config(manager_client, manager_config(timeout)).await?;
             let info: String = redis::cmd("INFO")
                 .arg("cluster")
                 .query_async(&mut conn)
