@@ -167,11 +167,14 @@ impl Limiter for LeasedLimiter {
         Ok(Started::Waiting(
             Box::pin(async move {
                 let reservation = wait.await?;
+                // A cancellation while the slices refill comes after the grant:
+                // the guard hands the reservation back instead of dropping it counted.
+                let granted = CancelOnDrop(Some(reservation));
                 let names: Vec<&str> = owned.iter().map(|k| &**k).collect();
                 if let Ok(refill) = leases.refill(&names) {
                     let _ = refill.await;
                 }
-                Ok(reservation)
+                Ok(granted.keep())
             }),
             cancel,
         ))
@@ -272,5 +275,23 @@ impl Limiter for LeasedLimiter {
             leases.retire_keys(keys);
         }
         self.exact.observe(keys, observations)
+    }
+}
+
+/// A reservation granted to a waiter not yet handed over: cancelled if the
+/// waiter goes away first.
+struct CancelOnDrop(Option<Reservation>);
+
+impl CancelOnDrop {
+    fn keep(mut self) -> Reservation {
+        self.0.take().expect("kept once")
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(reservation) = self.0.take() {
+            let _ = reservation.cancel();
+        }
     }
 }
