@@ -9,6 +9,10 @@
 --              newest's last use, newest's usage (6), the running sum of the window (6)
 --   b<W>:<slot> a bucket (slot = floor(t / quantum)), packed doubles: last use, next slot
 --              (-1 ends; the buckets are linked oldest first), usage (6)
+--   q          the queue of waiters (FIFO across processes), packed doubles: head ticket,
+--              next ticket, tickets queued, their usage together (6)
+--   q<seq>     a ticket, packed doubles: lease deadline (us, the server's TIME), owner's
+--              token, usage (6)
 -- Usage is "requests input output cache_read cache_write cost". Usage recorded at t counts
 -- while now < last + W of its bucket: never released early, at most one quantum (W / 1000)
 -- late. Memory per key is bounded by 1000 buckets per window.
@@ -19,8 +23,9 @@
 -- when a refusal computes its exact wait, and for a usage span or a late settle.
 --
 -- ARGV: op, now (us; '' = the server's TIME), usage (6), second usage (6), extra, the
--- channel told of refunds and resets (its waiters wake), then per key: generation, window
--- count, windows..., limit count, (dimension, window, amount)...;
+-- channel told of refunds, resets and departures from a queue (its waiters wake), the
+-- waiter's token, the ticket lease (us), then per key: generation, ticket (0 = none),
+-- window count, windows..., limit count, (dimension, window, amount)...;
 -- for observe, then: count, (dimension, remaining, reset us or -1)...;
 -- for lease, then: the fraction of each limit a slice takes, in millionths.
 -- Dimensions: 1 requests, 2 input tokens, 3 output tokens, 4 total tokens, 5 cost.
@@ -32,6 +37,16 @@
 -- (the slice's end), so it counts from now until one window after its end.
 -- return: an adjust that also gives back to observed ceilings what it takes away (the
 -- unused part of a slice never reached the provider).
+--
+-- The queue: acquire, check and lease refuse while live tickets are queued on any key
+-- (retry_after: when the request fits once the queued usage has gone first). wait is the
+-- acquire of a waiter: it refreshes the caller's tickets, admits only the head of every
+-- queue it is in (and drops its tickets then), and otherwise takes a ticket at the tail
+-- of every queue (all at once, so the order is the same on every key). Its reply appends
+-- the ticket on each key and 1 if the caller heads every queue (its retry_after is then
+-- exact; else it is when the blocking head's lease ends). A ticket whose lease ran out
+-- (its holder died) is dropped when it reaches the head. leave drops the caller's
+-- tickets. Departures wake the next head (a publish on the channel).
 
 local op = ARGV[1]
 local now
@@ -49,7 +64,9 @@ for i = 1, 6 do
 end
 local extra = tonumber(ARGV[15])
 local channel = ARGV[16]
-local pos = 17
+local token = tonumber(ARGV[17])
+local LEASE = tonumber(ARGV[18])
+local pos = 19
 local function num()
   local v = tonumber(ARGV[pos])
   pos = pos + 1
@@ -59,6 +76,7 @@ end
 local pack, unpack_s = struct.pack, struct.unpack
 local WFMT = 'dddddddddddddddd'
 local BFMT = 'dddddddd'
+local QFMT = 'ddddddddd'
 
 local function fmt(n) return string.format('%.0f', n) end
 local function nums(s)
@@ -91,7 +109,7 @@ end
 
 local keys = {}
 for k = 1, #KEYS do
-  local key = {name = KEYS[k], gen = num(), wins = {}, specs = {}}
+  local key = {name = KEYS[k], gen = num(), ticket = num(), wins = {}, specs = {}}
   for i = 1, num() do key.wins[i] = num() end
   for i = 1, num() do key.specs[i] = {d = num(), W = num(), amount = num()} end
   keys[k] = key
@@ -128,6 +146,8 @@ end
 local function load(key)
   local fields = {'g', 'p', 'c1', 'c2', 'c3', 'c4'}
   for i, W in ipairs(key.wins) do fields[6 + i] = 'w' .. W end
+  local qi = #fields + 1
+  fields[qi] = 'q'
   local vals = redis.call('HMGET', key.name, unpack(fields))
   local st = {name = key.name, key = key, g = tonumber(vals[1]) or 0, p = tonumber(vals[2]) or 0,
               c = {}, w = {}, exists = false, out = {}, gone = {}, changed = false}
@@ -150,6 +170,10 @@ local function load(key)
       w.sum = {t[11], t[12], t[13], t[14], t[15], t[16]}
     end
     st.w[W] = w
+  end
+  if vals[qi] then
+    local t = {unpack_s(QFMT, vals[qi])}
+    st.q = {head = t[1], nxt = t[2], count = t[3], sum = {t[4], t[5], t[6], t[7], t[8], t[9]}}
   end
   if st.p <= now then st.p = 0 end
   return st
@@ -299,6 +323,7 @@ local function ttl_ms(st)
   end
   if st.p > now then longest = math.max(longest, st.p - now) end
   for _, c in pairs(st.c) do longest = math.max(longest, c.untl - now) end
+  if st.q then longest = math.max(longest, LEASE) end
   return math.floor(longest / 1000) + 1000
 end
 
@@ -312,6 +337,18 @@ local function save(st)
   for _, w in pairs(st.w) do
     if w.head >= 0 then empty = false end
   end
+  if st.qdirty then
+    local q = st.q
+    if q.count > 0 then
+      local u = q.sum
+      st.out['q'] = pack(QFMT, q.head, q.nxt, q.count, u[1], u[2], u[3], u[4], u[5], u[6])
+    else
+      st.q = nil
+      st.out['q'] = nil
+      st.gone[#st.gone + 1] = 'q'
+    end
+  end
+  if st.q then empty = false end
   if empty then
     redis.call('DEL', st.name)
     if st.g > 0 then
@@ -391,25 +428,164 @@ local function slice_of(st, need, f)
   return g
 end
 
+
+-- The queue. Tickets live in the key's own hash (one hash slot, one expiry). Their
+-- leases run on the server's TIME even under an injected clock: a manual clock's jump
+-- must not expire a live waiter before it can refresh its ticket.
+local lease_clock
+local function lease_now()
+  if not lease_clock then
+    if ARGV[2] == '' then
+      lease_clock = now
+    else
+      local t = redis.call('TIME')
+      lease_clock = tonumber(t[1]) * 1000000 + tonumber(t[2])
+    end
+  end
+  return lease_clock
+end
+local function tfield(seq) return 'q' .. fmt(seq) end
+local function tget(st, seq)
+  local v = redis.call('HGET', st.name, tfield(seq))
+  if not v then return nil end
+  return {unpack_s(BFMT, v)}
+end
+local function tput(st, seq, t)
+  redis.call('HSET', st.name, tfield(seq), pack(BFMT, t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8]))
+  st.changed = true
+end
+local function qtouch(st)
+  st.qdirty = true
+  st.changed = true
+end
+local function tdrop(st, seq, t)
+  redis.call('HDEL', st.name, tfield(seq))
+  local q = st.q
+  q.count = q.count - 1
+  for i = 1, 6 do q.sum[i] = q.sum[i] - t[2 + i] end
+  qtouch(st)
+end
+-- The caller's ticket on st (refreshed), or nil when it has none there.
+local function tmine(st)
+  local seq = st.key.ticket
+  if seq <= 0 or not st.q then return nil end
+  local t = tget(st, seq)
+  if not t or t[2] ~= token then return nil end
+  t[1] = lease_now() + LEASE
+  tput(st, seq, t)
+  return seq
+end
+-- The head ticket (seq, ticket) once tickets that left or whose lease ran out are
+-- dropped (the caller's own is never dropped here); nil when the queue is empty.
+local function qhead(st, mine)
+  local q = st.q
+  while q and q.count > 0 and q.head < q.nxt do
+    local t = tget(st, q.head)
+    if t then
+      if q.head == mine or t[1] > lease_now() then return q.head, t end
+      tdrop(st, q.head, t)
+    end
+    q.head = q.head + 1
+    qtouch(st)
+  end
+  return nil
+end
+local function tjoin(st, u)
+  if not st.q then st.q = {head = 1, nxt = 1, count = 0, sum = zeros()} end
+  local q = st.q
+  local seq = q.nxt
+  q.nxt, q.count = seq + 1, q.count + 1
+  for i = 1, 6 do q.sum[i] = q.sum[i] + u[i] end
+  tput(st, seq, {lease_now() + LEASE, token, u[1], u[2], u[3], u[4], u[5], u[6]})
+  qtouch(st)
+  return seq
+end
+-- Drops the caller's ticket on st, and wakes the next head.
+local function tleave(st, seq)
+  if not seq or not st.q then return end
+  local t = tget(st, seq)
+  if not t or t[2] ~= token then return end
+  tdrop(st, seq, t)
+  qhead(st, nil)
+  if st.q.count > 0 then redis.call('PUBLISH', channel, st.name) end
+end
+
 local states = {}
 for k, key in ipairs(keys) do
   states[k] = load(key)
   evict_all(states[k])
 end
 
-if op == 'acquire' or op == 'check' or op == 'lease' then
+-- The verdict on every key of a request whose usage on key k is usage_of(k).
+local function judge(usage_of)
   local verdict = {status = 'fits', rem = {HUGE, HUGE, HUGE, HUGE, HUGE, HUGE}, binding = nil,
                    share = HUGE}
   for k, st in ipairs(states) do
-    local v = evaluate(st, k, U)
+    local v = evaluate(st, k, usage_of(k))
     if v.status == 'never' then
-      verdict = v
-      break
+      return v
     elseif v.status == 'waits' then
       if verdict.status ~= 'waits' or v.wait > verdict.wait then verdict = v end
     elseif verdict.status == 'fits' then
       for i = 1, 6 do verdict.rem[i] = math.min(verdict.rem[i], v.rem[i]) end
       if v.share < verdict.share then verdict.share, verdict.binding = v.share, v.binding end
+    end
+  end
+  return verdict
+end
+local function alone() return U end
+
+if op == 'acquire' or op == 'check' or op == 'lease' or op == 'wait' then
+  local mine, heads, queued = {}, true, false
+  -- wait: the caller's tickets, all or none (a lost one is taken again on every key,
+  -- so its place is the same on each).
+  if op == 'wait' then
+    local lost = false
+    for k, st in ipairs(states) do
+      mine[k] = tmine(st)
+      if not mine[k] and keys[k].ticket > 0 then lost = true end
+    end
+    if lost then
+      for k, st in ipairs(states) do
+        if mine[k] then tdrop(st, mine[k], tget(st, mine[k])) end
+        mine[k] = nil
+      end
+    end
+  end
+  local recheck = nil
+  for k, st in ipairs(states) do
+    local h, t = qhead(st, mine[k])
+    if h and h ~= mine[k] then
+      heads, queued = false, true
+      local ends = math.max(1000, t[1] - lease_now())
+      if not recheck or ends < recheck then recheck = ends end
+    end
+  end
+  local verdict
+  if op ~= 'wait' and queued then
+    -- Behind the queue: when it fits once the queued usage has gone first.
+    verdict = judge(function(k)
+      local q, t = states[k].q, zeros()
+      for i = 1, 6 do t[i] = U[i] + (q and q.sum[i] or 0) end
+      return t
+    end)
+    if verdict.status == 'never' then verdict = judge(alone) end
+    if verdict.status == 'fits' then
+      verdict = {status = 'waits', wait = 0, limit = verdict.binding or {0, 0, 0, 0}}
+    end
+  elseif op == 'wait' and not heads then
+    verdict = {status = 'waits', wait = recheck, limit = {0, 0, 0, 0}}
+  else
+    verdict = judge(alone)
+  end
+  if op == 'wait' then
+    if verdict.status == 'waits' then
+      if not mine[1] then
+        for k, st in ipairs(states) do mine[k] = tjoin(st, U) end
+      end
+    else
+      for k, st in ipairs(states) do tleave(st, mine[k]) end
+      mine = {}
     end
   end
   local status, retry, limit, rem = 1, 0, verdict.binding or {0, 0, 0, 0}, verdict.rem
@@ -433,7 +609,7 @@ if op == 'acquire' or op == 'check' or op == 'lease' then
         st.out['c' .. d] = fmt(math.max(0, c.left)) .. ' ' .. fmt(c.observed) .. ' ' .. fmt(c.untl)
       end
     end
-  elseif op == 'acquire' then
+  elseif op == 'acquire' or op == 'wait' then
     for _, st in ipairs(states) do
       for _, w in pairs(st.w) do record(st, w, now, U) end
       for d, c in pairs(st.c) do
@@ -448,6 +624,10 @@ if op == 'acquire' or op == 'check' or op == 'lease' then
   for _, st in ipairs(states) do
     reply[#reply + 1] = st.g
     save(st)
+  end
+  if op == 'wait' then
+    for k, _ in ipairs(states) do reply[#reply + 1] = mine[k] or 0 end
+    reply[#reply + 1] = heads and 1 or 0
   end
   if op == 'lease' and status == 1 then
     for _, st in ipairs(states) do
@@ -527,9 +707,28 @@ elseif op == 'usage' then
   end
   save(st)
   return out(total)
+elseif op == 'leave' then
+  for k, st in ipairs(states) do
+    tleave(st, keys[k].ticket)
+    save(st)
+  end
+  return {1}
 elseif op == 'reset' then
   for _, st in ipairs(states) do
-    redis.call('DEL', st.name)
+    if st.q then
+      -- Waiters stay queued, in order: every field but the queue's goes.
+      local gone = {}
+      for _, f in ipairs(redis.call('HKEYS', st.name)) do
+        if string.sub(f, 1, 1) ~= 'q' then gone[#gone + 1] = f end
+        if #gone == 1000 then
+          redis.call('HDEL', st.name, unpack(gone))
+          gone = {}
+        end
+      end
+      if #gone > 0 then redis.call('HDEL', st.name, unpack(gone)) end
+    else
+      redis.call('DEL', st.name)
+    end
     redis.call('HSET', st.name, 'g', fmt(st.g + 1))
     redis.call('PEXPIRE', st.name, ttl_ms(st))
     redis.call('PUBLISH', channel, st.name)
