@@ -98,18 +98,36 @@ def limiter_on(url: str) -> uw.RedisRateLimiter:
     )
 
 
+def queue_a_large_waiter(
+    url: str, tmp_path: Path, then: str
+) -> tuple[uw.RedisRateLimiter, uw.Reservation, subprocess.Popen[str]]:
+    """Half the limit held here (so every small request fits), and a process
+    waiting for the whole limit, its ticket queued in Redis."""
+    limiter = limiter_on(url)
+    held = limiter.try_acquire("shared", input_tokens=LIMIT // 2).reservation
+    assert held is not None
+    large = start(tmp_path, "large", LARGE, url, then)
+    assert line_of(large) == "waiting"
+    wait_until(lambda: is_queued(limiter, "shared"), timeout=30)
+    return limiter, held, large
+
+
+def admitted_and_given_back(large: subprocess.Popen[str]) -> float:
+    """When the large request was admitted (server time); then it gives it back."""
+    at = float(line_of(large))
+    assert large.stdin is not None
+    large.stdin.write("\n")
+    large.stdin.flush()
+    assert line_of(large) == "gave back"
+    return at
+
+
 def test_a_large_waiter_is_admitted_before_small_ones_from_other_processes(
     redis_url, tmp_path: Path
 ) -> None:
-    limiter = limiter_on(redis_url)
-    held = limiter.try_acquire("shared", input_tokens=LIMIT // 2).reservation
-    assert held is not None  # half the limit is free: every small request fits
-    processes = []
+    limiter, held, large = queue_a_large_waiter(redis_url, tmp_path, "give-back")
+    processes = [large]
     try:
-        large = start(tmp_path, "large", LARGE, redis_url, "give-back")
-        processes.append(large)
-        assert line_of(large) == "waiting"
-        wait_until(lambda: is_queued(limiter, "shared"), timeout=30)
         # Arriving after it, from two more processes: refused although they fit.
         small = [start(tmp_path, "spinner", SPINNER, redis_url)]
         small.append(start(tmp_path, "waiter", WAITER, redis_url))
@@ -118,11 +136,7 @@ def test_a_large_waiter_is_admitted_before_small_ones_from_other_processes(
             assert line_of(process) == "refused"
         assert large.poll() is None, "the large request is still waiting"
         held.cancel()  # the whole limit is free: the head goes first
-        large_at = float(line_of(large))
-        assert large.stdin is not None
-        large.stdin.write("\n")
-        large.stdin.flush()
-        assert line_of(large) == "gave back"
+        large_at = admitted_and_given_back(large)
         small_at = [float(a) for process in small for a in line_of(process).split()]
         for process in processes:
             assert process.wait(30) == 0
@@ -139,13 +153,8 @@ def test_a_large_waiter_is_admitted_before_small_ones_from_other_processes(
 def test_a_killed_ticket_holder_stops_blocking_the_queue_within_its_lease(
     redis_url, tmp_path: Path
 ) -> None:
-    limiter = limiter_on(redis_url)
-    held = limiter.try_acquire("shared", input_tokens=LIMIT // 2).reservation
-    assert held is not None
-    holder = start(tmp_path, "holder", LARGE, redis_url, "keep")
+    limiter, _, holder = queue_a_large_waiter(redis_url, tmp_path, "keep")
     try:
-        assert line_of(holder) == "waiting"
-        wait_until(lambda: is_queued(limiter, "shared"), timeout=30)
         os.kill(holder.pid, signal.SIGKILL)
         killed_at = time.monotonic()
         assert holder.wait(10) == -signal.SIGKILL
@@ -164,24 +173,15 @@ def test_a_killed_ticket_holder_stops_blocking_the_queue_within_its_lease(
 
 
 def test_a_live_waiter_keeps_its_place_past_its_lease(redis_url, tmp_path: Path) -> None:
-    limiter = limiter_on(redis_url)
-    held = limiter.try_acquire("shared", input_tokens=LIMIT // 2).reservation
-    assert held is not None
-    large = start(tmp_path, "large", LARGE, redis_url, "give-back")
+    limiter, held, large = queue_a_large_waiter(redis_url, tmp_path, "give-back")
     try:
-        assert line_of(large) == "waiting"
-        wait_until(lambda: is_queued(limiter, "shared"), timeout=30)
         # Longer than a lease: the waiter's refreshes keep its ticket at the head.
         with pytest.raises(uw.RateLimitExceeded):
             limiter.acquire_blocking("shared", input_tokens=5, timeout=1.5 * TICKET_LEASE)
         assert large.poll() is None
         assert is_queued(limiter, "shared")
         held.cancel()
-        large_at = float(line_of(large))
-        assert large.stdin is not None
-        large.stdin.write("\n")
-        large.stdin.flush()
-        assert line_of(large) == "gave back"
+        large_at = admitted_and_given_back(large)
         assert large.wait(30) == 0
     finally:
         large.kill()
