@@ -35,7 +35,12 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::runtime::Handle;
 
-const SCRIPT: &str = include_str!("limiter.lua");
+/// One script in three files: the windows, the queue of waiters, the operations.
+const SCRIPT: &str = concat!(
+    include_str!("limiter.lua"),
+    include_str!("queue.lua"),
+    include_str!("ops.lua")
+);
 
 /// How a Redis limiter connects and names its keys.
 #[derive(Clone, Debug)]

@@ -386,10 +386,10 @@ async fn wait(place: Place, usage: Usage, deadline: Option<Deadline>) -> CoreRes
             )));
         }
         let notified = place.me.notify.notified();
-        // Real time: the ticket's refresh, a look at a head that may have
+        // Real time: the tickets' refresh (a waiter without any yet waits
+        // for the one ahead to take its own), a look at a head that may have
         // died; and, without a manual clock (whose moves wake every waiter),
         // the exact moment it fits and the timeout.
-        // Without tickets yet: until the waiter ahead has taken its own.
         let mut sleep = place
             .me
             .has_tickets()
