@@ -13,6 +13,7 @@ import asyncio
 import pytest
 import usagewarden as uw
 from conftest import eventually, is_queued, result_of, spin
+from test_async_acquire import a_later_small_request_waits_for_the_big_one
 
 
 def two_limiters(url: str, clock: uw.ManualClock) -> tuple[uw.RedisRateLimiter, ...]:
@@ -32,16 +33,7 @@ async def test_a_waiter_of_one_limiter_is_ahead_of_another_limiters_requests(
     assert not refused
     assert refused.retry_after == pytest.approx(60.0)  # once the 80 has gone first
     assert not b.check(input_tokens=5)
-    later = asyncio.create_task(b.acquire(input_tokens=30))  # fits now, not after big
-    await spin()
-    clock.set(60)
-    assert (await result_of(big)).at == 60.0
-    await spin()
-    await asyncio.sleep(0.05)  # give a wrongly woken waiter the chance to run
-    assert not later.done()
-    assert b.usage().input_tokens == 80
-    clock.set(120)
-    assert (await result_of(later)).at == 120.0
+    await a_later_small_request_waits_for_the_big_one(b, big, clock)
     assert not is_queued(a) and not is_queued(b)
 
 
