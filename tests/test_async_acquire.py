@@ -123,7 +123,15 @@ async def test_fifo_a_later_small_request_waits_for_the_big_one(limiter, clock) 
     await limiter.acquire(input_tokens=90)  # t=0
     big = asyncio.create_task(limiter.acquire(input_tokens=80))
     await spin()
-    later = asyncio.create_task(limiter.acquire(input_tokens=30))  # fits now, not after big
+    await a_later_small_request_waits_for_the_big_one(limiter, big, clock)
+
+
+async def a_later_small_request_waits_for_the_big_one(
+    limiter: uw.Limiter, big: asyncio.Task[uw.Reservation], clock: uw.ManualClock
+) -> None:
+    """``big`` (80 of 100 tokens a minute, 90 used at t=0) is queued: a later
+    request of 30 on ``limiter`` fits now but not after it, so it waits."""
+    later = asyncio.create_task(limiter.acquire(input_tokens=30))
     await spin()
     clock.set(60)
     assert (await result_of(big)).at == 60.0

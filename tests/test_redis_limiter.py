@@ -271,7 +271,7 @@ def test_a_refund_in_one_process_wakes_a_waiter_in_another_at_once(
         assert waiter.stdout.readline().strip() == "waiting"
         time.sleep(1.0)  # let it try once and go to sleep (its retry_after is ~60 s)
         calls_before = commands_run(redis_server, "evalsha")
-        time.sleep(1.0)
+        time.sleep(1.0)  # within its first ticket refresh (2.5 s after its first try)
         calls_while_waiting = commands_run(redis_server, "evalsha") - calls_before
         assert calls_while_waiting == 0, "a waiting process does not poll"
         cancelled_at = time.time()

@@ -174,8 +174,9 @@ def test_never_fits_on_any_key_of_a_tuple(clock) -> None:
 
 
 # The exact replay behind queued waiters needs the whole queue; a Redis limiter's
-# queue is per process, so it reports an estimate (what all of it needs together).
-@pytest.mark.in_process("replays a queue that is per process on Redis")
+# script sees the queue's usage together, so it reports an estimate (what all of it
+# and the request need together).
+@pytest.mark.in_process("Redis estimates from the queue's usage together")
 async def test_retry_after_behind_a_queued_waiter_accounts_for_it(make_limiter, clock) -> None:
     # Regression (minor): behind a queued waiter, retry_after was the head's wait, not
     # when this request would fit. Here the head (80 tokens) is admitted at

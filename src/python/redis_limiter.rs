@@ -31,7 +31,9 @@ static OPEN: Mutex<Vec<Weak<LeasedLimiter>>> = Mutex::new(Vec::new());
 /// a tuple of str acquired on all keys or none (on a cluster, the keys of a
 /// tuple must share a hash tag, such as `"{tenant}:alice"`). With
 /// `lease=Lease(...)`, the process takes a slice of each limit at a time and
-/// admits from it locally (see `Lease`).
+/// admits from it locally (see `Lease`). Waiters are FIFO per key across
+/// processes: each holds a ticket in a queue in Redis, a lease of 5 s
+/// refreshed while it waits, so a killed waiter stops blocking within it.
 #[pyclass(frozen, name = "RedisRateLimiter", module = "usagewarden")]
 pub struct PyRedisRateLimiter {
     core: LeasedLimiter,

@@ -22,6 +22,10 @@ pub(crate) enum Op {
     Lease,
     /// Gives back the unused part of a slice (to observed ceilings too).
     Return,
+    /// A waiter's attempt: admitted at the head of every queue, else queued.
+    Wait,
+    /// A waiter gives up its tickets.
+    Leave,
 }
 
 impl Op {
@@ -37,6 +41,8 @@ impl Op {
             Op::Observe => "observe",
             Op::Lease => "lease",
             Op::Return => "return",
+            Op::Wait => "wait",
+            Op::Leave => "leave",
         }
     }
 }
@@ -66,10 +72,13 @@ fn us(ns: u64) -> u64 {
 }
 
 /// One key of a call: its Redis key, the generation a reservation saw, its limits.
+#[derive(Clone)]
 pub(crate) struct CallKey {
     pub(crate) name: Arc<str>,
     pub(crate) redis_key: String,
     pub(crate) generation: u64,
+    /// The waiter's ticket in the key's queue (0 = none).
+    pub(crate) ticket: u64,
     pub(crate) limits: Arc<Limits>,
 }
 
@@ -89,6 +98,10 @@ pub(crate) struct Call {
     pub(crate) channel: Arc<str>,
     /// For a lease: the fraction of each limit a slice takes, in millionths.
     pub(crate) fraction_ppm: u64,
+    /// The waiter whose tickets a wait or a leave names (0 = none).
+    pub(crate) token: u64,
+    /// How long a ticket stays queued without a refresh, in µs.
+    pub(crate) ticket_lease_us: u64,
 }
 
 fn push_usage(cmd: &mut Cmd, u: &Usage) {
@@ -119,9 +132,11 @@ impl Call {
             Some(ns) => cmd.arg(us(ns)),
             None => cmd.arg(-1),
         };
-        cmd.arg(&*self.channel);
+        cmd.arg(&*self.channel)
+            .arg(self.token)
+            .arg(self.ticket_lease_us);
         for key in &self.keys {
-            cmd.arg(key.generation);
+            cmd.arg(key.generation).arg(key.ticket);
             let windows = key.limits.windows();
             cmd.arg(windows.len());
             for w in windows {
@@ -152,10 +167,30 @@ impl Call {
 }
 
 impl Call {
-    /// The refund of what this acquire was admitted, given its reply.
-    pub(crate) fn refund_of(&self, reply: &[i64]) -> Option<Call> {
-        if self.op != Op::Acquire || reply.first() != Some(&1) || reply.len() < 13 + self.keys.len()
-        {
+    /// What undoes this call when nobody reads its reply (its caller is
+    /// gone): the refund of an admission, or the leave of a waiter's tickets.
+    pub(crate) fn undo_of(&self, reply: &[i64]) -> Option<Call> {
+        if !matches!(self.op, Op::Acquire | Op::Wait) || reply.len() < 13 + self.keys.len() {
+            return None;
+        }
+        if self.op == Op::Wait && reply.first() == Some(&0) {
+            let (tickets, _) = tickets(reply, self.keys.len())?;
+            let keys = self
+                .keys
+                .iter()
+                .zip(tickets)
+                .map(|(k, ticket)| CallKey {
+                    ticket,
+                    ..k.clone()
+                })
+                .collect();
+            return Some(Call {
+                op: Op::Leave,
+                keys,
+                ..self.clone_bare()
+            });
+        }
+        if reply.first() != Some(&1) {
             return None;
         }
         let keys = self
@@ -166,20 +201,34 @@ impl Call {
                 name: k.name.clone(),
                 redis_key: k.redis_key.clone(),
                 generation: *g as u64,
+                ticket: 0,
                 limits: k.limits.clone(),
             })
             .collect();
         Some(Call {
             op: Op::Adjust,
-            now_ns: self.now_ns,
-            usage: Usage::ZERO,
             sub: self.usage,
             extra_ns: Some(reply[12].max(0) as u64 * 1_000),
             keys,
+            ..self.clone_bare()
+        })
+    }
+
+    /// This call's clock, channel and token, with no keys and no usage.
+    fn clone_bare(&self) -> Call {
+        Call {
+            op: self.op,
+            now_ns: self.now_ns,
+            usage: Usage::ZERO,
+            sub: Usage::ZERO,
+            extra_ns: None,
+            keys: Vec::new(),
             observations: Vec::new(),
             channel: self.channel.clone(),
             fraction_ppm: 0,
-        })
+            token: self.token,
+            ticket_lease_us: self.ticket_lease_us,
+        }
     }
 
     /// The limiter keys of the call (its Redis keys without the prefix).
@@ -247,6 +296,16 @@ pub(crate) fn verdict(reply: &[i64], limits: &[Arc<Limits>]) -> Option<Verdict> 
             .map(|g| *g as u64)
             .collect(),
     })
+}
+
+/// A wait's tickets (one per key, 0 = none) and whether it heads every queue.
+pub(crate) fn tickets(reply: &[i64], keys: usize) -> Option<(Vec<u64>, bool)> {
+    let start = 13 + keys;
+    let part = reply.get(start..start + keys + 1)?;
+    Some((
+        part[..keys].iter().map(|t| (*t).max(0) as u64).collect(),
+        part[keys] == 1,
+    ))
 }
 
 /// A slice granted on one key: its usage, and the dimensions it bounds.

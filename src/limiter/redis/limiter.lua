@@ -1,4 +1,6 @@
--- usagewarden: the exact Redis limiter, one atomic call per operation.
+-- usagewarden: the exact Redis limiter, one atomic call per operation. One script in
+-- three files, concatenated in this order: limiter.lua (arguments, windows), queue.lua
+-- (the queue of waiters), ops.lua (the operations).
 --
 -- KEYS: one hash per limiter key. Its fields:
 --   g          generation (a reset bumps it; older reservations settle into nothing)
@@ -9,6 +11,10 @@
 --              newest's last use, newest's usage (6), the running sum of the window (6)
 --   b<W>:<slot> a bucket (slot = floor(t / quantum)), packed doubles: last use, next slot
 --              (-1 ends; the buckets are linked oldest first), usage (6)
+--   q          the queue of waiters (FIFO across processes), packed doubles: head ticket,
+--              next ticket, tickets queued, their usage together (6)
+--   q<seq>     a ticket, packed doubles: lease deadline (us, the server's TIME), owner's
+--              token, usage (6)
 -- Usage is "requests input output cache_read cache_write cost". Usage recorded at t counts
 -- while now < last + W of its bucket: never released early, at most one quantum (W / 1000)
 -- late. Memory per key is bounded by 1000 buckets per window.
@@ -19,8 +25,9 @@
 -- when a refusal computes its exact wait, and for a usage span or a late settle.
 --
 -- ARGV: op, now (us; '' = the server's TIME), usage (6), second usage (6), extra, the
--- channel told of refunds and resets (its waiters wake), then per key: generation, window
--- count, windows..., limit count, (dimension, window, amount)...;
+-- channel told of refunds, resets and departures from a queue (its waiters wake), the
+-- waiter's token, the ticket lease (us), then per key: generation, ticket (0 = none),
+-- window count, windows..., limit count, (dimension, window, amount)...;
 -- for observe, then: count, (dimension, remaining, reset us or -1)...;
 -- for lease, then: the fraction of each limit a slice takes, in millionths.
 -- Dimensions: 1 requests, 2 input tokens, 3 output tokens, 4 total tokens, 5 cost.
@@ -32,6 +39,16 @@
 -- (the slice's end), so it counts from now until one window after its end.
 -- return: an adjust that also gives back to observed ceilings what it takes away (the
 -- unused part of a slice never reached the provider).
+--
+-- The queue: acquire, check and lease refuse while live tickets are queued on any key
+-- (retry_after: when the request fits once the queued usage has gone first). wait is the
+-- acquire of a waiter: it refreshes the caller's tickets, admits only the head of every
+-- queue it is in (and drops its tickets then), and otherwise takes a ticket at the tail
+-- of every queue (all at once, so the order is the same on every key). Its reply appends
+-- the ticket on each key and 1 if the caller heads every queue (its retry_after is then
+-- exact; else it is when the blocking head's lease ends). A ticket whose lease ran out
+-- (its holder died) is dropped when it reaches the head. leave drops the caller's
+-- tickets. Departures wake the next head (a publish on the channel).
 
 local op = ARGV[1]
 local now
@@ -49,7 +66,9 @@ for i = 1, 6 do
 end
 local extra = tonumber(ARGV[15])
 local channel = ARGV[16]
-local pos = 17
+local token = tonumber(ARGV[17])
+local LEASE = tonumber(ARGV[18])
+local pos = 19
 local function num()
   local v = tonumber(ARGV[pos])
   pos = pos + 1
@@ -59,6 +78,7 @@ end
 local pack, unpack_s = struct.pack, struct.unpack
 local WFMT = 'dddddddddddddddd'
 local BFMT = 'dddddddd'
+local QFMT = 'ddddddddd'
 
 local function fmt(n) return string.format('%.0f', n) end
 local function nums(s)
@@ -91,7 +111,7 @@ end
 
 local keys = {}
 for k = 1, #KEYS do
-  local key = {name = KEYS[k], gen = num(), wins = {}, specs = {}}
+  local key = {name = KEYS[k], gen = num(), ticket = num(), wins = {}, specs = {}}
   for i = 1, num() do key.wins[i] = num() end
   for i = 1, num() do key.specs[i] = {d = num(), W = num(), amount = num()} end
   keys[k] = key
@@ -128,6 +148,8 @@ end
 local function load(key)
   local fields = {'g', 'p', 'c1', 'c2', 'c3', 'c4'}
   for i, W in ipairs(key.wins) do fields[6 + i] = 'w' .. W end
+  local qi = #fields + 1
+  fields[qi] = 'q'
   local vals = redis.call('HMGET', key.name, unpack(fields))
   local st = {name = key.name, key = key, g = tonumber(vals[1]) or 0, p = tonumber(vals[2]) or 0,
               c = {}, w = {}, exists = false, out = {}, gone = {}, changed = false}
@@ -150,6 +172,10 @@ local function load(key)
       w.sum = {t[11], t[12], t[13], t[14], t[15], t[16]}
     end
     st.w[W] = w
+  end
+  if vals[qi] then
+    local t = {unpack_s(QFMT, vals[qi])}
+    st.q = {head = t[1], nxt = t[2], count = t[3], sum = {t[4], t[5], t[6], t[7], t[8], t[9]}}
   end
   if st.p <= now then st.p = 0 end
   return st
@@ -299,6 +325,7 @@ local function ttl_ms(st)
   end
   if st.p > now then longest = math.max(longest, st.p - now) end
   for _, c in pairs(st.c) do longest = math.max(longest, c.untl - now) end
+  if st.q then longest = math.max(longest, LEASE) end
   return math.floor(longest / 1000) + 1000
 end
 
@@ -312,6 +339,18 @@ local function save(st)
   for _, w in pairs(st.w) do
     if w.head >= 0 then empty = false end
   end
+  if st.qdirty then
+    local q = st.q
+    if q.count > 0 then
+      local u = q.sum
+      st.out['q'] = pack(QFMT, q.head, q.nxt, q.count, u[1], u[2], u[3], u[4], u[5], u[6])
+    else
+      st.q = nil
+      st.out['q'] = nil
+      st.gone[#st.gone + 1] = 'q'
+    end
+  end
+  if st.q then empty = false end
   if empty then
     redis.call('DEL', st.name)
     if st.g > 0 then
@@ -391,188 +430,3 @@ local function slice_of(st, need, f)
   return g
 end
 
-local states = {}
-for k, key in ipairs(keys) do
-  states[k] = load(key)
-  evict_all(states[k])
-end
-
-if op == 'acquire' or op == 'check' or op == 'lease' then
-  local verdict = {status = 'fits', rem = {HUGE, HUGE, HUGE, HUGE, HUGE, HUGE}, binding = nil,
-                   share = HUGE}
-  for k, st in ipairs(states) do
-    local v = evaluate(st, k, U)
-    if v.status == 'never' then
-      verdict = v
-      break
-    elseif v.status == 'waits' then
-      if verdict.status ~= 'waits' or v.wait > verdict.wait then verdict = v end
-    elseif verdict.status == 'fits' then
-      for i = 1, 6 do verdict.rem[i] = math.min(verdict.rem[i], v.rem[i]) end
-      if v.share < verdict.share then verdict.share, verdict.binding = v.share, v.binding end
-    end
-  end
-  local status, retry, limit, rem = 1, 0, verdict.binding or {0, 0, 0, 0}, verdict.rem
-  if verdict.status == 'never' then
-    status, retry, limit, rem = -1, -1, verdict.limit, zeros()
-  elseif verdict.status == 'waits' then
-    status, retry, limit = 0, verdict.wait, verdict.limit
-    rem = {HUGE, HUGE, HUGE, HUGE, HUGE, HUGE}
-    for _, st in ipairs(states) do
-      local r = remaining_of(st)
-      for i = 1, 6 do rem[i] = math.min(rem[i], r[i]) end
-    end
-  elseif op == 'lease' then
-    local fraction = num()
-    for k, st in ipairs(states) do
-      local g = slice_of(st, U, fraction)
-      st.slice = g
-      for _, w in pairs(st.w) do record(st, w, now + extra, g) end
-      for d, c in pairs(st.c) do
-        c.left = c.left - dimval(g, 0, d)
-        st.out['c' .. d] = fmt(math.max(0, c.left)) .. ' ' .. fmt(c.observed) .. ' ' .. fmt(c.untl)
-      end
-    end
-  elseif op == 'acquire' then
-    for _, st in ipairs(states) do
-      for _, w in pairs(st.w) do record(st, w, now, U) end
-      for d, c in pairs(st.c) do
-        c.left = c.left - dimval(U, 0, d)
-        st.out['c' .. d] = fmt(math.max(0, c.left)) .. ' ' .. fmt(c.observed) .. ' ' .. fmt(c.untl)
-      end
-    end
-  end
-  local reply = {status, math.floor(retry), limit[1], limit[2], limit[3], limit[4]}
-  for _, v in ipairs(out(rem)) do reply[#reply + 1] = v end
-  reply[#reply + 1] = now
-  for _, st in ipairs(states) do
-    reply[#reply + 1] = st.g
-    save(st)
-  end
-  if op == 'lease' and status == 1 then
-    for _, st in ipairs(states) do
-      for i = 1, 6 do reply[#reply + 1] = st.slice[i] end
-      local mask = 0
-      for _, spec in ipairs(st.key.specs) do mask = bit.bor(mask, bit.lshift(1, spec.d)) end
-      for d, _ in pairs(st.c) do mask = bit.bor(mask, bit.lshift(1, d)) end
-      reply[#reply + 1] = mask
-    end
-  end
-  return reply
-elseif op == 'adjust' or op == 'return' then
-  local at = extra
-  for k, st in ipairs(states) do
-    if st.exists and st.g == keys[k].gen then
-      for _, w in pairs(st.w) do
-        if at + w.W > now then
-          local s = math.floor(at / w.q)
-          local t = bget(st, w, s)
-          if t then
-            for i = 1, 6 do
-              local old = t[2 + i]
-              local new = math.max(0, old - V[i]) + U[i]
-              t[2 + i] = new
-              w.sum[i] = w.sum[i] - old + new
-            end
-            bput(st, w, s, t)
-          else
-            local nonzero = false
-            for i = 1, 6 do if U[i] > 0 then nonzero = true end end
-            if nonzero then record(st, w, at, U) end
-          end
-        end
-      end
-      for d, c in pairs(st.c) do
-        if op == 'return' then c.left = math.min(c.observed, c.left + dimval(V, 0, d)) end
-        c.left = math.max(0, c.left - dimval(U, 0, d))
-        st.out['c' .. d] = fmt(c.left) .. ' ' .. fmt(c.observed) .. ' ' .. fmt(c.untl)
-        st.changed = true
-      end
-      save(st)
-      local refund = false
-      for i = 1, 6 do if V[i] > 0 then refund = true end end
-      if refund then redis.call('PUBLISH', channel, st.name) end
-    end
-  end
-  return {1}
-elseif op == 'remaining' then
-  local rem = {HUGE, HUGE, HUGE, HUGE, HUGE, HUGE}
-  for _, st in ipairs(states) do
-    local r = remaining_of(st)
-    for i = 1, 6 do rem[i] = math.min(rem[i], r[i]) end
-    save(st)
-  end
-  return out(rem)
-elseif op == 'usage' then
-  local st = states[1]
-  local longest = nil
-  for _, W in ipairs(st.key.wins) do if not longest or W > longest then longest = W end end
-  if not longest then return zeros() end
-  local span = extra
-  if span < 0 or span >= longest then
-    save(st)
-    return out(st.w[longest].sum)
-  end
-  local best = longest
-  for _, W in ipairs(st.key.wins) do if W >= span and W < best then best = W end end
-  local w = st.w[best]
-  local total = zeros()
-  local s = w.head
-  while s >= 0 do
-    local t = bget(st, w, s)
-    if t[1] + span > now then
-      for i = 1, 6 do total[i] = total[i] + t[2 + i] end
-    end
-    s = t[2]
-  end
-  save(st)
-  return out(total)
-elseif op == 'reset' then
-  for _, st in ipairs(states) do
-    redis.call('DEL', st.name)
-    redis.call('HSET', st.name, 'g', fmt(st.g + 1))
-    redis.call('PEXPIRE', st.name, ttl_ms(st))
-    redis.call('PUBLISH', channel, st.name)
-  end
-  return {1}
-elseif op == 'pause' then
-  for _, st in ipairs(states) do
-    st.p = math.max(st.p, now + extra)
-    st.out['p'] = fmt(st.p)
-    st.changed = true
-    save(st)
-  end
-  return {1}
-elseif op == 'observe' then
-  local obs = {}
-  for i = 1, num() do obs[i] = {d = num(), remaining = num(), reset = num()} end
-  for _, st in ipairs(states) do
-    for _, o in ipairs(obs) do
-      local reset = o.reset
-      if reset < 0 then
-        reset = nil
-        for _, spec in ipairs(st.key.specs) do
-          if spec.d == o.d and (not reset or spec.W < reset) then reset = spec.W end
-        end
-        reset = reset or 60000000
-      end
-      local headroom = HUGE
-      for _, spec in ipairs(st.key.specs) do
-        if bounds(spec.d, o.d) then
-          headroom = math.min(headroom, spec.amount - dimval(st.w[spec.W].sum, 0, spec.d))
-        end
-      end
-      for d, c in pairs(st.c) do
-        if bounds(d, o.d) then headroom = math.min(headroom, c.left) end
-      end
-      if reset > 0 and o.remaining < headroom then
-        st.c[o.d] = {left = o.remaining, observed = o.remaining, untl = now + reset}
-        st.out['c' .. o.d] = fmt(o.remaining) .. ' ' .. fmt(o.remaining) .. ' ' .. fmt(now + reset)
-        st.changed = true
-      end
-    end
-    save(st)
-  end
-  return {1}
-end
-return redis.error_reply('usagewarden: unknown operation ' .. tostring(op))

@@ -6,9 +6,10 @@
 //! clock is given, so hosts with skewed clocks agree.
 //!
 //! Settles and refunds are sent in order by a background task without the
-//! caller waiting; `close` flushes them. Waiters queue FIFO per key within
-//! the process and sleep until the exact moment they would fit, woken early
-//! by local refunds, resets and manual clock moves.
+//! caller waiting; `close` flushes them. Waiters queue FIFO per key across
+//! processes (tickets in Redis, leased) and sleep until the exact moment
+//! they would fit, woken early by refunds, resets, departures from the queue
+//! and manual clock moves.
 
 mod call;
 pub mod fallback;
@@ -34,7 +35,12 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::runtime::Handle;
 
-const SCRIPT: &str = include_str!("limiter.lua");
+/// One script in three files: the windows, the queue of waiters, the operations.
+const SCRIPT: &str = concat!(
+    include_str!("limiter.lua"),
+    include_str!("queue.lua"),
+    include_str!("ops.lua")
+);
 
 /// How a Redis limiter connects and names its keys.
 #[derive(Clone, Debug)]
@@ -66,7 +72,7 @@ pub struct RedisLimiter {
     inner: Arc<RedisInner>,
 }
 
-fn unavailable(url: &str, what: impl std::fmt::Display) -> CoreError {
+pub(crate) fn unavailable(url: &str, what: impl std::fmt::Display) -> CoreError {
     CoreError::Unavailable(format!("Redis at {url} is unavailable: {what}"))
 }
 
@@ -240,11 +246,12 @@ impl RedisInner {
         self.clock.as_ref().map(|c| c.now())
     }
 
-    fn call_key(&self, key: &str, generation: u64) -> CallKey {
+    pub(crate) fn call_key(&self, key: &str, generation: u64) -> CallKey {
         CallKey {
             name: Arc::from(key),
             redis_key: self.redis_key(key),
             generation,
+            ticket: 0,
             limits: self.limits_for(key),
         }
     }
@@ -282,6 +289,8 @@ impl RedisInner {
             observations: Vec::new(),
             channel: self.channel.clone(),
             fraction_ppm: 0,
+            token: 0,
+            ticket_lease_us: waiting::TICKET_LEASE.as_micros() as u64,
         }
     }
 
@@ -341,10 +350,11 @@ impl RedisInner {
     fn decide(self: &Arc<Self>, keys: &[&str], usage: Usage, op: Op) -> CoreResult<Decision> {
         let mut call = self.call(op, self.call_keys(keys)?);
         call.usage = usage;
-        let queued = self.queues.lock().queued_usage(keys);
+        // The script refuses while tickets are queued in Redis (this
+        // process's waiters hold them too); local waiters still taking their
+        // first ticket are ahead all the same: this fits once they and it do.
+        let queued = self.queues.lock().unticketed_usage(keys);
         if let Some(ahead) = queued {
-            // Waiters of this process are ahead: only they may be admitted;
-            // this fits once they and it do.
             call.op = Op::Check;
             call.usage = ahead.saturating_add(usage);
         }
@@ -355,7 +365,7 @@ impl RedisInner {
             decision.allowed = false;
             decision.retry_after_ns = Some(0);
         }
-        if queued.is_some() && decision.retry_after_ns.is_none() {
+        if queued.is_some_and(|a| !a.is_zero()) && decision.retry_after_ns.is_none() {
             // Larger together than a limit: say when it fits on its own.
             let mut alone = self.call(Op::Check, self.call_keys(keys)?);
             alone.usage = usage;

@@ -3,7 +3,7 @@
 //! are sent without the caller waiting, yet a later call of the same process
 //! always sees them; concurrent callers share round trips.
 
-use super::call::Call;
+use super::call::{Call, Op};
 use super::RedisInner;
 use crate::error::{CoreError, CoreResult};
 use redis::aio::ConnectionManager;
@@ -132,12 +132,12 @@ impl Pipe {
                             match reply {
                                 Some(reply) => {
                                     if let Err(Ok(granted)) = reply.send(result) {
-                                        // Admitted, but its waiter is gone (cancelled
-                                        // in flight): give it back.
-                                        if let Some(refund) = call.refund_of(&granted) {
+                                        // Admitted or queued, but its waiter is gone
+                                        // (cancelled in flight): give it back.
+                                        if let Some(undo) = call.undo_of(&granted) {
                                             let wake = call.keys_named();
                                             let _ = requeue.send(Job::Call {
-                                                call: Box::new(refund),
+                                                call: Box::new(undo),
                                                 reply: None,
                                                 wake,
                                             });
@@ -145,7 +145,9 @@ impl Pipe {
                                     }
                                 }
                                 None => {
-                                    if let Err(e) = result {
+                                    // A leave that fails is no loss: its tickets'
+                                    // leases run out.
+                                    if let (Err(e), false) = (result, call.op == Op::Leave) {
                                         failed_settles = Some(e.to_string());
                                     }
                                     wake.extend(w);
