@@ -169,10 +169,12 @@ impl Limiter for LeasedLimiter {
                 let reservation = wait.await?;
                 // A cancellation while the slices refill comes after the grant:
                 // the guard hands the reservation back instead of dropping it counted.
+                // The refill runs as a task of its own: a slice taken in Redis is
+                // installed even if this waiter is dropped while it is in flight.
                 let granted = CancelOnDrop(Some(reservation));
                 let names: Vec<&str> = owned.iter().map(|k| &**k).collect();
                 if let Ok(refill) = leases.refill(&names) {
-                    let _ = refill.await;
+                    let _ = leases.redis.runtime.spawn(refill).await;
                 }
                 Ok(granted.keep())
             }),
