@@ -1,6 +1,7 @@
-//! Reads answered by the grouped totals (`usage_rollup`, kept by
-//! `super::rollup`): the whole hours of a range come from its rows, the
-//! partial hours at the edges from the events, both in one shape and summed
+//! Reads answered by the grouped totals (`usage_daily` and `usage_rollup`,
+//! kept by `super::coarse` and `super::rollup`): the whole UTC days of a
+//! range come from the daily rows, its other whole hours from the hourly
+//! rows, the partial hours at the edges from the events, both in one shape and summed
 //! by one query, so that totals and distinct counts are those of the events.
 
 use super::read::{self, Aggregate};
@@ -30,7 +31,7 @@ fn plan_of(filters: &Filters) -> Option<Plan> {
     }
     let start = filters.start_us.unwrap_or(MIN_TIMESTAMP_US);
     let end = filters.end_us.unwrap_or(MAX_TIMESTAMP_US);
-    rollup_plan::plan(start, end, None)
+    Some(rollup_plan::plan_with_days(start, end))
 }
 
 /// `key = ?` for each filtered key column (every filter but time and task).
@@ -79,6 +80,17 @@ fn source(filters: &Filters, plan: &Plan) -> (String, Vec<Value>) {
             terms.join(" AND ")
         ));
     };
+    part(
+        "usage_daily",
+        "day",
+        &plan.days,
+        "<",
+        &format!(
+            "day AS ts, namespace, agent_id, consumer_id, NULLIF(model, '') AS model, action, \
+             events AS events, {COUNTED}, unpriced_events AS unpriced_events"
+        ),
+        &mut params,
+    );
     part(
         "usage_rollup",
         "hour",
