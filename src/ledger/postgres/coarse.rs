@@ -1,7 +1,10 @@
 //! Totals per UTC day × namespace × agent × consumer × model × action
-//! (`usage_daily`), kept with the hourly ones of `super::grouped` in the
-//! same writer statement: summaries, grouped totals and distinct counts
-//! over days and months read about 24 times fewer rows than per hour.
+//! (`usage_daily`), and per hour × namespace × model (`usage_hourly_model`),
+//! kept with the hourly ones of `super::grouped` in the same writer
+//! statement: summaries, grouped totals and distinct counts over days and
+//! months read about 24 times fewer rows than per hour, and calendar
+//! buckets filtered by nothing or a model only read a few rows an hour
+//! (`super::timeline`).
 //!
 //! A day is recounted from its hourly rows once those are recounted (the
 //! caller holds `grouped::lock`): exact sums (numeric), saturated at
@@ -20,9 +23,10 @@ pub const DAILY: Level = Level {
     table: "usage_daily",
     time: "day",
     time_of_ts: DAY_OF_TS,
+    keys: &["namespace", "agent_id", "consumer_id", "model", "action"],
 };
 
-/// The table, back-filled from the hourly rows (dropped first, so that a
+/// The tables, back-filled from the hourly rows (dropped first, so that a
 /// schema whose version was wound back is counted afresh).
 pub const MIGRATION: &str = r#"
 DROP TABLE IF EXISTS {s}.usage_daily;
@@ -59,6 +63,36 @@ SELECT hour - (((hour % 86400000000) + 86400000000) % 86400000000) AS day,
        (CASE WHEN SUM(cost_nanos) > 9223372036854775807 THEN 9223372036854775807 ELSE SUM(cost_nanos) END)::int8,
        (CASE WHEN SUM(unpriced_events) > 9223372036854775807 THEN 9223372036854775807 ELSE SUM(unpriced_events) END)::int8
 FROM {s}.usage_rollup GROUP BY 1, 2, 3, 4, 5, 6;
+DROP TABLE IF EXISTS {s}.usage_hourly_model;
+CREATE TABLE {s}.usage_hourly_model (
+    hour               BIGINT NOT NULL,
+    namespace          TEXT   NOT NULL,
+    model              TEXT   NOT NULL,
+    events             BIGINT NOT NULL,
+    tokens_in          BIGINT NOT NULL,
+    tokens_out         BIGINT NOT NULL,
+    cache_read_tokens  BIGINT NOT NULL,
+    cache_write_tokens BIGINT NOT NULL,
+    duration_ms        BIGINT NOT NULL,
+    api_calls          BIGINT NOT NULL,
+    units              BIGINT NOT NULL,
+    cost_nanos         BIGINT,
+    unpriced_events    BIGINT NOT NULL,
+    PRIMARY KEY (hour, namespace, model)
+);
+INSERT INTO {s}.usage_hourly_model
+SELECT hour, namespace, model,
+       (CASE WHEN SUM(events) > 9223372036854775807 THEN 9223372036854775807 ELSE SUM(events) END)::int8,
+       (CASE WHEN SUM(tokens_in) > 9223372036854775807 THEN 9223372036854775807 ELSE SUM(tokens_in) END)::int8,
+       (CASE WHEN SUM(tokens_out) > 9223372036854775807 THEN 9223372036854775807 ELSE SUM(tokens_out) END)::int8,
+       (CASE WHEN SUM(cache_read_tokens) > 9223372036854775807 THEN 9223372036854775807 ELSE SUM(cache_read_tokens) END)::int8,
+       (CASE WHEN SUM(cache_write_tokens) > 9223372036854775807 THEN 9223372036854775807 ELSE SUM(cache_write_tokens) END)::int8,
+       (CASE WHEN SUM(duration_ms) > 9223372036854775807 THEN 9223372036854775807 ELSE SUM(duration_ms) END)::int8,
+       (CASE WHEN SUM(api_calls) > 9223372036854775807 THEN 9223372036854775807 ELSE SUM(api_calls) END)::int8,
+       (CASE WHEN SUM(units) > 9223372036854775807 THEN 9223372036854775807 ELSE SUM(units) END)::int8,
+       (CASE WHEN SUM(cost_nanos) > 9223372036854775807 THEN 9223372036854775807 ELSE SUM(cost_nanos) END)::int8,
+       (CASE WHEN SUM(unpriced_events) > 9223372036854775807 THEN 9223372036854775807 ELSE SUM(unpriced_events) END)::int8
+FROM {s}.usage_rollup GROUP BY 1, 2, 3;
 "#;
 
 /// Drops the days before the one `edge` falls in.

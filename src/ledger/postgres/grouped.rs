@@ -45,38 +45,60 @@ DROP TABLE IF EXISTS {s}.usage_hourly;
 /// The hour (UTC µs) an event's timestamp falls in, in SQL.
 const HOUR_OF_TS: &str = "(ts - (((ts % 3600000000) + 3600000000) % 3600000000))";
 
-/// A table of grouped totals: its name, its time column, and that column
-/// computed from an event's `ts`.
+/// A table of grouped totals: its name, its time column, that column
+/// computed from an event's `ts`, and the key columns after it (`model`
+/// among them is `''` for none).
 pub struct Level {
     pub table: &'static str,
     pub time: &'static str,
     pub time_of_ts: &'static str,
+    pub keys: &'static [&'static str],
 }
 
 pub const HOURLY: Level = Level {
     table: "usage_rollup",
     time: "hour",
     time_of_ts: HOUR_OF_TS,
+    keys: &["namespace", "agent_id", "consumer_id", "model", "action"],
 };
 
-/// The key columns after the time.
-const GROUP_KEYS: &str = "namespace, agent_id, consumer_id, model, action";
+/// Per hour × namespace × model (`super::coarse`).
+pub const HOURLY_MODEL: Level = Level {
+    table: "usage_hourly_model",
+    time: "hour",
+    time_of_ts: HOUR_OF_TS,
+    keys: &["namespace", "model"],
+};
+
+/// The levels kept per hour, recounted from the events.
+const HOURLY_LEVELS: [&Level; 2] = [&HOURLY, &HOURLY_MODEL];
 
 /// The key columns of the events' rows, then their totals (exact, saturating).
 fn grouped_select(from: &str) -> String {
-    grouped_select_at(from, HOUR_OF_TS)
+    grouped_select_at(from, &HOURLY)
 }
 
-/// `grouped_select` with the rows keyed by `time_of_ts`.
-fn grouped_select_at(from: &str, time_of_ts: &str) -> String {
+/// `grouped_select` with the rows keyed as `level`'s, in key order.
+fn grouped_select_at(from: &str, level: &Level) -> String {
     let mut sums = vec!["COUNT(*)::int8".to_string()];
     sums.extend(COUNTERS.iter().map(|c| saturate(&format!("SUM({c})"))));
     sums.push(saturate("SUM(cost_nanos)"));
     sums.push("(COUNT(*) - COUNT(cost_nanos))::int8".into());
+    let keys: Vec<String> = level
+        .keys
+        .iter()
+        .map(|&k| match k {
+            "model" => "COALESCE(model, '') AS model".to_string(),
+            other => other.to_string(),
+        })
+        .collect();
+    let positions: Vec<String> = (1..=level.keys.len() + 1).map(|i| i.to_string()).collect();
     format!(
-        "SELECT {time_of_ts} AS time, namespace, agent_id, consumer_id, COALESCE(model, '') AS model, \
-         action, {} FROM {from} GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 1, 2, 3, 4, 5, 6",
-        sums.join(", ")
+        "SELECT {time_of_ts} AS time, {keys}, {sums} FROM {from} GROUP BY {p} ORDER BY {p}",
+        time_of_ts = level.time_of_ts,
+        keys = keys.join(", "),
+        sums = sums.join(", "),
+        p = positions.join(", "),
     )
 }
 
@@ -100,12 +122,13 @@ pub fn upsert_into(s: &str, level: &Level, from: &str) -> String {
         .collect();
     format!(
         "INSERT INTO {s}.{table} AS r {select} \
-         ON CONFLICT ({time}, {GROUP_KEYS}) DO UPDATE SET {updates}, \
+         ON CONFLICT ({time}, {keys}) DO UPDATE SET {updates}, \
          cost_nanos = CASE WHEN r.cost_nanos IS NULL AND excluded.cost_nanos IS NULL THEN NULL \
              ELSE LEAST(COALESCE(r.cost_nanos, 0)::numeric + COALESCE(excluded.cost_nanos, 0), 9223372036854775807)::int8 END",
         table = level.table,
         time = level.time,
-        select = grouped_select_at(from, level.time_of_ts),
+        keys = level.keys.join(", "),
+        select = grouped_select_at(from, level),
         updates = updates.join(", "),
     )
 }
@@ -134,20 +157,26 @@ pub async fn recount_hours(c: &impl GenericClient, s: &str, hours: &[i64]) -> Co
     if hours.is_empty() {
         return Ok(());
     }
-    c.execute(
-        &format!("DELETE FROM {s}.usage_rollup WHERE hour = ANY($1)"),
-        &[&hours],
-    )
-    .await?;
     let from = format!(
         "(SELECT e.* FROM unnest($1::int8[]) AS h(start) \
           JOIN {s}.usage_events e ON e.ts >= h.start AND e.ts < h.start + {HOUR_US}) AS e"
     );
-    c.execute(
-        &format!("INSERT INTO {s}.usage_rollup {}", grouped_select(&from)),
-        &[&hours],
-    )
-    .await?;
+    for level in HOURLY_LEVELS {
+        let table = level.table;
+        c.execute(
+            &format!("DELETE FROM {s}.{table} WHERE hour = ANY($1)"),
+            &[&hours],
+        )
+        .await?;
+        c.execute(
+            &format!(
+                "INSERT INTO {s}.{table} {}",
+                grouped_select_at(&from, level)
+            ),
+            &[&hours],
+        )
+        .await?;
+    }
     super::coarse::recount_days_of(c, s, hours).await
 }
 
@@ -155,11 +184,13 @@ pub async fn recount_hours(c: &impl GenericClient, s: &str, hours: &[i64]) -> Co
 /// days) now empty and recounts the hour (and day) the cutoff falls in.
 pub async fn after_purge(c: &impl GenericClient, s: &str, cutoff_us: i64) -> CoreResult<()> {
     let edge = cutoff_us - cutoff_us.rem_euclid(HOUR_US);
-    c.execute(
-        &format!("DELETE FROM {s}.usage_rollup WHERE hour < $1"),
-        &[&edge],
-    )
-    .await?;
+    for level in HOURLY_LEVELS {
+        c.execute(
+            &format!("DELETE FROM {s}.{} WHERE hour < $1", level.table),
+            &[&edge],
+        )
+        .await?;
+    }
     super::coarse::drop_days_before(c, s, edge).await?;
     recount_hours(c, s, &[edge]).await
 }
