@@ -11,6 +11,7 @@ use crate::ledger::buckets::GroupBy;
 use crate::ledger::event::{MAX_TIMESTAMP_US, MIN_TIMESTAMP_US};
 use crate::ledger::filters::Filters;
 use crate::ledger::rollup_plan::{self, Plan};
+use hashbrown::{HashMap, HashSet};
 use rusqlite::types::Value;
 use rusqlite::{params_from_iter, Connection};
 
@@ -169,19 +170,82 @@ pub fn aggregate_by_key(
     let Some(plan) = plan_of(filters).filter(|_| !matches!(group_by, GroupBy::Time(_))) else {
         return read::aggregate_rows(conn, group_by, tz, filters);
     };
-    let (source, params) = source(filters, &plan);
+    Ok(grouped_in_rust(conn, group_by.sql(), filters, &plan)?)
+}
+
+/// Sums `source` rows per `key` column here rather than in SQL: the rows
+/// come in the tables' order, and grouping and counting distinct values in
+/// one hash pass costs a fraction of SQLite's sort per `GROUP BY` and
+/// `COUNT(DISTINCT …)`. Sums saturate at 2**63 - 1 as every total does.
+fn grouped_in_rust(
+    conn: &Connection,
+    key: &str,
+    filters: &Filters,
+    plan: &Plan,
+) -> rusqlite::Result<Vec<Aggregate>> {
+    struct Group {
+        totals: Aggregate,
+        agents: HashSet<String>,
+        consumers: HashSet<String>,
+    }
+    let (source, params) = source(filters, plan);
     let sql = format!(
-        "SELECT {key} AS grp, {TOTALS}, COUNT(DISTINCT agent_id), COUNT(DISTINCT consumer_id) \
-         FROM ({source}) GROUP BY grp ORDER BY grp",
-        key = group_by.sql()
+        "SELECT {key}, agent_id, consumer_id, events, {COUNTED}, unpriced_events FROM ({source})"
     );
-    read::totals_query(&sql, |sql| {
-        let mut stmt = conn.prepare_cached(sql)?;
-        let rows = stmt.query_map(params_from_iter(params.iter()), |row| {
-            read::aggregate_from_row(row, row.get::<_, Option<String>>(0)?, 1)
-        })?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-    })
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query(params_from_iter(params.iter()))?;
+    let mut groups: HashMap<String, Group> = HashMap::new();
+    let mut no_value: Option<Group> = None;
+    let new_group = |value: Option<&str>| Group {
+        totals: Aggregate {
+            group: value.map(str::to_owned),
+            ..Aggregate::default()
+        },
+        agents: HashSet::new(),
+        consumers: HashSet::new(),
+    };
+    while let Some(row) = rows.next()? {
+        let n = |i: usize| row.get::<_, i64>(i).map(|v| v.max(0) as u64);
+        let part = Aggregate {
+            events: n(3)?,
+            tokens_in: n(4)?,
+            tokens_out: n(5)?,
+            cache_read_tokens: n(6)?,
+            cache_write_tokens: n(7)?,
+            duration_ms: n(8)?,
+            api_calls: n(9)?,
+            units: n(10)?,
+            cost_nanos: row.get::<_, Option<i64>>(11)?.map(|c| c.max(0) as u64),
+            unpriced_events: n(12)?,
+            ..Aggregate::default()
+        };
+        // Looked up by `&str`: a key is allocated once per group, not per row.
+        let group = match row.get_ref(0)?.as_str_or_null()? {
+            None => no_value.get_or_insert_with(|| new_group(None)),
+            Some(value) => groups
+                .entry_ref(value)
+                .or_insert_with(|| new_group(Some(value))),
+        };
+        rollup::add(&mut group.totals, &part);
+        for (set, i) in [(&mut group.agents, 1), (&mut group.consumers, 2)] {
+            let value = row.get_ref(i)?.as_str()?;
+            if !set.contains(value) {
+                set.insert(value.to_owned());
+            }
+        }
+    }
+    let mut out: Vec<Aggregate> = no_value
+        .into_iter()
+        .chain(groups.into_values())
+        .map(|g| Aggregate {
+            unique_agents: g.agents.len() as u64,
+            unique_consumers: g.consumers.len() as u64,
+            ..g.totals
+        })
+        .collect();
+    // `None` first, then by bytes (a `str`'s order is its bytes' order).
+    out.sort_by(|a, b| a.group.cmp(&b.group));
+    Ok(out)
 }
 
 /// Distinct agents or consumers with their event counts.
@@ -197,12 +261,8 @@ pub fn distinct(
     let Some(plan) = plan_of(filters) else {
         return read::distinct(conn, column, filters);
     };
-    let (source, params) = source(filters, &plan);
-    let sql =
-        format!("SELECT {column}, SUM(events) FROM ({source}) GROUP BY {column} ORDER BY {column}");
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(params_from_iter(params), |r| {
-        Ok((r.get(0)?, r.get::<_, i64>(1)? as u64))
-    })?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    Ok(grouped_in_rust(conn, column, filters, &plan)?
+        .into_iter()
+        .filter_map(|g| Some((g.group?, g.events)))
+        .collect())
 }
