@@ -137,6 +137,9 @@ async fn by_time(
     Ok(Some(totals))
 }
 
+/// A bucket's index and a `[lo, hi)` range of its hours, or `[lo, hi]` of its events.
+type Piece = (i32, i64, i64);
+
 /// Each bucket holding events, with its totals (no distinct counts yet).
 async fn totals(
     c: &impl GenericClient,
@@ -144,7 +147,7 @@ async fn totals(
     filters: &Filters,
     buckets: &[(i64, i64, String)],
 ) -> CoreResult<Vec<Aggregate>> {
-    let (mut hours, mut events): (Vec<(i32, i64, i64)>, Vec<(i32, i64, i64)>) = Default::default();
+    let (mut hours, mut events): (Vec<Piece>, Vec<Piece>) = (Vec::new(), Vec::new());
     for (i, (start, end, _)) in buckets.iter().enumerate() {
         let Some(plan) = rollup_plan::plan(*start, *end, None) else {
             continue;
@@ -152,7 +155,7 @@ async fn totals(
         hours.extend(plan.hours.iter().map(|&(a, b)| (i as i32, a, b)));
         events.extend(plan.events.iter().map(|&(a, b)| (i as i32, a, b)));
     }
-    let columns = |v: &[(i32, i64, i64)]| -> [Param; 3] {
+    let columns = |v: &[Piece]| -> [Param; 3] {
         [
             Box::new(v.iter().map(|p| p.0).collect::<Vec<i32>>()),
             Box::new(v.iter().map(|p| p.1).collect::<Vec<i64>>()),
