@@ -11,7 +11,6 @@
 //! 2**63 - 1 like every total, which is the saturated sum of the events.
 
 use super::grouped::Level;
-use super::writer::{saturate, COUNTERS};
 use crate::error::CoreResult;
 use crate::ledger::rollup_plan::{day_of, DAY_US};
 use deadpool_postgres::GenericClient;
@@ -26,74 +25,63 @@ pub const DAILY: Level = Level {
     keys: &["namespace", "agent_id", "consumer_id", "model", "action"],
 };
 
+/// The totals every row carries after its key, as in `usage_rollup`.
+macro_rules! totals_columns {
+    () => {
+        "events BIGINT NOT NULL, tokens_in BIGINT NOT NULL, tokens_out BIGINT NOT NULL, \
+         cache_read_tokens BIGINT NOT NULL, cache_write_tokens BIGINT NOT NULL, \
+         duration_ms BIGINT NOT NULL, api_calls BIGINT NOT NULL, units BIGINT NOT NULL, \
+         cost_nanos BIGINT, unpriced_events BIGINT NOT NULL"
+    };
+}
+
+/// The hourly rows' totals summed, exact and saturating (NULL costs stay NULL).
+macro_rules! summed_totals {
+    () => {
+        "(CASE WHEN SUM(events) > 9223372036854775807 THEN 9223372036854775807 ELSE SUM(events) END)::int8, \
+         (CASE WHEN SUM(tokens_in) > 9223372036854775807 THEN 9223372036854775807 ELSE SUM(tokens_in) END)::int8, \
+         (CASE WHEN SUM(tokens_out) > 9223372036854775807 THEN 9223372036854775807 ELSE SUM(tokens_out) END)::int8, \
+         (CASE WHEN SUM(cache_read_tokens) > 9223372036854775807 THEN 9223372036854775807 ELSE SUM(cache_read_tokens) END)::int8, \
+         (CASE WHEN SUM(cache_write_tokens) > 9223372036854775807 THEN 9223372036854775807 ELSE SUM(cache_write_tokens) END)::int8, \
+         (CASE WHEN SUM(duration_ms) > 9223372036854775807 THEN 9223372036854775807 ELSE SUM(duration_ms) END)::int8, \
+         (CASE WHEN SUM(api_calls) > 9223372036854775807 THEN 9223372036854775807 ELSE SUM(api_calls) END)::int8, \
+         (CASE WHEN SUM(units) > 9223372036854775807 THEN 9223372036854775807 ELSE SUM(units) END)::int8, \
+         (CASE WHEN SUM(cost_nanos) > 9223372036854775807 THEN 9223372036854775807 ELSE SUM(cost_nanos) END)::int8, \
+         (CASE WHEN SUM(unpriced_events) > 9223372036854775807 THEN 9223372036854775807 ELSE SUM(unpriced_events) END)::int8"
+    };
+}
+
 /// The tables, back-filled from the hourly rows (dropped first, so that a
 /// schema whose version was wound back is counted afresh).
-pub const MIGRATION: &str = r#"
-DROP TABLE IF EXISTS {s}.usage_daily;
+pub const MIGRATION: &str = concat!(
+    "DROP TABLE IF EXISTS {s}.usage_daily;
 CREATE TABLE {s}.usage_daily (
-    day                BIGINT NOT NULL,
-    namespace          TEXT   NOT NULL,
-    agent_id           TEXT   NOT NULL,
-    consumer_id        TEXT   NOT NULL,
-    model              TEXT   NOT NULL,
-    action             TEXT   NOT NULL,
-    events             BIGINT NOT NULL,
-    tokens_in          BIGINT NOT NULL,
-    tokens_out         BIGINT NOT NULL,
-    cache_read_tokens  BIGINT NOT NULL,
-    cache_write_tokens BIGINT NOT NULL,
-    duration_ms        BIGINT NOT NULL,
-    api_calls          BIGINT NOT NULL,
-    units              BIGINT NOT NULL,
-    cost_nanos         BIGINT,
-    unpriced_events    BIGINT NOT NULL,
+    day BIGINT NOT NULL, namespace TEXT NOT NULL, agent_id TEXT NOT NULL,
+    consumer_id TEXT NOT NULL, model TEXT NOT NULL, action TEXT NOT NULL, ",
+    totals_columns!(),
+    ",
     PRIMARY KEY (day, namespace, agent_id, consumer_id, model, action)
 );
 INSERT INTO {s}.usage_daily
 SELECT hour - (((hour % 86400000000) + 86400000000) % 86400000000) AS day,
-       namespace, agent_id, consumer_id, model, action,
-       (CASE WHEN SUM(events) > 9223372036854775807 THEN 9223372036854775807 ELSE SUM(events) END)::int8,
-       (CASE WHEN SUM(tokens_in) > 9223372036854775807 THEN 9223372036854775807 ELSE SUM(tokens_in) END)::int8,
-       (CASE WHEN SUM(tokens_out) > 9223372036854775807 THEN 9223372036854775807 ELSE SUM(tokens_out) END)::int8,
-       (CASE WHEN SUM(cache_read_tokens) > 9223372036854775807 THEN 9223372036854775807 ELSE SUM(cache_read_tokens) END)::int8,
-       (CASE WHEN SUM(cache_write_tokens) > 9223372036854775807 THEN 9223372036854775807 ELSE SUM(cache_write_tokens) END)::int8,
-       (CASE WHEN SUM(duration_ms) > 9223372036854775807 THEN 9223372036854775807 ELSE SUM(duration_ms) END)::int8,
-       (CASE WHEN SUM(api_calls) > 9223372036854775807 THEN 9223372036854775807 ELSE SUM(api_calls) END)::int8,
-       (CASE WHEN SUM(units) > 9223372036854775807 THEN 9223372036854775807 ELSE SUM(units) END)::int8,
-       (CASE WHEN SUM(cost_nanos) > 9223372036854775807 THEN 9223372036854775807 ELSE SUM(cost_nanos) END)::int8,
-       (CASE WHEN SUM(unpriced_events) > 9223372036854775807 THEN 9223372036854775807 ELSE SUM(unpriced_events) END)::int8
+       namespace, agent_id, consumer_id, model, action, ",
+    summed_totals!(),
+    "
 FROM {s}.usage_rollup GROUP BY 1, 2, 3, 4, 5, 6;
 DROP TABLE IF EXISTS {s}.usage_hourly_model;
 CREATE TABLE {s}.usage_hourly_model (
-    hour               BIGINT NOT NULL,
-    namespace          TEXT   NOT NULL,
-    model              TEXT   NOT NULL,
-    events             BIGINT NOT NULL,
-    tokens_in          BIGINT NOT NULL,
-    tokens_out         BIGINT NOT NULL,
-    cache_read_tokens  BIGINT NOT NULL,
-    cache_write_tokens BIGINT NOT NULL,
-    duration_ms        BIGINT NOT NULL,
-    api_calls          BIGINT NOT NULL,
-    units              BIGINT NOT NULL,
-    cost_nanos         BIGINT,
-    unpriced_events    BIGINT NOT NULL,
+    hour BIGINT NOT NULL, namespace TEXT NOT NULL, model TEXT NOT NULL, ",
+    totals_columns!(),
+    ",
     PRIMARY KEY (hour, namespace, model)
 );
 INSERT INTO {s}.usage_hourly_model
-SELECT hour, namespace, model,
-       (CASE WHEN SUM(events) > 9223372036854775807 THEN 9223372036854775807 ELSE SUM(events) END)::int8,
-       (CASE WHEN SUM(tokens_in) > 9223372036854775807 THEN 9223372036854775807 ELSE SUM(tokens_in) END)::int8,
-       (CASE WHEN SUM(tokens_out) > 9223372036854775807 THEN 9223372036854775807 ELSE SUM(tokens_out) END)::int8,
-       (CASE WHEN SUM(cache_read_tokens) > 9223372036854775807 THEN 9223372036854775807 ELSE SUM(cache_read_tokens) END)::int8,
-       (CASE WHEN SUM(cache_write_tokens) > 9223372036854775807 THEN 9223372036854775807 ELSE SUM(cache_write_tokens) END)::int8,
-       (CASE WHEN SUM(duration_ms) > 9223372036854775807 THEN 9223372036854775807 ELSE SUM(duration_ms) END)::int8,
-       (CASE WHEN SUM(api_calls) > 9223372036854775807 THEN 9223372036854775807 ELSE SUM(api_calls) END)::int8,
-       (CASE WHEN SUM(units) > 9223372036854775807 THEN 9223372036854775807 ELSE SUM(units) END)::int8,
-       (CASE WHEN SUM(cost_nanos) > 9223372036854775807 THEN 9223372036854775807 ELSE SUM(cost_nanos) END)::int8,
-       (CASE WHEN SUM(unpriced_events) > 9223372036854775807 THEN 9223372036854775807 ELSE SUM(unpriced_events) END)::int8
+SELECT hour, namespace, model, ",
+    summed_totals!(),
+    "
 FROM {s}.usage_rollup GROUP BY 1, 2, 3;
-"#;
+"
+);
 
 /// Drops the days before the one `edge` falls in.
 pub async fn drop_days_before(c: &impl GenericClient, s: &str, edge: i64) -> CoreResult<()> {
@@ -118,10 +106,6 @@ pub async fn recount_days_of(c: &impl GenericClient, s: &str, hours: &[i64]) -> 
         &[&days],
     )
     .await?;
-    let mut sums = vec![saturate("SUM(r.events)")];
-    sums.extend(COUNTERS.iter().map(|c| saturate(&format!("SUM(r.{c})"))));
-    sums.push(saturate("SUM(r.cost_nanos)"));
-    sums.push(saturate("SUM(r.unpriced_events)"));
     c.execute(
         &format!(
             "INSERT INTO {s}.usage_daily \
@@ -129,7 +113,7 @@ pub async fn recount_days_of(c: &impl GenericClient, s: &str, hours: &[i64]) -> 
              FROM unnest($1::int8[]) AS d(day) \
              JOIN {s}.usage_rollup r ON r.hour >= d.day AND r.hour < d.day + {DAY_US} \
              GROUP BY 1, 2, 3, 4, 5, 6",
-            sums.join(", ")
+            summed_totals!()
         ),
         &[&days],
     )

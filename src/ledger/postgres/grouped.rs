@@ -246,30 +246,16 @@ pub fn source(s: &str, filters: &Filters, plan: &Plan, params: &mut Vec<Param>) 
             terms.join(" AND ")
         ));
     };
-    part(
-        "usage_daily",
-        "day",
-        "<",
-        &plan.days,
-        format!(
-            "day AS ts, namespace, agent_id, consumer_id, NULLIF(model, '') AS model, action, \
+    for (table, time, ranges) in [
+        ("usage_daily", "day", &plan.days),
+        ("usage_rollup", "hour", &plan.hours),
+    ] {
+        let columns = format!(
+            "{time} AS ts, namespace, agent_id, consumer_id, NULLIF(model, '') AS model, action, \
              events, {counters}, cost_nanos, unpriced_events"
-        ),
-        false,
-        params,
-    );
-    part(
-        "usage_rollup",
-        "hour",
-        "<",
-        &plan.hours,
-        format!(
-            "hour AS ts, namespace, agent_id, consumer_id, NULLIF(model, '') AS model, action, \
-             events, {counters}, cost_nanos, unpriced_events"
-        ),
-        false,
-        params,
-    );
+        );
+        part(table, time, "<", ranges, columns, false, params);
+    }
     part(
         "usage_events",
         "ts",

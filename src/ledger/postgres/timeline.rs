@@ -54,13 +54,19 @@ fn answers(filters: &Filters) -> bool {
     kept == *filters && rollup_plan::answers(filters)
 }
 
-/// `key = $n` for the namespace and model filters, on `alias`.
+/// `key = $n` for the namespace and model filters, on `alias`. Written as
+/// `(key = $n) IS TRUE` (the same for these NOT NULL columns), no index
+/// serves them: a probe then seeks the `(agent_id, ts)` index it is meant
+/// for, not the `(model, ts)` one scanned until the agent turns up.
 fn key_terms(filters: &Filters, alias: &str, params: &mut Vec<Param>) -> String {
     let mut terms = String::new();
     for (column, value) in [("namespace", &filters.namespace), ("model", &filters.model)] {
         if let Some(v) = value {
             params.push(Box::new(v.clone()));
-            terms.push_str(&format!(" AND {alias}.{column} = ${}", params.len()));
+            terms.push_str(&format!(
+                " AND ({alias}.{column} = ${}) IS TRUE",
+                params.len()
+            ));
         }
     }
     terms
@@ -141,6 +147,9 @@ async fn by_time(
 type Piece = (i32, i64, i64);
 
 /// Each bucket holding events, with its totals (no distinct counts yet).
+/// `OFFSET 0` keeps each piece a range scan of its own (here and in the
+/// probes): joined as a whole, the planner would scan every event once per
+/// piece, or hash a bucket's events to probe them.
 async fn totals(
     c: &impl GenericClient,
     s: &str,
@@ -183,11 +192,13 @@ async fn totals(
         "SELECT i, {sums} FROM ( \
            SELECT p.i, m.events, {hour_counters}, m.cost_nanos, m.unpriced_events \
            FROM unnest($1::int4[], $2::int8[], $3::int8[]) AS p(i, lo, hi) \
-           JOIN {s}.usage_hourly_model m ON m.hour >= p.lo AND m.hour < p.hi{hour_keys} \
+           CROSS JOIN LATERAL (SELECT * FROM {s}.usage_hourly_model m \
+               WHERE m.hour >= p.lo AND m.hour < p.hi{hour_keys} OFFSET 0) m \
            UNION ALL \
            SELECT p.i, 1::int8, {event_counters}, e.cost_nanos, (e.cost_nanos IS NULL)::int4::int8 \
            FROM unnest(${a}::int4[], ${b}::int8[], ${n}::int8[]) AS p(i, lo, hi) \
-           JOIN {s}.usage_events e ON e.ts >= p.lo AND e.ts <= p.hi{event_keys} \
+           CROSS JOIN LATERAL (SELECT * FROM {s}.usage_events e \
+               WHERE e.ts >= p.lo AND e.ts <= p.hi{event_keys} OFFSET 0) e \
          ) x GROUP BY i HAVING SUM(events) > 0 ORDER BY i",
         sums = sums.join(", "),
         hour_counters = counters("m"),
@@ -277,7 +288,7 @@ async fn count_distinct(
         format!(
             "(SELECT COUNT(*) FROM unnest(${values}::text[]) AS v(x) WHERE EXISTS ( \
                SELECT 1 FROM {s}.usage_events e \
-               WHERE e.{column} = v.x AND e.ts >= p.lo AND e.ts <= p.hi{keys}))::int8"
+               WHERE e.{column} = v.x AND e.ts >= p.lo AND e.ts <= p.hi{keys} OFFSET 0))::int8"
         )
     };
     let sql = format!(

@@ -15,47 +15,36 @@ use rusqlite::Connection;
 /// The key columns of `usage_daily`, in `rollup::GroupKey` order.
 pub const DAY_KEYS: &str = "day, namespace, agent_id, consumer_id, model, action";
 
+/// The totals every row carries after its key, as in `usage_rollup`.
+macro_rules! totals_columns {
+    () => {
+        "events INTEGER NOT NULL, tokens_in INTEGER NOT NULL, tokens_out INTEGER NOT NULL, \
+         cache_read_tokens INTEGER NOT NULL, cache_write_tokens INTEGER NOT NULL, \
+         duration_ms INTEGER NOT NULL, api_calls INTEGER NOT NULL, units INTEGER NOT NULL, \
+         cost_nanos INTEGER, unpriced_events INTEGER NOT NULL"
+    };
+}
+
 /// The tables, back-filled by `fill` from the hourly groups. Dropped first,
 /// so that a ledger whose schema version was wound back is counted afresh.
-pub const MIGRATION: &str = r#"
-DROP TABLE IF EXISTS usage_daily;
+pub const MIGRATION: &str = concat!(
+    "DROP TABLE IF EXISTS usage_daily;
 CREATE TABLE usage_daily (
-    day                INTEGER NOT NULL,
-    namespace          TEXT    NOT NULL,
-    agent_id           TEXT    NOT NULL,
-    consumer_id        TEXT    NOT NULL,
-    model              TEXT    NOT NULL,
-    action             TEXT    NOT NULL,
-    events             INTEGER NOT NULL,
-    tokens_in          INTEGER NOT NULL,
-    tokens_out         INTEGER NOT NULL,
-    cache_read_tokens  INTEGER NOT NULL,
-    cache_write_tokens INTEGER NOT NULL,
-    duration_ms        INTEGER NOT NULL,
-    api_calls          INTEGER NOT NULL,
-    units              INTEGER NOT NULL,
-    cost_nanos         INTEGER,
-    unpriced_events    INTEGER NOT NULL,
+    day INTEGER NOT NULL, namespace TEXT NOT NULL, agent_id TEXT NOT NULL,
+    consumer_id TEXT NOT NULL, model TEXT NOT NULL, action TEXT NOT NULL, ",
+    totals_columns!(),
+    ",
     PRIMARY KEY (day, namespace, agent_id, consumer_id, model, action)
 ) WITHOUT ROWID;
 DROP TABLE IF EXISTS usage_hourly_model;
 CREATE TABLE usage_hourly_model (
-    namespace          TEXT    NOT NULL,
-    model              TEXT    NOT NULL,
-    hour               INTEGER NOT NULL,
-    events             INTEGER NOT NULL,
-    tokens_in          INTEGER NOT NULL,
-    tokens_out         INTEGER NOT NULL,
-    cache_read_tokens  INTEGER NOT NULL,
-    cache_write_tokens INTEGER NOT NULL,
-    duration_ms        INTEGER NOT NULL,
-    api_calls          INTEGER NOT NULL,
-    units              INTEGER NOT NULL,
-    cost_nanos         INTEGER,
-    unpriced_events    INTEGER NOT NULL,
+    namespace TEXT NOT NULL, model TEXT NOT NULL, hour INTEGER NOT NULL, ",
+    totals_columns!(),
+    ",
     PRIMARY KEY (namespace, model, hour)
 ) WITHOUT ROWID;
-"#;
+"
+);
 
 /// Fills both tables from `usage_rollup` (inside the migration's transaction).
 pub(super) fn fill(conn: &Connection) -> rusqlite::Result<()> {

@@ -81,28 +81,16 @@ fn source(filters: &Filters, plan: &Plan) -> (String, Vec<Value>) {
             terms.join(" AND ")
         ));
     };
-    part(
-        "usage_daily",
-        "day",
-        &plan.days,
-        "<",
-        &format!(
-            "day AS ts, namespace, agent_id, consumer_id, NULLIF(model, '') AS model, action, \
+    for (table, time, ranges) in [
+        ("usage_daily", "day", &plan.days),
+        ("usage_rollup", "hour", &plan.hours),
+    ] {
+        let columns = format!(
+            "{time} AS ts, namespace, agent_id, consumer_id, NULLIF(model, '') AS model, action, \
              events AS events, {COUNTED}, unpriced_events AS unpriced_events"
-        ),
-        &mut params,
-    );
-    part(
-        "usage_rollup",
-        "hour",
-        &plan.hours,
-        "<",
-        &format!(
-            "hour AS ts, namespace, agent_id, consumer_id, NULLIF(model, '') AS model, action, \
-             events AS events, {COUNTED}, unpriced_events AS unpriced_events"
-        ),
-        &mut params,
-    );
+        );
+        part(table, time, ranges, "<", &columns, &mut params);
+    }
     part(
         "usage_events",
         "ts",
