@@ -1,10 +1,7 @@
 //! Totals per UTC day × namespace × agent × consumer × model × action
-//! (`usage_daily`), and per hour × namespace × model (`usage_hourly_model`),
-//! kept with the hourly ones of `super::grouped` in the same writer
-//! statement: summaries, grouped totals and distinct counts over days and
-//! months read about 24 times fewer rows than per hour, and calendar
-//! buckets filtered by nothing or a model only read a few rows an hour
-//! (`super::timeline`).
+//! (`usage_daily`), kept with the hourly ones of `super::grouped` in the
+//! same writer statement: summaries, grouped totals and distinct counts
+//! over days and months read about 24 times fewer rows than per hour.
 //!
 //! A day is recounted from its hourly rows once those are recounted (the
 //! caller holds `grouped::lock`): exact sums (numeric), saturated at
@@ -51,7 +48,7 @@ macro_rules! summed_totals {
     };
 }
 
-/// The tables, back-filled from the hourly rows (dropped first, so that a
+/// The table, back-filled from the hourly rows (dropped first, so that a
 /// schema whose version was wound back is counted afresh).
 pub const MIGRATION: &str = concat!(
     "DROP TABLE IF EXISTS {s}.usage_daily;
@@ -68,18 +65,6 @@ SELECT hour - (((hour % 86400000000) + 86400000000) % 86400000000) AS day,
     summed_totals!(),
     "
 FROM {s}.usage_rollup GROUP BY 1, 2, 3, 4, 5, 6;
-DROP TABLE IF EXISTS {s}.usage_hourly_model;
-CREATE TABLE {s}.usage_hourly_model (
-    hour BIGINT NOT NULL, namespace TEXT NOT NULL, model TEXT NOT NULL, ",
-    totals_columns!(),
-    ",
-    PRIMARY KEY (hour, namespace, model)
-);
-INSERT INTO {s}.usage_hourly_model
-SELECT hour, namespace, model, ",
-    summed_totals!(),
-    "
-FROM {s}.usage_rollup GROUP BY 1, 2, 3;
 "
 );
 

@@ -62,17 +62,6 @@ pub const HOURLY: Level = Level {
     keys: &["namespace", "agent_id", "consumer_id", "model", "action"],
 };
 
-/// Per hour × namespace × model (`super::coarse`).
-pub const HOURLY_MODEL: Level = Level {
-    table: "usage_hourly_model",
-    time: "hour",
-    time_of_ts: HOUR_OF_TS,
-    keys: &["namespace", "model"],
-};
-
-/// The levels kept per hour, recounted from the events.
-const HOURLY_LEVELS: [&Level; 2] = [&HOURLY, &HOURLY_MODEL];
-
 /// The key columns of the events' rows, then their totals (exact, saturating).
 fn grouped_select(from: &str) -> String {
     grouped_select_at(from, &HOURLY)
@@ -161,22 +150,16 @@ pub async fn recount_hours(c: &impl GenericClient, s: &str, hours: &[i64]) -> Co
         "(SELECT e.* FROM unnest($1::int8[]) AS h(start) \
           JOIN {s}.usage_events e ON e.ts >= h.start AND e.ts < h.start + {HOUR_US}) AS e"
     );
-    for level in HOURLY_LEVELS {
-        let table = level.table;
-        c.execute(
-            &format!("DELETE FROM {s}.{table} WHERE hour = ANY($1)"),
-            &[&hours],
-        )
-        .await?;
-        c.execute(
-            &format!(
-                "INSERT INTO {s}.{table} {}",
-                grouped_select_at(&from, level)
-            ),
-            &[&hours],
-        )
-        .await?;
-    }
+    c.execute(
+        &format!("DELETE FROM {s}.usage_rollup WHERE hour = ANY($1)"),
+        &[&hours],
+    )
+    .await?;
+    c.execute(
+        &format!("INSERT INTO {s}.usage_rollup {}", grouped_select(&from)),
+        &[&hours],
+    )
+    .await?;
     super::coarse::recount_days_of(c, s, hours).await
 }
 
@@ -184,13 +167,11 @@ pub async fn recount_hours(c: &impl GenericClient, s: &str, hours: &[i64]) -> Co
 /// days) now empty and recounts the hour (and day) the cutoff falls in.
 pub async fn after_purge(c: &impl GenericClient, s: &str, cutoff_us: i64) -> CoreResult<()> {
     let edge = cutoff_us - cutoff_us.rem_euclid(HOUR_US);
-    for level in HOURLY_LEVELS {
-        c.execute(
-            &format!("DELETE FROM {s}.{} WHERE hour < $1", level.table),
-            &[&edge],
-        )
-        .await?;
-    }
+    c.execute(
+        &format!("DELETE FROM {s}.usage_rollup WHERE hour < $1"),
+        &[&edge],
+    )
+    .await?;
     super::coarse::drop_days_before(c, s, edge).await?;
     recount_hours(c, s, &[edge]).await
 }

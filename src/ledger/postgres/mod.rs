@@ -8,7 +8,6 @@ mod coarse;
 mod grouped;
 mod read;
 mod schema;
-mod timeline;
 mod writer;
 
 pub use schema::{validate_schema, SCHEMA_VERSION};
@@ -439,7 +438,7 @@ impl MeteringStore for PostgresStore {
         let group_by = GroupBy::parse(group_by)?;
         parse_tz(tz)?;
         filters.validate()?;
-        self.read(async |c, s| timeline::aggregate(c, s, group_by, tz, filters).await)
+        self.read(async |c, s| read::aggregate(c, s, group_by, tz, filters).await)
     }
 
     fn summary(&self, filters: &Filters) -> CoreResult<Aggregate> {
