@@ -8,7 +8,7 @@
 //! A day is recounted from its hourly groups (exact, and recounted first):
 //! the sum of saturated sums of non-negative counts is the saturated sum.
 
-use super::read::Aggregate;
+use super::read;
 use super::rollup::{self, Pending, DAY_US};
 use rusqlite::Connection;
 
@@ -65,7 +65,8 @@ fn fold_hours(conn: &Connection, first: i64, past: i64, models: bool) -> rusqlit
     let mut stmt = conn.prepare_cached(
         "SELECT hour, namespace, agent_id, consumer_id, model, action, events, tokens_in, \
          tokens_out, cache_read_tokens, cache_write_tokens, duration_ms, api_calls, units, \
-         cost_nanos, unpriced_events FROM usage_rollup WHERE hour >= ?1 AND hour < ?2 ORDER BY hour",
+         cost_nanos, unpriced_events, 0, 0 FROM usage_rollup WHERE hour >= ?1 AND hour < ?2 \
+         ORDER BY hour",
     )?;
     let mut rows = stmt.query([first, past])?;
     let mut current = None;
@@ -76,20 +77,7 @@ fn fold_hours(conn: &Connection, first: i64, past: i64, models: bool) -> rusqlit
             pending.write(conn)?;
         }
         current = Some(day);
-        let n = |i: usize| row.get::<_, i64>(i).map(|v| v.max(0) as u64);
-        let totals = Aggregate {
-            events: n(6)?,
-            tokens_in: n(7)?,
-            tokens_out: n(8)?,
-            cache_read_tokens: n(9)?,
-            cache_write_tokens: n(10)?,
-            duration_ms: n(11)?,
-            api_calls: n(12)?,
-            units: n(13)?,
-            cost_nanos: row.get::<_, Option<i64>>(14)?.map(|c| c.max(0) as u64),
-            unpriced_events: n(15)?,
-            ..Aggregate::default()
-        };
+        let totals = read::aggregate_from_row(row, None, 6)?;
         let (namespace, model): (String, String) = (row.get(1)?, row.get(4)?);
         if models {
             let key = (namespace.clone(), model.clone(), hour);

@@ -178,7 +178,8 @@ fn grouped_in_rust(
     }
     let (source, params) = source(filters, plan);
     let sql = format!(
-        "SELECT {key}, agent_id, consumer_id, events, {COUNTED}, unpriced_events FROM ({source})"
+        "SELECT {key}, agent_id, consumer_id, events, {COUNTED}, unpriced_events, 0, 0 \
+         FROM ({source})"
     );
     let mut stmt = conn.prepare_cached(&sql)?;
     let mut rows = stmt.query(params_from_iter(params.iter()))?;
@@ -193,20 +194,7 @@ fn grouped_in_rust(
         consumers: HashSet::new(),
     };
     while let Some(row) = rows.next()? {
-        let n = |i: usize| row.get::<_, i64>(i).map(|v| v.max(0) as u64);
-        let part = Aggregate {
-            events: n(3)?,
-            tokens_in: n(4)?,
-            tokens_out: n(5)?,
-            cache_read_tokens: n(6)?,
-            cache_write_tokens: n(7)?,
-            duration_ms: n(8)?,
-            api_calls: n(9)?,
-            units: n(10)?,
-            cost_nanos: row.get::<_, Option<i64>>(11)?.map(|c| c.max(0) as u64),
-            unpriced_events: n(12)?,
-            ..Aggregate::default()
-        };
+        let part = read::aggregate_from_row(row, None, 3)?;
         // Looked up by `&str`: a key is allocated once per group, not per row.
         let group = match row.get_ref(0)?.as_str_or_null()? {
             None => no_value.get_or_insert_with(|| new_group(None)),
