@@ -293,8 +293,8 @@ def ledger_for(kind: str, rebuild: bool) -> Iterator[Ledger]:
         with uw.PostgresStore(cluster.dsn(), schema=schema) as pg:
             loaded = sum(pg.record_batch(b) for b in bench_ledger.dataset_events(READ_EVENTS))
         with psycopg.connect(cluster.dsn(), autocommit=True) as c:
-            c.execute(f"VACUUM ANALYZE {schema}.usage_events")
-            c.execute(f"VACUUM ANALYZE {schema}.usage_rollup")
+            for table in ("usage_events", "usage_rollup", "usage_daily"):
+                c.execute(f"VACUUM ANALYZE {schema}.{table}")
         print(
             f"ledger: PostgreSQL {cluster.sql('SHOW server_version')} (loopback, fsync off), "
             f"{loaded:,} events loaded in {time.perf_counter() - started:.0f} s"

@@ -1,5 +1,6 @@
-"""The pre-aggregated totals (per hour × namespace × agent × consumer × model ×
-action) give what the events themselves give, on both stores, through records,
+"""The pre-aggregated totals (per hour and per UTC day × namespace × agent ×
+consumer × model × action, per hour × namespace, per hour × namespace × model)
+give what the events themselves give, on both stores, through records,
 purges that cut an hour and reprices: every ``group_by`` in zones whose bucket
 edges are off the hour, summaries and distinct counts, over ranges whose edges
 cut hours, with filters the totals keep and one they do not (the task).
@@ -160,8 +161,9 @@ def shape(a: uw.Aggregate) -> dict[str, Any]:
 
 
 def filter_sets(draw: Callable[..., Any]) -> list[dict[str, Any]]:
-    """The namespace alone, a range whose edges cut hours, and filters on
-    columns the totals keep and on the task (which they do not)."""
+    """The namespace alone, a range whose edges cut hours (and holds whole UTC
+    days or not), filters on columns the totals keep and on the task (which
+    they do not), and a model alone (the per-model hours), bounded or not."""
     window = draw(st.sampled_from(WINDOWS))
     start = window - dt.timedelta(seconds=draw(st.integers(0, 40 * 3600)))
     end = window + dt.timedelta(seconds=draw(st.integers(0, 40 * 3600)), microseconds=17)
@@ -170,6 +172,8 @@ def filter_sets(draw: Callable[..., Any]) -> list[dict[str, Any]]:
         {"model": "m1", "agent_id": "a1", "start": start},
         {"consumer_id": "Z", "end": end},
         {"namespace": "ns", "action": "tool:search", "task_id": "t1"},
+        {"namespace": "ns", "model": "M2", "start": start, "end": end},
+        {"model": "m1"},
     ]
 
 

@@ -1,8 +1,10 @@
-//! Which part of a time range the pre-aggregated hours answer, and which
-//! part must be read from the events themselves.
+//! Which part of a time range the pre-aggregated hours and days answer, and
+//! which part must be read from the events themselves.
 //!
-//! The totals are kept per UTC hour. A range is read as its whole hours
-//! from the totals and its partial hours at either end from the events.
+//! The totals are kept per UTC hour, and per UTC day. A range is read as its
+//! whole hours from the totals and its partial hours at either end from the
+//! events; grouped reads (no calendar buckets) take the whole UTC days among
+//! those hours from the daily totals, ~24 times fewer rows.
 //! Calendar buckets in a zone whose bucket edges are not on the UTC hour
 //! (Kathmandu's +05:45, Chatham's +12:45, Lord Howe's half-hour DST,
 //! Monrovia's −00:44:30 of 1970) cut some hours in two: those hours are read
@@ -14,21 +16,30 @@ use chrono::{DateTime, Offset, TimeZone};
 use chrono_tz::Tz;
 
 pub const HOUR_US: i64 = 3_600_000_000;
+pub const DAY_US: i64 = 24 * HOUR_US;
 
 /// The start (UTC µs) of the hour holding `ts_us`.
 pub fn hour_of(ts_us: i64) -> i64 {
     ts_us - ts_us.rem_euclid(HOUR_US)
 }
 
+/// The start (UTC µs) of the UTC day holding `ts_us`.
+pub fn day_of(ts_us: i64) -> i64 {
+    ts_us - ts_us.rem_euclid(DAY_US)
+}
+
 /// Whether the grouped totals can answer `filters`: they keep every
-/// filtered column but the task.
+/// filtered column but the task. An empty model is how the totals store
+/// "no model", which a filter on `""` must not select.
 pub fn answers(filters: &Filters) -> bool {
-    filters.task_id.is_none()
+    filters.task_id.is_none() && filters.model.as_deref() != Some("")
 }
 
 /// A time range split for reading.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
+    /// UTC days read from the daily totals, as `[first, past)` day starts.
+    pub days: Vec<(i64, i64)>,
     /// Hours read from the totals, as `[first, past)` hour starts.
     pub hours: Vec<(i64, i64)>,
     /// Timestamps read from the events, as inclusive `[start, end]`.
@@ -55,6 +66,26 @@ pub fn plan(start: i64, end: i64, buckets: Option<(TimeUnit, Tz)>) -> Option<Pla
         _ => Vec::new(),
     };
     Some(split(start, end, &cut))
+}
+
+/// `plan` without buckets, with the whole UTC days among its whole hours
+/// read from the daily totals.
+pub fn plan_with_days(start: i64, end: i64) -> Plan {
+    let mut plan = split(start, end, &[]);
+    if let [(first, past)] = plan.hours[..] {
+        let (day_first, day_past) = (day_of(first.saturating_add(DAY_US - 1)), day_of(past));
+        if day_first < day_past {
+            plan.days.push((day_first, day_past));
+            plan.hours.clear();
+            if first < day_first {
+                plan.hours.push((first, day_first));
+            }
+            if day_past < past {
+                plan.hours.push((day_past, past));
+            }
+        }
+    }
+    plan
 }
 
 /// `plan` for a range whose events lie only in the hours `occupied`
@@ -161,8 +192,9 @@ mod tests {
     /// Every timestamp of the range is read exactly once, from one source.
     fn covers(plan: &Plan, start: i64, end: i64) {
         let mut pieces: Vec<(i64, i64)> = plan
-            .hours
+            .days
             .iter()
+            .chain(&plan.hours)
             .map(|&(a, b)| (a, b - 1))
             .chain(plan.events.iter().copied())
             .collect();
@@ -242,5 +274,47 @@ mod tests {
         );
         let ny = parse_tz("America/New_York").unwrap();
         assert!(!is_cut(us("2026-03-08T07:00:00Z"), TimeUnit::Day, ny));
+    }
+
+    #[test]
+    fn whole_utc_days_come_from_the_daily_totals_the_hours_around_them_from_the_hourly() {
+        let start = us("2026-03-01T05:20:00Z");
+        let end = us("2026-03-04T07:10:00Z");
+        let plan = plan_with_days(start, end);
+        covers(&plan, start, end);
+        assert_eq!(
+            plan.days,
+            vec![(us("2026-03-02T00:00:00Z"), us("2026-03-04T00:00:00Z"))]
+        );
+        assert_eq!(
+            plan.hours,
+            vec![
+                (us("2026-03-01T06:00:00Z"), us("2026-03-02T00:00:00Z")),
+                (us("2026-03-04T00:00:00Z"), us("2026-03-04T07:00:00Z")),
+            ]
+        );
+        assert_eq!(plan.events.len(), 2);
+        // Exactly whole days: days only.
+        let (a, b) = (us("2026-03-01T00:00:00Z"), us("2026-03-31T00:00:00Z"));
+        let whole = plan_with_days(a, b - 1);
+        assert_eq!(whole.days, vec![(a, b)]);
+        assert!(whole.hours.is_empty() && whole.events.is_empty());
+        // Less than a day of whole hours: no days.
+        let short = plan_with_days(start, start + 20 * HOUR_US);
+        assert!(short.days.is_empty());
+        assert_eq!(
+            short,
+            super::plan(start, start + 20 * HOUR_US, None).unwrap()
+        );
+        covers(&short, start, start + 20 * HOUR_US);
+        // Unbounded: every day of the years 1 to 9999, and days before 1970.
+        use crate::ledger::event::{MAX_TIMESTAMP_US, MIN_TIMESTAMP_US};
+        let all = plan_with_days(MIN_TIMESTAMP_US, MAX_TIMESTAMP_US);
+        covers(&all, MIN_TIMESTAMP_US, MAX_TIMESTAMP_US);
+        assert_eq!(all.days.len(), 1);
+        assert_eq!(
+            day_of(us("1969-12-31T23:59:59Z")),
+            us("1969-12-31T00:00:00Z")
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! Totals per hour × namespace × agent × consumer × model × action
-//! (`usage_rollup`), added to in each writer transaction, and the rows that
-//! reads sum: the totals of a range's whole hours and the events of the
-//! rest (partial hours at the edges, hours a bucket edge cuts) in one shape.
+//! (`usage_rollup`, and per UTC day in `super::coarse`), added to in each
+//! writer transaction, and the rows that reads sum: the totals of a range's
+//! whole days and hours and the events of the rest (partial hours at the
+//! edges, hours a bucket edge cuts) in one shape.
 //!
 //! Hosts write at once: each adds with `INSERT … ON CONFLICT DO UPDATE`, in
 //! key order, so two transactions lock shared rows in the same order and
@@ -44,23 +45,59 @@ DROP TABLE IF EXISTS {s}.usage_hourly;
 /// The hour (UTC µs) an event's timestamp falls in, in SQL.
 const HOUR_OF_TS: &str = "(ts - (((ts % 3600000000) + 3600000000) % 3600000000))";
 
-const KEYS: &str = "hour, namespace, agent_id, consumer_id, model, action";
+/// A table of grouped totals: its name, its time column, that column
+/// computed from an event's `ts`, and the key columns after it (`model`
+/// among them is `''` for none).
+pub struct Level {
+    pub table: &'static str,
+    pub time: &'static str,
+    pub time_of_ts: &'static str,
+    pub keys: &'static [&'static str],
+}
+
+pub const HOURLY: Level = Level {
+    table: "usage_rollup",
+    time: "hour",
+    time_of_ts: HOUR_OF_TS,
+    keys: &["namespace", "agent_id", "consumer_id", "model", "action"],
+};
 
 /// The key columns of the events' rows, then their totals (exact, saturating).
 fn grouped_select(from: &str) -> String {
+    grouped_select_at(from, &HOURLY)
+}
+
+/// `grouped_select` with the rows keyed as `level`'s, in key order.
+fn grouped_select_at(from: &str, level: &Level) -> String {
     let mut sums = vec!["COUNT(*)::int8".to_string()];
     sums.extend(COUNTERS.iter().map(|c| saturate(&format!("SUM({c})"))));
     sums.push(saturate("SUM(cost_nanos)"));
     sums.push("(COUNT(*) - COUNT(cost_nanos))::int8".into());
+    let keys: Vec<String> = level
+        .keys
+        .iter()
+        .map(|&k| match k {
+            "model" => "COALESCE(model, '') AS model".to_string(),
+            other => other.to_string(),
+        })
+        .collect();
+    let positions: Vec<String> = (1..=level.keys.len() + 1).map(|i| i.to_string()).collect();
     format!(
-        "SELECT {HOUR_OF_TS} AS hour, namespace, agent_id, consumer_id, COALESCE(model, '') AS model, \
-         action, {} FROM {from} GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 1, 2, 3, 4, 5, 6",
-        sums.join(", ")
+        "SELECT {time_of_ts} AS time, {keys}, {sums} FROM {from} GROUP BY {p} ORDER BY {p}",
+        time_of_ts = level.time_of_ts,
+        keys = keys.join(", "),
+        sums = sums.join(", "),
+        p = positions.join(", "),
     )
 }
 
 /// `INSERT` of the totals of the events `from` selects, adding to existing rows.
 pub fn upsert_sql(s: &str, from: &str) -> String {
+    upsert_into(s, &HOURLY, from)
+}
+
+/// `upsert_sql` into the table of `level`.
+pub fn upsert_into(s: &str, level: &Level, from: &str) -> String {
     let add = |c: &str| {
         format!(
             "{c} = LEAST(COALESCE(r.{c}, 0)::numeric + COALESCE(excluded.{c}, 0), 9223372036854775807)::int8"
@@ -73,11 +110,14 @@ pub fn upsert_sql(s: &str, from: &str) -> String {
         .map(add)
         .collect();
     format!(
-        "INSERT INTO {s}.usage_rollup AS r {select} \
-         ON CONFLICT ({KEYS}) DO UPDATE SET {updates}, \
+        "INSERT INTO {s}.{table} AS r {select} \
+         ON CONFLICT ({time}, {keys}) DO UPDATE SET {updates}, \
          cost_nanos = CASE WHEN r.cost_nanos IS NULL AND excluded.cost_nanos IS NULL THEN NULL \
              ELSE LEAST(COALESCE(r.cost_nanos, 0)::numeric + COALESCE(excluded.cost_nanos, 0), 9223372036854775807)::int8 END",
-        select = grouped_select(from),
+        table = level.table,
+        time = level.time,
+        keys = level.keys.join(", "),
+        select = grouped_select_at(from, level),
         updates = updates.join(", "),
     )
 }
@@ -106,25 +146,25 @@ pub async fn recount_hours(c: &impl GenericClient, s: &str, hours: &[i64]) -> Co
     if hours.is_empty() {
         return Ok(());
     }
-    c.execute(
-        &format!("DELETE FROM {s}.usage_rollup WHERE hour = ANY($1)"),
-        &[&hours],
-    )
-    .await?;
     let from = format!(
         "(SELECT e.* FROM unnest($1::int8[]) AS h(start) \
           JOIN {s}.usage_events e ON e.ts >= h.start AND e.ts < h.start + {HOUR_US}) AS e"
     );
     c.execute(
+        &format!("DELETE FROM {s}.usage_rollup WHERE hour = ANY($1)"),
+        &[&hours],
+    )
+    .await?;
+    c.execute(
         &format!("INSERT INTO {s}.usage_rollup {}", grouped_select(&from)),
         &[&hours],
     )
     .await?;
-    Ok(())
+    super::coarse::recount_days_of(c, s, hours).await
 }
 
-/// After deleting every event before `cutoff_us`: drops the hours now empty
-/// and recounts the hour the cutoff falls in.
+/// After deleting every event before `cutoff_us`: drops the hours (and
+/// days) now empty and recounts the hour (and day) the cutoff falls in.
 pub async fn after_purge(c: &impl GenericClient, s: &str, cutoff_us: i64) -> CoreResult<()> {
     let edge = cutoff_us - cutoff_us.rem_euclid(HOUR_US);
     c.execute(
@@ -132,6 +172,7 @@ pub async fn after_purge(c: &impl GenericClient, s: &str, cutoff_us: i64) -> Cor
         &[&edge],
     )
     .await?;
+    super::coarse::drop_days_before(c, s, edge).await?;
     recount_hours(c, s, &[edge]).await
 }
 
@@ -186,18 +227,16 @@ pub fn source(s: &str, filters: &Filters, plan: &Plan, params: &mut Vec<Param>) 
             terms.join(" AND ")
         ));
     };
-    part(
-        "usage_rollup",
-        "hour",
-        "<",
-        &plan.hours,
-        format!(
-            "hour AS ts, namespace, agent_id, consumer_id, NULLIF(model, '') AS model, action, \
+    for (table, time, ranges) in [
+        ("usage_daily", "day", &plan.days),
+        ("usage_rollup", "hour", &plan.hours),
+    ] {
+        let columns = format!(
+            "{time} AS ts, namespace, agent_id, consumer_id, NULLIF(model, '') AS model, action, \
              events, {counters}, cost_nanos, unpriced_events"
-        ),
-        false,
-        params,
-    );
+        );
+        part(table, time, "<", ranges, columns, false, params);
+    }
     part(
         "usage_events",
         "ts",

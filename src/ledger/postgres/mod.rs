@@ -4,6 +4,7 @@
 
 mod budgets;
 mod chain;
+mod coarse;
 mod grouped;
 mod read;
 mod row_security;

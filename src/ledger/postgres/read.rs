@@ -247,14 +247,14 @@ async fn plan_of(
     let mut start = filters.start_us.unwrap_or(MIN_TIMESTAMP_US);
     let mut end = filters.end_us.unwrap_or(MAX_TIMESTAMP_US);
     let all_events = |start, end| Plan {
-        hours: Vec::new(),
         events: vec![(start, end)],
+        ..Plan::default()
     };
     if !rollup_plan::answers(filters) {
         return Ok(all_events(start, end));
     }
     let Some((unit, tz)) = buckets else {
-        return Ok(rollup_plan::plan(start, end, None).unwrap_or_else(|| all_events(start, end)));
+        return Ok(rollup_plan::plan_with_days(start, end));
     };
     // Cut hours are looked for only where the matching events are.
     let mut params = Vec::new();

@@ -76,6 +76,8 @@ ALTER TABLE {s}.usage_events ADD COLUMN artifact_digest TEXT;
     // Totals per hour × namespace × agent × consumer × model × action, in
     // place of the totals per namespace and hour.
     super::grouped::MIGRATION,
+    // Totals per UTC day × the same keys (`super::coarse`).
+    super::coarse::MIGRATION,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -104,7 +104,8 @@ fn claim_sql(s: &str) -> String {
 }
 
 /// Inserts the claimed events (`$1` their seqs, `$2` and `$3` their chain
-/// positions and digests) and adds them to the grouped totals.
+/// positions and digests) and adds them to the grouped totals (daily and
+/// hourly, each in key order).
 fn insert_sql(s: &str) -> String {
     format!(
         "WITH chained AS ( \
@@ -114,7 +115,8 @@ fn insert_sql(s: &str) -> String {
          ), inserted AS ( \
              INSERT INTO {s}.usage_events ({EVENT_COLUMNS}, chain_position, chain_digest) \
              SELECT {EVENT_COLUMNS}, chain_position, chain_digest FROM fresh ORDER BY seq \
-         ) {}",
+         ), daily AS ({}) {}",
+        super::grouped::upsert_into(s, &super::coarse::DAILY, "fresh"),
         super::grouped::upsert_sql(s, "fresh")
     )
 }

@@ -2,6 +2,7 @@
 
 mod budgets;
 mod chain;
+mod coarse;
 mod faults;
 mod grouped;
 mod insert;

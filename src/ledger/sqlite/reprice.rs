@@ -46,9 +46,7 @@ pub fn reprice(conn: &mut Connection, pricing: &Pricing, filters: &Filters) -> C
             hours.insert(rollup::hour_of(*ts));
         }
     }
-    for hour in hours {
-        rollup::recount_hour(&tx, hour)?;
-    }
+    rollup::recount_hours(&tx, hours)?;
     tx.commit()?;
     Ok(changes.len())
 }

@@ -4,9 +4,13 @@
 //! hour × namespace × agent × consumer × model × action (`usage_rollup`:
 //! grouped totals and filters on those columns, read by `super::grouped`).
 //!
+//! The coarser levels (`super::coarse`: per UTC day × the same keys, and per
+//! hour × namespace × model) are kept in the same transactions.
+//!
 //! Inserts add to the rows of each new event (one upsert per row touched by
-//! a transaction); a purge deletes the hours it emptied and recounts the one
-//! hour it cut through; a reprice recounts the hours it changed.
+//! a transaction); a purge deletes the hours (and days) it emptied and
+//! recounts the one hour (and day) it cut through; a reprice recounts the
+//! hours and days it changed.
 
 use super::read::{self, Aggregate};
 use crate::error::CoreResult;
@@ -16,7 +20,7 @@ use hashbrown::HashMap;
 use rusqlite::types::Value;
 use rusqlite::{params_from_iter, Connection};
 
-pub use crate::ledger::rollup_plan::{hour_of, HOUR_US};
+pub use crate::ledger::rollup_plan::{day_of, hour_of, DAY_US, HOUR_US};
 
 /// An hour's totals from its events (exact up to 2**53, saturating beyond),
 /// in the column order of `usage_hourly` after `namespace, hour`.
@@ -80,8 +84,11 @@ CREATE TABLE usage_rollup (
 
 const GROUP_KEYS: &str = "hour, namespace, agent_id, consumer_id, model, action";
 
+/// The tables kept per hour, recounted hour by hour from the events.
+const HOURLY_TABLES: [&str; 3] = ["usage_hourly", "usage_rollup", "usage_hourly_model"];
+
 /// Adds to a row, saturating at 2**63 - 1 (one event may count that much).
-fn upsert_sql(table: &str, keys: &str) -> String {
+pub(super) fn upsert_sql(table: &str, keys: &str) -> String {
     let add = |c: &str| {
         format!(
             "CASE WHEN COALESCE({c}, 0) > 9223372036854775807 - excluded.{c} \
@@ -115,15 +122,18 @@ fn upsert_sql(table: &str, keys: &str) -> String {
     )
 }
 
-/// A row of `usage_rollup`: hour, namespace, agent, consumer, model (`''`
-/// for none) and action.
-type GroupKey = (i64, String, String, String, String, String);
+/// A row of `usage_rollup` (or `usage_daily`): hour (day), namespace,
+/// agent, consumer, model (`''` for none) and action.
+pub(super) type GroupKey = (i64, String, String, String, String, String);
 
-/// What one transaction adds, per (namespace, hour) and per group.
+/// What one transaction adds, per (namespace, hour), per group and hour,
+/// per group and day, and per (namespace, model, hour).
 #[derive(Default)]
 pub struct Pending {
     hours: HashMap<(String, i64), Aggregate>,
     groups: HashMap<GroupKey, Aggregate>,
+    pub(super) days: HashMap<GroupKey, Aggregate>,
+    pub(super) models: HashMap<(String, String, i64), Aggregate>,
 }
 
 impl Pending {
@@ -149,41 +159,79 @@ impl Pending {
                 self.hours.insert((e.namespace.clone(), hour), one.clone());
             }
         }
+        let model = e.model.clone().unwrap_or_default();
         let key = (
             hour,
             e.namespace.clone(),
             e.agent_id.clone(),
             e.consumer_id.clone(),
-            e.model.clone().unwrap_or_default(),
+            model.clone(),
             e.action.clone(),
         );
+        let by_model = (e.namespace.clone(), model, hour);
+        add(self.models.entry(by_model).or_default(), &one);
+        let mut day_key = key.clone();
+        day_key.0 = day_of(hour);
+        add(self.days.entry(day_key).or_default(), &one);
         add(self.groups.entry(key).or_default(), &one);
+    }
+
+    /// Keeps only the per-hour groups (what `fill_grouped` back-fills).
+    fn only_groups(&mut self) {
+        self.hours.clear();
+        self.days.clear();
+        self.models.clear();
     }
 
     /// Adds what was gathered to the tables (inside the caller's transaction).
     pub fn write(&mut self, conn: &Connection) -> rusqlite::Result<()> {
-        if self.hours.is_empty() && self.groups.is_empty() {
-            return Ok(());
+        if !self.hours.is_empty() {
+            let mut stmt = conn.prepare_cached(&upsert_sql("usage_hourly", "namespace, hour"))?;
+            for ((namespace, hour), t) in self.hours.drain() {
+                let keys = [Value::Text(namespace), Value::Integer(hour)];
+                stmt.execute(params_from_iter(keys.into_iter().chain(sums(&t))))?;
+            }
         }
-        let mut stmt = conn.prepare_cached(&upsert_sql("usage_hourly", "namespace, hour"))?;
-        for ((namespace, hour), t) in self.hours.drain() {
-            let keys = [Value::Text(namespace), Value::Integer(hour)];
-            stmt.execute(params_from_iter(keys.into_iter().chain(sums(&t))))?;
+        if !self.models.is_empty() {
+            let mut stmt =
+                conn.prepare_cached(&upsert_sql("usage_hourly_model", "namespace, model, hour"))?;
+            for ((namespace, model, hour), t) in self.models.drain() {
+                let keys = [
+                    Value::Text(namespace),
+                    Value::Text(model),
+                    Value::Integer(hour),
+                ];
+                stmt.execute(params_from_iter(keys.into_iter().chain(sums(&t))))?;
+            }
         }
-        let mut stmt = conn.prepare_cached(&upsert_sql("usage_rollup", GROUP_KEYS))?;
-        for ((hour, namespace, agent, consumer, model, action), t) in self.groups.drain() {
-            let keys = [
-                Value::Integer(hour),
-                Value::Text(namespace),
-                Value::Text(agent),
-                Value::Text(consumer),
-                Value::Text(model),
-                Value::Text(action),
-            ];
-            stmt.execute(params_from_iter(keys.into_iter().chain(sums(&t))))?;
-        }
-        Ok(())
+        write_groups(conn, "usage_rollup", GROUP_KEYS, &mut self.groups)?;
+        write_groups(conn, "usage_daily", super::coarse::DAY_KEYS, &mut self.days)
     }
+}
+
+/// Adds `groups` to `table` (keyed by `keys`, in `GroupKey` order).
+fn write_groups(
+    conn: &Connection,
+    table: &str,
+    keys: &str,
+    groups: &mut HashMap<GroupKey, Aggregate>,
+) -> rusqlite::Result<()> {
+    if groups.is_empty() {
+        return Ok(());
+    }
+    let mut stmt = conn.prepare_cached(&upsert_sql(table, keys))?;
+    for ((time, namespace, agent, consumer, model, action), t) in groups.drain() {
+        let keys = [
+            Value::Integer(time),
+            Value::Text(namespace),
+            Value::Text(agent),
+            Value::Text(consumer),
+            Value::Text(model),
+            Value::Text(action),
+        ];
+        stmt.execute(params_from_iter(keys.into_iter().chain(sums(&t))))?;
+    }
+    Ok(())
 }
 
 /// A row's totals, in the tables' column order after the key.
@@ -203,35 +251,50 @@ fn sums(t: &Aggregate) -> [Value; 10] {
     ]
 }
 
-/// After deleting every event before `cutoff_us`: drops the hours that are
-/// now empty and recounts the hour the cutoff falls in.
+/// After deleting every event before `cutoff_us`: drops the hours and days
+/// that are now empty and recounts the hour and day the cutoff falls in.
 pub fn after_purge(conn: &Connection, cutoff_us: i64) -> rusqlite::Result<()> {
     let hour = hour_of(cutoff_us);
-    for table in ["usage_hourly", "usage_rollup"] {
+    for table in HOURLY_TABLES {
         conn.prepare_cached(&format!("DELETE FROM {table} WHERE hour < ?1"))?
             .execute([hour])?;
     }
-    recount_hour(conn, hour)
+    conn.prepare_cached("DELETE FROM usage_daily WHERE day < ?1")?
+        .execute([day_of(hour)])?;
+    recount_hours(conn, [hour])
 }
 
-/// Recomputes one hour's totals from its events, with the writer's exact
-/// saturating sums.
-pub(super) fn recount_hour(conn: &Connection, hour: i64) -> rusqlite::Result<()> {
-    for table in ["usage_hourly", "usage_rollup"] {
-        conn.prepare_cached(&format!("DELETE FROM {table} WHERE hour = ?1"))?
-            .execute([hour])?;
+/// Recomputes the totals of the given hours from their events, with the
+/// writer's exact saturating sums, then the days holding them from the
+/// recounted hours.
+pub(super) fn recount_hours(
+    conn: &Connection,
+    hours: impl IntoIterator<Item = i64>,
+) -> rusqlite::Result<()> {
+    let mut days = hashbrown::HashSet::new();
+    for hour in hours {
+        for table in HOURLY_TABLES {
+            conn.prepare_cached(&format!("DELETE FROM {table} WHERE hour = ?1"))?
+                .execute([hour])?;
+        }
+        let mut pending = Pending::default();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {} FROM usage_events WHERE ts >= ?1 AND ts < ?2",
+            read::EVENT_COLUMNS
+        ))?;
+        let mut rows = stmt.query([hour, hour + HOUR_US])?;
+        while let Some(row) = rows.next()? {
+            let e = read::event_from_row(row)?;
+            pending.add(&e, e.cost_nanos);
+        }
+        pending.days.clear(); // recounted below, once per day
+        pending.write(conn)?;
+        days.insert(day_of(hour));
     }
-    let mut pending = Pending::default();
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {} FROM usage_events WHERE ts >= ?1 AND ts < ?2",
-        read::EVENT_COLUMNS
-    ))?;
-    let mut rows = stmt.query([hour, hour + HOUR_US])?;
-    while let Some(row) = rows.next()? {
-        let e = read::event_from_row(row)?;
-        pending.add(&e, e.cost_nanos);
+    for day in days {
+        super::coarse::recount_day(conn, day)?;
     }
-    pending.write(conn)
+    Ok(())
 }
 
 /// Fills `usage_rollup` from the events of a ledger created before it
@@ -248,26 +311,28 @@ pub(super) fn fill_grouped(conn: &Connection) -> rusqlite::Result<()> {
         let e = read::event_from_row(row)?;
         let hour = hour_of(e.timestamp_us);
         if current.is_some_and(|c| c != hour) {
-            pending.hours.clear(); // `usage_hourly` is filled by its own migration
+            pending.only_groups(); // the other levels are filled by their own migrations
             pending.write(conn)?;
         }
         current = Some(hour);
         pending.add(&e, e.cost_nanos);
     }
-    pending.hours.clear();
+    pending.only_groups();
     pending.write(conn)
 }
 
-/// Totals (without distinct counts) for filters on namespace and time only,
-/// or `None` when other filters call for the events themselves.
+/// Totals (without distinct counts) for filters on namespace, model and
+/// time only (from `usage_hourly`, or `usage_hourly_model` for a model), or
+/// `None` when other filters call for the grouped totals or the events.
 pub fn totals(conn: &Connection, filters: &Filters) -> CoreResult<Option<Aggregate>> {
-    let only_namespace_and_time = Filters {
+    let only_namespace_model_and_time = Filters {
         namespace: filters.namespace.clone(),
+        model: filters.model.clone(),
         start_us: filters.start_us,
         end_us: filters.end_us,
         ..Filters::default()
     } == *filters;
-    if !only_namespace_and_time {
+    if !only_namespace_model_and_time || !crate::ledger::rollup_plan::answers(filters) {
         return Ok(None);
     }
     // Whole hours from the table, the partial hours at either end from the events.
@@ -280,7 +345,7 @@ pub fn totals(conn: &Connection, filters: &Filters) -> CoreResult<Option<Aggrega
             return Ok(None); // less than an hour: the events are few
         }
     }
-    let mut total = whole_hours(conn, filters.namespace.as_deref(), first, past)?;
+    let mut total = whole_hours(conn, filters, first, past)?;
     if let (Some(start), Some(first)) = (filters.start_us, first) {
         if start < first {
             let mut head = filters.clone();
@@ -300,16 +365,24 @@ pub fn totals(conn: &Connection, filters: &Filters) -> CoreResult<Option<Aggrega
 
 fn whole_hours(
     conn: &Connection,
-    namespace: Option<&str>,
+    filters: &Filters,
     first: Option<i64>,
     past: Option<i64>,
 ) -> CoreResult<Aggregate> {
     let mut terms = Vec::new();
     let mut values = Vec::new();
-    if let Some(ns) = namespace {
+    if let Some(ns) = &filters.namespace {
         terms.push("namespace = ?");
-        values.push(Value::Text(ns.to_string()));
+        values.push(Value::Text(ns.clone()));
     }
+    let table = match &filters.model {
+        Some(model) => {
+            terms.push("model = ?");
+            values.push(Value::Text(model.clone()));
+            "usage_hourly_model"
+        }
+        None => "usage_hourly",
+    };
     if let Some(first) = first {
         terms.push("hour >= ?");
         values.push(Value::Integer(first));
@@ -327,7 +400,7 @@ fn whole_hours(
         "SELECT COALESCE(SUM(events), 0), COALESCE(SUM(tokens_in), 0), COALESCE(SUM(tokens_out), 0), \
          COALESCE(SUM(cache_read_tokens), 0), COALESCE(SUM(cache_write_tokens), 0), \
          COALESCE(SUM(duration_ms), 0), COALESCE(SUM(api_calls), 0), COALESCE(SUM(units), 0), \
-         SUM(cost_nanos), COALESCE(SUM(unpriced_events), 0), 0, 0 FROM usage_hourly {clause}"
+         SUM(cost_nanos), COALESCE(SUM(unpriced_events), 0), 0, 0 FROM {table} {clause}"
     );
     read::totals_query(&sql, |sql| {
         conn.prepare_cached(sql)?

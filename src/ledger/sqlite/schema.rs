@@ -54,6 +54,8 @@ CREATE INDEX usage_events_action      ON usage_events (action, ts);
     super::budgets::MIGRATION,
     // Totals per hour × namespace × agent × consumer × model × action.
     super::rollup::GROUPED_MIGRATION,
+    // Totals per UTC day × the same keys, and per hour × namespace × model.
+    super::coarse::MIGRATION,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -89,6 +91,9 @@ pub fn migrate(conn: &mut Connection) -> CoreResult<()> {
         }
         if *migration == super::rollup::GROUPED_MIGRATION {
             super::rollup::fill_grouped(&tx)?;
+        }
+        if *migration == super::coarse::MIGRATION {
+            super::coarse::fill(&tx)?;
         }
     }
     tx.commit()?;
