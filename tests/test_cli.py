@@ -424,6 +424,7 @@ def test_cli_is_a_click_group() -> None:
         "purge",
         "stats",
         "budgets",
+        "grants",
         "serve",
         "migrate",
         "demo",
