@@ -122,7 +122,8 @@ def test_raw_sql_cannot_read_around_the_grant(ledger: Ledger) -> None:
     # Around the policies: a partition, a write to the grants, turning the policies off.
     partition = ledger.cluster.sql(
         "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        f"WHERE n.nspname = '{s}' AND c.relispartition AND c.relname LIKE 'usage_events_p%' LIMIT 1"
+        f"WHERE n.nspname = '{s}' AND c.relispartition AND c.relkind = 'r' "
+        "AND c.relname LIKE 'usage_events_p%' LIMIT 1"
     )
     for statement in [
         f"SELECT count(*) FROM {s}.{partition}",
