@@ -219,6 +219,7 @@ def test_no_secret_of_the_url_or_headers_is_stored(
         hook(alert())
         assert hook.flush(10)
     assert endpoint.paths == [SECRET_PATH]
+    store.flush()  # the delivery is queued on the store (batch durability): committed before export
     out = tmp_path / "out.ndjson"
     store.export(str(out), format="ndjson")
     exported = out.read_text()
