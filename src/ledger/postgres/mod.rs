@@ -244,16 +244,16 @@ impl PostgresStore {
         snapshot: bool,
         f: impl AsyncFnOnce(&deadpool_postgres::Client, &str) -> CoreResult<T>,
     ) -> CoreResult<T> {
+        let secured = self.shared.row_security;
+        if !(snapshot || secured) {
+            return self.read_owner(f);
+        }
         if MeteringStore::is_closed(self) {
             return Err(CoreError::Store("the store is closed".into()));
         }
         let s = self.schema_sql();
-        let secured = self.shared.row_security;
         self.runtime.block_on(async {
             let client = self.pool.get().await?;
-            if !(snapshot || secured) {
-                return f(&client, &s).await;
-            }
             let begin = if snapshot {
                 "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
             } else {
@@ -406,11 +406,15 @@ impl NamespaceGrants for PostgresStore {
 }
 
 impl PostgresStore {
-    /// Runs `f` on a pooled connection outside any row-security transaction.
+    /// Runs `f` on a pooled connection outside any transaction of its own
+    /// (and so without the row-security setting).
     fn read_owner<T: Send>(
         &self,
         f: impl AsyncFnOnce(&deadpool_postgres::Client, &str) -> CoreResult<T>,
     ) -> CoreResult<T> {
+        if MeteringStore::is_closed(self) {
+            return Err(CoreError::Store("the store is closed".into()));
+        }
         let s = self.schema_sql();
         self.runtime.block_on(async {
             let client = self.pool.get().await?;
