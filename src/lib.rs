@@ -14,5 +14,8 @@ pub mod pricing;
 pub mod usage;
 pub mod window;
 
+#[cfg(test)]
+mod test_redis;
+
 #[cfg(feature = "python")]
 mod python;

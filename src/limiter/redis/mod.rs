@@ -16,6 +16,8 @@ pub mod fallback;
 pub mod lease;
 mod pipe;
 mod slot;
+#[cfg(test)]
+mod tests;
 mod waiting;
 mod wakeups;
 

@@ -13,7 +13,9 @@ use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 
-type Reply = oneshot::Sender<CoreResult<Vec<i64>>>;
+/// A call's reply, with the call itself: whoever ends up holding a reply
+/// nobody reads can still undo what it did.
+type Reply = oneshot::Sender<(CoreResult<Vec<i64>>, Box<Call>)>;
 
 enum Job {
     /// A call; its reply is awaited unless `reply` is `None` (a settle or a
@@ -23,7 +25,7 @@ enum Job {
         reply: Option<Reply>,
         wake: Vec<Arc<str>>,
     },
-    Ping(Reply),
+    Ping(oneshot::Sender<CoreResult<()>>),
     /// Resolves once everything queued before it has been answered.
     Flush(oneshot::Sender<Result<(), String>>),
 }
@@ -131,17 +133,9 @@ impl Pipe {
                             let result = flatten(results.next(), &sender.url);
                             match reply {
                                 Some(reply) => {
-                                    if let Err(Ok(granted)) = reply.send(result) {
-                                        // Admitted or queued, but its waiter is gone
-                                        // (cancelled in flight): give it back.
-                                        if let Some(undo) = call.undo_of(&granted) {
-                                            let wake = call.keys_named();
-                                            let _ = requeue.send(Job::Call {
-                                                call: Box::new(undo),
-                                                reply: None,
-                                                wake,
-                                            });
-                                        }
+                                    if let Err((result, call)) = reply.send((result, call)) {
+                                        // Its waiter is gone (cancelled in flight).
+                                        give_back(&requeue, &call, result);
                                     }
                                 }
                                 None => {
@@ -156,8 +150,8 @@ impl Pipe {
                         }
                         Job::Ping(reply) => {
                             let result = match results.next() {
-                                Some(Ok(Ok(_))) => Ok(Vec::new()),
-                                other => flatten(other, &sender.url),
+                                Some(Ok(Ok(_))) => Ok(()),
+                                other => flatten(other, &sender.url).map(|_| ()),
                             };
                             let _ = reply.send(result);
                         }
@@ -179,7 +173,8 @@ impl Pipe {
         Pipe { tx }
     }
 
-    /// Queues a call and returns its reply.
+    /// Queues a call and returns its reply. Dropped before it reads the
+    /// reply (its caller cancelled), it undoes what the call did.
     pub(crate) async fn call(&self, call: Call) -> CoreResult<Vec<i64>> {
         let (reply, rx) = oneshot::channel();
         self.tx
@@ -189,8 +184,14 @@ impl Pipe {
                 wake: Vec::new(),
             })
             .map_err(|_| CoreError::Store("the Redis limiter is closed".into()))?;
-        rx.await
-            .unwrap_or_else(|_| Err(CoreError::Store("the Redis limiter is closed".into())))
+        let mut pending = Unread {
+            rx,
+            requeue: self.tx.clone(),
+        };
+        match (&mut pending.rx).await {
+            Ok((result, _)) => result,
+            Err(_) => Err(CoreError::Store("the Redis limiter is closed".into())),
+        }
     }
 
     /// Queues a settle or a refund without waiting for it; `wake` names the
@@ -211,7 +212,6 @@ impl Pipe {
             .map_err(|_| CoreError::Store("the Redis limiter is closed".into()))?;
         rx.await
             .unwrap_or_else(|_| Err(CoreError::Store("the Redis limiter is closed".into())))
-            .map(|_| ())
     }
 
     /// Resolves once everything queued before it has reached Redis; an error
@@ -224,6 +224,39 @@ impl Pipe {
                 return Ok(());
             }
             wait.await.unwrap_or(Ok(()))
+        }
+    }
+}
+
+/// Queues what undoes `call` (a refund or a leave) when its reply, which
+/// nobody will read, says it admitted or queued.
+fn give_back(requeue: &mpsc::UnboundedSender<Job>, call: &Call, result: CoreResult<Vec<i64>>) {
+    let Ok(granted) = result else { return };
+    if let Some(undo) = call.undo_of(&granted) {
+        let _ = requeue.send(Job::Call {
+            call: Box::new(undo),
+            reply: None,
+            wake: call.keys_named(),
+        });
+    }
+}
+
+/// The receiving end of a call's reply. A reply can arrive after the pipe
+/// handed it over but before the caller read it (the caller's future was
+/// dropped between the two): dropping this then gives it back, as the pipe
+/// does for a reply whose receiver was already gone.
+struct Unread {
+    rx: oneshot::Receiver<(CoreResult<Vec<i64>>, Box<Call>)>,
+    requeue: mpsc::UnboundedSender<Job>,
+}
+
+impl Drop for Unread {
+    fn drop(&mut self) {
+        // Closed first, so that the pipe either sees the receiver gone (and
+        // gives back itself) or has already sent what is read here.
+        self.rx.close();
+        if let Ok((result, call)) = self.rx.try_recv() {
+            give_back(&self.requeue, &call, result);
         }
     }
 }
