@@ -293,3 +293,70 @@ def test_metadata_is_stored_as_its_json_text_would_be(metadata: dict[Any, Any]) 
     assert from_text is not None
     stored = uw.UsageEvent("a", "c", metadata=metadata).metadata
     assert stored == from_text[0].metadata
+
+
+def _of_call(**changes: Any) -> uw.UsageEvent:
+    fields: dict[str, Any] = {
+        "agent_id": "a",
+        "consumer_id": "c",
+        "task_id": "t",
+        "namespace": "ns",
+        "action": "llm.request",
+        "model": "gpt-4o",
+        "usage": uw.Usage(1, 90, 40, 5, 3, 0.0),
+        "duration_ms": 12,
+        "cost": 0.25,
+        "timestamp_us": 1_764_000_000_123_456,
+        "request_id": "r-1",
+        "source": "usagewarden.warden",
+        "metadata": {"run_id": "x"},
+    }
+    fields.update(changes)
+    return uw.UsageEvent._of_call(*fields.values())
+
+
+def test_the_warden_constructor_makes_the_event_the_keyword_one_does() -> None:
+    made = _of_call()
+    assert made == uw.UsageEvent(
+        "a",
+        "c",
+        task_id="t",
+        namespace="ns",
+        action="llm.request",
+        model="gpt-4o",
+        tokens_in=90,
+        tokens_out=40,
+        cache_read_tokens=5,
+        cache_write_tokens=3,
+        duration_ms=12,
+        api_calls=1,
+        cost=0.25,
+        timestamp_us=1_764_000_000_123_456,
+        request_id="r-1",
+        source="usagewarden.warden",
+        metadata={"run_id": "x"},
+    )
+    fresh = _of_call(request_id=None, cost=None, metadata=None, task_id=None)
+    assert uuid.UUID(fresh.request_id).version == 7
+    assert fresh.cost is None and fresh.metadata is None and fresh.task_id is None
+
+
+@pytest.mark.parametrize(
+    ("changes", "error", "named"),
+    [
+        ({"agent_id": ""}, ValueError, "agent_id"),
+        ({"namespace": "x" * 300}, ValueError, "namespace"),
+        ({"action": "Not An Action"}, ValueError, "action"),
+        ({"model": 3}, TypeError, "model"),
+        ({"duration_ms": -1}, ValueError, "duration_ms"),
+        ({"cost": -0.5}, ValueError, "cost"),
+        ({"timestamp_us": 2**63}, ValueError, "timestamp_us"),
+        ({"metadata": {"k": object()}}, TypeError, "metadata"),
+        ({"usage": (1, 2)}, TypeError, "usage"),
+    ],
+)
+def test_the_warden_constructor_checks_like_the_keyword_one(
+    changes: dict[str, Any], error: type[Exception], named: str
+) -> None:
+    with pytest.raises(error, match=named):
+        _of_call(**changes)

@@ -472,6 +472,23 @@ class UsageEvent:
         timestamp_us: int | None = None,
         artifact_digest: str | None = None,
     ) -> UsageEvent: ...
+    @staticmethod
+    def _of_call(
+        agent_id: str,
+        consumer_id: str,
+        task_id: str | None,
+        namespace: str,
+        action: str,
+        model: str | None,
+        usage: Usage,
+        duration_ms: int,
+        cost: float | None,
+        timestamp_us: int,
+        request_id: str | None,
+        source: str | None,
+        metadata: dict[str, Any] | None,
+        /,
+    ) -> UsageEvent: ...
     @property
     def agent_id(self) -> str: ...
     @property

@@ -279,13 +279,14 @@ class Call:
         ):
             raise ValueError(f"cost must be a finite number >= 0 or None, got {cost!r}")
         # Usage checks each count (an int >= 0) and names the one that is not.
+        # Positional: no dict of keywords built and parsed on the hot path.
         self._settled = Usage(
-            requests=1,
-            input_tokens=self._input_estimate if input_tokens is None else input_tokens,
-            output_tokens=self._output_estimate if output_tokens is None else output_tokens,
-            cache_read_tokens=cache_read_tokens,
-            cache_write_tokens=cache_write_tokens,
-            cost=cost or 0.0,
+            1,
+            self._input_estimate if input_tokens is None else input_tokens,
+            self._output_estimate if output_tokens is None else output_tokens,
+            cache_read_tokens,
+            cache_write_tokens,
+            cost or 0.0,
         )
         self._cost = cost
         self._estimated = bool(estimated)
@@ -399,24 +400,20 @@ class Call:
         if self._cost is None and self.warden._store_prices:
             cost = None  # the store fills it from the same Pricing, marked re-priceable
         try:
-            return UsageEvent(
+            return UsageEvent._of_call(
                 self.agent_id,
                 self.consumer_id,
-                task_id=self.task_id,
-                namespace=self.warden.namespace,
-                action=self.action,
-                model=self.model,
-                tokens_in=usage.input_tokens,
-                tokens_out=usage.output_tokens,
-                cache_read_tokens=usage.cache_read_tokens,
-                cache_write_tokens=usage.cache_write_tokens,
-                duration_ms=duration_ms,
-                api_calls=1,
-                cost=cost,
-                timestamp_us=round(self._started_at * 1_000_000),
-                request_id=self._request_id,
-                source=self._source,
-                metadata=metadata or None,
+                self.task_id,
+                self.warden.namespace,
+                self.action,
+                self.model,
+                usage,
+                duration_ms,
+                cost,
+                round(self._started_at * 1_000_000),
+                self._request_id,
+                self._source,
+                metadata or None,
             )
         except (TypeError, ValueError):  # metadata the ledger cannot hold
             logger.exception("usagewarden: could not build the usage event of a call")

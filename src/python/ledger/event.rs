@@ -8,6 +8,7 @@ use crate::ledger::export::iso_utc;
 use crate::python::args;
 use crate::python::errors::IntoPyResult;
 use crate::python::json_value;
+use crate::python::usage::PyUsage;
 use crate::usage::nanos_to_usd;
 use pyo3::basic::CompareOp;
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -36,6 +37,32 @@ impl PyUsageEvent {
             inner: Arc::new(inner),
         }
     }
+}
+
+/// `metadata` (a dict or None) as the ledger keeps it: JSON, canonical, redacted.
+fn metadata_of(py: Python<'_>, metadata: Option<&Bound<'_, PyAny>>) -> PyResult<Option<String>> {
+    match metadata {
+        Some(m) if !m.is_none() => {
+            if !m.is_instance_of::<PyDict>() {
+                return Err(PyTypeError::new_err(format!(
+                    "metadata must be a dict, not {}",
+                    m.get_type().name()?
+                )));
+            }
+            let value = json_value::to_json(m).map_err(|e| {
+                PyTypeError::new_err(format!("metadata must be JSON-serialisable: {e}"))
+            })?;
+            Ok(Some(canonical_metadata_value(value).py_err(py)?))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// `timestamp_us` (integer UTC microseconds) as the event keeps it.
+fn timestamp_of_us(t: &Bound<'_, PyAny>) -> PyResult<i64> {
+    let us = args::count(Some(t), "timestamp_us", 0)?;
+    i64::try_from(us)
+        .map_err(|_| PyValueError::new_err(format!("timestamp_us is out of range, got {us}")))
 }
 
 /// Pulls a usage event out of a Python object, with a clear error.
@@ -88,25 +115,11 @@ impl PyUsageEvent {
                         "give timestamp or timestamp_us, not both",
                     ));
                 }
-                Some(args::count(Some(t), "timestamp_us", 0)?)
+                Some(timestamp_of_us(t)?)
             }
             _ => None,
         };
-        let metadata = match metadata {
-            Some(m) if !m.is_none() => {
-                if !m.is_instance_of::<PyDict>() {
-                    return Err(PyTypeError::new_err(format!(
-                        "metadata must be a dict, not {}",
-                        m.get_type().name()?
-                    )));
-                }
-                let value = json_value::to_json(m).map_err(|e| {
-                    PyTypeError::new_err(format!("metadata must be JSON-serialisable: {e}"))
-                })?;
-                Some(canonical_metadata_value(value).py_err(py)?)
-            }
-            _ => None,
-        };
+        let metadata = metadata_of(py, metadata)?;
         let event = UsageEvent {
             agent_id: args::text(agent_id, "agent_id")?,
             consumer_id: args::text(consumer_id, "consumer_id")?,
@@ -124,9 +137,7 @@ impl PyUsageEvent {
             units: args::count(units, "units", 0)?,
             cost_nanos: args::optional_cost(cost, "cost")?,
             timestamp_us: match (given_us, timestamp) {
-                (Some(us), _) => i64::try_from(us).map_err(|_| {
-                    PyValueError::new_err(format!("timestamp_us is out of range, got {us}"))
-                })?,
+                (Some(us), _) => us,
                 (None, Some(t)) if !t.is_none() => pytime::to_us(t, "timestamp", false)?,
                 _ => pytime::now_us(),
             },
@@ -135,6 +146,59 @@ impl PyUsageEvent {
             source: args::optional_text(source, "source")?,
             metadata,
             artifact_digest: args::optional_text(artifact_digest, "artifact_digest")?,
+        };
+        event.validate().py_err(py)?;
+        Ok(PyUsageEvent::wrap(event))
+    }
+
+    /// The event of one Warden call, from positional arguments: a call by
+    /// keyword builds and parses a dict of them, which costs more than the
+    /// event itself on the Warden's hot path. Checked like the constructor.
+    #[staticmethod]
+    #[pyo3(
+        name = "_of_call",
+        signature = (agent_id, consumer_id, task_id, namespace, action, model, usage, duration_ms,
+                     cost, timestamp_us, request_id, source, metadata, /)
+    )]
+    #[allow(clippy::too_many_arguments)]
+    fn of_call(
+        py: Python<'_>,
+        agent_id: &Bound<'_, PyAny>,
+        consumer_id: &Bound<'_, PyAny>,
+        task_id: &Bound<'_, PyAny>,
+        namespace: &Bound<'_, PyAny>,
+        action: &Bound<'_, PyAny>,
+        model: &Bound<'_, PyAny>,
+        usage: PyRef<'_, PyUsage>,
+        duration_ms: &Bound<'_, PyAny>,
+        cost: &Bound<'_, PyAny>,
+        timestamp_us: &Bound<'_, PyAny>,
+        request_id: &Bound<'_, PyAny>,
+        source: &Bound<'_, PyAny>,
+        metadata: &Bound<'_, PyAny>,
+    ) -> PyResult<Self> {
+        let usage = usage.inner;
+        let event = UsageEvent {
+            agent_id: args::text(agent_id, "agent_id")?,
+            consumer_id: args::text(consumer_id, "consumer_id")?,
+            task_id: args::optional_text(Some(task_id), "task_id")?,
+            namespace: args::text(namespace, "namespace")?,
+            action: args::text(action, "action")?,
+            model: args::optional_text(Some(model), "model")?,
+            tokens_in: usage.input_tokens,
+            tokens_out: usage.output_tokens,
+            cache_read_tokens: usage.cache_read_tokens,
+            cache_write_tokens: usage.cache_write_tokens,
+            duration_ms: args::count(Some(duration_ms), "duration_ms", 0)?,
+            api_calls: 1,
+            units: 0,
+            cost_nanos: args::optional_cost(Some(cost), "cost")?,
+            timestamp_us: timestamp_of_us(timestamp_us)?,
+            request_id: args::optional_text(Some(request_id), "request_id")?
+                .unwrap_or_else(new_request_id),
+            source: args::optional_text(Some(source), "source")?,
+            metadata: metadata_of(py, Some(metadata))?,
+            artifact_digest: None,
         };
         event.validate().py_err(py)?;
         Ok(PyUsageEvent::wrap(event))
