@@ -15,6 +15,7 @@ mod call;
 pub mod fallback;
 pub mod lease;
 mod pipe;
+mod script;
 mod slot;
 #[cfg(test)]
 mod tests;
@@ -30,19 +31,11 @@ use crate::usage::Usage;
 use call::{Call, CallKey, Op};
 use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::Script;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::runtime::Handle;
-
-/// One script in three files: the windows, the queue of waiters, the operations.
-const SCRIPT: &str = concat!(
-    include_str!("limiter.lua"),
-    include_str!("queue.lua"),
-    include_str!("ops.lua")
-);
 
 /// How a Redis limiter connects and names its keys.
 #[derive(Clone, Debug)]
@@ -76,10 +69,6 @@ pub struct RedisLimiter {
 
 pub(crate) fn unavailable(url: &str, what: impl std::fmt::Display) -> CoreError {
     CoreError::Unavailable(format!("Redis at {url} is unavailable: {what}"))
-}
-
-pub(crate) fn is_noscript(e: &redis::RedisError) -> bool {
-    e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
 }
 
 /// The URL without a password, for messages.
@@ -151,7 +140,7 @@ impl RedisLimiter {
             .map_err(|e| CoreError::InvalidArgument("url", format!("{shown}: {e}")))?;
         let manager_client = client.clone();
         let timeout = config.timeout;
-        let script = Script::new(SCRIPT);
+        let mut script = script::LimiterScript::new();
         let setup = async {
             let mut conn =
                 ConnectionManager::new_with_config(manager_client, manager_config(timeout)).await?;
@@ -159,10 +148,10 @@ impl RedisLimiter {
                 .arg("cluster")
                 .query_async(&mut conn)
                 .await?;
-            script.prepare_invoke().load_async(&mut conn).await?;
-            Ok::<_, redis::RedisError>((conn, info.contains("cluster_enabled:1")))
+            script.load(&mut conn).await?;
+            Ok::<_, redis::RedisError>((conn, info.contains("cluster_enabled:1"), script))
         };
-        let (conn, cluster) = runtime
+        let (conn, cluster, script) = runtime
             .block_on(async { tokio::time::timeout(timeout * 3, setup).await })
             .map_err(|_| unavailable(&shown, "timed out connecting"))?
             .map_err(|e| unavailable(&shown, e))?;
@@ -171,7 +160,7 @@ impl RedisLimiter {
             pipe: pipe::Pipe::start(
                 &runtime,
                 conn.clone(),
-                script.clone(),
+                script,
                 shown.clone(),
                 timeout,
                 owner.clone(),
