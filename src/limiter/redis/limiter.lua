@@ -1,6 +1,6 @@
--- usagewarden: the exact Redis limiter, one atomic call per operation. One script in
--- three files, concatenated in this order: limiter.lua (arguments, windows), queue.lua
--- (the queue of waiters), ops.lua (the operations).
+-- usagewarden: the exact Redis limiter, one atomic call per operation. One library in
+-- four files, concatenated in this order: limiter.lua (arguments, windows), queue.lua
+-- (the queue of waiters), fast.lua (the common admission), ops.lua (the operations).
 --
 -- KEYS: one hash per limiter key. Its fields:
 --   g          generation (a reset bumps it; older reservations settle into nothing)
@@ -195,9 +195,9 @@ local function bdel(st, w, s)
   st.gone[#st.gone + 1] = f
 end
 
-local function load(key)
+-- A key's state from its fields (`vals`: the HMGET of its limits' fields).
+local function load(key, vals)
   local l = key.limits
-  local vals = redis.call('HMGET', key.name, unpack(l.fields))
   local st = {name = key.name, key = key, g = tonumber(vals[1]) or 0, p = tonumber(vals[2]) or 0,
               c = {}, w = {}, exists = false, out = {}, gone = {}, changed = false,
               x = vals[7] and unpack_s('<d', vals[7]) or nil}

@@ -1,5 +1,5 @@
--- usagewarden: the exact Redis limiter, part 3 of 3 (after limiter.lua and queue.lua):
--- the operations. The arguments and replies are at the top of limiter.lua.
+-- usagewarden: the exact Redis limiter, part 4 of 4 (after limiter.lua, queue.lua and
+-- fast.lua): the operations. The arguments and replies are at the top of limiter.lua.
 
 -- The verdict on every key of a request whose usage on key k is usage_of(k).
 local function judge(usage_of)
@@ -263,12 +263,21 @@ local function operate()
   return redis.error_reply('usagewarden: unknown operation ' .. tostring(op))
 end
 
--- One call: loads every key's state, drops what left its windows, runs the operation.
+-- One call: reads every key's fields; the common admission decides from them, or
+-- the general path loads every key's state, drops what left its windows and operates.
 local function main(KEYS, ARGV)
   begin(KEYS, ARGV)
+  local fetched = {}
+  for k, key in ipairs(keys) do
+    fetched[k] = redis.call('HMGET', key.name, unpack(key.limits.fields))
+  end
+  if op == 'acquire' or op == 'check' then
+    local reply = admit_fast(fetched)
+    if reply then return reply end
+  end
   states = {}
   for k, key in ipairs(keys) do
-    states[k] = load(key)
+    states[k] = load(key, fetched[k])
     evict_all(states[k])
   end
   return operate()

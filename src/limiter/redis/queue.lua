@@ -1,4 +1,4 @@
--- usagewarden: the exact Redis limiter, part 2 of 3 (after limiter.lua): the queue of
+-- usagewarden: the exact Redis limiter, part 2 of 4 (after limiter.lua): the queue of
 -- waiters in each key's hash. The layout of the fields is at the top of limiter.lua.
 
 -- The queue. Tickets live in the key's own hash (one hash slot, one expiry). Their

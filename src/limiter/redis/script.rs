@@ -9,10 +9,12 @@
 use redis::aio::ConnectionManager;
 use redis::{Cmd, RedisError, RedisResult, Script};
 
-/// One library in three files: the windows, the queue of waiters, the operations.
+/// One library in four files: the windows, the queue of waiters, the common
+/// admission, the operations.
 const LIBRARY: &str = concat!(
     include_str!("limiter.lua"),
     include_str!("queue.lua"),
+    include_str!("fast.lua"),
     include_str!("ops.lua")
 );
 
