@@ -14,55 +14,61 @@ local function bucket_field(prefix, s)
   return named_field
 end
 
+-- What is left of a dimension, as replied (-1: no limit).
+local function shown(r)
+  if r == HUGE then return -1 end
+  return max(0, floor(r))
+end
+
 -- The reply, or nil for the general path. `fetched`: each key's HMGET of its fields.
 local function admit_fast(fetched)
   local rem = {HUGE, HUGE, HUGE, HUGE, HUGE, HUGE}
-  local binding, share = nil, HUGE
-  local windows = {}
+  local share, bk, bi = HUGE, 0, 0
+  -- Each window of each key in turn: its state (nil: empty) and now's slot in it.
+  local T, S, j = {}, {}, 0
   for k, key in ipairs(keys) do
     local vals, l = fetched[k], key.limits
     if vals[3] or vals[4] or vals[5] or vals[6] or vals[#l.fields] then return nil end
     if vals[2] and tonumber(vals[2]) > now then return nil end
     if vals[7] and not server_clock then return nil end
-    local ws = {}
+    local first = j
     for i, W in ipairs(key.wins) do
-      local v, t = vals[7 + i], nil
+      local v, t = vals[7 + i], false
       local s = floor(now / max(1, floor(W / 1000)))
       if v then
         t = {unpack_s(WFMT, v)}
         -- Something leaves the window, or time ran back: the general path.
         if t[1] < 0 or t[2] + W <= now or s < t[3] then return nil end
       end
-      ws[W] = {t = t, s = s}
+      j = j + 1
+      T[j], S[j] = t, s
     end
-    windows[k] = ws
     for i, spec in ipairs(key.specs) do
-      local wanted = dimval(U, 0, spec.d)
-      local t = ws[spec.W].t
-      local used = t and dimval(t, 10, spec.d) or 0
+      local d = spec.d
+      local wanted = dimval(U, 0, d)
+      local t = T[first + l.wat[spec.W]]
+      local used = t and dimval(t, 10, d) or 0
       local left = spec.amount - used - wanted
       if left < 0 then return nil end
-      cap(rem, spec.d, left)
+      cap(rem, d, left)
       local sh = left / spec.amount
-      if sh < share then share, binding = sh, {1, k, i, 0} end
+      if sh < share then share, bk, bi = sh, k, i end
     end
   end
-  local reply = {1, 0}
-  local limit = binding or {0, 0, 0, 0}
-  for i = 1, 4 do reply[2 + i] = limit[i] end
-  for i = 1, 6 do
-    if rem[i] == HUGE then reply[6 + i] = -1 else reply[6 + i] = max(0, floor(rem[i])) end
-  end
-  reply[13] = now
+  local r1, r2, r3, r4, r5, r6 = rem[1], rem[2], rem[3], rem[4], rem[5], rem[6]
+  local reply = {1, 0, bk > 0 and 1 or 0, bk, bi, 0, shown(r1), shown(r2), shown(r3), shown(r4),
+                 shown(r5), shown(r6), now}
   for k, _ in ipairs(keys) do reply[13 + k] = tonumber(fetched[k][1]) or 0 end
   if op == 'check' then return reply end
+  local u1, u2, u3, u4, u5, u6 = U[1], U[2], U[3], U[4], U[5], U[6]
+  j = 0
   for k, key in ipairs(keys) do
-    local args, longest = {}, 0
-    local u1, u2, u3, u4, u5, u6 = U[1], U[2], U[3], U[4], U[5], U[6]
+    local l, longest = key.limits, 0
+    local args = {}
     for _, W in ipairs(key.wins) do
-      local w = windows[k][W]
-      local t, s = w.t, w.s
-      local prefix = key.limits.bname[W]
+      j = j + 1
+      local t, s = T[j], S[j]
+      local prefix = l.bname[W]
       local head, headlast, nlast
       local n1, n2, n3, n4, n5, n6 = u1, u2, u3, u4, u5, u6
       local s1, s2, s3, s4, s5, s6 = u1, u2, u3, u4, u5, u6
@@ -86,7 +92,7 @@ local function admit_fast(fetched)
       end
       args[#args + 1] = bucket_field(prefix, s)
       args[#args + 1] = pack(BFMT, nlast, -1, n1, n2, n3, n4, n5, n6)
-      args[#args + 1] = key.limits.wname[W]
+      args[#args + 1] = l.wname[W]
       args[#args + 1] = pack(WFMT, head, headlast, s, nlast, n1, n2, n3, n4, n5, n6,
                              s1, s2, s3, s4, s5, s6)
       longest = max(longest, W, nlast + W - now)

@@ -30,6 +30,8 @@
 -- locals below are the state of one call, set by `begin`; the parsed limits are cached
 -- across calls (a pure function of their encoding).
 --
+-- Every reply is a list of numbers, sent as one string of packed little-endian doubles.
+--
 -- ARGV: op, the numbers (packed little-endian doubles): now (us; -1 = the server's
 -- TIME), usage (6), second usage (6), extra, the waiter's token, the ticket lease (us),
 -- for lease the fraction of each limit a slice takes (in millionths), then per key:
@@ -110,8 +112,16 @@ local function cap(rem, d, left)
   else rem[6] = min(rem[6], left) end
 end
 
+-- Packed doubles as a table (the unpack format of each length made once).
+local DFMT = {}
 local function doubles(s)
-  return {unpack_s('<' .. string.rep('d', #s / 8), s)}
+  local n = #s / 8
+  local f = DFMT[n]
+  if not f then
+    f = '<' .. string.rep('d', n)
+    DFMT[n] = f
+  end
+  return {unpack_s(f, s)}
 end
 
 -- A key's limits, parsed once per encoding: windows, specs and the fields a call reads.
@@ -124,11 +134,12 @@ local function limits_of(blob)
     i = i + 1
     return t[i - 1]
   end
-  l = {wins = {}, specs = {}, wname = {}, bname = {},
+  l = {wins = {}, specs = {}, wname = {}, bname = {}, wat = {},
        fields = {'g', 'p', 'c1', 'c2', 'c3', 'c4', 'x'}}
   for w = 1, n() do
     local W = n()
     l.wins[w] = W
+    l.wat[W] = w
     l.wname[W] = 'w' .. fmt(W)
     l.bname[W] = 'b' .. fmt(W) .. ':'
     l.fields[7 + w] = l.wname[W]
@@ -154,7 +165,7 @@ local function begin(KEYS, ARGV)
     now = tonumber(t[1]) * 1000000 + tonumber(t[2])
   end
   U = {A[2], A[3], A[4], A[5], A[6], A[7]}
-  V = {A[8], A[9], A[10], A[11], A[12], A[13]}
+  if op == 'adjust' or op == 'return' then V = {A[8], A[9], A[10], A[11], A[12], A[13]} end
   extra, token, LEASE, FRACTION = A[14], A[15], A[16], A[17]
   pos = 18
   channel = ARGV[3]

@@ -263,6 +263,19 @@ local function operate()
   return redis.error_reply('usagewarden: unknown operation ' .. tostring(op))
 end
 
+-- A reply of numbers as one string of packed little-endian doubles: one bulk reply
+-- instead of one per number (each costs the server as much as a line of Lua).
+local PFMT = {}
+local function packed(reply)
+  local n = #reply
+  local f = PFMT[n]
+  if not f then
+    f = '<' .. string.rep('d', n)
+    PFMT[n] = f
+  end
+  return pack(f, unpack(reply))
+end
+
 -- One call: reads every key's fields; the common admission decides from them, or
 -- the general path loads every key's state, drops what left its windows and operates.
 local function main(KEYS, ARGV)
@@ -273,12 +286,14 @@ local function main(KEYS, ARGV)
   end
   if op == 'acquire' or op == 'check' then
     local reply = admit_fast(fetched)
-    if reply then return reply end
+    if reply then return packed(reply) end
   end
   states = {}
   for k, key in ipairs(keys) do
     states[k] = load(key, fetched[k])
     evict_all(states[k])
   end
-  return operate()
+  local reply = operate()
+  if reply[1] == nil then return reply end -- an error
+  return packed(reply)
 end

@@ -261,9 +261,14 @@ impl Drop for Unread {
     }
 }
 
-/// A call's reply as integers (every reply of the script is a list of them).
+/// A call's reply as integers: every reply of the code is a list of
+/// numbers, packed as little-endian doubles in one string.
 fn flatten(result: Option<Result<RedisResult<Value>, String>>, url: &str) -> CoreResult<Vec<i64>> {
     match result {
+        Some(Ok(Ok(Value::BulkString(bytes)))) if bytes.len() % 8 == 0 => Ok(bytes
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as i64)
+            .collect()),
         Some(Ok(Ok(reply))) => {
             redis::from_redis_value::<Vec<i64>>(reply).map_err(|e| super::unavailable(url, e))
         }
