@@ -1,6 +1,7 @@
 //! The limiter on a Redis server, shared by every process and host that
-//! uses it. Every operation is one call of one Lua script (loaded once,
-//! called by SHA, reloaded when the server has lost it), which checks and
+//! uses it. Every operation is one call of one Lua library (a Redis
+//! Function, or a script called by SHA where Functions are unavailable;
+//! loaded again when the server has lost it: see `script`), which checks and
 //! records every dimension, window and key of a request atomically, on
 //! running sums per bucketed window. Time is the server's (`TIME`) unless a
 //! clock is given, so hosts with skewed clocks agree.
