@@ -9,7 +9,8 @@ Contenders, each admitting one request with an RPM limit and a TPM limit (200 to
 
 * ``PING``: one PING over the RedisRateLimiter's own connection, called from Python the
   same way as ``try_acquire`` (the round-trip floor).
-* ``usagewarden``: ``RedisRateLimiter.try_acquire`` (one FCALL of its Redis Function checks and records both).
+* ``usagewarden``: ``RedisRateLimiter.try_acquire`` (one FCALL of its Redis Function checks
+  and records both).
 * ``limits`` moving window and sliding-window counter on its Redis storage (redis-py):
   an RPM ``hit`` and a TPM ``hit`` of cost 200.
 * ``throttled-py`` sliding window on its Redis store (redis-py): an RPM ``limit`` and a

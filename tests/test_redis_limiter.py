@@ -86,9 +86,7 @@ def test_the_code_is_loaded_again_after_a_flush(redis_server, redis_url, flushed
     assert limiter.usage("k") == uw.Usage(requests=3, input_tokens=4)
 
 
-def test_where_functions_are_unavailable_the_code_runs_as_a_script(
-    redis_server, redis_url
-) -> None:
+def test_where_functions_are_unavailable_the_code_runs_as_a_script(redis_server, redis_url) -> None:
     # A user who may not use FUNCTION (as on Redis 6, which has none): the same code
     # is loaded and called as a script, and loaded again after a flush.
     created = redis_server.command(
@@ -97,7 +95,8 @@ def test_where_functions_are_unavailable_the_code_runs_as_a_script(
     assert created.startswith(b"+OK")
     try:
         limiter = limiter_on(redis_url.replace("redis://", "redis://nofunctions:secret@"))
-        scripts, functions = commands_run(redis_server, "evalsha"), commands_run(redis_server, "fcall")
+        scripts = commands_run(redis_server, "evalsha")
+        functions = commands_run(redis_server, "fcall")
         assert limiter.try_acquire("k", input_tokens=10)
         assert not limiter.try_acquire("k", input_tokens=10_000)
         assert commands_run(redis_server, "evalsha") - scripts == 2
