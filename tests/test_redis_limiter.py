@@ -108,6 +108,28 @@ def test_where_functions_are_unavailable_the_code_runs_as_a_script(redis_server,
         redis_server.command("ACL", "DELUSER", "nofunctions")
 
 
+def test_admissions_in_many_buckets_leave_their_window_each_in_turn(redis_url) -> None:
+    # Admitting starts a new bucket every 10 ms (the quantum is 1 ms) and links it to
+    # the one before; reads and later admissions drop each bucket exactly when it
+    # leaves the window, following those links.
+    clock = uw.ManualClock(1_000.0)
+    limits = uw.RateLimits(requests_per_second=100, input_tokens_per_second=10_000)
+    limiter = uw.RedisRateLimiter(limits, redis_url, clock=clock)
+    for i in range(20):
+        assert limiter.try_acquire("k", input_tokens=i + 1)
+        clock.advance(0.01)
+    assert limiter.usage("k") == uw.Usage(requests=20, input_tokens=210)
+    for i in range(20):
+        clock.set(1_001.0 + 0.01 * i + 0.005)  # admission i has left the window
+        left = 19 - i
+        assert limiter.usage("k") == uw.Usage(requests=left, input_tokens=sum(range(i + 2, 21))), (
+            f"after admission {i} left"
+        )
+        assert limiter.remaining("k").requests == 100 - left
+    assert limiter.try_acquire("k", input_tokens=5)
+    assert limiter.usage("k") == uw.Usage(requests=1, input_tokens=5)
+
+
 def test_settles_are_sent_without_waiting_and_flushed_by_close(redis_url) -> None:
     limiter = limiter_on(redis_url)
     reservations = [limiter.try_acquire("k", input_tokens=100).reservation for _ in range(20)]
