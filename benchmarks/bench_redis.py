@@ -9,11 +9,16 @@ Contenders, each admitting one request with an RPM limit and a TPM limit (200 to
 
 * ``PING``: one PING over the RedisRateLimiter's own connection, called from Python the
   same way as ``try_acquire`` (the round-trip floor).
-* ``usagewarden``: ``RedisRateLimiter.try_acquire`` (one EVALSHA checks and records both).
+* ``usagewarden``: ``RedisRateLimiter.try_acquire`` (one FCALL of its Redis Function checks
+  and records both).
 * ``limits`` moving window and sliding-window counter on its Redis storage (redis-py):
   an RPM ``hit`` and a TPM ``hit`` of cost 200.
 * ``throttled-py`` sliding window on its Redis store (redis-py): an RPM ``limit`` and a
   TPM ``limit`` of cost 200.
+
+Inside Redis: the server's own time per call (``INFO commandstats``) of a PING, of a
+trivial Redis Function (``return 1``) and of the limiter's function for one ``try_acquire``:
+what the script costs over the round trip.
 
 Cases: 1 key; 10,000 keys in turn; ``await acquire`` (ours: admitted at once); the window
 filling at 2,000,000 TPM (200 tokens a call, 9,000 calls within a minute, per block of
@@ -94,6 +99,64 @@ def start_redis(directory: str) -> tuple[subprocess.Popen[bytes], str]:
             sys.exit("redis-server did not start")
         time.sleep(0.01)
     return server, f"redis://127.0.0.1:{port}/0"
+
+
+class RawRedis:
+    """A plain socket to the server, for server-side statistics (no Python Redis client)."""
+
+    def __init__(self, url: str) -> None:
+        host, port = url.split("//")[1].split("/")[0].split(":")
+        self.sock = socket.create_connection((host, int(port)))
+        self.reader = self.sock.makefile("rb")
+
+    def command(self, *args: str) -> Any:
+        out = [b"*%d\r\n" % len(args)]
+        for arg in args:
+            data = arg.encode()
+            out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+        self.sock.sendall(b"".join(out))
+        return self.read()
+
+    def read(self) -> Any:
+        line = self.reader.readline()
+        kind, rest = line[:1], line[1:-2]
+        if kind == b"*":
+            return [self.read() for _ in range(int(rest))]
+        if kind == b"$":
+            size = int(rest)
+            return None if size < 0 else self.reader.read(size + 2)[:-2]
+        if kind == b"-":
+            raise RuntimeError(rest.decode())
+        return rest
+
+    def usec_per_call(self, command: str) -> float:
+        stats = self.command("INFO", "commandstats").decode()
+        for line in stats.splitlines():
+            if line.startswith(f"cmdstat_{command}:"):
+                return float(line.split("usec_per_call=")[1].split(",")[0])
+        return float("nan")
+
+
+def server_side(url: str, calls: int, samples: int) -> dict[str, float]:
+    """Microseconds inside Redis per call (INFO commandstats; medians of samples)."""
+    raw = RawRedis(url)
+    raw.command("FUNCTION", "LOAD", "REPLACE",
+                "#!lua name=bench_trivial\nredis.register_function('bench_trivial', "
+                "function() return 1 end)")  # fmt: skip
+    op = ours(url, HUGE_RPM, HUGE_TPM, f"server{time.perf_counter_ns()}")
+    op("k")
+    figures: dict[str, list[float]] = {"PING": [], "trivial function": [], "usagewarden": []}
+    for _ in range(samples):
+        for name, command, run in (
+            ("PING", "ping", lambda: raw.command("PING")),
+            ("trivial function", "fcall", lambda: raw.command("FCALL", "bench_trivial", "0")),
+            ("usagewarden", "fcall", lambda: op("k")),
+        ):
+            raw.command("CONFIG", "RESETSTAT")
+            for _ in range(calls):
+                run()
+            figures[name].append(raw.usec_per_call(command))
+    return {name: statistics.median(v) for name, v in figures.items()}
 
 
 # ----------------------------------------------------------------------------------------
@@ -345,6 +408,9 @@ def main() -> None:
                 return
             one = {n: median_us(m, url, ["k"], calls, samples) for n, m in CONTENDERS.items()}
             report("try_acquire, RPM + TPM, 1 key", one)
+            inside = server_side(url, calls, samples)
+            print("\nInside Redis (us per call, INFO commandstats): " + ", ".join(
+                f"{name} {us:.1f}" for name, us in inside.items()))  # fmt: skip
             keys = [f"key{i}" for i in range(N_KEYS)]
             many = {n: median_us(m, url, keys, N_KEYS, max(1, samples // 2))
                     for n, m in CONTENDERS.items()}  # fmt: skip

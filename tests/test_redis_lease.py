@@ -16,7 +16,7 @@ import time
 import pytest
 import usagewarden as uw
 from redis_server import RedisServer
-from test_redis_limiter import commands_run
+from test_redis_limiter import limiter_calls
 
 LIMITS = uw.RateLimits(requests_per_minute=10, total_tokens_per_minute=1_000)
 
@@ -90,10 +90,10 @@ def test_admissions_from_a_slice_take_no_round_trip(redis_server: RedisServer, r
     limits = uw.RateLimits(requests_per_minute=100_000, total_tokens_per_minute=10_000_000)
     limiter = uw.RedisRateLimiter(limits, redis_url, lease=uw.Lease(fraction=0.01, seconds=30))
     assert limiter.try_acquire("k", input_tokens=10)  # takes the slice: 1,000 requests
-    before = commands_run(redis_server, "evalsha")
+    before = limiter_calls(redis_server)
     for _ in range(500):
         assert limiter.try_acquire("k", input_tokens=10)
-    assert commands_run(redis_server, "evalsha") == before
+    assert limiter_calls(redis_server) == before
     limiter.close()
     # Redis counts what was admitted once the slice is back.
     assert exact(redis_url, None).usage("k") == uw.Usage(requests=501, input_tokens=5_010)
@@ -183,10 +183,10 @@ def test_a_refund_goes_back_into_the_slice(redis_server: RedisServer, redis_url,
     limiter = leased(redis_url, clock)
     reservation = limiter.try_acquire("k", input_tokens=900).reservation
     assert reservation is not None
-    before = commands_run(redis_server, "evalsha")
+    before = limiter_calls(redis_server)
     reservation.settle(input_tokens=100)
     assert limiter.try_acquire("k", input_tokens=800), "the refund is admitted from the slice"
-    assert commands_run(redis_server, "evalsha") == before
+    assert limiter_calls(redis_server) == before
     limiter.close()
     assert exact(redis_url, clock).usage("k") == uw.Usage(requests=2, input_tokens=900)
 

@@ -2,6 +2,7 @@
 //! The layout is documented at the top of `limiter.lua`.
 
 use super::super::holds::{pause_spec, Observation};
+use super::script::LimiterScript;
 use crate::limits::{LimitOrigin, LimitSpec, Limits, Unit};
 use crate::usage::{Dimension, Usage, MAX_COUNT};
 use redis::Cmd;
@@ -104,63 +105,97 @@ pub(crate) struct Call {
     pub(crate) ticket_lease_us: u64,
 }
 
-fn push_usage(cmd: &mut Cmd, u: &Usage) {
-    cmd.arg(u.requests)
-        .arg(u.input_tokens)
-        .arg(u.output_tokens)
-        .arg(u.cache_read_tokens)
-        .arg(u.cache_write_tokens)
-        .arg(u.cost_nanos);
+/// Numbers for the script, packed as little-endian doubles (one argument
+/// unpacked by one `struct.unpack`, instead of a `tonumber` per argument).
+/// Lua's numbers are doubles: a count is exact up to 2^53, as in the script.
+#[derive(Default)]
+struct Doubles(Vec<u8>);
+
+impl Doubles {
+    fn push(&mut self, v: impl Into<Number>) -> &mut Self {
+        self.0.extend_from_slice(&v.into().0.to_le_bytes());
+        self
+    }
+
+    fn usage(&mut self, u: &Usage) -> &mut Self {
+        self.push(u.requests)
+            .push(u.input_tokens)
+            .push(u.output_tokens)
+            .push(u.cache_read_tokens)
+            .push(u.cache_write_tokens)
+            .push(u.cost_nanos)
+    }
+}
+
+/// A number as the script reads it.
+struct Number(f64);
+
+impl From<u64> for Number {
+    fn from(v: u64) -> Self {
+        Number(v as f64)
+    }
+}
+
+impl From<i64> for Number {
+    fn from(v: i64) -> Self {
+        Number(v as f64)
+    }
+}
+
+/// A key's limits as the script reads them: windows, then (dimension, window, amount).
+fn encode_limits(limits: &Limits) -> Vec<u8> {
+    let mut out = Doubles::default();
+    let windows = limits.windows();
+    out.push(windows.len() as u64);
+    for w in windows {
+        out.push(us(*w));
+    }
+    out.push(limits.specs().len() as u64);
+    for spec in limits.specs() {
+        out.push(code(spec.dimension))
+            .push(us(spec.window_ns()))
+            .push(spec.amount);
+    }
+    out.0
 }
 
 impl Call {
-    /// `EVALSHA` of the script with this call's keys and arguments.
-    pub(crate) fn command(&self, sha: &str) -> Cmd {
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(sha).arg(self.keys.len());
+    /// The call of the limiter's code with this call's keys and arguments.
+    pub(crate) fn command(&self, script: &LimiterScript) -> Cmd {
+        let mut cmd = script.invocation(self.keys.len());
         for key in &self.keys {
             cmd.arg(&key.redis_key);
         }
-        cmd.arg(self.op.name());
+        let mut numbers = Doubles::default();
         match self.now_ns {
-            Some(ns) => cmd.arg(us(ns)),
-            None => cmd.arg(""),
+            Some(ns) => numbers.push(us(ns)),
+            None => numbers.push(-1i64),
         };
-        push_usage(&mut cmd, &self.usage);
-        push_usage(&mut cmd, &self.sub);
+        numbers.usage(&self.usage).usage(&self.sub);
         match self.extra_ns {
-            Some(ns) => cmd.arg(us(ns)),
-            None => cmd.arg(-1),
+            Some(ns) => numbers.push(us(ns)),
+            None => numbers.push(-1i64),
         };
-        cmd.arg(&*self.channel)
-            .arg(self.token)
-            .arg(self.ticket_lease_us);
+        numbers
+            .push(self.token)
+            .push(self.ticket_lease_us)
+            .push(self.fraction_ppm);
         for key in &self.keys {
-            cmd.arg(key.generation).arg(key.ticket);
-            let windows = key.limits.windows();
-            cmd.arg(windows.len());
-            for w in windows {
-                cmd.arg(us(*w));
-            }
-            cmd.arg(key.limits.specs().len());
-            for spec in key.limits.specs() {
-                cmd.arg(code(spec.dimension))
-                    .arg(us(spec.window_ns()))
-                    .arg(spec.amount);
-            }
+            numbers.push(key.generation).push(key.ticket);
         }
         if self.op == Op::Observe {
-            cmd.arg(self.observations.len());
+            numbers.push(self.observations.len() as u64);
             for o in &self.observations {
-                cmd.arg(code(o.dimension)).arg(o.remaining);
+                numbers.push(code(o.dimension)).push(o.remaining);
                 match o.reset_ns {
-                    Some(ns) => cmd.arg(us(ns)),
-                    None => cmd.arg(-1),
+                    Some(ns) => numbers.push(us(ns)),
+                    None => numbers.push(-1i64),
                 };
             }
         }
-        if self.op == Op::Lease {
-            cmd.arg(self.fraction_ppm);
+        cmd.arg(self.op.name()).arg(numbers.0).arg(&*self.channel);
+        for key in &self.keys {
+            cmd.arg(encode_limits(&key.limits));
         }
         cmd
     }

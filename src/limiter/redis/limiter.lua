@@ -1,6 +1,6 @@
--- usagewarden: the exact Redis limiter, one atomic call per operation. One script in
--- three files, concatenated in this order: limiter.lua (arguments, windows), queue.lua
--- (the queue of waiters), ops.lua (the operations).
+-- usagewarden: the exact Redis limiter, one atomic call per operation. One library in
+-- four files, concatenated in this order: limiter.lua (arguments, windows), queue.lua
+-- (the queue of waiters), fast.lua (the common admission), ops.lua (the operations).
 --
 -- KEYS: one hash per limiter key. Its fields:
 --   g          generation (a reset bumps it; older reservations settle into nothing)
@@ -24,13 +24,26 @@
 -- never reads a bucket. Buckets are read only when they leave the window (each once),
 -- when a refusal computes its exact wait, and for a usage span or a late settle.
 --
--- ARGV: op, now (us; '' = the server's TIME), usage (6), second usage (6), extra, the
--- channel told of refunds, resets and departures from a queue (its waiters wake), the
--- waiter's token, the ticket lease (us), then per key: generation, ticket (0 = none),
--- window count, windows..., limit count, (dimension, window, amount)...;
--- for observe, then: count, (dimension, remaining, reset us or -1)...;
--- for lease, then: the fraction of each limit a slice takes, in millionths.
+-- The script is a library of functions: loaded once as a Redis Function (FUNCTION LOAD;
+-- the top level runs once, each call runs only `main`), or, where Functions are not
+-- available, sent as a script whose last line calls `main` (EVALSHA). The module-level
+-- locals below are the state of one call, set by `begin`; the parsed limits are cached
+-- across calls (a pure function of their encoding).
+--
+-- Every reply is a list of numbers, sent as one string of packed little-endian doubles.
+--
+-- ARGV: op, the numbers (packed little-endian doubles): now (us; -1 = the server's
+-- TIME), usage (6), second usage (6), extra, the waiter's token, the ticket lease (us),
+-- for lease the fraction of each limit a slice takes (in millionths), then per key:
+-- generation, ticket (0 = none); for observe, then: count, (dimension, remaining, reset
+-- us or -1)...; then the channel told of refunds, resets and departures from a queue
+-- (its waiters wake); then per key its limits (packed doubles): window count,
+-- windows..., limit count, (dimension, window, amount)...
 -- Dimensions: 1 requests, 2 input tokens, 3 output tokens, 4 total tokens, 5 cost.
+--
+-- The key's expiry: with the server's clock, field x holds until when (us) the last
+-- PEXPIRE keeps the key, set a slack beyond what its usage needs, so that most calls
+-- need no PEXPIRE; with an injected clock every write sets the expiry (and drops x).
 --
 -- lease: like acquire of the usage (all keys or none, the same refusal), but each key is
 -- granted a slice (6 values appended to the reply per key): the fraction of its smallest
@@ -50,35 +63,25 @@
 -- (its holder died) is dropped when it reaches the head. leave drops the caller's
 -- tickets. Departures wake the next head (a publish on the channel).
 
-local op = ARGV[1]
-local now
-if ARGV[2] == '' then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-else
-  now = tonumber(ARGV[2])
+-- Libraries, bound at the first call (a library's load sees no globals but redis).
+local HUGE, floor, max, min, pack, unpack_s
+local function bind()
+  HUGE, floor, max, min = math.huge, math.floor, math.max, math.min
+  pack, unpack_s = struct.pack, struct.unpack
 end
-local HUGE = math.huge
-local U, V = {}, {}
-for i = 1, 6 do
-  U[i] = tonumber(ARGV[2 + i])
-  V[i] = tonumber(ARGV[8 + i])
-end
-local extra = tonumber(ARGV[15])
-local channel = ARGV[16]
-local token = tonumber(ARGV[17])
-local LEASE = tonumber(ARGV[18])
-local pos = 19
-local function num()
-  local v = tonumber(ARGV[pos])
-  pos = pos + 1
-  return v
-end
-
-local pack, unpack_s = struct.pack, struct.unpack
 local WFMT = 'dddddddddddddddd'
 local BFMT = 'dddddddd'
 local QFMT = 'ddddddddd'
+
+-- The call: its operation, time, usages and keys (set by `begin`).
+local op, now, server_clock, U, V, extra, channel, token, LEASE, FRACTION
+local A, pos, keys, states, lease_clock
+
+local function num()
+  local v = A[pos]
+  pos = pos + 1
+  return v
+end
 
 local function fmt(n) return string.format('%.0f', n) end
 local function nums(s)
@@ -100,24 +103,82 @@ end
 local function bounds(a, d) return a == d or (a == 4 and (d == 2 or d == 3)) end
 local function cap(rem, d, left)
   if left < 0 then left = 0 end
-  if d == 1 then rem[1] = math.min(rem[1], left)
-  elseif d == 2 then rem[2] = math.min(rem[2], left)
-  elseif d == 3 then rem[3] = math.min(rem[3], left)
+  if d == 1 then rem[1] = min(rem[1], left)
+  elseif d == 2 then rem[2] = min(rem[2], left)
+  elseif d == 3 then rem[3] = min(rem[3], left)
   elseif d == 4 then
-    rem[2] = math.min(rem[2], left)
-    rem[3] = math.min(rem[3], left)
-  else rem[6] = math.min(rem[6], left) end
+    rem[2] = min(rem[2], left)
+    rem[3] = min(rem[3], left)
+  else rem[6] = min(rem[6], left) end
 end
 
-local keys = {}
-for k = 1, #KEYS do
-  local key = {name = KEYS[k], gen = num(), ticket = num(), wins = {}, specs = {}}
-  for i = 1, num() do key.wins[i] = num() end
-  for i = 1, num() do key.specs[i] = {d = num(), W = num(), amount = num()} end
-  keys[k] = key
+-- Packed doubles as a table (the unpack format of each length made once).
+local DFMT = {}
+local function doubles(s)
+  local n = #s / 8
+  local f = DFMT[n]
+  if not f then
+    f = '<' .. string.rep('d', n)
+    DFMT[n] = f
+  end
+  return {unpack_s(f, s)}
 end
 
-local function bfield(w, s) return 'b' .. w.W .. ':' .. fmt(s) end
+-- A key's limits, parsed once per encoding: windows, specs and the fields a call reads.
+local LIMITS, cached = {}, 0
+local function limits_of(blob)
+  local l = LIMITS[blob]
+  if l then return l end
+  local t, i = doubles(blob), 1
+  local function n()
+    i = i + 1
+    return t[i - 1]
+  end
+  l = {wins = {}, specs = {}, wname = {}, bname = {}, wat = {},
+       fields = {'g', 'p', 'c1', 'c2', 'c3', 'c4', 'x'}}
+  for w = 1, n() do
+    local W = n()
+    l.wins[w] = W
+    l.wat[W] = w
+    l.wname[W] = 'w' .. fmt(W)
+    l.bname[W] = 'b' .. fmt(W) .. ':'
+    l.fields[7 + w] = l.wname[W]
+  end
+  l.fields[#l.fields + 1] = 'q'
+  for s = 1, n() do l.specs[s] = {d = n(), W = n(), amount = n()} end
+  if cached >= 256 then
+    LIMITS, cached = {}, 0
+  end
+  LIMITS[blob], cached = l, cached + 1
+  return l
+end
+
+-- Reads the call's arguments into the module-level state.
+local function begin(KEYS, ARGV)
+  if not pack then bind() end
+  op = ARGV[1]
+  A, pos = doubles(ARGV[2]), 1
+  now = num()
+  server_clock = now < 0
+  if server_clock then
+    local t = redis.call('TIME')
+    now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  end
+  U = {A[2], A[3], A[4], A[5], A[6], A[7]}
+  if op == 'adjust' or op == 'return' then V = {A[8], A[9], A[10], A[11], A[12], A[13]} end
+  extra, token, LEASE, FRACTION = A[14], A[15], A[16], A[17]
+  pos = 18
+  channel = ARGV[3]
+  lease_clock = nil
+  keys = {}
+  for k = 1, #KEYS do
+    local l = limits_of(ARGV[3 + k])
+    keys[k] = {name = KEYS[k], gen = num(), ticket = num(), wins = l.wins, specs = l.specs,
+               limits = l}
+  end
+end
+
+local function bfield(w, s) return w.bname .. fmt(s) end
 -- Bucket s of window w: {last, next, usage (6)}, or nil.
 local function bget(st, w, s)
   if s == w.newest then
@@ -145,31 +206,32 @@ local function bdel(st, w, s)
   st.gone[#st.gone + 1] = f
 end
 
-local function load(key)
-  local fields = {'g', 'p', 'c1', 'c2', 'c3', 'c4'}
-  for i, W in ipairs(key.wins) do fields[6 + i] = 'w' .. W end
-  local qi = #fields + 1
-  fields[qi] = 'q'
-  local vals = redis.call('HMGET', key.name, unpack(fields))
+-- A key's state from its fields (`vals`: the HMGET of its limits' fields).
+local function load(key, vals)
+  local l = key.limits
   local st = {name = key.name, key = key, g = tonumber(vals[1]) or 0, p = tonumber(vals[2]) or 0,
-              c = {}, w = {}, exists = false, out = {}, gone = {}, changed = false}
-  for i = 1, 6 do if vals[i] then st.exists = true end end
+              c = {}, w = {}, exists = false, out = {}, gone = {}, changed = false,
+              x = vals[7] and unpack_s('<d', vals[7]) or nil}
+  for i = 1, 7 do if vals[i] then st.exists = true end end
   for d = 1, 4 do
     if vals[2 + d] then
       local t = nums(vals[2 + d])
       if t[3] > now then st.c[d] = {left = t[1], observed = t[2], untl = t[3]} end
     end
   end
+  local qi = #l.fields
   for i, W in ipairs(key.wins) do
-    local w = {W = W, q = math.max(1, math.floor(W / 1000)), dirty = false,
-               head = -1, headlast = 0, newest = -1, nlast = 0, n = zeros(), sum = zeros()}
-    local v = vals[6 + i]
+    local w = {W = W, q = max(1, floor(W / 1000)), dirty = false, bname = l.bname[W],
+               wname = l.wname[W], head = -1, headlast = 0, newest = -1, nlast = 0}
+    local v = vals[7 + i]
     if v then
       st.exists = true
-      local t = {unpack_s(WFMT, v)}
-      w.head, w.headlast, w.newest, w.nlast = t[1], t[2], t[3], t[4]
-      w.n = {t[5], t[6], t[7], t[8], t[9], t[10]}
-      w.sum = {t[11], t[12], t[13], t[14], t[15], t[16]}
+      local t1, t2, t3, t4, n1, n2, n3, n4, n5, n6, s1, s2, s3, s4, s5, s6 = unpack_s(WFMT, v)
+      w.head, w.headlast, w.newest, w.nlast = t1, t2, t3, t4
+      w.n = {n1, n2, n3, n4, n5, n6}
+      w.sum = {s1, s2, s3, s4, s5, s6}
+    else
+      w.n, w.sum = zeros(), zeros()
     end
     st.w[W] = w
   end
@@ -359,15 +421,26 @@ local function save(st)
     end
     return
   end
+  -- The expiry: set again only when the last one falls short (server's clock).
+  local ttl = ttl_ms(st)
+  local expire = true
+  if not server_clock then
+    if st.x then st.gone[#st.gone + 1] = 'x' end
+  elseif st.x and st.x >= now + ttl * 1000 then
+    expire = false
+  else
+    ttl = ttl + floor(ttl / 8)
+    st.out['x'] = pack('<d', now + ttl * 1000)
+  end
   for _, w in pairs(st.w) do
     if w.dirty then
       if w.head >= 0 then
         local n, s = w.n, w.sum
-        args[#args + 1] = 'w' .. w.W
+        args[#args + 1] = w.wname
         args[#args + 1] = pack(WFMT, w.head, w.headlast, w.newest, w.nlast, n[1], n[2], n[3],
                                n[4], n[5], n[6], s[1], s[2], s[3], s[4], s[5], s[6])
       else
-        st.gone[#st.gone + 1] = 'w' .. w.W
+        st.gone[#st.gone + 1] = w.wname
       end
     end
   end
@@ -377,7 +450,7 @@ local function save(st)
   end
   if #st.gone > 0 then redis.call('HDEL', st.name, unpack(st.gone)) end
   if #args > 0 then redis.call('HSET', st.name, unpack(args)) end
-  redis.call('PEXPIRE', st.name, ttl_ms(st))
+  if expire then redis.call('PEXPIRE', st.name, ttl) end
 end
 
 local function out(rem)

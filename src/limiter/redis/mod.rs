@@ -1,6 +1,7 @@
 //! The limiter on a Redis server, shared by every process and host that
-//! uses it. Every operation is one call of one Lua script (loaded once,
-//! called by SHA, reloaded when the server has lost it), which checks and
+//! uses it. Every operation is one call of one Lua library (a Redis
+//! Function, or a script called by SHA where Functions are unavailable;
+//! loaded again when the server has lost it: see `script`), which checks and
 //! records every dimension, window and key of a request atomically, on
 //! running sums per bucketed window. Time is the server's (`TIME`) unless a
 //! clock is given, so hosts with skewed clocks agree.
@@ -15,6 +16,7 @@ mod call;
 pub mod fallback;
 pub mod lease;
 mod pipe;
+mod script;
 mod slot;
 #[cfg(test)]
 mod tests;
@@ -30,19 +32,11 @@ use crate::usage::Usage;
 use call::{Call, CallKey, Op};
 use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::Script;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::runtime::Handle;
-
-/// One script in three files: the windows, the queue of waiters, the operations.
-const SCRIPT: &str = concat!(
-    include_str!("limiter.lua"),
-    include_str!("queue.lua"),
-    include_str!("ops.lua")
-);
 
 /// How a Redis limiter connects and names its keys.
 #[derive(Clone, Debug)]
@@ -76,10 +70,6 @@ pub struct RedisLimiter {
 
 pub(crate) fn unavailable(url: &str, what: impl std::fmt::Display) -> CoreError {
     CoreError::Unavailable(format!("Redis at {url} is unavailable: {what}"))
-}
-
-pub(crate) fn is_noscript(e: &redis::RedisError) -> bool {
-    e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
 }
 
 /// The URL without a password, for messages.
@@ -151,7 +141,7 @@ impl RedisLimiter {
             .map_err(|e| CoreError::InvalidArgument("url", format!("{shown}: {e}")))?;
         let manager_client = client.clone();
         let timeout = config.timeout;
-        let script = Script::new(SCRIPT);
+        let mut script = script::LimiterScript::new();
         let setup = async {
             let mut conn =
                 ConnectionManager::new_with_config(manager_client, manager_config(timeout)).await?;
@@ -159,10 +149,10 @@ impl RedisLimiter {
                 .arg("cluster")
                 .query_async(&mut conn)
                 .await?;
-            script.prepare_invoke().load_async(&mut conn).await?;
-            Ok::<_, redis::RedisError>((conn, info.contains("cluster_enabled:1")))
+            script.load(&mut conn).await?;
+            Ok::<_, redis::RedisError>((conn, info.contains("cluster_enabled:1"), script))
         };
-        let (conn, cluster) = runtime
+        let (conn, cluster, script) = runtime
             .block_on(async { tokio::time::timeout(timeout * 3, setup).await })
             .map_err(|_| unavailable(&shown, "timed out connecting"))?
             .map_err(|e| unavailable(&shown, e))?;
@@ -171,7 +161,7 @@ impl RedisLimiter {
             pipe: pipe::Pipe::start(
                 &runtime,
                 conn.clone(),
-                script.clone(),
+                script,
                 shown.clone(),
                 timeout,
                 owner.clone(),

@@ -4,10 +4,11 @@
 //! always sees them; concurrent callers share round trips.
 
 use super::call::{Call, Op};
+use super::script::{self, LimiterScript};
 use super::RedisInner;
 use crate::error::{CoreError, CoreResult};
 use redis::aio::ConnectionManager;
-use redis::{RedisResult, Script, Value};
+use redis::{RedisResult, Value};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::runtime::Handle;
@@ -35,25 +36,24 @@ pub(crate) struct Pipe {
 }
 
 fn is_noscript(r: &RedisResult<Value>) -> bool {
-    matches!(r, Err(e) if super::is_noscript(e))
+    matches!(r, Err(e) if script::is_missing(e))
 }
 
 struct Sender {
     conn: ConnectionManager,
-    script: Script,
+    script: LimiterScript,
     url: String,
     timeout: Duration,
 }
 
 impl Sender {
     /// Sends one pipeline; calls refused because the server had lost the
-    /// script (nothing of them ran) are sent again once it is loaded.
+    /// code (nothing of them ran) are sent again once it is loaded.
     async fn send(&mut self, cmds: &[redis::Cmd]) -> Result<Vec<RedisResult<Value>>, String> {
         let mut results = self.pipeline(cmds).await?;
         if results.iter().any(is_noscript) {
             self.script
-                .prepare_invoke()
-                .load_async(&mut self.conn)
+                .load(&mut self.conn)
                 .await
                 .map_err(|e| e.to_string())?;
             let again: Vec<usize> = (0..results.len())
@@ -85,7 +85,7 @@ impl Pipe {
     pub(crate) fn start(
         runtime: &Handle,
         conn: ConnectionManager,
-        script: Script,
+        script: LimiterScript,
         url: String,
         timeout: Duration,
         owner: Weak<RedisInner>,
@@ -108,7 +108,7 @@ impl Pipe {
                 let cmds: Vec<redis::Cmd> = jobs
                     .iter()
                     .filter_map(|job| match job {
-                        Job::Call { call, .. } => Some(call.command(sender.script.get_hash())),
+                        Job::Call { call, .. } => Some(call.command(&sender.script)),
                         Job::Ping(_) => Some(redis::cmd("PING")),
                         Job::Flush(_) => None,
                     })
@@ -261,9 +261,14 @@ impl Drop for Unread {
     }
 }
 
-/// A call's reply as integers (every reply of the script is a list of them).
+/// A call's reply as integers: every reply of the code is a list of
+/// numbers, packed as little-endian doubles in one string.
 fn flatten(result: Option<Result<RedisResult<Value>, String>>, url: &str) -> CoreResult<Vec<i64>> {
     match result {
+        Some(Ok(Ok(Value::BulkString(bytes)))) if bytes.len() % 8 == 0 => Ok(bytes
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as i64)
+            .collect()),
         Some(Ok(Ok(reply))) => {
             redis::from_redis_value::<Vec<i64>>(reply).map_err(|e| super::unavailable(url, e))
         }

@@ -1,13 +1,12 @@
--- usagewarden: the exact Redis limiter, part 2 of 3 (after limiter.lua): the queue of
+-- usagewarden: the exact Redis limiter, part 2 of 4 (after limiter.lua): the queue of
 -- waiters in each key's hash. The layout of the fields is at the top of limiter.lua.
 
 -- The queue. Tickets live in the key's own hash (one hash slot, one expiry). Their
 -- leases run on the server's TIME even under an injected clock: a manual clock's jump
 -- must not expire a live waiter before it can refresh its ticket.
-local lease_clock
 local function lease_now()
   if not lease_clock then
-    if ARGV[2] == '' then
+    if server_clock then
       lease_clock = now
     else
       local t = redis.call('TIME')
