@@ -21,22 +21,7 @@ def chain_heads_locked(cluster: PostgresCluster, schema: str) -> Iterator[None]:
     """Holds every chain head of `schema` (FOR UPDATE) in another session: a
     writer transaction waits for it before deciding anything."""
     psql = subprocess.Popen(
-        [
-            *cluster._as_user,
-            str(cluster.bin_dir / "psql"),
-            "-X",
-            "-q",
-            "-A",
-            "-t",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            str(cluster.socket_dir),
-            "-p",
-            str(cluster.port),
-            "-U",
-            "postgres",
-        ],  # fmt: skip
+        cluster.psql_command(),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
