@@ -69,26 +69,23 @@ class PostgresCluster:
             timeout=120,
         )
 
+    def psql_command(self, dbname: str = "postgres") -> list[str]:
+        """psql on this cluster, quiet and unaligned, stopping at an error."""
+        return [
+            *self._as_user,
+            str(self.bin_dir / "psql"),
+            "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+            "-h", str(self.socket_dir), "-p", str(self.port), "-U", "postgres", "-d", dbname,
+        ]  # fmt: skip
+
     def sql(self, statement: str, dbname: str = "postgres") -> str:
         """Runs one statement with psql (for test setup and inspection only)."""
-        done = self.run(
-            "psql",
-            "-X",
-            "-q",
-            "-A",
-            "-t",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            str(self.socket_dir),
-            "-p",
-            str(self.port),
-            "-U",
-            "postgres",
-            "-d",
-            dbname,
-            "-c",
-            statement,
+        done = subprocess.run(
+            [*self.psql_command(dbname), "-c", statement],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
         )
         return done.stdout.strip()
 

@@ -91,13 +91,10 @@ fn grouped_select_at(from: &str, level: &Level) -> String {
     )
 }
 
-/// `INSERT` of the totals of the events `from` selects, adding to existing rows.
-pub fn upsert_sql(s: &str, from: &str) -> String {
-    upsert_into(s, &HOURLY, from)
-}
-
-/// `upsert_sql` into the table of `level`.
-pub fn upsert_into(s: &str, level: &Level, from: &str) -> String {
+/// `INSERT` of pre-summed rows (`batch_totals::Columns::params`: the time,
+/// the keys, events, the counters, cost, unpriced events, one array each)
+/// into the table of `level`, in key order, adding to existing rows.
+pub fn upsert_rows_sql(s: &str, level: &Level) -> String {
     let add = |c: &str| {
         format!(
             "{c} = LEAST(COALESCE(r.{c}, 0)::numeric + COALESCE(excluded.{c}, 0), 9223372036854775807)::int8"
@@ -109,15 +106,37 @@ pub fn upsert_into(s: &str, level: &Level, from: &str) -> String {
         .chain(["unpriced_events"])
         .map(add)
         .collect();
+    let columns: Vec<&str> = [level.time]
+        .into_iter()
+        .chain(level.keys.iter().copied())
+        .chain(["events"])
+        .chain(COUNTERS)
+        .chain(["cost_nanos", "unpriced_events"])
+        .collect();
+    let arrays: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, _)| {
+            let ty = if (1..=level.keys.len()).contains(&i) {
+                "text"
+            } else {
+                "int8"
+            };
+            format!("${}::{ty}[]", i + 1)
+        })
+        .collect();
+    let order: Vec<String> = (1..=level.keys.len() + 1).map(|i| i.to_string()).collect();
     format!(
-        "INSERT INTO {s}.{table} AS r {select} \
+        "INSERT INTO {s}.{table} AS r ({columns}) SELECT * FROM unnest({arrays}) ORDER BY {order} \
          ON CONFLICT ({time}, {keys}) DO UPDATE SET {updates}, \
          cost_nanos = CASE WHEN r.cost_nanos IS NULL AND excluded.cost_nanos IS NULL THEN NULL \
              ELSE LEAST(COALESCE(r.cost_nanos, 0)::numeric + COALESCE(excluded.cost_nanos, 0), 9223372036854775807)::int8 END",
         table = level.table,
+        columns = columns.join(", "),
+        arrays = arrays.join(", "),
+        order = order.join(", "),
         time = level.time,
         keys = level.keys.join(", "),
-        select = grouped_select_at(from, level),
         updates = updates.join(", "),
     )
 }

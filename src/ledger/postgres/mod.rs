@@ -2,6 +2,7 @@
 //! many hosts write and read. One writer task per store on the shared tokio
 //! runtime commits queued events in batches; reads use a small pool.
 
+mod batch_totals;
 mod budgets;
 mod chain;
 mod coarse;

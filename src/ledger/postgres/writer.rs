@@ -1,16 +1,20 @@
 //! The PostgreSQL writer: one tokio task that commits whatever is queued in
-//! one transaction per batch — binary `COPY` into a temporary staging table,
-//! then one statement that claims the request ids, inserts the new events
-//! and adds them to the grouped totals (`super::grouped`).
+//! one transaction per batch. The batch's request ids are claimed in one
+//! statement (sent as arrays, each identity once), under the locks of its
+//! namespaces' chain heads; the new events alone are then written with a
+//! binary `COPY` straight into `usage_events`, and their grouped totals,
+//! summed here (`super::batch_totals`), are added with one upsert per level.
+//! The server touches each new event once, and a duplicate not at all
+//! beyond its key.
 
-use super::chain;
-use super::schema;
-use super::Shared;
+use super::batch_totals::{self, BatchTotals};
+use super::{chain, coarse, grouped, schema, Shared};
 use crate::error::{CoreError, CoreResult};
+use crate::ledger::chain::Digest;
 use crate::ledger::event::UsageEvent;
 use crate::ledger::sqlite::{LogLevel, Outcome, MAX_GROUP};
 use crate::pricing::Tokens;
-use hashbrown::HashSet;
+use hashbrown::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,19 +36,14 @@ pub(crate) enum Command {
     Flush(oneshot::Sender<()>),
 }
 
-/// The columns staged for each event, in `COPY` order.
-const STAGE_COLUMNS: &str =
-    "seq, namespace, request_id, ts, agent_id, consumer_id, task_id, action, model, \
-     tokens_in, tokens_out, cache_read_tokens, cache_write_tokens, duration_ms, api_calls, units, \
-     cost_nanos, source, metadata, fingerprint, cost_priced, artifact_digest";
-
+/// The columns of `usage_events` the writer fills, in `COPY` order.
 const EVENT_COLUMNS: &str =
     "namespace, request_id, ts, agent_id, consumer_id, task_id, action, model, \
      tokens_in, tokens_out, cache_read_tokens, cache_write_tokens, duration_ms, api_calls, units, \
-     cost_nanos, source, metadata, fingerprint, cost_priced, artifact_digest";
+     cost_nanos, source, metadata, fingerprint, cost_priced, artifact_digest, \
+     chain_position, chain_digest";
 
-const STAGE_TYPES: [Type; 22] = [
-    Type::INT8,
+const EVENT_TYPES: [Type; 23] = [
     Type::TEXT,
     Type::TEXT,
     Type::INT8,
@@ -66,6 +65,8 @@ const STAGE_TYPES: [Type; 22] = [
     Type::INT8,
     Type::BOOL,
     Type::TEXT,
+    Type::INT8,
+    Type::BYTEA,
 ];
 
 /// `expr` capped at 2**63 - 1, as `int8`: sums are exact (numeric) and
@@ -87,37 +88,15 @@ pub(crate) const COUNTERS: [&str; 7] = [
     "units",
 ];
 
-/// Claims the staged request ids (the first of each, in staging order);
-/// returns the `seq` of each new event, in order.
-fn claim_sql(s: &str) -> String {
+/// The fingerprints stored for identities (`$1` namespaces, `$2` request
+/// ids): one index lookup each (the `LIMIT` keeps the planner from joining
+/// the whole table), whatever the table's size.
+fn stored_sql(s: &str) -> String {
     format!(
-        "WITH firsts AS ( \
-             SELECT DISTINCT ON (namespace, request_id) seq, namespace, request_id, fingerprint, ts \
-             FROM uw_staging ORDER BY namespace, request_id, seq \
-         ), claimed AS ( \
-             INSERT INTO {s}.request_keys (namespace, request_id, fingerprint, ts) \
-             SELECT namespace, request_id, fingerprint, ts FROM firsts ORDER BY seq \
-             ON CONFLICT (namespace, request_id) DO NOTHING \
-             RETURNING namespace, request_id \
-         ) SELECT f.seq FROM firsts f JOIN claimed c USING (namespace, request_id) ORDER BY f.seq"
-    )
-}
-
-/// Inserts the claimed events (`$1` their seqs, `$2` and `$3` their chain
-/// positions and digests) and adds them to the grouped totals (daily and
-/// hourly, each in key order).
-fn insert_sql(s: &str) -> String {
-    format!(
-        "WITH chained AS ( \
-             SELECT * FROM unnest($1::int8[], $2::int8[], $3::bytea[]) AS c(seq, chain_position, chain_digest) \
-         ), fresh AS ( \
-             SELECT s.*, c.chain_position, c.chain_digest FROM uw_staging s JOIN chained c USING (seq) \
-         ), inserted AS ( \
-             INSERT INTO {s}.usage_events ({EVENT_COLUMNS}, chain_position, chain_digest) \
-             SELECT {EVENT_COLUMNS}, chain_position, chain_digest FROM fresh ORDER BY seq \
-         ), daily AS ({}) {}",
-        super::grouped::upsert_into(s, &super::coarse::DAILY, "fresh"),
-        super::grouped::upsert_sql(s, "fresh")
+        "SELECT u.namespace, u.request_id, k.fingerprint \
+         FROM unnest($1::text[], $2::text[]) AS u(namespace, request_id) \
+         CROSS JOIN LATERAL (SELECT fingerprint FROM {s}.request_keys k \
+             WHERE k.namespace = u.namespace AND k.request_id = u.request_id LIMIT 1) k"
     )
 }
 
@@ -125,81 +104,171 @@ fn insert_sql(s: &str) -> String {
 #[derive(Clone)]
 struct Statements {
     heads: chain::HeadStatements,
+    stored: tokio_postgres::Statement,
     claim: tokio_postgres::Statement,
-    insert: tokio_postgres::Statement,
+    hourly: tokio_postgres::Statement,
+    daily: tokio_postgres::Statement,
+    copy: tokio_postgres::Statement,
 }
 
-/// Stages `records`, locks their namespaces' chain heads, claims the new
-/// request ids and inserts those events, each extending its chain in
-/// staging order; returns the seqs of the new events. Duplicates and
-/// conflicts are not claimed, so they never advance a chain.
+impl Statements {
+    async fn prepare(client: &Client, s: &str) -> CoreResult<Statements> {
+        Ok(Statements {
+            heads: chain::HeadStatements::prepare(client, s).await?,
+            stored: client.prepare(&stored_sql(s)).await?,
+            claim: client
+                .prepare(&format!(
+                    "COPY {s}.request_keys (namespace, request_id, fingerprint, ts) FROM STDIN (FORMAT binary)"
+                ))
+                .await?,
+            hourly: client
+                .prepare(&grouped::upsert_rows_sql(s, &grouped::HOURLY))
+                .await?,
+            daily: client
+                .prepare(&grouped::upsert_rows_sql(s, &coarse::DAILY))
+                .await?,
+            copy: client
+                .prepare(&format!(
+                    "COPY {s}.usage_events ({EVENT_COLUMNS}) FROM STDIN (FORMAT binary)"
+                ))
+                .await?,
+        })
+    }
+}
+
+/// What one transaction decided for a batch.
+struct Claimed {
+    /// Per record: whether it was inserted (only the first of an identity can be).
+    fresh: Vec<bool>,
+    /// Per record: the fingerprint stored for its identity (its own when
+    /// new, or its first's); `None` only if the row is gone.
+    stored: Vec<Option<i64>>,
+}
+
+impl Claimed {
+    fn inserted(&self) -> usize {
+        self.fresh.iter().filter(|&&f| f).count()
+    }
+
+    /// Each record's outcome.
+    fn outcomes(&self, records: &[Pending]) -> Vec<Outcome> {
+        records
+            .iter()
+            .enumerate()
+            .map(|(i, p)| match self.stored[i] {
+                _ if self.fresh[i] => Outcome::Inserted,
+                Some(fp) if fp != p.event.fingerprint() => Outcome::Conflict,
+                _ => Outcome::Duplicate,
+            })
+            .collect()
+    }
+}
+
+/// Under the locks of the batch's namespaces' chain heads, reads which
+/// request ids are stored, then writes the new ones, the new events (each
+/// extending its chain in queue order) and their grouped totals.
+/// Duplicates and conflicts are not claimed, so they never advance a chain.
+///
+/// Every writer of a namespace holds its head's lock until it commits, so
+/// no id can be claimed between the read and the write: a plain `COPY`
+/// suffices (a writer without the chain, only ever a benchmark, that races
+/// one fails the transaction on the unique key, and the retry reads it).
 async fn insert_chained(
     tx: &tokio_postgres::Transaction<'_>,
     statements: &Statements,
     records: &[Pending],
     unchained: bool,
-) -> CoreResult<Vec<i64>> {
-    stage(tx, records).await?;
-    if unchained {
-        return insert_unchained(tx, statements).await;
+) -> CoreResult<Claimed> {
+    // Each identity once, at its first record: a later one is decided by
+    // what the first stored.
+    let mut index: HashMap<(&str, &str), usize> = HashMap::with_capacity(records.len());
+    let first_of: Vec<usize> = records
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let e = &*p.event;
+            *index
+                .entry((e.namespace.as_str(), e.request_id.as_str()))
+                .or_insert(i)
+        })
+        .collect();
+    let firsts: Vec<&UsageEvent> = (0..records.len())
+        .filter(|&i| first_of[i] == i)
+        .map(|i| &*records[i].event)
+        .collect();
+    let namespaces: Vec<&str> = firsts.iter().map(|e| e.namespace.as_str()).collect();
+    let request_ids: Vec<&str> = firsts.iter().map(|e| e.request_id.as_str()).collect();
+    let params: [&(dyn ToSql + Sync); 2] = [&namespaces, &request_ids];
+    let read = tx.query(&statements.stored, &params);
+    let (mut heads, rows) = if unchained {
+        (None, read.await?)
+    } else {
+        // Locked before the read: another host's events of these namespaces
+        // are committed (and their ids claimed) before this one's are decided.
+        let events = records.iter().map(|p| &*p.event);
+        let (heads, rows) = chain::Heads::lock_then(tx, &statements.heads, events, read).await?;
+        (Some(heads), rows)
+    };
+    let mut stored: Vec<Option<i64>> = vec![None; records.len()];
+    for row in &rows {
+        if let Some(&i) = index.get(&(row.get::<_, &str>(0), row.get::<_, &str>(1))) {
+            stored[i] = Some(row.get(2));
+        }
     }
-    // Locked before the claim: another host's events of these namespaces
-    // are committed (and their ids claimed) before this one's are decided.
-    let events = records.iter().map(|p| &*p.event);
-    let (mut heads, claimed) = chain::Heads::lock_then(
-        tx,
-        &statements.heads,
-        events,
-        tx.query(&statements.claim, &[]),
-    )
-    .await?;
-    let fresh: Vec<i64> = claimed.iter().map(|r| r.get(0)).collect();
-    if fresh.is_empty() {
-        return Ok(fresh);
+    let fresh: Vec<bool> = (0..records.len())
+        .map(|i| first_of[i] == i && stored[i].is_none())
+        .collect();
+    for i in 0..records.len() {
+        if fresh[i] {
+            stored[i] = Some(records[i].event.fingerprint());
+        }
+        stored[i] = stored[first_of[i]];
     }
-    let (mut positions, mut digests) = (Vec::new(), Vec::new());
-    for &seq in &fresh {
-        let (position, digest) = heads.extend(&records[seq as usize].event);
-        positions.push(position);
-        digests.push(digest);
+    let outcome = Claimed { fresh, stored };
+    if outcome.inserted() == 0 {
+        return Ok(outcome);
     }
-    let digests: Vec<&[u8]> = digests.iter().map(|d| &d[..]).collect();
-    // Sent pipelined, in this order (`try_join` polls in order): one round trip.
-    futures_util::future::try_join(
+    let mut hourly = BatchTotals::new(batch_totals::period_of(&grouped::HOURLY));
+    let mut daily = BatchTotals::new(batch_totals::period_of(&coarse::DAILY));
+    let mut chained = Vec::with_capacity(outcome.inserted());
+    for (i, p) in records.iter().enumerate() {
+        if !outcome.fresh[i] {
+            continue;
+        }
+        let cost = p.event.cost_nanos.or(p.priced);
+        hourly.add(&p.event, cost);
+        daily.add(&p.event, cost);
+        let link = heads.as_mut().map(|h| h.extend(&p.event));
+        chained.push((p, link));
+    }
+    let (hourly, daily) = (hourly.columns(), daily.columns());
+    let write_heads = async {
+        match &heads {
+            Some(h) => h.write(tx, &statements.heads).await,
+            None => Ok(()),
+        }
+    };
+    // Sent pipelined, in this order (`try_join3` polls in order): one round trip.
+    futures_util::future::try_join3(
+        write_heads,
         async {
-            tx.execute(&statements.insert, &[&fresh, &positions, &digests])
+            tx.execute(&statements.hourly, &hourly.params())
                 .await
                 .map_err(CoreError::from)
         },
-        heads.write(tx, &statements.heads),
+        async {
+            tx.execute(&statements.daily, &daily.params())
+                .await
+                .map_err(CoreError::from)
+        },
     )
     .await?;
-    Ok(fresh)
+    copy_keys(tx, &statements.claim, &chained).await?;
+    copy_events(tx, &statements.copy, &chained).await?;
+    Ok(outcome)
 }
 
-/// `insert_chained` without the chain (for the benchmark that measures it).
-async fn insert_unchained(
-    tx: &tokio_postgres::Transaction<'_>,
-    statements: &Statements,
-) -> CoreResult<Vec<i64>> {
-    let claimed = tx.query(&statements.claim, &[]).await?;
-    let fresh: Vec<i64> = claimed.iter().map(|r| r.get(0)).collect();
-    let none: (Vec<Option<i64>>, Vec<Option<&[u8]>>) =
-        (vec![None; fresh.len()], vec![None; fresh.len()]);
-    tx.execute(&statements.insert, &[&fresh, &none.0, &none.1])
-        .await?;
-    Ok(fresh)
-}
-
-/// This connection's staging table; a transaction's rows go at its end.
-const STAGING_TABLE: &str = "CREATE TEMP TABLE uw_staging ( \
-     seq BIGINT, namespace TEXT, request_id TEXT, ts BIGINT, agent_id TEXT, consumer_id TEXT, \
-     task_id TEXT, action TEXT, model TEXT, tokens_in BIGINT, tokens_out BIGINT, \
-     cache_read_tokens BIGINT, cache_write_tokens BIGINT, duration_ms BIGINT, api_calls BIGINT, \
-     units BIGINT, cost_nanos BIGINT, source TEXT, metadata TEXT, fingerprint BIGINT, \
-     cost_priced BOOLEAN, artifact_digest TEXT) ON COMMIT DELETE ROWS";
-
-/// One staged event and who waits for it.
+/// One queued event and who waits for it.
 struct Pending {
     event: Arc<UsageEvent>,
     /// The cost the store's pricing filled in, if any.
@@ -396,13 +465,8 @@ impl Worker {
     async fn client(&mut self) -> CoreResult<&mut Client> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             let client = self.shared.connect().await?;
-            client.batch_execute(STAGING_TABLE).await?;
             let s = format!("\"{}\"", self.shared.schema);
-            self.statements = Some(Statements {
-                heads: chain::HeadStatements::prepare(&client, &s).await?,
-                claim: client.prepare(&claim_sql(&s)).await?,
-                insert: client.prepare(&insert_sql(&s)).await?,
-            });
+            self.statements = Some(Statements::prepare(&client, &s).await?);
             self.client = Some(client);
             self.known_months.clear();
         }
@@ -429,116 +493,96 @@ impl Worker {
         Ok(())
     }
 
-    /// One transaction: stage, insert, classify. Returns each record's outcome.
-    async fn write(&mut self, records: &[Pending]) -> CoreResult<Vec<Outcome>> {
-        self.ensure_partitions(records).await?;
-        let s = format!("\"{}\"", self.shared.schema);
+    /// The connection and its statements, and whether the chain is left out.
+    async fn ready(&mut self) -> CoreResult<(&mut Client, Statements, bool)> {
         self.client().await?;
         let statements = self
             .statements
             .clone()
             .expect("prepared with the connection");
-        let client = self.client.as_mut().expect("connected");
+        let unchained = self.shared.unchained.load(Ordering::Relaxed);
+        Ok((
+            self.client.as_mut().expect("connected"),
+            statements,
+            unchained,
+        ))
+    }
+
+    /// One transaction: claim, insert, classify. Returns each record's outcome.
+    async fn write(&mut self, records: &[Pending]) -> CoreResult<Vec<Outcome>> {
+        self.ensure_partitions(records).await?;
+        let (client, statements, unchained) = self.ready().await?;
         let tx = client.transaction().await?;
-        let fresh: HashSet<i64> = insert_chained(
-            &tx,
-            &statements,
-            records,
-            self.shared.unchained.load(Ordering::Relaxed),
-        )
-        .await?
-        .into_iter()
-        .collect();
-        let mut outcomes = vec![Outcome::Inserted; records.len()];
-        if fresh.len() < records.len() {
-            // A new statement (a new snapshot): request ids another host
-            // committed while this one waited on them are visible here.
-            let rows = tx
-                .query(
-                    &format!(
-                        "SELECT s.seq, k.fingerprint = s.fingerprint FROM uw_staging s \
-                         JOIN {s}.request_keys k USING (namespace, request_id) \
-                         WHERE NOT (s.seq = ANY($1))"
-                    ),
-                    &[&fresh.iter().copied().collect::<Vec<i64>>()],
-                )
-                .await?;
-            for row in rows {
-                let seq: i64 = row.get(0);
-                let same: bool = row.get(1);
-                outcomes[seq as usize] = if same {
-                    Outcome::Duplicate
-                } else {
-                    Outcome::Conflict
-                };
-            }
-        }
+        let claimed = insert_chained(&tx, &statements, records, unchained).await?;
         tx.commit().await?;
-        Ok(outcomes)
+        Ok(claimed.outcomes(records))
     }
 
     /// `write` for `record_batch`: rolls back on a conflict.
     async fn write_checked(&mut self, records: &[Pending]) -> CoreResult<usize> {
         self.ensure_partitions(records).await?;
         let shared = self.shared.clone();
-        let conflicts = &shared.counters.conflicts;
-        let s = format!("\"{}\"", self.shared.schema);
-        self.client().await?;
-        let statements = self
-            .statements
-            .clone()
-            .expect("prepared with the connection");
-        let client = self.client.as_mut().expect("connected");
+        let (client, statements, unchained) = self.ready().await?;
         let tx = client.transaction().await?;
-        let fresh = insert_chained(
-            &tx,
-            &statements,
-            records,
-            self.shared.unchained.load(Ordering::Relaxed),
-        )
-        .await?
-        .len();
-        if fresh < records.len() {
-            let conflict = tx
-                .query(
-                    &format!(
-                        "SELECT s.seq, s.request_id, s.namespace FROM uw_staging s \
-                         JOIN {s}.request_keys k USING (namespace, request_id) \
-                         WHERE k.fingerprint <> s.fingerprint ORDER BY s.seq LIMIT 1"
-                    ),
-                    &[],
-                )
-                .await?;
-            if let Some(row) = conflict.first() {
-                let (index, request_id, namespace): (i64, String, String) =
-                    (row.get(0), row.get(1), row.get(2));
-                conflicts.fetch_add(1, Ordering::SeqCst);
-                return Err(CoreError::Conflict(format!(
-                    "events[{index}]: request_id {request_id:?} in namespace {namespace:?} was recorded before with different content; nothing in the batch was stored"
-                )));
-            }
+        let claimed = insert_chained(&tx, &statements, records, unchained).await?;
+        let fresh = claimed.inserted();
+        let conflict = claimed
+            .outcomes(records)
+            .iter()
+            .position(|o| *o == Outcome::Conflict);
+        if let Some(index) = conflict {
+            let e = &*records[index].event;
+            shared.counters.conflicts.fetch_add(1, Ordering::SeqCst);
+            return Err(CoreError::Conflict(format!(
+                "events[{index}]: request_id {:?} in namespace {:?} was recorded before with different content; nothing in the batch was stored",
+                e.request_id, e.namespace
+            )));
         }
         tx.commit().await?;
         Ok(fresh)
     }
 }
 
-/// Binary `COPY` of the records into this connection's staging table
-/// (created with the connection, emptied at each commit or rollback).
-async fn stage(tx: &tokio_postgres::Transaction<'_>, records: &[Pending]) -> CoreResult<()> {
-    let sink = tx
-        .copy_in(&format!(
-            "COPY uw_staging ({STAGE_COLUMNS}) FROM STDIN (FORMAT binary)"
-        ))
-        .await?;
-    let writer = BinaryCopyInWriter::new(sink, &STAGE_TYPES);
+/// Binary `COPY` of the new events' identities into `request_keys`.
+async fn copy_keys(
+    tx: &tokio_postgres::Transaction<'_>,
+    copy: &tokio_postgres::Statement,
+    events: &[(&Pending, Option<(i64, Digest)>)],
+) -> CoreResult<()> {
+    let sink = tx.copy_in(copy).await?;
+    let writer = BinaryCopyInWriter::new(sink, &[Type::TEXT, Type::TEXT, Type::INT8, Type::INT8]);
     let mut writer = std::pin::pin!(writer);
-    for (seq, p) in records.iter().enumerate() {
+    for (p, _) in events {
+        let e = &*p.event;
+        let row: [&(dyn ToSql + Sync); 4] = [
+            &e.namespace,
+            &e.request_id,
+            &e.fingerprint(),
+            &e.timestamp_us,
+        ];
+        writer.as_mut().write(&row).await?;
+    }
+    writer.finish().await?;
+    Ok(())
+}
+
+/// Binary `COPY` of the new events, with their chain positions and digests
+/// (none when the chain is left out), straight into `usage_events`.
+async fn copy_events(
+    tx: &tokio_postgres::Transaction<'_>,
+    copy: &tokio_postgres::Statement,
+    events: &[(&Pending, Option<(i64, Digest)>)],
+) -> CoreResult<()> {
+    let sink = tx.copy_in(copy).await?;
+    let writer = BinaryCopyInWriter::new(sink, &EVENT_TYPES);
+    let mut writer = std::pin::pin!(writer);
+    for (p, link) in events {
         let e = &*p.event;
         let big = |v: u64| v.min(i64::MAX as u64) as i64;
         let cost = e.cost_nanos.or(p.priced).map(big);
-        let row: [&(dyn ToSql + Sync); 22] = [
-            &(seq as i64),
+        let position = link.map(|l| l.0);
+        let digest = link.as_ref().map(|l| &l.1[..]);
+        let row: [&(dyn ToSql + Sync); 23] = [
             &e.namespace,
             &e.request_id,
             &e.timestamp_us,
@@ -560,6 +604,8 @@ async fn stage(tx: &tokio_postgres::Transaction<'_>, records: &[Pending]) -> Cor
             &e.fingerprint(),
             &p.priced.is_some(),
             &e.artifact_digest,
+            &position,
+            &digest,
         ];
         writer.as_mut().write(&row).await?;
     }
