@@ -43,7 +43,7 @@ DROP TABLE IF EXISTS {s}.usage_hourly;
 "#;
 
 /// The hour (UTC µs) an event's timestamp falls in, in SQL.
-const HOUR_OF_TS: &str = "(ts - (((ts % 3600000000) + 3600000000) % 3600000000))";
+pub const HOUR_OF_TS: &str = "(ts - (((ts % 3600000000) + 3600000000) % 3600000000))";
 
 /// A table of grouped totals: its name, its time column, that column
 /// computed from an event's `ts`, and the key columns after it (`model`
@@ -160,7 +160,8 @@ pub async fn recount_hours(c: &impl GenericClient, s: &str, hours: &[i64]) -> Co
         &[&hours],
     )
     .await?;
-    super::coarse::recount_days_of(c, s, hours).await
+    super::coarse::recount_days_of(c, s, hours).await?;
+    super::calendar::recount_hours(c, s, hours).await
 }
 
 /// After deleting every event before `cutoff_us`: drops the hours (and
@@ -173,6 +174,7 @@ pub async fn after_purge(c: &impl GenericClient, s: &str, cutoff_us: i64) -> Cor
     )
     .await?;
     super::coarse::drop_days_before(c, s, edge).await?;
+    super::calendar::drop_before(c, s, edge).await?;
     recount_hours(c, s, &[edge]).await
 }
 

@@ -3,6 +3,7 @@
 //! runtime commits queued events in batches; reads use a small pool.
 
 mod budgets;
+mod calendar;
 mod chain;
 mod coarse;
 mod grouped;

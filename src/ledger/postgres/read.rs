@@ -266,9 +266,12 @@ async fn plan_of(
         )
         .await?;
     match (row.get::<_, Option<i64>>(0), row.get::<_, Option<i64>>(1)) {
+        // Narrowed to the hours holding them, not to the events themselves:
+        // no matching event lies between an hour's start and the oldest, so
+        // whole hours stay whole and are read from the totals.
         (Some(oldest), Some(newest)) => {
-            start = start.max(oldest);
-            end = end.min(newest);
+            start = start.max(rollup_plan::hour_of(oldest));
+            end = end.min(rollup_plan::hour_of(newest) + rollup_plan::HOUR_US - 1);
         }
         _ => return Ok(Plan::default()),
     }
@@ -396,6 +399,11 @@ pub async fn aggregate(
         _ => None,
     };
     let plan = plan_of(c, s, filters, buckets).await?;
+    if let Some((unit, tz)) = buckets {
+        if let Some(found) = super::calendar::aggregate(c, s, unit, tz, filters, &plan).await? {
+            return Ok(found);
+        }
+    }
     let source = grouped::source(s, filters, &plan, &mut params);
     let partial_sums: Vec<String> = COUNTERS
         .iter()

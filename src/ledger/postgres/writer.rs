@@ -115,7 +115,8 @@ fn insert_sql(s: &str) -> String {
          ), inserted AS ( \
              INSERT INTO {s}.usage_events ({EVENT_COLUMNS}, chain_position, chain_digest) \
              SELECT {EVENT_COLUMNS}, chain_position, chain_digest FROM fresh ORDER BY seq \
-         ), daily AS ({}) {}",
+         ), {}daily AS ({}) {}",
+        super::calendar::write_ctes(s, "fresh"),
         super::grouped::upsert_into(s, &super::coarse::DAILY, "fresh"),
         super::grouped::upsert_sql(s, "fresh")
     )
