@@ -287,16 +287,32 @@ fn totals_at(row: &tokio_postgres::Row, at: usize) -> Aggregate {
     }
 }
 
+/// What the totals are grouped by.
+#[derive(Clone, Copy)]
+pub enum By {
+    /// Calendar buckets of this unit in this zone.
+    Bucket(TimeUnit, Tz),
+    /// The model (no model first, then by bytes).
+    Model,
+}
+
+/// The index of a bucket whose rows are found by their model.
+const BY_MODEL: usize = usize::MAX;
+
 /// Totals per calendar bucket of `plan` (split with these buckets), oldest
-/// first, or `None` when the tables cannot answer.
+/// first, or per model (`plan` split as for UTC hours), or `None` when the
+/// tables cannot answer.
 pub async fn aggregate(
     c: &impl GenericClient,
     s: &str,
-    unit: TimeUnit,
-    tz: Tz,
+    by: By,
     filters: &Filters,
     plan: &Plan,
 ) -> CoreResult<Option<Vec<Aggregate>>> {
+    let (unit, tz) = match by {
+        By::Bucket(unit, tz) => (unit, tz),
+        By::Model => (TimeUnit::Hour, Tz::UTC),
+    };
     let whole: i64 = plan.hours.iter().map(|&(a, b)| (b - a) / HOUR_US).sum();
     let uniform = plan.events.iter().all(|&(a, b)| {
         let first = a - a.rem_euclid(SLOT_US);
@@ -313,7 +329,10 @@ pub async fn aggregate(
     let mut bucket_of_hour: HashMap<i64, usize> = HashMap::new();
     for &(a, b) in &plan.hours {
         for h in (a..b).step_by(HOUR_US as usize) {
-            let i = buckets.of(label(h, unit, tz), h);
+            let i = match by {
+                By::Bucket(..) => buckets.of(label(h, unit, tz), h),
+                By::Model => BY_MODEL,
+            };
             bucket_of_hour.insert(h, i);
             let bit = 1u32 << ((h - day_of(h)) / HOUR_US);
             let masks = days.entry(day_of(h)).or_default();
@@ -328,13 +347,20 @@ pub async fn aggregate(
     let mut params: Vec<Param> = Vec::new();
     let mut terms = key_terms(filters, &mut params);
     terms.push(spans("hour", "<", &plan.hours, &mut params));
+    let key = match by {
+        By::Bucket(..) => "hour",
+        By::Model => "model",
+    };
     let sql = format!(
-        "SELECT hour, {sums} FROM {s}.usage_hourly_model WHERE {} GROUP BY hour",
+        "SELECT {key}, {sums} FROM {s}.usage_hourly_model WHERE {} GROUP BY 1",
         terms.join(" AND ")
     );
     for row in c.query(&sql, &refs(&params)).await? {
-        let h: i64 = row.get(0);
-        if let Some(&i) = bucket_of_hour.get(&h) {
+        let i = match by {
+            By::Bucket(..) => bucket_of_hour.get(&row.get::<_, i64>(0)).copied(),
+            By::Model => Some(buckets.of(row.get(0), 0)),
+        };
+        if let Some(i) = i {
             add_totals(&mut buckets.all[i].totals, &totals_at(&row, 1));
         }
     }
@@ -347,7 +373,7 @@ pub async fn aggregate(
     let mut terms = key_terms(filters, &mut params);
     terms.push("day >= $1 AND day < $2".into());
     let sql = format!(
-        "SELECT day, kind, id, hours FROM {s}.usage_presence WHERE {}",
+        "SELECT day, kind, id, hours, model FROM {s}.usage_presence WHERE {}",
         terms.join(" AND ")
     );
     for row in c.query(&sql, &refs(&params)).await? {
@@ -357,6 +383,10 @@ pub async fn aggregate(
         let (kind, id, hours): (i16, &str, i32) = (row.get(1), row.get(2), row.get(3));
         for &(i, mask) in masks {
             if hours as u32 & mask != 0 {
+                let i = match i {
+                    BY_MODEL => buckets.of(row.get(4), 0),
+                    i => i,
+                };
                 let bucket = &mut buckets.all[i];
                 let set = if kind == 0 {
                     &mut bucket.agents
@@ -378,16 +408,22 @@ pub async fn aggregate(
         partial.extend(COUNTERS.iter().map(|c| saturate(&format!("SUM({c})"))));
         partial.push(saturate("SUM(cost_nanos)"));
         partial.push("(COUNT(*) - COUNT(cost_nanos))::int8".into());
+        let key = match by {
+            By::Bucket(..) => format!("ts - (((ts % {SLOT_US}) + {SLOT_US}) % {SLOT_US})"),
+            By::Model => "COALESCE(model, '')".into(),
+        };
         let sql = format!(
-            "SELECT ts - (((ts % {SLOT_US}) + {SLOT_US}) % {SLOT_US}) AS slot, agent_id, consumer_id, \
-                    MIN(ts), {} \
+            "SELECT {key}, agent_id, consumer_id, MIN(ts), {} \
              FROM {s}.usage_events WHERE {} GROUP BY 1, 2, 3",
             partial.join(", "),
             terms.join(" AND ")
         );
         for row in c.query(&sql, &refs(&params)).await? {
             let first: i64 = row.get(3);
-            let i = buckets.of(label(first, unit, tz), first);
+            let i = match by {
+                By::Bucket(..) => buckets.of(label(first, unit, tz), first),
+                By::Model => buckets.of(row.get(0), 0),
+            };
             let bucket = &mut buckets.all[i];
             add_totals(&mut bucket.totals, &totals_at(&row, 4));
             let (agent, consumer): (&str, &str) = (row.get(1), row.get(2));
@@ -405,11 +441,15 @@ pub async fn aggregate(
         .into_iter()
         .filter(|b| b.totals.events > 0)
         .collect();
-    out.sort_by_key(|b| b.first);
+    match by {
+        By::Bucket(..) => out.sort_by_key(|b| b.first),
+        // A model is never empty: `''` is how the tables store none.
+        By::Model => out.sort_by(|a, b| a.label.cmp(&b.label)),
+    }
     Ok(Some(
         out.into_iter()
             .map(|b| Aggregate {
-                group: Some(b.label),
+                group: Some(b.label).filter(|l| !matches!(by, By::Model) || !l.is_empty()),
                 unique_agents: b.agents.len() as u64,
                 unique_consumers: b.consumers.len() as u64,
                 ..b.totals

@@ -1,6 +1,7 @@
 //! Reads, aggregates and maintenance in SQL on pooled connections; every
 //! value is a bound parameter.
 
+use super::calendar;
 use super::grouped;
 use super::writer::{saturate, COUNTERS};
 use crate::error::CoreResult;
@@ -398,12 +399,27 @@ pub async fn aggregate(
         GroupBy::Time(unit) => Some((unit, parse_tz(tz)?)),
         _ => None,
     };
-    let plan = plan_of(c, s, filters, buckets).await?;
-    if let Some((unit, tz)) = buckets {
-        if let Some(found) = super::calendar::aggregate(c, s, unit, tz, filters, &plan).await? {
+    // Calendar buckets, and models, from the per-model hours and the
+    // presence masks where those answer.
+    let by = match (group_by, buckets) {
+        (_, Some((unit, tz))) => Some(calendar::By::Bucket(unit, tz)),
+        (GroupBy::Model, _) if calendar::answers(filters) => Some(calendar::By::Model),
+        _ => None,
+    };
+    let mut plan = None;
+    if let Some(by) = by {
+        // Models over the hours of the range as UTC hourly buckets split them.
+        let split = buckets.or(Some((TimeUnit::Hour, chrono_tz::Tz::UTC)));
+        let planned = plan_of(c, s, filters, split).await?;
+        if let Some(found) = calendar::aggregate(c, s, by, filters, &planned).await? {
             return Ok(found);
         }
+        plan = buckets.map(|_| planned);
     }
+    let plan = match plan {
+        Some(plan) => plan,
+        None => plan_of(c, s, filters, buckets).await?,
+    };
     let source = grouped::source(s, filters, &plan, &mut params);
     let partial_sums: Vec<String> = COUNTERS
         .iter()
