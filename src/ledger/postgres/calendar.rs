@@ -20,7 +20,7 @@
 //! and are grouped by `super::read::aggregate`.
 
 use super::grouped::{upsert_into, Level, HOUR_OF_TS};
-use super::read::{refs, Param};
+use super::read::{refs, totals_at, Param};
 use super::writer::{saturate, COUNTERS};
 use crate::error::CoreResult;
 use crate::ledger::buckets::{label, slot_is_uniform, TimeUnit, SLOT_US};
@@ -253,7 +253,7 @@ fn key_terms(filters: &Filters, params: &mut Vec<Param>) -> Vec<String> {
 }
 
 /// `(t >= $a AND t <op> $b) OR …` over `ranges`.
-fn spans(time: &str, upper: &str, ranges: &[(i64, i64)], params: &mut Vec<Param>) -> String {
+pub fn spans(time: &str, upper: &str, ranges: &[(i64, i64)], params: &mut Vec<Param>) -> String {
     let spans: Vec<String> = ranges
         .iter()
         .map(|&(a, b)| {
@@ -267,24 +267,6 @@ fn spans(time: &str, upper: &str, ranges: &[(i64, i64)], params: &mut Vec<Param>
         })
         .collect();
     format!("({})", spans.join(" OR "))
-}
-
-/// Totals from one row's columns `at..at + 10` (events, counters, cost, unpriced).
-fn totals_at(row: &tokio_postgres::Row, at: usize) -> Aggregate {
-    let n = |i: usize| row.get::<_, i64>(at + i).max(0) as u64;
-    Aggregate {
-        events: n(0),
-        tokens_in: n(1),
-        tokens_out: n(2),
-        cache_read_tokens: n(3),
-        cache_write_tokens: n(4),
-        duration_ms: n(5),
-        api_calls: n(6),
-        units: n(7),
-        cost_nanos: row.get::<_, Option<i64>>(at + 8).map(|c| c.max(0) as u64),
-        unpriced_events: n(9),
-        ..Aggregate::default()
-    }
 }
 
 /// What the totals are grouped by.

@@ -211,19 +211,7 @@ pub fn source(s: &str, filters: &Filters, plan: &Plan, params: &mut Vec<Param>) 
             .strip_prefix("WHERE ")
             .map(|t| vec![t.to_string()])
             .unwrap_or_default();
-        let spans: Vec<String> = ranges
-            .iter()
-            .map(|&(a, b)| {
-                params.push(Box::new(a));
-                params.push(Box::new(b));
-                format!(
-                    "({time} >= ${} AND {time} {upper} ${})",
-                    params.len() - 1,
-                    params.len()
-                )
-            })
-            .collect();
-        terms.push(format!("({})", spans.join(" OR ")));
+        terms.push(super::calendar::spans(time, upper, ranges, params));
         parts.push(format!(
             "SELECT {columns} FROM {s}.{table} WHERE {}",
             terms.join(" AND ")

@@ -304,6 +304,16 @@ fn aggregate_from_row(row: &Row, group: Option<String>, at: usize) -> Aggregate 
     let n = |i: usize| row.get::<_, i64>(at + i).max(0) as u64;
     Aggregate {
         group,
+        unique_agents: n(10),
+        unique_consumers: n(11),
+        ..totals_at(row, at)
+    }
+}
+
+/// Totals from one row's columns `at..at + 10` (events, counters, cost, unpriced).
+pub fn totals_at(row: &Row, at: usize) -> Aggregate {
+    let n = |i: usize| row.get::<_, i64>(at + i).max(0) as u64;
+    Aggregate {
         events: n(0),
         tokens_in: n(1),
         tokens_out: n(2),
@@ -314,8 +324,7 @@ fn aggregate_from_row(row: &Row, group: Option<String>, at: usize) -> Aggregate 
         units: n(7),
         cost_nanos: row.get::<_, Option<i64>>(at + 8).map(|c| c.max(0) as u64),
         unpriced_events: n(9),
-        unique_agents: n(10),
-        unique_consumers: n(11),
+        ..Aggregate::default()
     }
 }
 
