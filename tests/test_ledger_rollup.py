@@ -246,3 +246,46 @@ def test_pre_aggregated_totals_equal_the_events_through_purges_and_reprices(
             else:
                 store.reprice(uw.Pricing.from_dict(data.draw(st.sampled_from([PRICES, DEARER]))))
             check(store, filter_sets(data.draw))
+
+
+def test_a_postgres_ledger_from_before_the_calendar_tables_gets_them_filled(
+    postgres_cluster: Any,
+) -> None:
+    """Wound back to before the per-model hours and the presence masks, a
+    ledger fills them from its hourly totals on opening: buckets, in every
+    zone, equal the events again."""
+    schema = postgres_cluster.new_schema()
+    start = dt.datetime(2026, 6, 9, 20, 17, tzinfo=UTC)
+    recorded = [
+        uw.UsageEvent(
+            ["a1", "a2", "Agent-é"][i % 3],
+            ["c1", "Z"][i % 2],
+            namespace=["ns", "other"][i % 5 == 0],
+            model=[None, "m1", "M2"][i % 3 if i % 7 else 0],
+            tokens_in=i * 11,
+            tokens_out=i,
+            cost=None if i % 4 == 0 else i / 1e6,
+            timestamp=start + dt.timedelta(minutes=37 * i),
+            request_id=f"r{i}",
+        )
+        for i in range(160)
+    ]
+    with uw.PostgresStore(postgres_cluster.dsn(), schema=schema) as store:
+        store.record_batch(recorded)
+        store.flush()
+    version = postgres_cluster.sql(f"SELECT MAX(version) FROM {schema}.schema_version")
+    postgres_cluster.sql(
+        f"DROP TABLE {schema}.usage_hourly_model; DROP TABLE {schema}.usage_presence; "
+        f"DELETE FROM {schema}.schema_version WHERE version = {version}"
+    )
+    with uw.PostgresStore(postgres_cluster.dsn(), schema=schema) as store:
+        assert postgres_cluster.sql(f"SELECT COUNT(*) FROM {schema}.usage_presence") != "0"
+        middle = start + dt.timedelta(hours=40, minutes=5)
+        check(
+            store,
+            [
+                {"namespace": "ns"},
+                {"namespace": "ns", "model": "m1", "start": start, "end": middle},
+                {"start": middle},
+            ],
+        )

@@ -172,7 +172,7 @@ pub fn bucket_bounds(ts_us: i64, unit: TimeUnit, tz: Tz) -> Option<(i64, i64)> {
     Some((first_instant(first, tz)?, first_instant(next, tz)?))
 }
 
-const SLOT_US: i64 = 15 * 60 * 1_000_000;
+pub const SLOT_US: i64 = 15 * 60 * 1_000_000;
 const CACHE_SLOTS: usize = 4096;
 
 /// A cached slot: its label, or `None` when labels vary within it.
@@ -200,10 +200,7 @@ impl LabelCache {
         let hit = matches!(&self.entries[idx], Some((s, u, z, _)) if *s == slot && *u == unit && *z == tz);
         if !hit {
             let start = slot * SLOT_US;
-            let uniform = quarter_hour_offset(start, tz)
-                .zip(quarter_hour_offset(start + SLOT_US - 1, tz))
-                .is_some_and(|(a, b)| a == b);
-            let cached = uniform.then(|| label(ts_us, unit, tz));
+            let cached = slot_is_uniform(start, tz).then(|| label(ts_us, unit, tz));
             self.entries[idx] = Some((slot, unit, tz, cached));
         }
         match &self.entries[idx] {
@@ -214,6 +211,15 @@ impl LabelCache {
             }
         }
     }
+}
+
+/// Whether the zone's offset is the same whole number of quarter-hours
+/// throughout the 15-minute UTC slot starting at `start` (so that every
+/// instant of the slot carries the same label, whatever the unit).
+pub fn slot_is_uniform(start: i64, tz: Tz) -> bool {
+    quarter_hour_offset(start, tz)
+        .zip(quarter_hour_offset(start + SLOT_US - 1, tz))
+        .is_some_and(|(a, b)| a == b)
 }
 
 /// The zone's UTC offset at `ts_us` in seconds, if it is a whole number of quarter-hours.

@@ -43,7 +43,7 @@ DROP TABLE IF EXISTS {s}.usage_hourly;
 "#;
 
 /// The hour (UTC µs) an event's timestamp falls in, in SQL.
-const HOUR_OF_TS: &str = "(ts - (((ts % 3600000000) + 3600000000) % 3600000000))";
+pub const HOUR_OF_TS: &str = "(ts - (((ts % 3600000000) + 3600000000) % 3600000000))";
 
 /// A table of grouped totals: its name, its time column, that column
 /// computed from an event's `ts`, and the key columns after it (`model`
@@ -91,10 +91,37 @@ fn grouped_select_at(from: &str, level: &Level) -> String {
     )
 }
 
-/// `INSERT` of pre-summed rows (`batch_totals::Columns::params`: the time,
-/// the keys, events, the counters, cost, unpriced events, one array each)
-/// into the table of `level`, in key order, adding to existing rows.
-pub fn upsert_rows_sql(s: &str, level: &Level) -> String {
+/// The columns of `level`'s rows, in `batch_totals::Columns::params` order:
+/// the time, the keys, events, the counters, cost, unpriced events.
+pub fn row_columns(level: &Level) -> Vec<&'static str> {
+    [level.time]
+        .into_iter()
+        .chain(level.keys.iter().copied())
+        .chain(["events"])
+        .chain(COUNTERS)
+        .chain(["cost_nanos", "unpriced_events"])
+        .collect()
+}
+
+/// The pre-summed rows of `level` sent as parameters (one array per column
+/// of `row_columns`), as a relation.
+pub fn unnest_rows(level: &Level) -> String {
+    let arrays: Vec<String> = (0..row_columns(level).len())
+        .map(|i| {
+            let ty = if (1..=level.keys.len()).contains(&i) {
+                "text"
+            } else {
+                "int8"
+            };
+            format!("${}::{ty}[]", i + 1)
+        })
+        .collect();
+    format!("unnest({})", arrays.join(", "))
+}
+
+/// `INSERT` into the table of `level` of the rows `select` yields (in
+/// `row_columns` order), adding to existing rows.
+pub fn upsert_select_sql(s: &str, level: &Level, select: &str) -> String {
     let add = |c: &str| {
         format!(
             "{c} = LEAST(COALESCE(r.{c}, 0)::numeric + COALESCE(excluded.{c}, 0), 9223372036854775807)::int8"
@@ -106,39 +133,29 @@ pub fn upsert_rows_sql(s: &str, level: &Level) -> String {
         .chain(["unpriced_events"])
         .map(add)
         .collect();
-    let columns: Vec<&str> = [level.time]
-        .into_iter()
-        .chain(level.keys.iter().copied())
-        .chain(["events"])
-        .chain(COUNTERS)
-        .chain(["cost_nanos", "unpriced_events"])
-        .collect();
-    let arrays: Vec<String> = columns
-        .iter()
-        .enumerate()
-        .map(|(i, _)| {
-            let ty = if (1..=level.keys.len()).contains(&i) {
-                "text"
-            } else {
-                "int8"
-            };
-            format!("${}::{ty}[]", i + 1)
-        })
-        .collect();
-    let order: Vec<String> = (1..=level.keys.len() + 1).map(|i| i.to_string()).collect();
     format!(
-        "INSERT INTO {s}.{table} AS r ({columns}) SELECT * FROM unnest({arrays}) ORDER BY {order} \
+        "INSERT INTO {s}.{table} AS r ({columns}) {select} \
          ON CONFLICT ({time}, {keys}) DO UPDATE SET {updates}, \
          cost_nanos = CASE WHEN r.cost_nanos IS NULL AND excluded.cost_nanos IS NULL THEN NULL \
              ELSE LEAST(COALESCE(r.cost_nanos, 0)::numeric + COALESCE(excluded.cost_nanos, 0), 9223372036854775807)::int8 END",
         table = level.table,
-        columns = columns.join(", "),
-        arrays = arrays.join(", "),
-        order = order.join(", "),
+        columns = row_columns(level).join(", "),
         time = level.time,
         keys = level.keys.join(", "),
         updates = updates.join(", "),
     )
+}
+
+/// `INSERT` of pre-summed rows (`batch_totals::Columns::params`) into the
+/// table of `level`, in key order, adding to existing rows.
+pub fn upsert_rows_sql(s: &str, level: &Level) -> String {
+    let order: Vec<String> = (1..=level.keys.len() + 1).map(|i| i.to_string()).collect();
+    let select = format!(
+        "SELECT * FROM {} ORDER BY {}",
+        unnest_rows(level),
+        order.join(", ")
+    );
+    upsert_select_sql(s, level, &select)
 }
 
 /// Fills the table from the events of a ledger created before it existed.
@@ -179,7 +196,8 @@ pub async fn recount_hours(c: &impl GenericClient, s: &str, hours: &[i64]) -> Co
         &[&hours],
     )
     .await?;
-    super::coarse::recount_days_of(c, s, hours).await
+    super::coarse::recount_days_of(c, s, hours).await?;
+    super::calendar::recount_hours(c, s, hours).await
 }
 
 /// After deleting every event before `cutoff_us`: drops the hours (and
@@ -192,6 +210,7 @@ pub async fn after_purge(c: &impl GenericClient, s: &str, cutoff_us: i64) -> Cor
     )
     .await?;
     super::coarse::drop_days_before(c, s, edge).await?;
+    super::calendar::drop_before(c, s, edge).await?;
     recount_hours(c, s, &[edge]).await
 }
 
@@ -228,19 +247,7 @@ pub fn source(s: &str, filters: &Filters, plan: &Plan, params: &mut Vec<Param>) 
             .strip_prefix("WHERE ")
             .map(|t| vec![t.to_string()])
             .unwrap_or_default();
-        let spans: Vec<String> = ranges
-            .iter()
-            .map(|&(a, b)| {
-                params.push(Box::new(a));
-                params.push(Box::new(b));
-                format!(
-                    "({time} >= ${} AND {time} {upper} ${})",
-                    params.len() - 1,
-                    params.len()
-                )
-            })
-            .collect();
-        terms.push(format!("({})", spans.join(" OR ")));
+        terms.push(super::calendar::spans(time, upper, ranges, params));
         parts.push(format!(
             "SELECT {columns} FROM {s}.{table} WHERE {}",
             terms.join(" AND ")

@@ -4,6 +4,7 @@
 
 mod batch_totals;
 mod budgets;
+mod calendar;
 mod chain;
 mod coarse;
 mod grouped;

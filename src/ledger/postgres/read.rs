@@ -1,6 +1,7 @@
 //! Reads, aggregates and maintenance in SQL on pooled connections; every
 //! value is a bound parameter.
 
+use super::calendar;
 use super::grouped;
 use super::writer::{saturate, COUNTERS};
 use crate::error::CoreResult;
@@ -266,9 +267,12 @@ async fn plan_of(
         )
         .await?;
     match (row.get::<_, Option<i64>>(0), row.get::<_, Option<i64>>(1)) {
+        // Narrowed to the hours holding them, not to the events themselves:
+        // no matching event lies between an hour's start and the oldest, so
+        // whole hours stay whole and are read from the totals.
         (Some(oldest), Some(newest)) => {
-            start = start.max(oldest);
-            end = end.min(newest);
+            start = start.max(rollup_plan::hour_of(oldest));
+            end = end.min(rollup_plan::hour_of(newest) + rollup_plan::HOUR_US - 1);
         }
         _ => return Ok(Plan::default()),
     }
@@ -300,6 +304,16 @@ fn aggregate_from_row(row: &Row, group: Option<String>, at: usize) -> Aggregate 
     let n = |i: usize| row.get::<_, i64>(at + i).max(0) as u64;
     Aggregate {
         group,
+        unique_agents: n(10),
+        unique_consumers: n(11),
+        ..totals_at(row, at)
+    }
+}
+
+/// Totals from one row's columns `at..at + 10` (events, counters, cost, unpriced).
+pub fn totals_at(row: &Row, at: usize) -> Aggregate {
+    let n = |i: usize| row.get::<_, i64>(at + i).max(0) as u64;
+    Aggregate {
         events: n(0),
         tokens_in: n(1),
         tokens_out: n(2),
@@ -310,8 +324,7 @@ fn aggregate_from_row(row: &Row, group: Option<String>, at: usize) -> Aggregate 
         units: n(7),
         cost_nanos: row.get::<_, Option<i64>>(at + 8).map(|c| c.max(0) as u64),
         unpriced_events: n(9),
-        unique_agents: n(10),
-        unique_consumers: n(11),
+        ..Aggregate::default()
     }
 }
 
@@ -395,7 +408,27 @@ pub async fn aggregate(
         GroupBy::Time(unit) => Some((unit, parse_tz(tz)?)),
         _ => None,
     };
-    let plan = plan_of(c, s, filters, buckets).await?;
+    // Calendar buckets, and models, from the per-model hours and the
+    // presence masks where those answer.
+    let by = match (group_by, buckets) {
+        (_, Some((unit, tz))) => Some(calendar::By::Bucket(unit, tz)),
+        (GroupBy::Model, _) if calendar::answers(filters) => Some(calendar::By::Model),
+        _ => None,
+    };
+    let mut plan = None;
+    if let Some(by) = by {
+        // Models over the hours of the range as UTC hourly buckets split them.
+        let split = buckets.or(Some((TimeUnit::Hour, chrono_tz::Tz::UTC)));
+        let planned = plan_of(c, s, filters, split).await?;
+        if let Some(found) = calendar::aggregate(c, s, by, filters, &planned).await? {
+            return Ok(found);
+        }
+        plan = buckets.map(|_| planned);
+    }
+    let plan = match plan {
+        Some(plan) => plan,
+        None => plan_of(c, s, filters, buckets).await?,
+    };
     let source = grouped::source(s, filters, &plan, &mut params);
     let partial_sums: Vec<String> = COUNTERS
         .iter()

@@ -78,6 +78,9 @@ ALTER TABLE {s}.usage_events ADD COLUMN artifact_digest TEXT;
     super::grouped::MIGRATION,
     // Totals per UTC day × the same keys (`super::coarse`).
     super::coarse::MIGRATION,
+    // Totals per hour × namespace × model, and who was seen in which hours
+    // of each UTC day (`super::calendar`).
+    super::calendar::MIGRATION,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -122,7 +122,7 @@ impl Statements {
                 ))
                 .await?,
             hourly: client
-                .prepare(&grouped::upsert_rows_sql(s, &grouped::HOURLY))
+                .prepare(&super::calendar::hourly_upsert_sql(s))
                 .await?,
             daily: client
                 .prepare(&grouped::upsert_rows_sql(s, &coarse::DAILY))

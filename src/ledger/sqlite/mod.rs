@@ -16,6 +16,7 @@ mod writer;
 pub use faults::spill_path;
 pub use insert::{Inserter, Outcome};
 pub use read::Aggregate;
+pub use rollup::add as add_totals;
 pub use schema::SCHEMA_VERSION;
 pub use writer::{Counters, LogLevel, WriteJob, MAX_GROUP, QUEUE_CAPACITY};
 

@@ -411,7 +411,7 @@ fn whole_hours(
 }
 
 /// Adds `part` to `total`, saturating at 2**63 - 1 like the totals queries.
-pub(super) fn add(total: &mut Aggregate, part: &Aggregate) {
+pub fn add(total: &mut Aggregate, part: &Aggregate) {
     let most = i64::MAX as u64;
     for (t, p) in [
         (&mut total.events, part.events),
