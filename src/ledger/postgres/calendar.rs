@@ -299,13 +299,27 @@ pub async fn aggregate(
         By::Model => (TimeUnit::Hour, Tz::UTC),
     };
     let whole: i64 = plan.hours.iter().map(|&(a, b)| (b - a) / HOUR_US).sum();
+    if !answers(filters) || plan.hours.is_empty() || whole > MAX_SCANNED_HOURS {
+        return Ok(None);
+    }
+    // The slots read from the events: each checked below, so a read whose
+    // event spans hold too many of them (an unbounded range) is left to the
+    // general grouping rather than checked slot by slot.
+    let slots: i64 = plan
+        .events
+        .iter()
+        .map(|&(a, b)| (b - (a - a.rem_euclid(SLOT_US))) / SLOT_US + 1)
+        .fold(0i64, i64::saturating_add);
+    if slots > MAX_SCANNED_HOURS * (HOUR_US / SLOT_US) {
+        return Ok(None);
+    }
     let uniform = plan.events.iter().all(|&(a, b)| {
         let first = a - a.rem_euclid(SLOT_US);
         (first..=b)
             .step_by(SLOT_US as usize)
             .all(|slot| slot_is_uniform(slot, tz))
     });
-    if !answers(filters) || plan.hours.is_empty() || whole > MAX_SCANNED_HOURS || !uniform {
+    if !uniform {
         return Ok(None);
     }
     let mut buckets = Buckets::default();
