@@ -6,6 +6,7 @@
 //! credential anywhere (every occurrence is examined) is replaced whole.
 
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 
 pub const REDACTED: &str = "[REDACTED]";
 
@@ -93,9 +94,37 @@ const SECRET_QUERY_NAMES: &[&str] = &[
 
 /// `accessToken`, `Access-Token`, `access.token`, `access token` → `access_token`.
 pub fn normalize_key(key: &str) -> String {
-    let chars: Vec<char> = key.trim().chars().collect();
-    let mut out = String::with_capacity(key.len() + 4);
-    for (i, &c) in chars.iter().enumerate() {
+    normalized(key).into_owned()
+}
+
+/// `normalize_key`, borrowing a key that is already normal (`model`,
+/// `max_tokens`: most keys), so checking it allocates nothing.
+fn normalized(key: &str) -> Cow<'_, str> {
+    let bytes = key.as_bytes();
+    let plain = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    if bytes.first().is_some_and(plain)
+        && bytes.last().is_some_and(plain)
+        && bytes.iter().all(|b| plain(b) || *b == b'_')
+        && !key.contains("__")
+    {
+        return Cow::Borrowed(key);
+    }
+    let key = key.trim();
+    Cow::Owned(if key.is_ascii() {
+        // Keys are nearly always ASCII: read them in place.
+        let bytes = key.as_bytes();
+        normalize_chars(bytes.len(), |i| bytes[i] as char, key.len())
+    } else {
+        let chars: Vec<char> = key.chars().collect();
+        normalize_chars(chars.len(), |i| chars[i], key.len())
+    })
+}
+
+/// `normalize_key` over `len` characters, the `i`th given by `at(i)`.
+fn normalize_chars(len: usize, at: impl Fn(usize) -> char, bytes: usize) -> String {
+    let mut out = String::with_capacity(bytes + 4);
+    for i in 0..len {
+        let c = at(i);
         if !c.is_alphanumeric() {
             if !out.is_empty() && !out.ends_with('_') {
                 out.push('_');
@@ -103,15 +132,19 @@ pub fn normalize_key(key: &str) -> String {
             continue;
         }
         if c.is_uppercase() && i > 0 {
-            let prev = chars[i - 1];
-            let next_lower = chars.get(i + 1).is_some_and(|n| n.is_lowercase());
+            let prev = at(i - 1);
+            let next_lower = i + 1 < len && at(i + 1).is_lowercase();
             let boundary =
                 prev.is_lowercase() || prev.is_ascii_digit() || (prev.is_uppercase() && next_lower);
             if boundary && !out.is_empty() && !out.ends_with('_') {
                 out.push('_');
             }
         }
-        out.extend(c.to_lowercase());
+        if c.is_ascii() {
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.extend(c.to_lowercase());
+        }
     }
     while out.ends_with('_') {
         out.pop();
@@ -123,20 +156,20 @@ fn is_secret_name(normalized: &str) -> bool {
     if SECRET_KEYS.contains(&normalized) {
         return true;
     }
-    let words: Vec<&str> = normalized.split('_').collect();
-    let last = words[words.len() - 1];
-    if words.len() > 1 && SECRET_LAST_WORDS.contains(&last) {
-        return true;
-    }
-    words.len() > 1
-        && SECRET_LAST_PAIRS
+    let mut words = normalized.rsplit('_');
+    let last = words.next().unwrap_or_default();
+    let Some(before_last) = words.next() else {
+        return false;
+    };
+    SECRET_LAST_WORDS.contains(&last)
+        || SECRET_LAST_PAIRS
             .iter()
-            .any(|(a, b)| words[words.len() - 2] == *a && last == *b)
+            .any(|(a, b)| before_last == *a && last == *b)
 }
 
 pub fn is_sensitive_key(key: &str) -> bool {
-    let normalized = normalize_key(key);
-    is_secret_name(&normalized) || GROUP_KEYS.contains(&normalized.as_str())
+    let normalized = normalized(key);
+    is_secret_name(&normalized) || GROUP_KEYS.contains(&&*normalized)
 }
 
 fn is_token_char(c: char) -> bool {
@@ -256,8 +289,8 @@ fn has_secret_query_value(text: &str) -> bool {
             .chars()
             .take_while(|c| !matches!(c, '&' | '#' | ';') && !c.is_whitespace())
             .count();
-        let name = normalize_key(name);
-        if value_len > 0 && (SECRET_QUERY_NAMES.contains(&name.as_str()) || is_secret_name(&name)) {
+        let name = normalized(name);
+        if value_len > 0 && (SECRET_QUERY_NAMES.contains(&&*name) || is_secret_name(&name)) {
             return true;
         }
     }
@@ -278,7 +311,7 @@ fn has_named_secret(text: &str) -> bool {
             ),
             None => continue,
         };
-        if value.chars().count() >= 6 && !name.is_empty() && is_secret_name(&normalize_key(name)) {
+        if value.chars().count() >= 6 && !name.is_empty() && is_secret_name(&normalized(name)) {
             return true;
         }
     }
@@ -289,11 +322,39 @@ fn has_named_secret(text: &str) -> bool {
 /// shorter ones, the bulk of metadata values, are passed without a scan.
 const SHORTEST_SECRET: usize = 6;
 
+/// The shortest word `looks_like_credential` takes for one (a JWT of three
+/// four-character parts).
+const SHORTEST_CREDENTIAL_WORD: usize = 14;
+
+/// False only when no check of `looks_secret` can match: all but the
+/// credential-shaped word need a `:`, `=`, space or tab, and that word needs
+/// a run of `SHORTEST_CREDENTIAL_WORD` token characters. One pass over the
+/// bytes settles most metadata values (routes, model names, ids).
+fn may_hold_secret(text: &str) -> bool {
+    let mut run = 0;
+    for &b in text.as_bytes() {
+        if matches!(b, b':' | b'=' | b' ' | b'\t') {
+            return true;
+        }
+        if is_token_char(b as char) {
+            run += 1;
+            if run >= SHORTEST_CREDENTIAL_WORD {
+                return true;
+            }
+        } else {
+            run = 0;
+        }
+    }
+    false
+}
+
 /// Does this text carry a credential anywhere?
 pub fn looks_secret(text: &str) -> bool {
-    if text.len() < SHORTEST_SECRET {
-        return false;
-    }
+    text.len() >= SHORTEST_SECRET && may_hold_secret(text) && scan_for_secret(text)
+}
+
+/// Every check, on a text `may_hold_secret` let through.
+fn scan_for_secret(text: &str) -> bool {
     (text.contains("-----BEGIN") && text.contains("PRIVATE KEY"))
         || has_scheme_credential(text)
         || has_url_userinfo(text)
@@ -350,8 +411,8 @@ fn redact_object(map: &mut Map<String, Value>) -> usize {
         if v.is_null() {
             continue;
         }
-        let normalized = normalize_key(key);
-        let group = GROUP_KEYS.contains(&normalized.as_str());
+        let normalized = normalized(key);
+        let group = GROUP_KEYS.contains(&&*normalized);
         if is_secret_name(&normalized) || (group && !(v.is_object() || v.is_array())) {
             if *v != Value::String(REDACTED.into()) {
                 *v = Value::String(REDACTED.into());
@@ -377,6 +438,73 @@ mod tests {
             for cut in 0..shortest.len() {
                 assert!(!looks_secret(&shortest[..cut]));
             }
+        }
+    }
+
+    /// Texts rich in what the checks look for: separators, prefixes, words.
+    fn secretish_text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let piece = prop_oneof![
+            Just(":".to_string()),
+            Just("=".to_string()),
+            Just(" ".to_string()),
+            Just("\t".to_string()),
+            Just("://".to_string()),
+            Just("@".to_string()),
+            Just("?".to_string()),
+            Just("&".to_string()),
+            Just(".".to_string()),
+            Just("Bearer".to_string()),
+            Just("token".to_string()),
+            Just("sk-".to_string()),
+            Just("sk_live_".to_string()),
+            Just("xoxb-".to_string()),
+            Just("eyJ".to_string()),
+            Just("AKIA".to_string()),
+            Just("-----BEGIN".to_string()),
+            Just("PRIVATE KEY".to_string()),
+            Just("password".to_string()),
+            Just("é".to_string()),
+            "[A-Za-z0-9_/+~-]{1,24}",
+        ];
+        proptest::collection::vec(piece, 0..8).prop_map(|parts| parts.concat())
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_one_pass_filter_never_hides_a_secret(text in secretish_text()) {
+            if scan_for_secret(&text) {
+                proptest::prop_assert!(may_hold_secret(&text), "{text:?}");
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_key_borrowed_as_normal_is_normal(key in "[A-Za-z0-9_ .é-]{0,12}") {
+            let chars: Vec<char> = key.trim().chars().collect();
+            let full = normalize_chars(chars.len(), |i| chars[i], key.len());
+            proptest::prop_assert_eq!(normalized(&key), full);
+        }
+    }
+
+    #[test]
+    fn the_shortest_credential_words_pass_the_filter() {
+        for word in ["eyJa.bbbb.cccc", "xoxb-123456789a", "sk_live_abcdefgh"] {
+            assert!(looks_secret(word), "{word}");
+            assert!(!looks_secret(&word[..word.len() - 1]), "{word}");
+        }
+        assert_eq!("eyJa.bbbb.cccc".len(), SHORTEST_CREDENTIAL_WORD);
+        // Short runs behind each separator the filter looks for.
+        for text in [
+            "Bearer abcdefgh",
+            "Bearer\tabcdefgh",
+            "Bearer:abcdefgh",
+            "x?sig=1",
+            "pwd: secret1",
+            "a://u:p@h",
+        ] {
+            assert!(looks_secret(text), "{text}");
         }
     }
 

@@ -2,8 +2,11 @@
 //! commits queued events in batched transactions.
 //!
 //! `record` queues and returns; the writer drains whatever is queued (up to
-//! `MAX_GROUP` events) into one transaction, so throughput grows with load
-//! and an event waits at most for the transaction in progress plus its own.
+//! `MAX_GROUP` events) into one transaction, so throughput grows with load.
+//! Events nobody waits on also wait up to `GROUP_LINGER` for others to join
+//! their transaction: a commit costs far more than an insert, and a steady
+//! trickle (one event per HTTP request) would otherwise commit one by one.
+//! An event waits at most for the transaction in progress plus its own.
 //! The queue is bounded: a full queue makes `record` wait, it never drops.
 //!
 //! Failures are classified (`faults::classify`). One that may pass (busy,
@@ -26,13 +29,20 @@ use parking_lot::Mutex;
 use rusqlite::{Connection, ErrorCode, TransactionBehavior};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{
+    sync_channel, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError,
+};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Most events committed in one transaction.
 pub const MAX_GROUP: usize = 10_000;
+/// How long queued events that no caller waits on gather before they commit
+/// (a flush, a batch, a commit-durability record or a full group ends it).
+const GROUP_LINGER: Duration = Duration::from_millis(10);
+/// While gathering, how often the writer looks for a flush or a caller who waits.
+const LINGER_NAP: Duration = Duration::from_millis(1);
 /// Capacity of the queue between callers and the writer.
 pub const QUEUE_CAPACITY: usize = 100_000;
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -424,9 +434,32 @@ impl Worker {
             };
             let mut records = Vec::new();
             let mut pending = Some(first);
-            while let Some(command) = pending.take() {
+            let linger_until = Instant::now() + GROUP_LINGER;
+            let mut lingering = true;
+            loop {
+                let command = match pending.take() {
+                    Some(command) => command,
+                    None if lingering && !records.is_empty() && records.len() < MAX_GROUP => {
+                        // Naps rather than waits on the queue: a wait would wake
+                        // (two context switches) for every event that joins.
+                        let left = linger_until.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            break;
+                        }
+                        std::thread::sleep(left.min(LINGER_NAP));
+                        match rx.try_recv() {
+                            Ok(command) => command,
+                            Err(TryRecvError::Empty) => continue,
+                            // Seen (and handled) by the next wait.
+                            Err(TryRecvError::Disconnected) => break,
+                        }
+                    }
+                    None => break,
+                };
                 match command {
                     Command::Record(event, reply) => {
+                        // Someone waits for this commit: no more gathering.
+                        lingering &= reply.is_none();
                         records.push((event, reply));
                         if records.len() < MAX_GROUP {
                             pending = rx.try_recv().ok();
@@ -436,6 +469,7 @@ impl Worker {
                         // Keep order: commit the records queued before it first.
                         self.commit_records(std::mem::take(&mut records));
                         self.handle(other);
+                        lingering = false;
                         pending = rx.try_recv().ok();
                     }
                 }
