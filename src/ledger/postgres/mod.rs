@@ -11,6 +11,7 @@ mod grouped;
 mod read;
 mod row_security;
 mod schema;
+mod tls;
 mod writer;
 
 pub use schema::{validate_schema, SCHEMA_VERSION};
@@ -39,7 +40,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::{Client, Config, IsolationLevel, NoTls};
+use tokio_postgres::{Client, Config, IsolationLevel};
+use tokio_postgres_rustls::MakeRustlsConnect;
 use writer::Command;
 
 impl From<tokio_postgres::Error> for CoreError {
@@ -83,6 +85,8 @@ pub struct PostgresOptions {
 /// What the store and its writer task share.
 pub(crate) struct Shared {
     config: Config,
+    /// TLS as the DSN's `sslmode` and `sslrootcert` ask (`tls`).
+    tls: MakeRustlsConnect,
     pub(crate) schema: String,
     pub(crate) counters: Counters,
     pub(crate) closing: AtomicBool,
@@ -97,7 +101,7 @@ pub(crate) struct Shared {
 impl Shared {
     /// A new connection, its connection task spawned on the current runtime.
     pub(crate) async fn connect(&self) -> CoreResult<Client> {
-        let (client, connection) = self.config.connect(NoTls).await?;
+        let (client, connection) = self.config.connect(self.tls.clone()).await?;
         tokio::spawn(async move {
             let _ = connection.await;
         });
@@ -156,8 +160,11 @@ impl PostgresStore {
             }
         }
         validate_schema(&options.schema)?;
-        let mut config = Config::from_str(&options.dsn)
+        let (dsn, tls_options) = tls::split_dsn(&options.dsn)?;
+        let mut config = Config::from_str(&dsn)
             .map_err(|e| CoreError::InvalidArgument("dsn", format!("not a PostgreSQL DSN: {e}")))?;
+        config.ssl_mode(tls_options.mode.wire());
+        let tls = tls::connector(&tls_options)?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -167,7 +174,7 @@ impl PostgresStore {
         let location = describe(&config);
         let manager = Manager::from_config(
             config.clone(),
-            NoTls,
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -182,6 +189,7 @@ impl PostgresStore {
         };
         let shared = Arc::new(Shared {
             config,
+            tls,
             schema: options.schema,
             counters: Counters::default(),
             closing: AtomicBool::new(false),
