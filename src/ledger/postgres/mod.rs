@@ -45,10 +45,21 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use writer::Command;
 
 impl From<tokio_postgres::Error> for CoreError {
+    /// The server's message, or the client's with its causes (which say why
+    /// a TLS handshake or a connection failed; none holds the password).
     fn from(e: tokio_postgres::Error) -> Self {
-        let detail = e
-            .as_db_error()
-            .map_or_else(|| e.to_string(), |db| db.message().to_string());
+        let detail = match e.as_db_error() {
+            Some(db) => db.message().to_string(),
+            None => {
+                let mut detail = e.to_string();
+                let mut cause = std::error::Error::source(&e);
+                while let Some(inner) = cause {
+                    detail = format!("{detail}: {inner}");
+                    cause = inner.source();
+                }
+                detail
+            }
+        };
         CoreError::Store(format!("PostgreSQL: {detail}"))
     }
 }
