@@ -73,6 +73,9 @@ class RedisServer:
     """One redis-server process; ``restart()`` keeps its port. With ``tls``
     it serves TLS only, on ``port``, and ``url`` is a ``rediss://`` URL."""
 
+    #: A class default too, for a node made with ``__new__`` and a port alone.
+    tls: TlsFiles | None = None
+
     def __init__(self, directory: Path, tls: TlsFiles | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
