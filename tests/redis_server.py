@@ -19,9 +19,10 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
+from usagewarden import StoreError
 
 if TYPE_CHECKING:
     from tls_certs import TlsFiles
@@ -48,6 +49,20 @@ def free_cluster_port() -> int:
             except OSError:
                 continue
         return port
+
+
+def until_served_again(limiter: Any, key: str = "k", timeout: float = 20.0) -> None:
+    """Retries ``try_acquire(key)`` on a limiter whose server restarted
+    until it is admitted again (the limiter reconnects by itself)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            # The restarted server has neither the data nor the script.
+            assert limiter.try_acquire(key).allowed
+            return
+        except StoreError:
+            assert time.monotonic() < deadline, "the limiter never reconnected"
+            time.sleep(0.2)
 
 
 def connect(port: int, timeout: float, ca: Path | None = None) -> socket.socket:

@@ -11,7 +11,6 @@ fragment.
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import pytest
 import usagewarden as uw
 from ledger_helpers import event, ids
 from postgres_cluster import PostgresCluster
-from redis_server import RedisServer
+from redis_server import RedisServer, until_served_again
 from test_cli import failure, ok
 from tls_certs import TlsFiles
 
@@ -307,15 +306,7 @@ def test_a_restarted_tls_server_is_reconnected_to(
     limiter = limiter_on(rediss_url(tls_server, tls_files.ca), clock, timeout=0.5)
     assert limiter.try_acquire("k").allowed
     tls_server.restart()
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            # The restarted server has neither the data nor the script.
-            assert limiter.try_acquire("k").allowed
-            break
-        except uw.StoreError:
-            assert time.monotonic() < deadline, "the limiter never reconnected over TLS"
-            time.sleep(0.2)
+    until_served_again(limiter)
     assert limiter.health()["ok"]
     assert limiter.usage("k").requests == 1
     limiter.close()
