@@ -153,6 +153,21 @@ def test_verify_full_checks_the_host_name_and_verify_ca_does_not(
         assert store.query() == []
 
 
+def test_a_unix_socket_is_never_tls_whatever_the_sslmode(
+    postgres_tls_cluster: PostgresCluster,
+) -> None:
+    """As libpq: the server offers no TLS on its socket, and none is needed."""
+    application = f"tls_{uuid.uuid4().hex[:8]}"
+    dsn = (
+        f"host={postgres_tls_cluster.socket_dir} port={postgres_tls_cluster.port} "
+        f"user=postgres dbname=postgres sslmode=require application_name={application}"
+    )
+    with store_on(dsn) as store:
+        store.query()
+        seen = encrypted(postgres_tls_cluster, application)
+        assert seen and not any(seen), seen
+
+
 def test_require_on_a_server_without_tls_fails(postgres_cluster: PostgresCluster) -> None:
     with pytest.raises(uw.StoreError, match="TLS"):
         store_on(pg_url(postgres_cluster, "sslmode=require"))
