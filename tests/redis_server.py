@@ -113,7 +113,9 @@ class RedisServer:
     def _listen(self) -> list[str]:
         if self.tls is None:
             return ["--port", str(self.port)]
+        # Also on 127.0.0.2, an address the certificate does not name.
         return [
+            "--bind", "127.0.0.1 127.0.0.2",
             "--port", "0",
             "--tls-port", str(self.port),
             "--tls-cert-file", str(self.tls.cert),
@@ -126,8 +128,8 @@ class RedisServer:
         self.process = subprocess.Popen(
             [
                 self.binary,
-                *self._listen(),
                 "--bind", "127.0.0.1",
+                *self._listen(),
                 "--save", "",
                 "--appendonly", "no",
                 "--dir", str(self.directory),

@@ -269,6 +269,19 @@ def test_a_server_whose_ca_is_not_trusted_is_refused(
     assert "s3cret-pw" not in str(refused.value)
 
 
+def test_a_server_reached_by_a_name_its_certificate_lacks_is_refused(
+    tls_server: RedisServer, tls_files: TlsFiles, clock: uw.ManualClock
+) -> None:
+    """The certificate names 127.0.0.1 and localhost; the same server on
+    127.0.0.2 fails the name check, and ``#insecure`` alone lets it through."""
+    url = rediss_url(tls_server, tls_files.ca).replace("127.0.0.1", "127.0.0.2")
+    with pytest.raises(uw.StoreError, match="certificate not valid for name"):
+        limiter_on(url, clock, timeout=0.5)
+    limiter = limiter_on(f"{tls_server.url.replace('127.0.0.1', '127.0.0.2')}#insecure", clock)
+    assert limiter.try_acquire("k").allowed
+    limiter.close()
+
+
 def test_insecure_skips_verification_only_when_the_url_says_so(
     tls_server: RedisServer, clock: uw.ManualClock
 ) -> None:

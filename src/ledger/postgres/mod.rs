@@ -40,7 +40,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::config::Host;
 use tokio_postgres::{Client, Config, IsolationLevel};
 use tokio_postgres_rustls::MakeRustlsConnect;
 use writer::Command;
@@ -141,8 +140,8 @@ fn describe(config: &Config) -> String {
         .get_hosts()
         .first()
         .map(|h| match h {
-            Host::Tcp(name) => name.clone(),
-            Host::Unix(path) => path.display().to_string(),
+            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
         })
         .unwrap_or_default();
     let port = config.get_ports().first().copied().unwrap_or(5432);
@@ -175,17 +174,7 @@ impl PostgresStore {
         let (dsn, tls_options) = tls::split_dsn(&options.dsn)?;
         let mut config = Config::from_str(&dsn)
             .map_err(|e| CoreError::InvalidArgument("dsn", format!("not a PostgreSQL DSN: {e}")))?;
-        // As libpq, never TLS over a Unix socket (the server offers none there).
-        let local = config
-            .get_hosts()
-            .iter()
-            .all(|h| matches!(h, Host::Unix(_)));
-        config.ssl_mode(if local && !config.get_hosts().is_empty() {
-            tokio_postgres::config::SslMode::Disable
-        } else {
-            tls_options.mode.wire()
-        });
-        let tls = tls::connector(&tls_options)?;
+        let tls = tls::apply(&mut config, &tls_options)?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }

@@ -19,7 +19,8 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, SignatureScheme};
 use std::path::PathBuf;
 use std::sync::Arc;
-use tokio_postgres::config::SslMode as WireMode;
+use tokio_postgres::config::{Host, SslMode as WireMode};
+use tokio_postgres::Config;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// The DSN options read here rather than by tokio-postgres.
@@ -53,7 +54,7 @@ impl SslMode {
     }
 
     /// What tokio-postgres does on the wire: whether TLS may be skipped.
-    pub(crate) fn wire(self) -> WireMode {
+    fn wire(self) -> WireMode {
         match self {
             SslMode::Disable => WireMode::Disable,
             SslMode::Prefer => WireMode::Prefer,
@@ -71,7 +72,7 @@ enum RootCert {
 /// The TLS options of a DSN.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct TlsOptions {
-    pub(crate) mode: SslMode,
+    mode: SslMode,
     root_cert: Option<RootCert>,
 }
 
@@ -123,8 +124,21 @@ pub(crate) fn split_dsn(dsn: &str) -> CoreResult<(String, TlsOptions)> {
     Ok((rest, TlsOptions { mode, root_cert }))
 }
 
-/// The connector of every connection with these options.
-pub(crate) fn connector(options: &TlsOptions) -> CoreResult<MakeRustlsConnect> {
+/// Sets `config`'s wire mode for `options`, and returns the connector of
+/// its every connection. As in libpq, a Unix socket never uses TLS (the
+/// server offers none there).
+pub(crate) fn apply(config: &mut Config, options: &TlsOptions) -> CoreResult<MakeRustlsConnect> {
+    let hosts = config.get_hosts();
+    let local = !hosts.is_empty() && hosts.iter().all(|h| matches!(h, Host::Unix(_)));
+    config.ssl_mode(if local {
+        WireMode::Disable
+    } else {
+        options.mode.wire()
+    });
+    connector(options)
+}
+
+fn connector(options: &TlsOptions) -> CoreResult<MakeRustlsConnect> {
     let provider = provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
