@@ -11,6 +11,7 @@ pub mod ledger;
 pub mod limiter;
 pub mod limits;
 pub mod pricing;
+mod tls;
 pub mod usage;
 pub mod window;
 

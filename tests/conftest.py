@@ -23,8 +23,9 @@ warnings.filterwarnings(
 
 import usagewarden as uw  # noqa: E402
 
-# The throwaway redis-server fixtures (``redis_server``, ``redis_url``).
-pytest_plugins = ["redis_server"]
+# The throwaway redis-server fixtures (``redis_server``, ``redis_url``,
+# ``redis_tls_server``) and the TLS test certificates (``tls_files``).
+pytest_plugins = ["tls_certs", "redis_server"]
 
 MAX_COUNT = 2**63 - 1
 #: What an unlimited cost field of ``remaining`` reads (2**63 - 1 nano-USD, in USD).
@@ -171,7 +172,7 @@ def total(usages: Iterable[uw.Usage]) -> uw.Usage:
 
 # --- the ledger backends: one contract suite over SQLite and PostgreSQL ---------------------
 
-from postgres_cluster import postgres_cluster  # noqa: E402, F401
+from postgres_cluster import postgres_cluster, postgres_tls_cluster  # noqa: E402, F401
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

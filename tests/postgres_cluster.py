@@ -6,6 +6,9 @@ initdb refuses to run as root, so when the tests run as root the cluster is
 created and started as the ``postgres`` user on a directory chowned to it.
 Without the binaries the tests skip, naming the Debian package to install;
 with ``USAGEWARDEN_REQUIRE_SERVERS=1`` (as CI sets) that is a failure.
+
+``postgres_tls_cluster`` is the same cluster with ``ssl=on`` and the test
+server certificate of ``tls_certs``.
 """
 
 from __future__ import annotations
@@ -20,8 +23,12 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tls_certs import TlsFiles
 
 PACKAGE_HINT = "PostgreSQL binaries not found: install the Debian package `postgresql`"
 
@@ -48,6 +55,8 @@ class PostgresCluster:
     root: Path
     port: int
     _as_user: list[str] = field(default_factory=list)
+    #: Extra ``-c name=value`` server settings.
+    settings: str = ""
 
     @property
     def data(self) -> Path:
@@ -100,7 +109,7 @@ class PostgresCluster:
             "-o",
             f"-p {self.port} -k {self.socket_dir} -c listen_addresses=127.0.0.1 "
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-            "-c max_connections=200",
+            f"-c max_connections=200 {self.settings}",
             "start",
         )
 
@@ -116,7 +125,27 @@ class PostgresCluster:
         return f"t_{uuid.uuid4().hex[:16]}"
 
 
-def _start_cluster() -> Iterator[PostgresCluster]:
+def _serve_tls(cluster: PostgresCluster, tls: TlsFiles) -> None:
+    """Copies the server's certificate and key into the cluster (the key
+    owned by the cluster's user, mode 0600, as PostgreSQL demands) and
+    turns ``ssl`` on."""
+    directory = cluster.root / "tls"
+    directory.mkdir()
+    for source in (tls.cert, tls.key):
+        target = directory / source.name
+        shutil.copyfile(source, target)
+        target.chmod(0o600)
+        if cluster._as_user:
+            shutil.chown(target, "postgres", "postgres")
+    if cluster._as_user:
+        shutil.chown(directory, "postgres", "postgres")
+    cluster.settings = (
+        f"-c ssl=on -c ssl_cert_file={directory / tls.cert.name} "
+        f"-c ssl_key_file={directory / tls.key.name}"
+    )
+
+
+def _start_cluster(tls: TlsFiles | None = None) -> Iterator[PostgresCluster]:
     bin_dir = _bin_dir()
     if bin_dir is None:
         if os.environ.get("USAGEWARDEN_REQUIRE_SERVERS") == "1":
@@ -144,6 +173,8 @@ def _start_cluster() -> Iterator[PostgresCluster]:
         "--locale=C.UTF-8",
         "--no-sync",
     )
+    if tls is not None:
+        _serve_tls(cluster, tls)
     cluster.start()
     try:
         yield cluster
@@ -155,3 +186,8 @@ def _start_cluster() -> Iterator[PostgresCluster]:
 @pytest.fixture(scope="session")
 def postgres_cluster() -> Iterator[PostgresCluster]:
     yield from _start_cluster()
+
+
+@pytest.fixture(scope="session")
+def postgres_tls_cluster(tls_files: TlsFiles) -> Iterator[PostgresCluster]:
+    yield from _start_cluster(tls_files)

@@ -11,6 +11,7 @@ mod grouped;
 mod read;
 mod row_security;
 mod schema;
+mod tls;
 mod writer;
 
 pub use schema::{validate_schema, SCHEMA_VERSION};
@@ -39,14 +40,26 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::{Client, Config, IsolationLevel, NoTls};
+use tokio_postgres::{Client, Config, IsolationLevel};
+use tokio_postgres_rustls::MakeRustlsConnect;
 use writer::Command;
 
 impl From<tokio_postgres::Error> for CoreError {
+    /// The server's message, or the client's with its causes (which say why
+    /// a TLS handshake or a connection failed; none holds the password).
     fn from(e: tokio_postgres::Error) -> Self {
-        let detail = e
-            .as_db_error()
-            .map_or_else(|| e.to_string(), |db| db.message().to_string());
+        let detail = match e.as_db_error() {
+            Some(db) => db.message().to_string(),
+            None => {
+                let mut detail = e.to_string();
+                let mut cause = std::error::Error::source(&e);
+                while let Some(inner) = cause {
+                    detail = format!("{detail}: {inner}");
+                    cause = inner.source();
+                }
+                detail
+            }
+        };
         CoreError::Store(format!("PostgreSQL: {detail}"))
     }
 }
@@ -83,6 +96,8 @@ pub struct PostgresOptions {
 /// What the store and its writer task share.
 pub(crate) struct Shared {
     config: Config,
+    /// TLS as the DSN's `sslmode` and `sslrootcert` ask (`tls`).
+    tls: MakeRustlsConnect,
     pub(crate) schema: String,
     pub(crate) counters: Counters,
     pub(crate) closing: AtomicBool,
@@ -97,7 +112,7 @@ pub(crate) struct Shared {
 impl Shared {
     /// A new connection, its connection task spawned on the current runtime.
     pub(crate) async fn connect(&self) -> CoreResult<Client> {
-        let (client, connection) = self.config.connect(NoTls).await?;
+        let (client, connection) = self.config.connect(self.tls.clone()).await?;
         tokio::spawn(async move {
             let _ = connection.await;
         });
@@ -156,8 +171,10 @@ impl PostgresStore {
             }
         }
         validate_schema(&options.schema)?;
-        let mut config = Config::from_str(&options.dsn)
+        let (dsn, tls_options) = tls::split_dsn(&options.dsn)?;
+        let mut config = Config::from_str(&dsn)
             .map_err(|e| CoreError::InvalidArgument("dsn", format!("not a PostgreSQL DSN: {e}")))?;
+        let tls = tls::apply(&mut config, &tls_options)?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -167,7 +184,7 @@ impl PostgresStore {
         let location = describe(&config);
         let manager = Manager::from_config(
             config.clone(),
-            NoTls,
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -182,6 +199,7 @@ impl PostgresStore {
         };
         let shared = Arc::new(Shared {
             config,
+            tls,
             schema: options.schema,
             counters: Counters::default(),
             closing: AtomicBool::new(false),

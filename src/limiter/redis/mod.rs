@@ -20,6 +20,7 @@ mod script;
 mod slot;
 #[cfg(test)]
 mod tests;
+mod tls;
 mod waiting;
 mod wakeups;
 
@@ -102,8 +103,7 @@ pub(crate) fn open(
     argument: &'static str,
 ) -> CoreResult<(ConnectionManager, String)> {
     let shown = redacted(url);
-    let client = redis::Client::open(url)
-        .map_err(|e| CoreError::InvalidArgument(argument, format!("{shown}: {e}")))?;
+    let client = tls::client(url, &shown, argument)?;
     let conn = runtime
         .block_on(async {
             tokio::time::timeout(
@@ -137,8 +137,7 @@ impl RedisLimiter {
         runtime: Handle,
     ) -> CoreResult<RedisLimiter> {
         let shown = redacted(&config.url);
-        let client = redis::Client::open(config.url.as_str())
-            .map_err(|e| CoreError::InvalidArgument("url", format!("{shown}: {e}")))?;
+        let client = tls::client(&config.url, &shown, "url")?;
         let manager_client = client.clone();
         let timeout = config.timeout;
         let mut script = script::LimiterScript::new();
