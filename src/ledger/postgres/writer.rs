@@ -90,6 +90,19 @@ pub(crate) const COUNTERS: [&str; 7] = [
     "units",
 ];
 
+/// An event's values of `COUNTERS`, in their order.
+pub(crate) fn counters(e: &UsageEvent) -> [u64; 7] {
+    [
+        e.tokens_in,
+        e.tokens_out,
+        e.cache_read_tokens,
+        e.cache_write_tokens,
+        e.duration_ms,
+        e.api_calls,
+        e.units,
+    ]
+}
+
 /// The statements a writer connection prepares once.
 #[derive(Clone)]
 struct Statements {
@@ -711,16 +724,7 @@ async fn copy_events(
         .map(|(p, link)| {
             let e = &*p.event;
             Computed {
-                counters: [
-                    e.tokens_in,
-                    e.tokens_out,
-                    e.cache_read_tokens,
-                    e.cache_write_tokens,
-                    e.duration_ms,
-                    e.api_calls,
-                    e.units,
-                ]
-                .map(big),
+                counters: counters(e).map(big),
                 cost: e.cost_nanos.or(p.priced).map(big),
                 fingerprint: e.fingerprint(),
                 priced: p.priced.is_some(),
