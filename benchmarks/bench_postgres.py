@@ -1,14 +1,18 @@
 """Benchmark usagewarden's PostgreSQL ledger against the physical limit and the Python
 peers, on one throwaway server, in one run.
 
-Writes (events/s, each run into a fresh schema, median of the runs):
+Writes (events/s, each run into a fresh schema, median of the runs; the writers take turns,
+run 1 of each then run 2 of each, so a change in the machine's load falls on all alike):
 
 1. The floor: a binary ``COPY`` of the same rows straight into the store's own
    ``usage_events`` table (same partitions and indexes, no idempotency), with psycopg 3.
 2. ``PostgresStore.record`` (``durability="batch"``; one ``UsageEvent`` built per call inside
    the timed loop, the final ``flush()`` timed too) and ``record_batch`` of 1,000 events.
 3. Python peers writing the same rows into the same table: psycopg 3 ``executemany`` and
-   ``copy`` (text rows), and asyncpg ``copy_records_to_table``.
+   ``copy`` (text rows), and asyncpg ``copy_records_to_table``. Like the floor they write the
+   events table only; the store also claims each request id (``request_keys``), chains the
+   events and adds the hourly and daily totals, in the same transaction. The output says which
+   writer writes what.
 
 Reads, over 1,000,000 events (50 agents, 30 days) recorded with ``record_batch``: ``summary``
 of one agent-day and of the whole ledger, ``aggregate("day")`` (UTC, America/New_York, and
@@ -51,6 +55,8 @@ COLUMNS = (
     "cost_nanos, source, metadata, fingerprint, cost_priced"
 )
 COLUMN_LIST = [c.strip() for c in COLUMNS.split(",")]
+EVENTS_ONLY = "events only"
+STORE_WRITES = "the store's whole write"
 
 
 def row(i: int, days: int = 1) -> tuple[Any, ...]:
@@ -95,15 +101,19 @@ class Bench:
             c.execute(f"SELECT 1 FROM {schema}.usage_events LIMIT 0")
         return schema
 
-    def rate(self, write: Callable[[str], Callable[[], None]]) -> float:
-        times = []
+    def rates(self, writers: list[Callable[[str], Callable[[], None]]]) -> list[float]:
+        """Events/s of each writer, median of the runs. The writers take turns
+        (run 1 of each, then run 2 of each, ...), so that a change in the
+        machine's load falls on all of them alike."""
+        times: list[list[float]] = [[] for _ in writers]
         for _ in range(self.runs):
-            schema = self.fresh_schema()
-            times.append(timed(write(schema)))
-            with psycopg.connect(self.dsn) as c:
-                got = c.execute(f"SELECT COUNT(*) FROM {schema}.usage_events").fetchone()
-                assert got is not None and got[0] == self.n, (got, self.n)
-        return self.n / statistics.median(times)
+            for write, spent in zip(writers, times, strict=True):
+                schema = self.fresh_schema()
+                spent.append(timed(write(schema)))
+                with psycopg.connect(self.dsn) as c:
+                    got = c.execute(f"SELECT COUNT(*) FROM {schema}.usage_events").fetchone()
+                    assert got is not None and got[0] == self.n, (got, self.n)
+        return [self.n / statistics.median(spent) for spent in times]
 
     def copy_binary(self, schema: str) -> Callable[[], None]:
         rows = [row(i) for i in range(self.n)]
@@ -253,24 +263,31 @@ def main() -> None:
             f"{args.events:,} events per run, median of {args.runs}"
         )
         b = Bench(cluster, args.events, args.runs)
-        results = (
-            []
-            if args.reads_only
-            else [
-                ("binary COPY into usage_events (psycopg; the floor)", b.rate(b.copy_binary)),
-                ("PostgresStore.record (batch durability)", b.rate(b.store_record)),
-                ("PostgresStore.record_batch(1000)", b.rate(b.store_batch)),
-                ("psycopg 3 executemany", b.rate(b.executemany)),
-                ("psycopg 3 copy (text)", b.rate(b.copy_text)),
-                ("asyncpg copy_records_to_table", b.rate(b.asyncpg_copy)),
-            ]
-        )
-        if results:
-            floor = results[0][1]
-            peers = max(r for name, r in results if name.startswith(("psycopg", "asyncpg")))
-            print(f"\n{'writes':<52} {'events/s':>12} {'vs floor':>9} {'vs best peer':>13}")
-            for name, rate in results:
-                print(f"{name:<52} {rate:>12,.0f} {rate / floor:>8.0%} {rate / peers:>12.2f}x")
+        # (name, what it writes, writer); the first is the floor, the last three the peers.
+        writers = [
+            ("binary COPY (psycopg; the floor)", EVENTS_ONLY, b.copy_binary),
+            ("PostgresStore.record (batch durability)", STORE_WRITES, b.store_record),
+            ("PostgresStore.record_batch(1000)", STORE_WRITES, b.store_batch),
+            ("psycopg 3 executemany", EVENTS_ONLY, b.executemany),
+            ("psycopg 3 copy (text)", EVENTS_ONLY, b.copy_text),
+            ("asyncpg copy_records_to_table", EVENTS_ONLY, b.asyncpg_copy),
+        ]
+        if not args.reads_only:
+            rates = b.rates([w for _, _, w in writers])
+            floor = rates[0]
+            peers = max(rates[-3:])
+            print(f"\n{'writes':<42} {'events/s':>9} {'vs floor':>9} {'vs best peer':>13}  writes")
+            for (name, what, _), rate in zip(writers, rates, strict=True):
+                print(
+                    f"{name:<42} {rate:>9,.0f} {rate / floor:>8.0%} {rate / peers:>12.2f}x  {what}"
+                )
+            print(
+                f"\n{EVENTS_ONLY}: the rows alone, into usage_events (same partitions and "
+                "indexes), with no idempotency, chain or totals.\n"
+                f"{STORE_WRITES}: the rows with their chain positions and digests, each new "
+                "request id in request_keys (duplicates and conflicts decided), the chain "
+                "heads, and the hourly and daily totals, in one transaction per batch."
+            )
         print(f"\nreads over {args.read_events:,} events (median of 5, warm)")
         for name, seconds in reads(cluster, args.read_events):
             print(f"{name:<52} {seconds * 1000:>10.1f} ms")

@@ -51,18 +51,10 @@ impl<'e> BatchTotals<'e> {
         );
         let t = self.groups.entry(key).or_default();
         let most = i64::MAX as u64;
-        let one = [
-            1,
-            e.tokens_in,
-            e.tokens_out,
-            e.cache_read_tokens,
-            e.cache_write_tokens,
-            e.duration_ms,
-            e.api_calls,
-            e.units,
-            u64::from(cost_nanos.is_none()),
-        ];
-        for (sum, v) in t.sums.iter_mut().zip(one) {
+        let counted = std::iter::once(1)
+            .chain(super::writer::counters(e))
+            .chain([u64::from(cost_nanos.is_none())]);
+        for (sum, v) in t.sums.iter_mut().zip(counted) {
             *sum = sum.saturating_add(v).min(most);
         }
         if let Some(c) = cost_nanos {

@@ -9,6 +9,7 @@ mod chain;
 mod coarse;
 mod grouped;
 mod read;
+mod request_keys;
 mod row_security;
 mod schema;
 mod tls;
@@ -372,6 +373,9 @@ impl PostgresStore {
             chain::record_purges(&tx, &s, cutoff_us, self.now_us()).await?;
             // Before the partitions: a writer holding the totals never waits on them.
             grouped::lock(&tx, &s).await?;
+            // Found through the events, so before those go.
+            tx.execute(&request_keys::purge_sql(&s), &[&cutoff_us])
+                .await?;
             let mut purged: u64 = 0;
             for (name, _, upper) in schema::partitions(&tx, &schema_name).await? {
                 if upper <= cutoff_us {
@@ -389,11 +393,6 @@ impl PostgresStore {
                     &[&cutoff_us],
                 )
                 .await?;
-            tx.execute(
-                &format!("DELETE FROM {s}.request_keys WHERE ts < $1"),
-                &[&cutoff_us],
-            )
-            .await?;
             grouped::after_purge(&tx, &s, cutoff_us).await?;
             tx.commit().await?;
             Ok(purged as usize)

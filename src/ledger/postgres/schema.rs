@@ -81,6 +81,8 @@ ALTER TABLE {s}.usage_events ADD COLUMN artifact_digest TEXT;
     // Totals per hour × namespace × model, and who was seen in which hours
     // of each UTC day (`super::calendar`).
     super::calendar::MIGRATION,
+    // A narrower `request_keys` (`super::request_keys`).
+    super::request_keys::MIGRATION,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

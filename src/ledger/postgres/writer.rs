@@ -8,19 +8,21 @@
 //! beyond its key.
 
 use super::batch_totals::{self, BatchTotals};
-use super::{chain, coarse, grouped, schema, Shared};
+use super::{chain, coarse, grouped, request_keys, schema, Shared};
 use crate::error::{CoreError, CoreResult};
 use crate::ledger::chain::Digest;
 use crate::ledger::event::UsageEvent;
 use crate::ledger::sqlite::{LogLevel, Outcome, MAX_GROUP};
 use crate::pricing::Tokens;
+use bytes::{BufMut, BytesMut};
+use futures_util::SinkExt;
 use hashbrown::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{IsNull, ToSql, Type};
 use tokio_postgres::Client;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -88,16 +90,17 @@ pub(crate) const COUNTERS: [&str; 7] = [
     "units",
 ];
 
-/// The fingerprints stored for identities (`$1` namespaces, `$2` request
-/// ids): one index lookup each (the `LIMIT` keeps the planner from joining
-/// the whole table), whatever the table's size.
-fn stored_sql(s: &str) -> String {
-    format!(
-        "SELECT u.namespace, u.request_id, k.fingerprint \
-         FROM unnest($1::text[], $2::text[]) AS u(namespace, request_id) \
-         CROSS JOIN LATERAL (SELECT fingerprint FROM {s}.request_keys k \
-             WHERE k.namespace = u.namespace AND k.request_id = u.request_id LIMIT 1) k"
-    )
+/// An event's values of `COUNTERS`, in their order.
+pub(crate) fn counters(e: &UsageEvent) -> [u64; 7] {
+    [
+        e.tokens_in,
+        e.tokens_out,
+        e.cache_read_tokens,
+        e.cache_write_tokens,
+        e.duration_ms,
+        e.api_calls,
+        e.units,
+    ]
 }
 
 /// The statements a writer connection prepares once.
@@ -115,12 +118,8 @@ impl Statements {
     async fn prepare(client: &Client, s: &str) -> CoreResult<Statements> {
         Ok(Statements {
             heads: chain::HeadStatements::prepare(client, s).await?,
-            stored: client.prepare(&stored_sql(s)).await?,
-            claim: client
-                .prepare(&format!(
-                    "COPY {s}.request_keys (namespace, request_id, fingerprint, ts) FROM STDIN (FORMAT binary)"
-                ))
-                .await?,
+            stored: client.prepare(&request_keys::stored_sql(s)).await?,
+            claim: client.prepare(&request_keys::copy_sql(s)).await?,
             hourly: client
                 .prepare(&super::calendar::hourly_upsert_sql(s))
                 .await?,
@@ -143,6 +142,8 @@ struct Claimed {
     /// Per record: the fingerprint stored for its identity (its own when
     /// new, or its first's); `None` only if the row is gone.
     stored: Vec<Option<i64>>,
+    /// Whether any of the batch's ids was stored before it.
+    found: bool,
 }
 
 impl Claimed {
@@ -164,21 +165,26 @@ impl Claimed {
     }
 }
 
-/// Under the locks of the batch's namespaces' chain heads, reads which
-/// request ids are stored, then writes the new ones, the new events (each
-/// extending its chain in queue order) and their grouped totals.
-/// Duplicates and conflicts are not claimed, so they never advance a chain.
+/// Under the locks of the batch's namespaces' chain heads, decides which
+/// request ids are new, then writes them, the new events (each extending
+/// its chain in queue order) and their grouped totals. Duplicates and
+/// conflicts are not claimed, so they never advance a chain.
 ///
 /// Every writer of a namespace holds its head's lock until it commits, so
-/// no id can be claimed between the read and the write: a plain `COPY`
-/// suffices (a writer without the chain, only ever a benchmark, that races
-/// one fails the transaction on the unique key, and the retry reads it).
+/// no id can be claimed between the decision and the write: a plain `COPY`
+/// suffices. With `lookup` the stored fingerprints of the batch's ids are
+/// read first; without it the batch's ids are taken to be new, and the
+/// `COPY` into `request_keys` proves it: when an id is stored already (or a
+/// writer without the chain, only ever a benchmark, raced this one) it
+/// fails on the unique key, and `Ok(None)` asks for the batch again with
+/// the lookup, in a new transaction.
 async fn insert_chained(
     tx: &tokio_postgres::Transaction<'_>,
     statements: &Statements,
     records: &[Pending],
     unchained: bool,
-) -> CoreResult<Claimed> {
+    lookup: bool,
+) -> CoreResult<Option<Claimed>> {
     // Each identity once, at its first record: a later one is decided by
     // what the first stored.
     let mut index: HashMap<(&str, &str), usize> = HashMap::with_capacity(records.len());
@@ -199,7 +205,12 @@ async fn insert_chained(
     let namespaces: Vec<&str> = firsts.iter().map(|e| e.namespace.as_str()).collect();
     let request_ids: Vec<&str> = firsts.iter().map(|e| e.request_id.as_str()).collect();
     let params: [&(dyn ToSql + Sync); 2] = [&namespaces, &request_ids];
-    let read = tx.query(&statements.stored, &params);
+    let read = async {
+        match lookup {
+            true => tx.query(&statements.stored, &params).await,
+            false => Ok(Vec::new()),
+        }
+    };
     let (mut heads, rows) = if unchained {
         (None, read.await?)
     } else {
@@ -224,9 +235,14 @@ async fn insert_chained(
         }
         stored[i] = stored[first_of[i]];
     }
-    let outcome = Claimed { fresh, stored };
+    let found = !rows.is_empty();
+    let outcome = Claimed {
+        fresh,
+        stored,
+        found,
+    };
     if outcome.inserted() == 0 {
-        return Ok(outcome);
+        return Ok(Some(outcome));
     }
     let mut hourly = BatchTotals::new(batch_totals::period_of(&grouped::HOURLY));
     let mut daily = BatchTotals::new(batch_totals::period_of(&coarse::DAILY));
@@ -263,9 +279,11 @@ async fn insert_chained(
         },
     )
     .await?;
-    copy_keys(tx, &statements.claim, &chained).await?;
+    if !copy_keys(tx, &statements.claim, &chained).await? {
+        return Ok(None);
+    }
     copy_events(tx, &statements.copy, &chained).await?;
-    Ok(outcome)
+    Ok(Some(outcome))
 }
 
 /// One queued event and who waits for it.
@@ -282,6 +300,9 @@ pub(crate) struct Worker {
     /// The writer's statements, prepared on `client`.
     statements: Option<Statements>,
     known_months: HashSet<i64>,
+    /// Whether the next batch reads its stored ids before claiming them
+    /// (the last one found some), rather than claiming them outright.
+    lookup: bool,
 }
 
 impl Worker {
@@ -291,6 +312,7 @@ impl Worker {
             client: None,
             statements: None,
             known_months: HashSet::new(),
+            lookup: false,
         }
     }
 
@@ -511,77 +533,209 @@ impl Worker {
     /// One transaction: claim, insert, classify. Returns each record's outcome.
     async fn write(&mut self, records: &[Pending]) -> CoreResult<Vec<Outcome>> {
         self.ensure_partitions(records).await?;
+        let mut lookup = self.lookup;
         let (client, statements, unchained) = self.ready().await?;
-        let tx = client.transaction().await?;
-        let claimed = insert_chained(&tx, &statements, records, unchained).await?;
-        tx.commit().await?;
+        let claimed = claim(client, &statements, records, unchained, &mut lookup, |_| {
+            true
+        })
+        .await?;
+        self.lookup = lookup;
         Ok(claimed.outcomes(records))
     }
 
     /// `write` for `record_batch`: rolls back on a conflict.
     async fn write_checked(&mut self, records: &[Pending]) -> CoreResult<usize> {
         self.ensure_partitions(records).await?;
-        let shared = self.shared.clone();
+        let mut lookup = self.lookup;
         let (client, statements, unchained) = self.ready().await?;
-        let tx = client.transaction().await?;
-        let claimed = insert_chained(&tx, &statements, records, unchained).await?;
-        let fresh = claimed.inserted();
-        let conflict = claimed
-            .outcomes(records)
-            .iter()
-            .position(|o| *o == Outcome::Conflict);
-        if let Some(index) = conflict {
+        let conflict = |c: &Claimed| {
+            c.outcomes(records)
+                .iter()
+                .position(|o| *o == Outcome::Conflict)
+        };
+        let claimed = claim(client, &statements, records, unchained, &mut lookup, |c| {
+            conflict(c).is_none()
+        })
+        .await?;
+        self.lookup = lookup;
+        if let Some(index) = conflict(&claimed) {
             let e = &*records[index].event;
-            shared.counters.conflicts.fetch_add(1, Ordering::SeqCst);
+            self.shared
+                .counters
+                .conflicts
+                .fetch_add(1, Ordering::SeqCst);
             return Err(CoreError::Conflict(format!(
                 "events[{index}]: request_id {:?} in namespace {:?} was recorded before with different content; nothing in the batch was stored",
                 e.request_id, e.namespace
             )));
         }
-        tx.commit().await?;
-        Ok(fresh)
+        Ok(claimed.inserted())
     }
 }
 
-/// Binary `COPY` of the new events' identities into `request_keys`.
+/// Claims `records` (`insert_chained`) in one transaction, first without
+/// the lookup unless `lookup` asks for it, and again with it when an id
+/// proves stored; commits it when `keep` says so (else rolls it back).
+/// `lookup` is left saying whether the next batch should read first:
+/// whether this one found stored ids.
+async fn claim(
+    client: &mut Client,
+    statements: &Statements,
+    records: &[Pending],
+    unchained: bool,
+    lookup: &mut bool,
+    keep: impl Fn(&Claimed) -> bool,
+) -> CoreResult<Claimed> {
+    loop {
+        let tx = client.transaction().await?;
+        match insert_chained(&tx, statements, records, unchained, *lookup).await? {
+            Some(claimed) => {
+                *lookup = claimed.found;
+                match keep(&claimed) {
+                    true => tx.commit().await?,
+                    false => tx.rollback().await?,
+                }
+                return Ok(claimed);
+            }
+            None if *lookup => {
+                // Only a writer without the chain races the read.
+                return Err(CoreError::Store(
+                    "PostgreSQL: a request id of the batch was claimed by another writer meanwhile"
+                        .into(),
+                ));
+            }
+            None => {
+                tx.rollback().await?;
+                *lookup = true;
+            }
+        }
+    }
+}
+
+/// Bytes of binary `COPY` data sent per message: large, so that a batch
+/// goes out in a few writes (tokio-postgres's own writer sends 4 KiB each).
+const COPY_CHUNK: usize = 256 * 1024;
+
+/// Why a binary `COPY` failed.
+enum CopyFailed {
+    Database(tokio_postgres::Error),
+    Encode(usize, Box<dyn std::error::Error + Sync + Send>),
+}
+
+impl From<tokio_postgres::Error> for CopyFailed {
+    fn from(e: tokio_postgres::Error) -> Self {
+        CopyFailed::Database(e)
+    }
+}
+
+impl From<CopyFailed> for CoreError {
+    fn from(e: CopyFailed) -> Self {
+        match e {
+            CopyFailed::Database(e) => e.into(),
+            CopyFailed::Encode(column, e) => {
+                CoreError::Store(format!("PostgreSQL: COPY column {column}: {e}"))
+            }
+        }
+    }
+}
+
+/// Sends `rows` (values of `types`) in PostgreSQL's binary `COPY` format
+/// to `copy`, encoded straight into large messages.
+async fn copy_rows<'r, const N: usize>(
+    tx: &tokio_postgres::Transaction<'_>,
+    copy: &tokio_postgres::Statement,
+    types: &[Type; N],
+    rows: impl Iterator<Item = [&'r (dyn ToSql + Sync + 'r); N]>,
+) -> Result<u64, CopyFailed> {
+    let sink = tx.copy_in::<_, bytes::Bytes>(copy).await?;
+    let mut sink = std::pin::pin!(sink);
+    let mut buf = BytesMut::with_capacity(COPY_CHUNK + 8192);
+    // Signature, flags, header extension length.
+    buf.put_slice(b"PGCOPY\n\xff\r\n\0");
+    buf.put_i32(0);
+    buf.put_i32(0);
+    for row in rows {
+        buf.put_i16(N as i16);
+        for (column, (value, ty)) in row.iter().zip(types).enumerate() {
+            let at = buf.len();
+            buf.put_i32(0);
+            let length = match value.to_sql_checked(ty, &mut buf) {
+                Ok(IsNull::Yes) => -1,
+                Ok(IsNull::No) => i32::try_from(buf.len() - at - 4)
+                    .map_err(|e| CopyFailed::Encode(column, e.into()))?,
+                Err(e) => return Err(CopyFailed::Encode(column, e)),
+            };
+            buf[at..at + 4].copy_from_slice(&length.to_be_bytes());
+        }
+        if buf.len() >= COPY_CHUNK {
+            sink.send(buf.split().freeze()).await?;
+        }
+    }
+    buf.put_i16(-1);
+    sink.send(buf.split().freeze()).await?;
+    Ok(sink.finish().await?)
+}
+
+/// Binary `COPY` of the new events' identities into `request_keys`;
+/// `false` when one of them is stored already (the transaction is then
+/// aborted).
 async fn copy_keys(
     tx: &tokio_postgres::Transaction<'_>,
     copy: &tokio_postgres::Statement,
     events: &[(&Pending, Option<(i64, Digest)>)],
-) -> CoreResult<()> {
-    let sink = tx.copy_in(copy).await?;
-    let writer = BinaryCopyInWriter::new(sink, &[Type::TEXT, Type::TEXT, Type::INT8, Type::INT8]);
-    let mut writer = std::pin::pin!(writer);
-    for (p, _) in events {
-        let e = &*p.event;
-        let row: [&(dyn ToSql + Sync); 4] = [
-            &e.namespace,
-            &e.request_id,
-            &e.fingerprint(),
-            &e.timestamp_us,
-        ];
-        writer.as_mut().write(&row).await?;
+) -> CoreResult<bool> {
+    let fingerprints: Vec<i64> = events.iter().map(|(p, _)| p.event.fingerprint()).collect();
+    let rows = events
+        .iter()
+        .zip(&fingerprints)
+        .map(|((p, _), fingerprint)| {
+            let e = &*p.event;
+            let row: [&(dyn ToSql + Sync); 3] = [&e.namespace, &e.request_id, fingerprint];
+            row
+        });
+    match copy_rows(tx, copy, &[Type::TEXT, Type::TEXT, Type::INT8], rows).await {
+        Ok(_) => Ok(true),
+        Err(CopyFailed::Database(e)) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => Ok(false),
+        Err(e) => Err(e.into()),
     }
-    writer.finish().await?;
-    Ok(())
 }
 
 /// Binary `COPY` of the new events, with their chain positions and digests
 /// (none when the chain is left out), straight into `usage_events`.
+/// The values of an event's row that are not fields of the event.
+struct Computed<'e> {
+    counters: [i64; 7],
+    cost: Option<i64>,
+    fingerprint: i64,
+    priced: bool,
+    position: Option<i64>,
+    digest: Option<&'e [u8]>,
+}
+
 async fn copy_events(
     tx: &tokio_postgres::Transaction<'_>,
     copy: &tokio_postgres::Statement,
     events: &[(&Pending, Option<(i64, Digest)>)],
 ) -> CoreResult<()> {
-    let sink = tx.copy_in(copy).await?;
-    let writer = BinaryCopyInWriter::new(sink, &EVENT_TYPES);
-    let mut writer = std::pin::pin!(writer);
-    for (p, link) in events {
+    let big = |v: u64| v.min(i64::MAX as u64) as i64;
+    // The values computed here, owned for the rows that borrow them.
+    let computed: Vec<Computed> = events
+        .iter()
+        .map(|(p, link)| {
+            let e = &*p.event;
+            Computed {
+                counters: counters(e).map(big),
+                cost: e.cost_nanos.or(p.priced).map(big),
+                fingerprint: e.fingerprint(),
+                priced: p.priced.is_some(),
+                position: link.map(|l| l.0),
+                digest: link.as_ref().map(|l| &l.1[..]),
+            }
+        })
+        .collect();
+    let rows = events.iter().zip(&computed).map(|((p, _), c)| {
         let e = &*p.event;
-        let big = |v: u64| v.min(i64::MAX as u64) as i64;
-        let cost = e.cost_nanos.or(p.priced).map(big);
-        let position = link.map(|l| l.0);
-        let digest = link.as_ref().map(|l| &l.1[..]);
+        let n = &c.counters;
         let row: [&(dyn ToSql + Sync); 23] = [
             &e.namespace,
             &e.request_id,
@@ -591,24 +745,24 @@ async fn copy_events(
             &e.task_id,
             &e.action,
             &e.model,
-            &big(e.tokens_in),
-            &big(e.tokens_out),
-            &big(e.cache_read_tokens),
-            &big(e.cache_write_tokens),
-            &big(e.duration_ms),
-            &big(e.api_calls),
-            &big(e.units),
-            &cost,
+            &n[0],
+            &n[1],
+            &n[2],
+            &n[3],
+            &n[4],
+            &n[5],
+            &n[6],
+            &c.cost,
             &e.source,
             &e.metadata,
-            &e.fingerprint(),
-            &p.priced.is_some(),
+            &c.fingerprint,
+            &c.priced,
             &e.artifact_digest,
-            &position,
-            &digest,
+            &c.position,
+            &c.digest,
         ];
-        writer.as_mut().write(&row).await?;
-    }
-    writer.finish().await?;
+        row
+    });
+    copy_rows(tx, copy, &EVENT_TYPES, rows).await?;
     Ok(())
 }
