@@ -1,18 +1,19 @@
 //! The PostgreSQL writer: one tokio task that commits whatever is queued in
-//! one transaction per batch. The batch's request ids are claimed in one
-//! statement (sent as arrays, each identity once), under the locks of its
-//! namespaces' chain heads; the new events alone are then written with a
+//! one transaction per batch (records nobody waits on gather for up to
+//! `GROUP_LINGER` first: a commit is a round trip and a WAL flush). Under the
+//! locks of the batch's namespaces' chain heads, its new request ids are
+//! claimed by a binary `COPY` into `request_keys` (`super::request_keys`;
+//! one already stored fails it, and the batch is decided again after
+//! reading the stored fingerprints); the new events are then written with a
 //! binary `COPY` straight into `usage_events`, and their grouped totals,
 //! summed here (`super::batch_totals`), are added with one upsert per level.
-//! The server touches each new event once, and a duplicate not at all
-//! beyond its key.
 
 use super::batch_totals::{self, BatchTotals};
 use super::{chain, coarse, grouped, request_keys, schema, Shared};
 use crate::error::{CoreError, CoreResult};
 use crate::ledger::chain::Digest;
 use crate::ledger::event::UsageEvent;
-use crate::ledger::sqlite::{LogLevel, Outcome, MAX_GROUP};
+use crate::ledger::sqlite::{LogLevel, Outcome, GROUP_LINGER, LINGER_NAP, MAX_GROUP};
 use crate::pricing::Tokens;
 use bytes::{BufMut, BytesMut};
 use futures_util::SinkExt;
@@ -320,9 +321,31 @@ impl Worker {
         while let Some(first) = rx.recv().await {
             let mut records = Vec::new();
             let mut next = Some(first);
-            while let Some(command) = next.take() {
+            // Records nobody waits on gather for a moment (see `GROUP_LINGER`).
+            let linger_until = tokio::time::Instant::now() + GROUP_LINGER;
+            let mut lingering = true;
+            loop {
+                let command = match next.take() {
+                    Some(command) => command,
+                    None if lingering && !records.is_empty() && records.len() < MAX_GROUP => {
+                        let now = tokio::time::Instant::now();
+                        if now >= linger_until {
+                            break;
+                        }
+                        // Naps rather than waits on the queue, which would wake for every record.
+                        tokio::time::sleep_until(linger_until.min(now + LINGER_NAP)).await;
+                        match rx.try_recv() {
+                            Ok(command) => command,
+                            Err(mpsc::error::TryRecvError::Empty) => continue,
+                            Err(mpsc::error::TryRecvError::Disconnected) => break,
+                        }
+                    }
+                    None => break,
+                };
                 match command {
                     Command::Record(event, reply) => {
+                        // Someone waits for this commit: no more gathering.
+                        lingering &= reply.is_none();
                         records.push(self.pending(event, reply));
                         if records.len() < MAX_GROUP {
                             next = rx.try_recv().ok();
@@ -332,10 +355,14 @@ impl Worker {
                         // Keep order: commit the records queued before it first.
                         self.commit_records(std::mem::take(&mut records)).await;
                         let _ = reply.send(self.commit_batch(events).await);
+                        lingering = false;
+                        next = rx.try_recv().ok();
                     }
                     Command::Flush(reply) => {
                         self.commit_records(std::mem::take(&mut records)).await;
                         let _ = reply.send(());
+                        lingering = false;
+                        next = rx.try_recv().ok();
                     }
                 }
             }

@@ -18,7 +18,9 @@ pub use insert::{Inserter, Outcome};
 pub use read::Aggregate;
 pub use rollup::add as add_totals;
 pub use schema::SCHEMA_VERSION;
-pub use writer::{Counters, LogLevel, WriteJob, MAX_GROUP, QUEUE_CAPACITY};
+pub use writer::{
+    Counters, LogLevel, WriteJob, GROUP_LINGER, LINGER_NAP, MAX_GROUP, QUEUE_CAPACITY,
+};
 
 use crate::clock::Clock;
 use crate::error::{CoreError, CoreResult};

@@ -40,9 +40,9 @@ use std::time::{Duration, Instant};
 pub const MAX_GROUP: usize = 10_000;
 /// How long queued events that no caller waits on gather before they commit
 /// (a flush, a batch, a commit-durability record or a full group ends it).
-const GROUP_LINGER: Duration = Duration::from_millis(10);
+pub const GROUP_LINGER: Duration = Duration::from_millis(10);
 /// While gathering, how often the writer looks for a flush or a caller who waits.
-const LINGER_NAP: Duration = Duration::from_millis(1);
+pub const LINGER_NAP: Duration = Duration::from_millis(1);
 /// Capacity of the queue between callers and the writer.
 pub const QUEUE_CAPACITY: usize = 100_000;
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
