@@ -8,6 +8,7 @@ mod calendar;
 mod chain;
 mod coarse;
 mod grouped;
+mod pairs;
 mod read;
 mod row_security;
 mod schema;
