@@ -37,7 +37,7 @@ fn hour_bit(t: &str) -> String {
 }
 
 /// The UTC day of the time column `t`.
-fn day_of_sql(t: &str) -> String {
+pub fn day_of_sql(t: &str) -> String {
     format!("({t} - ((({t} % {DAY_US}) + {DAY_US}) % {DAY_US}))")
 }
 

@@ -280,7 +280,11 @@ pub fn source(
             "NULL::text AS model, NULL::text AS action",
         )
     } else {
-        ("usage_daily", "usage_rollup", "NULLIF(model, '') AS model, action")
+        (
+            "usage_daily",
+            "usage_rollup",
+            "NULLIF(model, '') AS model, action",
+        )
     };
     for (table, time, ranges) in [(daily, "day", &plan.days), (hourly, "hour", &plan.hours)] {
         let columns = format!(

@@ -12,7 +12,7 @@
 //! (`calendar::hourly_upsert_sql`, from the batch's pre-summed hourly rows);
 //! recounts (purge edge, reprice) recount them from `usage_rollup`.
 
-use super::calendar::summed_totals;
+use super::calendar::{day_of_sql, summed_totals};
 use super::coarse::DAY_OF_TS;
 use super::grouped::{self, Level, HOUR_OF_TS};
 use crate::error::CoreResult;
@@ -34,35 +34,37 @@ pub const DAILY_PAIR: Level = Level {
     keys: &["namespace", "agent_id", "consumer_id"],
 };
 
+/// One table of totals per `$time` × namespace × agent × consumer.
+macro_rules! pair_table {
+    ($table:literal, $time:literal) => {
+        concat!(
+            "DROP TABLE IF EXISTS {s}.", $table, ";
+CREATE TABLE {s}.", $table, " (
+    ", $time, " BIGINT NOT NULL, namespace TEXT NOT NULL, agent_id TEXT NOT NULL, consumer_id TEXT NOT NULL,
+    events BIGINT NOT NULL, tokens_in BIGINT NOT NULL, tokens_out BIGINT NOT NULL,
+    cache_read_tokens BIGINT NOT NULL, cache_write_tokens BIGINT NOT NULL,
+    duration_ms BIGINT NOT NULL, api_calls BIGINT NOT NULL, units BIGINT NOT NULL,
+    cost_nanos BIGINT, unpriced_events BIGINT NOT NULL,
+    PRIMARY KEY (", $time, ", namespace, agent_id, consumer_id)
+);
+"
+        )
+    };
+}
+
 /// Both tables, empty (dropped first, so that a schema whose version was
 /// wound back is counted afresh); `fill` counts them from `usage_rollup`.
-pub const MIGRATION: &str = r#"
-DROP TABLE IF EXISTS {s}.usage_hourly_pair;
-DROP TABLE IF EXISTS {s}.usage_daily_pair;
-CREATE TABLE {s}.usage_hourly_pair (
-    hour BIGINT NOT NULL, namespace TEXT NOT NULL, agent_id TEXT NOT NULL, consumer_id TEXT NOT NULL,
-    events BIGINT NOT NULL, tokens_in BIGINT NOT NULL, tokens_out BIGINT NOT NULL,
-    cache_read_tokens BIGINT NOT NULL, cache_write_tokens BIGINT NOT NULL,
-    duration_ms BIGINT NOT NULL, api_calls BIGINT NOT NULL, units BIGINT NOT NULL,
-    cost_nanos BIGINT, unpriced_events BIGINT NOT NULL,
-    PRIMARY KEY (hour, namespace, agent_id, consumer_id)
+pub const MIGRATION: &str = concat!(
+    pair_table!("usage_hourly_pair", "hour"),
+    pair_table!("usage_daily_pair", "day")
 );
-CREATE TABLE {s}.usage_daily_pair (
-    day BIGINT NOT NULL, namespace TEXT NOT NULL, agent_id TEXT NOT NULL, consumer_id TEXT NOT NULL,
-    events BIGINT NOT NULL, tokens_in BIGINT NOT NULL, tokens_out BIGINT NOT NULL,
-    cache_read_tokens BIGINT NOT NULL, cache_write_tokens BIGINT NOT NULL,
-    duration_ms BIGINT NOT NULL, api_calls BIGINT NOT NULL, units BIGINT NOT NULL,
-    cost_nanos BIGINT, unpriced_events BIGINT NOT NULL,
-    PRIMARY KEY (day, namespace, agent_id, consumer_id)
-);
-"#;
 
 /// `level`'s rows summed from the `usage_rollup`-shaped rows `from` (alias
 /// `r`, with an `hour` column), in key order.
 fn summed_from(level: &Level, from: &str) -> String {
     let time = match level.time {
-        "day" => "r.hour - (((r.hour % 86400000000) + 86400000000) % 86400000000)",
-        _ => "r.hour",
+        "day" => day_of_sql("r.hour"),
+        _ => "r.hour".to_string(),
     };
     format!(
         "SELECT {time}, r.namespace, r.agent_id, r.consumer_id, {} FROM {from} \
@@ -123,7 +125,11 @@ pub async fn recount_hours(c: &impl GenericClient, s: &str, hours: &[i64]) -> Co
         )
         .await?;
         c.execute(
-            &format!("INSERT INTO {s}.{} {}", level.table, summed_from(level, &from)),
+            &format!(
+                "INSERT INTO {s}.{} {}",
+                level.table,
+                summed_from(level, &from)
+            ),
             &[&times],
         )
         .await?;

@@ -125,7 +125,10 @@ fn add_rows(
     let rows = read::totals_query(sql, |sql| {
         let mut stmt = conn.prepare_cached(sql)?;
         let rows = stmt.query_map(params_from_iter(params.iter()), |row| {
-            Ok((row.get::<_, String>(0)?, read::aggregate_from_row(row, None, 1)?))
+            Ok((
+                row.get::<_, String>(0)?,
+                read::aggregate_from_row(row, None, 1)?,
+            ))
         })?;
         rows.collect::<rusqlite::Result<Vec<_>>>()
     })?;
