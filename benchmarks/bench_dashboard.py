@@ -7,8 +7,9 @@ port of 127.0.0.1, over the 1,000,000-event store ``bench_ledger.py`` builds and
 (``/tmp/usagewarden-bench-1m.db``: 30 days of January 2026, 50 agents, 5 consumers, 4
 models, one namespace; built here with its builder if missing).
 
-For each of three time ranges of the dashboard's picker (the 30 days of the data, a week
-and a day within them), the client sends, one after the other on one keep-alive
+For each of four time ranges of the dashboard's picker (the 30 days of the data, a week
+and a day within them, and a week ending at an instant inside an hour, as the page's
+"now − 7 days .. now" is), the client sends, one after the other on one keep-alive
 connection, exactly the requests one refresh of the page sends (``static/app.js``): the
 summary; totals per agent, consumer and model; the budgets and their settings; the
 buckets of the range (days, or hours for the day) in Europe/Paris, in all and for each of
@@ -293,7 +294,15 @@ def ledger_for(kind: str, rebuild: bool) -> Iterator[Ledger]:
         with uw.PostgresStore(cluster.dsn(), schema=schema) as pg:
             loaded = sum(pg.record_batch(b) for b in bench_ledger.dataset_events(READ_EVENTS))
         with psycopg.connect(cluster.dsn(), autocommit=True) as c:
-            for table in ("usage_events", "usage_rollup", "usage_daily"):
+            for table in (
+                "usage_events",
+                "usage_rollup",
+                "usage_daily",
+                "usage_hourly_model",
+                "usage_presence",
+                "usage_hourly_pair",
+                "usage_daily_pair",
+            ):
                 c.execute(f"VACUUM ANALYZE {schema}.{table}")
         print(
             f"ledger: PostgreSQL {cluster.sql('SHOW server_version')} (loopback, fsync off), "
@@ -312,6 +321,12 @@ def run(ledger: Ledger, rounds: int) -> int:
         ("30 days (every event)", start, data_end),
         ("7 days", start + timedelta(days=10), start + timedelta(days=17)),
         ("24 hours", start + timedelta(days=20), start + timedelta(days=21)),
+        # As the page asks (now − 7 days .. now): edges inside hours and days.
+        (
+            "7 days to 07:23:41",
+            start + timedelta(days=10, hours=7, minutes=23, seconds=41),
+            start + timedelta(days=17, hours=7, minutes=23, seconds=41),
+        ),
     ]
     missed: list[str] = []
     with running_server(ledger) as base:

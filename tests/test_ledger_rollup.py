@@ -1,5 +1,6 @@
 """The pre-aggregated totals (per hour and per UTC day × namespace × agent ×
-consumer × model × action, per hour × namespace, per hour × namespace × model)
+consumer × model × action, per hour × namespace, per hour × namespace × model,
+and on PostgreSQL per hour and per UTC day × namespace × agent × consumer)
 give what the events themselves give, on both stores, through records,
 purges that cut an hour and reprices: every ``group_by`` in zones whose bucket
 edges are off the hour, summaries and distinct counts, over ranges whose edges
@@ -163,7 +164,8 @@ def shape(a: uw.Aggregate) -> dict[str, Any]:
 def filter_sets(draw: Callable[..., Any]) -> list[dict[str, Any]]:
     """The namespace alone, a range whose edges cut hours (and holds whole UTC
     days or not), filters on columns the totals keep and on the task (which
-    they do not), and a model alone (the per-model hours), bounded or not."""
+    they do not), an agent within a namespace (the totals per agent ×
+    consumer), and a model alone (the per-model hours), bounded or not."""
     window = draw(st.sampled_from(WINDOWS))
     start = window - dt.timedelta(seconds=draw(st.integers(0, 40 * 3600)))
     end = window + dt.timedelta(seconds=draw(st.integers(0, 40 * 3600)), microseconds=17)
@@ -171,6 +173,7 @@ def filter_sets(draw: Callable[..., Any]) -> list[dict[str, Any]]:
         {"namespace": "ns", "start": start, "end": end},
         {"model": "m1", "agent_id": "a1", "start": start},
         {"consumer_id": "Z", "end": end},
+        {"namespace": "other", "agent_id": "a2", "start": start, "end": end},
         {"namespace": "ns", "action": "tool:search", "task_id": "t1"},
         {"namespace": "ns", "model": "M2", "start": start, "end": end},
         {"model": "m1"},
@@ -248,12 +251,18 @@ def test_pre_aggregated_totals_equal_the_events_through_purges_and_reprices(
             check(store, filter_sets(data.draw))
 
 
+#: The PostgreSQL schema version of the calendar tables (the per-model hours
+#: and the presence masks); the totals per agent × consumer come after it.
+CALENDAR_VERSION = 7
+
+
 def test_a_postgres_ledger_from_before_the_calendar_tables_gets_them_filled(
     postgres_cluster: Any,
 ) -> None:
-    """Wound back to before the per-model hours and the presence masks, a
-    ledger fills them from its hourly totals on opening: buckets, in every
-    zone, equal the events again."""
+    """Wound back to before the per-model hours, the presence masks and the
+    totals per agent × consumer, a ledger fills them from its hourly totals
+    on opening: buckets in every zone, summaries and totals per agent equal
+    the events again."""
     schema = postgres_cluster.new_schema()
     start = dt.datetime(2026, 6, 9, 20, 17, tzinfo=UTC)
     recorded = [
@@ -273,13 +282,14 @@ def test_a_postgres_ledger_from_before_the_calendar_tables_gets_them_filled(
     with uw.PostgresStore(postgres_cluster.dsn(), schema=schema) as store:
         store.record_batch(recorded)
         store.flush()
-    # The calendar tables' migration is the 7th; the later ones run again too.
     postgres_cluster.sql(
         f"DROP TABLE {schema}.usage_hourly_model; DROP TABLE {schema}.usage_presence; "
-        f"DELETE FROM {schema}.schema_version WHERE version >= 7"
+        f"DROP TABLE {schema}.usage_hourly_pair; DROP TABLE {schema}.usage_daily_pair; "
+        f"DELETE FROM {schema}.schema_version WHERE version >= {CALENDAR_VERSION}"
     )
     with uw.PostgresStore(postgres_cluster.dsn(), schema=schema) as store:
-        assert postgres_cluster.sql(f"SELECT COUNT(*) FROM {schema}.usage_presence") != "0"
+        for table in ("usage_presence", "usage_hourly_pair", "usage_daily_pair"):
+            assert postgres_cluster.sql(f"SELECT COUNT(*) FROM {schema}.{table}") != "0"
         middle = start + dt.timedelta(hours=40, minutes=5)
         check(
             store,
@@ -287,5 +297,6 @@ def test_a_postgres_ledger_from_before_the_calendar_tables_gets_them_filled(
                 {"namespace": "ns"},
                 {"namespace": "ns", "model": "m1", "start": start, "end": middle},
                 {"start": middle},
+                {"namespace": "ns", "agent_id": "a2", "start": start, "end": middle},
             ],
         )

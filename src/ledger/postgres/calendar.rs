@@ -37,7 +37,7 @@ fn hour_bit(t: &str) -> String {
 }
 
 /// The UTC day of the time column `t`.
-fn day_of_sql(t: &str) -> String {
+pub fn day_of_sql(t: &str) -> String {
     format!("({t} - ((({t} % {DAY_US}) + {DAY_US}) % {DAY_US}))")
 }
 
@@ -49,7 +49,7 @@ pub const HOURLY_MODEL: Level = Level {
 };
 
 /// The columns the totals rows are summed into, saturating like every total.
-fn summed_totals() -> String {
+pub fn summed_totals() -> String {
     ["events"]
         .into_iter()
         .chain(COUNTERS)
@@ -116,7 +116,8 @@ GROUP BY 1, 2, 3, 4, 5;
 /// The writer's statement for a batch's hourly rows (the parameters of
 /// `grouped::upsert_rows_sql` for `HOURLY`): adds them to `usage_rollup`
 /// and, summed from the same rows, to both calendar tables, each in key
-/// order so that concurrent writers lock shared rows in one order.
+/// order so that concurrent writers lock shared rows in one order; and to
+/// the tables of `super::pairs`.
 pub fn hourly_upsert_sql(s: &str) -> String {
     let models = format!(
         "SELECT hour, namespace, model, {} FROM b GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
@@ -128,8 +129,9 @@ pub fn hourly_upsert_sql(s: &str) -> String {
          presence AS ( \
              INSERT INTO {s}.usage_presence AS p {presence} ORDER BY 1, 2, 3, 4, 5 \
              ON CONFLICT (day, namespace, model, kind, id) DO UPDATE SET hours = p.hours | excluded.hours \
-         ) {rollup}",
+         ), {pairs} {rollup}",
         rows = grouped::unnest_rows(&HOURLY),
+        pairs = super::pairs::upserts_from_batch(s),
         columns = grouped::row_columns(&HOURLY).join(", "),
         models = grouped::upsert_select_sql(s, &HOURLY_MODEL, &models),
         presence = presence_of_rollup("b r"),

@@ -13,7 +13,7 @@ use crate::ledger::rollup_plan::{day_of, DAY_US};
 use deadpool_postgres::GenericClient;
 
 /// The day (UTC µs) an event's timestamp falls in, in SQL.
-const DAY_OF_TS: &str = "(ts - (((ts % 86400000000) + 86400000000) % 86400000000))";
+pub const DAY_OF_TS: &str = "(ts - (((ts % 86400000000) + 86400000000) % 86400000000))";
 
 pub const DAILY: Level = Level {
     table: "usage_daily",

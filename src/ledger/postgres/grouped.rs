@@ -197,6 +197,7 @@ pub async fn recount_hours(c: &impl GenericClient, s: &str, hours: &[i64]) -> Co
     )
     .await?;
     super::coarse::recount_days_of(c, s, hours).await?;
+    super::pairs::recount_hours(c, s, hours).await?;
     super::calendar::recount_hours(c, s, hours).await
 }
 
@@ -211,7 +212,19 @@ pub async fn after_purge(c: &impl GenericClient, s: &str, cutoff_us: i64) -> Cor
     .await?;
     super::coarse::drop_days_before(c, s, edge).await?;
     super::calendar::drop_before(c, s, edge).await?;
+    super::pairs::drop_before(c, s, edge).await?;
     recount_hours(c, s, &[edge]).await
+}
+
+/// What the rows of `source` must keep.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Keys {
+    /// Every key column.
+    All,
+    /// Namespace, agent and consumer: model and action may be NULL, and
+    /// the totals per agent × consumer (`super::pairs`) are read where
+    /// they keep the filters.
+    Pairs,
 }
 
 /// Rows of one shape — `ts, namespace, agent_id, consumer_id, model, action,
@@ -219,7 +232,13 @@ pub async fn after_purge(c: &impl GenericClient, s: &str, cutoff_us: i64) -> Cor
 /// planned hours and from the events of the rest, with `$n` placeholders
 /// appended to `params`. A filter on the task reads only events (the plan
 /// then has no hours).
-pub fn source(s: &str, filters: &Filters, plan: &Plan, params: &mut Vec<Param>) -> String {
+pub fn source(
+    s: &str,
+    filters: &Filters,
+    plan: &Plan,
+    keys: Keys,
+    params: &mut Vec<Param>,
+) -> String {
     let counters = COUNTERS.join(", ");
     let mut parts = Vec::new();
     let mut part = |table: &str,
@@ -253,12 +272,23 @@ pub fn source(s: &str, filters: &Filters, plan: &Plan, params: &mut Vec<Param>) 
             terms.join(" AND ")
         ));
     };
-    for (table, time, ranges) in [
-        ("usage_daily", "day", &plan.days),
-        ("usage_rollup", "hour", &plan.hours),
-    ] {
+    let pairs = keys == Keys::Pairs && super::pairs::answers(filters);
+    let (daily, hourly, model_action) = if pairs {
+        (
+            super::pairs::DAILY_PAIR.table,
+            super::pairs::HOURLY_PAIR.table,
+            "NULL::text AS model, NULL::text AS action",
+        )
+    } else {
+        (
+            "usage_daily",
+            "usage_rollup",
+            "NULLIF(model, '') AS model, action",
+        )
+    };
+    for (table, time, ranges) in [(daily, "day", &plan.days), (hourly, "hour", &plan.hours)] {
         let columns = format!(
-            "{time} AS ts, namespace, agent_id, consumer_id, NULLIF(model, '') AS model, action, \
+            "{time} AS ts, namespace, agent_id, consumer_id, {model_action}, \
              events, {counters}, cost_nanos, unpriced_events"
         );
         part(table, time, "<", ranges, columns, false, params);

@@ -8,6 +8,7 @@ mod calendar;
 mod chain;
 mod coarse;
 mod grouped;
+mod pairs;
 mod read;
 mod request_keys;
 mod row_security;

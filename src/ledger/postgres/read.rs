@@ -2,7 +2,7 @@
 //! value is a bound parameter.
 
 use super::calendar;
-use super::grouped;
+use super::grouped::{self, Keys};
 use super::writer::{saturate, COUNTERS};
 use crate::error::CoreResult;
 use crate::ledger::buckets::{parse_tz, GroupBy, TimeUnit};
@@ -214,7 +214,7 @@ fn with_next(
 async fn count(c: &impl GenericClient, s: &str, filters: &Filters) -> CoreResult<u64> {
     let mut params = Vec::new();
     let plan = plan_of(c, s, filters, None).await?;
-    let source = grouped::source(s, filters, &plan, &mut params);
+    let source = grouped::source(s, filters, &plan, Keys::Pairs, &mut params);
     let sql = format!("SELECT COALESCE(SUM(events), 0)::int8 FROM ({source}) src");
     let row = c.query_one(&sql, &refs(&params)).await?;
     Ok(row.get::<_, i64>(0) as u64)
@@ -429,7 +429,11 @@ pub async fn aggregate(
         Some(plan) => plan,
         None => plan_of(c, s, filters, buckets).await?,
     };
-    let source = grouped::source(s, filters, &plan, &mut params);
+    let kept = match group_by {
+        GroupBy::Model | GroupBy::Action => Keys::All,
+        _ => Keys::Pairs,
+    };
+    let source = grouped::source(s, filters, &plan, kept, &mut params);
     let partial_sums: Vec<String> = COUNTERS
         .iter()
         .map(|c| format!("SUM({c}) AS {c}"))
@@ -489,7 +493,7 @@ pub async fn aggregate(
 pub async fn summary(c: &impl GenericClient, s: &str, filters: &Filters) -> CoreResult<Aggregate> {
     let mut params = Vec::new();
     let plan = plan_of(c, s, filters, None).await?;
-    let source = grouped::source(s, filters, &plan, &mut params);
+    let source = grouped::source(s, filters, &plan, Keys::Pairs, &mut params);
     // Folded per (agent, consumer) first: the distinct counts then sort a
     // few rows, not every pre-aggregated one.
     let folded: Vec<String> = ["events"]
@@ -519,7 +523,7 @@ pub async fn distinct(
     };
     let mut params = Vec::new();
     let plan = plan_of(c, s, filters, None).await?;
-    let source = grouped::source(s, filters, &plan, &mut params);
+    let source = grouped::source(s, filters, &plan, Keys::Pairs, &mut params);
     let sql = format!(
         "SELECT {column}, SUM(events)::int8 FROM ({source}) src GROUP BY 1 ORDER BY {column} COLLATE \"C\""
     );

@@ -83,6 +83,9 @@ ALTER TABLE {s}.usage_events ADD COLUMN artifact_digest TEXT;
     super::calendar::MIGRATION,
     // A narrower `request_keys` (`super::request_keys`).
     super::request_keys::MIGRATION,
+    // Totals per hour and per UTC day × namespace × agent × consumer
+    // (`super::pairs`).
+    super::pairs::MIGRATION,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -144,6 +147,9 @@ pub async fn migrate(client: &mut Client, schema: &str) -> CoreResult<()> {
         }
         if *sql == super::grouped::MIGRATION {
             super::grouped::fill(&tx, &quoted).await?;
+        }
+        if *sql == super::pairs::MIGRATION {
+            super::pairs::fill(&tx, &quoted).await?;
         }
         tx.execute(
             &format!("INSERT INTO \"{schema}\".schema_version VALUES ($1)"),

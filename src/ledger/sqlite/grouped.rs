@@ -21,12 +21,12 @@ const COUNTED: &str = "tokens_in, tokens_out, cache_read_tokens, cache_write_tok
 
 /// Sums over `source` rows (as `read`'s totals over events), then the
 /// distinct counts.
-const TOTALS: &str = "COALESCE(SUM(events), 0), COALESCE(SUM(tokens_in), 0), COALESCE(SUM(tokens_out), 0), \
+pub(super) const TOTALS: &str = "COALESCE(SUM(events), 0), COALESCE(SUM(tokens_in), 0), COALESCE(SUM(tokens_out), 0), \
      COALESCE(SUM(cache_read_tokens), 0), COALESCE(SUM(cache_write_tokens), 0), COALESCE(SUM(duration_ms), 0), \
      COALESCE(SUM(api_calls), 0), COALESCE(SUM(units), 0), SUM(cost_nanos), COALESCE(SUM(unpriced_events), 0)";
 
 /// The plan of `filters`' range, if the grouped totals answer the filters.
-fn plan_of(filters: &Filters) -> Option<Plan> {
+pub(super) fn plan_of(filters: &Filters) -> Option<Plan> {
     if !rollup_plan::answers(filters) {
         return None;
     }
@@ -54,7 +54,7 @@ fn key_terms(filters: &Filters, params: &mut Vec<Value>) -> Vec<String> {
 /// Rows of one shape — `ts, namespace, agent_id, consumer_id, model,
 /// action, events, …counted, unpriced_events` — from the totals of the
 /// planned hours and from the events of the rest.
-fn source(filters: &Filters, plan: &Plan) -> (String, Vec<Value>) {
+pub(super) fn source(filters: &Filters, plan: &Plan) -> (String, Vec<Value>) {
     let mut params = Vec::new();
     let mut parts = Vec::new();
     let mut part = |table: &str,
@@ -63,23 +63,18 @@ fn source(filters: &Filters, plan: &Plan) -> (String, Vec<Value>) {
                     upper: &str,
                     columns: &str,
                     params: &mut Vec<Value>| {
-        if ranges.is_empty() {
-            return;
+        // One part per range: ranges joined by OR make SQLite gather the
+        // rows' keys in a set first (a multi-index OR), twice the cost.
+        for &(a, b) in ranges {
+            let mut terms = key_terms(filters, params);
+            params.push(Value::Integer(a));
+            params.push(Value::Integer(b));
+            terms.push(format!("{time} >= ? AND {time} {upper} ?"));
+            parts.push(format!(
+                "SELECT {columns} FROM {table} WHERE {}",
+                terms.join(" AND ")
+            ));
         }
-        let mut terms = key_terms(filters, params);
-        let spans: Vec<String> = ranges
-            .iter()
-            .map(|&(a, b)| {
-                params.push(Value::Integer(a));
-                params.push(Value::Integer(b));
-                format!("({time} >= ? AND {time} {upper} ?)")
-            })
-            .collect();
-        terms.push(format!("({})", spans.join(" OR ")));
-        parts.push(format!(
-            "SELECT {columns} FROM {table} WHERE {}",
-            terms.join(" AND ")
-        ));
     };
     for (table, time, ranges) in [
         ("usage_daily", "day", &plan.days),
@@ -158,6 +153,9 @@ pub fn aggregate_by_key(
     let Some(plan) = plan_of(filters).filter(|_| !matches!(group_by, GroupBy::Time(_))) else {
         return read::aggregate_rows(conn, group_by, tz, filters);
     };
+    if group_by == GroupBy::Model && rollup::per_model_hours_answer(filters) {
+        return super::models::aggregate_by_model(conn, filters, &plan);
+    }
     Ok(grouped_in_rust(conn, group_by.sql(), filters, &plan)?)
 }
 

@@ -6,6 +6,7 @@ mod coarse;
 mod faults;
 mod grouped;
 mod insert;
+mod models;
 mod read;
 mod reprice;
 mod rollup;

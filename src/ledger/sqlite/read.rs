@@ -176,7 +176,7 @@ const TOTALS: &str = "COUNT(*), COALESCE(SUM(tokens_in), 0), COALESCE(SUM(tokens
      COUNT(DISTINCT agent_id), COUNT(DISTINCT consumer_id)";
 
 /// `TOTALS` with constant zeros in place of the distinct counts.
-const TOTALS_WITHOUT_DISTINCT: &str = "COUNT(*), COALESCE(SUM(tokens_in), 0), COALESCE(SUM(tokens_out), 0), \
+pub(super) const TOTALS_WITHOUT_DISTINCT: &str = "COUNT(*), COALESCE(SUM(tokens_in), 0), COALESCE(SUM(tokens_out), 0), \
      COALESCE(SUM(cache_read_tokens), 0), COALESCE(SUM(cache_write_tokens), 0), COALESCE(SUM(duration_ms), 0), \
      COALESCE(SUM(api_calls), 0), COALESCE(SUM(units), 0), SUM(cost_nanos), COUNT(*) - COUNT(cost_nanos), 0, 0";
 

@@ -325,14 +325,7 @@ pub(super) fn fill_grouped(conn: &Connection) -> rusqlite::Result<()> {
 /// time only (from `usage_hourly`, or `usage_hourly_model` for a model), or
 /// `None` when other filters call for the grouped totals or the events.
 pub fn totals(conn: &Connection, filters: &Filters) -> CoreResult<Option<Aggregate>> {
-    let only_namespace_model_and_time = Filters {
-        namespace: filters.namespace.clone(),
-        model: filters.model.clone(),
-        start_us: filters.start_us,
-        end_us: filters.end_us,
-        ..Filters::default()
-    } == *filters;
-    if !only_namespace_model_and_time || !crate::ledger::rollup_plan::answers(filters) {
+    if !per_model_hours_answer(filters) {
         return Ok(None);
     }
     // Whole hours from the table, the partial hours at either end from the events.
@@ -361,6 +354,19 @@ pub fn totals(conn: &Connection, filters: &Filters) -> CoreResult<Option<Aggrega
         }
     }
     Ok(Some(total))
+}
+
+/// Whether the per-model hours (and `usage_hourly`) keep every filter of
+/// `filters`: namespace, model and time only.
+pub(super) fn per_model_hours_answer(filters: &Filters) -> bool {
+    let only_namespace_model_and_time = Filters {
+        namespace: filters.namespace.clone(),
+        model: filters.model.clone(),
+        start_us: filters.start_us,
+        end_us: filters.end_us,
+        ..Filters::default()
+    } == *filters;
+    only_namespace_model_and_time && crate::ledger::rollup_plan::answers(filters)
 }
 
 fn whole_hours(
