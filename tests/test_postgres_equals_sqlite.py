@@ -127,3 +127,39 @@ def test_labels_are_not_only_equal_but_right(tmp_path: Path, postgres_cluster: A
         assert hours == [("2026-11-01T01:00-04:00", 1), ("2026-11-01T01:00-05:00", 1)]
         days = [(a.group, a.events) for a in pg.aggregate("day", tz="America/New_York")]
         assert days == [("2026-11-01", 2)]
+
+
+@pytest.mark.parametrize(
+    ("zone", "instants"),
+    [
+        # Monrovia at -00:44:30: local midnight falls inside a 15-minute UTC slot.
+        ("Africa/Monrovia", ["1970-06-01T00:44:29", "1970-06-01T00:44:30"]),
+        # St. John's fell back at 00:01 local (02:31 UTC): one slot holds two days.
+        ("America/St_Johns", ["2006-10-29T02:30:30", "2006-10-29T02:35:00"]),
+    ],
+)
+@pytest.mark.parametrize("task_id", [None, "t1"])
+def test_a_bucket_edge_inside_a_utc_slot_splits_it(
+    tmp_path: Path, postgres_cluster: Any, zone: str, instants: list[str], task_id: str | None
+) -> None:
+    """Days as Python's own zone data labels them, on both stores, whether
+    the read uses the hourly totals or (with a task filter) the events."""
+    from zoneinfo import ZoneInfo
+
+    times = [dt.datetime.fromisoformat(t).replace(tzinfo=UTC) for t in instants]
+    evs = [
+        uw.UsageEvent("a", "c", task_id="t1", timestamp=t, request_id=str(i))
+        for i, t in enumerate(times)
+    ]
+    want = sorted({t.astimezone(ZoneInfo(zone)).date().isoformat(): 1 for t in times}.items())
+    assert len(want) == 2  # the two instants are a day apart in local time
+    lite = uw.SQLiteStore(tmp_path / "edge.db")
+    pg = uw.PostgresStore(postgres_cluster.dsn(), schema=postgres_cluster.new_schema())
+    with lite, pg:
+        got = []
+        for store in (lite, pg):
+            store.record_batch(evs)
+            days = [(a.group, a.events) for a in store.aggregate("day", tz=zone, task_id=task_id)]
+            assert sorted(days) == want, store
+            got.append(days)
+        assert got[0] == got[1]  # in the same order too

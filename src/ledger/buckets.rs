@@ -172,6 +172,37 @@ pub fn bucket_bounds(ts_us: i64, unit: TimeUnit, tz: Tz) -> Option<(i64, i64)> {
     Some((first_instant(first, tz)?, first_instant(next, tz)?))
 }
 
+/// The zone's UTC offset at `ts_us`, in seconds.
+pub fn offset_at(ts_us: i64, tz: Tz) -> Option<i32> {
+    let utc = DateTime::from_timestamp_micros(ts_us)?.naive_utc();
+    Some(tz.offset_from_utc_datetime(&utc).fix().local_minus_utc())
+}
+
+/// Whether every instant of `[start, end)` carries the label `here`, given
+/// that its two ends do. Only a clock change inside can break that (a
+/// fall-back across the bucket's edge, as St. John's at 00:01): the first
+/// instant of the new offset and the one before it must carry `here` too.
+/// Zones change their offset at most once within a bucket's span of days.
+pub fn uniform_between(start: i64, end: i64, unit: TimeUnit, tz: Tz, here: &str) -> bool {
+    let (Some(first), Some(last)) = (offset_at(start, tz), offset_at(end - 1, tz)) else {
+        return false;
+    };
+    if first == last {
+        return true;
+    }
+    // The first instant at the last offset: the clock change.
+    let (mut before, mut after) = (start, end - 1);
+    while after - before > 1 {
+        let mid = before + (after - before) / 2;
+        if offset_at(mid, tz) == Some(last) {
+            after = mid;
+        } else {
+            before = mid;
+        }
+    }
+    label(after, unit, tz) == here && label(after - 1, unit, tz) == here
+}
+
 pub const SLOT_US: i64 = 15 * 60 * 1_000_000;
 const CACHE_SLOTS: usize = 4096;
 

@@ -10,9 +10,8 @@
 //! Monrovia's −00:44:30 of 1970) cut some hours in two: those hours are read
 //! from the events too, so that each row of totals lies in one bucket.
 
-use crate::ledger::buckets::{label, TimeUnit};
+use crate::ledger::buckets::{label, offset_at, TimeUnit};
 use crate::ledger::filters::Filters;
-use chrono::{DateTime, Offset, TimeZone};
 use chrono_tz::Tz;
 
 pub const HOUR_US: i64 = 3_600_000_000;
@@ -157,12 +156,6 @@ fn push_events(events: &mut Vec<(i64, i64)>, start: i64, end: i64) {
     }
 }
 
-/// The zone's UTC offset at `ts_us`, in seconds.
-fn offset_at(ts_us: i64, tz: Tz) -> Option<i32> {
-    let utc = DateTime::from_timestamp_micros(ts_us)?.naive_utc();
-    Some(tz.offset_from_utc_datetime(&utc).fix().local_minus_utc())
-}
-
 /// Whether the hour starting at `h` holds more than one bucket of `unit`.
 /// Without a clock change inside it (offsets equal at both ends; zones
 /// change at most once an hour), a whole-hour offset puts every local
@@ -184,7 +177,7 @@ mod tests {
     use crate::ledger::buckets::parse_tz;
 
     fn us(rfc3339: &str) -> i64 {
-        DateTime::parse_from_rfc3339(rfc3339)
+        chrono::DateTime::parse_from_rfc3339(rfc3339)
             .unwrap()
             .timestamp_micros()
     }

@@ -336,9 +336,27 @@ fn local(column: &str, tz: usize) -> String {
 /// Memory for one grouped read's hash tables, on the reader's session.
 const GROUPING_WORK_MEM: &str = "SET work_mem = '64MB'";
 
-/// The 15-minute UTC slot (µs) an event falls in: every zone's offset
-/// changes only on such a boundary, so a slot lies in one local bucket.
+/// The 15-minute UTC slot (µs) an event falls in. Today's offsets are whole
+/// quarter-hours and change on such boundaries, so a slot lies in one local
+/// bucket; a slot that does not (an old local mean time, a change at 00:01)
+/// is seen by its two ends' buckets, and the read is then made per event.
 const SLOT_OF_TS: &str = "(ts - (((ts % 900000000) + 900000000) % 900000000))";
+/// The last microsecond of the slot starting at `part`.
+const SLOT_END: &str = "(part + 899999999)";
+
+/// A calendar bucket's key columns for the instant `at`: its local start,
+/// and its UTC offset in seconds for hours (two hours of a fall-back share
+/// a local start) or 0.
+fn bucket_keys(unit: TimeUnit, at: &str) -> (String, String) {
+    let local = local(at, 1);
+    let offset = match unit {
+        TimeUnit::Hour => format!(
+            "EXTRACT(EPOCH FROM {local} - ((TIMESTAMPTZ 'epoch' + {at} * INTERVAL '1 microsecond') AT TIME ZONE 'UTC'))::int4"
+        ),
+        _ => "0".into(),
+    };
+    (format!("date_trunc('{}', {local})", unit.name()), offset)
+}
 
 /// A bucket's label from its local start (and, for hours, its UTC offset),
 /// formatted exactly as the SQLite store formats it.
@@ -380,21 +398,10 @@ pub async fn aggregate(
     let (part, keys, order) = match group_by {
         GroupBy::Time(unit) => {
             params.push(Box::new(tz.to_string()));
-            let local = local("part", 1);
-            let offset = match unit {
-                // Two hours of a fall-back share a local start; the offset tells them apart.
-                TimeUnit::Hour => format!(
-                    "EXTRACT(EPOCH FROM {local} - ({} AT TIME ZONE 'UTC'))::int4",
-                    "(TIMESTAMPTZ 'epoch' + part * INTERVAL '1 microsecond')"
-                ),
-                _ => "0".into(),
-            };
+            let (start, offset) = bucket_keys(unit, "part");
             (
                 SLOT_OF_TS.to_string(),
-                format!(
-                    "date_trunc('{}', {local}) AS k0, {offset} AS k1",
-                    unit.name()
-                ),
+                format!("{start} AS k0, {offset} AS k1"),
                 "MIN(first_ts)",
             )
         }
@@ -450,31 +457,60 @@ pub async fn aggregate(
     // calendar buckets over pre-aggregated hours, which are folded per hour
     // already: those are grouped as they are (in half the time).
     let fold = plan.hours.is_empty() || !matches!(group_by, GroupBy::Time(_));
-    let partial = if fold {
+    let partial = |part: &str| {
+        if fold {
+            format!(
+                "SELECT {part} AS part, agent_id, consumer_id, MIN(ts) AS first_ts, \
+                        SUM(events) AS events, {partial_sums}, \
+                        SUM(cost_nanos) AS cost_nanos, SUM(events - unpriced_events) AS priced \
+                 FROM ({source}) src GROUP BY 1, 2, 3",
+                partial_sums = partial_sums.join(", "),
+            )
+        } else {
+            format!(
+                "SELECT ts AS part, agent_id, consumer_id, ts AS first_ts, events, {counters}, \
+                        cost_nanos, events - unpriced_events AS priced FROM ({source}) src",
+                counters = COUNTERS.join(", "),
+            )
+        }
+    };
+    // Slots folded into calendar buckets: whether any slot's two ends fall
+    // in different buckets (last column).
+    let slot_check = match group_by {
+        GroupBy::Time(unit) if fold => {
+            let (start, offset) = bucket_keys(unit, "part");
+            let (end, end_offset) = bucket_keys(unit, SLOT_END);
+            Some(format!(
+                "bool_or({start} <> {end} OR {offset} <> {end_offset})"
+            ))
+        }
+        _ => None,
+    };
+    let grouped = |part: &str, check: Option<&str>| {
         format!(
-            "SELECT {part} AS part, agent_id, consumer_id, MIN(ts) AS first_ts, \
-                    SUM(events) AS events, {partial_sums}, \
-                    SUM(cost_nanos) AS cost_nanos, SUM(events - unpriced_events) AS priced \
-             FROM ({source}) src GROUP BY 1, 2, 3",
-            partial_sums = partial_sums.join(", "),
-        )
-    } else {
-        format!(
-            "SELECT ts AS part, agent_id, consumer_id, ts AS first_ts, events, {counters}, \
-                    cost_nanos, events - unpriced_events AS priced FROM ({source}) src",
-            counters = COUNTERS.join(", "),
+            "SELECT {keys}, MIN(first_ts), {sums}, \
+                    COUNT(DISTINCT agent_id)::int8, COUNT(DISTINCT consumer_id)::int8, \
+                    {check} \
+             FROM ({partial}) p GROUP BY 1, 2 ORDER BY {order}",
+            sums = sums.join(", "),
+            check = check.unwrap_or("false"),
+            partial = partial(part),
         )
     };
-    let sql = format!(
-        "SELECT {keys}, MIN(first_ts), {sums}, \
-                COUNT(DISTINCT agent_id)::int8, COUNT(DISTINCT consumer_id)::int8 \
-         FROM ({partial}) p GROUP BY 1, 2 ORDER BY {order}",
-        sums = sums.join(", "),
-    );
     // The partial totals are hashed in memory: at the default 4 MB they
     // would spill to disk for a ledger of a few hundred thousand events.
     c.batch_execute(GROUPING_WORK_MEM).await?;
-    let rows = c.query(&sql, &refs(&params)).await?;
+    let mut rows = c
+        .query(&grouped(&part, slot_check.as_deref()), &refs(&params))
+        .await?;
+    if slot_check.is_some()
+        && rows
+            .iter()
+            .any(|r| r.get::<_, Option<bool>>(15) == Some(true))
+    {
+        // A slot straddles a bucket edge: per event instead.
+        rows = c.query(&grouped("ts", None), &refs(&params)).await?;
+    }
     Ok(match group_by {
         GroupBy::Time(unit) => rows
             .iter()

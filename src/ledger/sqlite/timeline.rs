@@ -6,8 +6,9 @@
 //! is summed over its `ts` range: its whole hours from the pre-aggregated
 //! totals, the hours its edges cut (zones off the hour) from the events. Empty stretches are skipped by asking for
 //! the next event's time, so the cost follows the buckets that hold events.
-//! A bucket whose two ends carry different labels (a clock change inside it
-//! in an unusual place) is grouped row by row with the `uw_bucket` function.
+//! A bucket whose instants do not all carry its label (a clock change inside
+//! it in an unusual place, such as a fall-back across midnight) is grouped
+//! row by row with the `uw_bucket` function.
 //!
 //! Distinct agents and consumers per bucket are counted by probing the
 //! `(agent_id, ts)` and `(consumer_id, ts)` indexes once per known value,
@@ -17,7 +18,7 @@
 use super::grouped;
 use super::read::{self, Aggregate};
 use crate::error::CoreResult;
-use crate::ledger::buckets::{bucket_bounds, label, GroupBy, TimeUnit};
+use crate::ledger::buckets::{bucket_bounds, label, uniform_between, GroupBy, TimeUnit};
 use crate::ledger::filters::Filters;
 use chrono_tz::Tz;
 use rusqlite::{params_from_iter, Connection};
@@ -161,7 +162,10 @@ pub fn aggregate_by_time(
         let mut range = filters.clone();
         range.start_us = Some(range.start_us.map_or(start, |s| s.max(start)));
         range.end_us = Some(range.end_us.map_or(end - 1, |e| e.min(end - 1)));
-        if label(start, unit, tz) == here && label(end - 1, unit, tz) == here {
+        if label(start, unit, tz) == here
+            && label(end - 1, unit, tz) == here
+            && uniform_between(start, end, unit, tz, &here)
+        {
             let mut totals = match &probes {
                 Some((agents, consumers)) => {
                     let mut totals = grouped::totals_without_distinct(conn, &range)?;
