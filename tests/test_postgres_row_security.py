@@ -235,3 +235,26 @@ def test_bad_grants_name_the_argument_and_change_nothing(
 def test_a_sqlite_store_has_no_grants(tmp_path: Any) -> None:
     with uw.SQLiteStore(tmp_path / "l.db") as store:
         assert not hasattr(store, "grant_namespace")
+
+
+def test_tables_a_migration_adds_are_readable_by_roles_granted_before(ledger: Ledger) -> None:
+    """An upgrade that adds tables (here the calendar and pair totals, made
+    again) gives the roles granted before it read access to them."""
+    role = ledger.role()
+    ledger.owner.grant_namespace(role, "team-a")
+    s = ledger.schema
+    ledger.owner.close()
+    ledger.cluster.sql(
+        f"DROP TABLE {s}.usage_hourly_model; DROP TABLE {s}.usage_presence; "
+        f"DROP TABLE {s}.usage_hourly_pair; DROP TABLE {s}.usage_daily_pair; "
+        f"DELETE FROM {s}.schema_version WHERE version >= 7"
+    )
+    ledger.owner = uw.PostgresStore(ledger.cluster.dsn(), schema=s, durability="commit")
+    owner = ledger.owner
+    with ledger.reader(role) as reader:
+        assert totals([reader.summary()]) == totals([owner.summary(namespace="team-a")])
+        assert totals(reader.aggregate("agent")) == totals(
+            owner.aggregate("agent", namespace="team-a")
+        )
+        assert totals(reader.aggregate("day")) == totals(owner.aggregate("day", namespace="team-a"))
+        assert reader.summary(namespace="team-b").events == 0

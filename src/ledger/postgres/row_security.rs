@@ -42,14 +42,9 @@ pub async fn grant(
     let role_sql = existing_role(tx, role).await?;
     check_id("namespace", namespace)?;
     protect(tx, s, schema_name).await?;
-    let mut grants = format!("GRANT USAGE ON SCHEMA {s} TO {role_sql}; ");
-    for table in namespaced_tables(tx, schema_name).await? {
-        grants.push_str(&format!("GRANT SELECT ON {s}.\"{table}\" TO {role_sql}; "));
-    }
-    grants.push_str(&format!(
-        "GRANT SELECT ON {s}.schema_version, {s}.namespace_grants TO {role_sql};"
-    ));
-    tx.batch_execute(&grants).await?;
+    let tables = namespaced_tables(tx, schema_name).await?;
+    tx.batch_execute(&read_access(s, &tables, &role_sql))
+        .await?;
     tx.execute(
         &format!("INSERT INTO {s}.namespace_grants VALUES ($1, $2) ON CONFLICT DO NOTHING"),
         &[&role, &namespace],
@@ -102,9 +97,22 @@ pub async fn enabled(c: &impl GenericClient, s: &str) -> CoreResult<bool> {
     Ok(row.get(0))
 }
 
+/// The statements that let `role_sql` (quoted) read `tables` of schema `s`.
+fn read_access(s: &str, tables: &[String], role_sql: &str) -> String {
+    let mut grants = format!("GRANT USAGE ON SCHEMA {s} TO {role_sql}; ");
+    for table in tables {
+        grants.push_str(&format!("GRANT SELECT ON {s}.\"{table}\" TO {role_sql}; "));
+    }
+    grants.push_str(&format!(
+        "GRANT SELECT ON {s}.schema_version, {s}.namespace_grants TO {role_sql};"
+    ));
+    grants
+}
+
 /// Row security and the policy on every table with a namespace, and on the
 /// grants themselves (a role sees only its own). Run again after a
-/// migration, so a table added later is protected too.
+/// migration, so a table added later is protected too, and readable by the
+/// roles already granted a namespace.
 pub async fn protect(
     tx: &tokio_postgres::Transaction<'_>,
     s: &str,
@@ -116,7 +124,8 @@ pub async fn protect(
          DROP POLICY IF EXISTS {POLICY} ON {s}.namespace_grants; \
          CREATE POLICY {POLICY} ON {s}.namespace_grants FOR SELECT USING (role = current_user); "
     );
-    for table in namespaced_tables(tx, schema_name).await? {
+    let tables = namespaced_tables(tx, schema_name).await?;
+    for table in &tables {
         let t = format!("{s}.\"{table}\"");
         ddl.push_str(&format!(
             "ALTER TABLE {t} ENABLE ROW LEVEL SECURITY; \
@@ -126,6 +135,21 @@ pub async fn protect(
                                WHERE g.role = current_user) \
                  AND COALESCE(current_setting('{SETTING}', true), '') IN ('', namespace)); "
         ));
+    }
+    // Names read back from `pg_roles`, so only existing roles, quoted.
+    let granted = tx
+        .query(
+            &format!(
+                "SELECT DISTINCT r.rolname::text FROM {s}.namespace_grants g \
+                 JOIN pg_roles r ON r.rolname = g.role ORDER BY 1"
+            ),
+            &[],
+        )
+        .await?;
+    for row in granted {
+        let name: String = row.get(0);
+        let role_sql = format!("\"{}\"", name.replace('"', "\"\""));
+        ddl.push_str(&read_access(s, &tables, &role_sql));
     }
     tx.batch_execute(&ddl).await?;
     Ok(())
