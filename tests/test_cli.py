@@ -15,6 +15,7 @@ import usagewarden as uw
 from click.testing import CliRunner
 from operator_helpers import KEYS_TOML, known_events, seed
 from usagewarden.cli import cli, main
+from usagewarden.cli._ledger_access import describe
 from usagewarden.cli._times import point_in_time, zone
 
 UTC = dt.timezone.utc
@@ -397,6 +398,20 @@ def test_an_unreachable_postgres_is_one_line_without_its_password() -> None:
     else:
         assert "needs the PostgreSQL backend" in line
     assert "s3cret-pw" not in line
+
+
+@pytest.mark.parametrize(
+    "db",
+    [
+        "postgresql://ops@127.0.0.1:1/usage?password=s3cret-pw",
+        "postgresql://ops:s3cret%2Dpw@127.0.0.1:1/usage?sslmode=disable",
+        "host=127.0.0.1 port=1 user=ops password='s3cret-pw' dbname=usage",
+    ],
+)
+def test_a_password_in_a_query_or_a_dsn_is_never_shown(db: str) -> None:
+    line = failure("stats", "--db", db)
+    assert "s3cret" not in line
+    assert "s3cret" not in describe(db)
 
 
 def test_point_in_time_parses_what_the_help_promises() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -40,25 +42,54 @@ def is_postgres(db: str) -> bool:
     return db.startswith(_POSTGRES_SCHEMES)
 
 
+#: libpq parameters whose values are secrets (in a URL's query or a ``key=value`` DSN).
+_SECRET_PARAMETERS = ("password", "sslpassword")
+#: ``password=value`` or ``password='quoted value'`` in a ``key=value`` DSN.
+_DSN_SECRET = re.compile(r"\b((?:ssl)?password)\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+
+
+def _secrets(db: str) -> list[str]:
+    """The passwords ``db`` holds, as written and decoded."""
+    found: list[str] = []
+    if "://" in db:
+        parts = urllib.parse.urlsplit(db)
+        if parts.password:
+            found.append(parts.netloc.rsplit("@", 1)[0].split(":", 1)[1])
+            found.append(parts.password)
+        for name, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
+            if name.lower() in _SECRET_PARAMETERS and value:
+                found.append(value)
+                found.append(urllib.parse.quote(value, safe=""))
+    found.extend(m.group(2).strip("'") for m in _DSN_SECRET.finditer(db))
+    # Longest first, so a secret containing another is masked whole.
+    return sorted({v for v in found if v}, key=len, reverse=True)
+
+
 def describe(db: str) -> str:
-    """``db`` as it can be shown: a URL without its password."""
-    if "://" not in db or "@" not in db:
-        return db
-    scheme, rest = db.split("://", 1)
-    credentials, host = rest.rsplit("@", 1)
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}@{host}" if user else f"{scheme}://{host}"
+    """``db`` as it can be shown: a path, or a URL or DSN without its password."""
+    if "://" not in db:
+        return _DSN_SECRET.sub(lambda m: f"{m.group(1)}=***", db)
+    parts = urllib.parse.urlsplit(db)
+    netloc = parts.netloc
+    if "@" in netloc:
+        credentials, host = netloc.rsplit("@", 1)
+        user = credentials.split(":", 1)[0]
+        netloc = f"{user}@{host}" if user else host
+    query = "&".join(
+        f"{pair.split('=', 1)[0]}=***"
+        if pair.split("=", 1)[0].lower() in _SECRET_PARAMETERS
+        else pair
+        for pair in parts.query.split("&")
+        if pair
+    )
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def _without_password(db: str, error: Exception) -> str:
-    """``error``'s message with the URL's password, if any, masked."""
+    """``error``'s message with every password ``db`` holds masked."""
     message = " ".join(str(error).split())
-    if "://" in db and "@" in db:
-        credentials = db.split("://", 1)[1].rsplit("@", 1)[0]
-        if ":" in credentials:
-            password = credentials.split(":", 1)[1]
-            if password:
-                message = message.replace(password, "***")
+    for secret in _secrets(db):
+        message = message.replace(secret, "***")
     return message
 
 
@@ -70,7 +101,9 @@ def open_ledger(
     path = sqlite_path(db)
     if path is not None:
         if must_exist and not path.exists():
-            raise CommandError(f"no ledger at {str(path)!r}: give its path with --db or ${DB_ENV}")
+            raise CommandError(
+                f"no ledger at {describe(str(path))!r}: give its path with --db or ${DB_ENV}"
+            )
         if path.is_dir():
             raise CommandError(f"--db: {str(path)!r} is a directory, not a ledger file")
         store_class = uw.AsyncSQLiteStore if asynchronous else uw.SQLiteStore
