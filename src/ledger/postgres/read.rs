@@ -394,21 +394,27 @@ pub async fn aggregate(
 ) -> CoreResult<Vec<Aggregate>> {
     let mut params: Vec<Param> = Vec::new();
     // The partial totals' key, the group key columns `k0, k1` computed from
-    // it, and how groups are ordered.
-    let (part, keys, order) = match group_by {
+    // it, how groups are ordered, and for calendar buckets whether any slot's
+    // two ends fall in different buckets.
+    let (part, keys, order, straddles) = match group_by {
         GroupBy::Time(unit) => {
             params.push(Box::new(tz.to_string()));
             let (start, offset) = bucket_keys(unit, "part");
+            let (end, end_offset) = bucket_keys(unit, SLOT_END);
             (
                 SLOT_OF_TS.to_string(),
                 format!("{start} AS k0, {offset} AS k1"),
                 "MIN(first_ts)",
+                Some(format!(
+                    "bool_or({start} <> {end} OR {offset} <> {end_offset})"
+                )),
             )
         }
         _ => (
             group_by.sql().to_string(),
             "part AS k0, 0 AS k1".to_string(),
             "part COLLATE \"C\" NULLS FIRST",
+            None,
         ),
     };
     let buckets = match group_by {
@@ -474,18 +480,8 @@ pub async fn aggregate(
             )
         }
     };
-    // Slots folded into calendar buckets: whether any slot's two ends fall
-    // in different buckets (last column).
-    let slot_check = match group_by {
-        GroupBy::Time(unit) if fold => {
-            let (start, offset) = bucket_keys(unit, "part");
-            let (end, end_offset) = bucket_keys(unit, SLOT_END);
-            Some(format!(
-                "bool_or({start} <> {end} OR {offset} <> {end_offset})"
-            ))
-        }
-        _ => None,
-    };
+    // Only slots folded into calendar buckets can straddle an edge (last column).
+    let slot_check = straddles.filter(|_| fold);
     let grouped = |part: &str, check: Option<&str>| {
         format!(
             "SELECT {keys}, MIN(first_ts), {sums}, \
