@@ -129,7 +129,16 @@ def run_wrk(url: str, seconds: float, connections: int) -> dict[str, float]:
     errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     if errors is not None:
         raise RuntimeError(f"{url}: {errors.group(1)} non-2xx responses")
-    return {"rps": rps, "p50": p50, "p99": p99}
+    count = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    return {"rps": rps, "p50": p50, "p99": p99, "requests": count}
+
+
+def server_cpu_seconds(pid: int) -> float:
+    """The CPU time of every thread of process `pid` (Linux /proc), so far: what a
+    request costs the server, whatever else shares the machine's cores."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def bench_app(kind: str, seconds: float, rounds: int, connections: int) -> dict[str, float]:
@@ -144,32 +153,51 @@ def bench_app(kind: str, seconds: float, rounds: int, connections: int) -> dict[
                 wait_listening(port)
                 url = f"http://127.0.0.1:{port}/items/7"
                 run_wrk(url, 1, connections)  # warm-up
-                results.append(run_wrk(url, seconds, connections))
+                cpu_before = server_cpu_seconds(server.pid)
+                result = run_wrk(url, seconds, connections)
+                cpu = server_cpu_seconds(server.pid) - cpu_before
+                result["cpu_us"] = cpu / result["requests"] * 1e6
+                results.append(result)
             finally:
                 server.terminate()
                 server.wait(30)
-    return {key: statistics.median(r[key] for r in results) for key in ("rps", "p50", "p99")}
+    keys = ("rps", "p50", "p99", "cpu_us")
+    return {key: statistics.median(r[key] for r in results) for key in keys}
 
 
 # ---------------------------------------------------------------- the calls
 
 
+def now() -> tuple[float, float]:
+    """Wall time and this thread's CPU time: on a shared machine the CPU time is the
+    steadier figure (other processes' work is not counted in it)."""
+    return time.perf_counter(), time.thread_time()
+
+
+def since(start: tuple[float, float]) -> tuple[float, float]:
+    wall, cpu = now()
+    return wall - start[0], cpu - start[1]
+
+
 def per_call_us(
-    fn: Callable[[int], float], n: int, rounds: int, before: Callable[[], None]
-) -> float:
-    """Median over `rounds` of the seconds `fn(n)` reports for n calls, per call, in µs.
+    fn: Callable[[int], tuple[float, float]], n: int, rounds: int, before: Callable[[], None]
+) -> tuple[float, float]:
+    """Medians over `rounds` of the wall and CPU seconds `fn(n)` reports for n calls, per
+    call, in µs.
 
     `before` runs untimed ahead of each round: it flushes the stores, so that every
     round measures the call (queueing the event) rather than the writer's commit rate
     once the bounded queue has filled."""
-    times = []
+    walls, cpus = [], []
     for _ in range(rounds):
         before()
-        times.append(fn(n) / n * 1e6)
-    return statistics.median(times)
+        wall, cpu = fn(n)
+        walls.append(wall / n * 1e6)
+        cpus.append(cpu / n * 1e6)
+    return statistics.median(walls), statistics.median(cpus)
 
 
-def bench_calls(n: int, rounds: int) -> list[tuple[str, float, str]]:
+def bench_calls(n: int, rounds: int) -> list[tuple[str, float, float, str]]:
     import usagewarden as uw
 
     limits = uw.RateLimits(requests_per_minute=10**12, total_tokens_per_minute=10**15)
@@ -182,26 +210,38 @@ def bench_calls(n: int, rounds: int) -> list[tuple[str, float, str]]:
         uw.RateLimiter(limits), uw.AsyncSQLiteStore(tmp / "wa.db"), agent_id="b"
     )
 
-    def sync_record(k: int) -> float:
-        t = time.perf_counter()
+    def sync_record(k: int) -> tuple[float, float]:
+        record = sync_store.record
+        t = now()
         for _ in range(k):
-            sync_store.record(event)
-        return time.perf_counter() - t
+            record(event)
+        return since(t)
 
-    def call_blocking(k: int) -> float:
-        t = time.perf_counter()
+    def async_record(k: int) -> tuple[float, float]:
+        record = async_store.record
+
+        async def main() -> tuple[float, float]:
+            t = now()
+            for _ in range(k):
+                await record(event)
+            return since(t)
+
+        return asyncio.run(main())
+
+    def call_blocking(k: int) -> tuple[float, float]:
+        t = now()
         for _ in range(k):
             with sync_warden.call_blocking("gpt-4o", input_tokens=100, max_output_tokens=50) as c:
                 c.settle(output_tokens=20, cost=0.0001)
-        return time.perf_counter() - t
+        return since(t)
 
-    def on_loop(body: Callable[[], Awaitable[Any]]) -> Callable[[int], float]:
-        def timed(k: int) -> float:
-            async def main() -> float:
-                t = time.perf_counter()
+    def on_loop(body: Callable[[], Awaitable[Any]]) -> Callable[[int], tuple[float, float]]:
+        def timed(k: int) -> tuple[float, float]:
+            async def main() -> tuple[float, float]:
+                t = now()
                 for _ in range(k):
                     await body()
-                return time.perf_counter() - t
+                return since(t)
 
             return asyncio.run(main())
 
@@ -211,9 +251,9 @@ def bench_calls(n: int, rounds: int) -> list[tuple[str, float, str]]:
         async with async_warden.call("gpt-4o", input_tokens=100, max_output_tokens=50) as c:
             c.settle(output_tokens=20, cost=0.0001)
 
-    rows: list[tuple[str, Callable[[int], float], int]] = [
+    rows: list[tuple[str, Callable[[int], tuple[float, float]], int]] = [
         ("store.record (SQLiteStore)", sync_record, n),
-        ("await store.record (AsyncSQLiteStore)", on_loop(lambda: async_store.record(event)), n),
+        ("await store.record (AsyncSQLiteStore)", async_record, n),
         ("with warden.call_blocking + settle + record", call_blocking, n // 4),
         ("async with warden.call + settle + record", on_loop(warden_call), n // 4),
         ("await asyncio.sleep(0)  (floor: loop round trip)", on_loop(lambda: asyncio.sleep(0)), n),
@@ -229,16 +269,19 @@ def bench_calls(n: int, rounds: int) -> list[tuple[str, float, str]]:
         for store in stores:
             store.flush()  # type: ignore[attr-defined]
 
-    measured = [(name, per_call_us(fn, k, rounds, flush_all)) for name, fn, k in rows]
+    measured = [(name, *per_call_us(fn, k, rounds, flush_all)) for name, fn, k in rows]
     sync_store.flush()
     sync_store.close()
     async_store.blocking().close()
     shutil.rmtree(tmp, ignore_errors=True)
     twins = {1: 0, 3: 2}
     out = []
-    for i, (name, us) in enumerate(measured):
-        ratio = f"{us / measured[twins[i]][1]:.1f}x the sync twin" if i in twins else ""
-        out.append((name, us, ratio))
+    for i, (name, wall, cpu) in enumerate(measured):
+        ratio = ""
+        if i in twins:
+            _, twin_wall, twin_cpu = measured[twins[i]]
+            ratio = f"{wall / twin_wall:.1f}x / {cpu / twin_cpu:.1f}x the sync twin"
+        out.append((name, wall, cpu, ratio))
     return out
 
 
@@ -262,17 +305,19 @@ def main() -> None:
         f"uvicorn {uvicorn.__version__}, {os.cpu_count()} cores; "
         f"wrk -t1 -c{args.connections} -d{seconds:g}s, median of {rounds} round(s)\n"
     )
-    print(f"{'call':<62}{'us/call':>10}")
-    for name, us, ratio in bench_calls(n, 3 if args.quick else 5):
-        print(f"{name:<62}{us:>10.2f}  {ratio}")
+    print(f"{'call':<62}{'wall us':>10}{'CPU us':>9}")
+    for name, wall, cpu, ratio in bench_calls(n, 3 if args.quick else 5):
+        print(f"{name:<62}{wall:>10.2f}{cpu:>9.2f}  {ratio}")
     print()
     results = {kind: bench_app(kind, seconds, rounds, args.connections) for kind in APPS}
     bare = results["bare"]
-    print(f"{'app':<22}{'requests/s':>12}{'p50 ms':>9}{'p99 ms':>9}   vs bare")
+    header = f"{'app':<22}{'requests/s':>12}{'p50 ms':>9}{'p99 ms':>9}{'server CPU us/req':>19}"
+    print(f"{header}   vs bare")
     for kind, r in results.items():
         print(
-            f"{kind:<22}{r['rps']:>12,.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}   "
-            f"{r['rps'] / bare['rps']:.2f}x requests/s, p99 {r['p99'] - bare['p99']:+.2f} ms"
+            f"{kind:<22}{r['rps']:>12,.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}{r['cpu_us']:>19.1f}   "
+            f"{r['rps'] / bare['rps']:.2f}x requests/s, p99 {r['p99'] - bare['p99']:+.2f} ms, "
+            f"CPU per request {r['cpu_us'] / bare['cpu_us']:.2f}x"
         )
     metered, slow = results["ratelimit+metering"]["rps"], results["slowapi"]["rps"]
     print(f"\nrate limiting + metering vs slowapi: {metered / slow:.2f}x requests/s")

@@ -50,7 +50,7 @@ def reference_headers(decision: uw.Decision) -> dict[str, str]:
         remaining = remaining_of(decision, limit.dimension)
         values = {
             "Limit": f"{limit.amount:g}" if isinstance(limit.amount, float) else str(limit.amount),
-            "Remaining": f"{remaining:g}",
+            "Remaining": f"{remaining:g}" if isinstance(remaining, float) else str(remaining),
             "Reset": str(math.ceil(reset)),
         }
         for name, value in values.items():

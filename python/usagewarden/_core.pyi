@@ -181,13 +181,13 @@ class Reservation:
         _exc: BaseException | None = None,
         _tb: TracebackType | None = None,
     ) -> bool: ...
-    def __aenter__(self) -> AcquireCoroutine[Reservation]: ...
-    def __aexit__(
+    async def __aenter__(self) -> Reservation: ...
+    async def __aexit__(
         self,
         exc_type: type[BaseException] | None = None,
         _exc: BaseException | None = None,
         _tb: TracebackType | None = None,
-    ) -> AcquireCoroutine[bool]: ...
+    ) -> bool: ...
 
 @final
 class Decision:

@@ -31,10 +31,11 @@ impl Amount {
         }
     }
 
-    fn as_f64(self) -> f64 {
+    /// A count as an integer, USD as Python's `format(x, "g")`.
+    fn text(self) -> String {
         match self {
-            Amount::Count(n) => n as f64,
-            Amount::Usd(usd) => usd,
+            Amount::Count(n) => n.to_string(),
+            Amount::Usd(usd) => format_g(usd),
         }
     }
 
@@ -47,8 +48,66 @@ impl Amount {
     }
 }
 
-/// The headers in the order they are sent, names in their usual case.
-pub fn rate_limit_headers(source: &HeaderSource<'_>) -> Vec<(&'static str, String)> {
+/// One rate-limit header; its position in [`Header::ALL`] is its index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Header {
+    Limit,
+    XLimit,
+    Remaining,
+    XRemaining,
+    Reset,
+    XReset,
+    Policy,
+    RateLimit,
+    RetryAfter,
+}
+
+impl Header {
+    pub const ALL: [Header; 9] = [
+        Header::Limit,
+        Header::XLimit,
+        Header::Remaining,
+        Header::XRemaining,
+        Header::Reset,
+        Header::XReset,
+        Header::Policy,
+        Header::RateLimit,
+        Header::RetryAfter,
+    ];
+
+    /// The name in its usual case.
+    pub fn name(self) -> &'static str {
+        match self {
+            Header::Limit => "RateLimit-Limit",
+            Header::XLimit => "X-RateLimit-Limit",
+            Header::Remaining => "RateLimit-Remaining",
+            Header::XRemaining => "X-RateLimit-Remaining",
+            Header::Reset => "RateLimit-Reset",
+            Header::XReset => "X-RateLimit-Reset",
+            Header::Policy => "RateLimit-Policy",
+            Header::RateLimit => "RateLimit",
+            Header::RetryAfter => "Retry-After",
+        }
+    }
+
+    /// The name as ASGI sends it (lower case).
+    pub fn lower_name(self) -> &'static str {
+        match self {
+            Header::Limit => "ratelimit-limit",
+            Header::XLimit => "x-ratelimit-limit",
+            Header::Remaining => "ratelimit-remaining",
+            Header::XRemaining => "x-ratelimit-remaining",
+            Header::Reset => "ratelimit-reset",
+            Header::XReset => "x-ratelimit-reset",
+            Header::Policy => "ratelimit-policy",
+            Header::RateLimit => "ratelimit",
+            Header::RetryAfter => "retry-after",
+        }
+    }
+}
+
+/// The headers in the order they are sent.
+pub fn rate_limit_headers(source: &HeaderSource<'_>) -> Vec<(Header, String)> {
     let mut headers = Vec::with_capacity(9);
     if let Some(limit) = source.limit {
         let window = ns_to_seconds(limit.window_ns());
@@ -62,18 +121,16 @@ pub fn rate_limit_headers(source: &HeaderSource<'_>) -> Vec<(&'static str, Strin
             limit.dimension,
             remaining_of(source.remaining, limit.dimension),
         );
-        let amount_text = match amount {
-            Amount::Count(n) => n.to_string(),
-            Amount::Usd(usd) => format_g(usd),
-        };
-        let remaining_text = format_g(remaining.as_f64());
+        let amount_text = amount.text();
+        // A count stays an integer at any size: clients parse these with int().
+        let remaining_text = remaining.text();
         let reset_text = reset.to_string();
-        headers.push(("RateLimit-Limit", amount_text.clone()));
-        headers.push(("X-RateLimit-Limit", amount_text));
-        headers.push(("RateLimit-Remaining", remaining_text.clone()));
-        headers.push(("X-RateLimit-Remaining", remaining_text));
-        headers.push(("RateLimit-Reset", reset_text.clone()));
-        headers.push(("X-RateLimit-Reset", reset_text));
+        headers.push((Header::Limit, amount_text.clone()));
+        headers.push((Header::XLimit, amount_text));
+        headers.push((Header::Remaining, remaining_text.clone()));
+        headers.push((Header::XRemaining, remaining_text));
+        headers.push((Header::Reset, reset_text.clone()));
+        headers.push((Header::XReset, reset_text));
         let name = structured_string(&limit.name());
         let mut policy = format!("{name};q={};w={}", amount.quota(), ceil(window));
         match limit.dimension {
@@ -81,9 +138,9 @@ pub fn rate_limit_headers(source: &HeaderSource<'_>) -> Vec<(&'static str, Strin
             Dimension::Cost => policy.push_str(";qu=\"usd-micros\""),
             _ => policy.push_str(";qu=\"tokens\""),
         }
-        headers.push(("RateLimit-Policy", policy));
+        headers.push((Header::Policy, policy));
         headers.push((
-            "RateLimit",
+            Header::RateLimit,
             format!("{name};r={};t={reset}", remaining.quota().max(0)),
         ));
     }
@@ -93,7 +150,7 @@ pub fn rate_limit_headers(source: &HeaderSource<'_>) -> Vec<(&'static str, Strin
             (None, Some(limit)) => ns_to_seconds(limit.window_ns()),
             (None, None) => 1.0,
         };
-        headers.push(("Retry-After", ceil(wait).max(1).to_string()));
+        headers.push((Header::RetryAfter, ceil(wait).max(1).to_string()));
     }
     headers
 }
@@ -159,6 +216,33 @@ mod tests {
     use super::*;
     use crate::limits::Unit;
 
+    #[test]
+    fn each_header_sits_at_its_index() {
+        for (i, header) in Header::ALL.iter().enumerate() {
+            assert_eq!(*header as usize, i);
+            assert_eq!(header.lower_name(), header.name().to_ascii_lowercase());
+        }
+    }
+
+    #[test]
+    fn a_large_count_stays_an_integer() {
+        let limit = LimitSpec::new(Dimension::TotalTokens, Unit::Minute, 2_000_000);
+        let left = Usage {
+            input_tokens: 1_999_900,
+            output_tokens: 1_999_900,
+            ..Usage::ZERO
+        };
+        let headers = rate_limit_headers(&HeaderSource {
+            allowed: true,
+            retry_after_ns: None,
+            limit: Some(&limit),
+            remaining: &left,
+        });
+        assert!(headers.contains(&(Header::Limit, "2000000".into())));
+        assert!(headers.contains(&(Header::Remaining, "1999900".into())));
+        assert!(headers.contains(&(Header::XRemaining, "1999900".into())));
+    }
+
     /// Python's own output for each value (`format(x, "g")`).
     #[test]
     fn format_g_writes_what_python_writes() {
@@ -199,10 +283,10 @@ mod tests {
             limit: Some(&limit),
             remaining: &left,
         });
-        let get = |name: &str| {
+        let get = |name: &'static str| {
             headers
                 .iter()
-                .find(|(n, _)| *n == name)
+                .find(|(header, _)| header.name() == name)
                 .map(|(_, v)| v.as_str())
         };
         assert_eq!(get("RateLimit-Remaining"), Some("200"));

@@ -19,8 +19,22 @@ use crate::usage::Usage;
 use parking_lot::Mutex;
 use pyo3::exceptions::{PyRuntimeError, PyStopIteration};
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::PyTuple;
 use std::sync::Arc;
+
+/// An awaitable that returns `value` on its first step, never yielding to the
+/// loop: `usagewarden._completed.completed(value)`, a native coroutine, which
+/// the interpreter creates and finishes faster than any object built here.
+pub(crate) fn completed<'py>(
+    py: Python<'py>,
+    value: impl IntoPyObject<'py>,
+) -> PyResult<Bound<'py, PyAny>> {
+    static COMPLETED: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    COMPLETED
+        .import(py, "usagewarden._completed", "completed")?
+        .call1((value,))
+}
 
 pub(crate) struct AcquireArgs {
     pub(crate) limiter: Arc<dyn Limiter>,
@@ -33,14 +47,12 @@ pub(crate) struct AcquireArgs {
 enum State {
     /// Not started: nothing is recorded until the first `send`.
     Pending(AcquireArgs),
-    /// Already resolved (used for `__aenter__`/`__aexit__`).
-    Ready(Py<PyAny>),
     /// Parked on an asyncio future: `(future, its __await__ iterator)`.
     Waiting(Py<PyAny>, Py<PyAny>),
     Finished,
 }
 
-/// A coroutine object over one acquire (or an already-known value).
+/// A coroutine object over one acquire.
 #[pyclass(name = "AcquireCoroutine", module = "usagewarden._core")]
 pub struct AcquireCoroutine {
     state: Mutex<State>,
@@ -62,12 +74,6 @@ impl AcquireCoroutine {
     pub(crate) fn pending(args: AcquireArgs) -> AcquireCoroutine {
         AcquireCoroutine {
             state: Mutex::new(State::Pending(args)),
-        }
-    }
-
-    pub(crate) fn ready(value: Py<PyAny>) -> AcquireCoroutine {
-        AcquireCoroutine {
-            state: Mutex::new(State::Ready(value)),
         }
     }
 
@@ -126,7 +132,6 @@ impl AcquireCoroutine {
                 out.map(Bound::unbind)
             }
             State::Pending(args) if method == "send" => self.start(py, args),
-            State::Ready(value) if method == "send" => Err(stop(py, value)),
             State::Finished if method == "send" => Err(PyRuntimeError::new_err(
                 "cannot reuse already awaited coroutine",
             )),
@@ -156,10 +161,9 @@ impl AcquireCoroutine {
     }
 
     fn __next__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        // The first step of an `await`: a value already known, or a request
-        // admitted at once, finishes here without building an argument tuple.
+        // The first step of an `await`: a request admitted at once finishes
+        // here without building an argument tuple.
         match self.take() {
-            State::Ready(value) => Err(stop(py, value)),
             State::Pending(args) => self.start(py, args),
             other => {
                 *self.state.lock() = other;

@@ -6,7 +6,7 @@ use super::limits::{PyLimit, PyRateLimits};
 use super::reservation::PyReservation;
 use super::usage::PyUsage;
 use crate::clock::ns_to_seconds;
-use crate::limiter::headers::{rate_limit_headers, HeaderSource};
+use crate::limiter::headers::{rate_limit_headers, Header, HeaderSource};
 use crate::limiter::{Decision, LimiterSnapshot, RateLimiter, Reservation};
 use crate::limits::LimitSpec;
 use crate::usage::Usage;
@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 pub(crate) fn key_object(py: Python<'_>, key: Option<&Bound<'_, PyAny>>) -> Py<PyAny> {
@@ -117,8 +118,8 @@ impl PyDecision {
     /// `Retry-After` when refused.
     fn rate_limit_headers<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let headers = PyDict::new(py);
-        for (name, value) in rate_limit_headers(&self.header_source()) {
-            headers.set_item(name, value)?;
+        for (header, value) in rate_limit_headers(&self.header_source()) {
+            headers.set_item(header.name(), value)?;
         }
         Ok(headers)
     }
@@ -126,11 +127,19 @@ impl PyDecision {
     /// The same headers for an ASGI response: `(name, value)` byte pairs,
     /// names in lower case.
     fn asgi_rate_limit_headers<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        // The names are the same bytes objects on every response.
+        static NAMES: PyOnceLock<Vec<Py<PyBytes>>> = PyOnceLock::new();
+        let names = NAMES.get_or_init(py, || {
+            Header::ALL
+                .iter()
+                .map(|header| PyBytes::new(py, header.lower_name().as_bytes()).unbind())
+                .collect()
+        });
         let pairs = rate_limit_headers(&self.header_source())
             .into_iter()
-            .map(|(name, value)| {
+            .map(|(header, value)| {
                 (
-                    PyBytes::new(py, name.to_ascii_lowercase().as_bytes()),
+                    names[header as usize].clone_ref(py),
                     PyBytes::new(py, value.as_bytes()),
                 )
             });

@@ -1,7 +1,7 @@
 //! `usagewarden.Reservation`: admitted usage to settle or cancel.
 
 use super::args;
-use super::asyncio::AcquireCoroutine;
+use super::asyncio::completed;
 use super::errors::IntoPyResult;
 use super::usage::PyUsage;
 use crate::clock::ns_to_seconds;
@@ -108,22 +108,20 @@ impl PyReservation {
         self.exit(py, exc_type)
     }
 
-    fn __aenter__(slf: &Bound<'_, Self>) -> AcquireCoroutine {
-        AcquireCoroutine::ready(slf.clone().into_any().unbind())
+    fn __aenter__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        completed(slf.py(), slf)
     }
 
     #[pyo3(signature = (exc_type=None, _exc=None, _tb=None))]
-    fn __aexit__(
+    fn __aexit__<'py>(
         &self,
-        py: Python<'_>,
-        exc_type: Option<&Bound<'_, PyAny>>,
+        py: Python<'py>,
+        exc_type: Option<&Bound<'py, PyAny>>,
         _exc: Option<&Bound<'_, PyAny>>,
         _tb: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<AcquireCoroutine> {
+    ) -> PyResult<Bound<'py, PyAny>> {
         let suppress = self.exit(py, exc_type)?;
-        Ok(AcquireCoroutine::ready(
-            suppress.into_pyobject(py)?.to_owned().into_any().unbind(),
-        ))
+        completed(py, suppress)
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {

@@ -17,7 +17,7 @@ use crate::ledger::sqlite::{
 };
 use crate::ledger::store::MeteringStore;
 use crate::python::args;
-use crate::python::asyncio::AcquireCoroutine;
+use crate::python::asyncio::completed;
 use crate::python::clock::ClockArg;
 use crate::python::errors::IntoPyResult;
 use crate::python::pricing::PyPricing;
@@ -506,8 +506,8 @@ macro_rules! store_class {
         $crate::python::ledger::store::store_class!(@class $name, $pyname,
             $crate::python::ledger::jobs::run_async,
             $crate::python::ledger::store::record_async, $doc, {
-            fn __aenter__(slf: &Bound<'_, Self>) -> $crate::python::asyncio::AcquireCoroutine {
-                $crate::python::asyncio::AcquireCoroutine::ready(slf.clone().into_any().unbind())
+            fn __aenter__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+                $crate::python::asyncio::completed(slf.py(), slf)
             }
 
             #[pyo3(signature = (*_args))]
@@ -814,12 +814,6 @@ pub(crate) fn record_sync<'py>(
     }
 }
 
-/// An awaitable that is already complete: awaiting it never yields to the loop.
-fn ready<'py, T: IntoPyObject<'py>>(py: Python<'py>, value: T) -> PyResult<Bound<'py, PyAny>> {
-    let value = value.into_py_any(py)?;
-    AcquireCoroutine::ready(value).into_bound_py_any(py)
-}
-
 /// Queued at once when there is room (no thread hop, no loop round trip);
 /// a full queue or `durability="commit"` parks on a future.
 pub(crate) fn record_async<'py>(
@@ -828,7 +822,7 @@ pub(crate) fn record_async<'py>(
     event: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyAny>> {
     match core.try_record_now(event)? {
-        Ok(request_id) => ready(py, request_id),
+        Ok(request_id) => completed(py, request_id),
         Err(wait) => run_async(py, wait),
     }
 }
