@@ -122,3 +122,38 @@ async def test_the_lifespan_commits_and_closes_the_store(tmp_path: Path) -> None
     assert uw.SQLiteStore(tmp_path / "life.db").stats().events == 1
     with pytest.raises(TypeError, match="store"):
         store_lifespan("db")  # type: ignore[arg-type]
+
+
+async def test_every_method_and_status_is_metered_as_sent_past_the_prototype_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Client-chosen methods cannot grow the middleware without bound, and an
+    event built from a kept prototype carries its own request's shape."""
+    from fastapi import Response
+    from usagewarden.fastapi import metering
+
+    monkeypatch.setattr(metering, "MAX_SHAPES", 50)
+    app = FastAPI()
+
+    @app.api_route("/any/{code}", methods=[f"M{i}" for i in range(60)])
+    async def anything(code: int) -> Response:
+        return Response(status_code=code)
+
+    store = uw.SQLiteStore(tmp_path / "meter.db")
+    metered = MeteringMiddleware(app, store, agent_id="api", consumer_func=tenant)
+    sent = []
+    transport = httpx.ASGITransport(app=metered)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        for i in range(60):
+            for code in (200, 404, 418):
+                method = f"M{i}"
+                response = await client.request(
+                    method, f"/any/{code}", headers={"x-tenant": f"t{i % 3}"}
+                )
+                sent.append((f"t{i % 3}", method, response.status_code))
+    store.flush()
+    assert len(metered._prototypes) == 50
+    events = store.query()
+    assert [(e.consumer_id, e.metadata["method"], e.metadata["status"]) for e in events] == sent
+    assert len({e.request_id for e in events}) == len(sent)
+    store.close()

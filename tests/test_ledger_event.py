@@ -360,3 +360,45 @@ def test_the_warden_constructor_checks_like_the_keyword_one(
 ) -> None:
     with pytest.raises(error, match=named):
         _of_call(**changes)
+
+
+def test_a_stamped_event_is_the_prototype_with_a_new_id_time_consumer_and_duration() -> None:
+    prototype = uw.UsageEvent(
+        "api",
+        "anonymous",
+        namespace="ns",
+        action="http.request",
+        api_calls=1,
+        source="usagewarden.fastapi",
+        metadata={"route": "/items/{item_id}", "method": "GET", "status": 200},
+        timestamp_us=1_764_000_000_000_000,
+    )
+    before = time.time()
+    first, second = prototype._stamped("acme", 12), prototype._stamped("beta", 0)
+    after = time.time()
+    assert len({prototype.request_id, first.request_id, second.request_id}) == 3
+    assert (first.consumer_id, first.duration_ms) == ("acme", 12)
+    assert (second.consumer_id, second.duration_ms) == ("beta", 0)
+    assert before - 0.001 <= first.timestamp.timestamp() <= after + 0.001
+    rest = {
+        k: v
+        for k, v in prototype.to_dict().items()
+        if k not in ("request_id", "timestamp", "consumer_id", "duration_ms")
+    }
+    assert {k: v for k, v in first.to_dict().items() if k in rest} == rest
+
+
+@pytest.mark.parametrize(
+    ("consumer", "duration", "error", "named"),
+    [
+        ("", 1, ValueError, "consumer_id"),
+        (3, 1, TypeError, "consumer_id"),
+        ("c", -1, ValueError, "duration_ms"),
+        ("c", "5", TypeError, "duration_ms"),
+    ],
+)
+def test_a_stamped_event_checks_what_it_is_given(
+    consumer: Any, duration: Any, error: type[Exception], named: str
+) -> None:
+    with pytest.raises(error, match=named):
+        uw.UsageEvent("api", "anonymous")._stamped(consumer, duration)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from fastapi import Request
 from starlette.requests import ClientDisconnect
@@ -18,6 +19,9 @@ logger = logging.getLogger("usagewarden")
 
 #: Returns the consumer a request is metered to (e.g. a tenant from a header).
 ConsumerFunc = Callable[[Request], str]
+
+#: How many (route, method, status) event prototypes a middleware keeps.
+MAX_SHAPES = 1024
 
 
 class MeteringMiddleware:
@@ -61,6 +65,7 @@ class MeteringMiddleware:
         self.dropped = 0
         #: Requests not metered because the store failed (closed, stopped).
         self.failed = 0
+        self._prototypes: dict[tuple[str, Any, int], UsageEvent] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -103,17 +108,11 @@ class MeteringMiddleware:
             consumer = "anonymous"
             if self.consumer_func is not None:
                 consumer = self.consumer_func(Request(scope)) or "anonymous"
-            event = UsageEvent(
-                self.agent_id,
-                consumer,
-                namespace=self.namespace,
-                action=self.action,
-                duration_ms=duration_ms,
-                api_calls=1,
-                source="usagewarden.fastapi",
-                metadata={"route": template, "method": scope.get("method"), "status": status},
-            )
-            queued = self.store.record_nowait(event)
+            shape = (template, scope.get("method"), status)
+            prototype = self._prototypes.get(shape)
+            if prototype is None:
+                prototype = self._prototype(shape)
+            queued = self.store.record_nowait(prototype._stamped(consumer, duration_ms))
         except Exception:  # metering must never affect the request it meters
             self.failed += 1
             logger.exception("usagewarden: could not meter a request")
@@ -125,6 +124,24 @@ class MeteringMiddleware:
                     "usagewarden: the store's queue is full; %d requests not metered so far",
                     self.dropped,
                 )
+
+    def _prototype(self, shape: tuple[str, Any, int]) -> UsageEvent:
+        """The event of one (route, method, status), its metadata converted
+        and redacted once. Kept for at most ``MAX_SHAPES`` shapes: the method
+        comes from the client, so the shapes are not bounded by the app."""
+        template, method, status = shape
+        prototype = UsageEvent(
+            self.agent_id,
+            "anonymous",
+            namespace=self.namespace,
+            action=self.action,
+            api_calls=1,
+            source="usagewarden.fastapi",
+            metadata={"route": template, "method": method, "status": status},
+        )
+        if len(self._prototypes) < MAX_SHAPES:
+            self._prototypes[shape] = prototype
+        return prototype
 
     async def drain(self) -> None:
         """Kept for compatibility: events are queued before the request

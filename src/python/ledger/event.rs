@@ -204,6 +204,27 @@ impl PyUsageEvent {
         Ok(PyUsageEvent::wrap(event))
     }
 
+    /// A new event like this one (a fresh request id, the time now) for
+    /// `consumer_id` and `duration_ms`: what a request meter records per
+    /// request, without converting and redacting the same metadata again.
+    #[pyo3(name = "_stamped", signature = (consumer_id, duration_ms, /))]
+    fn stamped(
+        &self,
+        py: Python<'_>,
+        consumer_id: &Bound<'_, PyAny>,
+        duration_ms: &Bound<'_, PyAny>,
+    ) -> PyResult<Self> {
+        let event = UsageEvent {
+            consumer_id: args::text(consumer_id, "consumer_id")?,
+            duration_ms: args::count(Some(duration_ms), "duration_ms", 0)?,
+            timestamp_us: pytime::now_us(),
+            request_id: new_request_id(),
+            ..(*self.inner).clone()
+        };
+        event.validate().py_err(py)?;
+        Ok(PyUsageEvent::wrap(event))
+    }
+
     #[getter]
     fn agent_id(&self) -> &str {
         &self.inner.agent_id
