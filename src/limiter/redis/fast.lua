@@ -1,9 +1,12 @@
 -- usagewarden: the exact Redis limiter, part 3 of 4 (after limiter.lua and queue.lua):
--- the common admission, straight from the fields read. An acquire or a check whose keys
--- have no queue, no observed ceiling and no pause, where nothing leaves a window, the
--- request fits every limit and time runs forward is decided here with no state tables:
--- the same decision, reply and writes as the general path (ops.lua), which takes every
--- other call. The field layout is at the top of limiter.lua.
+-- the common admission, straight from the arguments and the fields read. An acquire or a
+-- check whose keys have no queue, no observed ceiling and no pause, where nothing leaves
+-- a window, the request fits every limit and time runs forward is decided here with no
+-- state tables: the same decision, reply and writes as the general path (ops.lua), which
+-- takes every other call. The field layout is at the top of limiter.lua.
+--
+-- Every table here is allocated once and reused, numbers stay in locals, and the reply of
+-- one key is packed without a list: the server's time per call is mostly this code's.
 
 -- The newest bucket's field name, kept from the last call (a pure function of its parts).
 local named_prefix, named_slot, named_field
@@ -20,55 +23,107 @@ local function shown(r)
   return max(0, floor(r))
 end
 
--- The reply, or nil for the general path. `fetched`: each key's HMGET of its fields.
-local function admit_fast(fetched)
-  local rem = {HUGE, HUGE, HUGE, HUGE, HUGE, HUGE}
-  local share, bk, bi = HUGE, 0, 0
-  -- Each window of each key in turn: its state (nil: empty) and now's slot in it.
-  local T, S, j = {}, {}, 0
-  for k, key in ipairs(keys) do
-    local vals, l = fetched[k], key.limits
-    if vals[3] or vals[4] or vals[5] or vals[6] or vals[#l.fields] then return nil end
-    if vals[2] and tonumber(vals[2]) > now then return nil end
-    if vals[7] and not server_clock then return nil end
-    local first = j
-    for i, W in ipairs(key.wins) do
-      local v, t = vals[7 + i], false
-      local s = floor(now / max(1, floor(W / 1000)))
+-- The reply of one key, and the head of the arguments.
+local RFMT1 = '<dddddddddddddd'
+local AFMT = '<ddddddd'
+-- Per window of the call, across its keys: its state (false: empty) and now's slot; the
+-- tables the states are unpacked into.
+local FT, FS, FP = {}, {}, {}
+-- Each key's parsed limits (the cache may be renewed while a call reads them).
+local FL = {}
+
+-- The packed reply, or nil for the general path; then also now and each key's HMGET of
+-- its fields (read once for both paths).
+local function admit_fast(KEYS, ARGV, check)
+  if not pack then bind() end
+  local now, u1, u2, u3, u4, u5, u6 = unpack_s(AFMT, ARGV[2])
+  local server = now < 0
+  if server then
+    local t = redis.call('TIME')
+    now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  end
+  local nk, fetched = #KEYS, {}
+  for k = 1, nk do
+    local l = LIMITS[ARGV[3 + k]] or limits_of(ARGV[3 + k])
+    FL[k] = l
+    fetched[k] = redis.call('HMGET', KEYS[k], unpack(l.fields))
+  end
+  local r1, r2, r3, r6 = HUGE, HUGE, HUGE, HUGE
+  local share, bk, bi, j = HUGE, 0, 0, 0
+  for k = 1, nk do
+    local vals, l = fetched[k], FL[k]
+    if vals[3] or vals[4] or vals[5] or vals[6] or vals[l.nf] then return nil, now, fetched end
+    if vals[2] and tonumber(vals[2]) > now then return nil, now, fetched end
+    if vals[7] and not server then return nil, now, fetched end
+    local first, wins, wq = j, l.wins, l.wq
+    for i = 1, l.nw do
+      local v, t, W = vals[7 + i], false, wins[i]
+      local s = floor(now / wq[i])
       if v then
-        t = {unpack_s(WFMT, v)}
+        t = FP[j + 1]
+        if not t then
+          t = {}
+          FP[j + 1] = t
+        end
+        t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8], t[9], t[10], t[11], t[12], t[13], t[14],
+          t[15], t[16] = unpack_s(WFMT, v)
         -- Something leaves the window, or time ran back: the general path.
-        if t[1] < 0 or t[2] + W <= now or s < t[3] then return nil end
+        if t[1] < 0 or t[2] + W <= now or s < t[3] then return nil, now, fetched end
       end
       j = j + 1
-      T[j], S[j] = t, s
+      FT[j], FS[j] = t, s
     end
-    for i, spec in ipairs(key.specs) do
-      local d = spec.d
-      local wanted = dimval(U, 0, d)
-      local t = T[first + l.wat[spec.W]]
-      local used = t and dimval(t, 10, d) or 0
-      local left = spec.amount - used - wanted
-      if left < 0 then return nil end
-      cap(rem, d, left)
-      local sh = left / spec.amount
+    local sd, sw, sa = l.sd, l.sw, l.sa
+    for i = 1, l.ns do
+      local d, amount, t = sd[i], sa[i], FT[first + sw[i]]
+      local left
+      if d == 1 then
+        left = amount - (t and t[11] or 0) - u1
+        if left < 0 then return nil, now, fetched end
+        if left < r1 then r1 = left end
+      elseif d == 2 then
+        left = amount - (t and t[12] or 0) - u2
+        if left < 0 then return nil, now, fetched end
+        if left < r2 then r2 = left end
+      elseif d == 3 then
+        left = amount - (t and t[13] or 0) - u3
+        if left < 0 then return nil, now, fetched end
+        if left < r3 then r3 = left end
+      elseif d == 4 then
+        left = amount - (t and t[12] + t[13] or 0) - (u2 + u3)
+        if left < 0 then return nil, now, fetched end
+        if left < r2 then r2 = left end
+        if left < r3 then r3 = left end
+      else
+        left = amount - (t and t[16] or 0) - u6
+        if left < 0 then return nil, now, fetched end
+        if left < r6 then r6 = left end
+      end
+      local sh = left / amount
       if sh < share then share, bk, bi = sh, k, i end
     end
   end
-  local r1, r2, r3, r4, r5, r6 = rem[1], rem[2], rem[3], rem[4], rem[5], rem[6]
-  local reply = {1, 0, bk > 0 and 1 or 0, bk, bi, 0, shown(r1), shown(r2), shown(r3), shown(r4),
-                 shown(r5), shown(r6), now}
-  for k, _ in ipairs(keys) do reply[13 + k] = tonumber(fetched[k][1]) or 0 end
-  if op == 'check' then return reply end
-  local u1, u2, u3, u4, u5, u6 = U[1], U[2], U[3], U[4], U[5], U[6]
+  local reply
+  local found = bk > 0 and 1 or 0
+  if nk == 1 then
+    reply = pack(RFMT1, 1, 0, found, bk, bi, 0, shown(r1), shown(r2), shown(r3), -1, -1,
+                 shown(r6), now, tonumber(fetched[1][1]) or 0)
+  else
+    local list = {1, 0, found, bk, bi, 0, shown(r1), shown(r2), shown(r3), -1, -1, shown(r6),
+                  now}
+    for k = 1, nk do list[13 + k] = tonumber(fetched[k][1]) or 0 end
+    reply = packed(list)
+  end
+  if check then return reply end
   j = 0
-  for k, key in ipairs(keys) do
-    local l, longest = key.limits, 0
-    local args = {}
-    for _, W in ipairs(key.wins) do
+  for k = 1, nk do
+    local l, longest = FL[k], 0
+    local wins, wq, wn, bn = l.wins, l.wq, l.wn, l.bn
+    local args, a = {}, 0
+    for i = 1, l.nw do
       j = j + 1
-      local t, s = T[j], S[j]
-      local prefix = l.bname[W]
+      local t, s, W = FT[j], FS[j], wins[i]
+      local prefix = bn[i]
       local head, headlast, nlast
       local n1, n2, n3, n4, n5, n6 = u1, u2, u3, u4, u5, u6
       local s1, s2, s3, s4, s5, s6 = u1, u2, u3, u4, u5, u6
@@ -86,28 +141,30 @@ local function admit_fast(fetched)
         else
           -- A new newest bucket: the one before links to it.
           nlast = now
-          args[#args + 1] = prefix .. fmt(t[3])
-          args[#args + 1] = pack(BFMT, t[4], s, t[5], t[6], t[7], t[8], t[9], t[10])
+          args[a + 1] = prefix .. fmt(t[3])
+          args[a + 2] = pack(BFMT, t[4], s, t[5], t[6], t[7], t[8], t[9], t[10])
+          a = a + 2
         end
       end
-      args[#args + 1] = bucket_field(prefix, s)
-      args[#args + 1] = pack(BFMT, nlast, -1, n1, n2, n3, n4, n5, n6)
-      args[#args + 1] = l.wname[W]
-      args[#args + 1] = pack(WFMT, head, headlast, s, nlast, n1, n2, n3, n4, n5, n6,
-                             s1, s2, s3, s4, s5, s6)
+      args[a + 1] = bucket_field(prefix, s)
+      args[a + 2] = pack(BFMT, nlast, -1, n1, n2, n3, n4, n5, n6)
+      args[a + 3] = wn[i]
+      args[a + 4] = pack(WFMT, head, headlast, s, nlast, n1, n2, n3, n4, n5, n6,
+                         s1, s2, s3, s4, s5, s6)
+      a = a + 4
       longest = max(longest, W, nlast + W - now)
     end
     -- As save: the key lives while its newest usage counts.
     local ttl = floor(longest / 1000) + 1000
     local x = fetched[k][7]
-    local expire = not server_clock or not x or unpack_s('<d', x) < now + ttl * 1000
-    if expire and server_clock then
+    local expire = not server or not x or unpack_s('<d', x) < now + ttl * 1000
+    if expire and server then
       ttl = ttl + floor(ttl / 8)
-      args[#args + 1] = 'x'
-      args[#args + 1] = pack('<d', now + ttl * 1000)
+      args[a + 1] = 'x'
+      args[a + 2] = pack('<d', now + ttl * 1000)
     end
-    redis.call('HSET', key.name, unpack(args))
-    if expire then redis.call('PEXPIRE', key.name, ttl) end
+    redis.call('HSET', KEYS[k], unpack(args))
+    if expire then redis.call('PEXPIRE', KEYS[k], ttl) end
   end
   return reply
 end

@@ -124,6 +124,19 @@ local function doubles(s)
   return {unpack_s(f, s)}
 end
 
+-- A reply of numbers as one string of packed little-endian doubles: one bulk reply
+-- instead of one per number (each costs the server as much as a line of Lua).
+local PFMT = {}
+local function packed(reply)
+  local n = #reply
+  local f = PFMT[n]
+  if not f then
+    f = '<' .. string.rep('d', n)
+    PFMT[n] = f
+  end
+  return pack(f, unpack(reply))
+end
+
 -- A key's limits, parsed once per encoding: windows, specs and the fields a call reads.
 local LIMITS, cached = {}, 0
 local function limits_of(blob)
@@ -134,8 +147,11 @@ local function limits_of(blob)
     i = i + 1
     return t[i - 1]
   end
+  -- By window index (fast.lua): W, quantum, field names; by limit: dimension, window
+  -- index, amount.
   l = {wins = {}, specs = {}, wname = {}, bname = {}, wat = {},
-       fields = {'g', 'p', 'c1', 'c2', 'c3', 'c4', 'x'}}
+       fields = {'g', 'p', 'c1', 'c2', 'c3', 'c4', 'x'},
+       wq = {}, wn = {}, bn = {}, sd = {}, sw = {}, sa = {}}
   for w = 1, n() do
     local W = n()
     l.wins[w] = W
@@ -143,9 +159,15 @@ local function limits_of(blob)
     l.wname[W] = 'w' .. fmt(W)
     l.bname[W] = 'b' .. fmt(W) .. ':'
     l.fields[7 + w] = l.wname[W]
+    l.wq[w], l.wn[w], l.bn[w] = max(1, floor(W / 1000)), l.wname[W], l.bname[W]
   end
   l.fields[#l.fields + 1] = 'q'
-  for s = 1, n() do l.specs[s] = {d = n(), W = n(), amount = n()} end
+  for s = 1, n() do
+    local spec = {d = n(), W = n(), amount = n()}
+    l.specs[s] = spec
+    l.sd[s], l.sw[s], l.sa[s] = spec.d, l.wat[spec.W], spec.amount
+  end
+  l.nw, l.ns, l.nf = #l.wins, #l.specs, #l.fields
   if cached >= 256 then
     LIMITS, cached = {}, 0
   end
@@ -153,14 +175,16 @@ local function limits_of(blob)
   return l
 end
 
--- Reads the call's arguments into the module-level state.
-local function begin(KEYS, ARGV)
+-- Reads the call's arguments into the module-level state (`at`: now, when already read).
+local function begin(KEYS, ARGV, at)
   if not pack then bind() end
   op = ARGV[1]
   A, pos = doubles(ARGV[2]), 1
   now = num()
   server_clock = now < 0
-  if server_clock then
+  if at then
+    now = at
+  elseif server_clock then
     local t = redis.call('TIME')
     now = tonumber(t[1]) * 1000000 + tonumber(t[2])
   end

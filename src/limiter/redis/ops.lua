@@ -263,37 +263,27 @@ local function operate()
   return redis.error_reply('usagewarden: unknown operation ' .. tostring(op))
 end
 
--- A reply of numbers as one string of packed little-endian doubles: one bulk reply
--- instead of one per number (each costs the server as much as a line of Lua).
-local PFMT = {}
-local function packed(reply)
-  local n = #reply
-  local f = PFMT[n]
-  if not f then
-    f = '<' .. string.rep('d', n)
-    PFMT[n] = f
-  end
-  return pack(f, unpack(reply))
-end
-
--- One call: reads every key's fields; the common admission decides from them, or
--- the general path loads every key's state, drops what left its windows and operates.
+-- One call: the common admission decides from the fields it read, or the general path
+-- loads every key's state from them, drops what left its windows and operates.
 local function main(KEYS, ARGV)
-  begin(KEYS, ARGV)
-  local fetched = {}
-  for k, key in ipairs(keys) do
-    fetched[k] = redis.call('HMGET', key.name, unpack(key.limits.fields))
+  local o, reply, at, fetched = ARGV[1], nil, nil, nil
+  if o == 'acquire' or o == 'check' then
+    reply, at, fetched = admit_fast(KEYS, ARGV, o == 'check')
+    if reply then return reply end
   end
-  if op == 'acquire' or op == 'check' then
-    local reply = admit_fast(fetched)
-    if reply then return packed(reply) end
+  begin(KEYS, ARGV, at)
+  if not fetched then
+    fetched = {}
+    for k, key in ipairs(keys) do
+      fetched[k] = redis.call('HMGET', key.name, unpack(key.limits.fields))
+    end
   end
   states = {}
   for k, key in ipairs(keys) do
     states[k] = load(key, fetched[k])
     evict_all(states[k])
   end
-  local reply = operate()
+  reply = operate()
   if reply[1] == nil then return reply end -- an error
   return packed(reply)
 end
