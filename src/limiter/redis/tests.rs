@@ -27,17 +27,27 @@ fn limiter(server: &test_redis::Server) -> RedisLimiter {
 /// between the two). Returns what "k" then counts.
 fn admit_one(limiter: &RedisLimiter, read: bool) -> u64 {
     let inner = limiter.inner.clone();
-    let mut call = inner.call(Op::Acquire, inner.call_keys(&["k"]).expect("one key"));
-    call.usage = Usage {
-        requests: 1,
-        ..Usage::ZERO
-    };
-    let mut pending = Box::pin(inner.run(call));
     let mut cx = Context::from_waker(Waker::noop());
-    assert!(
-        pending.as_mut().poll(&mut cx).is_pending(),
-        "queued, not answered yet"
-    );
+    let mut attempts = 0;
+    let mut pending = loop {
+        let mut call = inner.call(Op::Acquire, inner.call_keys(&["k"]).expect("one key"));
+        call.usage = Usage {
+            requests: 1,
+            ..Usage::ZERO
+        };
+        let mut pending = Box::pin(inner.run(call));
+        if pending.as_mut().poll(&mut cx).is_pending() {
+            break pending;
+        }
+        // Answered within the first poll (this thread was descheduled after
+        // queueing it): the reply was read. Undo it and queue another.
+        attempts += 1;
+        assert!(
+            attempts < 100,
+            "every call was answered before its first poll returned"
+        );
+        limiter.reset(Some("k")).expect("reset");
+    };
     // The flush is answered after the call: its reply has been handed over.
     inner.runtime.block_on(inner.pipe.flush()).expect("flushed");
     if read {
