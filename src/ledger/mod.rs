@@ -11,6 +11,7 @@ pub mod event_json;
 pub mod export;
 pub mod filters;
 pub mod page_end;
+pub mod presence_read;
 pub mod postgres;
 pub mod redact;
 pub mod rollup_plan;

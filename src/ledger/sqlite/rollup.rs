@@ -85,7 +85,12 @@ CREATE TABLE usage_rollup (
 const GROUP_KEYS: &str = "hour, namespace, agent_id, consumer_id, model, action";
 
 /// The tables kept per hour, recounted hour by hour from the events.
-const HOURLY_TABLES: [&str; 3] = ["usage_hourly", "usage_rollup", "usage_hourly_model"];
+const HOURLY_TABLES: [&str; 4] = [
+    "usage_hourly",
+    "usage_rollup",
+    "usage_hourly_model",
+    "usage_hourly_pair",
+];
 
 /// Adds to a row, saturating at 2**63 - 1 (one event may count that much).
 pub(super) fn upsert_sql(table: &str, keys: &str) -> String {
@@ -126,14 +131,22 @@ pub(super) fn upsert_sql(table: &str, keys: &str) -> String {
 /// agent, consumer, model (`''` for none) and action.
 pub(super) type GroupKey = (i64, String, String, String, String, String);
 
+/// A row of `usage_hourly_pair` (or `usage_daily_pair`): hour (day),
+/// namespace, agent and consumer.
+pub(super) type PairKey = (i64, String, String, String);
+
 /// What one transaction adds, per (namespace, hour), per group and hour,
-/// per group and day, and per (namespace, model, hour).
+/// per group and day, per (namespace, model, hour), per agent × consumer
+/// and hour or day, and the hours each agent and consumer was seen in.
 #[derive(Default)]
 pub struct Pending {
     hours: HashMap<(String, i64), Aggregate>,
     groups: HashMap<GroupKey, Aggregate>,
     pub(super) days: HashMap<GroupKey, Aggregate>,
     pub(super) models: HashMap<(String, String, i64), Aggregate>,
+    pub(super) pair_hours: HashMap<PairKey, Aggregate>,
+    pub(super) pair_days: HashMap<PairKey, Aggregate>,
+    pub(super) presence: super::presence::Masks,
 }
 
 impl Pending {
@@ -168,19 +181,62 @@ impl Pending {
             model.clone(),
             e.action.clone(),
         );
+        self.presence
+            .see(hour, &e.namespace, &model, &e.agent_id, &e.consumer_id);
         let by_model = (e.namespace.clone(), model, hour);
         add(self.models.entry(by_model).or_default(), &one);
         let mut day_key = key.clone();
         day_key.0 = day_of(hour);
         add(self.days.entry(day_key).or_default(), &one);
         add(self.groups.entry(key).or_default(), &one);
+        self.add_pair(hour, &e.namespace, &e.agent_id, &e.consumer_id, &one);
+    }
+
+    /// Adds `totals` of one agent × consumer in `hour` to its hour and day.
+    pub(super) fn add_pair(
+        &mut self,
+        hour: i64,
+        namespace: &str,
+        agent: &str,
+        consumer: &str,
+        totals: &Aggregate,
+    ) {
+        for (table, time) in [
+            (&mut self.pair_hours, hour),
+            (&mut self.pair_days, day_of(hour)),
+        ] {
+            let key = (time, namespace.to_owned(), agent.to_owned(), consumer.to_owned());
+            add(table.entry(key).or_default(), totals);
+        }
     }
 
     /// Keeps only the per-hour groups (what `fill_grouped` back-fills).
     fn only_groups(&mut self) {
+        self.keep(Levels {
+            days: false,
+            models: false,
+            pair_hours: false,
+            pair_days_and_presence: false,
+        });
         self.hours.clear();
-        self.days.clear();
-        self.models.clear();
+    }
+
+    /// Forgets what was gathered for the levels not in `levels` (those
+    /// recounted elsewhere, or whose tables a migration has yet to create).
+    pub(super) fn keep(&mut self, levels: Levels) {
+        if !levels.days {
+            self.days.clear();
+        }
+        if !levels.models {
+            self.models.clear();
+        }
+        if !levels.pair_hours {
+            self.pair_hours.clear();
+        }
+        if !levels.pair_days_and_presence {
+            self.pair_days.clear();
+            self.presence.clear();
+        }
     }
 
     /// Adds what was gathered to the tables (inside the caller's transaction).
@@ -205,8 +261,20 @@ impl Pending {
             }
         }
         write_groups(conn, "usage_rollup", GROUP_KEYS, &mut self.groups)?;
-        write_groups(conn, "usage_daily", super::coarse::DAY_KEYS, &mut self.days)
+        write_groups(conn, "usage_daily", super::coarse::DAY_KEYS, &mut self.days)?;
+        super::pairs::write(conn, "usage_hourly_pair", &mut self.pair_hours)?;
+        super::pairs::write(conn, "usage_daily_pair", &mut self.pair_days)?;
+        self.presence.write(conn)
     }
+}
+
+/// Which levels a recount or a back-fill writes, beside the hourly groups.
+#[derive(Clone, Copy)]
+pub(super) struct Levels {
+    pub days: bool,
+    pub models: bool,
+    pub pair_hours: bool,
+    pub pair_days_and_presence: bool,
 }
 
 /// Adds `groups` to `table` (keyed by `keys`, in `GroupKey` order).
@@ -235,7 +303,7 @@ fn write_groups(
 }
 
 /// A row's totals, in the tables' column order after the key.
-fn sums(t: &Aggregate) -> [Value; 10] {
+pub(super) fn sums(t: &Aggregate) -> [Value; 10] {
     let n = |v: u64| Value::Integer(v.min(i64::MAX as u64) as i64);
     [
         n(t.events),
@@ -259,8 +327,10 @@ pub fn after_purge(conn: &Connection, cutoff_us: i64) -> rusqlite::Result<()> {
         conn.prepare_cached(&format!("DELETE FROM {table} WHERE hour < ?1"))?
             .execute([hour])?;
     }
-    conn.prepare_cached("DELETE FROM usage_daily WHERE day < ?1")?
-        .execute([day_of(hour)])?;
+    for table in super::coarse::DAILY_TABLES {
+        conn.prepare_cached(&format!("DELETE FROM {table} WHERE day < ?1"))?
+            .execute([day_of(hour)])?;
+    }
     recount_hours(conn, [hour])
 }
 
@@ -287,7 +357,13 @@ pub(super) fn recount_hours(
             let e = read::event_from_row(row)?;
             pending.add(&e, e.cost_nanos);
         }
-        pending.days.clear(); // recounted below, once per day
+        // The days are recounted below, once per day.
+        pending.keep(Levels {
+            days: false,
+            models: true,
+            pair_hours: true,
+            pair_days_and_presence: false,
+        });
         pending.write(conn)?;
         days.insert(day_of(hour));
     }
