@@ -22,7 +22,11 @@ use rusqlite::{params_from_iter, Connection};
 /// Totals per calendar bucket (oldest first) or per model (no model first,
 /// then by bytes) of the events `filters` select, or `None` when the
 /// tables cannot answer.
-pub fn aggregate(conn: &Connection, by: By, filters: &Filters) -> CoreResult<Option<Vec<Aggregate>>> {
+pub fn aggregate(
+    conn: &Connection,
+    by: By,
+    filters: &Filters,
+) -> CoreResult<Option<Vec<Aggregate>>> {
     if !answers(filters) {
         return Ok(None);
     }
@@ -47,7 +51,10 @@ pub fn aggregate(conn: &Connection, by: By, filters: &Filters) -> CoreResult<Opt
         let rows = read::totals_query(&sql, |sql| {
             let mut stmt = conn.prepare_cached(sql)?;
             let rows = stmt.query_map(params_from_iter(params.iter()), |row| {
-                Ok((row.get::<_, Value>(0)?, read::aggregate_from_row(row, None, 1)?))
+                Ok((
+                    row.get::<_, Value>(0)?,
+                    read::aggregate_from_row(row, None, 1)?,
+                ))
             })?;
             rows.collect::<rusqlite::Result<Vec<_>>>()
         })?;

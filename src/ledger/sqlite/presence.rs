@@ -19,7 +19,6 @@ pub const AGENT: i64 = 0;
 /// `kind` of a consumer's row.
 pub const CONSUMER: i64 = 1;
 
-
 /// The bit of `hour` (a UTC hour start) in its day's mask.
 pub fn hour_bit(hour: i64) -> u32 {
     1 << ((hour - day_of(hour)) / HOUR_US)
@@ -91,5 +90,50 @@ impl Masks {
         }
         self.last = 0;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_add_the_hours_each_id_was_seen_in_per_day_and_model() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(super::super::pairs::MIGRATION).unwrap();
+        let day = 20 * crate::ledger::rollup_plan::DAY_US;
+        let mut masks = Masks::default();
+        masks.see(day, "ns", "m", "a", "c");
+        masks.see(day + 3 * HOUR_US, "ns", "m", "a", "d");
+        masks.see(day + 3 * HOUR_US, "ns", "", "a", "c");
+        masks.write(&conn).unwrap();
+        // A later transaction only adds bits.
+        masks.see(day + 23 * HOUR_US, "ns", "m", "a", "c");
+        masks.see(day - HOUR_US, "ns", "m", "a", "c");
+        masks.write(&conn).unwrap();
+        let mut stmt = conn
+            .prepare("SELECT day, model, kind, id, hours FROM usage_presence ORDER BY 1, 2, 3, 4")
+            .unwrap();
+        let rows: Vec<(i64, String, i64, String, i64)> = stmt
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let prev = day - crate::ledger::rollup_plan::DAY_US;
+        let row = |d, m: &str, k, id: &str, h| (d, m.to_string(), k, id.to_string(), h);
+        assert_eq!(
+            rows,
+            vec![
+                row(prev, "m", AGENT, "a", 1 << 23),
+                row(prev, "m", CONSUMER, "c", 1 << 23),
+                row(day, "", AGENT, "a", 1 << 3),
+                row(day, "", CONSUMER, "c", 1 << 3),
+                row(day, "m", AGENT, "a", 1 | 1 << 3 | 1 << 23),
+                row(day, "m", CONSUMER, "c", 1 | 1 << 23),
+                row(day, "m", CONSUMER, "d", 1 << 3),
+            ]
+        );
     }
 }

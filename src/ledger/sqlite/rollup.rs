@@ -205,7 +205,12 @@ impl Pending {
             (&mut self.pair_hours, hour),
             (&mut self.pair_days, day_of(hour)),
         ] {
-            let key = (time, namespace.to_owned(), agent.to_owned(), consumer.to_owned());
+            let key = (
+                time,
+                namespace.to_owned(),
+                agent.to_owned(),
+                consumer.to_owned(),
+            );
             add(table.entry(key).or_default(), totals);
         }
     }
