@@ -7,6 +7,8 @@
 //!
 //! A day is recounted from its hourly groups (exact, and recounted first):
 //! the sum of saturated sums of non-negative counts is the saturated sum.
+//! Its rows per agent × consumer (`super::pairs`) and its presence masks
+//! (`super::presence`) are rebuilt from the same groups in the same pass.
 
 use super::read;
 use super::rollup::{self, Levels, Pending, DAY_US};
@@ -97,8 +99,7 @@ pub(super) fn fold_hours(
         let hour: i64 = row.get(0)?;
         let day = rollup::day_of(hour);
         if current.is_some_and(|c| c != day) {
-            pending.keep(levels);
-            pending.write(conn)?;
+            pending.write_levels(conn, levels)?;
         }
         current = Some(day);
         let totals = read::aggregate_from_row(row, None, 6)?;
@@ -119,6 +120,5 @@ pub(super) fn fold_hours(
             rollup::add(pending.days.entry(key).or_default(), &totals);
         }
     }
-    pending.keep(levels);
-    pending.write(conn)
+    pending.write_levels(conn, levels)
 }

@@ -5,7 +5,10 @@
 //! grouped totals and filters on those columns, read by `super::grouped`).
 //!
 //! The coarser levels (`super::coarse`: per UTC day × the same keys, and per
-//! hour × namespace × model) are kept in the same transactions.
+//! hour × namespace × model; `super::pairs`: per hour and per UTC day ×
+//! namespace × agent × consumer; `super::presence`: the hours each agent
+//! and consumer was seen in per UTC day × namespace × model) are kept in
+//! the same transactions, all summed per transaction here first.
 //!
 //! Inserts add to the rows of each new event (one upsert per row touched by
 //! a transaction); a purge deletes the hours (and days) it emptied and
@@ -181,15 +184,12 @@ impl Pending {
             model.clone(),
             e.action.clone(),
         );
-        self.presence
-            .see(hour, &e.namespace, &model, &e.agent_id, &e.consumer_id);
         let by_model = (e.namespace.clone(), model, hour);
         add(self.models.entry(by_model).or_default(), &one);
         let mut day_key = key.clone();
         day_key.0 = day_of(hour);
         add(self.days.entry(day_key).or_default(), &one);
         add(self.groups.entry(key).or_default(), &one);
-        self.add_pair(hour, &e.namespace, &e.agent_id, &e.consumer_id, &one);
     }
 
     /// Adds `totals` of one agent × consumer in `hour` to its hour and day.
@@ -215,20 +215,25 @@ impl Pending {
         }
     }
 
-    /// Keeps only the per-hour groups (what `fill_grouped` back-fills).
-    fn only_groups(&mut self) {
-        self.keep(Levels {
-            days: false,
-            models: false,
-            pair_hours: false,
-            pair_days_and_presence: false,
-        });
-        self.hours.clear();
+    /// Adds the rows per agent × consumer and the presence masks of the
+    /// hourly groups gathered (once per group, not per event).
+    fn add_pairs_of_groups(&mut self) {
+        let mut pairs = std::mem::take(&mut self.pair_hours);
+        let mut days = std::mem::take(&mut self.pair_days);
+        for ((hour, namespace, agent, consumer, model, _), t) in &self.groups {
+            self.presence.see(*hour, namespace, model, agent, consumer);
+            for (table, time) in [(&mut pairs, *hour), (&mut days, day_of(*hour))] {
+                let key = (time, namespace.clone(), agent.clone(), consumer.clone());
+                add(table.entry(key).or_default(), t);
+            }
+        }
+        self.pair_hours = pairs;
+        self.pair_days = days;
     }
 
     /// Forgets what was gathered for the levels not in `levels` (those
     /// recounted elsewhere, or whose tables a migration has yet to create).
-    pub(super) fn keep(&mut self, levels: Levels) {
+    fn keep(&mut self, levels: Levels) {
         if !levels.days {
             self.days.clear();
         }
@@ -246,6 +251,20 @@ impl Pending {
 
     /// Adds what was gathered to the tables (inside the caller's transaction).
     pub fn write(&mut self, conn: &Connection) -> rusqlite::Result<()> {
+        self.write_levels(conn, Levels::ALL)
+    }
+
+    /// `write`, with the levels beside the hourly groups (and the hourly
+    /// totals) limited to `levels`.
+    pub(super) fn write_levels(
+        &mut self,
+        conn: &Connection,
+        levels: Levels,
+    ) -> rusqlite::Result<()> {
+        if levels.pair_hours || levels.pair_days_and_presence {
+            self.add_pairs_of_groups();
+        }
+        self.keep(levels);
         if !self.hours.is_empty() {
             let mut stmt = conn.prepare_cached(&upsert_sql("usage_hourly", "namespace, hour"))?;
             for ((namespace, hour), t) in self.hours.drain() {
@@ -280,6 +299,22 @@ pub(super) struct Levels {
     pub models: bool,
     pub pair_hours: bool,
     pub pair_days_and_presence: bool,
+}
+
+impl Levels {
+    const ALL: Levels = Levels {
+        days: true,
+        models: true,
+        pair_hours: true,
+        pair_days_and_presence: true,
+    };
+    /// The hourly groups alone (what `fill_grouped` back-fills).
+    const NONE: Levels = Levels {
+        days: false,
+        models: false,
+        pair_hours: false,
+        pair_days_and_presence: false,
+    };
 }
 
 /// Adds `groups` to `table` (keyed by `keys`, in `GroupKey` order).
@@ -363,13 +398,13 @@ pub(super) fn recount_hours(
             pending.add(&e, e.cost_nanos);
         }
         // The days are recounted below, once per day.
-        pending.keep(Levels {
+        let levels = Levels {
             days: false,
             models: true,
             pair_hours: true,
             pair_days_and_presence: false,
-        });
-        pending.write(conn)?;
+        };
+        pending.write_levels(conn, levels)?;
         days.insert(day_of(hour));
     }
     for day in days {
@@ -392,14 +427,15 @@ pub(super) fn fill_grouped(conn: &Connection) -> rusqlite::Result<()> {
         let e = read::event_from_row(row)?;
         let hour = hour_of(e.timestamp_us);
         if current.is_some_and(|c| c != hour) {
-            pending.only_groups(); // the other levels are filled by their own migrations
-            pending.write(conn)?;
+            // The other levels are filled by their own migrations.
+            pending.hours.clear();
+            pending.write_levels(conn, Levels::NONE)?;
         }
         current = Some(hour);
         pending.add(&e, e.cost_nanos);
     }
-    pending.only_groups();
-    pending.write(conn)
+    pending.hours.clear();
+    pending.write_levels(conn, Levels::NONE)
 }
 
 /// Totals (without distinct counts) for filters on namespace, model and
