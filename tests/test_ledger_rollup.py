@@ -1,10 +1,11 @@
 """The pre-aggregated totals (per hour and per UTC day × namespace × agent ×
 consumer × model × action, per hour × namespace, per hour × namespace × model,
-and on PostgreSQL per hour and per UTC day × namespace × agent × consumer)
-give what the events themselves give, on both stores, through records,
-purges that cut an hour and reprices: every ``group_by`` in zones whose bucket
-edges are off the hour, summaries and distinct counts, over ranges whose edges
-cut hours, with filters the totals keep and one they do not (the task).
+per hour and per UTC day × namespace × agent × consumer, and the hours each
+agent and consumer was seen in per UTC day × namespace × model) give what the
+events themselves give, on both stores, through records, purges that cut an
+hour and reprices: every ``group_by`` in zones whose bucket edges are off the
+hour, summaries and distinct counts, over ranges whose edges cut hours, with
+filters the totals keep and one they do not (the task).
 
 The reference is computed here in Python from the events the store's ``query``
 reads (the events table itself, never the totals)."""
@@ -13,7 +14,9 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import sqlite3
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -295,6 +298,61 @@ def test_a_postgres_ledger_from_before_the_calendar_tables_gets_them_filled(
             store,
             [
                 {"namespace": "ns"},
+                {"namespace": "ns", "model": "m1", "start": start, "end": middle},
+                {"start": middle},
+                {"namespace": "ns", "agent_id": "a2", "start": start, "end": middle},
+            ],
+        )
+
+
+#: The SQLite schema version of the totals per agent × consumer and the
+#: presence masks.
+SQLITE_PAIRS_VERSION = 8
+
+
+def test_a_sqlite_ledger_from_before_the_pair_totals_gets_them_filled(tmp_path: Path) -> None:
+    """Wound back to before the totals per agent × consumer and the presence
+    masks, a SQLite ledger fills them from its hourly totals on opening:
+    buckets in every zone, totals per agent, consumer and model, summaries
+    and the lists of agents and consumers equal the events again."""
+    path = tmp_path / "ledger.db"
+    start = dt.datetime(2026, 6, 9, 20, 17, tzinfo=UTC)
+    recorded = [
+        uw.UsageEvent(
+            ["a1", "a2", "Agent-é"][i % 3],
+            ["c1", "Z"][i % 2],
+            namespace=["ns", "other"][i % 5 == 0],
+            model=[None, "m1", "M2"][i % 3 if i % 7 else 0],
+            tokens_in=i * 11,
+            tokens_out=i,
+            cost=None if i % 4 == 0 else i / 1e6,
+            timestamp=start + dt.timedelta(minutes=37 * i),
+            request_id=f"r{i}",
+        )
+        for i in range(160)
+    ]
+    with uw.SQLiteStore(path) as store:
+        store.record_batch(recorded)
+        store.flush()
+    tables = ("usage_hourly_pair", "usage_daily_pair", "usage_presence")
+    with sqlite3.connect(path) as db:
+        for table in tables:
+            db.execute(f"DROP TABLE {table}")
+        db.execute(f"DELETE FROM schema_version WHERE version >= {SQLITE_PAIRS_VERSION}")
+    with uw.SQLiteStore(path) as store:
+        store.summary()  # opened and migrated
+        with sqlite3.connect(path) as db:
+            for table in tables:
+                [(rows,)] = db.execute(f"SELECT COUNT(*) FROM {table}").fetchall()
+                assert rows > 0, table
+            [(version,)] = db.execute("SELECT MAX(version) FROM schema_version").fetchall()
+            assert version >= SQLITE_PAIRS_VERSION
+        middle = start + dt.timedelta(hours=40, minutes=5)
+        check(
+            store,
+            [
+                {"namespace": "ns"},
+                {"namespace": "ns", "start": start + HOUR, "end": middle},
                 {"namespace": "ns", "model": "m1", "start": start, "end": middle},
                 {"start": middle},
                 {"namespace": "ns", "agent_id": "a2", "start": start, "end": middle},

@@ -12,6 +12,7 @@ pub mod export;
 pub mod filters;
 pub mod page_end;
 pub mod postgres;
+pub mod presence_read;
 pub mod redact;
 pub mod rollup_plan;
 pub mod sqlite;

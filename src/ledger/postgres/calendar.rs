@@ -13,7 +13,9 @@
 //!
 //! Both are kept by the writer with the hourly rows (`hourly_upsert_sql`) and
 //! recounted from `usage_rollup` with it (`recount_hours`, `drop_before`).
-//! The partial hours at the range's edges and the hours a bucket edge cuts
+//! The rows are put in their buckets by `crate::ledger::presence_read` (the
+//! SQLite store reads its tables of the same shape the same way). The
+//! partial hours at the range's edges and the hours a bucket edge cuts
 //! (zones off the hour) are read from the events, as `rollup_plan` splits
 //! them; reads the tables cannot answer (filters on agent, consumer, action
 //! or task, far too many hours, offsets off the quarter-hour) return `None`
@@ -23,13 +25,12 @@ use super::grouped::{self, Level, HOURLY, HOUR_OF_TS};
 use super::read::{refs, totals_at, Param};
 use super::writer::{saturate, COUNTERS};
 use crate::error::CoreResult;
-use crate::ledger::buckets::{label, slot_is_uniform, TimeUnit, SLOT_US};
+use crate::ledger::buckets::SLOT_US;
 use crate::ledger::filters::Filters;
-use crate::ledger::rollup_plan::{day_of, Plan, DAY_US, HOUR_US, MAX_SCANNED_HOURS};
-use crate::ledger::sqlite::{add_totals, Aggregate};
-use chrono_tz::Tz;
+use crate::ledger::presence_read::PresenceRead;
+use crate::ledger::rollup_plan::{day_of, Plan, DAY_US, HOUR_US};
+use crate::ledger::sqlite::Aggregate;
 use deadpool_postgres::GenericClient;
-use hashbrown::{HashMap, HashSet};
 
 /// The hour of the day (0–23, UTC) of the time column `t`, as a mask bit.
 fn hour_bit(t: &str) -> String {
@@ -195,54 +196,7 @@ pub async fn drop_before(c: &impl GenericClient, s: &str, edge: i64) -> CoreResu
     Ok(())
 }
 
-/// Whether the tables keep every filter of `filters` (namespace, model, time).
-pub fn answers(filters: &Filters) -> bool {
-    let kept = Filters {
-        namespace: filters.namespace.clone(),
-        model: filters.model.clone(),
-        start_us: filters.start_us,
-        end_us: filters.end_us,
-        ..Filters::default()
-    };
-    kept == *filters && crate::ledger::rollup_plan::answers(filters)
-}
-
-/// One bucket being summed: its label, first instant seen, totals and ids.
-struct Bucket {
-    label: String,
-    first: i64,
-    totals: Aggregate,
-    agents: HashSet<String>,
-    consumers: HashSet<String>,
-}
-
-/// The buckets of a plan, found by label.
-#[derive(Default)]
-struct Buckets {
-    all: Vec<Bucket>,
-    by_label: HashMap<String, usize>,
-}
-
-impl Buckets {
-    fn of(&mut self, label: String, at: i64) -> usize {
-        let i = match self.by_label.get(label.as_str()) {
-            Some(&i) => i,
-            None => {
-                self.by_label.insert(label.clone(), self.all.len());
-                self.all.push(Bucket {
-                    label,
-                    first: at,
-                    totals: Aggregate::default(),
-                    agents: HashSet::new(),
-                    consumers: HashSet::new(),
-                });
-                self.all.len() - 1
-            }
-        };
-        self.all[i].first = self.all[i].first.min(at);
-        i
-    }
-}
+pub use crate::ledger::presence_read::{answers, By};
 
 /// `namespace = $n AND model = $m` for the filters kept (possibly none),
 /// with `alias.` before each column.
@@ -274,18 +228,6 @@ pub fn spans(time: &str, upper: &str, ranges: &[(i64, i64)], params: &mut Vec<Pa
     format!("({})", spans.join(" OR "))
 }
 
-/// What the totals are grouped by.
-#[derive(Clone, Copy)]
-pub enum By {
-    /// Calendar buckets of this unit in this zone.
-    Bucket(TimeUnit, Tz),
-    /// The model (no model first, then by bytes).
-    Model,
-}
-
-/// The index of a bucket whose rows are found by their model.
-const BY_MODEL: usize = usize::MAX;
-
 /// Totals per calendar bucket of `plan` (split with these buckets), oldest
 /// first, or per model (`plan` split as for UTC hours), or `None` when the
 /// tables cannot answer.
@@ -296,80 +238,30 @@ pub async fn aggregate(
     filters: &Filters,
     plan: &Plan,
 ) -> CoreResult<Option<Vec<Aggregate>>> {
-    let (unit, tz) = match by {
-        By::Bucket(unit, tz) => (unit, tz),
-        By::Model => (TimeUnit::Hour, Tz::UTC),
+    if !answers(filters) {
+        return Ok(None);
+    }
+    let Some(mut presence) = PresenceRead::new(by, plan) else {
+        return Ok(None);
     };
-    let whole: i64 = plan.hours.iter().map(|&(a, b)| (b - a) / HOUR_US).sum();
-    if !answers(filters) || plan.hours.is_empty() || whole > MAX_SCANNED_HOURS {
-        return Ok(None);
-    }
-    // The slots read from the events: each checked below, so a read whose
-    // event spans hold too many of them (an unbounded range) is left to the
-    // general grouping rather than checked slot by slot.
-    let slots: i64 = plan
-        .events
-        .iter()
-        .map(|&(a, b)| (b - (a - a.rem_euclid(SLOT_US))) / SLOT_US + 1)
-        .fold(0i64, i64::saturating_add);
-    if slots > MAX_SCANNED_HOURS * (HOUR_US / SLOT_US) {
-        return Ok(None);
-    }
-    let uniform = plan.events.iter().all(|&(a, b)| {
-        let first = a - a.rem_euclid(SLOT_US);
-        (first..=b)
-            .step_by(SLOT_US as usize)
-            .all(|slot| slot_is_uniform(slot, tz))
-    });
-    if !uniform {
-        return Ok(None);
-    }
-    let mut buckets = Buckets::default();
-    // Each whole hour lies in one bucket: per UTC day, the buckets' hour masks.
-    let mut days: HashMap<i64, Vec<(usize, u32)>> = HashMap::new();
-    let mut bucket_of_hour: HashMap<i64, usize> = HashMap::new();
-    for &(a, b) in &plan.hours {
-        for h in (a..b).step_by(HOUR_US as usize) {
-            let i = match by {
-                By::Bucket(..) => buckets.of(label(h, unit, tz), h),
-                By::Model => BY_MODEL,
-            };
-            bucket_of_hour.insert(h, i);
-            let bit = 1u32 << ((h - day_of(h)) / HOUR_US);
-            let masks = days.entry(day_of(h)).or_default();
-            match masks.iter_mut().find(|(j, _)| *j == i) {
-                Some((_, mask)) => *mask |= bit,
-                None => masks.push((i, bit)),
-            }
-        }
-    }
     let sums = summed_totals();
 
     let mut params: Vec<Param> = Vec::new();
     let mut terms = key_terms(filters, &mut params);
     terms.push(spans("hour", "<", &plan.hours, &mut params));
-    let key = match by {
-        By::Bucket(..) => "hour",
-        By::Model => "model",
-    };
     let sql = format!(
-        "SELECT {key}, {sums} FROM {s}.usage_hourly_model WHERE {} GROUP BY 1",
+        "SELECT {}, {sums} FROM {s}.usage_hourly_model WHERE {} GROUP BY 1",
+        presence.hourly_key(),
         terms.join(" AND ")
     );
     for row in c.query(&sql, &refs(&params)).await? {
-        let i = match by {
-            By::Bucket(..) => bucket_of_hour.get(&row.get::<_, i64>(0)).copied(),
-            By::Model => Some(buckets.of(row.get(0), 0)),
-        };
-        if let Some(i) = i {
-            add_totals(&mut buckets.all[i].totals, &totals_at(&row, 1));
+        match by {
+            By::Bucket(..) => presence.add_hour(row.get(0), &totals_at(&row, 1)),
+            By::Model => presence.add_model(row.get(0), &totals_at(&row, 1)),
         }
     }
 
-    let (first_day, past_day) = (
-        day_of(plan.hours[0].0),
-        day_of(plan.hours[plan.hours.len() - 1].1 - 1) + DAY_US,
-    );
+    let (first_day, past_day) = presence.day_range;
     let mut params: Vec<Param> = vec![Box::new(first_day), Box::new(past_day)];
     let mut terms = key_terms(filters, &mut params);
     terms.push("day >= $1 AND day < $2".into());
@@ -378,27 +270,8 @@ pub async fn aggregate(
         terms.join(" AND ")
     );
     for row in c.query(&sql, &refs(&params)).await? {
-        let Some(masks) = days.get(&row.get::<_, i64>(0)) else {
-            continue;
-        };
-        let (kind, id, hours): (i16, &str, i32) = (row.get(1), row.get(2), row.get(3));
-        for &(i, mask) in masks {
-            if hours as u32 & mask != 0 {
-                let i = match i {
-                    BY_MODEL => buckets.of(row.get(4), 0),
-                    i => i,
-                };
-                let bucket = &mut buckets.all[i];
-                let set = if kind == 0 {
-                    &mut bucket.agents
-                } else {
-                    &mut bucket.consumers
-                };
-                if !set.contains(id) {
-                    set.insert(id.to_owned());
-                }
-            }
-        }
+        let (kind, hours): (i16, i32) = (row.get(1), row.get(3));
+        presence.add_presence(row.get(0), kind == 0, row.get(2), hours as u32, row.get(4));
     }
 
     if !plan.events.is_empty() {
@@ -409,10 +282,9 @@ pub async fn aggregate(
         partial.extend(COUNTERS.iter().map(|c| saturate(&format!("SUM({c})"))));
         partial.push(saturate("SUM(cost_nanos)"));
         partial.push("(COUNT(*) - COUNT(cost_nanos))::int8".into());
-        let key = match by {
-            By::Bucket(..) => format!("ts - (((ts % {SLOT_US}) + {SLOT_US}) % {SLOT_US})"),
-            By::Model => "COALESCE(model, '')".into(),
-        };
+        let key = presence.event_key(&format!(
+            "ts - (((ts % {SLOT_US}) + {SLOT_US}) % {SLOT_US})"
+        ));
         let sql = format!(
             "SELECT {key}, agent_id, consumer_id, MIN(ts), {} \
              FROM {s}.usage_events WHERE {} GROUP BY 1, 2, 3",
@@ -420,41 +292,18 @@ pub async fn aggregate(
             terms.join(" AND ")
         );
         for row in c.query(&sql, &refs(&params)).await? {
-            let first: i64 = row.get(3);
-            let i = match by {
-                By::Bucket(..) => buckets.of(label(first, unit, tz), first),
-                By::Model => buckets.of(row.get(0), 0),
+            let model = match by {
+                By::Model => Some(row.get::<_, &str>(0)),
+                By::Bucket(..) => None,
             };
-            let bucket = &mut buckets.all[i];
-            add_totals(&mut bucket.totals, &totals_at(&row, 4));
-            let (agent, consumer): (&str, &str) = (row.get(1), row.get(2));
-            if !bucket.agents.contains(agent) {
-                bucket.agents.insert(agent.to_owned());
-            }
-            if !bucket.consumers.contains(consumer) {
-                bucket.consumers.insert(consumer.to_owned());
-            }
+            presence.add_events(
+                model,
+                row.get(3),
+                &totals_at(&row, 4),
+                row.get(1),
+                row.get(2),
+            );
         }
     }
-
-    let mut out: Vec<Bucket> = buckets
-        .all
-        .into_iter()
-        .filter(|b| b.totals.events > 0)
-        .collect();
-    match by {
-        By::Bucket(..) => out.sort_by_key(|b| b.first),
-        // A model is never empty: `''` is how the tables store none.
-        By::Model => out.sort_by(|a, b| a.label.cmp(&b.label)),
-    }
-    Ok(Some(
-        out.into_iter()
-            .map(|b| Aggregate {
-                group: Some(b.label).filter(|l| !matches!(by, By::Model) || !l.is_empty()),
-                unique_agents: b.agents.len() as u64,
-                unique_consumers: b.consumers.len() as u64,
-                ..b.totals
-            })
-            .collect(),
-    ))
+    Ok(Some(presence.finish()))
 }

@@ -7,13 +7,18 @@
 //!
 //! A day is recounted from its hourly groups (exact, and recounted first):
 //! the sum of saturated sums of non-negative counts is the saturated sum.
+//! Its rows per agent × consumer (`super::pairs`) and its presence masks
+//! (`super::presence`) are rebuilt from the same groups in the same pass.
 
 use super::read;
-use super::rollup::{self, Pending, DAY_US};
+use super::rollup::{self, Levels, Pending, DAY_US};
 use rusqlite::Connection;
 
 /// The key columns of `usage_daily`, in `rollup::GroupKey` order.
 pub const DAY_KEYS: &str = "day, namespace, agent_id, consumer_id, model, action";
+
+/// The tables kept per UTC day, recounted day by day from the hourly groups.
+pub const DAILY_TABLES: [&str; 3] = ["usage_daily", "usage_daily_pair", "usage_presence"];
 
 /// The totals every row carries after its key, as in `usage_rollup`.
 macro_rules! totals_columns {
@@ -24,6 +29,7 @@ macro_rules! totals_columns {
          cost_nanos INTEGER, unpriced_events INTEGER NOT NULL"
     };
 }
+pub(super) use totals_columns;
 
 /// The tables, back-filled by `fill` from the hourly groups. Dropped first,
 /// so that a ledger whose schema version was wound back is counted afresh.
@@ -48,19 +54,38 @@ CREATE TABLE usage_hourly_model (
 
 /// Fills both tables from `usage_rollup` (inside the migration's transaction).
 pub(super) fn fill(conn: &Connection) -> rusqlite::Result<()> {
-    fold_hours(conn, i64::MIN, i64::MAX, true)
+    let levels = Levels {
+        days: true,
+        models: true,
+        pair_hours: false,
+        pair_days_and_presence: false,
+    };
+    fold_hours(conn, i64::MIN, i64::MAX, levels)
 }
 
-/// Recomputes one UTC day's rows from its hourly groups.
+/// Recomputes one UTC day's rows (`DAILY_TABLES`) from its hourly groups.
 pub(super) fn recount_day(conn: &Connection, day: i64) -> rusqlite::Result<()> {
-    conn.prepare_cached("DELETE FROM usage_daily WHERE day = ?1")?
-        .execute([day])?;
-    fold_hours(conn, day, day.saturating_add(DAY_US), false)
+    for table in DAILY_TABLES {
+        conn.prepare_cached(&format!("DELETE FROM {table} WHERE day = ?1"))?
+            .execute([day])?;
+    }
+    let levels = Levels {
+        days: true,
+        models: false,
+        pair_hours: false,
+        pair_days_and_presence: true,
+    };
+    fold_hours(conn, day, day.saturating_add(DAY_US), levels)
 }
 
-/// Adds the hourly groups of `[first, past)` to the daily rows (and, with
-/// `models`, to the per-model hours), written out a day at a time.
-fn fold_hours(conn: &Connection, first: i64, past: i64, models: bool) -> rusqlite::Result<()> {
+/// Adds the hourly groups of `[first, past)` to the coarser `levels`,
+/// written out a day at a time.
+pub(super) fn fold_hours(
+    conn: &Connection,
+    first: i64,
+    past: i64,
+    levels: Levels,
+) -> rusqlite::Result<()> {
     let mut pending = Pending::default();
     let mut stmt = conn.prepare_cached(
         "SELECT hour, namespace, agent_id, consumer_id, model, action, events, tokens_in, \
@@ -74,17 +99,26 @@ fn fold_hours(conn: &Connection, first: i64, past: i64, models: bool) -> rusqlit
         let hour: i64 = row.get(0)?;
         let day = rollup::day_of(hour);
         if current.is_some_and(|c| c != day) {
-            pending.write(conn)?;
+            pending.write_levels(conn, levels)?;
         }
         current = Some(day);
         let totals = read::aggregate_from_row(row, None, 6)?;
         let (namespace, model): (String, String) = (row.get(1)?, row.get(4)?);
-        if models {
+        let (agent, consumer): (String, String) = (row.get(2)?, row.get(3)?);
+        if levels.models {
             let key = (namespace.clone(), model.clone(), hour);
             rollup::add(pending.models.entry(key).or_default(), &totals);
         }
-        let key = (day, namespace, row.get(2)?, row.get(3)?, model, row.get(5)?);
-        rollup::add(pending.days.entry(key).or_default(), &totals);
+        if levels.pair_hours || levels.pair_days_and_presence {
+            pending.add_pair(hour, &namespace, &agent, &consumer, &totals);
+            pending
+                .presence
+                .see(hour, &namespace, &model, &agent, &consumer);
+        }
+        if levels.days {
+            let key = (day, namespace, agent, consumer, model, row.get(5)?);
+            rollup::add(pending.days.entry(key).or_default(), &totals);
+        }
     }
-    pending.write(conn)
+    pending.write_levels(conn, levels)
 }

@@ -10,6 +10,7 @@ use crate::error::CoreResult;
 use crate::ledger::buckets::GroupBy;
 use crate::ledger::event::{MAX_TIMESTAMP_US, MIN_TIMESTAMP_US};
 use crate::ledger::filters::Filters;
+use crate::ledger::presence_read::By;
 use crate::ledger::rollup_plan::{self, Plan};
 use hashbrown::{HashMap, HashSet};
 use rusqlite::types::Value;
@@ -51,10 +52,21 @@ fn key_terms(filters: &Filters, params: &mut Vec<Value>) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// What the rows of `source` must keep.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Keys {
+    /// Every key column.
+    All,
+    /// Namespace, agent and consumer: model and action may be NULL, and the
+    /// totals per agent × consumer (`super::pairs`) are read where they
+    /// keep the filters.
+    Pairs,
+}
+
 /// Rows of one shape — `ts, namespace, agent_id, consumer_id, model,
 /// action, events, …counted, unpriced_events` — from the totals of the
 /// planned hours and from the events of the rest.
-pub(super) fn source(filters: &Filters, plan: &Plan) -> (String, Vec<Value>) {
+pub(super) fn source(filters: &Filters, plan: &Plan, keys: Keys) -> (String, Vec<Value>) {
     let mut params = Vec::new();
     let mut parts = Vec::new();
     let mut part = |table: &str,
@@ -76,12 +88,23 @@ pub(super) fn source(filters: &Filters, plan: &Plan) -> (String, Vec<Value>) {
             ));
         }
     };
-    for (table, time, ranges) in [
-        ("usage_daily", "day", &plan.days),
-        ("usage_rollup", "hour", &plan.hours),
-    ] {
+    let pairs = keys == Keys::Pairs && super::pairs::answers(filters);
+    let (daily, hourly, model_action) = if pairs {
+        (
+            "usage_daily_pair",
+            "usage_hourly_pair",
+            "NULL AS model, NULL AS action",
+        )
+    } else {
+        (
+            "usage_daily",
+            "usage_rollup",
+            "NULLIF(model, '') AS model, action",
+        )
+    };
+    for (table, time, ranges) in [(daily, "day", &plan.days), (hourly, "hour", &plan.hours)] {
         let columns = format!(
-            "{time} AS ts, namespace, agent_id, consumer_id, NULLIF(model, '') AS model, action, \
+            "{time} AS ts, namespace, agent_id, consumer_id, {model_action}, \
              events AS events, {COUNTED}, unpriced_events AS unpriced_events"
         );
         part(table, time, ranges, "<", &columns, &mut params);
@@ -132,7 +155,7 @@ fn summed(
     plan: &Plan,
     distinct: &str,
 ) -> CoreResult<Aggregate> {
-    let (source, params) = source(filters, plan);
+    let (source, params) = source(filters, plan, Keys::Pairs);
     let sql = format!("SELECT {TOTALS}, {distinct} FROM ({source})");
     read::totals_query(&sql, |sql| {
         conn.prepare_cached(sql)?
@@ -154,6 +177,9 @@ pub fn aggregate_by_key(
         return read::aggregate_rows(conn, group_by, tz, filters);
     };
     if group_by == GroupBy::Model && rollup::per_model_hours_answer(filters) {
+        if let Some(found) = super::calendar::aggregate(conn, By::Model, filters)? {
+            return Ok(found);
+        }
         return super::models::aggregate_by_model(conn, filters, &plan);
     }
     Ok(grouped_in_rust(conn, group_by.sql(), filters, &plan)?)
@@ -174,7 +200,11 @@ fn grouped_in_rust(
         agents: HashSet<String>,
         consumers: HashSet<String>,
     }
-    let (source, params) = source(filters, plan);
+    let keys = match key {
+        "model" | "action" => Keys::All,
+        _ => Keys::Pairs,
+    };
+    let (source, params) = source(filters, plan, keys);
     let sql = format!(
         "SELECT {key}, agent_id, consumer_id, events, {COUNTED}, unpriced_events, 0, 0 \
          FROM ({source})"

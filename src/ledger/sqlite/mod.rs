@@ -1,12 +1,15 @@
 //! The embedded SQLite ledger: one background writer, pooled readers.
 
 mod budgets;
+mod calendar;
 mod chain;
 mod coarse;
 mod faults;
 mod grouped;
 mod insert;
 mod models;
+mod pairs;
+mod presence;
 mod read;
 mod reprice;
 mod rollup;

@@ -97,7 +97,7 @@ fn add_agents_and_consumers(
     plan: &Plan,
     models: &mut HashMap<String, Model>,
 ) -> rusqlite::Result<()> {
-    let (source, params) = grouped::source(filters, plan);
+    let (source, params) = grouped::source(filters, plan, grouped::Keys::All);
     let sql = format!("SELECT COALESCE(model, ''), agent_id, consumer_id FROM ({source})");
     let mut stmt = conn.prepare_cached(&sql)?;
     let mut rows = stmt.query(params_from_iter(params.iter()))?;

@@ -5,7 +5,10 @@
 //! grouped totals and filters on those columns, read by `super::grouped`).
 //!
 //! The coarser levels (`super::coarse`: per UTC day × the same keys, and per
-//! hour × namespace × model) are kept in the same transactions.
+//! hour × namespace × model; `super::pairs`: per hour and per UTC day ×
+//! namespace × agent × consumer; `super::presence`: the hours each agent
+//! and consumer was seen in per UTC day × namespace × model) are kept in
+//! the same transactions, all summed per transaction here first.
 //!
 //! Inserts add to the rows of each new event (one upsert per row touched by
 //! a transaction); a purge deletes the hours (and days) it emptied and
@@ -85,7 +88,12 @@ CREATE TABLE usage_rollup (
 const GROUP_KEYS: &str = "hour, namespace, agent_id, consumer_id, model, action";
 
 /// The tables kept per hour, recounted hour by hour from the events.
-const HOURLY_TABLES: [&str; 3] = ["usage_hourly", "usage_rollup", "usage_hourly_model"];
+const HOURLY_TABLES: [&str; 4] = [
+    "usage_hourly",
+    "usage_rollup",
+    "usage_hourly_model",
+    "usage_hourly_pair",
+];
 
 /// Adds to a row, saturating at 2**63 - 1 (one event may count that much).
 pub(super) fn upsert_sql(table: &str, keys: &str) -> String {
@@ -126,14 +134,22 @@ pub(super) fn upsert_sql(table: &str, keys: &str) -> String {
 /// agent, consumer, model (`''` for none) and action.
 pub(super) type GroupKey = (i64, String, String, String, String, String);
 
+/// A row of `usage_hourly_pair` (or `usage_daily_pair`): hour (day),
+/// namespace, agent and consumer.
+pub(super) type PairKey = (i64, String, String, String);
+
 /// What one transaction adds, per (namespace, hour), per group and hour,
-/// per group and day, and per (namespace, model, hour).
+/// per group and day, per (namespace, model, hour), per agent × consumer
+/// and hour or day, and the hours each agent and consumer was seen in.
 #[derive(Default)]
 pub struct Pending {
     hours: HashMap<(String, i64), Aggregate>,
     groups: HashMap<GroupKey, Aggregate>,
     pub(super) days: HashMap<GroupKey, Aggregate>,
     pub(super) models: HashMap<(String, String, i64), Aggregate>,
+    pub(super) pair_hours: HashMap<PairKey, Aggregate>,
+    pub(super) pair_days: HashMap<PairKey, Aggregate>,
+    pub(super) presence: super::presence::Masks,
 }
 
 impl Pending {
@@ -176,15 +192,79 @@ impl Pending {
         add(self.groups.entry(key).or_default(), &one);
     }
 
-    /// Keeps only the per-hour groups (what `fill_grouped` back-fills).
-    fn only_groups(&mut self) {
-        self.hours.clear();
-        self.days.clear();
-        self.models.clear();
+    /// Adds `totals` of one agent × consumer in `hour` to its hour and day.
+    pub(super) fn add_pair(
+        &mut self,
+        hour: i64,
+        namespace: &str,
+        agent: &str,
+        consumer: &str,
+        totals: &Aggregate,
+    ) {
+        for (table, time) in [
+            (&mut self.pair_hours, hour),
+            (&mut self.pair_days, day_of(hour)),
+        ] {
+            let key = (
+                time,
+                namespace.to_owned(),
+                agent.to_owned(),
+                consumer.to_owned(),
+            );
+            add(table.entry(key).or_default(), totals);
+        }
+    }
+
+    /// Adds the rows per agent × consumer and the presence masks of the
+    /// hourly groups gathered (once per group, not per event).
+    fn add_pairs_of_groups(&mut self) {
+        let mut pairs = std::mem::take(&mut self.pair_hours);
+        let mut days = std::mem::take(&mut self.pair_days);
+        for ((hour, namespace, agent, consumer, model, _), t) in &self.groups {
+            self.presence.see(*hour, namespace, model, agent, consumer);
+            for (table, time) in [(&mut pairs, *hour), (&mut days, day_of(*hour))] {
+                let key = (time, namespace.clone(), agent.clone(), consumer.clone());
+                add(table.entry(key).or_default(), t);
+            }
+        }
+        self.pair_hours = pairs;
+        self.pair_days = days;
+    }
+
+    /// Forgets what was gathered for the levels not in `levels` (those
+    /// recounted elsewhere, or whose tables a migration has yet to create).
+    fn keep(&mut self, levels: Levels) {
+        if !levels.days {
+            self.days.clear();
+        }
+        if !levels.models {
+            self.models.clear();
+        }
+        if !levels.pair_hours {
+            self.pair_hours.clear();
+        }
+        if !levels.pair_days_and_presence {
+            self.pair_days.clear();
+            self.presence.clear();
+        }
     }
 
     /// Adds what was gathered to the tables (inside the caller's transaction).
     pub fn write(&mut self, conn: &Connection) -> rusqlite::Result<()> {
+        self.write_levels(conn, Levels::ALL)
+    }
+
+    /// `write`, with the levels beside the hourly groups (and the hourly
+    /// totals) limited to `levels`.
+    pub(super) fn write_levels(
+        &mut self,
+        conn: &Connection,
+        levels: Levels,
+    ) -> rusqlite::Result<()> {
+        if levels.pair_hours || levels.pair_days_and_presence {
+            self.add_pairs_of_groups();
+        }
+        self.keep(levels);
         if !self.hours.is_empty() {
             let mut stmt = conn.prepare_cached(&upsert_sql("usage_hourly", "namespace, hour"))?;
             for ((namespace, hour), t) in self.hours.drain() {
@@ -205,8 +285,36 @@ impl Pending {
             }
         }
         write_groups(conn, "usage_rollup", GROUP_KEYS, &mut self.groups)?;
-        write_groups(conn, "usage_daily", super::coarse::DAY_KEYS, &mut self.days)
+        write_groups(conn, "usage_daily", super::coarse::DAY_KEYS, &mut self.days)?;
+        super::pairs::write(conn, "usage_hourly_pair", &mut self.pair_hours)?;
+        super::pairs::write(conn, "usage_daily_pair", &mut self.pair_days)?;
+        self.presence.write(conn)
     }
+}
+
+/// Which levels a recount or a back-fill writes, beside the hourly groups.
+#[derive(Clone, Copy)]
+pub(super) struct Levels {
+    pub days: bool,
+    pub models: bool,
+    pub pair_hours: bool,
+    pub pair_days_and_presence: bool,
+}
+
+impl Levels {
+    const ALL: Levels = Levels {
+        days: true,
+        models: true,
+        pair_hours: true,
+        pair_days_and_presence: true,
+    };
+    /// The hourly groups alone (what `fill_grouped` back-fills).
+    const NONE: Levels = Levels {
+        days: false,
+        models: false,
+        pair_hours: false,
+        pair_days_and_presence: false,
+    };
 }
 
 /// Adds `groups` to `table` (keyed by `keys`, in `GroupKey` order).
@@ -235,7 +343,7 @@ fn write_groups(
 }
 
 /// A row's totals, in the tables' column order after the key.
-fn sums(t: &Aggregate) -> [Value; 10] {
+pub(super) fn sums(t: &Aggregate) -> [Value; 10] {
     let n = |v: u64| Value::Integer(v.min(i64::MAX as u64) as i64);
     [
         n(t.events),
@@ -259,8 +367,10 @@ pub fn after_purge(conn: &Connection, cutoff_us: i64) -> rusqlite::Result<()> {
         conn.prepare_cached(&format!("DELETE FROM {table} WHERE hour < ?1"))?
             .execute([hour])?;
     }
-    conn.prepare_cached("DELETE FROM usage_daily WHERE day < ?1")?
-        .execute([day_of(hour)])?;
+    for table in super::coarse::DAILY_TABLES {
+        conn.prepare_cached(&format!("DELETE FROM {table} WHERE day < ?1"))?
+            .execute([day_of(hour)])?;
+    }
     recount_hours(conn, [hour])
 }
 
@@ -287,8 +397,14 @@ pub(super) fn recount_hours(
             let e = read::event_from_row(row)?;
             pending.add(&e, e.cost_nanos);
         }
-        pending.days.clear(); // recounted below, once per day
-        pending.write(conn)?;
+        // The days are recounted below, once per day.
+        let levels = Levels {
+            days: false,
+            models: true,
+            pair_hours: true,
+            pair_days_and_presence: false,
+        };
+        pending.write_levels(conn, levels)?;
         days.insert(day_of(hour));
     }
     for day in days {
@@ -311,14 +427,15 @@ pub(super) fn fill_grouped(conn: &Connection) -> rusqlite::Result<()> {
         let e = read::event_from_row(row)?;
         let hour = hour_of(e.timestamp_us);
         if current.is_some_and(|c| c != hour) {
-            pending.only_groups(); // the other levels are filled by their own migrations
-            pending.write(conn)?;
+            // The other levels are filled by their own migrations.
+            pending.hours.clear();
+            pending.write_levels(conn, Levels::NONE)?;
         }
         current = Some(hour);
         pending.add(&e, e.cost_nanos);
     }
-    pending.only_groups();
-    pending.write(conn)
+    pending.hours.clear();
+    pending.write_levels(conn, Levels::NONE)
 }
 
 /// Totals (without distinct counts) for filters on namespace, model and

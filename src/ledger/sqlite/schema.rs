@@ -56,6 +56,9 @@ CREATE INDEX usage_events_action      ON usage_events (action, ts);
     super::rollup::GROUPED_MIGRATION,
     // Totals per UTC day × the same keys, and per hour × namespace × model.
     super::coarse::MIGRATION,
+    // Totals per hour and per UTC day × namespace × agent × consumer, and
+    // the hours each agent and consumer was seen in per day and model.
+    super::pairs::MIGRATION,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -94,6 +97,9 @@ pub fn migrate(conn: &mut Connection) -> CoreResult<()> {
         }
         if *migration == super::coarse::MIGRATION {
             super::coarse::fill(&tx)?;
+        }
+        if *migration == super::pairs::MIGRATION {
+            super::pairs::fill(&tx)?;
         }
     }
     tx.commit()?;

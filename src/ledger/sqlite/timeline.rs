@@ -1,4 +1,6 @@
-//! Totals per calendar bucket as one index range query per bucket.
+//! Totals per calendar bucket: from the per-model hours and the presence
+//! masks where those answer (`super::calendar`), else as one index range
+//! query per bucket.
 //!
 //! Grouping a whole table by a computed label makes SQLite evaluate a
 //! function per row and sort every row; instead the bucket boundaries are
@@ -20,6 +22,7 @@ use super::read::{self, Aggregate};
 use crate::error::CoreResult;
 use crate::ledger::buckets::{bucket_bounds, label, uniform_between, GroupBy, TimeUnit};
 use crate::ledger::filters::Filters;
+use crate::ledger::presence_read::By;
 use chrono_tz::Tz;
 use rusqlite::{params_from_iter, Connection};
 
@@ -130,6 +133,9 @@ pub fn aggregate_by_time(
     tz: Tz,
     filters: &Filters,
 ) -> CoreResult<Vec<Aggregate>> {
+    if let Some(found) = super::calendar::aggregate(conn, By::Bucket(unit, tz), filters)? {
+        return Ok(found);
+    }
     let mut out = Vec::new();
     let mut cursor = None;
     let probes = match (
