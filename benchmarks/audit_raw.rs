@@ -2,13 +2,19 @@
 //!
 //! ```text
 //! cargo run --release --example audit_raw -- insert <path> <n> --chain on|off
+//! cargo run --release --example audit_raw -- record <path> <n> --chain on|off
 //! cargo run --release --example audit_raw -- verify <path> <n>
 //! ```
 //!
 //! `insert` writes `n` events through the writer's own `Inserter` in
 //! 10,000-event transactions on the store's write connection (its schema and
 //! pragmas), with the chain (digest, position, head) or without it (and
-//! without the chain's index): the rate is events per second. `verify`
+//! without the chain's index): the rate is events per second. `record`
+//! goes through the store's public path instead: `SqliteStore::record` one
+//! event at a time (batch durability: the writer thread groups what is
+//! queued into transactions), then `flush`, so the rate counts every event
+//! committed; with the chain off the store writes no positions, digests or
+//! heads and the chain's index is dropped. `verify`
 //! fills a ledger with `n` chained events (untimed), then times
 //! `SqliteStore::verify` over all of them.
 
@@ -81,6 +87,26 @@ fn insert(store: &SqliteStore, events: Vec<UsageEvent>, chained: bool) -> Result
     Ok(seconds as f64 / 1e6)
 }
 
+/// Records `events` one by one through the store and flushes; returns the seconds it took.
+fn record(store: &SqliteStore, events: Vec<UsageEvent>, chained: bool) -> Result<f64, String> {
+    if !chained {
+        store.unchained_for_benchmark();
+        store
+            .with_writer(Box::new(|conn| {
+                conn.execute_batch("DROP INDEX usage_events_chain")?;
+                Ok(0)
+            }))
+            .map_err(|e| e.to_string())?;
+    }
+    let events: Vec<Arc<UsageEvent>> = events.into_iter().map(Arc::new).collect();
+    let started = Instant::now();
+    for event in events {
+        store.record(event).map_err(|e| e.to_string())?;
+    }
+    store.flush().map_err(|e| e.to_string())?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
 /// Times `verify` over the whole ledger, which must hold `n` intact events.
 fn time_verify(store: &SqliteStore, n: usize) -> Result<serde_json::Value, String> {
     let (started, cpu_before) = (Instant::now(), cpu_seconds());
@@ -98,7 +124,7 @@ fn time_verify(store: &SqliteStore, n: usize) -> Result<serde_json::Value, Strin
 }
 
 fn run(args: &[String]) -> Result<serde_json::Value, String> {
-    let usage = "usage: audit_raw insert <path> <n> --chain on|off | audit_raw verify <path> <n> | audit_raw verify-existing <path> <n>";
+    let usage = "usage: audit_raw insert|record <path> <n> --chain on|off | audit_raw verify <path> <n> | audit_raw verify-existing <path> <n>";
     let (command, path, n) = match args {
         [c, p, n, ..] => (
             c.as_str(),
@@ -117,13 +143,17 @@ fn run(args: &[String]) -> Result<serde_json::Value, String> {
     let events = make_events(n);
     let store = open_store(&path)?;
     match command {
-        "insert" => {
+        "insert" | "record" => {
             let chained = match args.get(3..5) {
                 Some([flag, value]) if flag == "--chain" => value == "on",
                 _ => return Err(usage.into()),
             };
             let cpu_before = cpu_seconds();
-            let seconds = insert(&store, events, chained)?;
+            let seconds = if command == "insert" {
+                insert(&store, events, chained)?
+            } else {
+                record(&store, events, chained)?
+            };
             let cpu = cpu_seconds() - cpu_before;
             store.close();
             Ok(serde_json::json!({

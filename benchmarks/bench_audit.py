@@ -10,7 +10,7 @@
    ``PostgresStore.record`` one event at a time, batch durability, until all
    are committed, with the chain and without it (no positions, digests,
    head locks, chain index), alternating runs into fresh schemas.
-3. ``verify`` of a whole SQLite ledger of 1,000,000 chained events
+4. ``verify`` of a whole SQLite ledger of 1,000,000 chained events
    (4 namespaces).
 
 They run ``benchmarks/audit_raw.rs`` and ``benchmarks/pg_chain_raw.rs``,
@@ -140,6 +140,23 @@ def main() -> None:
         )
         print_costs(
             f"SQLite insert, {args.events:,} events x {args.runs} runs each (medians):",
+            medians,
+            "events/s",
+        )
+        medians = side_by_side(
+            lambda chained, i: run(
+                exe,
+                "record",
+                Path(tmp) / f"record-{i}-{chained}.db",
+                args.events,
+                "--chain",
+                "on" if chained else "off",
+            ),
+            args.runs,
+            ("rate", "cpu_rate"),
+        )
+        print_costs(
+            f"SQLite SqliteStore.record, {args.events:,} events x {args.runs} runs each (medians):",
             medians,
             "events/s",
         )

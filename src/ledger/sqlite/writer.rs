@@ -94,6 +94,8 @@ pub(crate) struct Writer {
     thread: Mutex<Option<JoinHandle<()>>>,
     pub(crate) counters: Arc<Counters>,
     closing: Arc<AtomicBool>,
+    /// Set only by the benchmark that measures what the hash chain costs.
+    unchained: Arc<AtomicBool>,
 }
 
 pub(crate) fn busy(e: &rusqlite::Error) -> bool {
@@ -150,11 +152,13 @@ impl Writer {
         let short_of_space = faults::ensure_reserve(&path).is_err();
         let (tx, rx) = sync_channel(QUEUE_CAPACITY);
         let closing = Arc::new(AtomicBool::new(false));
+        let unchained = Arc::new(AtomicBool::new(false));
         let mut worker = Worker {
             conn,
             path,
             counters: counters.clone(),
             closing: closing.clone(),
+            unchained: unchained.clone(),
             log,
             retention_us,
             now_us,
@@ -171,6 +175,7 @@ impl Writer {
             thread: Mutex::new(Some(thread)),
             counters,
             closing,
+            unchained,
         })
     }
 
@@ -329,6 +334,12 @@ impl Writer {
         }
     }
 
+    /// Leaves the hash chain out of what is written from now on (see
+    /// `SqliteStore::unchained_for_benchmark`).
+    pub(crate) fn unchain_for_benchmark(&self) {
+        self.unchained.store(true, Ordering::SeqCst);
+    }
+
     pub(crate) fn is_closed(&self) -> bool {
         self.tx.lock().is_none()
     }
@@ -376,11 +387,27 @@ fn replay_spill(
     Ok(())
 }
 
+/// The inserter of a write transaction: with the hash chain, unless the
+/// chain benchmark turned it off.
+fn inserter<'c>(
+    tx: &'c Connection,
+    pricing: Option<&'c Pricing>,
+    unchained: &AtomicBool,
+) -> rusqlite::Result<Inserter<'c>> {
+    let inserter = Inserter::with_pricing(tx, pricing)?;
+    Ok(if unchained.load(Ordering::Relaxed) {
+        inserter.unchained_for_benchmark()
+    } else {
+        inserter
+    })
+}
+
 struct Worker {
     conn: Connection,
     path: PathBuf,
     counters: Arc<Counters>,
     closing: Arc<AtomicBool>,
+    unchained: Arc<AtomicBool>,
     log: LogSink,
     retention_us: Option<i64>,
     now_us: Arc<dyn Fn() -> i64 + Send + Sync>,
@@ -761,7 +788,7 @@ impl Worker {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut inserter = Inserter::with_pricing(&tx, self.pricing.as_deref())?;
+        let mut inserter = inserter(&tx, self.pricing.as_deref(), &self.unchained)?;
         let outcomes = records
             .iter()
             .map(|(event, _)| inserter.insert(event))
@@ -816,7 +843,7 @@ impl Worker {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut inserted = 0;
         let mut duplicates = 0;
-        let mut inserter = Inserter::with_pricing(&tx, self.pricing.as_deref())?;
+        let mut inserter = inserter(&tx, self.pricing.as_deref(), &self.unchained)?;
         for (index, event) in events.iter().enumerate() {
             match inserter.insert(event)? {
                 Outcome::Inserted => inserted += 1,
