@@ -259,16 +259,10 @@ def test_pre_aggregated_totals_equal_the_events_through_purges_and_reprices(
 CALENDAR_VERSION = 7
 
 
-def test_a_postgres_ledger_from_before_the_calendar_tables_gets_them_filled(
-    postgres_cluster: Any,
-) -> None:
-    """Wound back to before the per-model hours, the presence masks and the
-    totals per agent × consumer, a ledger fills them from its hourly totals
-    on opening: buckets in every zone, summaries and totals per agent equal
-    the events again."""
-    schema = postgres_cluster.new_schema()
-    start = dt.datetime(2026, 6, 9, 20, 17, tzinfo=UTC)
-    recorded = [
+def mixed_events(start: dt.datetime) -> list[uw.UsageEvent]:
+    """160 events every 37 minutes from `start`: three agents (one not
+    ASCII), two consumers, two namespaces, unpriced events and no model."""
+    return [
         uw.UsageEvent(
             ["a1", "a2", "Agent-é"][i % 3],
             ["c1", "Z"][i % 2],
@@ -282,6 +276,18 @@ def test_a_postgres_ledger_from_before_the_calendar_tables_gets_them_filled(
         )
         for i in range(160)
     ]
+
+
+def test_a_postgres_ledger_from_before_the_calendar_tables_gets_them_filled(
+    postgres_cluster: Any,
+) -> None:
+    """Wound back to before the per-model hours, the presence masks and the
+    totals per agent × consumer, a ledger fills them from its hourly totals
+    on opening: buckets in every zone, summaries and totals per agent equal
+    the events again."""
+    schema = postgres_cluster.new_schema()
+    start = dt.datetime(2026, 6, 9, 20, 17, tzinfo=UTC)
+    recorded = mixed_events(start)
     with uw.PostgresStore(postgres_cluster.dsn(), schema=schema) as store:
         store.record_batch(recorded)
         store.flush()
@@ -317,20 +323,7 @@ def test_a_sqlite_ledger_from_before_the_pair_totals_gets_them_filled(tmp_path: 
     and the lists of agents and consumers equal the events again."""
     path = tmp_path / "ledger.db"
     start = dt.datetime(2026, 6, 9, 20, 17, tzinfo=UTC)
-    recorded = [
-        uw.UsageEvent(
-            ["a1", "a2", "Agent-é"][i % 3],
-            ["c1", "Z"][i % 2],
-            namespace=["ns", "other"][i % 5 == 0],
-            model=[None, "m1", "M2"][i % 3 if i % 7 else 0],
-            tokens_in=i * 11,
-            tokens_out=i,
-            cost=None if i % 4 == 0 else i / 1e6,
-            timestamp=start + dt.timedelta(minutes=37 * i),
-            request_id=f"r{i}",
-        )
-        for i in range(160)
-    ]
+    recorded = mixed_events(start)
     with uw.SQLiteStore(path) as store:
         store.record_batch(recorded)
         store.flush()
