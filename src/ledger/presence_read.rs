@@ -16,7 +16,7 @@
 
 use crate::ledger::buckets::{label, slot_is_uniform, TimeUnit, SLOT_US};
 use crate::ledger::filters::Filters;
-use crate::ledger::rollup_plan::{day_of, Plan, DAY_US, HOUR_US, MAX_SCANNED_HOURS};
+use crate::ledger::rollup_plan::{day_of, hour_bit, Plan, DAY_US, HOUR_US, MAX_SCANNED_HOURS};
 use crate::ledger::sqlite::{add_totals, Aggregate};
 use chrono_tz::Tz;
 use hashbrown::{HashMap, HashSet};
@@ -118,7 +118,7 @@ impl PresenceRead {
                     By::Model => BY_MODEL,
                 };
                 read.bucket_of_hour.insert(h, i);
-                let bit = 1u32 << ((h - day_of(h)) / HOUR_US);
+                let bit = hour_bit(h);
                 let masks = read.days.entry(day_of(h)).or_default();
                 match masks.iter_mut().find(|(j, _)| *j == i) {
                     Some((_, mask)) => *mask |= bit,

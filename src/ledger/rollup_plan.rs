@@ -34,6 +34,33 @@ pub fn answers(filters: &Filters) -> bool {
     filters.task_id.is_none() && filters.model.as_deref() != Some("")
 }
 
+/// The key columns a grouped read needs from the pre-aggregated totals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Keys {
+    /// Every key column.
+    All,
+    /// Namespace, agent and consumer: model and action may be NULL, so the
+    /// totals per agent × consumer can be read where they keep the filters.
+    Pairs,
+}
+
+impl Keys {
+    /// Whether a read needing these keys is answered by the totals per
+    /// agent × consumer (both stores keep them alike): they keep every
+    /// filter but a model, an action or a task.
+    pub fn reads_pairs(self, filters: &Filters) -> bool {
+        self == Keys::Pairs
+            && filters.model.is_none()
+            && filters.action.is_none()
+            && filters.task_id.is_none()
+    }
+}
+
+/// The bit of `hour` (a UTC hour start) in its UTC day's 24-bit presence mask.
+pub fn hour_bit(hour: i64) -> u32 {
+    1 << ((hour - day_of(hour)) / HOUR_US)
+}
+
 /// A time range split for reading.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {

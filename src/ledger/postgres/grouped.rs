@@ -14,6 +14,7 @@ use super::read::{where_clause, Param};
 use super::writer::{saturate, COUNTERS};
 use crate::error::CoreResult;
 use crate::ledger::filters::Filters;
+pub use crate::ledger::rollup_plan::Keys;
 use crate::ledger::rollup_plan::{Plan, HOUR_US};
 use deadpool_postgres::GenericClient;
 
@@ -216,17 +217,6 @@ pub async fn after_purge(c: &impl GenericClient, s: &str, cutoff_us: i64) -> Cor
     recount_hours(c, s, &[edge]).await
 }
 
-/// What the rows of `source` must keep.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Keys {
-    /// Every key column.
-    All,
-    /// Namespace, agent and consumer: model and action may be NULL, and
-    /// the totals per agent × consumer (`super::pairs`) are read where
-    /// they keep the filters.
-    Pairs,
-}
-
 /// Rows of one shape — `ts, namespace, agent_id, consumer_id, model, action,
 /// events, …counters, cost_nanos, unpriced_events` — from the totals of the
 /// planned hours and from the events of the rest, with `$n` placeholders
@@ -272,7 +262,7 @@ pub fn source(
             terms.join(" AND ")
         ));
     };
-    let pairs = keys == Keys::Pairs && super::pairs::answers(filters);
+    let pairs = keys.reads_pairs(filters);
     let (daily, hourly, model_action) = if pairs {
         (
             super::pairs::DAILY_PAIR.table,

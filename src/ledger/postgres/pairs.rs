@@ -16,7 +16,6 @@ use super::calendar::{day_of_sql, summed_totals};
 use super::coarse::DAY_OF_TS;
 use super::grouped::{self, Level, HOUR_OF_TS};
 use crate::error::CoreResult;
-use crate::ledger::filters::Filters;
 use crate::ledger::rollup_plan::{day_of, DAY_US};
 use deadpool_postgres::GenericClient;
 
@@ -147,10 +146,4 @@ pub async fn drop_before(c: &impl GenericClient, s: &str, edge: i64) -> CoreResu
         .await?;
     }
     Ok(())
-}
-
-/// Whether the tables keep every filter of `filters`: any but a model, an
-/// action or a task.
-pub fn answers(filters: &Filters) -> bool {
-    filters.model.is_none() && filters.action.is_none() && filters.task_id.is_none()
 }

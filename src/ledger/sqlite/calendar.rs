@@ -140,7 +140,7 @@ struct EventGroup {
 }
 
 /// `namespace = ?` and `model = ?` for the filters kept (possibly none).
-fn key_terms(filters: &Filters, terms: &mut Vec<String>, params: &mut Vec<Value>) {
+pub(super) fn key_terms(filters: &Filters, terms: &mut Vec<String>, params: &mut Vec<Value>) {
     for (column, value) in [("namespace", &filters.namespace), ("model", &filters.model)] {
         if let Some(v) = value {
             terms.push(format!("{column} = ?"));

@@ -110,10 +110,7 @@ pub(super) fn fold_hours(
             rollup::add(pending.models.entry(key).or_default(), &totals);
         }
         if levels.pair_hours || levels.pair_days_and_presence {
-            pending.add_pair(hour, &namespace, &agent, &consumer, &totals);
-            pending
-                .presence
-                .see(hour, &namespace, &model, &agent, &consumer);
+            pending.add_pair((hour, &namespace, &model, &agent, &consumer), &totals);
         }
         if levels.days {
             let key = (day, namespace, agent, consumer, model, row.get(5)?);

@@ -11,6 +11,7 @@ use crate::ledger::buckets::GroupBy;
 use crate::ledger::event::{MAX_TIMESTAMP_US, MIN_TIMESTAMP_US};
 use crate::ledger::filters::Filters;
 use crate::ledger::presence_read::By;
+pub(super) use crate::ledger::rollup_plan::Keys;
 use crate::ledger::rollup_plan::{self, Plan};
 use hashbrown::{HashMap, HashSet};
 use rusqlite::types::Value;
@@ -52,17 +53,6 @@ fn key_terms(filters: &Filters, params: &mut Vec<Value>) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// What the rows of `source` must keep.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum Keys {
-    /// Every key column.
-    All,
-    /// Namespace, agent and consumer: model and action may be NULL, and the
-    /// totals per agent × consumer (`super::pairs`) are read where they
-    /// keep the filters.
-    Pairs,
-}
-
 /// Rows of one shape — `ts, namespace, agent_id, consumer_id, model,
 /// action, events, …counted, unpriced_events` — from the totals of the
 /// planned hours and from the events of the rest.
@@ -88,7 +78,7 @@ pub(super) fn source(filters: &Filters, plan: &Plan, keys: Keys) -> (String, Vec
             ));
         }
     };
-    let pairs = keys == Keys::Pairs && super::pairs::answers(filters);
+    let pairs = keys.reads_pairs(filters);
     let (daily, hourly, model_action) = if pairs {
         (
             "usage_daily_pair",
@@ -176,7 +166,7 @@ pub fn aggregate_by_key(
     let Some(plan) = plan_of(filters).filter(|_| !matches!(group_by, GroupBy::Time(_))) else {
         return read::aggregate_rows(conn, group_by, tz, filters);
     };
-    if group_by == GroupBy::Model && rollup::per_model_hours_answer(filters) {
+    if group_by == GroupBy::Model && crate::ledger::presence_read::answers(filters) {
         if let Some(found) = super::calendar::aggregate(conn, By::Model, filters)? {
             return Ok(found);
         }

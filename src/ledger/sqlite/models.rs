@@ -39,12 +39,7 @@ pub fn aggregate_by_model(
     if first < past {
         let mut terms = vec!["hour >= ?".to_string(), "hour < ?".to_string()];
         let mut params = vec![Value::Integer(first), Value::Integer(past)];
-        for (column, value) in [("namespace", &filters.namespace), ("model", &filters.model)] {
-            if let Some(v) = value {
-                terms.push(format!("{column} = ?"));
-                params.push(Value::Text(v.clone()));
-            }
-        }
+        super::calendar::key_terms(filters, &mut terms, &mut params);
         let sql = format!(
             "SELECT model, {}, 0, 0 FROM usage_hourly_model WHERE {} GROUP BY model",
             grouped::TOTALS,

@@ -13,7 +13,6 @@
 
 use super::read::Aggregate;
 use super::rollup::{self, Levels, PairKey};
-use crate::ledger::filters::Filters;
 use hashbrown::HashMap;
 use rusqlite::types::Value;
 use rusqlite::{params_from_iter, Connection};
@@ -85,10 +84,4 @@ pub(super) fn write(
         stmt.execute(params_from_iter(keys.into_iter().chain(rollup::sums(&t))))?;
     }
     Ok(())
-}
-
-/// Whether the tables keep every filter of `filters`: any but a model, an
-/// action or a task.
-pub fn answers(filters: &Filters) -> bool {
-    filters.model.is_none() && filters.action.is_none() && filters.task_id.is_none()
 }

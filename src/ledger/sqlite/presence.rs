@@ -10,7 +10,7 @@
 //! Kept with the pair totals of `super::pairs` (same transactions, same
 //! recounts: a day's masks are rebuilt from its hourly groups).
 
-use crate::ledger::rollup_plan::{day_of, HOUR_US};
+use crate::ledger::rollup_plan::{day_of, hour_bit};
 use hashbrown::HashMap;
 use rusqlite::{params, Connection};
 
@@ -18,11 +18,6 @@ use rusqlite::{params, Connection};
 pub const AGENT: i64 = 0;
 /// `kind` of a consumer's row.
 pub const CONSUMER: i64 = 1;
-
-/// The bit of `hour` (a UTC hour start) in its day's mask.
-pub fn hour_bit(hour: i64) -> u32 {
-    1 << ((hour - day_of(hour)) / HOUR_US)
-}
 
 /// One day × namespace × model's masks being gathered.
 struct DayModel {
@@ -96,6 +91,7 @@ impl Masks {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ledger::rollup_plan::HOUR_US;
 
     #[test]
     fn masks_add_the_hours_each_id_was_seen_in_per_day_and_model() {

@@ -192,43 +192,38 @@ impl Pending {
         add(self.groups.entry(key).or_default(), &one);
     }
 
-    /// Adds `totals` of one agent × consumer in `hour` to its hour and day.
-    pub(super) fn add_pair(
-        &mut self,
-        hour: i64,
-        namespace: &str,
-        agent: &str,
-        consumer: &str,
-        totals: &Aggregate,
-    ) {
-        for (table, time) in [
-            (&mut self.pair_hours, hour),
-            (&mut self.pair_days, day_of(hour)),
-        ] {
-            let key = (
-                time,
-                namespace.to_owned(),
-                agent.to_owned(),
-                consumer.to_owned(),
-            );
-            add(table.entry(key).or_default(), totals);
-        }
+    /// Adds one hourly group (`model` is `''` for none) to its rows per
+    /// agent × consumer, hour and day, and to the day's presence masks.
+    pub(super) fn add_pair(&mut self, group: PairGroup<'_>, totals: &Aggregate) {
+        add_pair(
+            &mut self.pair_hours,
+            &mut self.pair_days,
+            &mut self.presence,
+            group,
+            totals,
+        );
     }
 
     /// Adds the rows per agent × consumer and the presence masks of the
     /// hourly groups gathered (once per group, not per event).
     fn add_pairs_of_groups(&mut self) {
-        let mut pairs = std::mem::take(&mut self.pair_hours);
-        let mut days = std::mem::take(&mut self.pair_days);
-        for ((hour, namespace, agent, consumer, model, _), t) in &self.groups {
-            self.presence.see(*hour, namespace, model, agent, consumer);
-            for (table, time) in [(&mut pairs, *hour), (&mut days, day_of(*hour))] {
-                let key = (time, namespace.clone(), agent.clone(), consumer.clone());
-                add(table.entry(key).or_default(), t);
-            }
+        let Pending {
+            groups,
+            pair_hours,
+            pair_days,
+            presence,
+            ..
+        } = self;
+        for ((hour, namespace, agent, consumer, model, _), t) in groups.iter() {
+            let group = (
+                *hour,
+                namespace.as_str(),
+                model.as_str(),
+                agent.as_str(),
+                consumer.as_str(),
+            );
+            add_pair(pair_hours, pair_days, presence, group, t);
         }
-        self.pair_hours = pairs;
-        self.pair_days = days;
     }
 
     /// Forgets what was gathered for the levels not in `levels` (those
@@ -289,6 +284,29 @@ impl Pending {
         super::pairs::write(conn, "usage_hourly_pair", &mut self.pair_hours)?;
         super::pairs::write(conn, "usage_daily_pair", &mut self.pair_days)?;
         self.presence.write(conn)
+    }
+}
+
+/// One hourly group as the pair rows and presence masks see it: hour,
+/// namespace, model (`''` for none), agent and consumer.
+pub(super) type PairGroup<'a> = (i64, &'a str, &'a str, &'a str, &'a str);
+
+fn add_pair(
+    pair_hours: &mut HashMap<PairKey, Aggregate>,
+    pair_days: &mut HashMap<PairKey, Aggregate>,
+    presence: &mut super::presence::Masks,
+    (hour, namespace, model, agent, consumer): PairGroup<'_>,
+    totals: &Aggregate,
+) {
+    presence.see(hour, namespace, model, agent, consumer);
+    for (table, time) in [(pair_hours, hour), (pair_days, day_of(hour))] {
+        let key = (
+            time,
+            namespace.to_owned(),
+            agent.to_owned(),
+            consumer.to_owned(),
+        );
+        add(table.entry(key).or_default(), totals);
     }
 }
 
@@ -442,7 +460,8 @@ pub(super) fn fill_grouped(conn: &Connection) -> rusqlite::Result<()> {
 /// time only (from `usage_hourly`, or `usage_hourly_model` for a model), or
 /// `None` when other filters call for the grouped totals or the events.
 pub fn totals(conn: &Connection, filters: &Filters) -> CoreResult<Option<Aggregate>> {
-    if !per_model_hours_answer(filters) {
+    // The per-model hours (and `usage_hourly`) keep namespace, model and time.
+    if !crate::ledger::presence_read::answers(filters) {
         return Ok(None);
     }
     // Whole hours from the table, the partial hours at either end from the events.
@@ -471,19 +490,6 @@ pub fn totals(conn: &Connection, filters: &Filters) -> CoreResult<Option<Aggrega
         }
     }
     Ok(Some(total))
-}
-
-/// Whether the per-model hours (and `usage_hourly`) keep every filter of
-/// `filters`: namespace, model and time only.
-pub(super) fn per_model_hours_answer(filters: &Filters) -> bool {
-    let only_namespace_model_and_time = Filters {
-        namespace: filters.namespace.clone(),
-        model: filters.model.clone(),
-        start_us: filters.start_us,
-        end_us: filters.end_us,
-        ..Filters::default()
-    } == *filters;
-    only_namespace_model_and_time && crate::ledger::rollup_plan::answers(filters)
 }
 
 fn whole_hours(
