@@ -126,40 +126,24 @@ def main() -> None:
     args = parser.parse_args()
     exe = build("audit_raw")
     with tempfile.TemporaryDirectory() as tmp:
-        medians = side_by_side(
-            lambda chained, i: run(
-                exe,
-                "insert",
-                Path(tmp) / f"insert-{i}-{chained}.db",
-                args.events,
-                "--chain",
-                "on" if chained else "off",
-            ),
-            args.runs,
-            ("rate", "cpu_rate"),
-        )
-        print_costs(
-            f"SQLite insert, {args.events:,} events x {args.runs} runs each (medians):",
-            medians,
-            "events/s",
-        )
-        medians = side_by_side(
-            lambda chained, i: run(
-                exe,
-                "record",
-                Path(tmp) / f"record-{i}-{chained}.db",
-                args.events,
-                "--chain",
-                "on" if chained else "off",
-            ),
-            args.runs,
-            ("rate", "cpu_rate"),
-        )
-        print_costs(
-            f"SQLite SqliteStore.record, {args.events:,} events x {args.runs} runs each (medians):",
-            medians,
-            "events/s",
-        )
+        for mode, what in (("insert", "SQLite insert"), ("record", "SQLite SqliteStore.record")):
+            medians = side_by_side(
+                lambda chained, i, mode=mode: run(
+                    exe,
+                    mode,
+                    Path(tmp) / f"{mode}-{i}-{chained}.db",
+                    args.events,
+                    "--chain",
+                    "on" if chained else "off",
+                ),
+                args.runs,
+                ("rate", "cpu_rate"),
+            )
+            print_costs(
+                f"{what}, {args.events:,} events x {args.runs} runs each (medians):",
+                medians,
+                "events/s",
+            )
         postgres_costs(build("pg_chain_raw"), args.pg_events, args.runs)
         samples = []
         for i in range(3):
