@@ -159,7 +159,7 @@ impl Claimed {
             .enumerate()
             .map(|(i, p)| match self.stored[i] {
                 _ if self.fresh[i] => Outcome::Inserted,
-                Some(fp) if fp != p.event.fingerprint() => Outcome::Conflict,
+                Some(fp) if fp != p.fingerprint => Outcome::Conflict,
                 _ => Outcome::Duplicate,
             })
             .collect()
@@ -232,7 +232,7 @@ async fn insert_chained(
         .collect();
     for i in 0..records.len() {
         if fresh[i] {
-            stored[i] = Some(records[i].event.fingerprint());
+            stored[i] = Some(records[i].fingerprint);
         }
         stored[i] = stored[first_of[i]];
     }
@@ -245,20 +245,30 @@ async fn insert_chained(
     if outcome.inserted() == 0 {
         return Ok(Some(outcome));
     }
-    let mut hourly = BatchTotals::new(batch_totals::period_of(&grouped::HOURLY));
-    let mut daily = BatchTotals::new(batch_totals::period_of(&coarse::DAILY));
-    let mut chained = Vec::with_capacity(outcome.inserted());
-    for (i, p) in records.iter().enumerate() {
-        if !outcome.fresh[i] {
-            continue;
+    let fresh: Vec<&Pending> = records
+        .iter()
+        .zip(&outcome.fresh)
+        .filter_map(|(p, &fresh)| fresh.then_some(p))
+        .collect();
+    // Done while the server stores the claimed ids: the chain links and the
+    // totals need no answer from it.
+    let link_and_sum = || {
+        let mut hourly = BatchTotals::new(batch_totals::period_of(&grouped::HOURLY));
+        let mut daily = BatchTotals::new(batch_totals::period_of(&coarse::DAILY));
+        let mut links = Vec::with_capacity(fresh.len());
+        for p in &fresh {
+            let cost = p.event.cost_nanos.or(p.priced);
+            hourly.add(&p.event, cost);
+            daily.add(&p.event, cost);
+            links.push(heads.as_mut().map(|h| h.extend(&p.event)));
         }
-        let cost = p.event.cost_nanos.or(p.priced);
-        hourly.add(&p.event, cost);
-        daily.add(&p.event, cost);
-        let link = heads.as_mut().map(|h| h.extend(&p.event));
-        chained.push((p, link));
-    }
-    let (hourly, daily) = (hourly.columns(), daily.columns());
+        (links, hourly.columns(), daily.columns())
+    };
+    let Some((links, hourly, daily)) =
+        copy_keys(tx, &statements.claim, &fresh, link_and_sum).await?
+    else {
+        return Ok(None);
+    };
     let write_heads = async {
         match &heads {
             Some(h) => h.write(tx, &statements.heads).await,
@@ -280,10 +290,7 @@ async fn insert_chained(
         },
     )
     .await?;
-    if !copy_keys(tx, &statements.claim, &chained).await? {
-        return Ok(None);
-    }
-    copy_events(tx, &statements.copy, &chained).await?;
+    copy_events(tx, &statements.copy, &fresh, &links).await?;
     Ok(Some(outcome))
 }
 
@@ -292,6 +299,9 @@ struct Pending {
     event: Arc<UsageEvent>,
     /// The cost the store's pricing filled in, if any.
     priced: Option<u64>,
+    /// `event.fingerprint()`, computed once: the claim, the row and the
+    /// outcome all need it.
+    fingerprint: i64,
     reply: Option<oneshot::Sender<CoreResult<Outcome>>>,
 }
 
@@ -383,6 +393,7 @@ impl Worker {
             _ => None,
         };
         Pending {
+            fingerprint: event.fingerprint(),
             event,
             priced,
             reply,
@@ -667,13 +678,15 @@ impl From<CopyFailed> for CoreError {
 }
 
 /// Sends `rows` (values of `types`) in PostgreSQL's binary `COPY` format
-/// to `copy`, encoded straight into large messages.
-async fn copy_rows<'r, const N: usize>(
+/// to `copy`, encoded straight into large messages, and runs `meanwhile`
+/// once they are sent, while the server is still storing them.
+async fn copy_rows<'r, const N: usize, T>(
     tx: &tokio_postgres::Transaction<'_>,
     copy: &tokio_postgres::Statement,
     types: &[Type; N],
     rows: impl Iterator<Item = [&'r (dyn ToSql + Sync + 'r); N]>,
-) -> Result<u64, CopyFailed> {
+    meanwhile: impl FnOnce() -> T,
+) -> Result<T, CopyFailed> {
     let sink = tx.copy_in::<_, bytes::Bytes>(copy).await?;
     let mut sink = std::pin::pin!(sink);
     let mut buf = BytesMut::with_capacity(COPY_CHUNK + 8192);
@@ -700,29 +713,29 @@ async fn copy_rows<'r, const N: usize>(
     }
     buf.put_i16(-1);
     sink.send(buf.split().freeze()).await?;
-    Ok(sink.finish().await?)
+    let done = meanwhile();
+    sink.finish().await?;
+    Ok(done)
 }
 
-/// Binary `COPY` of the new events' identities into `request_keys`;
-/// `false` when one of them is stored already (the transaction is then
-/// aborted).
-async fn copy_keys(
+/// Binary `COPY` of the new events' identities into `request_keys`, with
+/// `meanwhile` run while the server stores them; `None` when one of them
+/// is stored already (the transaction is then aborted).
+async fn copy_keys<T>(
     tx: &tokio_postgres::Transaction<'_>,
     copy: &tokio_postgres::Statement,
-    events: &[(&Pending, Option<(i64, Digest)>)],
-) -> CoreResult<bool> {
-    let fingerprints: Vec<i64> = events.iter().map(|(p, _)| p.event.fingerprint()).collect();
-    let rows = events
-        .iter()
-        .zip(&fingerprints)
-        .map(|((p, _), fingerprint)| {
-            let e = &*p.event;
-            let row: [&(dyn ToSql + Sync); 3] = [&e.namespace, &e.request_id, fingerprint];
-            row
-        });
-    match copy_rows(tx, copy, &[Type::TEXT, Type::TEXT, Type::INT8], rows).await {
-        Ok(_) => Ok(true),
-        Err(CopyFailed::Database(e)) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => Ok(false),
+    events: &[&Pending],
+    meanwhile: impl FnOnce() -> T,
+) -> CoreResult<Option<T>> {
+    let rows = events.iter().map(|p| {
+        let e = &*p.event;
+        let row: [&(dyn ToSql + Sync); 3] = [&e.namespace, &e.request_id, &p.fingerprint];
+        row
+    });
+    let types = [Type::TEXT, Type::TEXT, Type::INT8];
+    match copy_rows(tx, copy, &types, rows, meanwhile).await {
+        Ok(done) => Ok(Some(done)),
+        Err(CopyFailed::Database(e)) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => Ok(None),
         Err(e) => Err(e.into()),
     }
 }
@@ -733,7 +746,6 @@ async fn copy_keys(
 struct Computed<'e> {
     counters: [i64; 7],
     cost: Option<i64>,
-    fingerprint: i64,
     priced: bool,
     position: Option<i64>,
     digest: Option<&'e [u8]>,
@@ -742,25 +754,26 @@ struct Computed<'e> {
 async fn copy_events(
     tx: &tokio_postgres::Transaction<'_>,
     copy: &tokio_postgres::Statement,
-    events: &[(&Pending, Option<(i64, Digest)>)],
+    events: &[&Pending],
+    links: &[Option<(i64, Digest)>],
 ) -> CoreResult<()> {
     let big = |v: u64| v.min(i64::MAX as u64) as i64;
     // The values computed here, owned for the rows that borrow them.
     let computed: Vec<Computed> = events
         .iter()
+        .zip(links)
         .map(|(p, link)| {
             let e = &*p.event;
             Computed {
                 counters: counters(e).map(big),
                 cost: e.cost_nanos.or(p.priced).map(big),
-                fingerprint: e.fingerprint(),
                 priced: p.priced.is_some(),
                 position: link.map(|l| l.0),
                 digest: link.as_ref().map(|l| &l.1[..]),
             }
         })
         .collect();
-    let rows = events.iter().zip(&computed).map(|((p, _), c)| {
+    let rows = events.iter().zip(&computed).map(|(p, c)| {
         let e = &*p.event;
         let n = &c.counters;
         let row: [&(dyn ToSql + Sync); 23] = [
@@ -782,7 +795,7 @@ async fn copy_events(
             &c.cost,
             &e.source,
             &e.metadata,
-            &c.fingerprint,
+            &p.fingerprint,
             &c.priced,
             &e.artifact_digest,
             &c.position,
@@ -790,6 +803,6 @@ async fn copy_events(
         ];
         row
     });
-    copy_rows(tx, copy, &EVENT_TYPES, rows).await?;
+    copy_rows(tx, copy, &EVENT_TYPES, rows, || ()).await?;
     Ok(())
 }
