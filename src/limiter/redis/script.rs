@@ -66,16 +66,21 @@ impl LimiterScript {
         Ok(())
     }
 
-    /// The command calling the code on `keys` with `args`.
-    pub(crate) fn invocation(&self, keys: usize) -> Cmd {
-        let mut cmd;
-        if self.functions {
-            cmd = redis::cmd("FCALL");
-            cmd.arg(&self.function);
+    /// The command calling the code on `keys`, with room for `args` more
+    /// arguments of `bytes` together (one allocation each, not one per growth).
+    pub(crate) fn invocation(&self, keys: usize, args: usize, bytes: usize) -> Cmd {
+        let name = if self.functions {
+            self.function.as_str()
         } else {
-            cmd = redis::cmd("EVALSHA");
-            cmd.arg(self.script.get_hash());
+            self.script.get_hash()
+        };
+        let mut cmd = Cmd::with_capacity(args + 3, bytes + name.len() + 16);
+        if self.functions {
+            cmd.arg("FCALL");
+        } else {
+            cmd.arg("EVALSHA");
         }
+        cmd.arg(name);
         cmd.arg(keys);
         cmd
     }
