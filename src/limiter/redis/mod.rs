@@ -233,8 +233,19 @@ impl RedisInner {
         self.script_limits(key).limits.clone()
     }
 
+    /// What every Redis key of this limiter starts with: the prefix and the
+    /// layout's version.
+    fn key_head(&self) -> String {
+        format!("{}:{}:", self.config.prefix, script::LAYOUT)
+    }
+
     fn redis_key(&self, key: &str) -> String {
-        format!("{}:{key}", self.config.prefix)
+        format!("{}:{}:{key}", self.config.prefix, script::LAYOUT)
+    }
+
+    /// The limiter key of a Redis key of this limiter.
+    fn key_of<'a>(&self, redis_key: &'a str) -> Option<&'a str> {
+        redis_key.strip_prefix(&self.key_head())
     }
 
     fn now(&self) -> Option<u64> {
@@ -512,8 +523,8 @@ impl RedisLimiter {
     pub fn keys(&self) -> CoreResult<Vec<String>> {
         let inner = &self.inner;
         let mut conn = inner.conn.clone();
-        let pattern = format!("{}:*", redis_glob_escape(&inner.config.prefix));
-        let prefix_len = inner.config.prefix.len() + 1;
+        let pattern = format!("{}*", redis_glob_escape(&inner.key_head()));
+        let prefix_len = inner.key_head().len();
         let url = inner.config.url.clone();
         let timeout = inner.config.timeout;
         inner.block(async move {

@@ -9,6 +9,11 @@
 use redis::aio::ConnectionManager;
 use redis::{Cmd, RedisError, RedisResult, Script};
 
+/// The version of the layout of the state the library stores, part of every
+/// key's name (`<prefix>:v2:<key>`): a version storing another layout uses
+/// other keys, so that neither reads what the other wrote.
+pub(crate) const LAYOUT: &str = "v2";
+
 /// One library in four files: the windows, the queue of waiters, the common
 /// admission, the operations.
 const LIBRARY: &str = concat!(
