@@ -72,8 +72,7 @@ def test_idle_keys_expire_and_memory_per_key_is_bounded(redis_server, redis_url)
     assert big.usage("busy") == uw.Usage(requests=3_000, input_tokens=3_000_000)
 
 
-
-def test_keys_stored_in_another_layout_are_neither_read_nor_written(redis_server, redis_url) -> None:
+def test_keys_of_another_layout_are_neither_read_nor_written(redis_server, redis_url) -> None:
     # A key as stored by a version with the earlier layout ("<prefix>:<key>", one field
     # per value): paused far into the future.
     redis_server.command("HSET", "uwold:k", "g", "3", "p", str(10**18))
