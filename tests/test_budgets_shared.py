@@ -116,7 +116,7 @@ def test_shared_budgets_live_under_the_limiter_prefix(
     engine.settle(engine.check(estimated_cost=1.0), 1.0)
     limiter.try_acquire("alice")
     keys = redis_server.command("KEYS", "*").decode()
-    assert "tenant.budgets:{b}:" in keys and "tenant:alice" in keys
+    assert "tenant.budgets:{b}:" in keys and "tenant:v2:alice" in keys
     limiter.reset()  # the limiter's reset leaves budgets alone
     assert engine.status()[0]["spent_usd"] == 1.0
 

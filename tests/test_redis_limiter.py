@@ -60,16 +60,29 @@ def test_idle_keys_expire_and_memory_per_key_is_bounded(redis_server, redis_url)
         prefix="uw",
     )
     limiter.try_acquire("small")
-    ttl_ms = integer(redis_server.command("PTTL", "uw:small"))
+    ttl_ms = integer(redis_server.command("PTTL", "uw:v2:small"))
     # A window (and a second) after its last use, set an eighth longer so that most
     # calls need no PEXPIRE.
     assert 0 < ttl_ms <= 61_000 * 9 // 8, "a key expires about a window after its last use"
     for _ in range(3_000):
         big.try_acquire("busy", input_tokens=1_000)
-    fields = integer(redis_server.command("HLEN", "uw:busy"))
+    fields = integer(redis_server.command("HLEN", "uw:v2:busy"))
     # Running sums per bucket (at most 1,000 a window), never one entry per call or token.
     assert fields <= 1_000 + 10
     assert big.usage("busy") == uw.Usage(requests=3_000, input_tokens=3_000_000)
+
+
+def test_keys_of_another_layout_are_neither_read_nor_written(redis_server, redis_url) -> None:
+    # A key as stored by a version with the earlier layout ("<prefix>:<key>", one field
+    # per value): paused far into the future.
+    redis_server.command("HSET", "uwold:k", "g", "3", "p", str(10**18))
+    limiter = limiter_on(redis_url, prefix="uwold")
+    assert limiter.try_acquire("k").allowed
+    limiter.pause("k", 60)
+    limiter.reset()
+    assert integer(redis_server.command("EXISTS", "uwold:k")) == 1
+    assert str(10**18).encode() in redis_server.command("HGET", "uwold:k", "p")
+    assert integer(redis_server.command("HLEN", "uwold:k")) == 2
 
 
 @pytest.mark.parametrize("flushed", ["SCRIPT", "FUNCTION"])

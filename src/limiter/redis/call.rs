@@ -81,6 +81,26 @@ pub(crate) struct CallKey {
     /// The waiter's ticket in the key's queue (0 = none).
     pub(crate) ticket: u64,
     pub(crate) limits: Arc<Limits>,
+    /// The limits as the script reads them (made once per limits).
+    pub(crate) encoded: Arc<[u8]>,
+}
+
+/// A key's limits with their encoding for the script, made once when the
+/// limiter is built rather than on every call.
+#[derive(Clone)]
+pub(crate) struct ScriptLimits {
+    pub(crate) limits: Arc<Limits>,
+    pub(crate) encoded: Arc<[u8]>,
+}
+
+impl ScriptLimits {
+    pub(crate) fn new(limits: Limits) -> ScriptLimits {
+        let encoded = encode_limits(&limits).into();
+        ScriptLimits {
+            limits: Arc::new(limits),
+            encoded,
+        }
+    }
 }
 
 /// A script call, owned so that it can be moved onto the runtime.
@@ -108,10 +128,13 @@ pub(crate) struct Call {
 /// Numbers for the script, packed as little-endian doubles (one argument
 /// unpacked by one `struct.unpack`, instead of a `tonumber` per argument).
 /// Lua's numbers are doubles: a count is exact up to 2^53, as in the script.
-#[derive(Default)]
 struct Doubles(Vec<u8>);
 
 impl Doubles {
+    fn with_capacity(numbers: usize) -> Self {
+        Doubles(Vec::with_capacity(8 * numbers))
+    }
+
     fn push(&mut self, v: impl Into<Number>) -> &mut Self {
         self.0.extend_from_slice(&v.into().0.to_le_bytes());
         self
@@ -144,8 +167,8 @@ impl From<i64> for Number {
 
 /// A key's limits as the script reads them: windows, then (dimension, window, amount).
 fn encode_limits(limits: &Limits) -> Vec<u8> {
-    let mut out = Doubles::default();
     let windows = limits.windows();
+    let mut out = Doubles::with_capacity(2 + windows.len() + 3 * limits.specs().len());
     out.push(windows.len() as u64);
     for w in windows {
         out.push(us(*w));
@@ -162,11 +185,20 @@ fn encode_limits(limits: &Limits) -> Vec<u8> {
 impl Call {
     /// The call of the limiter's code with this call's keys and arguments.
     pub(crate) fn command(&self, script: &LimiterScript) -> Cmd {
-        let mut cmd = script.invocation(self.keys.len());
+        let count = 18 + 2 * self.keys.len() + 1 + 3 * self.observations.len();
+        let bytes: usize = self
+            .keys
+            .iter()
+            .map(|k| k.redis_key.len() + k.encoded.len())
+            .sum::<usize>()
+            + 8 * count
+            + self.channel.len()
+            + 16;
+        let mut cmd = script.invocation(self.keys.len(), 3 + 2 * self.keys.len(), bytes);
         for key in &self.keys {
             cmd.arg(&key.redis_key);
         }
-        let mut numbers = Doubles::default();
+        let mut numbers = Doubles::with_capacity(count);
         match self.now_ns {
             Some(ns) => numbers.push(us(ns)),
             None => numbers.push(-1i64),
@@ -195,7 +227,7 @@ impl Call {
         }
         cmd.arg(self.op.name()).arg(numbers.0).arg(&*self.channel);
         for key in &self.keys {
-            cmd.arg(encode_limits(&key.limits));
+            cmd.arg(&*key.encoded);
         }
         cmd
     }
@@ -238,6 +270,7 @@ impl Call {
                 generation: *g as u64,
                 ticket: 0,
                 limits: k.limits.clone(),
+                encoded: k.encoded.clone(),
             })
             .collect();
         Some(Call {

@@ -2,15 +2,21 @@
 -- four files, concatenated in this order: limiter.lua (arguments, windows), queue.lua
 -- (the queue of waiters), fast.lua (the common admission), ops.lua (the operations).
 --
--- KEYS: one hash per limiter key. Its fields:
---   g          generation (a reset bumps it; older reservations settle into nothing)
---   p          paused until (us)
+-- KEYS: one hash per limiter key (named by the client with the layout's version, so that
+-- versions with another layout never read these fields). Its fields:
+--   m          the key's state apart from its windows, packed doubles: generation (a
+--              reset bumps it; older reservations settle into nothing), paused until (us;
+--              0 = not paused), flags (1: a provider's ceiling is stored, 2: waiters
+--              queued), until when the last PEXPIRE keeps the key (us; -1 = not known).
+--              Absent: 0 0 0 -1.
 --   c1..c4     a provider's ceiling on requests / input / output / total tokens:
 --              "left observed until"
 --   w<W>       window W (us), packed doubles: head slot, head's last use, newest slot,
 --              newest's last use, newest's usage (6), the running sum of the window (6)
 --   b<W>:<slot> a bucket (slot = floor(t / quantum)), packed doubles: last use, next slot
---              (-1 ends; the buckets are linked oldest first), usage (6)
+--              (-1 ends; the buckets are linked oldest first), usage (6). The newest
+--              bucket lives only in its window's state: it is stored as a field once a
+--              newer bucket follows it.
 --   q          the queue of waiters (FIFO across processes), packed doubles: head ticket,
 --              next ticket, tickets queued, their usage together (6)
 --   q<seq>     a ticket, packed doubles: lease deadline (us, the server's TIME), owner's
@@ -19,9 +25,11 @@
 -- while now < last + W of its bucket: never released early, at most one quantum (W / 1000)
 -- late. Memory per key is bounded by 1000 buckets per window.
 --
--- The common call reads the window states (one HMGET), and writes them with the newest
--- bucket (one HSET): the window state holds a copy of the newest bucket, so admitting
--- never reads a bucket. Buckets are read only when they leave the window (each once),
+-- The common call reads m and the window states (one HMGET of 1 + windows fields), and
+-- writes the window states (one HSET; m too when the expiry is renewed): the newest
+-- bucket is in its window's state, so admitting reads no bucket and writes one only when
+-- a new one begins. The flags in m tell it that there is no ceiling and no queue to read.
+-- Buckets are read only when they leave the window (each once),
 -- when a refusal computes its exact wait, and for a usage span or a late settle.
 --
 -- The script is a library of functions: loaded once as a Redis Function (FUNCTION LOAD;
@@ -41,9 +49,9 @@
 -- windows..., limit count, (dimension, window, amount)...
 -- Dimensions: 1 requests, 2 input tokens, 3 output tokens, 4 total tokens, 5 cost.
 --
--- The key's expiry: with the server's clock, field x holds until when (us) the last
--- PEXPIRE keeps the key, set a slack beyond what its usage needs, so that most calls
--- need no PEXPIRE; with an injected clock every write sets the expiry (and drops x).
+-- The key's expiry: with the server's clock, m holds until when (us) the last PEXPIRE
+-- keeps the key, set a slack beyond what its usage needs, so that most calls need no
+-- PEXPIRE; with an injected clock every write sets the expiry (and m holds -1).
 --
 -- lease: like acquire of the usage (all keys or none, the same refusal), but each key is
 -- granted a slice (6 values appended to the reply per key): the fraction of its smallest
@@ -72,6 +80,9 @@ end
 local WFMT = 'dddddddddddddddd'
 local BFMT = 'dddddddd'
 local QFMT = 'ddddddddd'
+local MFMT = '<dddd'
+-- The flags of m.
+local CEILING, QUEUED = 1, 2
 
 -- The call: its operation, time, usages and keys (set by `begin`).
 local op, now, server_clock, U, V, extra, channel, token, LEASE, FRACTION
@@ -148,9 +159,10 @@ local function limits_of(blob)
     return t[i - 1]
   end
   -- By window index (fast.lua): W, quantum, field names; by limit: dimension, window
-  -- index, amount.
+  -- index, amount. `fields`: what the general path reads; `hot`: what the common
+  -- admission reads (m, then the windows).
   l = {wins = {}, specs = {}, wname = {}, bname = {}, wat = {},
-       fields = {'g', 'p', 'c1', 'c2', 'c3', 'c4', 'x'},
+       fields = {'m', 'c1', 'c2', 'c3', 'c4'}, hot = {'m'},
        wq = {}, wn = {}, bn = {}, sd = {}, sw = {}, sa = {}}
   for w = 1, n() do
     local W = n()
@@ -158,7 +170,8 @@ local function limits_of(blob)
     l.wat[W] = w
     l.wname[W] = 'w' .. fmt(W)
     l.bname[W] = 'b' .. fmt(W) .. ':'
-    l.fields[7 + w] = l.wname[W]
+    l.fields[5 + w] = l.wname[W]
+    l.hot[1 + w] = l.wname[W]
     l.wq[w], l.wn[w], l.bn[w] = max(1, floor(W / 1000)), l.wname[W], l.bname[W]
   end
   l.fields[#l.fields + 1] = 'q'
@@ -214,12 +227,13 @@ local function bget(st, w, s)
   if not v then return nil end
   return {unpack_s(BFMT, v)}
 end
--- Writes bucket s (at save); the newest bucket's copy follows it.
+-- Writes bucket s (at save): the newest one into its window's state only.
 local function bput(st, w, s, t)
-  st.out[bfield(w, s)] = pack(BFMT, t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8])
   if s == w.newest then
     w.nlast = t[1]
     w.n = {t[3], t[4], t[5], t[6], t[7], t[8]}
+  else
+    st.out[bfield(w, s)] = pack(BFMT, t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8])
   end
   w.dirty = true
   st.changed = true
@@ -233,13 +247,16 @@ end
 -- A key's state from its fields (`vals`: the HMGET of its limits' fields).
 local function load(key, vals)
   local l = key.limits
-  local st = {name = key.name, key = key, g = tonumber(vals[1]) or 0, p = tonumber(vals[2]) or 0,
+  local g, p, _, x = 0, 0, 0, -1
+  if vals[1] then g, p, _, x = unpack_s(MFMT, vals[1]) end
+  local st = {name = key.name, key = key, g = g, p = p, m = vals[1] or false,
               c = {}, w = {}, exists = false, out = {}, gone = {}, changed = false,
-              x = vals[7] and unpack_s('<d', vals[7]) or nil}
-  for i = 1, 7 do if vals[i] then st.exists = true end end
+              x = x >= 0 and x or nil}
+  for i = 1, 5 do if vals[i] then st.exists = true end end
   for d = 1, 4 do
-    if vals[2 + d] then
-      local t = nums(vals[2 + d])
+    if vals[1 + d] then
+      st.ceilings = true
+      local t = nums(vals[1 + d])
       if t[3] > now then st.c[d] = {left = t[1], observed = t[2], untl = t[3]} end
     end
   end
@@ -247,7 +264,7 @@ local function load(key, vals)
   for i, W in ipairs(key.wins) do
     local w = {W = W, q = max(1, floor(W / 1000)), dirty = false, bname = l.bname[W],
                wname = l.wname[W], head = -1, headlast = 0, newest = -1, nlast = 0}
-    local v = vals[7 + i]
+    local v = vals[5 + i]
     if v then
       st.exists = true
       local t1, t2, t3, t4, n1, n2, n3, n4, n5, n6, s1, s2, s3, s4, s5, s6 = unpack_s(WFMT, v)
@@ -302,10 +319,12 @@ local function record(st, w, at, u)
     bput(st, w, s, t)
     if s == w.head then w.headlast = t[1] end
   elseif s > w.newest then
-    local p = bget(st, w, w.newest)
+    -- The newest bucket is followed: it leaves the window's state for its own field.
+    local old = w.newest
+    local p = bget(st, w, old)
     p[2] = s
-    bput(st, w, w.newest, p)
     w.newest = s
+    bput(st, w, old, p)
     bput(st, w, s, entry)
   elseif s < w.head then
     entry[2] = w.head
@@ -440,22 +459,25 @@ local function save(st)
   if empty then
     redis.call('DEL', st.name)
     if st.g > 0 then
-      redis.call('HSET', st.name, 'g', fmt(st.g))
+      redis.call('HSET', st.name, 'm', pack(MFMT, st.g, 0, 0, -1))
       redis.call('PEXPIRE', st.name, ttl_ms(st))
     end
     return
   end
   -- The expiry: set again only when the last one falls short (server's clock).
   local ttl = ttl_ms(st)
-  local expire = true
-  if not server_clock then
-    if st.x then st.gone[#st.gone + 1] = 'x' end
-  elseif st.x and st.x >= now + ttl * 1000 then
-    expire = false
-  else
+  local expire, x = true, -1
+  if server_clock and st.x and st.x >= now + ttl * 1000 then
+    expire, x = false, st.x
+  elseif server_clock then
     ttl = ttl + floor(ttl / 8)
-    st.out['x'] = pack('<d', now + ttl * 1000)
+    x = now + ttl * 1000
   end
+  local flags = 0
+  if st.ceilings or next(st.c) then flags = CEILING end
+  if st.q then flags = flags + QUEUED end
+  local m = pack(MFMT, st.g, st.p, flags, x)
+  if m ~= (st.m or pack(MFMT, 0, 0, 0, -1)) then st.out['m'] = m end
   for _, w in pairs(st.w) do
     if w.dirty then
       if w.head >= 0 then

@@ -30,7 +30,7 @@ use crate::clock::{Clock, ClockListener};
 use crate::error::{CoreError, CoreResult};
 use crate::limits::Limits;
 use crate::usage::Usage;
-use call::{Call, CallKey, Op};
+use call::{Call, CallKey, Op, ScriptLimits};
 use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::collections::HashMap;
@@ -53,8 +53,8 @@ pub(crate) struct RedisInner {
     conn: ConnectionManager,
     runtime: Handle,
     config: RedisConfig,
-    default_limits: Arc<Limits>,
-    per_key: HashMap<String, Arc<Limits>>,
+    default_limits: ScriptLimits,
+    per_key: HashMap<String, ScriptLimits>,
     clock: Option<Arc<dyn Clock>>,
     cluster: bool,
     /// The pub/sub channel of refunds and resets under this prefix.
@@ -171,8 +171,11 @@ impl RedisLimiter {
                 url: shown,
                 ..config
             },
-            default_limits: Arc::new(default_limits),
-            per_key: per_key.into_iter().map(|(k, l)| (k, Arc::new(l))).collect(),
+            default_limits: ScriptLimits::new(default_limits),
+            per_key: per_key
+                .into_iter()
+                .map(|(k, l)| (k, ScriptLimits::new(l)))
+                .collect(),
             clock,
             cluster,
             channel,
@@ -222,15 +225,27 @@ impl RedisLimiter {
 }
 
 impl RedisInner {
+    fn script_limits(&self, key: &str) -> &ScriptLimits {
+        self.per_key.get(key).unwrap_or(&self.default_limits)
+    }
+
     fn limits_for(&self, key: &str) -> Arc<Limits> {
-        self.per_key
-            .get(key)
-            .cloned()
-            .unwrap_or_else(|| self.default_limits.clone())
+        self.script_limits(key).limits.clone()
+    }
+
+    /// What every Redis key of this limiter starts with: the prefix and the
+    /// layout's version.
+    fn key_head(&self) -> String {
+        format!("{}:{}:", self.config.prefix, script::LAYOUT)
     }
 
     fn redis_key(&self, key: &str) -> String {
-        format!("{}:{key}", self.config.prefix)
+        format!("{}:{}:{key}", self.config.prefix, script::LAYOUT)
+    }
+
+    /// The limiter key of a Redis key of this limiter.
+    fn key_of<'a>(&self, redis_key: &'a str) -> Option<&'a str> {
+        redis_key.strip_prefix(&self.key_head())
     }
 
     fn now(&self) -> Option<u64> {
@@ -238,12 +253,14 @@ impl RedisInner {
     }
 
     pub(crate) fn call_key(&self, key: &str, generation: u64) -> CallKey {
+        let limits = self.script_limits(key);
         CallKey {
             name: Arc::from(key),
             redis_key: self.redis_key(key),
             generation,
             ticket: 0,
-            limits: self.limits_for(key),
+            limits: limits.limits.clone(),
+            encoded: limits.encoded.clone(),
         }
     }
 
@@ -506,8 +523,8 @@ impl RedisLimiter {
     pub fn keys(&self) -> CoreResult<Vec<String>> {
         let inner = &self.inner;
         let mut conn = inner.conn.clone();
-        let pattern = format!("{}:*", redis_glob_escape(&inner.config.prefix));
-        let prefix_len = inner.config.prefix.len() + 1;
+        let pattern = format!("{}*", redis_glob_escape(&inner.key_head()));
+        let prefix_len = inner.key_head().len();
         let url = inner.config.url.clone();
         let timeout = inner.config.timeout;
         inner.block(async move {

@@ -215,7 +215,7 @@ local function operate()
       else
         redis.call('DEL', st.name)
       end
-      redis.call('HSET', st.name, 'g', fmt(st.g + 1))
+      redis.call('HSET', st.name, 'm', pack(MFMT, st.g + 1, 0, st.q and QUEUED or 0, -1))
       redis.call('PEXPIRE', st.name, ttl_ms(st))
       redis.call('PUBLISH', channel, st.name)
     end
@@ -223,7 +223,6 @@ local function operate()
   elseif op == 'pause' then
     for _, st in ipairs(states) do
       st.p = math.max(st.p, now + extra)
-      st.out['p'] = fmt(st.p)
       st.changed = true
       save(st)
     end
@@ -266,21 +265,15 @@ end
 -- One call: the common admission decides from the fields it read, or the general path
 -- loads every key's state from them, drops what left its windows and operates.
 local function main(KEYS, ARGV)
-  local o, reply, at, fetched = ARGV[1], nil, nil, nil
+  local o, reply, at = ARGV[1], nil, nil
   if o == 'acquire' or o == 'check' then
-    reply, at, fetched = admit_fast(KEYS, ARGV, o == 'check')
+    reply, at = admit_fast(KEYS, ARGV, o == 'check')
     if reply then return reply end
   end
   begin(KEYS, ARGV, at)
-  if not fetched then
-    fetched = {}
-    for k, key in ipairs(keys) do
-      fetched[k] = redis.call('HMGET', key.name, unpack(key.limits.fields))
-    end
-  end
   states = {}
   for k, key in ipairs(keys) do
-    states[k] = load(key, fetched[k])
+    states[k] = load(key, redis.call('HMGET', key.name, unpack(key.limits.fields)))
     evict_all(states[k])
   end
   reply = operate()

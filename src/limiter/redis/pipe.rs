@@ -49,8 +49,13 @@ struct Sender {
 impl Sender {
     /// Sends one pipeline; calls refused because the server had lost the
     /// code (nothing of them ran) are sent again once it is loaded.
-    async fn send(&mut self, cmds: &[redis::Cmd]) -> Result<Vec<RedisResult<Value>>, String> {
-        let mut results = self.pipeline(cmds).await?;
+    async fn send(&mut self, cmds: Vec<redis::Cmd>) -> Result<Vec<RedisResult<Value>>, String> {
+        let mut pipe = redis::Pipeline::with_capacity(cmds.len());
+        pipe.ignore_errors();
+        for cmd in cmds {
+            pipe.add_command(cmd);
+        }
+        let mut results = self.pipeline(&pipe).await?;
         if results.iter().any(is_noscript) {
             self.script
                 .load(&mut self.conn)
@@ -59,7 +64,13 @@ impl Sender {
             let again: Vec<usize> = (0..results.len())
                 .filter(|i| is_noscript(&results[*i]))
                 .collect();
-            let retry: Vec<redis::Cmd> = again.iter().map(|i| cmds[*i].clone()).collect();
+            let mut retry = redis::Pipeline::with_capacity(again.len());
+            retry.ignore_errors();
+            for (i, cmd) in pipe.cmd_iter().enumerate() {
+                if is_noscript(&results[i]) {
+                    retry.add_command(cmd.clone());
+                }
+            }
             for (i, r) in again.into_iter().zip(self.pipeline(&retry).await?) {
                 results[i] = r;
             }
@@ -67,12 +78,10 @@ impl Sender {
         Ok(results)
     }
 
-    async fn pipeline(&mut self, cmds: &[redis::Cmd]) -> Result<Vec<RedisResult<Value>>, String> {
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        for cmd in cmds {
-            pipe.add_command(cmd.clone());
-        }
+    async fn pipeline(
+        &mut self,
+        pipe: &redis::Pipeline,
+    ) -> Result<Vec<RedisResult<Value>>, String> {
         match tokio::time::timeout(self.timeout, pipe.query_async(&mut self.conn)).await {
             Ok(Ok(results)) => Ok(results),
             Ok(Err(e)) => Err(e.to_string()),
@@ -113,14 +122,15 @@ impl Pipe {
                         Job::Flush(_) => None,
                     })
                     .collect();
+                let sent = cmds.len();
                 let results = if cmds.is_empty() {
                     Ok(Vec::new())
                 } else {
-                    sender.send(&cmds).await
+                    sender.send(cmds).await
                 };
                 let mut results = match results {
                     Ok(r) => r.into_iter().map(Ok).collect::<Vec<_>>().into_iter(),
-                    Err(e) => vec![Err(e); cmds.len()].into_iter(),
+                    Err(e) => vec![Err(e); sent].into_iter(),
                 };
                 let mut wake = Vec::new();
                 for job in jobs {

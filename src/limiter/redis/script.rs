@@ -9,6 +9,11 @@
 use redis::aio::ConnectionManager;
 use redis::{Cmd, RedisError, RedisResult, Script};
 
+/// The version of the layout of the state the library stores, part of every
+/// key's name (`<prefix>:v2:<key>`): a version storing another layout uses
+/// other keys, so that neither reads what the other wrote.
+pub(crate) const LAYOUT: &str = "v2";
+
 /// One library in four files: the windows, the queue of waiters, the common
 /// admission, the operations.
 const LIBRARY: &str = concat!(
@@ -66,16 +71,21 @@ impl LimiterScript {
         Ok(())
     }
 
-    /// The command calling the code on `keys` with `args`.
-    pub(crate) fn invocation(&self, keys: usize) -> Cmd {
-        let mut cmd;
-        if self.functions {
-            cmd = redis::cmd("FCALL");
-            cmd.arg(&self.function);
+    /// The command calling the code on `keys`, with room for `args` more
+    /// arguments of `bytes` together (one allocation each, not one per growth).
+    pub(crate) fn invocation(&self, keys: usize, args: usize, bytes: usize) -> Cmd {
+        let name = if self.functions {
+            self.function.as_str()
         } else {
-            cmd = redis::cmd("EVALSHA");
-            cmd.arg(self.script.get_hash());
+            self.script.get_hash()
+        };
+        let mut cmd = Cmd::with_capacity(args + 3, bytes + name.len() + 16);
+        if self.functions {
+            cmd.arg("FCALL");
+        } else {
+            cmd.arg("EVALSHA");
         }
+        cmd.arg(name);
         cmd.arg(keys);
         cmd
     }

@@ -33,8 +33,7 @@ pub(crate) fn listen(
                         let Ok(redis_key) = message.get_payload::<String>() else {
                             continue;
                         };
-                        let prefix_len = inner.config.prefix.len() + 1;
-                        if let Some(key) = redis_key.get(prefix_len..) {
+                        if let Some(key) = inner.key_of(&redis_key) {
                             inner.queues.lock().wake_heads(&[Arc::from(key)]);
                         }
                     }
