@@ -740,8 +740,6 @@ async fn copy_keys<T>(
     }
 }
 
-/// Binary `COPY` of the new events, with their chain positions and digests
-/// (none when the chain is left out), straight into `usage_events`.
 /// The values of an event's row that are not fields of the event.
 struct Computed<'e> {
     counters: [i64; 7],
@@ -751,6 +749,8 @@ struct Computed<'e> {
     digest: Option<&'e [u8]>,
 }
 
+/// Binary `COPY` of the new events, with their chain positions and digests
+/// (`links`, none when the chain is left out), straight into `usage_events`.
 async fn copy_events(
     tx: &tokio_postgres::Transaction<'_>,
     copy: &tokio_postgres::Statement,

@@ -80,8 +80,7 @@ pub(crate) struct CallKey {
     pub(crate) generation: u64,
     /// The waiter's ticket in the key's queue (0 = none).
     pub(crate) ticket: u64,
-    pub(crate) limits: Arc<Limits>,
-    /// The limits as the script reads them (made once per limits).
+    /// The key's limits as the script reads them (made once per limits).
     pub(crate) encoded: Arc<[u8]>,
 }
 
@@ -269,7 +268,6 @@ impl Call {
                 redis_key: k.redis_key.clone(),
                 generation: *g as u64,
                 ticket: 0,
-                limits: k.limits.clone(),
                 encoded: k.encoded.clone(),
             })
             .collect();

@@ -59,6 +59,9 @@ pub(crate) struct RedisInner {
     cluster: bool,
     /// The pub/sub channel of refunds and resets under this prefix.
     channel: Arc<str>,
+    /// What every Redis key of this limiter starts with: the prefix and the
+    /// layout's version (`<prefix>:v2:`).
+    key_head: String,
     pipe: pipe::Pipe,
     queues: Mutex<waiting::Queues>,
 }
@@ -156,6 +159,7 @@ impl RedisLimiter {
             .map_err(|_| unavailable(&shown, "timed out connecting"))?
             .map_err(|e| unavailable(&shown, e))?;
         let channel: Arc<str> = Arc::from(format!("{}:wake", config.prefix));
+        let key_head = format!("{}:{}:", config.prefix, script::LAYOUT);
         let inner = Arc::new_cyclic(|owner| RedisInner {
             pipe: pipe::Pipe::start(
                 &runtime,
@@ -179,6 +183,7 @@ impl RedisLimiter {
             clock,
             cluster,
             channel,
+            key_head,
             queues: Mutex::new(waiting::Queues::default()),
         });
         if let Some(clock) = &inner.clock {
@@ -233,19 +238,16 @@ impl RedisInner {
         self.script_limits(key).limits.clone()
     }
 
-    /// What every Redis key of this limiter starts with: the prefix and the
-    /// layout's version.
-    fn key_head(&self) -> String {
-        format!("{}:{}:", self.config.prefix, script::LAYOUT)
-    }
-
     fn redis_key(&self, key: &str) -> String {
-        format!("{}:{}:{key}", self.config.prefix, script::LAYOUT)
+        let mut redis_key = String::with_capacity(self.key_head.len() + key.len());
+        redis_key.push_str(&self.key_head);
+        redis_key.push_str(key);
+        redis_key
     }
 
     /// The limiter key of a Redis key of this limiter.
     fn key_of<'a>(&self, redis_key: &'a str) -> Option<&'a str> {
-        redis_key.strip_prefix(&self.key_head())
+        redis_key.strip_prefix(&self.key_head)
     }
 
     fn now(&self) -> Option<u64> {
@@ -259,7 +261,6 @@ impl RedisInner {
             redis_key: self.redis_key(key),
             generation,
             ticket: 0,
-            limits: limits.limits.clone(),
             encoded: limits.encoded.clone(),
         }
     }
@@ -523,8 +524,8 @@ impl RedisLimiter {
     pub fn keys(&self) -> CoreResult<Vec<String>> {
         let inner = &self.inner;
         let mut conn = inner.conn.clone();
-        let pattern = format!("{}*", redis_glob_escape(&inner.key_head()));
-        let prefix_len = inner.key_head().len();
+        let pattern = format!("{}*", redis_glob_escape(&inner.key_head));
+        let prefix_len = inner.key_head.len();
         let url = inner.config.url.clone();
         let timeout = inner.config.timeout;
         inner.block(async move {

@@ -61,13 +61,12 @@ impl Sender {
                 .load(&mut self.conn)
                 .await
                 .map_err(|e| e.to_string())?;
-            let again: Vec<usize> = (0..results.len())
-                .filter(|i| is_noscript(&results[*i]))
-                .collect();
-            let mut retry = redis::Pipeline::with_capacity(again.len());
+            let mut again = Vec::new();
+            let mut retry = redis::pipe();
             retry.ignore_errors();
             for (i, cmd) in pipe.cmd_iter().enumerate() {
                 if is_noscript(&results[i]) {
+                    again.push(i);
                     retry.add_command(cmd.clone());
                 }
             }
