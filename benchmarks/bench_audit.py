@@ -2,7 +2,7 @@
 
 1. SQLite: insert throughput through the writer's own ``Inserter``
    (10,000-event transactions, the store's schema and pragmas) with the
-   chain and without it (no digest, no position, no head, no chain index),
+   chain and without it (no digest, no position, no head, no chain blocks),
    alternating runs into fresh files. Medians of wall time, and of the
    process's CPU time (which another load on a shared machine stretches far
    less), and their ratios.

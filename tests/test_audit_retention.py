@@ -101,7 +101,8 @@ def old_ledger(db: Path) -> None:
         store.record(event(5, namespace="other"))
     for sql in [
         "DROP TABLE usage_rollup",
-        "DROP INDEX usage_events_chain",
+        "DROP INDEX usage_events_unchained",
+        "DROP TABLE chain_blocks",
         "DROP TABLE chain_heads",
         "DROP TABLE chain_purges",
         "ALTER TABLE usage_events DROP COLUMN artifact_digest",

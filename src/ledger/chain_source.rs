@@ -23,7 +23,10 @@ pub trait ChainSource {
     fn purged_runs(&mut self, namespace: &str) -> CoreResult<Vec<PurgedRun>>;
     /// The digest stored at `position` (≥ 1): the row's, or a purge boundary's.
     fn digest_at(&mut self, namespace: &str, position: i64) -> CoreResult<Option<Digest>>;
-    /// Hands the rows of positions `start..=end` (in position order) to `visit`.
+    /// Hands the rows of positions `start..=end` (in position order) to
+    /// `visit`, and answers what it returns. A backend may find the rows a
+    /// cheaper way first and, when that walk reports a problem, visit again
+    /// with the rows read by position.
     fn with_rows(
         &mut self,
         namespace: &str,
@@ -83,9 +86,8 @@ pub fn verify(
                 None
             },
         };
-        let mut chain = Some(chain);
         let walked = src.with_rows(name, start, range.end.unwrap_or(i64::MAX), &mut |rows| {
-            walk(chain.take().expect("walked once"), rows, now_us)
+            walk(chain.clone(), rows, now_us)
         })?;
         report.rows += walked.rows;
         report.heads.push(walked.head);

@@ -132,6 +132,7 @@ impl PositionRange {
 const REORDER_LOOKAHEAD: usize = 64;
 
 /// What is known before a namespace's walk starts.
+#[derive(Clone)]
 pub struct Chain<'a> {
     pub namespace: &'a str,
     /// The recorded head; `None` when the namespace has none.

@@ -3,6 +3,7 @@
 //! transaction, in commit order), and the runs a purge removed in
 //! `chain_purges`.
 
+use super::chain_blocks::{self, Spans};
 use crate::error::{CoreError, CoreResult};
 use crate::ledger::chain::{digest_from_slice, link, Canonical, Digest, GENESIS, PAYLOAD_CAPACITY};
 use crate::ledger::chain_source::{stored_digest, ChainSource, PurgedRuns, Rows, Segment};
@@ -11,6 +12,7 @@ use crate::ledger::event::UsageEvent;
 use hashbrown::HashMap;
 use rusqlite::types::Type;
 use rusqlite::{params, Connection, OptionalExtension, Row};
+use std::sync::LazyLock;
 
 /// The schema version whose migration adds the chain (`chain_existing` runs with it).
 pub const CHAIN_SCHEMA_VERSION: i64 = 4;
@@ -108,9 +110,17 @@ fn head(conn: &Connection, namespace: &str) -> rusqlite::Result<Option<(i64, Vec
         .optional()
 }
 
+/// A namespace's head as a transaction moves it, and where its new rows went.
+struct Head {
+    position: i64,
+    digest: Digest,
+    moved: bool,
+    spans: Spans,
+}
+
 /// The heads a transaction extends, read once per namespace and written back by `write`.
 pub struct Heads {
-    heads: HashMap<String, (i64, Digest, bool)>,
+    heads: HashMap<String, Head>,
     /// The payload being chained, reused from one event to the next.
     payload: Vec<u8>,
 }
@@ -128,7 +138,7 @@ impl Heads {
     /// The position and digest `e` takes if it is inserted.
     pub fn next(&mut self, conn: &Connection, e: &UsageEvent) -> rusqlite::Result<(i64, Digest)> {
         let (position, previous) = match self.heads.get(e.namespace.as_str()) {
-            Some((position, digest, _)) => (*position, *digest),
+            Some(head) => (head.position, head.digest),
             None => {
                 let (position, digest) = match head(conn, &e.namespace)? {
                     Some((position, bytes)) => {
@@ -136,8 +146,15 @@ impl Heads {
                     }
                     None => (0, GENESIS),
                 };
-                self.heads
-                    .insert(e.namespace.clone(), (position, digest, false));
+                self.heads.insert(
+                    e.namespace.clone(),
+                    Head {
+                        position,
+                        digest,
+                        moved: false,
+                        spans: Spans::default(),
+                    },
+                );
                 (position, digest)
             }
         };
@@ -146,22 +163,33 @@ impl Heads {
         Ok((position + 1, link(&previous, &self.payload)))
     }
 
-    /// `e` was inserted at `position` with `digest`.
-    pub fn advance(&mut self, namespace: &str, position: i64, digest: Digest) {
+    /// `e` was inserted as row `id`, at `position` with `digest`.
+    pub fn advance(&mut self, namespace: &str, position: i64, digest: Digest, id: i64) {
         if let Some(head) = self.heads.get_mut(namespace) {
-            *head = (position, digest, true);
+            head.position = position;
+            head.digest = digest;
+            head.moved = true;
+            head.spans.push(position, id);
         }
     }
 
-    /// Writes the moved heads; call before committing.
+    /// Writes the moved heads and the blocks their rows went to; call before committing.
     pub fn write(&self, conn: &Connection) -> rusqlite::Result<()> {
+        self.write_heads(conn, true)
+    }
+
+    /// `blocks`: `false` only before the block table exists (its migration fills it).
+    fn write_heads(&self, conn: &Connection, blocks: bool) -> rusqlite::Result<()> {
         let mut stmt = conn.prepare_cached(
             "INSERT INTO chain_heads (namespace, position, digest) VALUES (?1, ?2, ?3) \
              ON CONFLICT (namespace) DO UPDATE SET position = excluded.position, digest = excluded.digest",
         )?;
-        for (namespace, (position, digest, moved)) in &self.heads {
-            if *moved {
-                stmt.execute(params![namespace, position, &digest[..]])?;
+        for (namespace, head) in &self.heads {
+            if head.moved {
+                stmt.execute(params![namespace, head.position, &head.digest[..]])?;
+                if blocks {
+                    head.spans.write(conn, namespace)?;
+                }
             }
         }
         Ok(())
@@ -183,9 +211,9 @@ pub fn chain_existing(conn: &Connection) -> rusqlite::Result<()> {
         let id: i64 = row.get(21)?;
         let (position, digest) = heads.next(conn, &event)?;
         update.execute(params![position, &digest[..], id])?;
-        heads.advance(&event.namespace, position, digest);
+        heads.advance(&event.namespace, position, digest, id);
     }
-    heads.write(conn)
+    heads.write_heads(conn, false)
 }
 
 /// Before a purge deletes events older than `cutoff_us`: records each run
@@ -222,13 +250,94 @@ pub fn record_purges(conn: &Connection, cutoff_us: i64, now_us: i64) -> CoreResu
     Ok(())
 }
 
+/// Rows of positions `?2..=?3` of namespace `?1`, in position order, found
+/// without the blocks (a scan: only for a ledger the blocks misdescribe).
+fn by_position_sql() -> String {
+    format!(
+        "SELECT {CHAINED_COLUMNS} FROM usage_events \
+         WHERE namespace = ?1 AND chain_position >= ?2 AND chain_position <= ?3 ORDER BY chain_position, id"
+    )
+}
+
 /// The chain as one SQLite read transaction sees it.
-pub struct SqliteChain<'c>(pub &'c Connection);
+///
+/// Rows are found through `chain_blocks` while a namespace holds exactly the
+/// rows its head and purges account for (every row then sits in the block
+/// of its position). A walk that finds a problem is walked again reading by
+/// position, so that the report is the same however the rows were found.
+pub struct SqliteChain<'c> {
+    conn: &'c Connection,
+    /// Per namespace: whether its row count is what its head and purges account for.
+    accounted: HashMap<String, bool>,
+    /// For the parts of a parallel walk: the coordinating snapshot checked the counts.
+    counts_checked: bool,
+}
+
+impl<'c> SqliteChain<'c> {
+    pub fn new(conn: &'c Connection) -> Self {
+        SqliteChain {
+            conn,
+            accounted: HashMap::new(),
+            counts_checked: false,
+        }
+    }
+
+    fn accounted(&mut self, namespace: &str) -> CoreResult<bool> {
+        if self.counts_checked {
+            return Ok(true);
+        }
+        if let Some(accounted) = self.accounted.get(namespace) {
+            return Ok(*accounted);
+        }
+        let rows: i64 = self
+            .conn
+            .prepare_cached("SELECT COUNT(*) FROM usage_events WHERE namespace = ?1")?
+            .query_row([namespace], |r| r.get(0))?;
+        let purged: i64 = self
+            .conn
+            .prepare_cached(
+                "SELECT COALESCE(SUM(last_position - first_position + 1), 0) FROM chain_purges WHERE namespace = ?1",
+            )?
+            .query_row([namespace], |r| r.get(0))?;
+        let head = head(self.conn, namespace)?.map_or(0, |(position, _)| position);
+        let accounted = rows == head - purged;
+        self.accounted.insert(namespace.to_string(), accounted);
+        Ok(accounted)
+    }
+
+    fn stored_digest(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> CoreResult<Option<Digest>> {
+        let stored: Option<Vec<u8>> = self
+            .conn
+            .prepare_cached(sql)?
+            .query_row(params, |r| r.get(0))
+            .optional()?;
+        stored
+            .map(|b| stored_digest(&b, "a stored digest"))
+            .transpose()
+    }
+
+    fn visit_rows(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        visit: &mut dyn FnMut(&mut Rows<'_>) -> CoreResult<Walked>,
+    ) -> CoreResult<Walked> {
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        let mut rows = stmt
+            .query_map(params, chain_row)?
+            .map(|r| r.map_err(CoreError::from));
+        visit(&mut rows)
+    }
+}
 
 impl ChainSource for SqliteChain<'_> {
     fn namespaces(&mut self) -> CoreResult<Vec<String>> {
         Ok(self
-            .0
+            .conn
             .prepare(
                 "SELECT namespace FROM chain_heads UNION SELECT DISTINCT namespace FROM usage_events",
             )?
@@ -237,7 +346,7 @@ impl ChainSource for SqliteChain<'_> {
     }
 
     fn head(&mut self, namespace: &str) -> CoreResult<Option<(i64, Digest)>> {
-        match head(self.0, namespace)? {
+        match head(self.conn, namespace)? {
             Some((position, bytes)) => {
                 Ok(Some((position, stored_digest(&bytes, "the chain head")?)))
             }
@@ -246,7 +355,7 @@ impl ChainSource for SqliteChain<'_> {
     }
 
     fn purged_runs(&mut self, namespace: &str) -> CoreResult<Vec<PurgedRun>> {
-        let mut stmt = self.0.prepare_cached(
+        let mut stmt = self.conn.prepare_cached(
             "SELECT first_position, last_position, digest FROM chain_purges WHERE namespace = ?1 ORDER BY first_position",
         )?;
         let rows = stmt.query_map([namespace], |r| {
@@ -269,17 +378,26 @@ impl ChainSource for SqliteChain<'_> {
     }
 
     fn digest_at(&mut self, namespace: &str, position: i64) -> CoreResult<Option<Digest>> {
-        let stored: Option<Vec<u8>> = self
-            .0
-            .prepare_cached(
-                "SELECT chain_digest FROM usage_events WHERE namespace = ?1 AND chain_position = ?2 \
-                 UNION ALL SELECT digest FROM chain_purges WHERE namespace = ?1 AND last_position = ?2 LIMIT 1",
-            )?
-            .query_row(params![namespace, position], |r| r.get(0))
-            .optional()?;
-        stored
-            .map(|b| stored_digest(&b, "a stored digest"))
-            .transpose()
+        const IN_BLOCK: &str = "SELECT chain_digest FROM \
+                 (SELECT first_id AS lo, last_id AS hi FROM chain_blocks WHERE namespace = ?1 AND block = ?3) \
+             JOIN usage_events NOT INDEXED ON id BETWEEN lo AND hi \
+             WHERE namespace = ?1 AND chain_position = ?2 LIMIT 1";
+        const AT_PURGE: &str = "SELECT digest FROM chain_purges \
+             WHERE namespace = ?1 AND last_position = ?2 LIMIT 1";
+        const ANYWHERE: &str = "SELECT chain_digest FROM usage_events \
+             WHERE namespace = ?1 AND chain_position = ?2 LIMIT 1";
+        if self.accounted(namespace)? {
+            let block = chain_blocks::block_of(position);
+            if let Some(digest) =
+                self.stored_digest(IN_BLOCK, params![namespace, position, block])?
+            {
+                return Ok(Some(digest));
+            }
+        }
+        match self.stored_digest(AT_PURGE, params![namespace, position])? {
+            Some(digest) => Ok(Some(digest)),
+            None => self.stored_digest(ANYWHERE, params![namespace, position]),
+        }
     }
 
     fn with_rows(
@@ -289,19 +407,26 @@ impl ChainSource for SqliteChain<'_> {
         end: i64,
         visit: &mut dyn FnMut(&mut Rows<'_>) -> CoreResult<Walked>,
     ) -> CoreResult<Walked> {
-        let mut stmt = self.0.prepare_cached(&format!(
-            "SELECT {CHAINED_COLUMNS} FROM usage_events \
-             WHERE namespace = ?1 AND chain_position >= ?2 AND chain_position <= ?3 ORDER BY chain_position"
-        ))?;
-        let mut rows = stmt
-            .query_map(params![namespace, start, end], chain_row)?
-            .map(|r| r.map_err(CoreError::from));
-        visit(&mut rows)
+        static THROUGH_BLOCKS: LazyLock<String> =
+            LazyLock::new(|| chain_blocks::rows_sql(CHAINED_COLUMNS));
+        static BY_POSITION: LazyLock<String> = LazyLock::new(by_position_sql);
+        if self.accounted(namespace)? && chain_blocks::ordered(self.conn, namespace, start, end)? {
+            let [from, to, first_block, last_block] = chain_blocks::rows_params(start, end);
+            let walked = self.visit_rows(
+                &THROUGH_BLOCKS,
+                params![namespace, from, to, first_block, last_block],
+                visit,
+            )?;
+            if walked.problem.is_none() {
+                return Ok(walked);
+            }
+        }
+        self.visit_rows(&BY_POSITION, params![namespace, start, end], visit)
     }
 
     fn row(&mut self, namespace: &str, request_id: &str) -> CoreResult<Option<ChainRow>> {
         Ok(self
-            .0
+            .conn
             .prepare_cached(&format!(
                 "SELECT {CHAINED_COLUMNS} FROM usage_events WHERE namespace = ?1 AND request_id = ?2"
             ))?
@@ -311,7 +436,7 @@ impl ChainSource for SqliteChain<'_> {
 
     fn unchained(&mut self, namespace: &str) -> CoreResult<Option<String>> {
         Ok(self
-            .0
+            .conn
             .prepare_cached(
                 "SELECT request_id FROM usage_events WHERE namespace = ?1 AND chain_position IS NULL LIMIT 1",
             )?
@@ -320,8 +445,13 @@ impl ChainSource for SqliteChain<'_> {
     }
 
     fn beyond(&mut self, namespace: &str, head: i64) -> CoreResult<bool> {
+        // A row past the head that a missing row makes up for in the count is
+        // caught by the walk, which then finds the missing one.
+        if self.accounted(namespace)? {
+            return Ok(false);
+        }
         Ok(self
-            .0
+            .conn
             .prepare_cached(
                 "SELECT 1 FROM usage_events WHERE namespace = ?1 AND chain_position > ?2 LIMIT 1",
             )?
@@ -338,14 +468,16 @@ pub fn walk_segments(
     now_us: i64,
 ) -> CoreResult<Vec<Walked>> {
     let tx = conn.unchecked_transaction()?;
-    let mut src = SqliteChain(&tx);
+    let mut src = SqliteChain {
+        counts_checked: true,
+        ..SqliteChain::new(&tx)
+    };
     let mut walked = Vec::with_capacity(segments.len());
     for segment in segments {
         let namespace = segment.chain.namespace;
-        let mut chain = Some(segment.chain);
         walked.push(
             src.with_rows(namespace, segment.start, segment.end, &mut |rows| {
-                walk(chain.take().expect("walked once"), rows, now_us)
+                walk(segment.chain.clone(), rows, now_us)
             })?,
         );
     }

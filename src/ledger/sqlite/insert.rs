@@ -72,7 +72,12 @@ impl<'c> Inserter<'c> {
         if outcome == Outcome::Inserted {
             self.hourly.add(e, e.cost_nanos.or(priced));
             if let (Some(chain), Some((position, digest))) = (&mut self.chain, link) {
-                chain.advance(&e.namespace, position, digest);
+                chain.advance(
+                    &e.namespace,
+                    position,
+                    digest,
+                    self.conn.last_insert_rowid(),
+                );
             }
         }
         Ok(outcome)

@@ -3,6 +3,7 @@
 mod budgets;
 mod calendar;
 mod chain;
+mod chain_blocks;
 mod coarse;
 mod faults;
 mod grouped;
@@ -502,7 +503,7 @@ impl SqliteStore {
         self.read(|c| {
             let tx = c.unchecked_transaction()?;
             chain_source::verify_in_parallel(
-                &mut chain::SqliteChain(&tx),
+                &mut chain::SqliteChain::new(&tx),
                 namespace,
                 range,
                 anchors,
@@ -517,12 +518,12 @@ impl SqliteStore {
     }
 
     pub fn receipt(&self, request_id: &str, namespace: &str) -> CoreResult<Receipt> {
-        self.read(|c| chain_source::receipt(&mut chain::SqliteChain(c), namespace, request_id))
+        self.read(|c| chain_source::receipt(&mut chain::SqliteChain::new(c), namespace, request_id))
     }
 
     pub fn checkpoint(&self, namespace: &str) -> CoreResult<Checkpoint> {
         let now = self.now_us();
-        self.read(|c| chain_source::checkpoint(&mut chain::SqliteChain(c), namespace, now))
+        self.read(|c| chain_source::checkpoint(&mut chain::SqliteChain::new(c), namespace, now))
     }
 
     /// Events queued but not yet committed.

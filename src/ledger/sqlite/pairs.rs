@@ -67,13 +67,12 @@ pub(super) fn write(
     if rows.is_empty() {
         return Ok(());
     }
-    let time = if table == "usage_daily_pair" {
-        "day"
+    let keys = if table == "usage_daily_pair" {
+        "day, namespace, agent_id, consumer_id"
     } else {
-        "hour"
+        "hour, namespace, agent_id, consumer_id"
     };
-    let keys = format!("{time}, namespace, agent_id, consumer_id");
-    let mut stmt = conn.prepare_cached(&rollup::upsert_sql(table, &keys))?;
+    let mut stmt = conn.prepare_cached(rollup::upsert_sql(table, keys))?;
     for ((time, namespace, agent, consumer), t) in rows.drain() {
         let keys = [
             Value::Integer(time),

@@ -19,9 +19,11 @@ use super::read::{self, Aggregate};
 use crate::error::CoreResult;
 use crate::ledger::event::UsageEvent;
 use crate::ledger::filters::Filters;
-use hashbrown::HashMap;
+use hashbrown::{Equivalent, HashMap};
+use parking_lot::Mutex;
 use rusqlite::types::Value;
 use rusqlite::{params_from_iter, Connection};
+use std::hash::Hash;
 
 pub use crate::ledger::rollup_plan::{day_of, hour_of, DAY_US, HOUR_US};
 
@@ -95,8 +97,23 @@ const HOURLY_TABLES: [&str; 4] = [
     "usage_hourly_pair",
 ];
 
+/// `build_upsert_sql`, built once per table and keys: the writer prepares
+/// these statements in every transaction, and formatting them cost more
+/// than the cache lookup that finds them prepared.
+pub(super) fn upsert_sql(table: &str, keys: &str) -> &'static str {
+    static BUILT: Mutex<Vec<(String, String, &'static str)>> = Mutex::new(Vec::new());
+    let mut built = BUILT.lock();
+    if let Some((_, _, sql)) = built.iter().find(|(t, k, _)| t == table && k == keys) {
+        return sql;
+    }
+    // At most one string per table of totals, kept for the process's life.
+    let sql: &'static str = Box::leak(build_upsert_sql(table, keys).into_boxed_str());
+    built.push((table.to_string(), keys.to_string(), sql));
+    sql
+}
+
 /// Adds to a row, saturating at 2**63 - 1 (one event may count that much).
-pub(super) fn upsert_sql(table: &str, keys: &str) -> String {
+fn build_upsert_sql(table: &str, keys: &str) -> String {
     let add = |c: &str| {
         format!(
             "CASE WHEN COALESCE({c}, 0) > 9223372036854775807 - excluded.{c} \
@@ -138,6 +155,87 @@ pub(super) type GroupKey = (i64, String, String, String, String, String);
 /// namespace, agent and consumer.
 pub(super) type PairKey = (i64, String, String, String);
 
+/// A totals key borrowed from an event: its row is found without
+/// allocating, and the key is copied only when the row is new (the writer
+/// adds every event to four tables of totals).
+trait KeyRef<K>: Hash + Equivalent<K> {
+    fn owned(&self) -> K;
+}
+
+/// `(namespace, hour)`, hashed as the owned key is.
+#[derive(Hash)]
+struct HourRef<'a>((&'a str, i64));
+
+impl Equivalent<(String, i64)> for HourRef<'_> {
+    fn equivalent(&self, key: &(String, i64)) -> bool {
+        self.0 .0 == key.0 && self.0 .1 == key.1
+    }
+}
+
+impl KeyRef<(String, i64)> for HourRef<'_> {
+    fn owned(&self) -> (String, i64) {
+        (self.0 .0.to_owned(), self.0 .1)
+    }
+}
+
+/// `(namespace, model, hour)`.
+#[derive(Hash)]
+struct ModelRef<'a>((&'a str, &'a str, i64));
+
+impl Equivalent<(String, String, i64)> for ModelRef<'_> {
+    fn equivalent(&self, key: &(String, String, i64)) -> bool {
+        let (namespace, model, hour) = self.0;
+        namespace == key.0 && model == key.1 && hour == key.2
+    }
+}
+
+impl KeyRef<(String, String, i64)> for ModelRef<'_> {
+    fn owned(&self) -> (String, String, i64) {
+        let (namespace, model, hour) = self.0;
+        (namespace.to_owned(), model.to_owned(), hour)
+    }
+}
+
+/// A `GroupKey`, borrowed.
+#[derive(Hash)]
+struct GroupRef<'a>((i64, &'a str, &'a str, &'a str, &'a str, &'a str));
+
+impl Equivalent<GroupKey> for GroupRef<'_> {
+    fn equivalent(&self, key: &GroupKey) -> bool {
+        let (time, namespace, agent, consumer, model, action) = self.0;
+        time == key.0
+            && namespace == key.1
+            && agent == key.2
+            && consumer == key.3
+            && model == key.4
+            && action == key.5
+    }
+}
+
+impl KeyRef<GroupKey> for GroupRef<'_> {
+    fn owned(&self) -> GroupKey {
+        let (time, namespace, agent, consumer, model, action) = self.0;
+        (
+            time,
+            namespace.to_owned(),
+            agent.to_owned(),
+            consumer.to_owned(),
+            model.to_owned(),
+            action.to_owned(),
+        )
+    }
+}
+
+/// Adds `one` to the row of `key`.
+fn add_at<K: Hash + Eq>(map: &mut HashMap<K, Aggregate>, key: impl KeyRef<K>, one: &Aggregate) {
+    match map.get_mut(&key) {
+        Some(totals) => add(totals, one),
+        None => {
+            map.insert(key.owned(), one.clone());
+        }
+    }
+}
+
 /// What one transaction adds, per (namespace, hour), per group and hour,
 /// per group and day, per (namespace, model, hour), per agent × consumer
 /// and hour or day, and the hours each agent and consumer was seen in.
@@ -169,27 +267,21 @@ impl Pending {
             unpriced_events: u64::from(cost_nanos.is_none()),
             ..Aggregate::default()
         };
-        match self.hours.get_mut(&(e.namespace.clone(), hour)) {
-            Some(t) => add(t, &one),
-            None => {
-                self.hours.insert((e.namespace.clone(), hour), one.clone());
-            }
-        }
-        let model = e.model.clone().unwrap_or_default();
-        let key = (
+        let (namespace, model) = (e.namespace.as_str(), e.model.as_deref().unwrap_or(""));
+        let group = (
             hour,
-            e.namespace.clone(),
-            e.agent_id.clone(),
-            e.consumer_id.clone(),
-            model.clone(),
-            e.action.clone(),
+            namespace,
+            e.agent_id.as_str(),
+            e.consumer_id.as_str(),
+            model,
+            e.action.as_str(),
         );
-        let by_model = (e.namespace.clone(), model, hour);
-        add(self.models.entry(by_model).or_default(), &one);
-        let mut day_key = key.clone();
-        day_key.0 = day_of(hour);
-        add(self.days.entry(day_key).or_default(), &one);
-        add(self.groups.entry(key).or_default(), &one);
+        add_at(&mut self.hours, HourRef((namespace, hour)), &one);
+        add_at(&mut self.models, ModelRef((namespace, model, hour)), &one);
+        let (_, ns, agent, consumer, model, action) = group;
+        let day = (day_of(hour), ns, agent, consumer, model, action);
+        add_at(&mut self.days, GroupRef(day), &one);
+        add_at(&mut self.groups, GroupRef(group), &one);
     }
 
     /// Adds one hourly group (`model` is `''` for none) to its rows per
@@ -261,7 +353,7 @@ impl Pending {
         }
         self.keep(levels);
         if !self.hours.is_empty() {
-            let mut stmt = conn.prepare_cached(&upsert_sql("usage_hourly", "namespace, hour"))?;
+            let mut stmt = conn.prepare_cached(upsert_sql("usage_hourly", "namespace, hour"))?;
             for ((namespace, hour), t) in self.hours.drain() {
                 let keys = [Value::Text(namespace), Value::Integer(hour)];
                 stmt.execute(params_from_iter(keys.into_iter().chain(sums(&t))))?;
@@ -269,7 +361,7 @@ impl Pending {
         }
         if !self.models.is_empty() {
             let mut stmt =
-                conn.prepare_cached(&upsert_sql("usage_hourly_model", "namespace, model, hour"))?;
+                conn.prepare_cached(upsert_sql("usage_hourly_model", "namespace, model, hour"))?;
             for ((namespace, model, hour), t) in self.models.drain() {
                 let keys = [
                     Value::Text(namespace),
@@ -345,7 +437,7 @@ fn write_groups(
     if groups.is_empty() {
         return Ok(());
     }
-    let mut stmt = conn.prepare_cached(&upsert_sql(table, keys))?;
+    let mut stmt = conn.prepare_cached(upsert_sql(table, keys))?;
     for ((time, namespace, agent, consumer, model, action), t) in groups.drain() {
         let keys = [
             Value::Integer(time),

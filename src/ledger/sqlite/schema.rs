@@ -59,6 +59,8 @@ CREATE INDEX usage_events_action      ON usage_events (action, ts);
     // Totals per hour and per UTC day × namespace × agent × consumer, and
     // the hours each agent and consumer was seen in per day and model.
     super::pairs::MIGRATION,
+    // Chain positions found by block of row ids, not by an index per event.
+    super::chain_blocks::MIGRATION,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -100,6 +102,9 @@ pub fn migrate(conn: &mut Connection) -> CoreResult<()> {
         }
         if *migration == super::pairs::MIGRATION {
             super::pairs::fill(&tx)?;
+        }
+        if *migration == super::chain_blocks::MIGRATION {
+            super::chain_blocks::fill(&tx)?;
         }
     }
     tx.commit()?;

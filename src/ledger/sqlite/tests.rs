@@ -414,7 +414,7 @@ fn summaries_from_hourly_totals_equal_summaries_from_events() {
     let conn = Connection::open(dir.join("r.db")).unwrap();
     conn.execute_batch(
         "DROP TABLE usage_hourly; DROP TABLE usage_rollup; ALTER TABLE usage_events DROP COLUMN cost_priced; \
-         DROP INDEX usage_events_chain; DROP TABLE chain_heads; DROP TABLE chain_purges; \
+         DROP INDEX usage_events_unchained; DROP TABLE chain_blocks; DROP TABLE chain_heads; DROP TABLE chain_purges; \
          ALTER TABLE usage_events DROP COLUMN artifact_digest; \
          ALTER TABLE usage_events DROP COLUMN chain_position; \
          ALTER TABLE usage_events DROP COLUMN chain_digest; \

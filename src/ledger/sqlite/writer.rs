@@ -41,7 +41,8 @@ pub const MAX_GROUP: usize = 10_000;
 /// How long queued events that no caller waits on gather before they commit
 /// (a flush, a batch, a commit-durability record or a full group ends it).
 pub const GROUP_LINGER: Duration = Duration::from_millis(10);
-/// While gathering, how often the writer looks for a flush or a caller who waits.
+/// While gathering, how often the PostgreSQL writer looks for a flush or a
+/// caller who waits (the SQLite writer is woken by them instead).
 pub const LINGER_NAP: Duration = Duration::from_millis(1);
 /// Capacity of the queue between callers and the writer.
 pub const QUEUE_CAPACITY: usize = 100_000;
@@ -92,6 +93,8 @@ pub struct Counters {
 pub(crate) struct Writer {
     tx: Mutex<Option<SyncSender<Command>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// The writer thread, woken when a command that someone waits on is queued.
+    wake: std::thread::Thread,
     pub(crate) counters: Arc<Counters>,
     closing: Arc<AtomicBool>,
     /// Set only by the benchmark that measures what the hash chain costs.
@@ -172,6 +175,7 @@ impl Writer {
             .map_err(|e| CoreError::Store(format!("cannot start the writer thread: {e}")))?;
         Ok(Writer {
             tx: Mutex::new(Some(tx)),
+            wake: thread.thread().clone(),
             thread: Mutex::new(Some(thread)),
             counters,
             closing,
@@ -205,13 +209,19 @@ impl Writer {
     }
 
     fn send(&self, what: &str, command: Command, deadline: Deadline) -> CoreResult<()> {
+        // Events nobody waits on join the group gathering; anything else ends it now.
+        let awaited = !matches!(command, Command::Record(_, None));
         send_until(&self.sender()?, command, deadline).map_err(|timed_out| {
             if timed_out {
                 self.timed_out(what)
             } else {
                 self.stopped_error()
             }
-        })
+        })?;
+        if awaited {
+            self.wake.unpark();
+        }
+        Ok(())
     }
 
     fn wait<T>(
@@ -317,11 +327,13 @@ impl Writer {
         let deadline = Some(Instant::now() + grace);
         let (reply, answer) = sync_channel(1);
         if send_until(&tx, Command::Flush(reply), deadline).is_ok() {
+            self.wake.unpark();
             let _ = self.wait("close", deadline, answer);
         }
         // From here the writer stops retrying and spills what it cannot commit.
         self.closing.store(true, Ordering::SeqCst);
         drop(tx);
+        self.wake.unpark();
         if let Some(thread) = self.thread.lock().take() {
             let _ = thread.join();
         }
@@ -467,13 +479,14 @@ impl Worker {
                 let command = match pending.take() {
                     Some(command) => command,
                     None if lingering && !records.is_empty() && records.len() < MAX_GROUP => {
-                        // Naps rather than waits on the queue: a wait would wake
+                        // Parks rather than waits on the queue: a wait would wake
                         // (two context switches) for every event that joins.
+                        // A command someone waits on unparks it at once.
                         let left = linger_until.saturating_duration_since(Instant::now());
                         if left.is_zero() {
                             break;
                         }
-                        std::thread::sleep(left.min(LINGER_NAP));
+                        std::thread::park_timeout(left);
                         match rx.try_recv() {
                             Ok(command) => command,
                             Err(TryRecvError::Empty) => continue,
