@@ -35,7 +35,10 @@ const WITHOUT_THE_CHAIN: &str = "DROP INDEX usage_events_unchained";
 
 #[path = "chain_events.rs"]
 mod chain_events;
+#[path = "cpu_time.rs"]
+mod cpu_time;
 use chain_events::make_events;
+use cpu_time::cpu_seconds;
 
 fn open_store(path: &Path) -> Result<SqliteStore, String> {
     SqliteStore::open(StoreOptions {
@@ -47,19 +50,6 @@ fn open_store(path: &Path) -> Result<SqliteStore, String> {
         pricing: None,
     })
     .map_err(|e| e.to_string())
-}
-
-/// CPU seconds this process has used, all threads (a shared machine's
-/// other load stretches wall time far more than it does CPU time).
-fn cpu_seconds() -> f64 {
-    // SAFETY: getrusage only writes the struct it is given.
-    let usage = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
-        usage
-    };
-    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
 
 /// Inserts `events` on the store's write connection; returns the seconds it took.

@@ -9,7 +9,10 @@
 2. PostgreSQL (when its binaries are installed; a throwaway cluster):
    ``PostgresStore.record`` one event at a time, batch durability, until all
    are committed, with the chain and without it (no positions, digests,
-   head locks, chain index), alternating runs into fresh schemas.
+   head locks, chain index), alternating runs into fresh schemas. Wall time,
+   and the CPU time of the client and the whole cluster together (the
+   server shares the machine's cores with the client, so wall time moves
+   with whatever else runs).
 4. ``verify`` of a whole SQLite ledger of 1,000,000 chained events
    (4 namespaces).
 
@@ -24,11 +27,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -87,6 +92,31 @@ def print_costs(title: str, medians: dict[tuple[bool, str], float], unit: str) -
         )
 
 
+def cluster_cpu_seconds(data_dir: Path) -> float:
+    """CPU seconds the cluster has used: the postmaster's, its children's
+    that have exited (each backend of a closed connection) and its live
+    children's (background writer, WAL writer, checkpointer), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    postmaster = int((data_dir / "postmaster.pid").read_text().split()[0])
+
+    def stat(pid: int | str) -> list[str]:
+        # The fields after the command name, which may hold spaces.
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+    own = stat(postmaster)
+    ticks = sum(int(f) for f in own[11:15])  # utime, stime, cutime, cstime
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = stat(entry.name)
+        except OSError:  # it exited meanwhile
+            continue
+        if int(fields[1]) == postmaster:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / tick
+
+
 def postgres_costs(exe: Path, events: int, runs: int) -> None:
     sys.path.insert(0, str(ROOT / "tests"))
     try:
@@ -99,14 +129,17 @@ def postgres_costs(exe: Path, events: int, runs: int) -> None:
         return
     clusters = _start_cluster()
     cluster = next(clusters)
+
+    def measure(chained: bool, _: int) -> dict[str, Any]:
+        server_before = cluster_cpu_seconds(cluster.data)
+        report = run(exe, cluster.dsn(), events, "--chain", "on" if chained else "off")
+        time.sleep(0.5)  # the closed connections' backends exit
+        # The server's share includes opening and dropping the run's schema.
+        cpu = report["cpu_seconds"] + cluster_cpu_seconds(cluster.data) - server_before
+        return {**report, "cpu_rate": events / cpu}
+
     try:
-        medians = side_by_side(
-            lambda chained, _: run(
-                exe, cluster.dsn(), events, "--chain", "on" if chained else "off"
-            ),
-            runs,
-            ("rate",),
-        )
+        medians = side_by_side(measure, runs, ("rate", "cpu_rate"))
         print_costs(
             f"PostgreSQL PostgresStore.record, {events:,} events x {runs} runs each (medians):",
             medians,

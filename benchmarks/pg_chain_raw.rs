@@ -7,7 +7,8 @@
 //!
 //! Opens a `PostgresStore` on a fresh schema, records `n` events one by one
 //! through `record` (batch durability) and flushes: the rate is events per
-//! second until every one is committed. With the chain off, the store
+//! second until every one is committed (and the client's CPU seconds
+//! meanwhile). With the chain off, the store
 //! writes no positions, digests or heads, and the chain's index is dropped.
 //! The schema is dropped afterwards.
 
@@ -21,7 +22,10 @@ use usagewarden::ledger::store::MeteringStore;
 
 #[path = "chain_events.rs"]
 mod chain_events;
+#[path = "cpu_time.rs"]
+mod cpu_time;
 use chain_events::make_events;
+use cpu_time::cpu_seconds;
 
 fn run(args: &[String]) -> Result<serde_json::Value, String> {
     let usage = "usage: pg_chain_raw <dsn> <n> --chain on|off";
@@ -61,14 +65,14 @@ fn run(args: &[String]) -> Result<serde_json::Value, String> {
             .map_err(|e| e.to_string())?;
     }
     let events: Vec<_> = make_events(n).into_iter().map(Arc::new).collect();
-    let started = Instant::now();
+    let (started, cpu_before) = (Instant::now(), cpu_seconds());
     for event in events {
         store.record_valid(event).map_err(|e| e.to_string())?;
     }
     store
         .flush(Some(Duration::from_secs(600)))
         .map_err(|e| e.to_string())?;
-    let seconds = started.elapsed().as_secs_f64();
+    let (seconds, cpu) = (started.elapsed().as_secs_f64(), cpu_seconds() - cpu_before);
     store
         .close(Duration::from_secs(10))
         .map_err(|e| e.to_string())?;
@@ -76,7 +80,7 @@ fn run(args: &[String]) -> Result<serde_json::Value, String> {
         .block_on(client.batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE")))
         .map_err(|e| e.to_string())?;
     Ok(
-        serde_json::json!({"events": n, "chain": chained, "seconds": seconds, "rate": n as f64 / seconds}),
+        serde_json::json!({"events": n, "chain": chained, "seconds": seconds, "rate": n as f64 / seconds, "cpu_seconds": cpu}),
     )
 }
 

@@ -122,3 +122,93 @@ def test_bad_arguments_are_refused_when_the_app_is_built() -> None:
         rate_limit(limiter, input_tokens=-1)
     with pytest.raises(TypeError, match="cost_func"):
         RateLimitMiddleware(FastAPI(), limiter, cost_func=3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="headers: must be one of 'all', 'draft'"):
+        RateLimitMiddleware(FastAPI(), limiter, headers="minimal")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="headers"):
+        rate_limit(limiter, headers="ALL")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="which: must be 'all', 'draft', 'legacy' or 'none'"):
+        limiter.try_acquire("k").rate_limit_headers("x")  # type: ignore[arg-type]
+
+
+RATE_LIMIT_NAMES = {
+    "all": {
+        "ratelimit-limit",
+        "ratelimit-remaining",
+        "ratelimit-reset",
+        "x-ratelimit-limit",
+        "x-ratelimit-remaining",
+        "x-ratelimit-reset",
+        "ratelimit-policy",
+        "ratelimit",
+    },
+    "draft": {"ratelimit-policy", "ratelimit"},
+    "legacy": {
+        "ratelimit-limit",
+        "ratelimit-remaining",
+        "ratelimit-reset",
+        "x-ratelimit-limit",
+        "x-ratelimit-remaining",
+        "x-ratelimit-reset",
+    },
+    "none": set(),
+}
+
+
+def rate_limit_names(response: httpx.Response) -> set[str]:
+    return {name for name in response.headers if "ratelimit" in name}
+
+
+@pytest.mark.parametrize("headers", ["all", "draft", "legacy", "none"])
+async def test_the_middleware_sends_the_header_set_asked_for(headers: str) -> None:
+    limiter = uw.RateLimiter(uw.RateLimits(requests_per_minute=1), clock=uw.ManualClock())
+    app = app_with_middleware(limiter, headers=headers)
+    admitted = await hit(app)
+    assert admitted.status_code == 200
+    assert rate_limit_names(admitted) == RATE_LIMIT_NAMES[headers]
+    assert "retry-after" not in admitted.headers
+    refused = await hit(app)
+    assert refused.status_code == 429
+    assert rate_limit_names(refused) == RATE_LIMIT_NAMES[headers]
+    assert refused.headers["retry-after"] == "60", "every set sends Retry-After on a refusal"
+    if headers == "draft":
+        assert admitted.headers["ratelimit"] == '"requests_per_minute";r=0;t=60'
+
+
+async def test_the_dependency_sends_the_header_set_asked_for() -> None:
+    limiter = uw.RateLimiter(uw.RateLimits(requests_per_second=1), clock=uw.ManualClock())
+    app = FastAPI()
+    dependency = rate_limit(limiter, key_func=by_tenant, headers="draft")
+
+    @app.get("/", dependencies=[Depends(dependency)])
+    async def index() -> dict[str, str]:
+        return {"ok": "yes"}
+
+    assert rate_limit_names(await hit(app)) == RATE_LIMIT_NAMES["draft"]
+    refused = await hit(app)
+    assert refused.status_code == 429
+    assert rate_limit_names(refused) == RATE_LIMIT_NAMES["draft"]
+    assert refused.headers["retry-after"] == "1"
+
+
+@pytest.mark.parametrize("route_binds", [True, False])
+async def test_draft_headers_alone_still_name_the_limit_that_binds(route_binds: bool) -> None:
+    """With only the structured fields, the middleware and a route's
+    dependency still send one set: that of the limit with less left."""
+    clock = uw.ManualClock()
+    wide = uw.RateLimiter(uw.RateLimits(requests_per_minute=100), clock=clock)
+    narrow = uw.RateLimiter(uw.RateLimits(requests_per_second=2), clock=clock)
+    route_limiter, app_limiter = (narrow, wide) if route_binds else (wide, narrow)
+    app = FastAPI()
+    dependency = rate_limit(route_limiter, key_func=by_tenant, headers="draft")
+
+    @app.get("/", dependencies=[Depends(dependency)])
+    async def index() -> dict[str, str]:
+        return {"ok": "yes"}
+
+    app.add_middleware(
+        RateLimitMiddleware, limiter=app_limiter, key_func=by_tenant, headers="draft"
+    )
+    response = await hit(app)
+    assert response.status_code == 200
+    assert response.headers.get_list("ratelimit") == ['"requests_per_second";r=1;t=1']
+    assert response.headers.get_list("ratelimit-policy") == ['"requests_per_second";q=2;w=1']

@@ -14,6 +14,46 @@ pub struct HeaderSource<'a> {
     pub retry_after_ns: Option<u64>,
     pub limit: Option<&'a LimitSpec>,
     pub remaining: &'a Usage,
+    pub set: HeaderSet,
+}
+
+/// Which rate-limit headers a response carries; every set sends
+/// `Retry-After` on a refusal. Each header is a few microseconds of a
+/// server's time per response, so an API whose clients read one style can
+/// send that one alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeaderSet {
+    /// The draft-11 fields, the older `RateLimit-*` and `X-RateLimit-*`.
+    All,
+    /// `RateLimit-Policy` and `RateLimit` (draft-11 structured fields).
+    Draft,
+    /// `RateLimit-Limit`/`-Remaining`/`-Reset` and their `X-RateLimit-*` twins.
+    Legacy,
+    /// `Retry-After` on a refusal only.
+    None,
+}
+
+impl HeaderSet {
+    /// The names `parse` takes, for an error message.
+    pub const CHOICES: &'static str = "'all', 'draft', 'legacy' or 'none'";
+
+    pub fn parse(name: &str) -> Option<HeaderSet> {
+        match name {
+            "all" => Some(HeaderSet::All),
+            "draft" => Some(HeaderSet::Draft),
+            "legacy" => Some(HeaderSet::Legacy),
+            "none" => Some(HeaderSet::None),
+            _ => None,
+        }
+    }
+
+    fn draft(self) -> bool {
+        matches!(self, HeaderSet::All | HeaderSet::Draft)
+    }
+
+    fn legacy(self) -> bool {
+        matches!(self, HeaderSet::All | HeaderSet::Legacy)
+    }
 }
 
 /// A number of a header: an integer count, or USD for cost.
@@ -121,28 +161,32 @@ pub fn rate_limit_headers(source: &HeaderSource<'_>) -> Vec<(Header, String)> {
             limit.dimension,
             remaining_of(source.remaining, limit.dimension),
         );
-        let amount_text = amount.text();
-        // A count stays an integer at any size: clients parse these with int().
-        let remaining_text = remaining.text();
-        let reset_text = reset.to_string();
-        headers.push((Header::Limit, amount_text.clone()));
-        headers.push((Header::XLimit, amount_text));
-        headers.push((Header::Remaining, remaining_text.clone()));
-        headers.push((Header::XRemaining, remaining_text));
-        headers.push((Header::Reset, reset_text.clone()));
-        headers.push((Header::XReset, reset_text));
-        let name = structured_string(&limit.name());
-        let mut policy = format!("{name};q={};w={}", amount.quota(), ceil(window));
-        match limit.dimension {
-            Dimension::Requests => {}
-            Dimension::Cost => policy.push_str(";qu=\"usd-micros\""),
-            _ => policy.push_str(";qu=\"tokens\""),
+        if source.set.legacy() {
+            let amount_text = amount.text();
+            // A count stays an integer at any size: clients parse these with int().
+            let remaining_text = remaining.text();
+            let reset_text = reset.to_string();
+            headers.push((Header::Limit, amount_text.clone()));
+            headers.push((Header::XLimit, amount_text));
+            headers.push((Header::Remaining, remaining_text.clone()));
+            headers.push((Header::XRemaining, remaining_text));
+            headers.push((Header::Reset, reset_text.clone()));
+            headers.push((Header::XReset, reset_text));
         }
-        headers.push((Header::Policy, policy));
-        headers.push((
-            Header::RateLimit,
-            format!("{name};r={};t={reset}", remaining.quota().max(0)),
-        ));
+        if source.set.draft() {
+            let name = structured_string(&limit.name());
+            let mut policy = format!("{name};q={};w={}", amount.quota(), ceil(window));
+            match limit.dimension {
+                Dimension::Requests => {}
+                Dimension::Cost => policy.push_str(";qu=\"usd-micros\""),
+                _ => policy.push_str(";qu=\"tokens\""),
+            }
+            headers.push((Header::Policy, policy));
+            headers.push((
+                Header::RateLimit,
+                format!("{name};r={};t={reset}", remaining.quota().max(0)),
+            ));
+        }
     }
     if !source.allowed {
         let wait = match (source.retry_after_ns, source.limit) {
@@ -237,6 +281,7 @@ mod tests {
             retry_after_ns: None,
             limit: Some(&limit),
             remaining: &left,
+            set: HeaderSet::All,
         });
         assert!(headers.contains(&(Header::Limit, "2000000".into())));
         assert!(headers.contains(&(Header::Remaining, "1999900".into())));
@@ -282,6 +327,7 @@ mod tests {
             retry_after_ns: Some(1_200_000_000),
             limit: Some(&limit),
             remaining: &left,
+            set: HeaderSet::All,
         });
         let get = |name: &'static str| {
             headers
@@ -300,5 +346,45 @@ mod tests {
             get("RateLimit"),
             Some("\"total_tokens_per_minute\";r=200;t=2")
         );
+    }
+
+    #[test]
+    fn each_set_sends_its_headers_and_retry_after_on_a_refusal() {
+        let limit = LimitSpec::new(Dimension::Requests, Unit::Minute, 10);
+        let names = |set: HeaderSet, allowed: bool| -> Vec<Header> {
+            rate_limit_headers(&HeaderSource {
+                allowed,
+                retry_after_ns: (!allowed).then_some(2_000_000_000),
+                limit: Some(&limit),
+                remaining: &Usage::ZERO,
+                set,
+            })
+            .into_iter()
+            .map(|(header, _)| header)
+            .collect()
+        };
+        use Header::*;
+        let legacy = vec![Limit, XLimit, Remaining, XRemaining, Reset, XReset];
+        assert_eq!(
+            names(HeaderSet::All, true),
+            [&legacy[..], &[Policy, RateLimit]].concat()
+        );
+        assert_eq!(names(HeaderSet::Draft, true), vec![Policy, RateLimit]);
+        assert_eq!(names(HeaderSet::Legacy, true), legacy);
+        assert!(names(HeaderSet::None, true).is_empty());
+        assert_eq!(
+            names(HeaderSet::Draft, false),
+            vec![Policy, RateLimit, RetryAfter]
+        );
+        assert_eq!(names(HeaderSet::None, false), vec![RetryAfter]);
+        for (name, set) in [
+            ("all", HeaderSet::All),
+            ("draft", HeaderSet::Draft),
+            ("legacy", HeaderSet::Legacy),
+            ("none", HeaderSet::None),
+        ] {
+            assert_eq!(HeaderSet::parse(name), Some(set));
+        }
+        assert_eq!(HeaderSet::parse("All"), None);
     }
 }

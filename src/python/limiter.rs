@@ -6,7 +6,7 @@ use super::limits::{PyLimit, PyRateLimits};
 use super::reservation::PyReservation;
 use super::usage::PyUsage;
 use crate::clock::ns_to_seconds;
-use crate::limiter::headers::{rate_limit_headers, Header, HeaderSource};
+use crate::limiter::headers::{rate_limit_headers, Header, HeaderSet, HeaderSource};
 use crate::limiter::{Decision, LimiterSnapshot, RateLimiter, Reservation};
 use crate::limits::LimitSpec;
 use crate::usage::Usage;
@@ -42,13 +42,20 @@ pub struct PyDecision {
 }
 
 impl PyDecision {
-    fn header_source(&self) -> HeaderSource<'_> {
-        HeaderSource {
+    fn header_source(&self, which: &str) -> PyResult<HeaderSource<'_>> {
+        let set = HeaderSet::parse(which).ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "which: must be {}, got {which:?}",
+                HeaderSet::CHOICES
+            ))
+        })?;
+        Ok(HeaderSource {
             allowed: self.allowed,
             retry_after_ns: self.retry_after_ns,
             limit: self.limit.as_ref(),
             remaining: &self.remaining,
-        }
+            set,
+        })
     }
 }
 
@@ -115,10 +122,16 @@ impl PyDecision {
     /// The HTTP headers of this decision for the limit that binds, names
     /// in their usual case: `RateLimit-Policy`, `RateLimit`, the older
     /// `RateLimit-Limit`/`-Remaining`/`-Reset` and `X-RateLimit-*`, and
-    /// `Retry-After` when refused.
-    fn rate_limit_headers<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+    /// `Retry-After` when refused. `which`: "all", "draft" (the first two),
+    /// "legacy" (the older six) or "none" (`Retry-After` alone).
+    #[pyo3(signature = (which = "all"))]
+    fn rate_limit_headers<'py>(
+        &self,
+        py: Python<'py>,
+        which: &str,
+    ) -> PyResult<Bound<'py, PyDict>> {
         let headers = PyDict::new(py);
-        for (header, value) in rate_limit_headers(&self.header_source()) {
+        for (header, value) in rate_limit_headers(&self.header_source(which)?) {
             headers.set_item(header.name(), value)?;
         }
         Ok(headers)
@@ -126,7 +139,12 @@ impl PyDecision {
 
     /// The same headers for an ASGI response: `(name, value)` byte pairs,
     /// names in lower case.
-    fn asgi_rate_limit_headers<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+    #[pyo3(signature = (which = "all"))]
+    fn asgi_rate_limit_headers<'py>(
+        &self,
+        py: Python<'py>,
+        which: &str,
+    ) -> PyResult<Bound<'py, PyList>> {
         // The names are the same bytes objects on every response.
         static NAMES: PyOnceLock<Vec<Py<PyBytes>>> = PyOnceLock::new();
         let names = NAMES.get_or_init(py, || {
@@ -135,7 +153,7 @@ impl PyDecision {
                 .map(|header| PyBytes::new(py, header.lower_name().as_bytes()).unbind())
                 .collect()
         });
-        let pairs = rate_limit_headers(&self.header_source())
+        let pairs = rate_limit_headers(&self.header_source(which)?)
             .into_iter()
             .map(|(header, value)| {
                 (

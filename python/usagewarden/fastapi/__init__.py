@@ -26,7 +26,13 @@ from .auth import (
 )
 from .lifespan import store_lifespan
 from .metering import MeteringMiddleware
-from .rate_limit import RateLimitMiddleware, client_ip, rate_limit, rate_limit_headers
+from .rate_limit import (
+    HeaderSet,
+    RateLimitMiddleware,
+    client_ip,
+    rate_limit,
+    rate_limit_headers,
+)
 from .router import usage_router
 
 __all__ = [
@@ -34,6 +40,7 @@ __all__ = [
     "SCOPE_ALL_NAMESPACES",
     "SCOPE_READ",
     "SCOPE_WRITE",
+    "HeaderSet",
     "MeteringMiddleware",
     "Principal",
     "RateLimitMiddleware",

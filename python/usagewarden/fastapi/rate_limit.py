@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Literal, get_args
 
 from fastapi import HTTPException, Request, Response
 from fastapi.responses import JSONResponse
@@ -16,6 +16,12 @@ from ..limiter_protocol import Limiter
 from ._errors import error_detail
 
 Key = str | tuple[str, ...]
+#: Which rate-limit headers a response carries: ``"all"`` (the default),
+#: ``"draft"`` (``RateLimit-Policy`` and ``RateLimit``), ``"legacy"``
+#: (``RateLimit-Limit``/``-Remaining``/``-Reset`` and ``X-RateLimit-*``) or
+#: ``"none"``; every set sends ``Retry-After`` on a refusal.
+HeaderSet = Literal["all", "draft", "legacy", "none"]
+_HEADER_SETS: tuple[str, ...] = get_args(HeaderSet)
 KeyFunc = Callable[[Request], Key]
 #: Keyword arguments for ``RateLimiter.try_acquire`` (``requests``, ``cost``, …).
 CostFunc = Callable[[Request], Mapping[str, Any]]
@@ -42,22 +48,45 @@ RATE_LIMIT_HEADER_NAMES = frozenset(
 _RATE_LIMIT_HEADER_BYTES = frozenset(name.encode("latin-1") for name in RATE_LIMIT_HEADER_NAMES)
 
 
-def rate_limit_headers(decision: Decision) -> dict[str, str]:
+def check_header_set(headers: object) -> HeaderSet:
+    if headers not in _HEADER_SETS:
+        choices = ", ".join(repr(name) for name in _HEADER_SETS)
+        raise ValueError(f"headers: must be one of {choices}, got {headers!r}")
+    return headers  # type: ignore[return-value]
+
+
+def rate_limit_headers(decision: Decision, headers: HeaderSet = "all") -> dict[str, str]:
     """The headers for the limit that binds: the draft-11 structured fields
     ``RateLimit-Policy: "<limit>";q=<quota>;w=<window>[;qu="tokens"]`` and
     ``RateLimit: "<limit>";r=<remaining>;t=<reset>``, the legacy
     ``RateLimit-Limit``/``-Remaining``/``-Reset`` (and ``X-RateLimit-*``), and
     ``Retry-After`` on every refusal. Reset is in seconds: until the request
     fits when refused, else the limit's window. A request that can never fit
-    gets the window as its ``Retry-After``. (``Decision.rate_limit_headers``.)"""
-    return decision.rate_limit_headers()
+    gets the window as its ``Retry-After``. ``headers`` picks a set (see
+    ``HeaderSet``). (``Decision.rate_limit_headers``.)"""
+    return decision.rate_limit_headers(check_header_set(headers))
+
+
+def _structured_parameter(value: bytes, name: bytes) -> float:
+    """A numeric parameter of a draft-11 field (``"<limit>";q=10;w=60``)."""
+    for part in value.split(b";")[1:]:
+        key, _, number = part.strip().partition(b"=")
+        if key == name:
+            return float(number)
+    raise KeyError(name)
 
 
 def _pressure(headers: Mapping[bytes, bytes]) -> float:
-    """How close a limit is to refusing: remaining / limit (lower binds more)."""
+    """How close a limit is to refusing: remaining / limit (lower binds more),
+    from whichever set of headers the response carries."""
     try:
-        limit = float(headers[b"ratelimit-limit"])
-        return float(headers[b"ratelimit-remaining"]) / limit if limit > 0 else 0.0
+        if b"ratelimit-limit" in headers:
+            limit = float(headers[b"ratelimit-limit"])
+            remaining = float(headers[b"ratelimit-remaining"])
+        else:
+            limit = _structured_parameter(headers[b"ratelimit-policy"], b"q")
+            remaining = _structured_parameter(headers[b"ratelimit"], b"r")
+        return remaining / limit if limit > 0 else 0.0
     except (KeyError, ValueError):
         return math.inf
 
@@ -101,19 +130,26 @@ def check_limiter(limiter: object, key_func: object) -> None:
 
 
 def rate_limit(
-    limiter: Limiter, *, key_func: KeyFunc = client_ip, requests: int = 1, **usage: Any
+    limiter: Limiter,
+    *,
+    key_func: KeyFunc = client_ip,
+    requests: int = 1,
+    headers: HeaderSet = "all",
+    **usage: Any,
 ) -> Callable[..., Awaitable[Decision]]:
     """A dependency that admits the request on ``limiter`` or answers 429.
 
     ``usage`` takes the other ``try_acquire`` keywords (``input_tokens``,
-    ``cost``…). Admitted responses carry the ``RateLimit-*`` headers.
+    ``cost``…). Responses carry the rate-limit headers of ``headers`` (see
+    ``HeaderSet``).
     """
     check_limiter(limiter, key_func)
+    which = check_header_set(headers)
     limiter.check("usagewarden-argument-check", requests=requests, **usage)  # validates now
 
     async def dependency(request: Request, response: Response) -> Decision:
         decision = limiter.try_acquire(key_func(request), requests=requests, **usage)
-        headers = rate_limit_headers(decision)
+        headers = decision.rate_limit_headers(which)
         if not decision.allowed:
             raise HTTPException(429, detail=refusal_detail(decision), headers=headers)
         response.headers.update(headers)
@@ -131,6 +167,9 @@ class RateLimitMiddleware:
     ``Retry-After``; every limited response carries one set of rate-limit
     headers: when a route's ``rate_limit`` dependency also applies, those of
     the limit that binds (the refusing one, else the one with less left).
+    ``headers`` picks which (see ``HeaderSet``): each costs the server a few
+    microseconds per response, so an API whose clients read one style can
+    send that one alone.
     """
 
     def __init__(
@@ -140,10 +179,12 @@ class RateLimitMiddleware:
         *,
         key_func: KeyFunc = client_ip,
         cost_func: CostFunc | None = None,
+        headers: HeaderSet = "all",
     ) -> None:
         check_limiter(limiter, key_func)
         if cost_func is not None and not callable(cost_func):
             raise TypeError("cost_func: must be a callable taking the Request")
+        self.headers = check_header_set(headers)
         self.app = app
         self.limiter = limiter
         self.key_func = key_func
@@ -166,11 +207,14 @@ class RateLimitMiddleware:
             refusal = JSONResponse(
                 {"detail": refusal_detail(decision)},
                 status_code=429,
-                headers=decision.rate_limit_headers(),
+                headers=decision.rate_limit_headers(self.headers),
             )
             await refusal(scope, receive, send)
             return
-        ours = decision.asgi_rate_limit_headers()
+        ours = decision.asgi_rate_limit_headers(self.headers)
+        if not ours:
+            await self.app(scope, receive, send)
+            return
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -652,3 +652,41 @@ pub fn add(total: &mut Aggregate, part: &Aggregate) {
         (a, b) => Some(a.unwrap_or(0).saturating_add(b.unwrap_or(0)).min(most)),
     };
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::event::tests::event;
+
+    /// Keys looked up borrowed hash as the owned keys do: one row per key.
+    #[test]
+    fn events_of_one_group_add_to_one_row_of_each_table() {
+        let mut pending = Pending::default();
+        let mut e = event("agent", 10 * 1_000_000, 5);
+        e.model = Some("m".into());
+        for _ in 0..3 {
+            pending.add(&e, Some(7));
+        }
+        e.agent_id = "other".into();
+        pending.add(&e, None);
+        assert_eq!(pending.hours.len(), 1);
+        assert_eq!(pending.models.len(), 1);
+        assert_eq!(pending.groups.len(), 2);
+        assert_eq!(pending.days.len(), 2);
+        let hour = &pending.hours[&("default".to_string(), 0)];
+        assert_eq!(
+            (hour.events, hour.tokens_in, hour.cost_nanos),
+            (4, 20, Some(21))
+        );
+        assert_eq!(hour.unpriced_events, 1);
+        let group = (
+            0,
+            "default".into(),
+            "agent".into(),
+            e.consumer_id.clone(),
+            "m".into(),
+            e.action.clone(),
+        );
+        assert_eq!(pending.groups[&group].events, 3);
+    }
+}
