@@ -67,6 +67,18 @@ def run(exe: Path, *args: object) -> dict[str, Any]:
     return report
 
 
+def run_on_fresh_file(exe: Path, db: Path, mode: str, events: int, chained: bool) -> dict[str, Any]:
+    """One SQLite run into `db`, which is removed afterwards. The page cache
+    is written out before the run, so that no earlier run's write-back falls
+    inside this one's timing."""
+    os.sync()
+    try:
+        return run(exe, mode, db, events, "--chain", "on" if chained else "off")
+    finally:
+        for leftover in db.parent.glob(db.name + "*"):
+            leftover.unlink()
+
+
 def side_by_side(
     measure: Callable[[bool, int], dict[str, Any]], runs: int, keys: tuple[str, ...]
 ) -> dict[tuple[bool, str], float]:
@@ -131,6 +143,7 @@ def postgres_costs(exe: Path, events: int, runs: int) -> None:
     cluster = next(clusters)
 
     def measure(chained: bool, _: int) -> dict[str, Any]:
+        os.sync()
         server_before = cluster_cpu_seconds(cluster.data)
         report = run(exe, cluster.dsn(), events, "--chain", "on" if chained else "off")
         time.sleep(0.5)  # the closed connections' backends exit
@@ -161,13 +174,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for mode, what in (("insert", "SQLite insert"), ("record", "SQLite SqliteStore.record")):
             medians = side_by_side(
-                lambda chained, i, mode=mode: run(
-                    exe,
-                    mode,
-                    Path(tmp) / f"{mode}-{i}-{chained}.db",
-                    args.events,
-                    "--chain",
-                    "on" if chained else "off",
+                lambda chained, i, mode=mode: run_on_fresh_file(
+                    exe, Path(tmp) / f"{mode}-{i}-{chained}.db", mode, args.events, chained
                 ),
                 args.runs,
                 ("rate", "cpu_rate"),
@@ -180,6 +188,7 @@ def main() -> None:
         postgres_costs(build("pg_chain_raw"), args.pg_events, args.runs)
         samples = []
         for i in range(3):
+            os.sync()
             report = run(exe, "verify", Path(tmp) / f"verify-{i}.db", args.verify_events)
             samples.append((report["seconds"], report["cpu_seconds"]))
         wall = statistics.median(s for s, _ in samples)

@@ -10,6 +10,7 @@ httpx = pytest.importorskip("httpx")
 import usagewarden as uw  # noqa: E402
 from fastapi import Depends, FastAPI, Request  # noqa: E402
 from usagewarden.fastapi import RateLimitMiddleware, rate_limit  # noqa: E402
+from usagewarden.fastapi.rate_limit import RATE_LIMIT_HEADER_NAMES  # noqa: E402
 
 LIMIT_HEADERS = ("ratelimit-limit", "ratelimit-remaining", "ratelimit-reset")
 
@@ -130,26 +131,16 @@ def test_bad_arguments_are_refused_when_the_app_is_built() -> None:
         limiter.try_acquire("k").rate_limit_headers("x")  # type: ignore[arg-type]
 
 
+LEGACY_NAMES = {
+    f"{prefix}ratelimit-{field}"
+    for prefix in ("", "x-")
+    for field in ("limit", "remaining", "reset")
+}
+DRAFT_NAMES = {"ratelimit-policy", "ratelimit"}
 RATE_LIMIT_NAMES = {
-    "all": {
-        "ratelimit-limit",
-        "ratelimit-remaining",
-        "ratelimit-reset",
-        "x-ratelimit-limit",
-        "x-ratelimit-remaining",
-        "x-ratelimit-reset",
-        "ratelimit-policy",
-        "ratelimit",
-    },
-    "draft": {"ratelimit-policy", "ratelimit"},
-    "legacy": {
-        "ratelimit-limit",
-        "ratelimit-remaining",
-        "ratelimit-reset",
-        "x-ratelimit-limit",
-        "x-ratelimit-remaining",
-        "x-ratelimit-reset",
-    },
+    "all": LEGACY_NAMES | DRAFT_NAMES,
+    "draft": DRAFT_NAMES,
+    "legacy": LEGACY_NAMES,
     "none": set(),
 }
 
@@ -172,6 +163,7 @@ async def test_the_middleware_sends_the_header_set_asked_for(headers: str) -> No
     assert refused.headers["retry-after"] == "60", "every set sends Retry-After on a refusal"
     if headers == "draft":
         assert admitted.headers["ratelimit"] == '"requests_per_minute";r=0;t=60'
+    assert RATE_LIMIT_NAMES["all"] == RATE_LIMIT_HEADER_NAMES, "the names merging looks for"
 
 
 async def test_the_dependency_sends_the_header_set_asked_for() -> None:
