@@ -218,8 +218,13 @@ pub fn chain_existing(conn: &Connection) -> rusqlite::Result<()> {
 
 /// Before a purge deletes events older than `cutoff_us`: records each run
 /// of consecutive positions it removes, with the digest at its end, so that
-/// the chain stays verifiable from there.
-pub fn record_purges(conn: &Connection, cutoff_us: i64, now_us: i64) -> CoreResult<()> {
+/// the chain stays verifiable from there. Returns, per namespace, the last
+/// position it removes (for `chain_blocks::forget_emptied`).
+pub fn record_purges(
+    conn: &Connection,
+    cutoff_us: i64,
+    now_us: i64,
+) -> CoreResult<Vec<(String, i64)>> {
     let mut select = conn.prepare_cached(
         "SELECT namespace, chain_position, chain_digest FROM usage_events \
          WHERE ts < ?1 AND chain_position IS NOT NULL ORDER BY namespace, chain_position",
@@ -237,6 +242,7 @@ pub fn record_purges(conn: &Connection, cutoff_us: i64, now_us: i64) -> CoreResu
         let digest = digest_from_slice(&digest).unwrap_or(GENESIS);
         runs.push(&namespace, row.get(1)?, digest);
     }
+    let mut last_removed: Vec<(String, i64)> = Vec::new();
     for (ns, run) in runs.finish() {
         insert.execute(params![
             ns,
@@ -246,8 +252,13 @@ pub fn record_purges(conn: &Connection, cutoff_us: i64, now_us: i64) -> CoreResu
             cutoff_us,
             now_us
         ])?;
+        match last_removed.last_mut() {
+            // Runs come by namespace, then position.
+            Some((last_ns, last)) if *last_ns == ns => *last = run.last,
+            _ => last_removed.push((ns, run.last)),
+        }
     }
-    Ok(())
+    Ok(last_removed)
 }
 
 /// Rows of positions `?2..=?3` of namespace `?1`, in position order, found

@@ -91,6 +91,20 @@ impl Spans {
     }
 }
 
+/// After a purge removed positions up to `through` of `namespace`: forgets
+/// the blocks up to there that no longer hold a row, so that the table
+/// shrinks with the ledger (a block some row outlived stays).
+pub fn forget_emptied(conn: &Connection, namespace: &str, through: i64) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "DELETE FROM chain_blocks AS b WHERE b.namespace = ?1 AND b.block <= ?2 AND NOT EXISTS ( \
+             SELECT 1 FROM usage_events NOT INDEXED \
+             WHERE id BETWEEN b.first_id AND b.last_id AND namespace = ?1 \
+               AND chain_position BETWEEN b.block * ?3 + 1 AND (b.block + 1) * ?3)",
+    )?
+    .execute(params![namespace, block_of(through), BLOCK])?;
+    Ok(())
+}
+
 /// Whether every block holding positions `start..=end` of `namespace` reads in position order by id.
 pub fn ordered(conn: &Connection, namespace: &str, start: i64, end: i64) -> rusqlite::Result<bool> {
     let unordered: Option<i64> = conn

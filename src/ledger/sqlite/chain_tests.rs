@@ -299,3 +299,48 @@ fn a_row_moved_out_of_its_block_is_found_by_reading_by_position() {
     assert_eq!((problem.position, problem.kind), (10, ProblemKind::Altered));
     store.close();
 }
+
+#[test]
+fn a_purge_forgets_the_blocks_it_emptied() {
+    let dir = tempdir();
+    let clock = manual_at(1_000 * S_US);
+    let store = store_at(&dir, "purged.db", Durability::Batch, clock.clone());
+    // Positions in time order: the purge below removes positions 1..=600.
+    let events: Vec<UsageEvent> = (0..1_000)
+        .map(|i| crate::ledger::event::tests::event("agent", i * S_US, 1))
+        .collect();
+    store.record_batch(events).unwrap();
+    store.flush().unwrap();
+    let blocks = |store: &SqliteStore| -> Vec<i64> {
+        store
+            .read(|c| {
+                Ok(c.prepare("SELECT block FROM chain_blocks ORDER BY block")?
+                    .query_map([], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?)
+            })
+            .unwrap()
+    };
+    assert_eq!(blocks(&store), vec![0, 1, 2, 3]);
+    // Retention is one hour: the cutoff is at 600 s.
+    clock.set((3_600 + 600) * 1_000_000_000);
+    assert_eq!(store.purge_expired().unwrap(), 600);
+    // Blocks 0 and 1 (positions 1..=512) are empty; block 2 keeps 601..=768.
+    assert_eq!(blocks(&store), vec![2, 3]);
+    let report = walked_on_one_thread(&store, None, PositionRange::default());
+    assert!(report.ok(), "{:?}", report.problem);
+    assert_eq!(report.rows, 400);
+    let first_kept: String = store
+        .read(|c| {
+            Ok(c.query_row(
+                "SELECT request_id FROM usage_events WHERE chain_position = 601",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .unwrap();
+    assert!(store
+        .receipt(&first_kept, "default")
+        .unwrap()
+        .is_consistent());
+    store.close();
+}

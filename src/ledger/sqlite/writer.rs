@@ -887,10 +887,13 @@ impl Worker {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        super::chain::record_purges(&tx, cutoff_us, (self.now_us)())?;
+        let removed = super::chain::record_purges(&tx, cutoff_us, (self.now_us)())?;
         let deleted = tx
             .prepare_cached("DELETE FROM usage_events WHERE ts < ?1")?
             .execute([cutoff_us])?;
+        for (namespace, through) in removed {
+            super::chain_blocks::forget_emptied(&tx, &namespace, through)?;
+        }
         if deleted > 0 {
             rollup::after_purge(&tx, cutoff_us)?;
         }
