@@ -316,7 +316,7 @@ impl<'c> SqliteChain<'c> {
         Ok(accounted)
     }
 
-    fn stored_digest(
+    fn queried_digest(
         &self,
         sql: &str,
         params: impl rusqlite::Params,
@@ -400,14 +400,14 @@ impl ChainSource for SqliteChain<'_> {
         if self.accounted(namespace)? {
             let block = chain_blocks::block_of(position);
             if let Some(digest) =
-                self.stored_digest(IN_BLOCK, params![namespace, position, block])?
+                self.queried_digest(IN_BLOCK, params![namespace, position, block])?
             {
                 return Ok(Some(digest));
             }
         }
-        match self.stored_digest(AT_PURGE, params![namespace, position])? {
+        match self.queried_digest(AT_PURGE, params![namespace, position])? {
             Some(digest) => Ok(Some(digest)),
-            None => self.stored_digest(ANYWHERE, params![namespace, position]),
+            None => self.queried_digest(ANYWHERE, params![namespace, position]),
         }
     }
 
@@ -421,11 +421,11 @@ impl ChainSource for SqliteChain<'_> {
         static THROUGH_BLOCKS: LazyLock<String> =
             LazyLock::new(|| chain_blocks::rows_sql(CHAINED_COLUMNS));
         static BY_POSITION: LazyLock<String> = LazyLock::new(by_position_sql);
-        if self.accounted(namespace)? && chain_blocks::ordered(self.conn, namespace, start, end)? {
-            let [from, to, first_block, last_block] = chain_blocks::rows_params(start, end);
+        let blocks = chain_blocks::blocks_of(start, end);
+        if self.accounted(namespace)? && chain_blocks::ordered(self.conn, namespace, blocks)? {
             let walked = self.visit_rows(
                 &THROUGH_BLOCKS,
-                params![namespace, from, to, first_block, last_block],
+                params![namespace, start, end, blocks.0, blocks.1],
                 visit,
             )?;
             if walked.problem.is_none() {

@@ -105,19 +105,28 @@ pub fn forget_emptied(conn: &Connection, namespace: &str, through: i64) -> rusql
     Ok(())
 }
 
-/// Whether every block holding positions `start..=end` of `namespace` reads in position order by id.
-pub fn ordered(conn: &Connection, namespace: &str, start: i64, end: i64) -> rusqlite::Result<bool> {
+/// The first and last blocks holding positions `start..=end`.
+pub fn blocks_of(start: i64, end: i64) -> (i64, i64) {
+    (block_of(start.max(1)), block_of(end))
+}
+
+/// Whether every block `first..=last` of `namespace` reads in position order by id.
+pub fn ordered(
+    conn: &Connection,
+    namespace: &str,
+    (first, last): (i64, i64),
+) -> rusqlite::Result<bool> {
     let unordered: Option<i64> = conn
         .prepare_cached(
             "SELECT 1 FROM chain_blocks WHERE namespace = ?1 AND block BETWEEN ?2 AND ?3 AND NOT ordered LIMIT 1",
         )?
-        .query_row(params![namespace, block_of(start.max(1)), block_of(end)], |r| r.get(0))
+        .query_row(params![namespace, first, last], |r| r.get(0))
         .optional()?;
     Ok(unordered.is_none())
 }
 
-/// Selects `columns` of the rows at positions `?2..=?3` of namespace `?1`,
-/// block by block, each block's id range read by id (`NOT INDEXED`: by the
+/// Selects `columns` of the rows at positions `?2..=?3` of namespace `?1`
+/// (in blocks `?4..=?5`, `blocks_of` them), block by block, each block's id range read by id (`NOT INDEXED`: by the
 /// row id, which no index can beat for a range of it).
 pub fn rows_sql(columns: &str) -> String {
     format!(
@@ -128,9 +137,4 @@ pub fn rows_sql(columns: &str) -> String {
          WHERE namespace = ?1 AND chain_position BETWEEN ?2 AND ?3 \
          ORDER BY blk, id"
     )
-}
-
-/// The parameters of `rows_sql` for positions `start..=end`.
-pub fn rows_params(start: i64, end: i64) -> [i64; 4] {
-    [start, end, block_of(start.max(1)), block_of(end)]
 }

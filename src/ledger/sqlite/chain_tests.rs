@@ -35,14 +35,38 @@ fn in_parts(
     store.verify_in_parts(namespace, range, &[], 0).unwrap()
 }
 
+/// A store on `dir/name` holding `events`, committed.
+fn committed(
+    dir: &std::path::Path,
+    name: &str,
+    events: Vec<UsageEvent>,
+    clock: Arc<crate::clock::ManualClock>,
+) -> SqliteStore {
+    let store = store_at(dir, name, Durability::Batch, clock);
+    store.record_batch(events).unwrap();
+    store.flush().unwrap();
+    store
+}
+
+/// The request id at `position` of `namespace`.
+fn request_at(store: &SqliteStore, namespace: &str, position: i64) -> String {
+    store
+        .read(|c| {
+            Ok(c.query_row(
+                "SELECT request_id FROM usage_events WHERE namespace = ?1 AND chain_position = ?2",
+                rusqlite::params![namespace, position],
+                |r| r.get(0),
+            )?)
+        })
+        .unwrap()
+}
+
 #[test]
 fn an_intact_ledger_is_answered_by_the_parts_as_by_one_thread() {
     let dir = tempdir();
     // Before the purge below (a manual clock never goes back).
     let clock = manual_at(20 * 3_600 * S_US);
-    let store = store_at(&dir, "parts.db", Durability::Batch, clock.clone());
-    store.record_batch(spread_events(3_000)).unwrap();
-    store.flush().unwrap();
+    let store = committed(&dir, "parts.db", spread_events(3_000), clock.clone());
     let ranges = [
         (None, PositionRange::default()),
         (Some("b"), PositionRange::default()),
@@ -88,14 +112,8 @@ fn an_intact_ledger_is_answered_by_the_parts_as_by_one_thread() {
 #[test]
 fn a_tampered_ledger_is_answered_by_the_one_thread_walk() {
     let dir = tempdir();
-    let store = store_at(
-        &dir,
-        "tampered.db",
-        Durability::Batch,
-        manual_at(60 * 3_600 * S_US),
-    );
-    store.record_batch(spread_events(3_000)).unwrap();
-    store.flush().unwrap();
+    let clock = manual_at(60 * 3_600 * S_US);
+    let store = committed(&dir, "tampered.db", spread_events(3_000), clock);
     let edits = [
         "UPDATE usage_events SET tokens_in = tokens_in + 1 WHERE namespace = 'c' AND chain_position = 700",
         "UPDATE usage_events SET tokens_in = tokens_in - 1 WHERE namespace = 'c' AND chain_position = 700; \
@@ -190,9 +208,7 @@ fn blocks_hold_the_id_range_of_each_run_of_positions() {
 #[test]
 fn rows_are_read_by_ranges_of_row_ids_in_position_order() {
     let dir = tempdir();
-    let store = store_at(&dir, "plan.db", Durability::Batch, manual_at(0));
-    store.record_batch(spread_events(10)).unwrap();
-    store.flush().unwrap();
+    let store = committed(&dir, "plan.db", spread_events(10), manual_at(0));
     let plan: Vec<String> = store
         .read(|c| {
             let sql = format!("EXPLAIN QUERY PLAN {}", chain_blocks::rows_sql("id"));
@@ -216,10 +232,7 @@ fn rows_are_read_by_ranges_of_row_ids_in_position_order() {
 fn a_ledger_whose_positions_do_not_follow_row_ids_reads_by_position() {
     let dir = tempdir();
     let clock = manual_at(60 * 3_600 * S_US);
-    let store = store_at(&dir, "moved.db", Durability::Batch, clock.clone());
-    store.record_batch(spread_events(900)).unwrap();
-    store.flush().unwrap();
-    store.close();
+    committed(&dir, "moved.db", spread_events(900), clock.clone()).close();
     // As a ledger chained before the blocks existed may be: a row of block 0
     // whose id is past every other row's, and the old index back.
     let conn = Connection::open(dir.join("moved.db")).unwrap();
@@ -250,15 +263,7 @@ fn a_ledger_whose_positions_do_not_follow_row_ids_reads_by_position() {
         .unwrap();
     assert_eq!(in_parts_report, report);
     // Receipts still find the digest before each position.
-    let row: String = store
-        .read(|c| {
-            Ok(c.query_row(
-                "SELECT request_id FROM usage_events WHERE namespace = 'a' AND chain_position = 6",
-                [],
-                |r| r.get(0),
-            )?)
-        })
-        .unwrap();
+    let row = request_at(&store, "a", 6);
     assert!(store.receipt(&row, "a").unwrap().is_consistent());
     // New events extend the chain, and it still verifies.
     let mut more = spread_events(903)[900..].to_vec();
@@ -276,14 +281,8 @@ fn a_ledger_whose_positions_do_not_follow_row_ids_reads_by_position() {
 #[test]
 fn a_row_moved_out_of_its_block_is_found_by_reading_by_position() {
     let dir = tempdir();
-    let store = store_at(
-        &dir,
-        "hidden.db",
-        Durability::Batch,
-        manual_at(60 * 3_600 * S_US),
-    );
-    store.record_batch(spread_events(900)).unwrap();
-    store.flush().unwrap();
+    let clock = manual_at(60 * 3_600 * S_US);
+    let store = committed(&dir, "hidden.db", spread_events(900), clock);
     let conn = Connection::open(dir.join("hidden.db")).unwrap();
     // The count still adds up, but the row at position 10 now sits outside
     // every block's id range, and position 12 is gone.
@@ -304,13 +303,11 @@ fn a_row_moved_out_of_its_block_is_found_by_reading_by_position() {
 fn a_purge_forgets_the_blocks_it_emptied() {
     let dir = tempdir();
     let clock = manual_at(1_000 * S_US);
-    let store = store_at(&dir, "purged.db", Durability::Batch, clock.clone());
     // Positions in time order: the purge below removes positions 1..=600.
     let events: Vec<UsageEvent> = (0..1_000)
         .map(|i| crate::ledger::event::tests::event("agent", i * S_US, 1))
         .collect();
-    store.record_batch(events).unwrap();
-    store.flush().unwrap();
+    let store = committed(&dir, "purged.db", events, clock.clone());
     let blocks = |store: &SqliteStore| -> Vec<i64> {
         store
             .read(|c| {
@@ -329,15 +326,7 @@ fn a_purge_forgets_the_blocks_it_emptied() {
     let report = walked_on_one_thread(&store, None, PositionRange::default());
     assert!(report.ok(), "{:?}", report.problem);
     assert_eq!(report.rows, 400);
-    let first_kept: String = store
-        .read(|c| {
-            Ok(c.query_row(
-                "SELECT request_id FROM usage_events WHERE chain_position = 601",
-                [],
-                |r| r.get(0),
-            )?)
-        })
-        .unwrap();
+    let first_kept = request_at(&store, "default", 601);
     assert!(store
         .receipt(&first_kept, "default")
         .unwrap()

@@ -268,20 +268,14 @@ impl Pending {
             ..Aggregate::default()
         };
         let (namespace, model) = (e.namespace.as_str(), e.model.as_deref().unwrap_or(""));
-        let group = (
-            hour,
-            namespace,
-            e.agent_id.as_str(),
-            e.consumer_id.as_str(),
-            model,
-            e.action.as_str(),
-        );
+        let group = |time| {
+            let (agent, consumer) = (e.agent_id.as_str(), e.consumer_id.as_str());
+            GroupRef((time, namespace, agent, consumer, model, e.action.as_str()))
+        };
         add_at(&mut self.hours, HourRef((namespace, hour)), &one);
         add_at(&mut self.models, ModelRef((namespace, model, hour)), &one);
-        let (_, ns, agent, consumer, model, action) = group;
-        let day = (day_of(hour), ns, agent, consumer, model, action);
-        add_at(&mut self.days, GroupRef(day), &one);
-        add_at(&mut self.groups, GroupRef(group), &one);
+        add_at(&mut self.days, group(day_of(hour)), &one);
+        add_at(&mut self.groups, group(hour), &one);
     }
 
     /// Adds one hourly group (`model` is `''` for none) to its rows per
