@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import Request
@@ -83,13 +83,15 @@ class MeteringMiddleware:
                 disconnected = True
             return message
 
-        async def send_and_watch(message: Message) -> None:
+        def send_and_watch(message: Message) -> Awaitable[None]:
+            # Hands back the server's own awaitable: no coroutine of ours per message.
             nonlocal status, completed
-            if message["type"] == "http.response.start":
+            kind = message["type"]
+            if kind == "http.response.start":
                 status = message["status"]
-            elif message["type"] == "http.response.body" and not message.get("more_body"):
+            elif kind == "http.response.body" and not message.get("more_body"):
                 completed = True
-            await send(message)
+            return send(message)
 
         try:
             await self.app(scope, receive_and_watch, send_and_watch)

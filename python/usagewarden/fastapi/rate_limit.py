@@ -4,7 +4,7 @@ standard ``RateLimit-*`` / ``Retry-After`` headers."""
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Literal, get_args
 
 from fastapi import HTTPException, Request, Response
@@ -92,16 +92,18 @@ def _pressure(headers: Mapping[bytes, bytes]) -> float:
 
 
 def _merge_rate_limit_headers(
-    existing: list[tuple[bytes, bytes]], status: int, ours: list[tuple[bytes, bytes]]
+    existing: Iterable[tuple[bytes, bytes]], status: int, ours: list[tuple[bytes, bytes]]
 ) -> list[tuple[bytes, bytes]]:
     """One set of rate-limit headers on a response: the middleware's unless
     the app's own (a ``rate_limit`` dependency) bind more: a refusal of the
     app's, or less remaining of its limit."""
+    existing = list(existing)
     theirs = {
         name.lower(): value for name, value in existing if name.lower() in _RATE_LIMIT_HEADER_BYTES
     }
     if not theirs:
-        return [*existing, *ours]
+        existing += ours
+        return existing
     if status == 429 or _pressure(theirs) <= _pressure(dict(ours)):
         return existing
     kept = [(n, v) for n, v in existing if n.lower() not in _RATE_LIMIT_HEADER_BYTES]
@@ -216,12 +218,13 @@ class RateLimitMiddleware:
             await self.app(scope, receive, send)
             return
 
-        async def send_with_headers(message: Message) -> None:
+        def send_with_headers(message: Message) -> Awaitable[None]:
+            # Hands back the server's own awaitable: no coroutine of ours per message.
             if message["type"] == "http.response.start":
                 merged = _merge_rate_limit_headers(
-                    list(message.get("headers", [])), message["status"], ours
+                    message.get("headers") or (), message["status"], ours
                 )
                 message = {**message, "headers": merged}
-            await send(message)
+            return send(message)
 
         await self.app(scope, receive, send_with_headers)
